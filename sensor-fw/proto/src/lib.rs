@@ -1,0 +1,34 @@
+//! # outpost-proto: the node link
+//!
+//! The wire protocol between an Outpost gateway and its RP2040 sensor nodes over a serial line.
+//! The same crate is compiled into the firmware (`thumbv6m-none-eabi`, no heap) and into the
+//! gateway, so both ends agree by construction.
+//!
+//! What this crate is:
+//! - [`wire`]: the messages ([`Message`]) and their byte layout (`parse` / `emit`);
+//! - [`frame`]: framing on a byte stream: COBS, CRC-32 and a `0x00` delimiter, and a
+//!   [`FrameDecoder`] that survives line noise, truncated and oversized frames;
+//! - [`time`]: the [`Millis`] newtype both sides use for time.
+//!
+//! What it never does: I/O, allocation, clocks, panics on input. Every decoder takes arbitrary
+//! bytes and returns either a message or a typed error; the next valid frame after any garbage is
+//! decoded (see `docs/node-link.md`).
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod cobs;
+pub mod frame;
+pub mod time;
+pub mod wire;
+
+pub use frame::{FrameDecoder, FrameError, LinkCounters, encode_frame};
+pub use time::Millis;
+pub use wire::{
+    Accept, Ack, ChannelId, Command, DecodeError, EncodeError, Enroll, FwVersion, Health, Hello,
+    Message, Reading, ResetReason, Response, Telemetry,
+};
+
+/// Version of the message layout. A decoder rejects any other version with
+/// [`DecodeError::UnsupportedVersion`] rather than guessing.
+pub const PROTOCOL_VERSION: u8 = 1;

@@ -1,0 +1,563 @@
+//! Messages of the node link and their byte layout.
+//!
+//! Every message starts with `[PROTOCOL_VERSION, type]` followed by its fields, little-endian,
+//! fixed width, in declaration order. Lists carry a one-byte count. The layout of each message is
+//! tabled in `docs/node-link.md`; keep the two in step.
+//!
+//! Guarantees, in the manner of smoltcp's `wire`: `parse` never panics and never reads past its
+//! input; `emit` writes exactly `buffer_len` bytes; `parse(emit(m)) == m` for every `m`.
+
+use core::fmt;
+use heapless::{String, Vec};
+
+use crate::PROTOCOL_VERSION;
+
+/// Most channel readings one TELEMETRY frame carries (one sample of every channel).
+pub const MAX_READINGS: usize = 8;
+/// Most channels a node announces.
+pub const MAX_CHANNELS: usize = 8;
+/// Longest manufacturing lot string, in bytes of UTF-8.
+pub const MAX_LOT_LEN: usize = 16;
+/// Longest COMMAND argument or RESPONSE body.
+pub const MAX_COMMAND_BODY: usize = 64;
+/// Largest message on the wire (before framing): the biggest message is a full COMMAND/RESPONSE.
+pub const MAX_MESSAGE_LEN: usize = 2 + 2 + 1 + 1 + MAX_COMMAND_BODY;
+
+/// A channel of a node. Ids below 128 have a fixed meaning and unit; 128 and up are
+/// site-specific and carry raw integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChannelId(pub u8);
+
+impl ChannelId {
+    /// Air temperature, hundredths of a degree Celsius.
+    pub const TEMPERATURE: ChannelId = ChannelId(1);
+    /// Relative humidity, hundredths of a percent.
+    pub const HUMIDITY: ChannelId = ChannelId(2);
+    /// Barometric pressure, pascals.
+    pub const PRESSURE: ChannelId = ChannelId(3);
+    /// A counter that increases by exactly one per sample: loss and duplication show end to end.
+    pub const SEQ: ChannelId = ChannelId(4);
+    /// The node's own die temperature, hundredths of a degree Celsius.
+    pub const CHIP_TEMPERATURE: ChannelId = ChannelId(5);
+
+    /// The channel's name as the gateway stores and shows it, for the fixed ids.
+    #[must_use]
+    pub const fn name(self) -> Option<&'static str> {
+        match self.0 {
+            1 => Some("temperature"),
+            2 => Some("humidity"),
+            3 => Some("pressure"),
+            4 => Some("seq"),
+            5 => Some("chip_temperature"),
+            _ => None,
+        }
+    }
+
+    /// Inverse of [`ChannelId::name`].
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<ChannelId> {
+        (1..=5).map(ChannelId).find(|c| c.name() == Some(name))
+    }
+
+    /// How many stored units make one display unit (100 for hundredths).
+    #[must_use]
+    pub const fn scale(self) -> u32 {
+        match self.0 {
+            1 | 2 | 5 => 100,
+            _ => 1,
+        }
+    }
+}
+
+/// Firmware version, semantic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FwVersion {
+    pub major: u8,
+    pub minor: u8,
+    pub patch: u8,
+}
+
+impl fmt::Display for FwVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Why the node last reset, as its reset controller reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetReason {
+    PowerOn,
+    Watchdog,
+    Software,
+    Brownout,
+    ExternalPin,
+    Debugger,
+    /// A code this version does not know; kept, not rejected, so newer firmware still reports.
+    Other(u8),
+}
+
+impl ResetReason {
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        match self {
+            ResetReason::PowerOn => 0,
+            ResetReason::Watchdog => 1,
+            ResetReason::Software => 2,
+            ResetReason::Brownout => 3,
+            ResetReason::ExternalPin => 4,
+            ResetReason::Debugger => 5,
+            ResetReason::Other(c) => c,
+        }
+    }
+
+    #[must_use]
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            0 => ResetReason::PowerOn,
+            1 => ResetReason::Watchdog,
+            2 => ResetReason::Software,
+            3 => ResetReason::Brownout,
+            4 => ResetReason::ExternalPin,
+            5 => ResetReason::Debugger,
+            c => ResetReason::Other(c),
+        }
+    }
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::PowerOn => "power_on",
+            ResetReason::Watchdog => "watchdog",
+            ResetReason::Software => "software",
+            ResetReason::Brownout => "brownout",
+            ResetReason::ExternalPin => "external_pin",
+            ResetReason::Debugger => "debugger",
+            ResetReason::Other(_) => "other",
+        }
+    }
+}
+
+/// Node → gateway, until accepted: who the node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The RP2040's unique flash id: the node's identity for life.
+    pub uid: [u8; 8],
+    pub hw_rev: u8,
+    pub fw: FwVersion,
+    /// Random at every boot. Sequence numbers restart at 1 with each boot; `(uid, boot_id, seq)`
+    /// names one sample for ever.
+    pub boot_id: u32,
+    /// Manufacturing lot, empty if unknown (RMA traceability).
+    pub lot: String<MAX_LOT_LEN>,
+    pub channels: Vec<ChannelId, MAX_CHANNELS>,
+}
+
+/// Node → gateway, after HELLO: the node's own Ed25519 public key, pinned by the gateway on first
+/// enrolment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enroll {
+    pub uid: [u8; 8],
+    pub public_key: [u8; 32],
+}
+
+/// Gateway → node: the HELLO is accepted; everything up to `ack_upto` of this boot is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accept {
+    pub boot_id: u32,
+    /// Cumulative: every sample with `seq <= ack_upto` is committed. 0 when none is.
+    pub ack_upto: u32,
+}
+
+/// One channel's value in a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    pub channel: ChannelId,
+    pub value: i32,
+}
+
+/// Node → gateway: one sample of every channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// Sample number in this boot, from 1, increasing by one per sample.
+    pub seq: u32,
+    /// The oldest sample the node still holds. When it is past the gateway's last committed
+    /// sample + 1, the node's ring overflowed while the gateway was away and the samples in
+    /// between are gone: the gateway records the gap instead of waiting for them for ever.
+    pub window_start: u32,
+    /// How long ago, in ms, the sample was taken when this frame was sent. The gateway stamps
+    /// the sample `received_at - age_ms`, so the node needs no wall clock.
+    pub age_ms: u32,
+    pub readings: Vec<Reading, MAX_READINGS>,
+}
+
+/// Gateway → node: every sample of `boot_id` with `seq <= upto` is committed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub boot_id: u32,
+    pub upto: u32,
+}
+
+/// Node → gateway, periodically: the node's own health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub uptime_s: u32,
+    pub reset_reason: ResetReason,
+    pub fw: FwVersion,
+    /// Least free stack seen since boot, bytes (the stack high-water mark).
+    pub stack_free_min: u32,
+    pub rx_frames: u32,
+    pub rx_errors: u32,
+    pub tx_frames: u32,
+    pub retransmits: u32,
+    /// Samples lost because the node's ring was full.
+    pub dropped_samples: u32,
+    /// Die temperature, hundredths of a degree Celsius.
+    pub chip_temp_centi: i16,
+}
+
+/// Gateway → node: a command, answered by a [`Response`] with the same id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub id: u16,
+    pub code: u8,
+    pub args: Vec<u8, MAX_COMMAND_BODY>,
+}
+
+/// Node → gateway: the answer to [`Command`] `id`. `status` 0 is success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub id: u16,
+    pub status: u8,
+    pub body: Vec<u8, MAX_COMMAND_BODY>,
+}
+
+/// A message of the node link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Enroll(Enroll),
+    Accept(Accept),
+    Telemetry(Telemetry),
+    Ack(Ack),
+    Health(Health),
+    Command(Command),
+    Response(Response),
+}
+
+mod tag {
+    pub(super) const HELLO: u8 = 0x01;
+    pub(super) const ENROLL: u8 = 0x02;
+    pub(super) const ACCEPT: u8 = 0x03;
+    pub(super) const TELEMETRY: u8 = 0x04;
+    pub(super) const ACK: u8 = 0x05;
+    pub(super) const HEALTH: u8 = 0x06;
+    pub(super) const COMMAND: u8 = 0x07;
+    pub(super) const RESPONSE: u8 = 0x08;
+}
+
+/// Why bytes are not a message. "Too short" is an error here, not "incomplete": framing has
+/// already delimited the message, so a short one is corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    Truncated,
+    UnsupportedVersion(u8),
+    UnknownType(u8),
+    /// A list count above the protocol's limit.
+    TooMany,
+    /// The lot is not UTF-8.
+    BadText,
+    /// Bytes left over after the last field.
+    TrailingBytes,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated => f.write_str("message truncated"),
+            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v}"),
+            DecodeError::UnknownType(t) => write!(f, "unknown message type 0x{t:02x}"),
+            DecodeError::TooMany => f.write_str("list longer than the protocol allows"),
+            DecodeError::BadText => f.write_str("text field is not UTF-8"),
+            DecodeError::TrailingBytes => f.write_str("bytes after the last field"),
+        }
+    }
+}
+
+/// The output buffer is smaller than [`Message::buffer_len`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeError;
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("output buffer too small")
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+    fn i16(&mut self) -> Result<i16, DecodeError> {
+        Ok(i16::from_le_bytes(self.array()?))
+    }
+    fn fw(&mut self) -> Result<FwVersion, DecodeError> {
+        let [major, minor, patch] = self.array()?;
+        Ok(FwVersion {
+            major,
+            minor,
+            patch,
+        })
+    }
+    /// A one-byte count, then that many bytes.
+    fn bytes<const N: usize>(&mut self) -> Result<Vec<u8, N>, DecodeError> {
+        let len = self.u8()? as usize;
+        if len > N {
+            return Err(DecodeError::TooMany);
+        }
+        Ok(Vec::from_slice(self.take(len)?).unwrap_or_default())
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes)
+        }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        // `emit` checked the length against `buffer_len` up front.
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    fn fw(&mut self, v: FwVersion) {
+        self.put(&[v.major, v.minor, v.patch]);
+    }
+    fn counted(&mut self, bytes: &[u8]) {
+        // Every list's capacity is below 256, so the count fits a byte.
+        self.u8(bytes.len() as u8);
+        self.put(bytes);
+    }
+}
+
+impl Message {
+    /// Parses one message (without framing).
+    pub fn parse(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader { bytes };
+        let version = r.u8()?;
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let message = match r.u8()? {
+            tag::HELLO => {
+                let uid = r.array()?;
+                let hw_rev = r.u8()?;
+                let fw = r.fw()?;
+                let boot_id = r.u32()?;
+                let lot_bytes = r.bytes::<MAX_LOT_LEN>()?;
+                let lot = String::from_utf8(lot_bytes).map_err(|_| DecodeError::BadText)?;
+                let ids = r.bytes::<MAX_CHANNELS>()?;
+                let channels = ids.iter().map(|&c| ChannelId(c)).collect();
+                Message::Hello(Hello {
+                    uid,
+                    hw_rev,
+                    fw,
+                    boot_id,
+                    lot,
+                    channels,
+                })
+            }
+            tag::ENROLL => Message::Enroll(Enroll {
+                uid: r.array()?,
+                public_key: r.array()?,
+            }),
+            tag::ACCEPT => Message::Accept(Accept {
+                boot_id: r.u32()?,
+                ack_upto: r.u32()?,
+            }),
+            tag::TELEMETRY => {
+                let seq = r.u32()?;
+                let window_start = r.u32()?;
+                let age_ms = r.u32()?;
+                let count = r.u8()? as usize;
+                if count > MAX_READINGS {
+                    return Err(DecodeError::TooMany);
+                }
+                let mut readings = Vec::new();
+                for _ in 0..count {
+                    let reading = Reading {
+                        channel: ChannelId(r.u8()?),
+                        value: r.i32()?,
+                    };
+                    // Cannot fail: count <= capacity.
+                    let _ = readings.push(reading);
+                }
+                Message::Telemetry(Telemetry {
+                    seq,
+                    window_start,
+                    age_ms,
+                    readings,
+                })
+            }
+            tag::ACK => Message::Ack(Ack {
+                boot_id: r.u32()?,
+                upto: r.u32()?,
+            }),
+            tag::HEALTH => Message::Health(Health {
+                uptime_s: r.u32()?,
+                reset_reason: ResetReason::from_code(r.u8()?),
+                fw: r.fw()?,
+                stack_free_min: r.u32()?,
+                rx_frames: r.u32()?,
+                rx_errors: r.u32()?,
+                tx_frames: r.u32()?,
+                retransmits: r.u32()?,
+                dropped_samples: r.u32()?,
+                chip_temp_centi: r.i16()?,
+            }),
+            tag::COMMAND => Message::Command(Command {
+                id: r.u16()?,
+                code: r.u8()?,
+                args: r.bytes()?,
+            }),
+            tag::RESPONSE => Message::Response(Response {
+                id: r.u16()?,
+                status: r.u8()?,
+                body: r.bytes()?,
+            }),
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+
+    /// Bytes [`Message::emit`] writes.
+    #[must_use]
+    pub fn buffer_len(&self) -> usize {
+        2 + match self {
+            Message::Hello(h) => 8 + 1 + 3 + 4 + 1 + h.lot.len() + 1 + h.channels.len(),
+            Message::Enroll(_) => 8 + 32,
+            Message::Accept(_) | Message::Ack(_) => 8,
+            Message::Telemetry(t) => 12 + 1 + 5 * t.readings.len(),
+            Message::Health(_) => 4 + 1 + 3 + 4 * 6 + 2,
+            Message::Command(c) => 3 + 1 + c.args.len(),
+            Message::Response(r) => 3 + 1 + r.body.len(),
+        }
+    }
+
+    /// Writes the message into `buf`, returning the length written.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let len = self.buffer_len();
+        if buf.len() < len {
+            return Err(EncodeError);
+        }
+        let mut w = Writer { buf, at: 0 };
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            Message::Hello(h) => {
+                w.u8(tag::HELLO);
+                w.put(&h.uid);
+                w.u8(h.hw_rev);
+                w.fw(h.fw);
+                w.put(&h.boot_id.to_le_bytes());
+                w.counted(h.lot.as_bytes());
+                w.u8(h.channels.len() as u8);
+                for c in &h.channels {
+                    w.u8(c.0);
+                }
+            }
+            Message::Enroll(e) => {
+                w.u8(tag::ENROLL);
+                w.put(&e.uid);
+                w.put(&e.public_key);
+            }
+            Message::Accept(a) => {
+                w.u8(tag::ACCEPT);
+                w.put(&a.boot_id.to_le_bytes());
+                w.put(&a.ack_upto.to_le_bytes());
+            }
+            Message::Telemetry(t) => {
+                w.u8(tag::TELEMETRY);
+                w.put(&t.seq.to_le_bytes());
+                w.put(&t.window_start.to_le_bytes());
+                w.put(&t.age_ms.to_le_bytes());
+                w.u8(t.readings.len() as u8);
+                for r in &t.readings {
+                    w.u8(r.channel.0);
+                    w.put(&r.value.to_le_bytes());
+                }
+            }
+            Message::Ack(a) => {
+                w.u8(tag::ACK);
+                w.put(&a.boot_id.to_le_bytes());
+                w.put(&a.upto.to_le_bytes());
+            }
+            Message::Health(h) => {
+                w.u8(tag::HEALTH);
+                w.put(&h.uptime_s.to_le_bytes());
+                w.u8(h.reset_reason.code());
+                w.fw(h.fw);
+                for v in [
+                    h.stack_free_min,
+                    h.rx_frames,
+                    h.rx_errors,
+                    h.tx_frames,
+                    h.retransmits,
+                    h.dropped_samples,
+                ] {
+                    w.put(&v.to_le_bytes());
+                }
+                w.put(&h.chip_temp_centi.to_le_bytes());
+            }
+            Message::Command(c) => {
+                w.u8(tag::COMMAND);
+                w.put(&c.id.to_le_bytes());
+                w.u8(c.code);
+                w.counted(&c.args);
+            }
+            Message::Response(r) => {
+                w.u8(tag::RESPONSE);
+                w.put(&r.id.to_le_bytes());
+                w.u8(r.status);
+                w.counted(&r.body);
+            }
+        }
+        debug_assert_eq!(w.at, len);
+        Ok(w.at)
+    }
+}
