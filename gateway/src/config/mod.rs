@@ -1,0 +1,389 @@
+//! Configuration: `/etc/outpost/outpost.toml`, in two stages.
+//!
+//! Stage one deserializes the file into [`RawConfig`] (unknown keys rejected). Stage two,
+//! [`compile`], checks values and relations and turns them into [`Config`], whose types cannot
+//! hold an invalid setting. Both stages name the file, line and key of every problem; stage two
+//! reports all of them at once so an installer fixes the file in one go.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+/// The documented shape of the file. Doc comments here are the user's reference; keep them in step
+/// with `config/outpost.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub store: RawStore,
+    /// One entry per serial line with a node on it.
+    #[serde(default)]
+    pub serial: Vec<RawSerialPort>,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGateway {
+    /// This gateway's id in the fleet; defaults to the host name.
+    pub id: Option<String>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        RawGateway { id: None, data_dir: PathBuf::from("/var/lib/outpost") }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Address of the local status API and page.
+    pub listen: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// Longest a reading waits for its group commit (and so for its ACK to the node).
+    pub commit_interval: String,
+    /// Most readings in one transaction.
+    pub max_commit_readings: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { commit_interval: "20ms".into(), max_commit_readings: 8192 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialPort {
+    /// Device path, e.g. `/dev/ttyACM0` or a `/dev/serial/by-id/…` link.
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Frames per second a node may send before the excess is dropped unacknowledged (it is
+    /// resent later, so nothing is lost): a flooding node cannot starve the others.
+    #[serde(default = "default_max_frames_per_sec")]
+    pub max_frames_per_sec: u32,
+    /// Longest wait between attempts to reopen a port that went away.
+    #[serde(default = "default_reopen_backoff_max")]
+    pub reopen_backoff_max: String,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_max_frames_per_sec() -> u32 {
+    200
+}
+fn default_reopen_backoff_max() -> String {
+    "10s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter: `info`, `outpost=debug`, …
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { level: "info".into() }
+    }
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub commit_interval: Duration,
+    pub max_commit_readings: usize,
+    pub serial: Vec<SerialPort>,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SerialPort {
+    pub path: PathBuf,
+    pub baud: u32,
+    pub max_frames_per_sec: u32,
+    pub reopen_backoff_max: Duration,
+}
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` for a key the file does not have (a missing required key).
+    pub line: Option<usize>,
+    /// Dotted path of the key, e.g. `serial[1].baud`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match self.line {
+            Some(line) => write!(f, "{file}:{line}: ")?,
+            None => write!(f, "{file}: ")?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "key `{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_owned(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let doc = Document { path, text };
+        let table = DeTable::parse(text).map_err(|e| ConfigErrors(vec![doc.toml_error(&e, "")]))?;
+        let deserializer = toml::Deserializer::from(table.clone());
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigErrors(vec![doc.toml_error(e.inner(), if key == "." { "" } else { &key })])
+        })?;
+        compile(raw).map_err(|problems| {
+            ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|p| ConfigError {
+                        file: path.to_owned(),
+                        line: doc.line_of_key(&table, &p.key),
+                        key: p.key,
+                        message: p.message,
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+/// A stage-two problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// Stage two: checks every value and relation, collecting all problems.
+pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem { key: key.to_owned(), message });
+    };
+
+    let gateway_id = match raw.gateway.id {
+        Some(id) => id,
+        None => host_name().unwrap_or_else(|| "outpost".into()),
+    };
+    if let Err(why) = check_gateway_id(&gateway_id) {
+        problem("gateway.id", why);
+    }
+    if raw.gateway.data_dir.as_os_str().is_empty() {
+        problem("gateway.data_dir", "must not be empty".into());
+    }
+    let api_listen = raw.api.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+        problem("api.listen", format!("`{}` is not an address:port ({e})", raw.api.listen));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let commit_interval = parse_duration(&raw.store.commit_interval).unwrap_or_else(|why| {
+        problem("store.commit_interval", why);
+        Duration::ZERO
+    });
+    if commit_interval > Duration::from_secs(5) {
+        problem("store.commit_interval", "must be at most 5s: nodes wait this long for their ACK".into());
+    }
+    if !(64..=1_000_000).contains(&raw.store.max_commit_readings) {
+        problem("store.max_commit_readings", "must be between 64 and 1000000".into());
+    }
+
+    let mut seen = HashSet::new();
+    let mut serial = Vec::new();
+    for (i, port) in raw.serial.into_iter().enumerate() {
+        let key = |field: &str| format!("serial[{i}].{field}");
+        if !seen.insert(port.path.clone()) {
+            problem(&key("path"), format!("`{}` is listed twice", port.path.display()));
+        }
+        if port.path.as_os_str().is_empty() {
+            problem(&key("path"), "must not be empty".into());
+        }
+        if !(300..=4_000_000).contains(&port.baud) {
+            problem(&key("baud"), format!("{} is outside 300..=4000000", port.baud));
+        }
+        if !(1..=10_000).contains(&port.max_frames_per_sec) {
+            problem(&key("max_frames_per_sec"), "must be between 1 and 10000".into());
+        }
+        let reopen_backoff_max = parse_duration(&port.reopen_backoff_max).unwrap_or_else(|why| {
+            problem(&key("reopen_backoff_max"), why);
+            Duration::from_secs(10)
+        });
+        serial.push(SerialPort {
+            path: port.path,
+            baud: port.baud,
+            max_frames_per_sec: port.max_frames_per_sec,
+            reopen_backoff_max,
+        });
+    }
+
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
+        problem("log.level", format!("`{}` is not a log filter: {e}", raw.log.level));
+    }
+
+    if problems.is_empty() {
+        Ok(Config {
+            gateway_id,
+            data_dir: raw.gateway.data_dir,
+            api_listen,
+            commit_interval,
+            max_commit_readings: raw.store.max_commit_readings as usize,
+            serial,
+            log_level: raw.log.level,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Gateway ids become MQTT topic levels and file names: keep them to a safe alphabet.
+fn check_gateway_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 {
+        Err("must be 1 to 64 characters".into())
+    } else if !id.chars().all(ok_char) {
+        Err(format!("`{id}` may only hold letters, digits, '-', '_' and '.'"))
+    } else {
+        Ok(())
+    }
+}
+
+fn host_name() -> Option<String> {
+    let name = nix::unistd::gethostname().ok()?.into_string().ok()?;
+    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (like 250ms, 5s, 2m, 1h)"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("`{text}` has no unit (ms, s, m or h)")),
+    };
+    Ok(Duration::from_millis(number.saturating_mul(ms)))
+}
+
+struct Document<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Document<'_> {
+    fn line_at(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: &str) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: e.span().map(|s| self.line_at(s.start)),
+            key: key.to_owned(),
+            message: e.message().trim().to_owned(),
+        }
+    }
+
+    /// The line of a dotted key like `serial[1].baud`, or of its nearest present parent.
+    fn line_of_key(&self, root: &toml::Spanned<DeTable<'_>>, key: &str) -> Option<usize> {
+        let mut span = None;
+        let mut node: Option<&DeValue<'_>> = None;
+        for part in key.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            let mut next = match node {
+                None => root.get_ref().get(name),
+                Some(value) => value.get(name),
+            };
+            if let (Some(value), Some(i)) = (next, index) {
+                next = value.get_ref().get(i);
+            }
+            match next {
+                Some(value) => {
+                    span = Some(value.span());
+                    node = Some(value.get_ref());
+                }
+                None => break,
+            }
+        }
+        span.map(|s| self.line_at(s.start))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,4 @@
+//! Thin adapters between the IO-free cores and the outside world.
+
+pub mod api;
+pub mod serial;

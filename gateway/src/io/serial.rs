@@ -1,0 +1,187 @@
+//! Serial adapter: moves bytes between one port and its [`PortSession`], and the session's
+//! actions to the store writer. Reopens a port that went away (USB unplug) with backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outpost_proto::Millis;
+use outpost_proto::frame::MAX_FRAME_LEN;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_serial::SerialPortBuilderExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SerialPort;
+use crate::link::{Action, PortCounters, PortSession};
+use crate::store::writer::{StoreCommand, StoreReply};
+
+/// A port as the status page shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PortStatus {
+    pub path: String,
+    pub open: bool,
+    pub node_id: Option<i64>,
+    pub opens: u64,
+    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub counters: PortCounters,
+}
+
+/// Status of every port, shared with the API.
+pub type PortBoard = Arc<Mutex<Vec<PortStatus>>>;
+
+/// Longest a write to a port may block before the frame is dropped (a wedged USB device).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+fn wall_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one port until `shutdown`.
+pub async fn run(
+    index: usize,
+    config: SerialPort,
+    store: mpsc::Sender<StoreCommand>,
+    board: PortBoard,
+    shutdown: CancellationToken,
+) {
+    let path = config.path.display().to_string();
+    let started = Instant::now();
+    let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let mut session = PortSession::new(path.clone(), config.max_frames_per_sec, now());
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
+    let mut backoff = FIRST_BACKOFF;
+    let update = |f: &dyn Fn(&mut PortStatus)| {
+        let mut ports = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut ports[index]);
+    };
+
+    loop {
+        let opened = tokio_serial::new(&path, config.baud)
+            .timeout(Duration::from_secs(1))
+            .open_native_async();
+        let mut port = match opened {
+            Ok(port) => port,
+            Err(error) => {
+                let message = error.to_string();
+                let first = board.lock().map(|p| p[index].last_error.as_deref() != Some(&message)).unwrap_or(true);
+                if first {
+                    tracing::warn!(message = "Cannot open serial port; retrying with backoff.", port = %path, %error);
+                }
+                update(&|s| s.last_error = Some(message.clone()));
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.reopen_backoff_max);
+                continue;
+            }
+        };
+        tracing::info!(message = "Serial port open.", port = %path, baud = config.baud);
+        backoff = FIRST_BACKOFF;
+        session.handle_port_reset();
+        update(&|s| {
+            s.open = true;
+            s.opens += 1;
+            s.last_error = None;
+        });
+
+        let mut buf = [0u8; 1024];
+        let mut frame = [0u8; MAX_FRAME_LEN];
+        let closed_by = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = port.read(&mut buf) => match read {
+                    Ok(0) => break "end of file".to_owned(),
+                    Ok(n) => session.handle_bytes(now(), wall_ms(), &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                    Err(e) => break e.to_string(),
+                },
+                Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply),
+            }
+            // Carry out what the session asked for.
+            while let Some(action) = session.poll_action() {
+                let command = command_for(action, &path, &reply_tx);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    sent = store.send(command) => if sent.is_err() { return },
+                }
+            }
+            let mut failed = None;
+            while let Some(n) = session.poll_transmit(&mut frame) {
+                match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&frame[..n])).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => failed = Some(e.to_string()),
+                    Err(_) => tracing::warn!(message = "Serial write timed out; frame dropped.", port = %path),
+                }
+            }
+            let (counters, node_id) = (session.counters(), session.node_id());
+            update(&|s| {
+                s.counters = counters;
+                s.node_id = node_id;
+            });
+            if let Some(error) = failed {
+                break error;
+            }
+        };
+        tracing::warn!(message = "Serial port lost; reopening.", port = %path, reason = %closed_by);
+        update(&|s| {
+            s.open = false;
+            s.node_id = None;
+            s.last_error = Some(closed_by.clone());
+        });
+        drop(port);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(FIRST_BACKOFF) => {}
+        }
+    }
+}
+
+fn command_for(action: Action, port: &str, reply: &mpsc::UnboundedSender<StoreReply>) -> StoreCommand {
+    let now_ms = wall_ms();
+    match action {
+        Action::Register { hello, public_key } => {
+            StoreCommand::Register { port: port.to_owned(), hello, public_key, now_ms, reply: reply.clone() }
+        }
+        Action::Ingest { node_id, boot_id, samples } => {
+            StoreCommand::Ingest { node_id, boot_id, samples, now_ms, reply: reply.clone() }
+        }
+        Action::Health { node_id, health } => StoreCommand::Health { node_id, health, now_ms },
+        Action::LinkErrors { node_id, count } => StoreCommand::LinkErrors { node_id, count },
+    }
+}
+
+fn handle_reply(session: &mut PortSession, reply: StoreReply) {
+    match reply {
+        StoreReply::Registered { hello, result } => match result {
+            Ok(Some(registered)) => {
+                tracing::info!(message = "Node accepted.", port = %session.port(), uid = %hex(&hello.uid),
+                    fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto);
+                session.handle_registered(&hello, Some(registered));
+            }
+            Ok(None) => {
+                tracing::warn!(message = "Node refused: its key differs from the one pinned at enrolment.",
+                    port = %session.port(), uid = %hex(&hello.uid));
+                session.handle_registered(&hello, None);
+            }
+            Err(_) => session.handle_register_failed(),
+        },
+        StoreReply::Committed { node_id, boot_id, result } => match result {
+            Ok(ingested) => {
+                if ingested.lost > 0 {
+                    tracing::warn!(message = "Node reported lost samples (its buffer overflowed).",
+                        port = %session.port(), node_id, lost = ingested.lost);
+                }
+                session.handle_committed(node_id, boot_id, ingested.upto, ingested.duplicates);
+            }
+            Err(_) => session.handle_commit_failed(node_id, boot_id),
+        },
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

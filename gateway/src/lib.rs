@@ -1,0 +1,18 @@
+//! # Outpost gateway
+//!
+//! The daemon that provisions and relays for a site's sensor nodes. Its parts:
+//! - [`config`]: the TOML configuration, validated in two stages;
+//! - [`link`]: the IO-free gateway end of the node link, one session per serial port;
+//! - [`store`]: the SQLite store (node registry, readings, health) and its group-committing writer;
+//! - [`io`]: thin adapters: serial ports, the local HTTP API;
+//! - [`topology`]: where tasks and channels are created;
+//! - [`demo`]: a simulated site on pseudo-terminals.
+//!
+//! See `docs/ARCHITECTURE.md` for the data path.
+
+pub mod config;
+pub mod demo;
+pub mod io;
+pub mod link;
+pub mod store;
+pub mod topology;

@@ -1,0 +1,68 @@
+//! Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+//! Never edit a released migration: append a new one.
+
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: node registry, per-boot sessions, readings, health history.
+    "
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE nodes (
+        id                  INTEGER PRIMARY KEY,
+        uid                 TEXT NOT NULL UNIQUE,       -- 16 hex digits, the RP2040 flash id
+        hw_rev              INTEGER NOT NULL,
+        fw_version          TEXT NOT NULL,
+        lot                 TEXT NOT NULL,
+        channels            TEXT NOT NULL,              -- comma-separated channel ids
+        public_key          BLOB,                       -- Ed25519, pinned at first enrolment
+        port                TEXT,
+        boot_id             INTEGER,
+        first_seen_ms       INTEGER NOT NULL,
+        last_seen_ms        INTEGER NOT NULL,
+        uptime_s            INTEGER,
+        reset_reason        TEXT,
+        readings_received   INTEGER NOT NULL DEFAULT 0,
+        samples_lost        INTEGER NOT NULL DEFAULT 0, -- gaps the node reported (its ring overflowed)
+        gateway_rx_errors   INTEGER NOT NULL DEFAULT 0, -- frames from this node the gateway dropped
+        node_rx_errors      INTEGER NOT NULL DEFAULT 0  -- frames to this node the node dropped
+    );
+
+    -- The last committed sample of each boot of each node: the deduplication point.
+    CREATE TABLE node_sessions (
+        node_id  INTEGER NOT NULL REFERENCES nodes(id),
+        boot_id  INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (node_id, boot_id)
+    ) WITHOUT ROWID;
+
+    -- One row per channel value. The rowid is monotonic: the batcher reads forward from it.
+    CREATE TABLE readings (
+        id      INTEGER PRIMARY KEY,
+        node_id INTEGER NOT NULL,
+        boot_id INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        channel INTEGER NOT NULL,
+        ts_ms   INTEGER NOT NULL,
+        value   INTEGER NOT NULL
+    );
+
+    CREATE TABLE health (
+        id              INTEGER PRIMARY KEY,
+        node_id         INTEGER NOT NULL REFERENCES nodes(id),
+        ts_ms           INTEGER NOT NULL,
+        uptime_s        INTEGER NOT NULL,
+        reset_reason    TEXT NOT NULL,
+        fw_version      TEXT NOT NULL,
+        stack_free_min  INTEGER NOT NULL,
+        rx_frames       INTEGER NOT NULL,
+        rx_errors       INTEGER NOT NULL,
+        tx_frames       INTEGER NOT NULL,
+        retransmits     INTEGER NOT NULL,
+        dropped_samples INTEGER NOT NULL,
+        chip_temp_centi INTEGER NOT NULL
+    );
+    CREATE INDEX health_by_node ON health (node_id, ts_ms);
+    ",
+];

@@ -1,0 +1,172 @@
+//! The node application: the link core plus sampling on a fixed schedule.
+
+use core::fmt;
+use core::time::Duration;
+
+use heapless::Vec;
+use outpost_proto::wire::MAX_READINGS;
+use outpost_proto::{Message, Millis, Reading};
+
+use crate::link::NodeLink;
+
+/// The node's sensors, read once per sample. A board implements it over its embedded-hal
+/// drivers (e.g. [`crate::sht3x::Sht3x`]); the simulator over simulated devices.
+pub trait SensorBank {
+    type Error: fmt::Debug;
+
+    /// Reads every channel once and pushes one reading per channel into `readings`. `seq` is
+    /// the sample's sequence number, the value of the `seq` channel. A sensor that fails may
+    /// leave its channel out; an `Err` drops the whole sample (it gets no seq).
+    fn sample(
+        &mut self,
+        seq: u32,
+        readings: &mut Vec<Reading, MAX_READINGS>,
+    ) -> Result<(), Self::Error>;
+}
+
+/// When samples are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Time between samples; at least 1 ms.
+    pub interval: Duration,
+    /// Stop sampling after this many samples (the link keeps delivering them).
+    pub limit: Option<u32>,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            interval: Duration::from_secs(1),
+            limit: None,
+        }
+    }
+}
+
+// Design: `App` owns the link core and the sensor bank and decides only *when* to sample:
+// sample k is due at `started_at + k * interval`, computed from k so a fractional interval
+// (3 Hz) never drifts, and ticks missed while the caller was late are skipped, never taken in a
+// burst. It has the same verbs and guarantees as `NodeLink` (no I/O, no clock, time passed in).
+/// A sensor node: [`NodeLink`] plus a [`SensorBank`] read on a [`Schedule`].
+#[derive(Debug)]
+pub struct App<S, const RING: usize> {
+    link: NodeLink<RING>,
+    bank: S,
+    limit: Option<u32>,
+    started_at: Millis,
+    interval_us: u64,
+    /// Index of the next sampling tick.
+    tick: u64,
+    /// `None` once the limit is reached.
+    next_sample: Option<Millis>,
+    taken: u32,
+    sensor_errors: u32,
+}
+
+impl<S: SensorBank, const RING: usize> App<S, RING> {
+    /// The first sample is due at `now`.
+    pub fn new(now: Millis, link: NodeLink<RING>, bank: S, schedule: Schedule) -> Self {
+        let interval_us = u64::try_from(schedule.interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1000);
+        App {
+            link,
+            bank,
+            limit: schedule.limit,
+            started_at: now,
+            interval_us,
+            tick: 0,
+            next_sample: (schedule.limit != Some(0)).then_some(now),
+            taken: 0,
+            sensor_errors: 0,
+        }
+    }
+
+    pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
+        self.link.handle_bytes(now, bytes);
+    }
+
+    pub fn handle_message(&mut self, now: Millis, message: Message) {
+        self.link.handle_message(now, message);
+    }
+
+    /// Takes a sample if one is due, then runs the link's timers.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.next_sample.is_some_and(|at| now >= at) {
+            self.sample(now);
+        }
+        self.link.handle_timeout(now);
+    }
+
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.link.poll_transmit(buf)
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match (self.link.poll_timeout(), self.next_sample) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    #[must_use]
+    pub fn link(&self) -> &NodeLink<RING> {
+        &self.link
+    }
+
+    /// For the board: e.g. [`NodeLink::set_board_status`].
+    pub fn link_mut(&mut self) -> &mut NodeLink<RING> {
+        &mut self.link
+    }
+
+    #[must_use]
+    pub fn bank(&self) -> &S {
+        &self.bank
+    }
+
+    pub fn bank_mut(&mut self) -> &mut S {
+        &mut self.bank
+    }
+
+    /// Samples taken so far.
+    #[must_use]
+    pub fn samples_taken(&self) -> u32 {
+        self.taken
+    }
+
+    /// Samples lost because the bank returned an error.
+    #[must_use]
+    pub fn sensor_errors(&self) -> u32 {
+        self.sensor_errors
+    }
+
+    /// The sample limit is reached: no more samples will be taken.
+    #[must_use]
+    pub fn sampling_done(&self) -> bool {
+        self.next_sample.is_none()
+    }
+
+    fn sample(&mut self, now: Millis) {
+        let mut readings = Vec::new();
+        match self.bank.sample(self.link.next_seq(), &mut readings) {
+            Ok(()) => {
+                self.link.handle_sample(now, readings);
+                self.taken = self.taken.wrapping_add(1);
+            }
+            Err(_) => self.sensor_errors = self.sensor_errors.wrapping_add(1),
+        }
+        if self.limit.is_some_and(|limit| self.taken >= limit) {
+            self.next_sample = None;
+            return;
+        }
+        // The first tick after `now`: skip ticks missed while the caller was late.
+        let elapsed_ms = now - self.started_at;
+        let first_after_now = elapsed_ms
+            .saturating_add(1)
+            .saturating_mul(1000)
+            .div_ceil(self.interval_us);
+        self.tick = (self.tick + 1).max(first_after_now);
+        let offset_ms = self.interval_us.saturating_mul(self.tick) / 1000;
+        self.next_sample = Some(self.started_at + offset_ms);
+    }
+}

@@ -1,0 +1,525 @@
+//! The node's end of the node link: session, sample ring and telemetry window.
+//!
+//! Rules (the gateway is written to the same contract; `docs/node-link.md` is the reference):
+//!
+//! - A node boots `Unaccepted` and sends HELLO + ENROLL at once and every `hello_interval`
+//!   until an ACCEPT for its `boot_id` arrives.
+//! - Every sample goes into a bounded ring and stays there until the gateway acknowledges it
+//!   (ACCEPT's `ack_upto` or ACK's `upto`, both cumulative). A full ring drops its oldest
+//!   sample; TELEMETRY's `window_start` then tells the gateway the gap is final.
+//! - While `Accepted`, held samples are sent in seq order, at most [`WINDOW`] unacknowledged.
+//!   With no ACK progress for [`RTO`], sending restarts at the oldest held sample (go-back-N).
+//! - Silence from the gateway for [`LINK_TIMEOUT`] while samples wait means the session is
+//!   gone (a restarted gateway ignores TELEMETRY from nodes that have not said HELLO): the node
+//!   is `Unaccepted` again and says HELLO.
+//!
+//! Why this stays simple: acknowledgements are cumulative and the ring is ordered by seq, so
+//! "what to send next" is one number (`next_send`) and "what is in flight" is the range from the
+//! oldest held sample up to it. Every loss (frame, ACK, whole session) is repaired by sending
+//! again from the oldest held sample; the gateway keeps only `seq == last + 1`, so a resend is
+//! never stored twice.
+
+use core::time::Duration;
+
+use heapless::{Deque, String, Vec};
+use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN, MAX_READINGS};
+use outpost_proto::{
+    Accept, Ack, ChannelId, Command, Enroll, FrameDecoder, FwVersion, Health, Hello, LinkCounters,
+    Message, Millis, Reading, ResetReason, Response, Telemetry, encode_frame,
+};
+
+/// Most TELEMETRY frames sent and not yet acknowledged.
+pub const WINDOW: u32 = 16;
+/// Retransmit timeout: frames in flight with no ACK progress for this long are sent again.
+pub const RTO: Duration = Duration::from_millis(1000);
+/// Silence from the gateway, while samples wait, after which the session counts as lost.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Control frames (HELLO, ENROLL, HEALTH, RESPONSE) queued for `poll_transmit`.
+const CONTROL_QUEUE: usize = 8;
+
+/// COMMAND code of PING: answered with status 0 and the arguments echoed.
+pub const COMMAND_PING: u8 = 0x01;
+/// RESPONSE status of a command that ran.
+pub const STATUS_OK: u8 = 0;
+/// RESPONSE status of a command code this node does not know.
+pub const STATUS_UNSUPPORTED: u8 = 1;
+
+/// Who the node is; sent in HELLO and ENROLL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: [u8; 8],
+    pub hw_rev: u8,
+    pub fw: FwVersion,
+    pub lot: String<MAX_LOT_LEN>,
+    pub channels: Vec<ChannelId, MAX_CHANNELS>,
+    /// The node's Ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// What this boot is: inputs from the board, never derived inside the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Boot {
+    /// Random per boot (not derived from any seed), so a reboot is never mistaken for the
+    /// previous boot's session.
+    pub boot_id: u32,
+    pub reset_reason: ResetReason,
+}
+
+/// Tunables of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkConfig {
+    pub hello_interval: Duration,
+    pub health_interval: Duration,
+    /// Samples held at most; the ring's capacity when larger. At least 1.
+    pub ring_limit: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            hello_interval: Duration::from_secs(1),
+            health_interval: Duration::from_secs(10),
+            ring_limit: usize::MAX,
+        }
+    }
+}
+
+/// What the board measures about itself, reported in HEALTH. Updated by the board.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BoardStatus {
+    /// Least free stack seen since boot, bytes.
+    pub stack_free_min: u32,
+    /// Die temperature, hundredths of a degree Celsius.
+    pub chip_temp_centi: i16,
+}
+
+/// Session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Saying HELLO; samples are held, not sent.
+    Unaccepted,
+    /// The gateway accepted this boot; telemetry flows.
+    Accepted,
+}
+
+/// What the node has counted since boot. Counters wrap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Samples taken (the last seq).
+    pub samples: u32,
+    /// Frames received and decoded.
+    pub rx_frames: u32,
+    /// Frames received and dropped (noise, truncation, CRC, unknown message).
+    pub rx_errors: u32,
+    /// Frames handed out by `poll_transmit`.
+    pub tx_frames: u32,
+    /// Frames that could not be queued or encoded, and were dropped.
+    pub tx_dropped: u32,
+    /// TELEMETRY frames sent again.
+    pub retransmits: u32,
+    /// Samples lost to a full ring before the gateway acknowledged them.
+    pub dropped_samples: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    seq: u32,
+    taken_at: Millis,
+    readings: Vec<Reading, MAX_READINGS>,
+}
+
+/// A control frame waiting for `poll_transmit`. HEALTH is built when it is sent, so its
+/// counters are current.
+#[derive(Debug, Clone)]
+enum Control {
+    Hello,
+    Enroll,
+    Health,
+    Response(Response),
+}
+
+// Design: `NodeLink` owns the node's side of one node-link session: the frame decoder, the
+// ring of unacknowledged samples (capacity `RING`, fixed, no heap), the session state and its
+// four timers (hello, health, retransmit, link timeout), and a small bounded queue of control
+// frames. It never does I/O, never reads a clock (every input carries `now`), never draws a
+// random number (`boot_id` is an input) and never panics on input: anything that does not fit
+// is dropped and counted. Sampling is not here: `App` takes samples and hands them in with
+// `handle_sample`.
+/// The node link, node side. See the module docs for the rules.
+#[derive(Debug)]
+pub struct NodeLink<const RING: usize> {
+    identity: Identity,
+    boot: Boot,
+    config: LinkConfig,
+    board: BoardStatus,
+    booted_at: Millis,
+    /// Latest time handed in; `poll_transmit` stamps `age_ms` and arms timers with it.
+    now: Millis,
+    state: LinkState,
+    decoder: FrameDecoder,
+    ring: Deque<Sample, RING>,
+    next_seq: u32,
+    /// Seq of the next TELEMETRY to send; between the oldest held seq and the newest + 1.
+    next_send: u32,
+    /// Highest seq ever sent: anything at or below it is a retransmit.
+    highest_sent: u32,
+    next_hello: Millis,
+    next_health: Millis,
+    /// Armed while frames are in flight; reset by ACK progress.
+    rto_at: Option<Millis>,
+    /// Start of the silence that counts towards `LINK_TIMEOUT`: the last message heard, or the
+    /// moment samples started waiting, whichever is later.
+    quiet_since: Millis,
+    control: Deque<Control, CONTROL_QUEUE>,
+    counters: NodeCounters,
+}
+
+impl<const RING: usize> NodeLink<RING> {
+    /// A node that has just booted at `now`. Its first HELLO is due at once.
+    pub fn new(now: Millis, identity: Identity, boot: Boot, config: LinkConfig) -> Self {
+        const { assert!(RING > 0, "the sample ring needs room for one sample") };
+        NodeLink {
+            identity,
+            boot,
+            config,
+            board: BoardStatus::default(),
+            booted_at: now,
+            now,
+            state: LinkState::Unaccepted,
+            decoder: FrameDecoder::new(),
+            ring: Deque::new(),
+            next_seq: 1,
+            next_send: 1,
+            highest_sent: 0,
+            next_hello: now,
+            next_health: now,
+            rto_at: None,
+            quiet_since: now,
+            control: Deque::new(),
+            counters: NodeCounters::default(),
+        }
+    }
+
+    // ---- inputs ----
+
+    /// Bytes from the serial line, in any chunking.
+    pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
+        for &byte in bytes {
+            match self.decoder.push(byte) {
+                Some(Ok(message)) => self.handle_message(now, message),
+                Some(Err(_)) => self.counters.rx_errors = self.counters.rx_errors.wrapping_add(1),
+                None => {}
+            }
+        }
+    }
+
+    /// One message from the gateway.
+    pub fn handle_message(&mut self, now: Millis, message: Message) {
+        self.advance(now);
+        self.counters.rx_frames = self.counters.rx_frames.wrapping_add(1);
+        match message {
+            Message::Accept(Accept { boot_id, ack_upto }) if boot_id == self.boot.boot_id => {
+                self.heard();
+                self.acknowledge(ack_upto);
+                // A late ACCEPT (answer to an earlier HELLO) in an open session is just an ACK:
+                // restarting the window there would only resend what is in flight.
+                if self.state == LinkState::Unaccepted {
+                    self.state = LinkState::Accepted;
+                    self.next_send = self.oldest_seq();
+                    self.rto_at = None;
+                    self.queue(Control::Health);
+                    self.next_health = now + self.config.health_interval;
+                }
+            }
+            Message::Ack(Ack { boot_id, upto }) if boot_id == self.boot.boot_id => {
+                self.heard();
+                // An ACK is a fact about the gateway's disk, true in any state.
+                self.acknowledge(upto);
+            }
+            Message::Command(command) => {
+                self.heard();
+                self.queue(Control::Response(respond(command)));
+            }
+            // ACCEPT/ACK for another boot (stale, or meant for the node's previous life), or a
+            // node-to-gateway message (an echoing line): not from our gateway, not "heard".
+            _ => {}
+        }
+    }
+
+    /// A new sample of every channel, taken at `now`. Returns its seq.
+    pub fn handle_sample(&mut self, now: Millis, readings: Vec<Reading, MAX_READINGS>) -> u32 {
+        self.advance(now);
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.counters.samples = seq;
+        if self.ring.is_empty() {
+            // Samples start waiting now: silence before this moment does not count.
+            self.quiet_since = now;
+        }
+        if self.ring.len() >= self.ring_limit() {
+            self.ring.pop_front();
+            self.counters.dropped_samples = self.counters.dropped_samples.wrapping_add(1);
+            // Frames of the dropped sample may be in flight; sending continues after it.
+            self.next_send = self.next_send.max(self.oldest_seq());
+        }
+        let sample = Sample {
+            seq,
+            taken_at: now,
+            readings,
+        };
+        // Cannot fail: a slot was freed above when the ring was at its limit (<= RING).
+        let _ = self.ring.push_back(sample);
+        seq
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.advance(now);
+        if self.state == LinkState::Accepted
+            && self.link_deadline().is_some_and(|deadline| now >= deadline)
+        {
+            // The gateway is gone or restarted: start over with HELLO. Held samples stay held
+            // and the next ACCEPT's `ack_upto` says where to resume.
+            self.state = LinkState::Unaccepted;
+            self.rto_at = None;
+            self.next_hello = now;
+        }
+        match self.state {
+            LinkState::Unaccepted => {
+                if now >= self.next_hello {
+                    self.queue(Control::Hello);
+                    self.queue(Control::Enroll);
+                    self.next_hello = now + self.config.hello_interval;
+                }
+            }
+            LinkState::Accepted => {
+                if now >= self.next_health {
+                    self.queue(Control::Health);
+                    self.next_health = now + self.config.health_interval;
+                }
+                if self.rto_at.is_some_and(|at| now >= at) {
+                    // Go-back-N: no ACK progress for RTO, send again from the oldest held
+                    // sample. The timer is re-armed by the first frame sent.
+                    self.rto_at = None;
+                    self.next_send = self.oldest_seq();
+                }
+            }
+        }
+    }
+
+    /// The board's own measurements, reported in the next HEALTH.
+    pub fn set_board_status(&mut self, board: BoardStatus) {
+        self.board = board;
+    }
+
+    // ---- outputs ----
+
+    /// Writes the next frame to send into `buf` (size it with `frame::MAX_FRAME_LEN`) and
+    /// returns its length; `None` when there is nothing to send. Call until `None` after every
+    /// input. A frame that does not fit `buf` is dropped and counted.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let message = match self.control.pop_front() {
+                Some(control) => self.control_message(control),
+                None => self.next_telemetry()?,
+            };
+            match encode_frame(&message, buf) {
+                Ok(len) => {
+                    self.counters.tx_frames = self.counters.tx_frames.wrapping_add(1);
+                    return Some(len);
+                }
+                // A TELEMETRY dropped here counts as sent: the retransmit timer resends it.
+                Err(_) => self.counters.tx_dropped = self.counters.tx_dropped.wrapping_add(1),
+            }
+        }
+    }
+
+    /// When `handle_timeout` must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let at = match self.state {
+            LinkState::Unaccepted => self.next_hello,
+            LinkState::Accepted => {
+                let mut at = self.next_health;
+                if let Some(rto) = self.rto_at {
+                    at = at.min(rto);
+                }
+                if let Some(deadline) = self.link_deadline() {
+                    at = at.min(deadline);
+                }
+                at
+            }
+        };
+        Some(at)
+    }
+
+    // ---- accessors ----
+
+    #[must_use]
+    pub fn state(&self) -> LinkState {
+        self.state
+    }
+
+    #[must_use]
+    pub fn boot(&self) -> Boot {
+        self.boot
+    }
+
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    #[must_use]
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// What the frame decoder has seen (bytes discarded, CRC errors).
+    #[must_use]
+    pub fn decoder_counters(&self) -> LinkCounters {
+        self.decoder.counters()
+    }
+
+    /// Seq the next sample will get.
+    #[must_use]
+    pub fn next_seq(&self) -> u32 {
+        self.next_seq
+    }
+
+    /// Samples held, waiting for an acknowledgement.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Seq of the oldest held sample, `None` when the ring is empty.
+    #[must_use]
+    pub fn oldest_held(&self) -> Option<u32> {
+        self.ring.front().map(|s| s.seq)
+    }
+
+    // ---- internals ----
+
+    fn advance(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+    }
+
+    fn heard(&mut self) {
+        self.quiet_since = self.now;
+    }
+
+    fn ring_limit(&self) -> usize {
+        self.config.ring_limit.clamp(1, RING)
+    }
+
+    /// `window_start`: the oldest held seq, or the next seq when nothing is held.
+    fn oldest_seq(&self) -> u32 {
+        self.ring.front().map_or(self.next_seq, |s| s.seq)
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.next_send.saturating_sub(self.oldest_seq())
+    }
+
+    fn link_deadline(&self) -> Option<Millis> {
+        (!self.ring.is_empty()).then(|| self.quiet_since + LINK_TIMEOUT)
+    }
+
+    /// Drops every held sample with `seq <= upto`.
+    fn acknowledge(&mut self, upto: u32) {
+        let mut progress = false;
+        while self.ring.front().is_some_and(|s| s.seq <= upto) {
+            self.ring.pop_front();
+            progress = true;
+        }
+        if !progress {
+            return;
+        }
+        self.next_send = self.next_send.max(self.oldest_seq());
+        self.rto_at = (self.in_flight() > 0).then(|| self.now + RTO);
+    }
+
+    fn queue(&mut self, control: Control) {
+        if self.control.push_back(control).is_err() {
+            self.counters.tx_dropped = self.counters.tx_dropped.wrapping_add(1);
+        }
+    }
+
+    fn next_telemetry(&mut self) -> Option<Message> {
+        if self.state != LinkState::Accepted || self.in_flight() >= WINDOW {
+            return None;
+        }
+        let window_start = self.oldest_seq();
+        let index = usize::try_from(self.in_flight()).ok()?;
+        let sample = self.ring.get(index)?;
+        let age_ms = u32::try_from(self.now - sample.taken_at).unwrap_or(u32::MAX);
+        let telemetry = Telemetry {
+            seq: sample.seq,
+            window_start,
+            age_ms,
+            readings: sample.readings.clone(),
+        };
+        if sample.seq <= self.highest_sent {
+            self.counters.retransmits = self.counters.retransmits.wrapping_add(1);
+        }
+        self.highest_sent = self.highest_sent.max(sample.seq);
+        self.next_send = sample.seq.wrapping_add(1);
+        if self.rto_at.is_none() {
+            self.rto_at = Some(self.now + RTO);
+        }
+        Some(Message::Telemetry(telemetry))
+    }
+
+    fn control_message(&self, control: Control) -> Message {
+        let id = &self.identity;
+        match control {
+            Control::Hello => Message::Hello(Hello {
+                uid: id.uid,
+                hw_rev: id.hw_rev,
+                fw: id.fw,
+                boot_id: self.boot.boot_id,
+                lot: id.lot.clone(),
+                channels: id.channels.clone(),
+            }),
+            Control::Enroll => Message::Enroll(Enroll {
+                uid: id.uid,
+                public_key: id.public_key,
+            }),
+            Control::Health => Message::Health(self.health()),
+            Control::Response(response) => Message::Response(response),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let uptime_s = (self.now - self.booted_at) / 1000;
+        let c = &self.counters;
+        Health {
+            uptime_s: u32::try_from(uptime_s).unwrap_or(u32::MAX),
+            reset_reason: self.boot.reset_reason,
+            fw: self.identity.fw,
+            stack_free_min: self.board.stack_free_min,
+            rx_frames: c.rx_frames,
+            rx_errors: c.rx_errors,
+            tx_frames: c.tx_frames,
+            retransmits: c.retransmits,
+            dropped_samples: c.dropped_samples,
+            chip_temp_centi: self.board.chip_temp_centi,
+        }
+    }
+}
+
+fn respond(command: Command) -> Response {
+    match command.code {
+        COMMAND_PING => Response {
+            id: command.id,
+            status: STATUS_OK,
+            body: command.args,
+        },
+        _ => Response {
+            id: command.id,
+            status: STATUS_UNSUPPORTED,
+            body: Vec::new(),
+        },
+    }
+}

@@ -1,0 +1,64 @@
+//! Line noise on purpose, for testing the gateway's decoder (`--inject-garbage-every`).
+
+use outpost_proto::frame::{MAX_ENCODED_LEN, MAX_FRAME_LEN};
+use outpost_proto::{Message, Telemetry, encode_frame};
+use rand::Rng;
+use rand::rngs::SmallRng;
+
+/// One burst of everything a noisy line does, in this order: random bytes (which may contain
+/// delimiters), a frame cut off in the middle, and a run without any delimiter that is longer
+/// than any valid frame. The burst ends without a delimiter: the next real frame's leading
+/// `0x00` ends it, so a receiver counts errors and loses no real frame.
+pub(crate) fn garbage_burst(rng: &mut SmallRng) -> Vec<u8> {
+    let mut burst: Vec<u8> = (0..rng.random_range(8..64)).map(|_| rng.random()).collect();
+
+    let victim = Message::Telemetry(Telemetry {
+        seq: rng.random(),
+        window_start: 0,
+        age_ms: 0,
+        readings: heapless::Vec::new(),
+    });
+    let mut frame = [0u8; MAX_FRAME_LEN];
+    if let Ok(len) = encode_frame(&victim, &mut frame) {
+        // Keep the leading delimiter and at least one byte, drop at least the trailing one.
+        let cut = rng.random_range(2..len - 1);
+        burst.extend_from_slice(&frame[..cut]);
+    }
+    burst.push(0);
+
+    let run = MAX_ENCODED_LEN + rng.random_range(1..64);
+    burst.extend((0..run).map(|_| rng.random_range(1..=255u8)));
+    burst
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_proto::{Ack, FrameDecoder};
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn a_burst_costs_errors_but_never_the_next_frame() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let ack = Message::Ack(Ack {
+            boot_id: 1,
+            upto: 2,
+        });
+        let mut frame = [0u8; MAX_FRAME_LEN];
+        let len = encode_frame(&ack, &mut frame).unwrap();
+        for _ in 0..200 {
+            let mut decoder = FrameDecoder::new();
+            let mut decoded = Vec::new();
+            let stream = garbage_burst(&mut rng).into_iter().chain(frame[..len].to_vec());
+            for byte in stream {
+                if let Some(Ok(m)) = decoder.push(byte) {
+                    decoded.push(m);
+                }
+            }
+            assert_eq!(decoded, vec![ack.clone()]);
+            // At least the truncated frame and the over-long run.
+            assert!(decoder.counters().errors >= 2);
+        }
+    }
+}
