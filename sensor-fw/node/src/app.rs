@@ -53,9 +53,9 @@ pub struct App<S, const RING: usize> {
     bank: S,
     limit: Option<u32>,
     started_at: Millis,
-    interval_us: u64,
+    interval_ns: u128,
     /// Index of the next sampling tick.
-    tick: u64,
+    tick: u128,
     /// `None` once the limit is reached.
     next_sample: Option<Millis>,
     taken: u32,
@@ -65,15 +65,13 @@ pub struct App<S, const RING: usize> {
 impl<S: SensorBank, const RING: usize> App<S, RING> {
     /// The first sample is due at `now`.
     pub fn new(now: Millis, link: NodeLink<RING>, bank: S, schedule: Schedule) -> Self {
-        let interval_us = u64::try_from(schedule.interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1000);
+        let interval_ns = schedule.interval.as_nanos().max(1_000_000);
         App {
             link,
             bank,
             limit: schedule.limit,
             started_at: now,
-            interval_us,
+            interval_ns,
             tick: 0,
             next_sample: (schedule.limit != Some(0)).then_some(now),
             taken: 0,
@@ -160,13 +158,10 @@ impl<S: SensorBank, const RING: usize> App<S, RING> {
             return;
         }
         // The first tick after `now`: skip ticks missed while the caller was late.
-        let elapsed_ms = now - self.started_at;
-        let first_after_now = elapsed_ms
-            .saturating_add(1)
-            .saturating_mul(1000)
-            .div_ceil(self.interval_us);
+        let elapsed_ms = u128::from(now - self.started_at);
+        let first_after_now = ((elapsed_ms + 1) * 1_000_000).div_ceil(self.interval_ns);
         self.tick = (self.tick + 1).max(first_after_now);
-        let offset_ms = self.interval_us.saturating_mul(self.tick) / 1000;
-        self.next_sample = Some(self.started_at + offset_ms);
+        let offset_ms = self.interval_ns.saturating_mul(self.tick) / 1_000_000;
+        self.next_sample = Some(self.started_at + u64::try_from(offset_ms).unwrap_or(u64::MAX));
     }
 }

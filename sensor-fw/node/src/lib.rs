@@ -34,7 +34,7 @@ pub mod sim;
 
 pub use app::{App, Schedule, SensorBank};
 pub use link::{
-    BoardStatus, Boot, Identity, LINK_TIMEOUT, LinkConfig, LinkState, NodeCounters, NodeLink,
-    RTO, WINDOW,
+    BoardStatus, Boot, Identity, LINK_TIMEOUT, LinkConfig, LinkState, NodeCounters, NodeLink, RTO,
+    WINDOW,
 };
 pub use outpost_proto::Millis;

@@ -201,7 +201,11 @@ mod tests {
             operations: &mut [Operation<'_>],
         ) -> Result<(), ErrorKind> {
             for op in operations {
-                let expected = self.script.get(self.at).cloned().expect("transfer past script");
+                let expected = self
+                    .script
+                    .get(self.at)
+                    .cloned()
+                    .expect("transfer past script");
                 self.at += 1;
                 match (op, expected) {
                     (Operation::Write(bytes), Transfer::Write(a, want)) => {

@@ -50,7 +50,9 @@ mod tests {
         for _ in 0..200 {
             let mut decoder = FrameDecoder::new();
             let mut decoded = Vec::new();
-            let stream = garbage_burst(&mut rng).into_iter().chain(frame[..len].to_vec());
+            let stream = garbage_burst(&mut rng)
+                .into_iter()
+                .chain(frame[..len].to_vec());
             for byte in stream {
                 if let Some(Ok(m)) = decoder.push(byte) {
                     decoded.push(m);

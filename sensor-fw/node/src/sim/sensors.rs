@@ -74,14 +74,7 @@ impl SimSht3x {
         let rh = self.humidity.next(&mut self.rng);
         let t = sht3x::raw_temperature((t * 100.0).round() as i32).to_be_bytes();
         let rh = sht3x::raw_humidity((rh * 100.0).round() as i32).to_be_bytes();
-        [
-            t[0],
-            t[1],
-            sht3x::crc8(&t),
-            rh[0],
-            rh[1],
-            sht3x::crc8(&rh),
-        ]
+        [t[0], t[1], sht3x::crc8(&t), rh[0], rh[1], sht3x::crc8(&rh)]
     }
 }
 
@@ -201,7 +194,11 @@ mod tests {
     use super::*;
 
     fn value(readings: &HVec<Reading, MAX_READINGS>, channel: ChannelId) -> i32 {
-        readings.iter().find(|r| r.channel == channel).unwrap().value
+        readings
+            .iter()
+            .find(|r| r.channel == channel)
+            .unwrap()
+            .value
     }
 
     #[test]

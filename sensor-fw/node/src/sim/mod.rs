@@ -1,0 +1,572 @@
+//! The node simulator: the real node core ([`App`] over [`NodeLink`]) with simulated sensors,
+//! behind a pseudo-terminal it creates or a serial port it opens. One std thread per node, no
+//! async runtime; the gateway's `outpost demo` runs several in-process, the
+//! `outpost-node-sim` binary runs one.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! use outpost_node::sim::{SimConfig, SimNode};
+//! let node = SimNode::spawn_on_pty(SimConfig::new(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
+//!                                  std::path::Path::new("/tmp/node1"))?;
+//! // the gateway opens node.slave_path() (or /tmp/node1) ...
+//! node.stop()?;
+//! # Ok(()) }
+//! ```
+//!
+//! The pump is one loop: poll(2) on the line (and a stop pipe) with the core's `poll_timeout`
+//! as the timeout; after every input, run due timers and drain `poll_transmit`.
+
+mod fault;
+mod line;
+mod sensors;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use heapless::{String as HString, Vec as HVec};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN};
+use outpost_proto::{ChannelId, FwVersion, LinkCounters, Millis, ResetReason};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use self::line::{Line, ReadOutcome};
+pub use self::sensors::{SimBank, SimSht3x};
+use crate::app::{App, Schedule};
+use crate::link::{BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink};
+
+/// Capacity of the simulator's sample ring; `SimConfig::ring` may only lower it.
+pub const MAX_RING: usize = 4096;
+
+/// Free stack the simulator reports in HEALTH: a plausible RP2040 high-water mark.
+const SIM_STACK_FREE_MIN: u32 = 5 * 1024;
+/// How long to wait before looking again for a peer on a line nobody holds open.
+const NO_PEER_RETRY: Duration = Duration::from_millis(50);
+
+type SimApp = App<SimBank, MAX_RING>;
+
+/// Everything that makes one simulated node. Build with [`SimConfig::new`] and override fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// The node's unique id (the RP2040 flash id).
+    pub uid: [u8; 8],
+    /// Seeds the sensor values and the node's key; the same seed replays the same values.
+    pub seed: u64,
+    /// Time between samples.
+    pub sample_interval: Duration,
+    /// Channels sampled, in order; ids 1 to 5 (temperature, humidity, pressure, seq,
+    /// chip_temperature).
+    pub channels: Vec<ChannelId>,
+    /// Stop sampling after this many samples, and keep running to deliver them.
+    pub sample_limit: Option<u32>,
+    /// Samples held for the gateway at most (1 to [`MAX_RING`]).
+    pub ring: usize,
+    pub hello_interval: Duration,
+    pub health_interval: Duration,
+    pub fw: FwVersion,
+    pub lot: String,
+    pub hw_rev: u8,
+    /// After every n-th sample, write a burst of line noise (see `fault::garbage_burst`).
+    pub inject_garbage_every: Option<u32>,
+    /// This boot's id; `None` draws a random one from the OS, as a real node does at boot.
+    pub boot_id: Option<u32>,
+    pub reset_reason: ResetReason,
+}
+
+impl SimConfig {
+    /// Defaults: seed 0, 1 Hz, channels temperature, humidity, pressure and seq, no sample
+    /// limit, ring 1024, HELLO every 1 s, HEALTH every 10 s, firmware 0.1.0, hardware rev 1.
+    #[must_use]
+    pub fn new(uid: [u8; 8]) -> Self {
+        SimConfig {
+            uid,
+            seed: 0,
+            sample_interval: Duration::from_secs(1),
+            channels: vec![
+                ChannelId::TEMPERATURE,
+                ChannelId::HUMIDITY,
+                ChannelId::PRESSURE,
+                ChannelId::SEQ,
+            ],
+            sample_limit: None,
+            ring: 1024,
+            hello_interval: LinkConfig::default().hello_interval,
+            health_interval: LinkConfig::default().health_interval,
+            fw: FwVersion {
+                major: 0,
+                minor: 1,
+                patch: 0,
+            },
+            lot: String::new(),
+            hw_rev: 1,
+            inject_garbage_every: None,
+            boot_id: None,
+            reset_reason: ResetReason::PowerOn,
+        }
+    }
+
+    /// Checks every field; returns every problem found, not only the first.
+    pub fn validate(&self) -> Result<(), Vec<SimConfigError>> {
+        let mut errors = Vec::new();
+        if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {
+            errors.push(SimConfigError::ChannelCount(self.channels.len()));
+        }
+        for (i, &c) in self.channels.iter().enumerate() {
+            if c.name().is_none() {
+                errors.push(SimConfigError::UnknownChannel(c.0));
+            } else if self.channels[..i].contains(&c) {
+                errors.push(SimConfigError::DuplicateChannel(c.0));
+            }
+        }
+        if self.lot.len() > MAX_LOT_LEN {
+            errors.push(SimConfigError::LotTooLong(self.lot.len()));
+        }
+        if !(1..=MAX_RING).contains(&self.ring) {
+            errors.push(SimConfigError::Ring(self.ring));
+        }
+        for (name, d) in [
+            ("sample interval", self.sample_interval),
+            ("hello interval", self.hello_interval),
+            ("health interval", self.health_interval),
+        ] {
+            if d < Duration::from_millis(1) {
+                errors.push(SimConfigError::Interval(name));
+            }
+        }
+        if self.inject_garbage_every == Some(0) {
+            errors.push(SimConfigError::GarbageEvery);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The node's Ed25519 key, derived from uid and seed (only the public half is sent).
+    #[must_use]
+    pub fn signing_key(&self) -> SigningKey {
+        // A hash-free expansion (splitmix64) is enough: the key only has to be stable per
+        // (uid, seed) and distinct between simulated nodes; it protects nothing real.
+        let mut state = u64::from_le_bytes(self.uid) ^ self.seed.rotate_left(29);
+        let mut secret = [0u8; 32];
+        for chunk in secret.chunks_exact_mut(8) {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        SigningKey::from_bytes(&secret)
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            uid: self.uid,
+            hw_rev: self.hw_rev,
+            fw: self.fw,
+            // Both fit: `validate` checked the lengths.
+            lot: HString::try_from(self.lot.as_str()).unwrap_or_default(),
+            channels: HVec::from_slice(&self.channels).unwrap_or_default(),
+            public_key: self.signing_key().verifying_key().to_bytes(),
+        }
+    }
+}
+
+/// A field of [`SimConfig`] out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimConfigError {
+    ChannelCount(usize),
+    UnknownChannel(u8),
+    DuplicateChannel(u8),
+    LotTooLong(usize),
+    Ring(usize),
+    Interval(&'static str),
+    GarbageEvery,
+}
+
+impl fmt::Display for SimConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimConfigError::ChannelCount(n) => {
+                write!(f, "{n} channels; a node has 1 to {MAX_CHANNELS}")
+            }
+            SimConfigError::UnknownChannel(c) => write!(f, "channel id {c} is not simulated"),
+            SimConfigError::DuplicateChannel(c) => write!(f, "channel id {c} listed twice"),
+            SimConfigError::LotTooLong(n) => {
+                write!(f, "lot is {n} bytes; at most {MAX_LOT_LEN}")
+            }
+            SimConfigError::Ring(n) => write!(f, "ring of {n} samples; 1 to {MAX_RING}"),
+            SimConfigError::Interval(name) => write!(f, "{name} must be at least 1 ms"),
+            SimConfigError::GarbageEvery => f.write_str("garbage injection every 0 samples"),
+        }
+    }
+}
+
+impl std::error::Error for SimConfigError {}
+
+/// Parses a uid written as 16 hex digits.
+pub fn parse_uid(s: &str) -> Result<[u8; 8], String> {
+    let s = s.trim();
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("uid {s:?} is not 16 hex digits"));
+    }
+    let mut uid = [0u8; 8];
+    for (i, byte) in uid.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(uid)
+}
+
+/// Parses `X.Y.Z`.
+pub fn parse_fw(s: &str) -> Result<FwVersion, String> {
+    let parts: Vec<&str> = s.trim().split('.').collect();
+    let [major, minor, patch] = parts[..] else {
+        return Err(format!("firmware version {s:?} is not X.Y.Z"));
+    };
+    let num = |p: &str| {
+        p.parse::<u8>()
+            .map_err(|e| format!("firmware version {s:?}: {e}"))
+    };
+    Ok(FwVersion {
+        major: num(major)?,
+        minor: num(minor)?,
+        patch: num(patch)?,
+    })
+}
+
+/// Parses a comma-separated list of channel names (`temperature,humidity,pressure,seq`).
+pub fn parse_channels(s: &str) -> Result<Vec<ChannelId>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| ChannelId::from_name(name).ok_or_else(|| format!("unknown channel {name:?}")))
+        .collect()
+}
+
+/// A snapshot of a running simulated node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimStatus {
+    pub state: LinkState,
+    pub counters: NodeCounters,
+    /// What the node's frame decoder has seen.
+    pub decoder: LinkCounters,
+    /// Samples waiting for an acknowledgement.
+    pub held: usize,
+    /// The sample limit is reached.
+    pub sampling_done: bool,
+    /// Someone holds the other end of the line.
+    pub peer: bool,
+    /// Frames dropped because the line would block or nobody listened.
+    pub frames_lost_on_line: u32,
+}
+
+/// A simulated node running on its own thread. Dropping it stops the thread and removes the
+/// published link.
+#[derive(Debug)]
+pub struct SimNode {
+    slave_path: PathBuf,
+    link_path: Option<PathBuf>,
+    uid: [u8; 8],
+    boot_id: u32,
+    public_key: [u8; 32],
+    status: Arc<Mutex<SimStatus>>,
+    /// Write end of the stop pipe: closing it wakes the thread's poll and ends it.
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl SimNode {
+    /// Creates a pseudo-terminal, publishes its slave as the symlink `link_path` (replacing an
+    /// existing link) and runs the node on the master.
+    pub fn spawn_on_pty(config: SimConfig, link_path: &Path) -> io::Result<SimNode> {
+        let (line, slave_path) = Line::open_pty()?;
+        line::publish_link(&slave_path, link_path)?;
+        let spawned = Self::spawn(config, line, slave_path.clone(), Some(link_path.into()));
+        if spawned.is_err() {
+            line::remove_link(&slave_path, link_path);
+        }
+        spawned
+    }
+
+    /// Opens an existing serial device or pty slave and runs the node on it.
+    pub fn spawn_on_port(config: SimConfig, path: &Path) -> io::Result<SimNode> {
+        let line = Line::open_port(path)?;
+        Self::spawn(config, line, path.into(), None)
+    }
+
+    fn spawn(
+        config: SimConfig,
+        line: Line,
+        slave_path: PathBuf,
+        link_path: Option<PathBuf>,
+    ) -> io::Result<SimNode> {
+        config.validate().map_err(|errors| {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            io::Error::new(io::ErrorKind::InvalidInput, text.join("; "))
+        })?;
+        let boot_id = match config.boot_id {
+            Some(id) => id,
+            None => random_boot_id()?,
+        };
+        let identity = config.identity();
+        let public_key = identity.public_key;
+        let status = Arc::new(Mutex::new(SimStatus {
+            state: LinkState::Unaccepted,
+            counters: NodeCounters::default(),
+            decoder: LinkCounters::default(),
+            held: 0,
+            sampling_done: false,
+            peer: false,
+            frames_lost_on_line: 0,
+        }));
+        let (stop_rx, stop_tx) = nix::unistd::pipe()?;
+        let pump = Pump {
+            config: config.clone(),
+            identity,
+            boot_id,
+            line,
+            stop_rx,
+            status: Arc::clone(&status),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("node-{}", hex(&config.uid)))
+            // The ring lives in a Box, but is built on the stack first in debug builds.
+            .stack_size(16 << 20)
+            .spawn(move || pump.run())?;
+        Ok(SimNode {
+            slave_path,
+            link_path,
+            uid: config.uid,
+            boot_id,
+            public_key,
+            status,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The tty the gateway opens (the pty slave, or the port given).
+    #[must_use]
+    pub fn slave_path(&self) -> &Path {
+        &self.slave_path
+    }
+
+    /// The symlink published by [`SimNode::spawn_on_pty`].
+    #[must_use]
+    pub fn link_path(&self) -> Option<&Path> {
+        self.link_path.as_deref()
+    }
+
+    #[must_use]
+    pub fn uid(&self) -> [u8; 8] {
+        self.uid
+    }
+
+    #[must_use]
+    pub fn boot_id(&self) -> u32 {
+        self.boot_id
+    }
+
+    /// The Ed25519 public key the node sends in ENROLL.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    #[must_use]
+    pub fn status(&self) -> SimStatus {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node thread is still running (it ends only on `stop` or a fatal line error).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the node, removes the published link and returns the thread's fatal error, if any.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        drop(self.stop.take());
+        let result = match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("node thread panicked")),
+            None => Ok(()),
+        };
+        if let Some(link) = self.link_path.take() {
+            line::remove_link(&self.slave_path, &link);
+        }
+        result
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A boot id as a real node gets it: random at every start, independent of the seed.
+fn random_boot_id() -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The thread body: owns the node and its line.
+struct Pump {
+    config: SimConfig,
+    identity: Identity,
+    boot_id: u32,
+    line: Line,
+    stop_rx: OwnedFd,
+    status: Arc<Mutex<SimStatus>>,
+}
+
+impl Pump {
+    fn run(mut self) -> io::Result<()> {
+        let started = Instant::now();
+        let now = || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut app = self.build(now());
+        let mut garbage_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(1));
+        let mut garbage_after = self.config.inject_garbage_every.map(|n| (n, n));
+        let mut lost: u32 = 0;
+        let mut frame = [0u8; MAX_FRAME_LEN];
+        let mut rx = [0u8; 1024];
+        let mut wait = Duration::ZERO;
+        loop {
+            // Wait for bytes, the next timer, or stop.
+            let mut fds = [
+                PollFd::new(self.stop_rx.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.line.fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, poll_timeout(wait)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if fds[0].any().unwrap_or(false) {
+                return Ok(()); // the stop pipe closed
+            }
+            let line_events = fds[1].revents().unwrap_or(PollFlags::empty());
+            // POLLHUP on a pty master: nobody holds the slave open (yet, or any more).
+            let mut peer = !line_events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+            if line_events.contains(PollFlags::POLLIN) {
+                loop {
+                    match self.line.read(&mut rx)? {
+                        ReadOutcome::Data(0) => break,
+                        ReadOutcome::Data(n) => app.handle_bytes(now(), &rx[..n]),
+                        ReadOutcome::NoPeer => {
+                            peer = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !peer && self.pause_for_peer(wait)? {
+                return Ok(());
+            }
+
+            let t = now();
+            if app.poll_timeout().is_some_and(|at| at <= t) {
+                let taken = app.samples_taken();
+                app.handle_timeout(t);
+                let chip_temp_centi = app.bank().chip_temp_centi();
+                app.link_mut().set_board_status(BoardStatus {
+                    stack_free_min: SIM_STACK_FREE_MIN,
+                    chip_temp_centi,
+                });
+                if let Some((every, left)) = garbage_after.as_mut()
+                    && app.samples_taken() != taken
+                {
+                    *left -= 1;
+                    if *left == 0 {
+                        *left = *every;
+                        if peer {
+                            self.line
+                                .write_or_drop(&fault::garbage_burst(&mut garbage_rng))?;
+                        }
+                    }
+                }
+            }
+            // Drain every frame; with nobody listening they go into the void.
+            while let Some(len) = app.poll_transmit(&mut frame) {
+                if !(peer && self.line.write_or_drop(&frame[..len])?) {
+                    lost = lost.wrapping_add(1);
+                }
+            }
+            self.publish(&app, peer, lost);
+            wait = app.poll_timeout().map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis(at - now())
+            });
+        }
+    }
+
+    fn build(&self, now: Millis) -> Box<SimApp> {
+        let c = &self.config;
+        let link = NodeLink::new(
+            now,
+            self.identity.clone(),
+            Boot {
+                boot_id: self.boot_id,
+                reset_reason: c.reset_reason,
+            },
+            LinkConfig {
+                hello_interval: c.hello_interval,
+                health_interval: c.health_interval,
+                ring_limit: c.ring,
+            },
+        );
+        let bank = SimBank::new(&c.channels, c.seed ^ u64::from_le_bytes(c.uid));
+        let schedule = Schedule {
+            interval: c.sample_interval,
+            limit: c.sample_limit,
+        };
+        Box::new(App::new(now, link, bank, schedule))
+    }
+
+    /// Nobody listens: sleep a little (or until the next timer), waking early on stop.
+    /// Returns whether stop was requested.
+    fn pause_for_peer(&self, wait: Duration) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.stop_rx.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(wait.min(NO_PEER_RETRY))) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(fds[0].any().unwrap_or(false)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn publish(&self, app: &SimApp, peer: bool, lost: u32) {
+        let link = app.link();
+        let status = SimStatus {
+            state: link.state(),
+            counters: link.counters(),
+            decoder: link.decoder_counters(),
+            held: link.held(),
+            sampling_done: app.sampling_done(),
+            peer,
+            frames_lost_on_line: lost,
+        };
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+fn poll_timeout(wait: Duration) -> PollTimeout {
+    // Round up so a timer is never polled for a moment too early, spinning.
+    let ms = wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 != 0);
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
