@@ -1,1 +1,258 @@
+//! Test harness for Outpost's end-to-end tests: real binaries, real pseudo-terminals, real SQLite
+//! files, everything on loopback, every process stopped by PID.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The workspace's debug binaries, built once per test run.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--quiet", "-p", "outpost", "-p", "outpost-node", "--features", "outpost-node/std", "--bins"])
+            .current_dir(workspace_dir())
+            .status()
+            .expect("cannot run cargo to build the binaries under test");
+        assert!(status.success(), "building the binaries under test failed");
+    });
+    dir.join(name)
+}
+
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_owned()
+}
+
+/// target/debug, from this test executable's own path (target/debug/deps/site-…).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target/debug/deps layout").to_owned()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind loopback").port()
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = f() {
+            return Ok(value);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process stopped by PID (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command) -> Result<Proc> {
+        let child = command.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {name}"))?;
+        Ok(Proc { name: name.to_owned(), child })
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// SIGKILL: no chance to flush or clean up, like a power cut to the process.
+    pub fn kill_hard(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                self.kill_hard();
+                bail!("{} did not exit within {timeout:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = kill(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One simulated node's options.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub uid: String,
+    pub rate_hz: f64,
+    pub samples: Option<u32>,
+    pub garbage_every: Option<u32>,
+}
+
+impl NodeSpec {
+    pub fn new(i: usize) -> NodeSpec {
+        NodeSpec { uid: format!("e2e00000000000{:02x}", i + 1), rate_hz: 50.0, samples: None, garbage_every: None }
+    }
+}
+
+/// A site: a temporary directory, simulated nodes on ptys, and the gateway.
+#[derive(Debug)]
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Option<Proc>>,
+    pub specs: Vec<NodeSpec>,
+    pub gateway: Option<Proc>,
+    pub api: SocketAddr,
+}
+
+impl Site {
+    pub fn new(specs: Vec<NodeSpec>) -> Result<Site> {
+        let dir = tempfile::Builder::new().prefix("outpost-e2e-").tempdir()?;
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut site = Site { dir, nodes: Vec::new(), specs: specs.clone(), gateway: None, api };
+        for i in 0..specs.len() {
+            let node = site.spawn_node(i)?;
+            site.nodes.push(Some(node));
+        }
+        site.write_config()?;
+        Ok(site)
+    }
+
+    pub fn link(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("ttyNODE{i}"))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data/outpost.db")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("outpost.toml")
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let mut toml = format!(
+            "[gateway]\nid = \"e2e-site\"\ndata_dir = \"{}\"\n\n[api]\nlisten = \"{}\"\n\n[log]\nlevel = \"info\"\n",
+            self.dir.path().join("data").display(),
+            self.api
+        );
+        for i in 0..self.specs.len() {
+            toml += &format!("\n[[serial]]\npath = \"{}\"\nreopen_backoff_max = \"1s\"\n", self.link(i).display());
+        }
+        std::fs::write(self.config_path(), toml)?;
+        Ok(())
+    }
+
+    pub fn spawn_node(&self, i: usize) -> Result<Proc> {
+        let spec = &self.specs[i];
+        let link = self.link(i);
+        let _ = std::fs::remove_file(&link);
+        let mut cmd = Command::new(bin("outpost-node-sim"));
+        cmd.arg("--pty").arg(&link).args(["--uid", &spec.uid, "--seed", &i.to_string()]);
+        cmd.args(["--rate", &spec.rate_hz.to_string()]);
+        if let Some(n) = spec.samples {
+            cmd.args(["--samples", &n.to_string()]);
+        }
+        if let Some(n) = spec.garbage_every {
+            cmd.args(["--inject-garbage-every", &n.to_string()]);
+        }
+        let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
+        wait_for(Duration::from_secs(10), "the node's pty link", || link.exists().then_some(()))?;
+        Ok(node)
+    }
+
+    pub fn start_gateway(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("outpost"));
+        cmd.arg("run").arg("--config").arg(self.config_path());
+        self.gateway = Some(Proc::spawn("gateway", &mut cmd)?);
+        wait_for(Duration::from_secs(20), "the gateway's API", || self.get("/api/v1/status").ok())?;
+        Ok(())
+    }
+
+    /// GET on the gateway's API, parsed as JSON.
+    pub fn get(&self, path: &str) -> Result<serde_json::Value> {
+        http_get_json(self.api, path)
+    }
+
+    /// Every node's `seq` channel in store order, keyed by uid.
+    pub fn stored_seqs(&self) -> Result<Vec<(String, Vec<i64>)>> {
+        stored_seqs(&self.store_path())
+    }
+
+    /// Waits until every node has at least `n` samples stored.
+    pub fn wait_for_samples(&self, n: usize, timeout: Duration) -> Result<()> {
+        let count = self.specs.len();
+        wait_for(timeout, &format!("{n} samples from each of {count} nodes"), || {
+            let seqs = self.stored_seqs().ok()?;
+            (seqs.len() == count && seqs.iter().all(|(_, s)| s.len() >= n)).then_some(())
+        })
+    }
+}
+
+/// `seq` channel values per node uid, in the order the store holds them.
+pub fn stored_seqs(store: &Path) -> Result<Vec<(String, Vec<i64>)>> {
+    let conn = rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut nodes = conn.prepare("SELECT id, uid FROM nodes ORDER BY uid")?;
+    let nodes: Vec<(i64, String)> = nodes.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, uid) in nodes {
+        let mut stmt = conn.prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id")?;
+        let seqs = stmt.query_map([id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        out.push((uid, seqs));
+    }
+    Ok(out)
+}
+
+/// Asserts `seqs` is exactly `1..=n` for some n >= `at_least`: no gap, no duplicate, in order.
+pub fn assert_contiguous(uid: &str, seqs: &[i64], at_least: usize) {
+    assert!(seqs.len() >= at_least, "node {uid}: only {} samples stored, expected {at_least}", seqs.len());
+    for (i, &s) in seqs.iter().enumerate() {
+        assert_eq!(s, i as i64 + 1, "node {uid}: sample {} holds seq {s}: a gap or a duplicate", i + 1);
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the gateway's JSON API.
+pub fn http_get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(serde_json::from_str(body)?)
+}
