@@ -392,11 +392,11 @@ fn health_reports_uptime_reset_reason_board_status_and_link_counters() {
     let (position, health) = sent
         .iter()
         .enumerate()
-        .filter_map(|(i, m)| match m {
+        .rev()
+        .find_map(|(i, m)| match m {
             Message::Health(h) => Some((i, *h)),
             _ => None,
         })
-        .last()
         .unwrap();
     assert_eq!(health.uptime_s, 20);
     assert_eq!(health.reset_reason, ResetReason::Watchdog);

@@ -60,6 +60,10 @@ impl MiniGateway {
         let mut termios = tcgetattr(&port).unwrap();
         cfmakeraw(&mut termios);
         tcsetattr(&port, SetArg::TCSANOW, &termios).unwrap();
+        MiniGateway::on(port)
+    }
+
+    fn on(port: File) -> MiniGateway {
         MiniGateway {
             port,
             decoder: FrameDecoder::new(),
@@ -103,8 +107,8 @@ impl MiniGateway {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("reading the pty: {e}"),
             };
-            for i in 0..n {
-                if let Some(Ok(message)) = self.decoder.push(buf[i]) {
+            for &byte in &buf[..n] {
+                if let Some(Ok(message)) = self.decoder.push(byte) {
                     self.handle(message);
                 }
             }
@@ -209,7 +213,28 @@ fn a_gateway_that_closes_and_reopens_the_port_gets_the_rest_without_gap() {
     assert!(gateway.serve(Duration::from_secs(20), |g| g.last == 150));
     assert_eq!(gateway.seqs(), (1..=150).collect::<Vec<_>>());
     drop(node);
-    assert!(std::fs::symlink_metadata(&link).is_err(), "Drop removes the link");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "Drop removes the link"
+    );
+}
+
+#[test]
+fn a_simulated_node_runs_on_an_existing_port() {
+    // The test holds a pty master as "the far end of the cable"; the node opens the slave.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave_path = nix::unistd::ttyname(&pty.slave).unwrap();
+    let master = File::from(pty.master);
+    nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let node = SimNode::spawn_on_port(fast(10), &slave_path).unwrap();
+    drop(pty.slave);
+    assert_eq!(node.slave_path(), slave_path);
+    assert_eq!(node.link_path(), None);
+
+    let mut gateway = MiniGateway::on(master);
+    assert!(gateway.serve(Duration::from_secs(20), |g| g.last == 10));
+    assert_eq!(gateway.seqs(), (1..=10).collect::<Vec<_>>());
+    node.stop().unwrap();
 }
 
 #[test]
@@ -221,7 +246,11 @@ fn injected_garbage_costs_the_gateway_decode_errors_but_no_sample() {
     let mut gateway = MiniGateway::open(&link);
     assert!(gateway.serve(Duration::from_secs(20), |g| g.last == 30));
     assert_eq!(gateway.seqs(), (1..=30).collect::<Vec<_>>());
-    assert!(gateway.decoder.counters().errors >= 2 * 7, "{:?}", gateway.decoder.counters());
+    assert!(
+        gateway.decoder.counters().errors >= 2 * 7,
+        "{:?}",
+        gateway.decoder.counters()
+    );
     node.stop().unwrap();
 }
 
@@ -231,8 +260,22 @@ fn the_binary_publishes_its_pty_and_removes_the_link_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outpost-node-sim"))
         .arg("--pty")
         .arg(&link)
-        .args(["--uid", "5e50000000000001", "--rate", "50", "--samples", "10"])
-        .args(["--channels", "temperature,seq", "--fw", "2.3.4", "--lot", "L-9"])
+        .args([
+            "--uid",
+            "5e50000000000001",
+            "--rate",
+            "50",
+            "--samples",
+            "10",
+        ])
+        .args([
+            "--channels",
+            "temperature,seq",
+            "--fw",
+            "2.3.4",
+            "--lot",
+            "L-9",
+        ])
         .spawn()
         .unwrap();
     wait_for("the pty link", Duration::from_secs(10), || {

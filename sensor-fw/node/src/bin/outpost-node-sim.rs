@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, value_name = "HZ", default_value_t = 1.0)]
     rate: f64,
     /// Channels to sample: comma-separated names.
-    #[arg(long, value_name = "LIST", value_parser = sim::parse_channels,
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = channel,
           default_value = "temperature,humidity,pressure,seq")]
     channels: Vec<ChannelId>,
     /// Stop sampling after N samples; keep running to deliver them.
@@ -60,6 +60,10 @@ struct Args {
     /// over-long run without delimiter onto the line.
     #[arg(long, value_name = "N")]
     inject_garbage_every: Option<u32>,
+}
+
+fn channel(name: &str) -> Result<ChannelId, String> {
+    ChannelId::from_name(name.trim()).ok_or_else(|| format!("unknown channel {name:?}"))
 }
 
 fn seconds(name: &str, secs: f64) -> Result<Duration> {

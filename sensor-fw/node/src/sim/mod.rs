@@ -243,15 +243,6 @@ pub fn parse_fw(s: &str) -> Result<FwVersion, String> {
     })
 }
 
-/// Parses a comma-separated list of channel names (`temperature,humidity,pressure,seq`).
-pub fn parse_channels(s: &str) -> Result<Vec<ChannelId>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| ChannelId::from_name(name).ok_or_else(|| format!("unknown channel {name:?}")))
-        .collect()
-}
-
 /// A snapshot of a running simulated node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimStatus {
