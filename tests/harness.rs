@@ -18,7 +18,17 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = target_dir();
     BUILT.get_or_init(|| {
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args(["build", "--quiet", "-p", "outpost", "-p", "outpost-node", "--features", "outpost-node/std", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "outpost",
+                "-p",
+                "outpost-node",
+                "--features",
+                "outpost-node/std",
+                "--bins",
+            ])
             .current_dir(workspace_dir())
             .status()
             .expect("cannot run cargo to build the binaries under test");
@@ -28,18 +38,27 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
 }
 
 /// target/debug, from this test executable's own path (target/debug/deps/site-…).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/debug/deps layout").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/debug/deps layout")
+        .to_owned()
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind loopback").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind loopback")
+        .port()
 }
 
 /// Polls `f` until it returns `Some`, or fails after `timeout` with `what`.
@@ -65,8 +84,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, command: &mut Command) -> Result<Proc> {
-        let child = command.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {name}"))?;
-        Ok(Proc { name: name.to_owned(), child })
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+        })
     }
 
     pub fn pid(&self) -> Pid {
@@ -122,25 +147,37 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     pub fn new(i: usize) -> NodeSpec {
-        NodeSpec { uid: format!("e2e00000000000{:02x}", i + 1), rate_hz: 50.0, samples: None, garbage_every: None }
+        NodeSpec {
+            uid: format!("e2e00000000000{:02x}", i + 1),
+            rate_hz: 50.0,
+            samples: None,
+            garbage_every: None,
+        }
     }
 }
 
 /// A site: a temporary directory, simulated nodes on ptys, and the gateway.
 #[derive(Debug)]
 pub struct Site {
-    pub dir: tempfile::TempDir,
+    // Dropped in this order: the gateway, then the nodes, then the directory.
+    pub gateway: Option<Proc>,
     pub nodes: Vec<Option<Proc>>,
     pub specs: Vec<NodeSpec>,
-    pub gateway: Option<Proc>,
     pub api: SocketAddr,
+    pub dir: tempfile::TempDir,
 }
 
 impl Site {
     pub fn new(specs: Vec<NodeSpec>) -> Result<Site> {
         let dir = tempfile::Builder::new().prefix("outpost-e2e-").tempdir()?;
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut site = Site { dir, nodes: Vec::new(), specs: specs.clone(), gateway: None, api };
+        let mut site = Site {
+            dir,
+            nodes: Vec::new(),
+            specs: specs.clone(),
+            gateway: None,
+            api,
+        };
         for i in 0..specs.len() {
             let node = site.spawn_node(i)?;
             site.nodes.push(Some(node));
@@ -168,7 +205,10 @@ impl Site {
             self.api
         );
         for i in 0..self.specs.len() {
-            toml += &format!("\n[[serial]]\npath = \"{}\"\nreopen_backoff_max = \"1s\"\n", self.link(i).display());
+            toml += &format!(
+                "\n[[serial]]\npath = \"{}\"\nreopen_backoff_max = \"1s\"\n",
+                self.link(i).display()
+            );
         }
         std::fs::write(self.config_path(), toml)?;
         Ok(())
@@ -179,7 +219,9 @@ impl Site {
         let link = self.link(i);
         let _ = std::fs::remove_file(&link);
         let mut cmd = Command::new(bin("outpost-node-sim"));
-        cmd.arg("--pty").arg(&link).args(["--uid", &spec.uid, "--seed", &i.to_string()]);
+        cmd.arg("--pty")
+            .arg(&link)
+            .args(["--uid", &spec.uid, "--seed", &i.to_string()]);
         cmd.args(["--rate", &spec.rate_hz.to_string()]);
         if let Some(n) = spec.samples {
             cmd.args(["--samples", &n.to_string()]);
@@ -188,7 +230,9 @@ impl Site {
             cmd.args(["--inject-garbage-every", &n.to_string()]);
         }
         let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
-        wait_for(Duration::from_secs(10), "the node's pty link", || link.exists().then_some(()))?;
+        wait_for(Duration::from_secs(10), "the node's pty link", || {
+            link.exists().then_some(())
+        })?;
         Ok(node)
     }
 
@@ -196,7 +240,9 @@ impl Site {
         let mut cmd = Command::new(bin("outpost"));
         cmd.arg("run").arg("--config").arg(self.config_path());
         self.gateway = Some(Proc::spawn("gateway", &mut cmd)?);
-        wait_for(Duration::from_secs(20), "the gateway's API", || self.get("/api/v1/status").ok())?;
+        wait_for(Duration::from_secs(20), "the gateway's API", || {
+            self.get("/api/v1/status").ok()
+        })?;
         Ok(())
     }
 
@@ -213,23 +259,33 @@ impl Site {
     /// Waits until every node has at least `n` samples stored.
     pub fn wait_for_samples(&self, n: usize, timeout: Duration) -> Result<()> {
         let count = self.specs.len();
-        wait_for(timeout, &format!("{n} samples from each of {count} nodes"), || {
-            let seqs = self.stored_seqs().ok()?;
-            (seqs.len() == count && seqs.iter().all(|(_, s)| s.len() >= n)).then_some(())
-        })
+        wait_for(
+            timeout,
+            &format!("{n} samples from each of {count} nodes"),
+            || {
+                let seqs = self.stored_seqs().ok()?;
+                (seqs.len() == count && seqs.iter().all(|(_, s)| s.len() >= n)).then_some(())
+            },
+        )
     }
 }
 
 /// `seq` channel values per node uid, in the order the store holds them.
 pub fn stored_seqs(store: &Path) -> Result<Vec<(String, Vec<i64>)>> {
-    let conn = rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mut nodes = conn.prepare("SELECT id, uid FROM nodes ORDER BY uid")?;
-    let nodes: Vec<(i64, String)> = nodes.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let nodes: Vec<(i64, String)> = nodes
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for (id, uid) in nodes {
-        let mut stmt = conn.prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id")?;
-        let seqs = stmt.query_map([id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut stmt = conn
+            .prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id")?;
+        let seqs = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         out.push((uid, seqs));
     }
     Ok(out)
@@ -237,9 +293,18 @@ pub fn stored_seqs(store: &Path) -> Result<Vec<(String, Vec<i64>)>> {
 
 /// Asserts `seqs` is exactly `1..=n` for some n >= `at_least`: no gap, no duplicate, in order.
 pub fn assert_contiguous(uid: &str, seqs: &[i64], at_least: usize) {
-    assert!(seqs.len() >= at_least, "node {uid}: only {} samples stored, expected {at_least}", seqs.len());
+    assert!(
+        seqs.len() >= at_least,
+        "node {uid}: only {} samples stored, expected {at_least}",
+        seqs.len()
+    );
     for (i, &s) in seqs.iter().enumerate() {
-        assert_eq!(s, i as i64 + 1, "node {uid}: sample {} holds seq {s}: a gap or a duplicate", i + 1);
+        assert_eq!(
+            s,
+            i as i64 + 1,
+            "node {uid}: sample {} holds seq {s}: a gap or a duplicate",
+            i + 1
+        );
     }
 }
 
@@ -250,7 +315,9 @@ pub fn http_get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> 
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP header end")?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }

@@ -16,9 +16,17 @@ const GROUP_READINGS: usize = 8192;
 
 fn sample(seq: u32) -> Sample {
     let readings = (0..CHANNELS as u8)
-        .map(|c| Reading { channel: ChannelId(c + 1), value: 2000 + (seq as i32 % 97) })
+        .map(|c| Reading {
+            channel: ChannelId(c + 1),
+            value: 2000 + (seq as i32 % 97),
+        })
         .collect();
-    Sample { seq, window_start: 1, ts_ms: 1_764_000_000_000 + i64::from(seq) * 100, readings }
+    Sample {
+        seq,
+        window_start: 1,
+        ts_ms: 1_764_000_000_000 + i64::from(seq) * 100,
+        readings,
+    }
 }
 
 fn hello(node: u32) -> Hello {
@@ -35,14 +43,22 @@ fn hello(node: u32) -> Hello {
 fn batched(readings: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("bench.db")).unwrap();
-    let ids: Vec<i64> =
-        (0..NODES).map(|n| store.transaction(|tx| tx.register(0, "bench", &hello(n))).unwrap().node_id).collect();
+    let ids: Vec<i64> = (0..NODES)
+        .map(|n| {
+            store
+                .transaction(|tx| tx.register(0, "bench", &hello(n)))
+                .unwrap()
+                .node_id
+        })
+        .collect();
     let samples_per_node_per_commit = GROUP_READINGS / CHANNELS / NODES as usize;
     let commits = readings / GROUP_READINGS;
     let start = Instant::now();
     for commit in 0..commits {
         let first = (commit * samples_per_node_per_commit) as u32 + 1;
-        let batch: Vec<Sample> = (first..first + samples_per_node_per_commit as u32).map(sample).collect();
+        let batch: Vec<Sample> = (first..first + samples_per_node_per_commit as u32)
+            .map(sample)
+            .collect();
         store
             .transaction(|tx| {
                 for (n, &id) in ids.iter().enumerate() {
@@ -79,11 +95,17 @@ fn naive(readings: usize) -> f64 {
 fn main() {
     // `cargo test --benches` runs this with --test-threads etc.: do a tiny run then.
     let quick = std::env::args().any(|a| a == "--test" || a.starts_with("--test-threads"));
-    let (group_n, naive_n) = if quick { (GROUP_READINGS, 50) } else { (2_000_000, 3_000) };
+    let (group_n, naive_n) = if quick {
+        (GROUP_READINGS, 50)
+    } else {
+        (2_000_000, 3_000)
+    };
     let naive_rate = naive(naive_n);
     let batched_rate = batched(group_n);
     println!("store ingest, WAL + synchronous=FULL, {NODES} nodes x {CHANNELS} channels");
     println!("  one transaction per reading: {naive_rate:>12.0} readings/s  ({naive_n} readings)");
-    println!("  group commit ({GROUP_READINGS}/txn):    {batched_rate:>12.0} readings/s  ({group_n} readings)");
+    println!(
+        "  group commit ({GROUP_READINGS}/txn):    {batched_rate:>12.0} readings/s  ({group_n} readings)"
+    );
     println!("  speed-up: {:.0}x", batched_rate / naive_rate);
 }

@@ -30,9 +30,18 @@ fn demo_uid(i: usize) -> [u8; 8] {
 }
 
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=64).contains(&options.nodes), "--nodes must be between 1 and 64");
-    anyhow::ensure!(options.rate > 0.0 && options.rate <= 100.0, "--rate must be in (0, 100] samples/s");
-    let dir = tempfile::Builder::new().prefix("outpost-demo-").tempdir().context("cannot make a temporary directory")?;
+    anyhow::ensure!(
+        (1..=64).contains(&options.nodes),
+        "--nodes must be between 1 and 64"
+    );
+    anyhow::ensure!(
+        options.rate > 0.0 && options.rate <= 100.0,
+        "--rate must be in (0, 100] samples/s"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("outpost-demo-")
+        .tempdir()
+        .context("cannot make a temporary directory")?;
     let mut nodes = Vec::new();
     let mut serial = Vec::new();
     for i in 0..options.nodes {
@@ -41,7 +50,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         sim.sample_interval = Duration::from_secs_f64(1.0 / options.rate);
         sim.lot = "DEMO-LOT-1".into();
         let link = dir.path().join(format!("ttyNODE{i}"));
-        let node = SimNode::spawn_on_pty(sim, &link).with_context(|| format!("cannot start simulated node {i}"))?;
+        let node = SimNode::spawn_on_pty(sim, &link)
+            .with_context(|| format!("cannot start simulated node {i}"))?;
         serial.push(SerialPort {
             path: link,
             baud: 115_200,
@@ -63,7 +73,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let data_dir = dir.path().display().to_string();
     let result = topology::run(config, shutdown, move |addr| {
         println!();
-        println!("  Outpost demo: {count} simulated sensor nodes on pseudo-terminals in {data_dir}");
+        println!(
+            "  Outpost demo: {count} simulated sensor nodes on pseudo-terminals in {data_dir}"
+        );
         println!("  Status:  http://{addr}/api/v1/status");
         println!("  Nodes:   http://{addr}/api/v1/nodes");
         println!("  Press Ctrl-C to stop; everything is removed on exit.");

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::{
-    Ack, Accept, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis,
+    Accept, Ack, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis,
     encode_frame,
 };
 
@@ -39,7 +39,9 @@ pub fn admit(last: Option<u32>, seq: u32, window_start: u32) -> Admission {
         None if seq == window_start => Admission::AfterGap { lost: seq - 1 },
         None => Admission::Stale,
         Some(last) if seq == last.wrapping_add(1) => Admission::Next,
-        Some(last) if seq > last && seq == window_start => Admission::AfterGap { lost: seq - last - 1 },
+        Some(last) if seq > last && seq == window_start => Admission::AfterGap {
+            lost: seq - last - 1,
+        },
         Some(_) => Admission::Stale,
     }
 }
@@ -50,7 +52,11 @@ pub enum Action {
     /// A node said HELLO and ENROLL on this port: register it and check its key.
     Register { hello: Hello, public_key: [u8; 32] },
     /// Samples to commit; answer with `handle_committed` or `handle_commit_failed`.
-    Ingest { node_id: i64, boot_id: u32, samples: Vec<Sample> },
+    Ingest {
+        node_id: i64,
+        boot_id: u32,
+        samples: Vec<Sample>,
+    },
     /// A HEALTH report.
     Health { node_id: i64, health: Health },
     /// Frames the gateway dropped on this node's line since the last report.
@@ -131,7 +137,11 @@ pub struct PortSession {
 impl PortSession {
     #[must_use]
     pub fn new(port: impl Into<String>, max_frames_per_sec: u32, now: Millis) -> Self {
-        let rate = RateLimit { per_sec: max_frames_per_sec, tokens: 0.0, refilled_at: now };
+        let rate = RateLimit {
+            per_sec: max_frames_per_sec,
+            tokens: 0.0,
+            refilled_at: now,
+        };
         let mut session = PortSession {
             port: port.into(),
             decoder: FrameDecoder::new(),
@@ -204,12 +214,18 @@ impl PortSession {
         let new_errors = now.errors.wrapping_sub(self.counted.errors);
         self.counters.frames += u64::from(now.frames.wrapping_sub(self.counted.frames));
         self.counters.frame_errors += u64::from(new_errors);
-        self.counters.discarded_bytes += u64::from(now.discarded_bytes.wrapping_sub(self.counted.discarded_bytes));
+        self.counters.discarded_bytes += u64::from(
+            now.discarded_bytes
+                .wrapping_sub(self.counted.discarded_bytes),
+        );
         self.counted = now;
         if new_errors > 0 {
             tracing::info!(message = "Garbage on serial line.", port = %self.port, frames_dropped = new_errors);
             if let Some(node) = &self.node {
-                self.actions.push_back(Action::LinkErrors { node_id: node.node_id, count: new_errors });
+                self.actions.push_back(Action::LinkErrors {
+                    node_id: node.node_id,
+                    count: new_errors,
+                });
             }
         }
     }
@@ -217,18 +233,26 @@ impl PortSession {
     fn handle_message(&mut self, wall_ms: i64, message: Message) {
         match message {
             Message::Hello(hello) => {
-                let same_boot = self.node.as_ref().is_some_and(|n| n.boot_id == hello.boot_id);
+                let same_boot = self
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.boot_id == hello.boot_id);
                 if same_boot {
                     // The node lost our ACCEPT or timed out: tell it again where it stands.
                     let node = self.node.as_ref().expect("checked above");
                     let ack_upto = node.committed.unwrap_or(0);
-                    self.transmit.push_back(Message::Accept(Accept { boot_id: hello.boot_id, ack_upto }));
+                    self.transmit.push_back(Message::Accept(Accept {
+                        boot_id: hello.boot_id,
+                        ack_upto,
+                    }));
                 } else {
                     self.hello = Some(hello);
                 }
             }
             Message::Enroll(enroll) => {
-                let Some(hello) = self.hello.take_if(|h| h.uid == enroll.uid) else { return };
+                let Some(hello) = self.hello.take_if(|h| h.uid == enroll.uid) else {
+                    return;
+                };
                 if self.registering {
                     self.hello = Some(hello); // one registration at a time; retried on next HELLO
                     return;
@@ -236,7 +260,10 @@ impl PortSession {
                 self.flush_samples();
                 self.node = None;
                 self.registering = true;
-                self.actions.push_back(Action::Register { hello, public_key: enroll.public_key });
+                self.actions.push_back(Action::Register {
+                    hello,
+                    public_key: enroll.public_key,
+                });
             }
             Message::Telemetry(t) => {
                 let Some(node) = &mut self.node else { return };
@@ -245,7 +272,10 @@ impl PortSession {
                         self.counters.duplicates += 1;
                         // An ACK was lost: say again what is committed so the node frees its ring.
                         if let Some(committed) = node.committed.filter(|&c| t.seq <= c) {
-                            let ack = Ack { boot_id: node.boot_id, upto: committed };
+                            let ack = Ack {
+                                boot_id: node.boot_id,
+                                upto: committed,
+                            };
                             if !self.transmit.contains(&Message::Ack(ack)) {
                                 self.transmit.push_back(Message::Ack(ack));
                             }
@@ -265,7 +295,10 @@ impl PortSession {
             }
             Message::Health(health) => {
                 if let Some(node) = &self.node {
-                    self.actions.push_back(Action::Health { node_id: node.node_id, health });
+                    self.actions.push_back(Action::Health {
+                        node_id: node.node_id,
+                        health,
+                    });
                 }
             }
             Message::Response(response) => {
@@ -284,7 +317,11 @@ impl PortSession {
         }
         let samples = std::mem::take(&mut self.pending_samples);
         if let Some(node) = &self.node {
-            self.actions.push_back(Action::Ingest { node_id: node.node_id, boot_id: node.boot_id, samples });
+            self.actions.push_back(Action::Ingest {
+                node_id: node.node_id,
+                boot_id: node.boot_id,
+                samples,
+            });
         }
     }
 
@@ -302,7 +339,10 @@ impl PortSession {
             handed_over: committed,
             committed,
         });
-        self.transmit.push_back(Message::Accept(Accept { boot_id: hello.boot_id, ack_upto: registered.ack_upto }));
+        self.transmit.push_back(Message::Accept(Accept {
+            boot_id: hello.boot_id,
+            ack_upto: registered.ack_upto,
+        }));
     }
 
     /// The store could not register the node (its disk failed): the node says HELLO again.
@@ -313,7 +353,11 @@ impl PortSession {
     /// The store committed samples of `boot_id` up to `upto`.
     pub fn handle_committed(&mut self, node_id: i64, boot_id: u32, upto: u32, duplicates: u32) {
         self.counters.duplicates += u64::from(duplicates);
-        let Some(node) = self.node.as_mut().filter(|n| n.node_id == node_id && n.boot_id == boot_id) else {
+        let Some(node) = self
+            .node
+            .as_mut()
+            .filter(|n| n.node_id == node_id && n.boot_id == boot_id)
+        else {
             return;
         };
         if upto == 0 || node.committed.is_some_and(|c| c >= upto) {
@@ -327,7 +371,11 @@ impl PortSession {
     /// The store could not commit (disk full, read-only): nothing is acknowledged, and samples
     /// after the last commit are taken again when the node resends them.
     pub fn handle_commit_failed(&mut self, node_id: i64, boot_id: u32) {
-        if let Some(node) = self.node.as_mut().filter(|n| n.node_id == node_id && n.boot_id == boot_id) {
+        if let Some(node) = self
+            .node
+            .as_mut()
+            .filter(|n| n.node_id == node_id && n.boot_id == boot_id)
+        {
             node.handed_over = node.committed;
         }
     }

@@ -10,7 +10,11 @@ use outpost::{demo, topology};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "outpost", version, about = "Edge gateway for industrial field sites")]
+#[command(
+    name = "outpost",
+    version,
+    about = "Edge gateway for industrial field sites"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ enum Command {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// Cancelled on SIGINT or SIGTERM.
@@ -54,7 +61,10 @@ fn shutdown_on_signal() -> CancellationToken {
     let cancel = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -69,7 +79,11 @@ fn shutdown_on_signal() -> CancellationToken {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("outpost: cannot start runtime: {e}");
@@ -95,9 +109,21 @@ fn main() -> ExitCode {
                 })
                 .await
             }
-            Command::Demo { nodes, listen, rate } => {
+            Command::Demo {
+                nodes,
+                listen,
+                rate,
+            } => {
                 init_tracing("info");
-                demo::run(demo::DemoOptions { nodes, listen, rate }, shutdown_on_signal()).await
+                demo::run(
+                    demo::DemoOptions {
+                        nodes,
+                        listen,
+                        rate,
+                    },
+                    shutdown_on_signal(),
+                )
+                .await
             }
         }
     });

@@ -39,7 +39,8 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let path = store_path(&config);
-    let store = Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
+    let store =
+        Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
 
     let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -55,7 +56,10 @@ pub async fn run(
         config
             .serial
             .iter()
-            .map(|p| PortStatus { path: p.path.display().to_string(), ..PortStatus::default() })
+            .map(|p| PortStatus {
+                path: p.path.display().to_string(),
+                ..PortStatus::default()
+            })
             .collect(),
     ));
     let mut port_tasks = Vec::new();
@@ -81,7 +85,9 @@ pub async fn run(
         store_condition: condition,
         ports,
     };
-    api::serve(listener, state, shutdown.clone()).await.context("API server failed")?;
+    api::serve(listener, state, shutdown.clone())
+        .await
+        .context("API server failed")?;
 
     for task in port_tasks {
         let _ = task.await;

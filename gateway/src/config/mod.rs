@@ -43,7 +43,10 @@ pub struct RawGateway {
 
 impl Default for RawGateway {
     fn default() -> Self {
-        RawGateway { id: None, data_dir: PathBuf::from("/var/lib/outpost") }
+        RawGateway {
+            id: None,
+            data_dir: PathBuf::from("/var/lib/outpost"),
+        }
     }
 }
 
@@ -56,7 +59,9 @@ pub struct RawApi {
 
 impl Default for RawApi {
     fn default() -> Self {
-        RawApi { listen: "127.0.0.1:8080".into() }
+        RawApi {
+            listen: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -71,7 +76,10 @@ pub struct RawStore {
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { commit_interval: "20ms".into(), max_commit_readings: 8192 }
+        RawStore {
+            commit_interval: "20ms".into(),
+            max_commit_readings: 8192,
+        }
     }
 }
 
@@ -110,7 +118,9 @@ pub struct RawLog {
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { level: "info".into() }
+        RawLog {
+            level: "info".into(),
+        }
     }
 }
 
@@ -166,7 +176,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -197,7 +211,9 @@ impl Config {
         let deserializer = toml::Deserializer::from(table.clone());
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
-            ConfigErrors(vec![doc.toml_error(e.inner(), if key == "." { "" } else { &key })])
+            ConfigErrors(vec![
+                doc.toml_error(e.inner(), if key == "." { "" } else { &key }),
+            ])
         })?;
         compile(raw).map_err(|problems| {
             ConfigErrors(
@@ -226,7 +242,10 @@ pub struct Problem {
 pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
-        problems.push(Problem { key: key.to_owned(), message });
+        problems.push(Problem {
+            key: key.to_owned(),
+            message,
+        });
     };
 
     let gateway_id = match raw.gateway.id {
@@ -240,7 +259,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         problem("gateway.data_dir", "must not be empty".into());
     }
     let api_listen = raw.api.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-        problem("api.listen", format!("`{}` is not an address:port ({e})", raw.api.listen));
+        problem(
+            "api.listen",
+            format!("`{}` is not an address:port ({e})", raw.api.listen),
+        );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
     let commit_interval = parse_duration(&raw.store.commit_interval).unwrap_or_else(|why| {
@@ -248,10 +270,16 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         Duration::ZERO
     });
     if commit_interval > Duration::from_secs(5) {
-        problem("store.commit_interval", "must be at most 5s: nodes wait this long for their ACK".into());
+        problem(
+            "store.commit_interval",
+            "must be at most 5s: nodes wait this long for their ACK".into(),
+        );
     }
     if !(64..=1_000_000).contains(&raw.store.max_commit_readings) {
-        problem("store.max_commit_readings", "must be between 64 and 1000000".into());
+        problem(
+            "store.max_commit_readings",
+            "must be between 64 and 1000000".into(),
+        );
     }
 
     let mut seen = HashSet::new();
@@ -259,16 +287,25 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     for (i, port) in raw.serial.into_iter().enumerate() {
         let key = |field: &str| format!("serial[{i}].{field}");
         if !seen.insert(port.path.clone()) {
-            problem(&key("path"), format!("`{}` is listed twice", port.path.display()));
+            problem(
+                &key("path"),
+                format!("`{}` is listed twice", port.path.display()),
+            );
         }
         if port.path.as_os_str().is_empty() {
             problem(&key("path"), "must not be empty".into());
         }
         if !(300..=4_000_000).contains(&port.baud) {
-            problem(&key("baud"), format!("{} is outside 300..=4000000", port.baud));
+            problem(
+                &key("baud"),
+                format!("{} is outside 300..=4000000", port.baud),
+            );
         }
         if !(1..=10_000).contains(&port.max_frames_per_sec) {
-            problem(&key("max_frames_per_sec"), "must be between 1 and 10000".into());
+            problem(
+                &key("max_frames_per_sec"),
+                "must be between 1 and 10000".into(),
+            );
         }
         let reopen_backoff_max = parse_duration(&port.reopen_backoff_max).unwrap_or_else(|why| {
             problem(&key("reopen_backoff_max"), why);
@@ -283,7 +320,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     }
 
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
-        problem("log.level", format!("`{}` is not a log filter: {e}", raw.log.level));
+        problem(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", raw.log.level),
+        );
     }
 
     if problems.is_empty() {
@@ -307,7 +347,9 @@ fn check_gateway_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
         Err("must be 1 to 64 characters".into())
     } else if !id.chars().all(ok_char) {
-        Err(format!("`{id}` may only hold letters, digits, '-', '_' and '.'"))
+        Err(format!(
+            "`{id}` may only hold letters, digits, '-', '_' and '.'"
+        ))
     } else {
         Ok(())
     }
@@ -315,14 +357,19 @@ fn check_gateway_id(id: &str) -> Result<(), String> {
 
 fn host_name() -> Option<String> {
     let name = nix::unistd::gethostname().ok()?.into_string().ok()?;
-    let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
     (!name.is_empty()).then_some(name)
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -345,7 +392,11 @@ struct Document<'a> {
 impl Document<'_> {
     fn line_at(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn toml_error(&self, e: &toml::de::Error, key: &str) -> ConfigError {

@@ -20,15 +20,22 @@ fn an_empty_file_is_a_valid_config_with_embedded_defaults() {
 
 #[test]
 fn an_unknown_key_is_named_with_its_file_and_line() {
-    let e = only_error("[gateway]\nid = \"site-1\"\n\n[[serial]]\npath = \"/dev/ttyACM0\"\nbaudrate = 9600\n");
+    let e = only_error(
+        "[gateway]\nid = \"site-1\"\n\n[[serial]]\npath = \"/dev/ttyACM0\"\nbaudrate = 9600\n",
+    );
     assert_eq!(e.line, Some(6), "{e}");
     assert!(e.message.contains("baudrate"), "{e}");
-    assert!(e.to_string().starts_with("/etc/outpost/outpost.toml:6: "), "{e}");
+    assert!(
+        e.to_string().starts_with("/etc/outpost/outpost.toml:6: "),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_names_the_key_path() {
-    let e = only_error("[[serial]]\npath = \"/dev/a\"\n\n[[serial]]\npath = \"/dev/b\"\nbaud = \"fast\"\n");
+    let e = only_error(
+        "[[serial]]\npath = \"/dev/a\"\n\n[[serial]]\npath = \"/dev/b\"\nbaud = \"fast\"\n",
+    );
     assert_eq!(e.key, "serial[1].baud");
     assert_eq!(e.line, Some(6));
 }
@@ -37,7 +44,8 @@ fn a_value_of_the_wrong_type_names_the_key_path() {
 fn every_semantic_problem_is_reported_at_once_with_its_line() {
     let text = "[gateway]\nid = \"bad id!\"\n[api]\nlisten = \"localhost\"\n[[serial]]\npath = \"/dev/a\"\n[[serial]]\npath = \"/dev/a\"\nbaud = 12\n";
     let errors = parse(text).unwrap_err().0;
-    let found: Vec<(String, Option<usize>)> = errors.iter().map(|e| (e.key.clone(), e.line)).collect();
+    let found: Vec<(String, Option<usize>)> =
+        errors.iter().map(|e| (e.key.clone(), e.line)).collect();
     assert_eq!(
         found,
         vec![

@@ -69,7 +69,11 @@ async fn read_store<T: Send + 'static>(
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let (totals, size_bytes) = read_store(&state, |r| Ok((r.totals()?, r.size_bytes()))).await?;
-    let condition = state.store_condition.lock().map(|c| c.clone()).unwrap_or_default();
+    let condition = state
+        .store_condition
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
     let ports = state.ports.lock().map(|p| p.clone()).unwrap_or_default();
     Ok(Json(Status {
         gateway_id: state.gateway_id.clone(),
@@ -77,7 +81,11 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         uptime_s: state.started.elapsed().as_secs(),
         node_count: totals.nodes,
         readings_stored: totals.readings_stored,
-        store: StoreStatus { path: state.store_path.clone(), size_bytes, condition },
+        store: StoreStatus {
+            path: state.store_path.clone(),
+            size_bytes,
+            condition,
+        },
         ports,
     }))
 }
@@ -99,7 +107,11 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     tokio::net::TcpListener::bind(listen).await
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

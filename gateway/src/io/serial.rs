@@ -36,7 +36,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 fn wall_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs one port until `shutdown`.
@@ -54,7 +56,9 @@ pub async fn run(
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let mut backoff = FIRST_BACKOFF;
     let update = |f: &dyn Fn(&mut PortStatus)| {
-        let mut ports = board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ports = board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut ports[index]);
     };
 
@@ -66,7 +70,10 @@ pub async fn run(
             Ok(port) => port,
             Err(error) => {
                 let message = error.to_string();
-                let first = board.lock().map(|p| p[index].last_error.as_deref() != Some(&message)).unwrap_or(true);
+                let first = board
+                    .lock()
+                    .map(|p| p[index].last_error.as_deref() != Some(&message))
+                    .unwrap_or(true);
                 if first {
                     tracing::warn!(message = "Cannot open serial port; retrying with backoff.", port = %path, %error);
                 }
@@ -114,7 +121,9 @@ pub async fn run(
                 match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&frame[..n])).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => failed = Some(e.to_string()),
-                    Err(_) => tracing::warn!(message = "Serial write timed out; frame dropped.", port = %path),
+                    Err(_) => {
+                        tracing::warn!(message = "Serial write timed out; frame dropped.", port = %path)
+                    }
                 }
             }
             let (counters, node_id) = (session.counters(), session.node_id());
@@ -140,16 +149,36 @@ pub async fn run(
     }
 }
 
-fn command_for(action: Action, port: &str, reply: &mpsc::UnboundedSender<StoreReply>) -> StoreCommand {
+fn command_for(
+    action: Action,
+    port: &str,
+    reply: &mpsc::UnboundedSender<StoreReply>,
+) -> StoreCommand {
     let now_ms = wall_ms();
     match action {
-        Action::Register { hello, public_key } => {
-            StoreCommand::Register { port: port.to_owned(), hello, public_key, now_ms, reply: reply.clone() }
-        }
-        Action::Ingest { node_id, boot_id, samples } => {
-            StoreCommand::Ingest { node_id, boot_id, samples, now_ms, reply: reply.clone() }
-        }
-        Action::Health { node_id, health } => StoreCommand::Health { node_id, health, now_ms },
+        Action::Register { hello, public_key } => StoreCommand::Register {
+            port: port.to_owned(),
+            hello,
+            public_key,
+            now_ms,
+            reply: reply.clone(),
+        },
+        Action::Ingest {
+            node_id,
+            boot_id,
+            samples,
+        } => StoreCommand::Ingest {
+            node_id,
+            boot_id,
+            samples,
+            now_ms,
+            reply: reply.clone(),
+        },
+        Action::Health { node_id, health } => StoreCommand::Health {
+            node_id,
+            health,
+            now_ms,
+        },
         Action::LinkErrors { node_id, count } => StoreCommand::LinkErrors { node_id, count },
     }
 }
@@ -169,7 +198,11 @@ fn handle_reply(session: &mut PortSession, reply: StoreReply) {
             }
             Err(_) => session.handle_register_failed(),
         },
-        StoreReply::Committed { node_id, boot_id, result } => match result {
+        StoreReply::Committed {
+            node_id,
+            boot_id,
+            result,
+        } => match result {
             Ok(ingested) => {
                 if ingested.lost > 0 {
                     tracing::warn!(message = "Node reported lost samples (its buffer overflowed).",

@@ -7,7 +7,11 @@ fn hello(boot_id: u32) -> Hello {
     Hello {
         uid: [9; 8],
         hw_rev: 1,
-        fw: FwVersion { major: 1, minor: 0, patch: 0 },
+        fw: FwVersion {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
         boot_id,
         lot: heapless::String::new(),
         channels: [ChannelId::SEQ].into_iter().collect(),
@@ -25,7 +29,12 @@ fn telemetry(seq: u32, window_start: u32) -> Vec<u8> {
         seq,
         window_start,
         age_ms: 250,
-        readings: [Reading { channel: ChannelId::SEQ, value: seq as i32 }].into_iter().collect(),
+        readings: [Reading {
+            channel: ChannelId::SEQ,
+            value: seq as i32,
+        }]
+        .into_iter()
+        .collect(),
     }))
 }
 
@@ -34,7 +43,12 @@ fn sent(session: &mut PortSession) -> Vec<Message> {
     let mut decoder = FrameDecoder::new();
     let mut out = Vec::new();
     while let Some(n) = session.poll_transmit(&mut buf) {
-        out.extend(buf[..n].iter().filter_map(|&b| decoder.push(b)).map(Result::unwrap));
+        out.extend(
+            buf[..n]
+                .iter()
+                .filter_map(|&b| decoder.push(b))
+                .map(Result::unwrap),
+        );
     }
     out
 }
@@ -47,11 +61,29 @@ fn actions(session: &mut PortSession) -> Vec<Action> {
 fn attached(ack_upto: u32) -> PortSession {
     let mut s = PortSession::new("/dev/ttyACM0", 1000, Millis(0));
     let mut bytes = frame(&Message::Hello(hello(7)));
-    bytes.extend(frame(&Message::Enroll(Enroll { uid: [9; 8], public_key: [1; 32] })));
+    bytes.extend(frame(&Message::Enroll(Enroll {
+        uid: [9; 8],
+        public_key: [1; 32],
+    })));
     s.handle_bytes(Millis(0), 0, &bytes);
-    assert!(matches!(actions(&mut s).as_slice(), [Action::Register { .. }]));
-    s.handle_registered(&hello(7), Some(Registered { node_id: 42, ack_upto }));
-    assert_eq!(sent(&mut s), vec![Message::Accept(Accept { boot_id: 7, ack_upto })]);
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::Register { .. }]
+    ));
+    s.handle_registered(
+        &hello(7),
+        Some(Registered {
+            node_id: 42,
+            ack_upto,
+        }),
+    );
+    assert_eq!(
+        sent(&mut s),
+        vec![Message::Accept(Accept {
+            boot_id: 7,
+            ack_upto
+        })]
+    );
     s
 }
 
@@ -81,11 +113,29 @@ fn samples_go_to_the_store_and_are_acked_only_after_commit() {
     bytes.extend(telemetry(2, 1));
     s.handle_bytes(Millis(10), 1_000_000, &bytes);
     let got = actions(&mut s);
-    let [Action::Ingest { node_id: 42, boot_id: 7, samples }] = got.as_slice() else { panic!("{got:?}") };
-    assert_eq!(samples.iter().map(|s| (s.seq, s.ts_ms)).collect::<Vec<_>>(), vec![(1, 999_750), (2, 999_750)]);
+    let [
+        Action::Ingest {
+            node_id: 42,
+            boot_id: 7,
+            samples,
+        },
+    ] = got.as_slice()
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        samples.iter().map(|s| (s.seq, s.ts_ms)).collect::<Vec<_>>(),
+        vec![(1, 999_750), (2, 999_750)]
+    );
     assert!(sent(&mut s).is_empty(), "no ACK before the commit");
     s.handle_committed(42, 7, 2, 0);
-    assert_eq!(sent(&mut s), vec![Message::Ack(Ack { boot_id: 7, upto: 2 })]);
+    assert_eq!(
+        sent(&mut s),
+        vec![Message::Ack(Ack {
+            boot_id: 7,
+            upto: 2
+        })]
+    );
 }
 
 #[test]
@@ -93,7 +143,13 @@ fn a_resent_sample_already_committed_is_acked_again_not_stored() {
     let mut s = attached(5);
     s.handle_bytes(Millis(10), 0, &telemetry(5, 1));
     assert!(actions(&mut s).is_empty());
-    assert_eq!(sent(&mut s), vec![Message::Ack(Ack { boot_id: 7, upto: 5 })]);
+    assert_eq!(
+        sent(&mut s),
+        vec![Message::Ack(Ack {
+            boot_id: 7,
+            upto: 5
+        })]
+    );
     assert_eq!(s.counters().duplicates, 1);
 }
 
@@ -105,7 +161,9 @@ fn after_a_failed_commit_the_resent_samples_are_taken_again() {
     s.handle_commit_failed(42, 7);
     assert!(sent(&mut s).is_empty());
     s.handle_bytes(Millis(1010), 0, &telemetry(1, 1));
-    assert!(matches!(actions(&mut s).as_slice(), [Action::Ingest { samples, .. }] if samples[0].seq == 1));
+    assert!(
+        matches!(actions(&mut s).as_slice(), [Action::Ingest { samples, .. }] if samples[0].seq == 1)
+    );
 }
 
 #[test]
@@ -117,8 +175,17 @@ fn garbage_on_the_line_is_counted_against_the_node_and_the_next_frame_decodes() 
     bytes.extend(telemetry(1, 1));
     s.handle_bytes(Millis(10), 0, &bytes);
     let got = actions(&mut s);
-    assert!(got.iter().any(|a| matches!(a, Action::Ingest { samples, .. } if samples[0].seq == 1)));
-    assert!(got.iter().any(|a| matches!(a, Action::LinkErrors { node_id: 42, count: 2 })));
+    assert!(
+        got.iter()
+            .any(|a| matches!(a, Action::Ingest { samples, .. } if samples[0].seq == 1))
+    );
+    assert!(got.iter().any(|a| matches!(
+        a,
+        Action::LinkErrors {
+            node_id: 42,
+            count: 2
+        }
+    )));
     assert_eq!(s.counters().frame_errors, 2);
 }
 
@@ -139,14 +206,23 @@ fn a_hello_of_the_same_boot_is_answered_with_where_it_stands() {
     s.handle_committed(42, 7, 1, 0);
     sent(&mut s);
     s.handle_bytes(Millis(20), 0, &frame(&Message::Hello(hello(7))));
-    assert_eq!(sent(&mut s), vec![Message::Accept(Accept { boot_id: 7, ack_upto: 1 })]);
+    assert_eq!(
+        sent(&mut s),
+        vec![Message::Accept(Accept {
+            boot_id: 7,
+            ack_upto: 1
+        })]
+    );
 }
 
 #[test]
 fn a_refused_node_gets_no_accept() {
     let mut s = PortSession::new("p", 1000, Millis(0));
     let mut bytes = frame(&Message::Hello(hello(7)));
-    bytes.extend(frame(&Message::Enroll(Enroll { uid: [9; 8], public_key: [1; 32] })));
+    bytes.extend(frame(&Message::Enroll(Enroll {
+        uid: [9; 8],
+        public_key: [1; 32],
+    })));
     s.handle_bytes(Millis(0), 0, &bytes);
     actions(&mut s);
     s.handle_registered(&hello(7), None);

@@ -121,7 +121,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut conn = open_connection(path)?;
         migrate(&mut conn)?;
-        Ok(Store { conn, path: path.to_owned(), sessions: HashMap::new() })
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+            sessions: HashMap::new(),
+        })
     }
 
     #[must_use]
@@ -137,10 +141,13 @@ impl Store {
         let mut sessions = std::mem::take(&mut self.sessions);
         let tx = self.conn.transaction()?;
         let result = {
-            let mut handle = Tx { tx, sessions: &mut sessions };
+            let mut handle = Tx {
+                tx,
+                sessions: &mut sessions,
+            };
             match f(&mut handle) {
-            Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
-            Err(e) => Err(e), // dropping the transaction rolls it back
+                Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
+                Err(e) => Err(e), // dropping the transaction rolls it back
             }
         };
         if result.is_ok() {
@@ -169,7 +176,12 @@ fn uid_hex(uid: &[u8; 8]) -> String {
 
 impl Tx<'_> {
     /// Records a HELLO: creates or updates the node, returns where its boot stands.
-    pub fn register(&mut self, now_ms: i64, port: &str, hello: &Hello) -> Result<Registered, StoreError> {
+    pub fn register(
+        &mut self,
+        now_ms: i64,
+        port: &str,
+        hello: &Hello,
+    ) -> Result<Registered, StoreError> {
         let uid = uid_hex(&hello.uid);
         let channels: Vec<String> = hello.channels.iter().map(|c| c.0.to_string()).collect();
         let node_id: i64 = self.tx.query_row(
@@ -182,19 +194,27 @@ impl Tx<'_> {
             |row| row.get(0),
         )?;
         let last = self.last_seq(node_id, hello.boot_id)?;
-        Ok(Registered { node_id, ack_upto: last.unwrap_or(0) })
+        Ok(Registered {
+            node_id,
+            ack_upto: last.unwrap_or(0),
+        })
     }
 
     /// Pins a node's public key on first enrolment; refuses a different one later.
     pub fn enroll(&mut self, node_id: i64, public_key: &[u8; 32]) -> Result<Enrolment, StoreError> {
-        let pinned: Option<Vec<u8>> = self
-            .tx
-            .query_row("SELECT public_key FROM nodes WHERE id = ?1", [node_id], |row| row.get(0))?;
+        let pinned: Option<Vec<u8>> = self.tx.query_row(
+            "SELECT public_key FROM nodes WHERE id = ?1",
+            [node_id],
+            |row| row.get(0),
+        )?;
         Ok(match pinned {
             Some(key) if key == public_key => Enrolment::Known,
             Some(_) => Enrolment::KeyMismatch,
             None => {
-                self.tx.execute("UPDATE nodes SET public_key = ?2 WHERE id = ?1", params![node_id, public_key.as_slice()])?;
+                self.tx.execute(
+                    "UPDATE nodes SET public_key = ?2 WHERE id = ?1",
+                    params![node_id, public_key.as_slice()],
+                )?;
                 Enrolment::Pinned
             }
         })
@@ -217,7 +237,13 @@ impl Tx<'_> {
     }
 
     /// Appends samples of one boot of one node, admitting only what keeps the sequence contiguous.
-    pub fn ingest(&mut self, node_id: i64, boot_id: u32, samples: &[Sample], now_ms: i64) -> Result<Ingested, StoreError> {
+    pub fn ingest(
+        &mut self,
+        node_id: i64,
+        boot_id: u32,
+        samples: &[Sample],
+        now_ms: i64,
+    ) -> Result<Ingested, StoreError> {
         let mut last = self.last_seq(node_id, boot_id)?;
         let mut out = Ingested::default();
         let mut readings = 0u64;
@@ -235,7 +261,14 @@ impl Tx<'_> {
                     Admission::AfterGap { lost } => out.lost += lost,
                 }
                 for r in &sample.readings {
-                    insert.execute(params![node_id, boot_id, sample.seq, r.channel.0, sample.ts_ms, r.value])?;
+                    insert.execute(params![
+                        node_id,
+                        boot_id,
+                        sample.seq,
+                        r.channel.0,
+                        sample.ts_ms,
+                        r.value
+                    ])?;
                 }
                 readings += sample.readings.len() as u64;
                 out.admitted += 1;
@@ -289,7 +322,10 @@ impl Tx<'_> {
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if applied > schema::MIGRATIONS.len() {
-        return Err(StoreError::SchemaTooNew { found: applied, known: schema::MIGRATIONS.len() });
+        return Err(StoreError::SchemaTooNew {
+            found: applied,
+            known: schema::MIGRATIONS.len(),
+        });
     }
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
@@ -343,9 +379,15 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Reader { conn, path: path.to_owned() })
+        Ok(Reader {
+            conn,
+            path: path.to_owned(),
+        })
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
@@ -361,7 +403,11 @@ impl Reader {
                 hw_rev: row.get(1)?,
                 fw_version: row.get(2)?,
                 lot: row.get(3)?,
-                channels: channels.split(',').filter(|c| !c.is_empty()).map(channel_name).collect(),
+                channels: channels
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(channel_name)
+                    .collect(),
                 port: row.get(5)?,
                 enrolled: row.get(6)?,
                 first_seen_ms: row.get(7)?,
@@ -370,7 +416,10 @@ impl Reader {
                 reset_reason: row.get(10)?,
                 readings_received: row.get(11)?,
                 samples_lost: row.get(12)?,
-                link_errors: LinkErrors { gateway_rx: row.get(13)?, node_rx: row.get(14)? },
+                link_errors: LinkErrors {
+                    gateway_rx: row.get(13)?,
+                    node_rx: row.get(14)?,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -380,7 +429,12 @@ impl Reader {
         Ok(self.conn.query_row(
             "SELECT count(*), coalesce(sum(readings_received), 0) FROM nodes",
             [],
-            |row| Ok(Totals { nodes: row.get(0)?, readings_stored: row.get(1)? }),
+            |row| {
+                Ok(Totals {
+                    nodes: row.get(0)?,
+                    readings_stored: row.get(1)?,
+                })
+            },
         )?)
     }
 

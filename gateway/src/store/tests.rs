@@ -6,10 +6,16 @@ fn hello(uid: u8, boot_id: u32) -> Hello {
     Hello {
         uid: [uid; 8],
         hw_rev: 2,
-        fw: FwVersion { major: 1, minor: 4, patch: 0 },
+        fw: FwVersion {
+            major: 1,
+            minor: 4,
+            patch: 0,
+        },
         boot_id,
         lot: heapless::String::try_from("L2026-11").unwrap(),
-        channels: [ChannelId::TEMPERATURE, ChannelId::SEQ].into_iter().collect(),
+        channels: [ChannelId::TEMPERATURE, ChannelId::SEQ]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -19,8 +25,14 @@ fn sample(seq: u32, window_start: u32) -> Sample {
         window_start,
         ts_ms: 1_700_000_000_000 + i64::from(seq) * 1000,
         readings: [
-            Reading { channel: ChannelId::TEMPERATURE, value: 2150 },
-            Reading { channel: ChannelId::SEQ, value: seq as i32 },
+            Reading {
+                channel: ChannelId::TEMPERATURE,
+                value: 2150,
+            },
+            Reading {
+                channel: ChannelId::SEQ,
+                value: seq as i32,
+            },
         ]
         .into_iter()
         .collect(),
@@ -29,8 +41,13 @@ fn sample(seq: u32, window_start: u32) -> Sample {
 
 fn seqs(path: &Path, node_id: i64) -> Vec<u32> {
     let conn = Connection::open(path).unwrap();
-    let mut stmt = conn.prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id").unwrap();
-    stmt.query_map([node_id], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    let mut stmt = conn
+        .prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id")
+        .unwrap();
+    stmt.query_map([node_id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[test]
@@ -38,18 +55,31 @@ fn samples_are_admitted_in_order_and_retransmissions_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outpost.db");
     let mut store = Store::open(&path).unwrap();
-    let node = store.transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(1, 77))).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(1, 77)))
+        .unwrap();
     assert_eq!(node.ack_upto, 0);
 
-    let first = store.transaction(|tx| tx.ingest(node.node_id, 77, &[sample(1, 1), sample(2, 1)], 0)).unwrap();
+    let first = store
+        .transaction(|tx| tx.ingest(node.node_id, 77, &[sample(1, 1), sample(2, 1)], 0))
+        .unwrap();
     assert_eq!((first.upto, first.admitted), (2, 2));
     // The ACK was lost: the node resends 1..=3.
     let again = store
-        .transaction(|tx| tx.ingest(node.node_id, 77, &[sample(1, 1), sample(2, 1), sample(3, 1)], 0))
+        .transaction(|tx| {
+            tx.ingest(
+                node.node_id,
+                77,
+                &[sample(1, 1), sample(2, 1), sample(3, 1)],
+                0,
+            )
+        })
         .unwrap();
     assert_eq!((again.upto, again.admitted, again.duplicates), (3, 1, 2));
     // Out of order (4 missing): not admitted.
-    let ahead = store.transaction(|tx| tx.ingest(node.node_id, 77, &[sample(5, 1)], 0)).unwrap();
+    let ahead = store
+        .transaction(|tx| tx.ingest(node.node_id, 77, &[sample(5, 1)], 0))
+        .unwrap();
     assert_eq!((ahead.upto, ahead.admitted), (3, 0));
     assert_eq!(seqs(&path, node.node_id), vec![1, 2, 3]);
 }
@@ -58,10 +88,16 @@ fn samples_are_admitted_in_order_and_retransmissions_are_dropped() {
 fn a_gap_the_node_reports_is_counted_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-    let node = store.transaction(|tx| tx.register(0, "p", &hello(1, 5))).unwrap();
-    store.transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0))
+        .unwrap();
     // The node's ring overflowed: it holds 10.. only.
-    let r = store.transaction(|tx| tx.ingest(node.node_id, 5, &[sample(10, 10), sample(11, 10)], 0)).unwrap();
+    let r = store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(10, 10), sample(11, 10)], 0))
+        .unwrap();
     assert_eq!((r.upto, r.lost), (11, 8));
     let nodes = store.reader().unwrap().nodes().unwrap();
     assert_eq!(nodes[0].samples_lost, 8);
@@ -73,13 +109,21 @@ fn the_dedup_point_survives_reopening_and_a_new_boot_starts_fresh() {
     let path = dir.path().join("s.db");
     {
         let mut store = Store::open(&path).unwrap();
-        let node = store.transaction(|tx| tx.register(0, "p", &hello(1, 5))).unwrap();
-        store.transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1), sample(2, 1)], 0)).unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1), sample(2, 1)], 0))
+            .unwrap();
     }
     let mut store = Store::open(&path).unwrap();
-    let again = store.transaction(|tx| tx.register(0, "p", &hello(1, 5))).unwrap();
+    let again = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
     assert_eq!(again.ack_upto, 2);
-    let rebooted = store.transaction(|tx| tx.register(0, "p", &hello(1, 6))).unwrap();
+    let rebooted = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 6)))
+        .unwrap();
     assert_eq!((rebooted.node_id, rebooted.ack_upto), (again.node_id, 0));
 }
 
@@ -88,14 +132,18 @@ fn a_failed_transaction_commits_nothing_and_forgets_its_positions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let mut store = Store::open(&path).unwrap();
-    let node = store.transaction(|tx| tx.register(0, "p", &hello(1, 5))).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
     let failed: Result<(), _> = store.transaction(|tx| {
         tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)?;
         Err(StoreError::DiskFull)
     });
     assert!(failed.is_err());
     assert!(seqs(&path, node.node_id).is_empty());
-    let retried = store.transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)).unwrap();
+    let retried = store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0))
+        .unwrap();
     assert_eq!(retried.admitted, 1);
 }
 
@@ -103,21 +151,44 @@ fn a_failed_transaction_commits_nothing_and_forgets_its_positions() {
 fn a_different_key_for_a_pinned_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-    let node = store.transaction(|tx| tx.register(0, "p", &hello(1, 5))).unwrap();
-    assert_eq!(store.transaction(|tx| tx.enroll(node.node_id, &[7; 32])).unwrap(), Enrolment::Pinned);
-    assert_eq!(store.transaction(|tx| tx.enroll(node.node_id, &[7; 32])).unwrap(), Enrolment::Known);
-    assert_eq!(store.transaction(|tx| tx.enroll(node.node_id, &[8; 32])).unwrap(), Enrolment::KeyMismatch);
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
+            .unwrap(),
+        Enrolment::Pinned
+    );
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
+            .unwrap(),
+        Enrolment::Known
+    );
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[8; 32]))
+            .unwrap(),
+        Enrolment::KeyMismatch
+    );
 }
 
 #[test]
 fn health_updates_the_registry_row() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-    let node = store.transaction(|tx| tx.register(10, "p", &hello(0xab, 5))).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(10, "p", &hello(0xab, 5)))
+        .unwrap();
     let h = Health {
         uptime_s: 3600,
         reset_reason: ResetReason::Watchdog,
-        fw: FwVersion { major: 1, minor: 4, patch: 0 },
+        fw: FwVersion {
+            major: 1,
+            minor: 4,
+            patch: 0,
+        },
         stack_free_min: 1800,
         rx_frames: 100,
         rx_errors: 3,
@@ -126,13 +197,23 @@ fn health_updates_the_registry_row() {
         dropped_samples: 0,
         chip_temp_centi: 3120,
     };
-    store.transaction(|tx| tx.health(node.node_id, 20, &h)).unwrap();
-    store.transaction(|tx| tx.link_errors(node.node_id, 2)).unwrap();
+    store
+        .transaction(|tx| tx.health(node.node_id, 20, &h))
+        .unwrap();
+    store
+        .transaction(|tx| tx.link_errors(node.node_id, 2))
+        .unwrap();
     let row = &store.reader().unwrap().nodes().unwrap()[0];
     assert_eq!(row.uid, "abababababababab");
     assert_eq!(row.uptime_s, Some(3600));
     assert_eq!(row.reset_reason.as_deref(), Some("watchdog"));
-    assert_eq!(row.link_errors, LinkErrors { gateway_rx: 2, node_rx: 3 });
+    assert_eq!(
+        row.link_errors,
+        LinkErrors {
+            gateway_rx: 2,
+            node_rx: 3
+        }
+    );
     assert_eq!(row.channels, vec!["temperature", "seq"]);
     assert_eq!((row.first_seen_ms, row.last_seen_ms), (10, 20));
 }
@@ -142,6 +223,12 @@ fn a_store_written_by_a_newer_outpost_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     drop(Store::open(&path).unwrap());
-    Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-    assert!(matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found: 99, .. })));
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
 }

@@ -10,23 +10,49 @@ use std::time::Duration;
 use outpost_proto::{Health, Hello};
 use tokio::sync::mpsc;
 
-use super::{Ingested, Registered, Sample, Store, StoreError, Enrolment};
+use super::{Enrolment, Ingested, Registered, Sample, Store, StoreError};
 
 /// Work for the store.
 #[derive(Debug)]
 pub enum StoreCommand {
-    Register { port: String, hello: Hello, public_key: [u8; 32], now_ms: i64, reply: mpsc::UnboundedSender<StoreReply> },
-    Ingest { node_id: i64, boot_id: u32, samples: Vec<Sample>, now_ms: i64, reply: mpsc::UnboundedSender<StoreReply> },
-    Health { node_id: i64, health: Health, now_ms: i64 },
-    LinkErrors { node_id: i64, count: u32 },
+    Register {
+        port: String,
+        hello: Hello,
+        public_key: [u8; 32],
+        now_ms: i64,
+        reply: mpsc::UnboundedSender<StoreReply>,
+    },
+    Ingest {
+        node_id: i64,
+        boot_id: u32,
+        samples: Vec<Sample>,
+        now_ms: i64,
+        reply: mpsc::UnboundedSender<StoreReply>,
+    },
+    Health {
+        node_id: i64,
+        health: Health,
+        now_ms: i64,
+    },
+    LinkErrors {
+        node_id: i64,
+        count: u32,
+    },
 }
 
 /// The store's answer to a port task.
 #[derive(Debug)]
 pub enum StoreReply {
     /// `Ok(None)`: the node's key differs from the pinned one; it is refused.
-    Registered { hello: Hello, result: Result<Option<Registered>, Arc<StoreError>> },
-    Committed { node_id: i64, boot_id: u32, result: Result<Ingested, Arc<StoreError>> },
+    Registered {
+        hello: Hello,
+        result: Result<Option<Registered>, Arc<StoreError>>,
+    },
+    Committed {
+        node_id: i64,
+        boot_id: u32,
+        result: Result<Ingested, Arc<StoreError>>,
+    },
 }
 
 /// The store's condition, for the status page.
@@ -93,22 +119,42 @@ enum Outcome {
     None,
 }
 
-fn apply(store: &mut Store, batch: &[StoreCommand], outcomes: &mut Vec<Outcome>) -> Result<(), StoreError> {
+fn apply(
+    store: &mut Store,
+    batch: &[StoreCommand],
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), StoreError> {
     store.transaction(|tx| {
         outcomes.clear();
         for command in batch {
             let outcome = match command {
-                StoreCommand::Register { port, hello, public_key, now_ms, .. } => {
+                StoreCommand::Register {
+                    port,
+                    hello,
+                    public_key,
+                    now_ms,
+                    ..
+                } => {
                     let registered = tx.register(*now_ms, port, hello)?;
                     match tx.enroll(registered.node_id, public_key)? {
                         Enrolment::KeyMismatch => Outcome::Registered(None),
-                        Enrolment::Pinned | Enrolment::Known => Outcome::Registered(Some(registered)),
+                        Enrolment::Pinned | Enrolment::Known => {
+                            Outcome::Registered(Some(registered))
+                        }
                     }
                 }
-                StoreCommand::Ingest { node_id, boot_id, samples, now_ms, .. } => {
-                    Outcome::Ingested(tx.ingest(*node_id, *boot_id, samples, *now_ms)?)
-                }
-                StoreCommand::Health { node_id, health, now_ms } => {
+                StoreCommand::Ingest {
+                    node_id,
+                    boot_id,
+                    samples,
+                    now_ms,
+                    ..
+                } => Outcome::Ingested(tx.ingest(*node_id, *boot_id, samples, *now_ms)?),
+                StoreCommand::Health {
+                    node_id,
+                    health,
+                    now_ms,
+                } => {
                     tx.health(*node_id, *now_ms, health)?;
                     Outcome::None
                 }
@@ -123,10 +169,17 @@ fn apply(store: &mut Store, batch: &[StoreCommand], outcomes: &mut Vec<Outcome>)
     })
 }
 
-fn answer(batch: Vec<StoreCommand>, outcomes: Vec<Outcome>, result: Result<(), StoreError>, condition: &Mutex<StoreCondition>) {
+fn answer(
+    batch: Vec<StoreCommand>,
+    outcomes: Vec<Outcome>,
+    result: Result<(), StoreError>,
+    condition: &Mutex<StoreCondition>,
+) {
     let failure = result.err().map(Arc::new);
     {
-        let mut c = condition.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = condition
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &failure {
             None => {
                 c.commits += 1;
@@ -156,13 +209,22 @@ fn answer(batch: Vec<StoreCommand>, outcomes: Vec<Outcome>, result: Result<(), S
                 };
                 let _ = reply.send(StoreReply::Registered { hello, result });
             }
-            StoreCommand::Ingest { node_id, boot_id, reply, .. } => {
+            StoreCommand::Ingest {
+                node_id,
+                boot_id,
+                reply,
+                ..
+            } => {
                 let result = match (&failure, outcome) {
                     (Some(e), _) => Err(Arc::clone(e)),
                     (None, Some(Outcome::Ingested(i))) => Ok(i),
                     (None, _) => unreachable!("every command has an outcome after a commit"),
                 };
-                let _ = reply.send(StoreReply::Committed { node_id, boot_id, result });
+                let _ = reply.send(StoreReply::Committed {
+                    node_id,
+                    boot_id,
+                    result,
+                });
             }
             StoreCommand::Health { .. } | StoreCommand::LinkErrors { .. } => {}
         }

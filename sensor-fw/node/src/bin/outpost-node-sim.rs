@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     hw_rev: u8,
     /// Fault injection: after every N-th sample, write random bytes, a truncated frame and an
-    /// over-long run without delimiter onto the line.
+    /// over-long run without delimiter onto the line, and damage the next real frame (lost, resent).
     #[arg(long, value_name = "N")]
     inject_garbage_every: Option<u32>,
 }

@@ -1,4 +1,5 @@
-//! Line noise on purpose, for testing the gateway's decoder (`--inject-garbage-every`).
+//! Line noise on purpose, for testing the gateway's decoder and the link's recovery
+//! (`--inject-garbage-every`).
 
 use outpost_proto::frame::{MAX_ENCODED_LEN, MAX_FRAME_LEN};
 use outpost_proto::{Message, Telemetry, encode_frame};
@@ -29,6 +30,15 @@ pub(crate) fn garbage_burst(rng: &mut SmallRng) -> Vec<u8> {
     let run = MAX_ENCODED_LEN + rng.random_range(1..64);
     burst.extend((0..run).map(|_| rng.random_range(1..=255u8)));
     burst
+}
+
+/// Flips one bit inside a frame's body (never a delimiter), as a noisy line does: the receiver
+/// drops the frame on its CRC and the node has to send it again.
+pub(crate) fn damage(frame: &mut [u8], rng: &mut SmallRng) {
+    if frame.len() > 2 {
+        let at = rng.random_range(1..frame.len() - 1);
+        frame[at] ^= 1 << rng.random_range(0..8);
+    }
 }
 
 #[cfg(test)]

@@ -74,7 +74,8 @@ pub struct SimConfig {
     pub fw: FwVersion,
     pub lot: String,
     pub hw_rev: u8,
-    /// After every n-th sample, write a burst of line noise (see `fault::garbage_burst`).
+    /// After every n-th sample, write a burst of line noise (see `fault::garbage_burst`) and
+    /// damage the next real frame, which the node must then resend.
     pub inject_garbage_every: Option<u32>,
     /// This boot's id; `None` draws a random one from the OS, as a real node does at boot.
     pub boot_id: Option<u32>,
@@ -437,6 +438,8 @@ impl Pump {
         let mut app = self.build(now());
         let mut garbage_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(1));
         let mut garbage_after = self.config.inject_garbage_every.map(|n| (n, n));
+        // After a burst, the next real frame is damaged too, so it is lost and must be resent.
+        let mut damage_next_frame = false;
         let mut lost: u32 = 0;
         let mut frame = [0u8; MAX_FRAME_LEN];
         let mut rx = [0u8; 1024];
@@ -491,12 +494,17 @@ impl Pump {
                         if peer {
                             self.line
                                 .write_or_drop(&fault::garbage_burst(&mut garbage_rng))?;
+                            // Only telemetry: damaging every HELLO would keep the node out.
+                            damage_next_frame = app.link().state() == LinkState::Accepted;
                         }
                     }
                 }
             }
             // Drain every frame; with nobody listening they go into the void.
             while let Some(len) = app.poll_transmit(&mut frame) {
+                if std::mem::take(&mut damage_next_frame) {
+                    fault::damage(&mut frame[..len], &mut garbage_rng);
+                }
                 if !(peer && self.line.write_or_drop(&frame[..len])?) {
                     lost = lost.wrapping_add(1);
                 }
