@@ -273,3 +273,56 @@ fn the_demo_runs_a_simulated_site_and_cleans_up_on_ctrl_c() {
         "the demo removed its temporary directory"
     );
 }
+
+#[test]
+fn a_flooding_node_cannot_starve_the_others() {
+    let mut specs: Vec<NodeSpec> = (0..3)
+        .map(|i| NodeSpec {
+            rate_hz: 50.0,
+            samples: Some(500),
+            ..NodeSpec::new(i)
+        })
+        .collect();
+    // Node 0 samples at 1 kHz: far over the port's 200 frames/s.
+    specs[0] = NodeSpec {
+        rate_hz: 1000.0,
+        ..NodeSpec::new(0)
+    };
+    let mut site = Site::new(specs).unwrap();
+    site.start_gateway().unwrap();
+    wait_for(MINUTE, "the well-behaved nodes' 500 samples", || {
+        let seqs = site.stored_seqs().ok()?;
+        (seqs.len() == 3 && seqs[1..].iter().all(|(_, s)| s.len() >= 500)).then_some(seqs)
+    })
+    .unwrap();
+    let seqs = site.stored_seqs().unwrap();
+    for (uid, s) in &seqs[1..] {
+        assert_contiguous(uid, s, 500);
+    }
+    let status = site.get("/api/v1/status").unwrap();
+    assert!(
+        status["ports"][0]["rate_limited"].as_u64().unwrap() > 0,
+        "{}",
+        status["ports"][0]
+    );
+    assert_eq!(status["ports"][1]["rate_limited"], 0);
+
+    // The flooding node's own data stays consistent: strictly increasing, and every sample
+    // missing is one the node reported lost from its full ring.
+    let conn = rusqlite::Connection::open(site.store_path()).unwrap();
+    let (count, max_seq, lost): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT count(*), max(r.value), n.samples_lost FROM readings r JOIN nodes n ON n.id = r.node_id
+             WHERE n.uid = ?1 AND r.channel = 4",
+            [&site.specs[0].uid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let flood = &seqs[0].1;
+    assert!(flood.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    assert_eq!(
+        max_seq,
+        count + lost,
+        "stored {count} + reported lost {lost} must account for every seq"
+    );
+}

@@ -94,7 +94,6 @@ async fn nodes(State(state): State<ApiState>) -> Result<Json<Vec<NodeRow>>, ApiE
     Ok(Json(read_store(&state, Reader::nodes).await?))
 }
 
-#[must_use]
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
