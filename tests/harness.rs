@@ -164,19 +164,27 @@ pub struct Site {
     pub nodes: Vec<Option<Proc>>,
     pub specs: Vec<NodeSpec>,
     pub api: SocketAddr,
+    /// TOML appended to the generated config (e.g. an `[uplink]` table).
+    pub extra_config: String,
     pub dir: tempfile::TempDir,
 }
 
 impl Site {
     pub fn new(specs: Vec<NodeSpec>) -> Result<Site> {
+        Self::with_config(specs, "")
+    }
+
+    /// A site whose gateway config gets `extra` appended.
+    pub fn with_config(specs: Vec<NodeSpec>, extra: &str) -> Result<Site> {
         let dir = tempfile::Builder::new().prefix("outpost-e2e-").tempdir()?;
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut site = Site {
-            dir,
+            gateway: None,
             nodes: Vec::new(),
             specs: specs.clone(),
-            gateway: None,
             api,
+            extra_config: extra.to_owned(),
+            dir,
         };
         for i in 0..specs.len() {
             let node = site.spawn_node(i)?;
@@ -210,6 +218,8 @@ impl Site {
                 self.link(i).display()
             );
         }
+        toml += "\n";
+        toml += &self.extra_config;
         std::fs::write(self.config_path(), toml)?;
         Ok(())
     }
@@ -310,16 +320,51 @@ pub fn assert_contiguous(uid: &str, seqs: &[i64], at_least: usize) {
 
 /// A minimal HTTP/1.0 GET, enough for the gateway's JSON API.
 pub fn http_get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    let (status, body) = http(addr, "GET", path, None, None)?;
+    if status != 200 {
+        bail!(
+            "GET {path}: status {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
-    Ok(serde_json::from_str(body)?)
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// A minimal HTTP/1.0 request: returns the status code and the body bytes.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(token) = bearer {
+        request += &format!("Authorization: Bearer {token}\r\n");
+    }
+    match json {
+        Some(body) => {
+            request += &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => request += "\r\n",
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&response[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, response[end + 4..].to_vec()))
 }

@@ -20,6 +20,9 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// Samples per second per node.
     pub rate: f64,
+    /// Bearer token for the HTTP pull endpoints.
+    pub pull_token: String,
+    pub batch_interval: Duration,
 }
 
 /// The uid of demo node `i`: recognisable, and stable across runs.
@@ -67,8 +70,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         commit_interval: Duration::from_millis(20),
         max_commit_readings: 8192,
         serial,
+        batch_interval: options.batch_interval,
+        max_batch_readings: 100_000,
+        pull_token: Some(options.pull_token.clone()),
+        buffer_max_bytes: 64 * 1024 * 1024,
         log_level: "info".into(),
     };
+    let token = options.pull_token.clone();
+    let interval = options.batch_interval;
     let count = options.nodes;
     let data_dir = dir.path().display().to_string();
     let result = topology::run(config, shutdown, move |addr| {
@@ -78,6 +87,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         );
         println!("  Status:  http://{addr}/api/v1/status");
         println!("  Nodes:   http://{addr}/api/v1/nodes");
+        println!("  Batches: curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/batches");
+        println!("           (sealed every {}s; fetch one with /api/v1/batches/SEQ, decode with `outpost batch decode`)", interval.as_secs());
         println!("  Press Ctrl-C to stop; everything is removed on exit.");
         println!();
     })

@@ -10,6 +10,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data path.
 
+pub mod batcher;
 pub mod config;
 pub mod demo;
 pub mod io;

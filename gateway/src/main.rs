@@ -43,7 +43,59 @@ enum Command {
         /// Samples per second per node.
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
+        /// Bearer token for the HTTP pull of batches (default: a random one, printed).
+        #[arg(long)]
+        pull_token: Option<String>,
+        /// How long readings gather before a batch is sealed, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = outpost::config::parse_duration)]
+        batch_interval: std::time::Duration,
     },
+    /// Work with sealed batches.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Print a batch's header, then one JSON line per reading.
+    Decode {
+        /// The batch file; `-` or nothing reads standard input.
+        file: Option<PathBuf>,
+    },
+}
+
+fn random_token() -> String {
+    use rand::Rng as _;
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rng.random_range(0..32)]))
+        .collect()
+}
+
+fn decode_batch(file: Option<PathBuf>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::{Read as _, Write as _};
+    let mut bytes = Vec::new();
+    match file.as_deref() {
+        None => std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read standard input")?,
+        Some(p) if p.as_os_str() == "-" => std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read standard input")?,
+        Some(p) => std::fs::File::open(p)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", p.display()))?,
+    };
+    let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default())
+        .context("not a valid Outpost batch")?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(out, "{}", serde_json::to_string(batch.header())?)?;
+    batch.write_json_lines(&mut out)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn init_tracing(level: &str) {
@@ -113,18 +165,23 @@ fn main() -> ExitCode {
                 nodes,
                 listen,
                 rate,
+                pull_token,
+                batch_interval,
             } => {
                 init_tracing("info");
-                demo::run(
-                    demo::DemoOptions {
-                        nodes,
-                        listen,
-                        rate,
-                    },
-                    shutdown_on_signal(),
-                )
-                .await
+                let pull_token = pull_token.unwrap_or_else(random_token);
+                let options = demo::DemoOptions {
+                    nodes,
+                    listen,
+                    rate,
+                    pull_token,
+                    batch_interval,
+                };
+                demo::run(options, shutdown_on_signal()).await
             }
+            Command::Batch {
+                command: BatchCommand::Decode { file },
+            } => decode_batch(file),
         }
     });
     match result {

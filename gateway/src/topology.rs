@@ -4,7 +4,8 @@
 //! serial port ─► io::serial::run ─(store_tx)─► store::writer::run ─► SQLite
 //!  (one task        PortSession                 group commit
 //!   per port)       ◄──────(reply_tx: registered / committed → ACCEPT / ACK)──
-//! io::api ─► store::Reader (own connection, WAL)
+//! store::writer ── batcher: seal due batches ──► outbox (batches table)
+//! io::api ─► store::Reader (own connection, WAL); batch acks ─(store_tx)─► writer
 //! ```
 
 use std::path::PathBuf;
@@ -44,11 +45,18 @@ pub async fn run(
 
     let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
+    let writer_config = writer::WriterConfig {
+        gateway_id: config.gateway_id.clone(),
+        commit_interval: config.commit_interval,
+        max_commit_readings: config.max_commit_readings,
+        batch_interval: config.batch_interval,
+        max_batch_readings: config.max_batch_readings,
+        buffer_max_bytes: config.buffer_max_bytes,
+    };
     let writer = tokio::spawn(writer::run(
         store,
         store_rx,
-        config.commit_interval,
-        config.max_commit_readings,
+        writer_config,
         Arc::clone(&condition),
     ));
 
@@ -72,7 +80,6 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
-    drop(store_tx); // the writer ends when the last port task does
 
     let listener = api::bind(config.api_listen)
         .await
@@ -84,7 +91,10 @@ pub async fn run(
         store_path: path,
         store_condition: condition,
         ports,
+        pull_token: config.pull_token.clone().map(Arc::from),
+        store_tx,
     };
+    // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, shutdown.clone())
         .await
         .context("API server failed")?;

@@ -29,7 +29,56 @@ pub struct RawConfig {
     #[serde(default)]
     pub serial: Vec<RawSerialPort>,
     #[serde(default)]
+    pub uplink: RawUplink,
+    #[serde(default)]
+    pub buffer: RawBuffer,
+    #[serde(default)]
     pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUplink {
+    /// How long readings gather before they are sealed into a batch.
+    pub batch_interval: String,
+    /// Most readings in one batch; a backlog becomes several batches.
+    pub max_batch_readings: u32,
+    /// HTTP pull: the cloud fetches sealed batches from the local API.
+    pub pull: RawPull,
+}
+
+impl Default for RawUplink {
+    fn default() -> Self {
+        RawUplink {
+            batch_interval: "60s".into(),
+            max_batch_readings: 100_000,
+            pull: RawPull::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPull {
+    /// Bearer token the cloud presents; the batch endpoints are off without one.
+    pub token: Option<String>,
+    /// Or a file holding it (preferred: keeps the secret out of the config file).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBuffer {
+    /// Most bytes of sealed batches kept for an absent uplink; beyond it the oldest are dropped.
+    pub max_bytes: u64,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        RawBuffer {
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +182,11 @@ pub struct Config {
     pub commit_interval: Duration,
     pub max_commit_readings: usize,
     pub serial: Vec<SerialPort>,
+    pub batch_interval: Duration,
+    pub max_batch_readings: usize,
+    /// The HTTP pull bearer token; `None` turns the batch endpoints off.
+    pub pull_token: Option<String>,
+    pub buffer_max_bytes: u64,
     pub log_level: String,
 }
 
@@ -319,6 +373,47 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         });
     }
 
+    let batch_interval = parse_duration(&raw.uplink.batch_interval).unwrap_or_else(|why| {
+        problem("uplink.batch_interval", why);
+        Duration::from_secs(60)
+    });
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&batch_interval) {
+        problem("uplink.batch_interval", "must be between 1s and 24h".into());
+    }
+    if !(100..=1_000_000).contains(&raw.uplink.max_batch_readings) {
+        problem(
+            "uplink.max_batch_readings",
+            "must be between 100 and 1000000".into(),
+        );
+    }
+    let pull_token = match (raw.uplink.pull.token, raw.uplink.pull.token_file) {
+        (Some(_), Some(_)) => {
+            problem(
+                "uplink.pull.token_file",
+                "give either token or token_file, not both".into(),
+            );
+            None
+        }
+        (Some(token), None) => Some(token),
+        (None, Some(file)) => match std::fs::read_to_string(&file) {
+            Ok(token) => Some(token.trim().to_owned()),
+            Err(e) => {
+                problem(
+                    "uplink.pull.token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if pull_token.as_ref().is_some_and(|t| t.len() < 16) {
+        problem("uplink.pull.token", "must be at least 16 characters".into());
+    }
+    if raw.buffer.max_bytes < 64 * 1024 {
+        problem("buffer.max_bytes", "must be at least 65536".into());
+    }
+
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
         problem(
             "log.level",
@@ -334,6 +429,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             commit_interval,
             max_commit_readings: raw.store.max_commit_readings as usize,
             serial,
+            batch_interval,
+            max_batch_readings: raw.uplink.max_batch_readings as usize,
+            pull_token,
+            buffer_max_bytes: raw.buffer.max_bytes,
             log_level: raw.log.level,
         })
     } else {

@@ -1,20 +1,24 @@
-//! The local HTTP API for site technicians and tools: `/api/v1/status`, `/api/v1/nodes`.
+//! The local HTTP API: `/api/v1/status` and `/api/v1/nodes` for site technicians and tools, and
+//! the HTTP pull of sealed batches for a cloud that pulls (`/api/v1/batches…`, bearer token).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::serial::{PortBoard, PortStatus};
-use crate::store::writer::StoreCondition;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::outbox::{BatchInfo, OutboxTotals};
+use crate::store::writer::{AckReply, StoreCommand, StoreCondition};
 use crate::store::{NodeRow, Reader, StoreError};
 
 /// What the handlers read.
@@ -25,6 +29,9 @@ pub struct ApiState {
     pub store_path: PathBuf,
     pub store_condition: Arc<Mutex<StoreCondition>>,
     pub ports: PortBoard,
+    /// `None`: the batch endpoints are off.
+    pub pull_token: Option<Arc<str>>,
+    pub store_tx: mpsc::Sender<StoreCommand>,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +42,7 @@ struct Status {
     node_count: u64,
     readings_stored: u64,
     store: StoreStatus,
+    outbox: OutboxTotals,
     ports: Vec<PortStatus>,
 }
 
@@ -46,13 +54,25 @@ struct StoreStatus {
     condition: StoreCondition,
 }
 
-/// An error as the API answers it: JSON with a message, never a bare 500.
-struct ApiError(StoreError);
+/// An error as the API answers it: a status and a JSON message, never a bare 500.
+struct ApiError(StatusCode, String);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.0.to_string() }));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -64,11 +84,12 @@ async fn read_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&Reader::open(&path)?))
         .await
         .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("reader panicked: {e}"))))
-        .map_err(ApiError)
+        .map_err(ApiError::from)
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
-    let (totals, size_bytes) = read_store(&state, |r| Ok((r.totals()?, r.size_bytes()))).await?;
+    let (totals, size_bytes, outbox) =
+        read_store(&state, |r| Ok((r.totals()?, r.size_bytes(), r.outbox()?))).await?;
     let condition = state
         .store_condition
         .lock()
@@ -86,6 +107,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
             size_bytes,
             condition,
         },
+        outbox,
         ports,
     }))
 }
@@ -94,10 +116,130 @@ async fn nodes(State(state): State<ApiState>) -> Result<Json<Vec<NodeRow>>, ApiE
     Ok(Json(read_store(&state, Reader::nodes).await?))
 }
 
+/// Compares without an early exit on the first differing byte, so response timing does not
+/// reveal how much of a guessed token was right. (The length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Checks the bearer token of a batch request.
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.pull_token else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "HTTP pull is not enabled (uplink.pull.token)".into(),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct BatchQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: u64,
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+#[derive(Debug, Serialize)]
+struct BatchIndex {
+    batches: Vec<BatchInfo>,
+    acked_upto: u64,
+}
+
+async fn batch_index(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(query): Query<BatchQuery>,
+) -> Result<Json<BatchIndex>, ApiError> {
+    authorize(&state, &headers)?;
+    let limit = query.limit.clamp(1, 1000);
+    let (batches, outbox) = read_store(&state, move |r| {
+        Ok((r.batches_after(query.after, limit)?, r.outbox()?))
+    })
+    .await?;
+    Ok(Json(BatchIndex {
+        batches,
+        acked_upto: outbox.acked_upto,
+    }))
+}
+
+async fn batch_bytes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(seq): Path<u64>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    match read_store(&state, move |r| r.batch_bytes(seq)).await? {
+        Some(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no batch {seq} (never sealed, or acknowledged and deleted)"),
+        )),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AckBody {
+    upto: u64,
+}
+
+async fn batch_ack(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(AckBody { upto }) = body.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"upto\": SEQ}}: {e}"),
+        )
+    })?;
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is shutting down".into(),
+        )
+    };
+    state
+        .store_tx
+        .send(StoreCommand::AckBatches { upto, reply })
+        .await
+        .map_err(|_| unavailable())?;
+    match answer.await.map_err(|_| unavailable())? {
+        AckReply::Acked(acked) => Ok(Json(acked).into_response()),
+        AckReply::Refused(why) => Err(ApiError(StatusCode::CONFLICT, why.to_string())),
+        AckReply::Failed(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/batches", get(batch_index))
+        .route("/api/v1/batches/ack", post(batch_ack))
+        .route("/api/v1/batches/{seq}", get(batch_bytes))
         .with_state(state)
 }
 

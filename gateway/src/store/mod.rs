@@ -16,6 +16,7 @@
 //! is queued within `commit_interval` in one transaction (group commit). Readers open their own
 //! connections; WAL lets them run beside the writer.
 
+pub mod outbox;
 mod schema;
 pub mod writer;
 
@@ -93,6 +94,8 @@ pub struct Ingested {
     /// Last committed sample of the boot after the transaction (0 if none).
     pub upto: u32,
     pub admitted: u32,
+    /// Channel readings in the admitted samples.
+    pub readings: u64,
     pub duplicates: u32,
     pub lost: u32,
 }
@@ -272,6 +275,7 @@ impl Tx<'_> {
                 }
                 readings += sample.readings.len() as u64;
                 out.admitted += 1;
+                out.readings += sample.readings.len() as u64;
                 last = Some(sample.seq);
             }
         }

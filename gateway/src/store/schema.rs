@@ -65,4 +65,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX health_by_node ON health (node_id, ts_ms);
     ",
+    // 2: the outbox of sealed batches waiting for the cloud's acknowledgement.
+    "
+    CREATE TABLE batches (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after deletion
+        first_reading_id  INTEGER NOT NULL,
+        last_reading_id   INTEGER NOT NULL,
+        first_ts_ms       INTEGER NOT NULL,
+        last_ts_ms        INTEGER NOT NULL,
+        reading_count     INTEGER NOT NULL,
+        dictionary_id     INTEGER NOT NULL,
+        sealed_ms         INTEGER NOT NULL,
+        size_bytes        INTEGER NOT NULL,
+        bytes             BLOB NOT NULL                      -- exactly what is sent, every time
+    );
+    INSERT INTO meta (key, value) VALUES ('batches.last_reading_id', '0'),
+                                         ('batches.acked_upto', '0'),
+                                         ('batches.dropped', '0'),
+                                         ('batches.dropped_readings', '0');
+    ",
 ];

@@ -232,3 +232,149 @@ fn a_store_written_by_a_newer_outpost_is_refused() {
         Err(StoreError::SchemaTooNew { found: 99, .. })
     ));
 }
+
+mod outbox {
+    use super::*;
+    use crate::store::outbox::AckError;
+
+    fn store_with_samples(n: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        let samples: Vec<Sample> = (1..=n).map(|s| sample(s, 1)).collect();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &samples, 0))
+            .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn sealing_takes_every_unsealed_reading_once_in_order() {
+        let (_dir, mut store) = store_with_samples(30);
+        let first = store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.seq, first.readings), (1, 40));
+        let second = store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.seq, second.readings), (2, 20));
+        assert_eq!(
+            store
+                .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+                .unwrap(),
+            None
+        );
+
+        let reader = store.reader().unwrap();
+        let mut seqs = Vec::new();
+        for info in reader.batches_after(0, 10).unwrap() {
+            let bytes = reader.batch_bytes(info.seq).unwrap().unwrap();
+            let batch =
+                outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default()).unwrap();
+            assert_eq!(batch.header().seq, info.seq);
+            assert_eq!(batch.header().gateway_id.as_str(), "gw-1");
+            seqs.extend(
+                batch
+                    .readings()
+                    .filter(|r| r.channel == "seq")
+                    .map(|r| r.value.as_f64() as u32),
+            );
+        }
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn temperatures_travel_with_their_decimals() {
+        let (_dir, mut store) = store_with_samples(1);
+        store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 100, None))
+            .unwrap();
+        let bytes = store.reader().unwrap().batch_bytes(1).unwrap().unwrap();
+        let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default()).unwrap();
+        let t = batch
+            .readings()
+            .find(|r| r.channel == "temperature")
+            .unwrap();
+        assert!((t.value.as_f64() - 21.5).abs() < 1e-9, "{:?}", t.value);
+        assert_eq!(t.source, "0101010101010101");
+    }
+
+    #[test]
+    fn acknowledged_batches_are_deleted_and_sequence_numbers_never_reused() {
+        let (_dir, mut store) = store_with_samples(30);
+        for _ in 0..3 {
+            store
+                .transaction(|tx| tx.seal_batch("gw", 0, 20, None))
+                .unwrap();
+        }
+        let acked = store
+            .transaction(|tx| {
+                tx.ack_batches(2).map_err(|e| match e {
+                    AckError::Store(e) => e,
+                    other => panic!("{other}"),
+                })
+            })
+            .unwrap();
+        assert_eq!((acked.acked_upto, acked.deleted), (2, 2));
+        store
+            .transaction(|tx| tx.ack_batches(3).map_err(|_| StoreError::DiskFull))
+            .unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(31, 1)], 0))
+            .unwrap();
+        let next = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 20, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.seq, 4,
+            "an emptied outbox does not restart the sequence"
+        );
+    }
+
+    #[test]
+    fn an_ack_past_the_newest_batch_is_refused_and_changes_nothing() {
+        let (_dir, mut store) = store_with_samples(5);
+        store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap();
+        let refused = store.transaction(|tx| Ok(tx.ack_batches(9))).unwrap();
+        assert!(matches!(
+            refused,
+            Err(AckError::BeyondNewest { upto: 9, newest: 1 })
+        ));
+        let totals = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((totals.batches, totals.acked_upto), (1, 0));
+    }
+
+    #[test]
+    fn the_buffer_bound_drops_the_oldest_batches_and_counts_them() {
+        let (_dir, mut store) = store_with_samples(400); // 800 readings
+        let mut sizes = Vec::new();
+        while let Some(b) = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+        {
+            sizes.push(b.size_bytes);
+        }
+        assert_eq!(sizes.len(), 8);
+        let keep_last_three: u64 = sizes[5..].iter().sum();
+        let dropped = store
+            .transaction(|tx| tx.enforce_buffer(keep_last_three))
+            .unwrap();
+        assert_eq!(dropped.batches, 5);
+        assert_eq!(dropped.readings, 500);
+        let totals = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((totals.oldest_seq, totals.newest_seq), (Some(6), Some(8)));
+        assert_eq!((totals.dropped_batches, totals.dropped_readings), (5, 500));
+        assert!(totals.bytes <= keep_last_three);
+    }
+}

@@ -1,16 +1,20 @@
 //! The writer task: the one owner of the store's write connection.
 //!
-//! Port tasks send [`StoreCommand`]s; the writer collects what arrives within `commit_interval`
-//! of the first (or up to `max_commit_readings`), applies it in one transaction on a blocking
-//! thread, and only then answers. One fsync covers every node's samples of that window.
+//! Port tasks and the API send [`StoreCommand`]s; the writer collects what arrives within
+//! `commit_interval` of the first (or up to `max_commit_readings`), applies it in one transaction
+//! on a blocking thread, and only then answers. One fsync covers every node's samples of that
+//! window. Between commits it seals batches when the [`Batcher`] says so, and keeps the outbox
+//! within `buffer.max_bytes`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use outpost_proto::{Health, Hello};
-use tokio::sync::mpsc;
+use outpost_proto::{Health, Hello, Millis};
+use tokio::sync::{mpsc, oneshot};
 
+use super::outbox::{AckError, Acked, Dropped};
 use super::{Enrolment, Ingested, Registered, Sample, Store, StoreError};
+use crate::batcher::Batcher;
 
 /// Work for the store.
 #[derive(Debug)]
@@ -38,6 +42,11 @@ pub enum StoreCommand {
         node_id: i64,
         count: u32,
     },
+    /// The cloud acknowledged every batch up to `upto`.
+    AckBatches {
+        upto: u64,
+        reply: oneshot::Sender<AckReply>,
+    },
 }
 
 /// The store's answer to a port task.
@@ -55,6 +64,24 @@ pub enum StoreReply {
     },
 }
 
+/// The answer to [`StoreCommand::AckBatches`].
+#[derive(Debug)]
+pub enum AckReply {
+    Acked(Acked),
+    /// The acknowledgement itself is wrong (past the newest batch): the caller's error.
+    Refused(AckError),
+    /// The store could not apply it; nothing changed.
+    Failed(Arc<StoreError>),
+}
+
+/// An alert about the store or the outbox, for the status page.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Alert {
+    pub kind: &'static str,
+    pub message: String,
+    pub at_ms: i64,
+}
+
 /// The store's condition, for the status page.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct StoreCondition {
@@ -62,44 +89,176 @@ pub struct StoreCondition {
     pub failed_commits: u64,
     /// The last failure, cleared by the next successful commit.
     pub error: Option<String>,
+    pub batches_sealed: u64,
+    /// Current batch interval (stretched when the data budget is at risk).
+    pub batch_interval_s: u64,
+    pub alerts: Vec<Alert>,
+}
+
+/// How the writer commits and seals.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub gateway_id: String,
+    pub commit_interval: Duration,
+    pub max_commit_readings: usize,
+    pub batch_interval: Duration,
+    pub max_batch_readings: usize,
+    pub buffer_max_bytes: u64,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn lock(condition: &Mutex<StoreCondition>) -> std::sync::MutexGuard<'_, StoreCondition> {
+    condition
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `f` on the store on a blocking thread, handing the store back.
+async fn blocking<T: Send + 'static>(
+    store: Store,
+    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> (Store, T) {
+    tokio::task::spawn_blocking(move || {
+        let mut store = store;
+        let out = f(&mut store);
+        (store, out)
+    })
+    .await
+    .expect("store writer thread panicked")
 }
 
 /// Runs until every sender is dropped.
 pub async fn run(
     store: Store,
     mut commands: mpsc::Receiver<StoreCommand>,
-    commit_interval: Duration,
-    max_commit_readings: usize,
+    config: WriterConfig,
     condition: Arc<Mutex<StoreCondition>>,
 ) -> Store {
-    let mut store = store;
-    while let Some(first) = commands.recv().await {
-        let mut batch = vec![first];
-        let mut readings = readings_in(&batch[0]);
-        let window = tokio::time::sleep(commit_interval);
-        tokio::pin!(window);
-        while readings < max_commit_readings {
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(command) => {
-                        readings += readings_in(&command);
-                        batch.push(command);
-                    }
-                    None => break,
-                },
-                () = &mut window => break,
+    let started = Instant::now();
+    let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let mut batcher = Batcher::new(config.batch_interval, config.max_batch_readings);
+    lock(&condition).batch_interval_s = config.batch_interval.as_secs();
+    let (mut store, unsealed) =
+        blocking(store, |s| s.transaction(|tx| tx.unsealed_readings())).await;
+    batcher.handle_committed(now(), unsealed.unwrap_or(0));
+
+    loop {
+        let window = batcher
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at - now()));
+        let first = tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => Some(command),
+                None => break,
+            },
+            () = tokio::time::sleep(window.unwrap_or(Duration::from_secs(3600))), if window.is_some() => None,
+        };
+        if let Some(first) = first {
+            let batch = collect(first, &mut commands, &config).await;
+            let (returned, (batch, outcomes, result)) = blocking(store, move |s| {
+                let mut outcomes = Vec::new();
+                let result = apply(s, &batch, &mut outcomes);
+                (batch, outcomes, result)
+            })
+            .await;
+            store = returned;
+            let committed = answer(batch, outcomes, result, &condition);
+            batcher.handle_committed(now(), committed);
+        }
+        if batcher.poll_seal(now()) {
+            store = seal(store, &config, &mut batcher, now(), &condition).await;
+        }
+    }
+    store
+}
+
+/// Gathers what arrives within the commit window after `first`.
+async fn collect(
+    first: StoreCommand,
+    commands: &mut mpsc::Receiver<StoreCommand>,
+    config: &WriterConfig,
+) -> Vec<StoreCommand> {
+    let mut readings = readings_in(&first);
+    let mut batch = vec![first];
+    let window = tokio::time::sleep(config.commit_interval);
+    tokio::pin!(window);
+    while readings < config.max_commit_readings {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => {
+                    readings += readings_in(&command);
+                    batch.push(command);
+                }
+                None => break,
+            },
+            () = &mut window => break,
+        }
+    }
+    batch
+}
+
+/// Seals every batch that is due, then enforces the buffer bound.
+async fn seal(
+    store: Store,
+    config: &WriterConfig,
+    batcher: &mut Batcher,
+    now: Millis,
+    condition: &Mutex<StoreCondition>,
+) -> Store {
+    let (gateway_id, max, buffer) = (
+        config.gateway_id.clone(),
+        config.max_batch_readings,
+        config.buffer_max_bytes,
+    );
+    let (store, result) = blocking(store, move |s| {
+        s.transaction(|tx| {
+            let mut sealed = 0u64;
+            // One batch per window; a backlog (after downtime) becomes several full batches.
+            while let Some(batch) = tx.seal_batch(&gateway_id, wall_ms(), max, None)? {
+                sealed += 1;
+                if (batch.readings as usize) < max {
+                    break;
+                }
+            }
+            let dropped = tx.enforce_buffer(buffer)?;
+            Ok((sealed, dropped, tx.unsealed_readings()?))
+        })
+    })
+    .await;
+    match result {
+        Ok((sealed, dropped, left)) => {
+            batcher.handle_sealed(now, left);
+            let mut c = lock(condition);
+            c.batches_sealed += sealed;
+            if dropped != Dropped::default() {
+                let message = format!(
+                    "outbox over buffer.max_bytes: dropped the {} oldest batches ({} readings) to keep the newest data",
+                    dropped.batches, dropped.readings
+                );
+                tracing::warn!(
+                    message = "Outbox full; oldest batches dropped.",
+                    batches = dropped.batches,
+                    readings = dropped.readings
+                );
+                c.alerts.retain(|a| a.kind != "buffer_full");
+                c.alerts.push(Alert {
+                    kind: "buffer_full",
+                    message,
+                    at_ms: wall_ms(),
+                });
             }
         }
-        let (returned, replies, result) = tokio::task::spawn_blocking(move || {
-            let mut replies = Vec::new();
-            let result = apply(&mut store, &batch, &mut replies);
-            (store, (batch, replies), result)
-        })
-        .await
-        .expect("store writer thread panicked");
-        store = returned;
-        let (batch, outcomes) = replies;
-        answer(batch, outcomes, result, &condition);
+        Err(error) => {
+            // Retried at the next window; the readings stay unsealed meanwhile.
+            tracing::error!(message = "Sealing a batch failed.", %error);
+            batcher.handle_sealed(now, 1);
+            lock(condition).error = Some(error.to_string());
+        }
     }
     store
 }
@@ -116,6 +275,7 @@ fn readings_in(command: &StoreCommand) -> usize {
 enum Outcome {
     Registered(Option<Registered>),
     Ingested(Ingested),
+    Acked(Result<Acked, AckError>),
     None,
 }
 
@@ -162,6 +322,11 @@ fn apply(
                     tx.link_errors(*node_id, *count)?;
                     Outcome::None
                 }
+                // A refused acknowledgement is the caller's error, not the transaction's.
+                StoreCommand::AckBatches { upto, .. } => match tx.ack_batches(*upto) {
+                    Err(AckError::Store(e)) => return Err(e),
+                    result => Outcome::Acked(result),
+                },
             };
             outcomes.push(outcome);
         }
@@ -169,17 +334,16 @@ fn apply(
     })
 }
 
+/// Answers every command; returns the readings committed.
 fn answer(
     batch: Vec<StoreCommand>,
     outcomes: Vec<Outcome>,
     result: Result<(), StoreError>,
     condition: &Mutex<StoreCondition>,
-) {
+) -> u64 {
     let failure = result.err().map(Arc::new);
     {
-        let mut c = condition
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut c = lock(condition);
         match &failure {
             None => {
                 c.commits += 1;
@@ -196,37 +360,69 @@ fn answer(
             }
         }
     }
+    let mut committed = 0;
     let mut outcomes = outcomes.into_iter();
     for command in batch {
         let outcome = outcomes.next();
-        // A dropped receiver means the port task ended; nothing to tell it.
-        match command {
-            StoreCommand::Register { hello, reply, .. } => {
-                let result = match (&failure, outcome) {
-                    (Some(e), _) => Err(Arc::clone(e)),
-                    (None, Some(Outcome::Registered(r))) => Ok(r),
-                    (None, _) => unreachable!("every command has an outcome after a commit"),
-                };
-                let _ = reply.send(StoreReply::Registered { hello, result });
+        // A dropped receiver means its task ended; nothing to tell it.
+        match (command, outcome, &failure) {
+            (StoreCommand::Register { hello, reply, .. }, _, Some(e)) => {
+                let _ = reply.send(StoreReply::Registered {
+                    hello,
+                    result: Err(Arc::clone(e)),
+                });
             }
-            StoreCommand::Ingest {
-                node_id,
-                boot_id,
-                reply,
-                ..
-            } => {
-                let result = match (&failure, outcome) {
-                    (Some(e), _) => Err(Arc::clone(e)),
-                    (None, Some(Outcome::Ingested(i))) => Ok(i),
-                    (None, _) => unreachable!("every command has an outcome after a commit"),
-                };
+            (StoreCommand::Register { hello, reply, .. }, Some(Outcome::Registered(r)), None) => {
+                let _ = reply.send(StoreReply::Registered {
+                    hello,
+                    result: Ok(r),
+                });
+            }
+            (
+                StoreCommand::Ingest {
+                    node_id,
+                    boot_id,
+                    reply,
+                    ..
+                },
+                _,
+                Some(e),
+            ) => {
                 let _ = reply.send(StoreReply::Committed {
                     node_id,
                     boot_id,
-                    result,
+                    result: Err(Arc::clone(e)),
                 });
             }
-            StoreCommand::Health { .. } | StoreCommand::LinkErrors { .. } => {}
+            (
+                StoreCommand::Ingest {
+                    node_id,
+                    boot_id,
+                    reply,
+                    ..
+                },
+                Some(Outcome::Ingested(i)),
+                None,
+            ) => {
+                committed += i.readings;
+                let _ = reply.send(StoreReply::Committed {
+                    node_id,
+                    boot_id,
+                    result: Ok(i),
+                });
+            }
+            (StoreCommand::AckBatches { reply, .. }, _, Some(e)) => {
+                let _ = reply.send(AckReply::Failed(Arc::clone(e)));
+            }
+            (StoreCommand::AckBatches { reply, .. }, Some(Outcome::Acked(r)), None) => {
+                let _ = reply.send(match r {
+                    Ok(acked) => AckReply::Acked(acked),
+                    Err(refused) => AckReply::Refused(refused),
+                });
+            }
+            (StoreCommand::Health { .. } | StoreCommand::LinkErrors { .. }, _, _) => {}
+            (_, _, None) => unreachable!("every command has its outcome after a commit"),
         }
     }
+    committed
 }
