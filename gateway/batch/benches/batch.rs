@@ -219,6 +219,18 @@ fn main() {
         ),
         ours_dict,
     );
+    let estimate = {
+        let mut b = BatchBuilder::new(GatewayId::new("site-0042-gw").unwrap(), 0);
+        for r in &measured[0] {
+            b.push(NODES[r.node], CHANNELS[r.channel], r.ts_ms, r.value).unwrap();
+        }
+        b.encoded_size_estimate()
+    };
+    println!();
+    println!(
+        "encoded_size_estimate() of one such batch: {estimate} bytes (an upper bound; sealed: {} bytes)",
+        sealed[0].len()
+    );
     println!();
 
     // ---- Why this zstd level: the same raw bodies at other levels (compression only).

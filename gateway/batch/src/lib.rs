@@ -56,10 +56,13 @@ pub const MAGIC: [u8; 4] = *b"OPBT";
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Most readings in one batch. A gateway with 32 nodes × 4 channels at 10 Hz fills it in 13
-/// minutes; the decoder's memory is bounded by it (about 24 bytes per reading).
+/// minutes. It bounds the decoder's memory: 16 bytes per reading for the decoded columns (a
+/// timestamp per sample, a value per reading), plus the decompressed body.
 pub const MAX_READINGS: u32 = 1 << 20;
 
-/// Longest decompressed body, and so the most a decoder ever asks zstd to produce.
+/// Longest decompressed body, and so the most a decoder ever asks zstd to produce. A batch whose
+/// body would be longer does not seal ([`SealError::TooLarge`]); keep batches well below it with
+/// [`BatchBuilder::encoded_size_estimate`].
 pub const MAX_RAW_BODY_LEN: u32 = 32 << 20;
 
 /// Longest source or channel name, in bytes (names are 1 to 255 bytes of UTF-8).
