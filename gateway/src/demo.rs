@@ -74,6 +74,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         max_batch_readings: 100_000,
         pull_token: Some(options.pull_token.clone()),
         buffer_max_bytes: 64 * 1024 * 1024,
+        mqtt: None,
         log_level: "info".into(),
     };
     let token = options.pull_token.clone();

@@ -5,6 +5,8 @@
 //!  (one task        PortSession                 group commit
 //!   per port)       ◄──────(reply_tx: registered / committed → ACCEPT / ACK)──
 //! store::writer ── batcher: seal due batches ──► outbox (batches table)
+//! outbox ─► io::uplink::mqtt (rumqttc) ─unix socket─► io::uplink::link (TLS, metered) ─► broker
+//!           cloud ack on outpost/{id}/ack ─(store_tx)─► writer: delete acknowledged batches
 //! io::api ─► store::Reader (own connection, WAL); batch acks ─(store_tx)─► writer
 //! ```
 
@@ -19,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::io::api::{self, ApiState};
 use crate::io::serial::{self, PortStatus};
+use crate::io::uplink::link;
+use crate::io::uplink::meter::Meter;
+use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkStatus};
 use crate::store::{Store, writer};
 
 /// Commands queued to the store writer before port tasks wait (and nodes hold their samples).
@@ -81,6 +86,23 @@ pub async fn run(
         )));
     }
 
+    let uplink = Arc::new(Mutex::new(UplinkStatus::default()));
+    if let Some(mqtt) = &config.mqtt {
+        let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
+            .context("cannot set up TLS for the MQTT uplink")?;
+        tokio::spawn(uplink_mqtt::run(
+            mqtt.clone(),
+            Arc::new(tls),
+            config.gateway_id.clone(),
+            config.data_dir.join("run"),
+            path.clone(),
+            store_tx.clone(),
+            Arc::clone(&uplink),
+            Arc::new(Meter::default()),
+            shutdown.clone(),
+        ));
+    }
+
     let listener = api::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.api_listen))?;
@@ -92,6 +114,7 @@ pub async fn run(
         store_condition: condition,
         ports,
         pull_token: config.pull_token.clone().map(Arc::from),
+        uplink: config.mqtt.is_some().then_some(uplink),
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.

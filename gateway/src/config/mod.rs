@@ -45,6 +45,46 @@ pub struct RawUplink {
     pub max_batch_readings: u32,
     /// HTTP pull: the cloud fetches sealed batches from the local API.
     pub pull: RawPull,
+    /// MQTT push over TLS; off when absent.
+    pub mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// The broker, `host:port` (TLS always).
+    pub broker: String,
+    /// CA certificate(s) the broker's certificate must chain to (PEM).
+    pub ca_file: PathBuf,
+    /// This gateway's certificate (PEM); its identity must be `gateway.id`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// MQTT keepalive; long enough for a sleepy cellular link, short enough for mobile NATs.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: String,
+    /// `end_to_end` (the cloud's ack on outpost/{id}/ack) or `broker` (the broker's PUBACK).
+    #[serde(default = "default_ack")]
+    pub ack: String,
+    /// Batches out without an acknowledgement at most.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: u32,
+    /// With no acknowledgement for this long, publish again from the oldest unacked batch.
+    #[serde(default = "default_resend_after")]
+    pub resend_after: String,
+}
+
+fn default_keepalive() -> String {
+    "120s".into()
+}
+fn default_ack() -> String {
+    "end_to_end".into()
+}
+fn default_max_unacked() -> u32 {
+    4
+}
+fn default_resend_after() -> String {
+    "5m".into()
 }
 
 impl Default for RawUplink {
@@ -53,6 +93,7 @@ impl Default for RawUplink {
             batch_interval: "60s".into(),
             max_batch_readings: 100_000,
             pull: RawPull::default(),
+            mqtt: None,
         }
     }
 }
@@ -187,6 +228,7 @@ pub struct Config {
     /// The HTTP pull bearer token; `None` turns the batch endpoints off.
     pub pull_token: Option<String>,
     pub buffer_max_bytes: u64,
+    pub mqtt: Option<crate::io::uplink::mqtt::MqttConfig>,
     pub log_level: String,
 }
 
@@ -410,6 +452,76 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if pull_token.as_ref().is_some_and(|t| t.len() < 16) {
         problem("uplink.pull.token", "must be at least 16 characters".into());
     }
+    let mqtt = raw.uplink.mqtt.map(|m| {
+        use crate::io::uplink::mqtt::{AckMode, MqttConfig};
+        let (host, port) = match m
+            .broker
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>()))
+        {
+            Some((host, Ok(port))) if !host.is_empty() => {
+                (host.trim_matches(['[', ']']).to_owned(), port)
+            }
+            _ => {
+                problem(
+                    "uplink.mqtt.broker",
+                    format!("`{}` is not host:port", m.broker),
+                );
+                (String::new(), 0)
+            }
+        };
+        let mut duration = |key: &str, text: &str| {
+            parse_duration(text).unwrap_or_else(|why| {
+                problem(key, why);
+                Duration::from_secs(1)
+            })
+        };
+        let keepalive = duration("uplink.mqtt.keepalive", &m.keepalive);
+        let resend_after = duration("uplink.mqtt.resend_after", &m.resend_after);
+        if !(Duration::from_secs(5)..=Duration::from_secs(65535)).contains(&keepalive) {
+            problem(
+                "uplink.mqtt.keepalive",
+                "must be between 5s and 65535s".into(),
+            );
+        }
+        let ack = match m.ack.as_str() {
+            "end_to_end" => AckMode::EndToEnd,
+            "broker" => AckMode::Broker,
+            other => {
+                problem(
+                    "uplink.mqtt.ack",
+                    format!("`{other}` is neither `end_to_end` nor `broker`"),
+                );
+                AckMode::EndToEnd
+            }
+        };
+        if !(1..=64).contains(&m.max_unacked) {
+            problem("uplink.mqtt.max_unacked", "must be between 1 and 64".into());
+        }
+        for (key, path) in [
+            ("ca_file", &m.ca_file),
+            ("cert_file", &m.cert_file),
+            ("key_file", &m.key_file),
+        ] {
+            if !path.is_file() {
+                problem(
+                    &format!("uplink.mqtt.{key}"),
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+        MqttConfig {
+            host,
+            port,
+            ca_file: m.ca_file,
+            cert_file: m.cert_file,
+            key_file: m.key_file,
+            keepalive,
+            ack,
+            max_unacked: m.max_unacked as usize,
+            resend_after,
+        }
+    });
     if raw.buffer.max_bytes < 64 * 1024 {
         problem("buffer.max_bytes", "must be at least 65536".into());
     }
@@ -433,6 +545,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             max_batch_readings: raw.uplink.max_batch_readings as usize,
             pull_token,
             buffer_max_bytes: raw.buffer.max_bytes,
+            mqtt,
             log_level: raw.log.level,
         })
     } else {

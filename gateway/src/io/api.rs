@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::serial::{PortBoard, PortStatus};
+use crate::io::uplink::mqtt::UplinkStatus;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::outbox::{BatchInfo, OutboxTotals};
@@ -32,6 +33,8 @@ pub struct ApiState {
     /// `None`: the batch endpoints are off.
     pub pull_token: Option<Arc<str>>,
     pub store_tx: mpsc::Sender<StoreCommand>,
+    /// `None`: no MQTT uplink configured.
+    pub uplink: Option<Arc<Mutex<UplinkStatus>>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +46,7 @@ struct Status {
     readings_stored: u64,
     store: StoreStatus,
     outbox: OutboxTotals,
+    uplink: Option<UplinkStatus>,
     ports: Vec<PortStatus>,
 }
 
@@ -108,6 +112,10 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
             condition,
         },
         outbox,
+        uplink: state
+            .uplink
+            .as_ref()
+            .and_then(|u| u.lock().ok().map(|u| u.clone())),
         ports,
     }))
 }

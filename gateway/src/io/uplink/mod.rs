@@ -1,0 +1,5 @@
+//! The uplink to the cloud: MQTT over TLS with end-to-end acknowledgement, every byte metered.
+
+pub mod link;
+pub mod meter;
+pub mod mqtt;
