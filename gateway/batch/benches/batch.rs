@@ -71,7 +71,7 @@ struct Site {
 impl Site {
     fn new() -> Site {
         Site {
-            rng: Rng(0x0u64.wrapping_add(2026)),
+            rng: Rng(2026),
             t: 1_764_000_000_000,
             temperature: [2150, 1980, 2310, 2045],
             humidity: [4500, 5120, 3875, 6010],
@@ -222,7 +222,8 @@ fn main() {
     let estimate = {
         let mut b = BatchBuilder::new(GatewayId::new("site-0042-gw").unwrap(), 0);
         for r in &measured[0] {
-            b.push(NODES[r.node], CHANNELS[r.channel], r.ts_ms, r.value).unwrap();
+            b.push(NODES[r.node], CHANNELS[r.channel], r.ts_ms, r.value)
+                .unwrap();
         }
         b.encoded_size_estimate()
     };

@@ -160,7 +160,7 @@ impl DecodedBatch {
     /// `{"source":"…","channel":"…","ts_ms":…,"value":…}`. Decimal values are exact JSON numbers
     /// (`2150 × 10^-2` is `21.5`); non-finite floats are `null`.
     pub fn write_json_lines<W: Write>(&self, mut out: W) -> io::Result<()> {
-        let mut line = Vec::with_capacity(128);
+        // Lines gather in `buf`, written out in chunks of about 64 KiB.
         let mut buf = Vec::with_capacity(64 * 1024);
         for source in &self.sources {
             let prefix = format!("{{\"source\":{},\"channel\":", json_string(&source.name));
@@ -175,14 +175,12 @@ impl DecodedBatch {
                     let Some(value) = value_at(channel, i, &mut cursors[c]) else {
                         continue;
                     };
-                    line.clear();
-                    line.extend_from_slice(prefix.as_bytes());
-                    line.extend_from_slice(channels[c].as_bytes());
-                    write!(line, "{ts}")?;
-                    line.extend_from_slice(b",\"value\":");
-                    value.write_json(&mut line);
-                    line.extend_from_slice(b"}\n");
-                    buf.extend_from_slice(&line);
+                    buf.extend_from_slice(prefix.as_bytes());
+                    buf.extend_from_slice(channels[c].as_bytes());
+                    write!(buf, "{ts}")?;
+                    buf.extend_from_slice(b",\"value\":");
+                    value.write_json(&mut buf);
+                    buf.extend_from_slice(b"}\n");
                 }
                 if buf.len() >= 60 * 1024 {
                     out.write_all(&buf)?;

@@ -203,7 +203,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
     let dictionary_id = NonZeroU32::new(u32::from_le_bytes(le(bytes, field(4))));
     let raw_body_len = u32::from_le_bytes(le(bytes, field(4)));
     let body_len = u32::from_le_bytes(le(bytes, field(4)));
-    let batch_len = body_at.saturating_add(body_len as usize).saturating_add(CRC_LEN);
+    let batch_len = body_at
+        .saturating_add(body_len as usize)
+        .saturating_add(CRC_LEN);
     if bytes.len() < batch_len {
         return Err(truncated(batch_len));
     }

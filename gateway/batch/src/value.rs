@@ -82,7 +82,8 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 impl fmt::Display for Value {
-    /// The JSON form of [`Value::write_json`], except that non-finite floats show as `NaN`, `inf`.
+    /// As in JSON lines (exact decimals, shortest floats), except that non-finite floats show as
+    /// `NaN`, `inf`, `-inf` rather than `null`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Value::Float(v) if !v.is_finite() => write!(f, "{v}"),
