@@ -72,6 +72,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         serial,
         batch_interval: options.batch_interval,
         max_batch_readings: 100_000,
+        monthly_budget_bytes: 0,
+        max_batch_interval: options.batch_interval * 10,
         pull_token: Some(options.pull_token.clone()),
         buffer_max_bytes: 64 * 1024 * 1024,
         mqtt: None,

@@ -11,6 +11,7 @@
 //! See `docs/ARCHITECTURE.md` for the data path.
 
 pub mod batcher;
+pub mod budget;
 pub mod config;
 pub mod demo;
 pub mod io;

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::io::api::{self, ApiState};
 use crate::io::serial::{self, PortStatus};
+use crate::io::uplink::cost::{self, CostConfig, CostStatus};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkStatus};
@@ -58,11 +59,29 @@ pub async fn run(
         max_batch_readings: config.max_batch_readings,
         buffer_max_bytes: config.buffer_max_bytes,
     };
+    let (interval_tx, interval_rx) = watch::channel(config.batch_interval);
     let writer = tokio::spawn(writer::run(
         store,
         store_rx,
+        interval_rx,
         writer_config,
         Arc::clone(&condition),
+    ));
+    let meter = Arc::new(Meter::default());
+    let cost = Arc::new(Mutex::new(CostStatus::default()));
+    let cost_config = CostConfig {
+        monthly_budget_bytes: config.monthly_budget_bytes,
+        batch_interval: config.batch_interval,
+        max_batch_interval: config.max_batch_interval,
+    };
+    let cost_task = tokio::spawn(cost::run(
+        cost_config,
+        Arc::clone(&meter),
+        path.clone(),
+        store_tx.clone(),
+        interval_tx,
+        Arc::clone(&cost),
+        shutdown.clone(),
     ));
 
     let ports = Arc::new(Mutex::new(
@@ -98,7 +117,7 @@ pub async fn run(
             path.clone(),
             store_tx.clone(),
             Arc::clone(&uplink),
-            Arc::new(Meter::default()),
+            Arc::clone(&meter),
             shutdown.clone(),
         ));
     }
@@ -115,6 +134,8 @@ pub async fn run(
         ports,
         pull_token: config.pull_token.clone().map(Arc::from),
         uplink: config.mqtt.is_some().then_some(uplink),
+        cost,
+        meter,
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
@@ -125,6 +146,7 @@ pub async fn run(
     for task in port_tasks {
         let _ = task.await;
     }
+    let _ = cost_task.await;
     // Everything queued is committed before the process exits.
     writer.await.context("store writer failed")?;
     Ok(())

@@ -43,6 +43,11 @@ pub struct RawUplink {
     pub batch_interval: String,
     /// Most readings in one batch; a backlog becomes several batches.
     pub max_batch_readings: u32,
+    /// Uplink bytes a month (both directions, TLS and MQTT included); 0 for no budget. When the
+    /// month is projected over it, batches stretch up to `max_batch_interval`.
+    pub monthly_budget_bytes: u64,
+    /// The longest the data budget may stretch the batch interval.
+    pub max_batch_interval: String,
     /// HTTP pull: the cloud fetches sealed batches from the local API.
     pub pull: RawPull,
     /// MQTT push over TLS; off when absent.
@@ -92,6 +97,8 @@ impl Default for RawUplink {
         RawUplink {
             batch_interval: "60s".into(),
             max_batch_readings: 100_000,
+            monthly_budget_bytes: 0,
+            max_batch_interval: "15m".into(),
             pull: RawPull::default(),
             mqtt: None,
         }
@@ -225,6 +232,8 @@ pub struct Config {
     pub serial: Vec<SerialPort>,
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
+    pub monthly_budget_bytes: u64,
+    pub max_batch_interval: Duration,
     /// The HTTP pull bearer token; `None` turns the batch endpoints off.
     pub pull_token: Option<String>,
     pub buffer_max_bytes: u64,
@@ -422,6 +431,16 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&batch_interval) {
         problem("uplink.batch_interval", "must be between 1s and 24h".into());
     }
+    let max_batch_interval = parse_duration(&raw.uplink.max_batch_interval).unwrap_or_else(|why| {
+        problem("uplink.max_batch_interval", why);
+        Duration::from_secs(900)
+    });
+    if max_batch_interval < batch_interval {
+        problem(
+            "uplink.max_batch_interval",
+            "must not be shorter than uplink.batch_interval".into(),
+        );
+    }
     if !(100..=1_000_000).contains(&raw.uplink.max_batch_readings) {
         problem(
             "uplink.max_batch_readings",
@@ -543,6 +562,8 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             serial,
             batch_interval,
             max_batch_readings: raw.uplink.max_batch_readings as usize,
+            monthly_budget_bytes: raw.uplink.monthly_budget_bytes,
+            max_batch_interval,
             pull_token,
             buffer_max_bytes: raw.buffer.max_bytes,
             mqtt,

@@ -15,6 +15,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::serial::{PortBoard, PortStatus};
+use crate::io::uplink::cost::CostStatus;
+use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::UplinkStatus;
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +37,9 @@ pub struct ApiState {
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// `None`: no MQTT uplink configured.
     pub uplink: Option<Arc<Mutex<UplinkStatus>>>,
+    pub cost: Arc<Mutex<CostStatus>>,
+    /// Pulled batch bytes count against the same data budget as pushed ones.
+    pub meter: Arc<Meter>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +52,7 @@ struct Status {
     store: StoreStatus,
     outbox: OutboxTotals,
     uplink: Option<UplinkStatus>,
+    cost: CostStatus,
     ports: Vec<PortStatus>,
 }
 
@@ -116,6 +122,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
             .uplink
             .as_ref()
             .and_then(|u| u.lock().ok().map(|u| u.clone())),
+        cost: state.cost.lock().map(|c| c.clone()).unwrap_or_default(),
         ports,
     }))
 }
@@ -235,7 +242,10 @@ async fn batch_ack(
         .await
         .map_err(|_| unavailable())?;
     match answer.await.map_err(|_| unavailable())? {
-        AckReply::Acked(acked) => Ok(Json(acked).into_response()),
+        AckReply::Acked(acked) => {
+            state.meter.add_delivered(acked.readings);
+            Ok(Json(acked).into_response())
+        }
         AckReply::Refused(why) => Err(ApiError(StatusCode::CONFLICT, why.to_string())),
         AckReply::Failed(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }

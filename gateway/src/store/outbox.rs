@@ -74,6 +74,8 @@ pub enum AckError {
 pub struct Acked {
     pub acked_upto: u64,
     pub deleted: u64,
+    /// Readings in the deleted batches.
+    pub readings: u64,
 }
 
 fn meta_u64(tx: &rusqlite::Connection, key: &str) -> Result<u64, StoreError> {
@@ -234,6 +236,14 @@ impl Tx<'_> {
         }
         let acked_upto = meta_u64(&self.tx, "batches.acked_upto")?.max(upto);
         set_meta(&self.tx, "batches.acked_upto", acked_upto)?;
+        let readings: u64 = self
+            .tx
+            .query_row(
+                "SELECT coalesce(sum(reading_count), 0) FROM batches WHERE seq <= ?1",
+                [upto],
+                |r| r.get(0),
+            )
+            .map_err(StoreError::from)?;
         let deleted = self
             .tx
             .execute("DELETE FROM batches WHERE seq <= ?1", [upto])
@@ -241,7 +251,24 @@ impl Tx<'_> {
         Ok(Acked {
             acked_upto,
             deleted: deleted as u64,
+            readings,
         })
+    }
+
+    /// Adds uplink traffic to a day's tally.
+    pub fn record_usage(
+        &mut self,
+        day: &str,
+        sent: u64,
+        received: u64,
+        readings: u64,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO uplink_usage (day, sent, received, readings) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (day) DO UPDATE SET sent = sent + ?2, received = received + ?3, readings = readings + ?4",
+            params![day, sent, received, readings],
+        )?;
+        Ok(())
     }
 
     /// Committed readings not yet in a batch.
@@ -287,6 +314,21 @@ impl Reader {
                 r.get(0)
             })
             .optional()?)
+    }
+
+    /// Uplink traffic: (bytes today, bytes this month, readings acknowledged this month).
+    pub fn usage(&self, day: &str, month_prefix: &str) -> Result<(u64, u64, u64), StoreError> {
+        let today: u64 = self.conn.query_row(
+            "SELECT coalesce(sum(sent + received), 0) FROM uplink_usage WHERE day = ?1",
+            [day],
+            |r| r.get(0),
+        )?;
+        let (month, readings): (u64, u64) = self.conn.query_row(
+            "SELECT coalesce(sum(sent + received), 0), coalesce(sum(readings), 0) FROM uplink_usage WHERE day LIKE ?1 || '%'",
+            [month_prefix],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((today, month, readings))
     }
 
     pub fn outbox(&self) -> Result<OutboxTotals, StoreError> {

@@ -84,4 +84,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
                                          ('batches.dropped', '0'),
                                          ('batches.dropped_readings', '0');
     ",
+    // 3: uplink traffic per UTC day, for the data budget.
+    "
+    CREATE TABLE uplink_usage (
+        day       TEXT PRIMARY KEY,        -- YYYY-MM-DD, UTC
+        sent      INTEGER NOT NULL,        -- bytes on the uplink socket, TLS and MQTT included
+        received  INTEGER NOT NULL,
+        readings  INTEGER NOT NULL         -- readings the cloud acknowledged
+    ) WITHOUT ROWID;
+    ",
 ];

@@ -47,6 +47,13 @@ pub enum StoreCommand {
         upto: u64,
         reply: oneshot::Sender<AckReply>,
     },
+    /// Uplink traffic to add to `day`'s tally.
+    RecordUsage {
+        day: String,
+        sent: u64,
+        received: u64,
+        readings: u64,
+    },
 }
 
 /// The store's answer to a port task.
@@ -136,6 +143,7 @@ async fn blocking<T: Send + 'static>(
 pub async fn run(
     store: Store,
     mut commands: mpsc::Receiver<StoreCommand>,
+    mut batch_interval: tokio::sync::watch::Receiver<Duration>,
     config: WriterConfig,
     condition: Arc<Mutex<StoreCondition>>,
 ) -> Store {
@@ -157,6 +165,15 @@ pub async fn run(
                 None => break,
             },
             () = tokio::time::sleep(window.unwrap_or(Duration::from_secs(3600))), if window.is_some() => None,
+            Ok(()) = batch_interval.changed() => {
+                let interval = *batch_interval.borrow_and_update();
+                if interval != batcher.interval() {
+                    tracing::info!(message = "Batch interval changed by the data budget.", seconds = interval.as_secs());
+                    batcher.set_interval(interval);
+                    lock(&condition).batch_interval_s = interval.as_secs();
+                }
+                None
+            }
         };
         if let Some(first) = first {
             let batch = collect(first, &mut commands, &config).await;
@@ -322,6 +339,15 @@ fn apply(
                     tx.link_errors(*node_id, *count)?;
                     Outcome::None
                 }
+                StoreCommand::RecordUsage {
+                    day,
+                    sent,
+                    received,
+                    readings,
+                } => {
+                    tx.record_usage(day, *sent, *received, *readings)?;
+                    Outcome::None
+                }
                 // A refused acknowledgement is the caller's error, not the transaction's.
                 StoreCommand::AckBatches { upto, .. } => match tx.ack_batches(*upto) {
                     Err(AckError::Store(e)) => return Err(e),
@@ -420,7 +446,13 @@ fn answer(
                     Err(refused) => AckReply::Refused(refused),
                 });
             }
-            (StoreCommand::Health { .. } | StoreCommand::LinkErrors { .. }, _, _) => {}
+            (
+                StoreCommand::Health { .. }
+                | StoreCommand::LinkErrors { .. }
+                | StoreCommand::RecordUsage { .. },
+                _,
+                _,
+            ) => {}
             (_, _, None) => unreachable!("every command has its outcome after a commit"),
         }
     }

@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Meter {
     sent: AtomicU64,
     received: AtomicU64,
+    /// Readings in batches the cloud acknowledged.
+    delivered: AtomicU64,
 }
 
 impl Meter {
@@ -24,6 +26,20 @@ impl Meter {
     #[must_use]
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    #[must_use]
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes that left by another path (the HTTP pull), counted against the same budget.
+    pub fn add_sent(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add_delivered(&self, readings: u64) {
+        self.delivered.fetch_add(readings, Ordering::Relaxed);
     }
 }
 

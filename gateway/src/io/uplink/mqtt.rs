@@ -140,14 +140,21 @@ async fn next_batch(store_path: PathBuf, after: u64) -> Option<(u64, Vec<u8>)> {
     .ok()?
 }
 
-async fn acknowledge(store_tx: &mpsc::Sender<StoreCommand>, upto: u64) -> Option<u64> {
+async fn acknowledge(
+    store_tx: &mpsc::Sender<StoreCommand>,
+    meter: &Meter,
+    upto: u64,
+) -> Option<u64> {
     let (reply, answer) = oneshot::channel();
     store_tx
         .send(StoreCommand::AckBatches { upto, reply })
         .await
         .ok()?;
     match answer.await.ok()? {
-        AckReply::Acked(acked) => Some(acked.acked_upto),
+        AckReply::Acked(acked) => {
+            meter.add_delivered(acked.readings);
+            Some(acked.acked_upto)
+        }
         AckReply::Refused(why) => {
             tracing::warn!(message = "Cloud acknowledgement refused.", upto, %why);
             None
@@ -269,7 +276,7 @@ pub async fn run(
                     match serde_json::from_slice::<serde_json::Value>(&publish.payload).ok().and_then(|v| v["upto"].as_u64()) {
                         Some(upto) if upto > acked_upto => {
                             if config.ack == AckMode::EndToEnd {
-                                if let Some(now_acked) = acknowledge(&store_tx, upto).await {
+                                if let Some(now_acked) = acknowledge(&store_tx, &meter, upto).await {
                                     acked_upto = now_acked;
                                     last_progress = Instant::now();
                                     lock(&status).acked_upto = acked_upto;
@@ -288,7 +295,7 @@ pub async fn run(
                         if config.ack == AckMode::Broker {
                             let upto = broker_acks.ack(acked_upto, seq);
                             if upto > acked_upto {
-                                if let Some(now_acked) = acknowledge(&store_tx, upto).await {
+                                if let Some(now_acked) = acknowledge(&store_tx, &meter, upto).await {
                                     acked_upto = now_acked;
                                     last_progress = Instant::now();
                                     lock(&status).acked_upto = acked_upto;
