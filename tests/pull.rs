@@ -310,3 +310,44 @@ fn batch_decode_prints_the_readings_and_rejects_damaged_batches() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid Outpost batch"));
 }
+
+#[test]
+fn a_dictionary_trained_on_site_history_seals_new_batches_and_the_cloud_can_fetch_it() {
+    let specs = (0..2).map(|i| NodeSpec { rate_hz: 50.0, ..NodeSpec::new(i) }).collect();
+    let mut site = Site::with_config(specs, &pull_config("")).unwrap();
+    site.start_gateway().unwrap();
+    site.wait_for_samples(600, Duration::from_secs(60)).unwrap(); // 12 s of history
+    let out = Command::new(bin("outpost"))
+        .args(["dict", "train", "--windows", "50", "--config"])
+        .arg(site.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let id: u64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
+
+    // From the next start, batches are sealed with it.
+    site.gateway.as_mut().unwrap().terminate(Duration::from_secs(10)).unwrap();
+    site.start_gateway().unwrap();
+    let info = wait_for(Duration::from_secs(30), "a batch sealed with the dictionary", || {
+        let index = index(&site, 0);
+        index["batches"].as_array().unwrap().iter().find(|b| b["dictionary_id"] == id).cloned()
+    })
+    .unwrap();
+    let bytes = fetch(&site, info["seq"].as_u64().unwrap());
+    assert!(matches!(
+        outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()),
+        Err(outpost_batch::DecodeError::UnknownDictionary { .. })
+    ));
+    let (status, dictionary) = http(site.api, "GET", &format!("/api/v1/dictionaries/{id}"), Some(TOKEN), None).unwrap();
+    assert_eq!(status, 200);
+    let dictionary = outpost_batch::Dictionary::from_bytes(dictionary).unwrap();
+    let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::from(dictionary)).unwrap();
+    assert_eq!(batch.readings().count() as u64, info["reading_count"].as_u64().unwrap());
+
+    let file = site.dir.path().join("batch.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let dict_file = site.dir.path().join(format!("data/dictionaries/{id}.zdict"));
+    let out = Command::new(bin("outpost")).args(["batch", "decode"]).arg(&file).arg("--dictionary").arg(&dict_file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

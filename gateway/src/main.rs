@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: BatchCommand,
     },
+    /// Batch compression dictionaries.
+    Dict {
+        #[command(subcommand)]
+        command: DictCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +68,49 @@ enum BatchCommand {
     Decode {
         /// The batch file; `-` or nothing reads standard input.
         file: Option<PathBuf>,
+        /// A dictionary the batch may have been sealed with (repeatable).
+        #[arg(long)]
+        dictionary: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DictCommand {
+    /// Train a zstd dictionary from this site's own readings and make it the one new batches
+    /// are sealed with (from the next start of the gateway).
+    Train {
+        #[arg(long, default_value = "/etc/outpost/outpost.toml")]
+        config: PathBuf,
+        /// Batch windows of history to learn from (the newest).
+        #[arg(long, default_value_t = 200)]
+        windows: usize,
+    },
+}
+
+fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = Config::load(config)?;
+    let store = outpost::topology::store_path(&config);
+    let reader = outpost::store::Reader::open(&store)
+        .with_context(|| format!("cannot open store {}", store.display()))?;
+    let window_ms = i64::try_from(config.batch_interval.as_millis()).unwrap_or(i64::MAX);
+    let bodies = reader.training_bodies(&config.gateway_id, window_ms, windows)?;
+    let dictionary = outpost_batch::train_dictionary(&bodies)
+        .with_context(|| format!("cannot train from {} windows of history", bodies.len()))?;
+    let dir = outpost::io::dictionaries::dir(&config.data_dir);
+    let path = outpost::io::dictionaries::save_active(&dir, &dictionary)?;
+    println!(
+        "dictionary {} ({} bytes, from {} windows) written to {}",
+        dictionary.id(),
+        dictionary.as_bytes().len(),
+        bodies.len(),
+        path.display()
+    );
+    println!(
+        "restart the gateway to seal new batches with it; the cloud fetches it from /api/v1/dictionaries/{}",
+        dictionary.id()
+    );
+    Ok(())
 }
 
 fn random_token() -> String {
@@ -74,7 +121,7 @@ fn random_token() -> String {
         .collect()
 }
 
-fn decode_batch(file: Option<PathBuf>) -> anyhow::Result<()> {
+fn decode_batch(file: Option<PathBuf>, dictionaries: &[PathBuf]) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::io::{Read as _, Write as _};
     let mut bytes = Vec::new();
@@ -89,8 +136,9 @@ fn decode_batch(file: Option<PathBuf>) -> anyhow::Result<()> {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .with_context(|| format!("cannot read {}", p.display()))?,
     };
-    let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default())
-        .context("not a valid Outpost batch")?;
+    let dictionaries = outpost::io::dictionaries::load_files(dictionaries)?;
+    let batch =
+        outpost_batch::decode(&bytes, &dictionaries).context("not a valid Outpost batch")?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     writeln!(out, "{}", serde_json::to_string(batch.header())?)?;
     batch.write_json_lines(&mut out)?;
@@ -180,8 +228,11 @@ fn main() -> ExitCode {
                 demo::run(options, shutdown_on_signal()).await
             }
             Command::Batch {
-                command: BatchCommand::Decode { file },
-            } => decode_batch(file),
+                command: BatchCommand::Decode { file, dictionary },
+            } => decode_batch(file, &dictionary),
+            Command::Dict {
+                command: DictCommand::Train { config, windows },
+            } => train_dictionary(&config, windows),
         }
     });
     match result {

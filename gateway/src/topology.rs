@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::io::api::{self, ApiState};
+use crate::io::dictionaries;
 use crate::io::serial::{self, PortStatus};
 use crate::io::uplink::cost::{self, CostConfig, CostStatus};
 use crate::io::uplink::link;
@@ -58,6 +59,8 @@ pub async fn run(
         batch_interval: config.batch_interval,
         max_batch_readings: config.max_batch_readings,
         buffer_max_bytes: config.buffer_max_bytes,
+        dictionary: dictionaries::load_active(&dictionaries::dir(&config.data_dir))
+            .context("cannot load the active batch dictionary")?,
     };
     let (interval_tx, interval_rx) = watch::channel(config.batch_interval);
     let writer = tokio::spawn(writer::run(
@@ -136,6 +139,7 @@ pub async fn run(
         uplink: config.mqtt.is_some().then_some(uplink),
         cost,
         meter,
+        dictionaries: dictionaries::dir(&config.data_dir),
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub cost: Arc<Mutex<CostStatus>>,
     /// Pulled batch bytes count against the same data budget as pushed ones.
     pub meter: Arc<Meter>,
+    /// Where trained dictionaries live (`GET /api/v1/dictionaries/{id}`).
+    pub dictionaries: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +214,26 @@ async fn batch_bytes(
     }
 }
 
+async fn dictionary_bytes(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<u32>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let dir = state.dictionaries.clone();
+    match tokio::task::spawn_blocking(move || crate::io::dictionaries::load(&dir, id)).await {
+        Ok(Ok(dictionary)) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            dictionary.as_bytes().to_vec(),
+        )
+            .into_response()),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no dictionary {id}"),
+        )),
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct AckBody {
     upto: u64,
@@ -258,6 +280,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/batches", get(batch_index))
         .route("/api/v1/batches/ack", post(batch_ack))
         .route("/api/v1/batches/{seq}", get(batch_bytes))
+        .route("/api/v1/dictionaries/{id}", get(dictionary_bytes))
         .with_state(state)
 }
 

@@ -1,5 +1,6 @@
 //! Thin adapters between the IO-free cores and the outside world.
 
 pub mod api;
+pub mod dictionaries;
 pub mod serial;
 pub mod uplink;

@@ -109,6 +109,51 @@ fn channel_name(channel: u8) -> String {
         .map_or_else(|| format!("ch{channel}"), str::to_owned)
 }
 
+/// A reading as a batch takes it: (reading id, source uid, channel, ts_ms, raw value).
+pub type BatchRow = (u64, String, u8, i64, i64);
+
+/// Up to `limit` readings with `id > after`, in id order.
+fn rows_after(
+    conn: &rusqlite::Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<BatchRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.id, n.uid, r.channel, r.ts_ms, r.value FROM readings r JOIN nodes n ON n.id = r.node_id
+         WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit as u64], |row| {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Seals rows into batch bytes: the one place readings become a batch, so the outbox and
+/// dictionary training see the same bodies.
+pub fn build_batch(
+    gateway_id: &str,
+    seq: u64,
+    rows: &[BatchRow],
+    dictionary: Option<&Dictionary>,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut builder = BatchBuilder::new(GatewayId::new(gateway_id)?, seq);
+    for (_, uid, channel, ts_ms, value) in rows {
+        builder.push(
+            uid,
+            &channel_name(*channel),
+            *ts_ms,
+            Value::decimal(*value, exponent(*channel)),
+        )?;
+    }
+    Ok(builder.seal(dictionary)?)
+}
+
 impl Tx<'_> {
     /// Seals up to `max_readings` unsealed readings, oldest first, into the next batch.
     /// Returns `None` when there is nothing to seal.
@@ -120,22 +165,7 @@ impl Tx<'_> {
         dictionary: Option<&Dictionary>,
     ) -> Result<Option<Sealed>, StoreError> {
         let after = meta_u64(&self.tx, "batches.last_reading_id")?;
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT r.id, n.uid, r.channel, r.ts_ms, r.value FROM readings r JOIN nodes n ON n.id = r.node_id
-             WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
-        )?;
-        let mut rows = stmt.query(params![after, max_readings as u64])?;
-        let mut readings = Vec::new();
-        while let Some(row) = rows.next()? {
-            let id: u64 = row.get(0)?;
-            let uid: String = row.get(1)?;
-            let channel: u8 = row.get(2)?;
-            let ts_ms: i64 = row.get(3)?;
-            let value: i64 = row.get(4)?;
-            readings.push((id, uid, channel, ts_ms, value));
-        }
-        drop(rows);
-        drop(stmt);
+        let readings = rows_after(&self.tx, after, max_readings)?;
         let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
             return Ok(None);
         };
@@ -151,19 +181,7 @@ impl Tx<'_> {
         let cannot = |e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("cannot seal batch {seq}: {e}"))
         };
-        let gateway = GatewayId::new(gateway_id).map_err(|e| cannot(&e))?;
-        let mut builder = BatchBuilder::new(gateway, seq);
-        for (_, uid, channel, ts_ms, value) in &readings {
-            builder
-                .push(
-                    uid,
-                    &channel_name(*channel),
-                    *ts_ms,
-                    Value::decimal(*value, exponent(*channel)),
-                )
-                .map_err(|e| cannot(&e))?;
-        }
-        let bytes = builder.seal(dictionary).map_err(|e| cannot(&e))?;
+        let bytes = build_batch(gateway_id, seq, &readings, dictionary).map_err(|e| cannot(&e))?;
         let header = outpost_batch::read_header(&bytes).map_err(|e| cannot(&e))?;
         self.tx.execute(
             "UPDATE batches SET first_ts_ms = ?2, last_ts_ms = ?3, reading_count = ?4, dictionary_id = ?5,
@@ -287,6 +305,56 @@ fn unsealed(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
 }
 
 impl Reader {
+    /// Bodies of pseudo-batches cut from the newest readings, `window_ms` of readings each, at most
+    /// `windows` of them: training material for a zstd dictionary that fits this site's data.
+    pub fn training_bodies(
+        &self,
+        gateway_id: &str,
+        window_ms: i64,
+        windows: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let newest: Option<i64> =
+            self.conn
+                .query_row("SELECT max(ts_ms) FROM readings", [], |r| r.get(0))?;
+        let Some(newest) = newest else {
+            return Ok(Vec::new());
+        };
+        let from = newest - window_ms * windows as i64;
+        let mut stmt = self.conn.prepare(
+            "SELECT r.id, n.uid, r.channel, r.ts_ms, r.value FROM readings r JOIN nodes n ON n.id = r.node_id
+             WHERE r.ts_ms > ?1 ORDER BY r.id",
+        )?;
+        let rows = stmt.query_map([from], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?;
+        let mut windows_rows: std::collections::BTreeMap<i64, Vec<BatchRow>> =
+            std::collections::BTreeMap::new();
+        for row in rows {
+            let row: BatchRow = row?;
+            windows_rows
+                .entry((row.3 - from) / window_ms)
+                .or_default()
+                .push(row);
+        }
+        let no_dictionaries = outpost_batch::Dictionaries::new();
+        let mut bodies = Vec::new();
+        for (i, rows) in windows_rows.values().enumerate() {
+            let bytes = build_batch(gateway_id, i as u64 + 1, rows, None)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            bodies.push(
+                outpost_batch::raw_body(&bytes, &no_dictionaries)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(bodies)
+    }
+
     /// Up to `limit` batches with `seq > after`, oldest first.
     pub fn batches_after(&self, after: u64, limit: u64) -> Result<Vec<BatchInfo>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

@@ -111,6 +111,8 @@ pub struct WriterConfig {
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
     pub buffer_max_bytes: u64,
+    /// The trained dictionary new batches are sealed with.
+    pub dictionary: Option<outpost_batch::Dictionary>,
 }
 
 fn wall_ms() -> i64 {
@@ -232,11 +234,14 @@ async fn seal(
         config.max_batch_readings,
         config.buffer_max_bytes,
     );
+    let dictionary = config.dictionary.clone();
     let (store, result) = blocking(store, move |s| {
         s.transaction(|tx| {
             let mut sealed = 0u64;
             // One batch per window; a backlog (after downtime) becomes several full batches.
-            while let Some(batch) = tx.seal_batch(&gateway_id, wall_ms(), max, None)? {
+            while let Some(batch) =
+                tx.seal_batch(&gateway_id, wall_ms(), max, dictionary.as_ref())?
+            {
                 sealed += 1;
                 if (batch.readings as usize) < max {
                     break;
