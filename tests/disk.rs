@@ -101,37 +101,6 @@ fn a_full_disk_is_reported_and_recovered_from_without_losing_acknowledged_readin
     let seqs = site.stored_seqs().unwrap();
     assert_contiguous(&seqs[1].0, &seqs[1].1, 300);
 
-    // A file system gone read-only (an SD card protecting itself) is reported the same way.
-    disk.remount("ro");
-    wait_for(
-        Duration::from_secs(60),
-        "the store to report a read-only disk",
-        || {
-            let status = site.get("/api/v1/status").ok()?;
-            status["store"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("read-only"))
-                .then_some(())
-        },
-    )
-    .unwrap();
-    let stored = site.get("/api/v1/status").unwrap()["readings_stored"]
-        .as_u64()
-        .unwrap();
-    disk.remount("rw");
-    wait_for(
-        Duration::from_secs(60),
-        "the store to recover from read-only",
-        || {
-            let status = site.get("/api/v1/status").ok()?;
-            (status["store"]["error"].is_null()
-                && status["readings_stored"].as_u64()? > stored + 100)
-                .then_some(())
-        },
-    )
-    .unwrap();
-    let seqs = site.stored_seqs().unwrap();
-    assert_contiguous(&seqs[1].0, &seqs[1].1, 300);
     site.gateway
         .as_mut()
         .unwrap()
