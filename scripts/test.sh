@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: a C compiler for the bundled SQLite. Installed only when missing.
+# System packages: a C compiler for the bundled SQLite, Mosquitto for the broker tests (Debian puts
+# it in /usr/sbin, often not on PATH). Installed only when missing.
 missing=()
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosquitto)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -1,6 +1,8 @@
 //! Test harness for Outpost's end-to-end tests: real binaries, real pseudo-terminals, real SQLite
 //! files, everything on loopback, every process stopped by PID.
 
+pub mod broker;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
