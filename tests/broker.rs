@@ -17,10 +17,17 @@
 //! - A publish the ACL denies is still acknowledged: with MQTT 3.1.1 a plain PUBACK, with MQTT 5 a
 //!   PUBACK with reason 0x87 (not authorized). The message is dropped and the connection stays up.
 //!   A gateway therefore cannot learn of a refusal from a 3.1.1 PUBACK.
-//! - A subscription the ACL denies gets SUBACK 0x80 (3.1.1) or 0x87 (MQTT 5).
+//!   The broker log says `Denied PUBLISH from <client id> (…, '<topic>', …)`.
+//! - Mosquitto 2.0 does not check the ACL at SUBSCRIBE: a subscription to another gateway's
+//!   topics (or to `outpost/#`) is granted (SUBACK 0x01 for QoS 1, with 3.1.1 and MQTT 5 alike),
+//!   and the ACL filters each message on delivery, so nothing of another gateway arrives.
+//! - The Last Will is published as soon as the TCP connection ends without DISCONNECT; on a link
+//!   that goes silent, once the client has been silent for more than 1.5 × keepalive (whole
+//!   seconds, checked about every 6 s). Forwarded live, a retained will (or any retained publish)
+//!   reaches a 3.1.1 subscriber with `retain == false`; a later subscriber gets it with `true`.
 //! - Persistence is written on SIGTERM (and every `autosave_interval`, default 1800 s): a
-//!   [`Broker::stop`] / [`Broker::restart`] keeps sessions and queued messages; a SIGKILL would
-//!   lose what arrived since the last save.
+//!   [`Broker::stop`] / [`Broker::restart`] keeps sessions and queued messages; after
+//!   [`Broker::kill_hard`] the broker has forgotten everything since its last save.
 //! - An offline persistent session queues at most `max_queued_messages` (default 1000) messages.
 
 use std::fs;
@@ -309,6 +316,13 @@ impl Broker {
         Ok(())
     }
 
+    /// SIGKILL by PID: no persistence written, like a crash or a power cut of the broker's host.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill_hard();
+        }
+    }
+
     /// Stops it (if running) and starts it again on the same port with the same config,
     /// persistence and log.
     pub fn restart(&mut self) -> Result<()> {
@@ -316,7 +330,8 @@ impl Broker {
         self.spawn()
     }
 
-    /// What mosquitto logged (all log types) and printed, for diagnostics.
+    /// What mosquitto logged (all log types) and printed, for diagnostics. Each start logs one
+    /// `Client connection from 127.0.0.1 failed: … unexpected eof`: the harness's readiness probe.
     pub fn log(&self) -> String {
         let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         format!(

@@ -270,6 +270,11 @@ fn a_client_without_a_certificate_is_refused() {
     let error = gw.wait_refused();
     // TLS 1.3: the client finishes its handshake first; the broker's alert ends the connection.
     assert!(error.contains("CertificateRequired"), "{error}");
+    assert!(
+        s.broker.log().contains("peer did not return a certificate"),
+        "{}",
+        s.broker.log()
+    );
 }
 
 #[test]
@@ -285,6 +290,11 @@ fn a_client_with_a_certificate_from_another_ca_is_refused() {
     let gw = Gw::connect(s.broker.port(), forged.transport().unwrap(), |_| {});
     let error = gw.wait_refused();
     assert!(error.contains("UnknownCA"), "{error}");
+    assert!(
+        s.broker.log().contains("certificate verify failed"),
+        "{}",
+        s.broker.log()
+    );
 }
 
 #[test]
@@ -519,6 +529,30 @@ fn the_broker_restarts_on_the_same_port_and_a_persistent_session_gets_the_messag
         ["before restart", "after restart"]
     );
     assert!(messages.iter().all(|m| m.qos == QoS::AtLeastOnce));
+}
+
+#[test]
+fn a_broker_killed_with_sigkill_forgets_the_sessions_and_messages_it_had_not_saved() {
+    let mut s = setup();
+    Cloud::connect(&s.broker, &s.pki)
+        .unwrap()
+        .disconnect()
+        .unwrap();
+    let gw = Gw::with_identity(s.broker.port(), &s.pki.client("gw-a").unwrap());
+    gw.publish_acked("outpost/gw-a/batch", "queued", false);
+
+    // No save since the start (autosave_interval is 1800 s): the session and its queue are gone.
+    s.broker.kill_hard();
+    s.broker.restart().unwrap();
+    let cloud = Cloud::connect(&s.broker, &s.pki).unwrap();
+    assert_eq!(cloud.connacks(), [false], "a session survived SIGKILL");
+    drop(gw);
+    let gw = Gw::with_identity(s.broker.port(), &s.pki.client("gw-a").unwrap());
+    gw.publish_acked("outpost/gw-a/batch", "marker", false);
+    let messages = cloud
+        .wait_for_messages(|m| has(m, "outpost/gw-a/batch", "marker"), WAIT)
+        .unwrap();
+    assert_eq!(payloads_on(&messages, "outpost/gw-a/batch"), ["marker"]);
 }
 
 #[test]
