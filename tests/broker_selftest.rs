@@ -250,6 +250,13 @@ fn a_gateway_and_the_cloud_exchange_messages_over_tls() {
     assert_eq!(messages[0].qos, QoS::AtLeastOnce);
     assert!(!messages[0].retain);
 
+    // A topic beyond the cloud's two default filters.
+    cloud.subscribe("outpost/+/alert").unwrap();
+    gw.publish_acked("outpost/gw-a/alert", "disk full", false);
+    cloud
+        .wait_for_messages(|m| has(m, "outpost/gw-a/alert", "disk full"), WAIT)
+        .unwrap();
+
     cloud
         .publish("outpost/gw-a/ack", "1", QoS::AtLeastOnce, false)
         .unwrap();
