@@ -200,7 +200,7 @@ fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
     .unwrap();
     assert_eq!(status, 400);
     // Nothing was deleted by the refused requests.
-    assert_eq!(fetch(&site, first).is_empty(), false);
+    assert!(!fetch(&site, first).is_empty());
 }
 
 #[test]

@@ -66,6 +66,21 @@ pub struct UplinkStatus {
     pub bytes_received: u64,
 }
 
+/// Whether the broker lets this identity use the gateway's own topics.
+///
+/// Mosquitto 2.0 grants every SUBSCRIBE and, with MQTT 3.1.1, PUBACKs a publish its ACL denies
+/// (then drops it): neither answer tells. So on each connection the gateway subscribes to its
+/// own status topic and publishes "online" to it; only if that comes back are batches sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Waiting { since: Instant },
+    Passed,
+    Refused,
+}
+
+/// How long the own-status echo may take before the topics count as refused.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Stands for a publish that is not a batch (the status message) in [`PublishTracker`].
 const NOT_A_BATCH: u64 = 0;
 
@@ -233,6 +248,9 @@ pub async fn run(
     let mut broker_acks = ContiguousAcks::default();
     let mut last_progress = Instant::now();
     let mut backoff = Duration::from_millis(200);
+    let mut probe = Probe::Waiting {
+        since: Instant::now(),
+    };
     let mut pump = tokio::time::interval(Duration::from_millis(250));
     pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -255,9 +273,22 @@ pub async fn run(
                         tracker.reset();
                         published_upto = acked_upto;
                     }
+                    // The status subscription is the probe: our own "online" must come back.
                     let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(&status_topic, QoS::AtLeastOnce);
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, "online").is_ok() {
                         tracker.requested(NOT_A_BATCH);
+                    }
+                    probe = Probe::Waiting { since: Instant::now() };
+                }
+                // A live echo of our own status: this identity may use our topics (a retained
+                // copy delivered on subscribe proves nothing, it may be from an earlier session).
+                Ok(Event::Incoming(Incoming::Publish(publish))) if publish.topic == status_topic => {
+                    if !publish.retain && publish.payload.as_ref() == b"online" && probe != Probe::Passed {
+                        probe = Probe::Passed;
+                        if lock(&status).refused.take().is_some() {
+                            tracing::info!(message = "Uplink topics granted again.");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Incoming::SubAck(suback))) => {
@@ -327,6 +358,23 @@ pub async fn run(
             _ = pump.tick() => {
                 if !connected {
                     continue;
+                }
+                if let Probe::Waiting { since } = probe {
+                    if since.elapsed() < PROBE_TIMEOUT {
+                        continue;
+                    }
+                    let why = format!(
+                        "the broker accepts this gateway's publishes to outpost/{gateway_id}/ but never delivers them: \
+                         its certificate's identity is not allowed those topics (does gateway.id match the certificate?)"
+                    );
+                    if lock(&status).refused.is_none() {
+                        tracing::error!(message = "Uplink refused by the broker; batches held.", reason = %why);
+                    }
+                    lock(&status).refused = Some(why);
+                    probe = Probe::Refused;
+                }
+                if probe == Probe::Refused {
+                    continue; // every batch would be silently dropped: keep them, and the bytes
                 }
                 if published_upto > acked_upto && last_progress.elapsed() > config.resend_after {
                     tracing::info!(message = "No acknowledgement; publishing again from the oldest unacked batch.", acked_upto);
