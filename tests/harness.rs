@@ -14,11 +14,13 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The workspace's debug binaries, built once per test run.
+/// The workspace's binaries in the profile this test runs in (debug for tests, release for
+/// benchmarks), built once per run.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = target_dir();
     BUILT.get_or_init(|| {
+        let release = dir.file_name().is_some_and(|d| d == "release");
         let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
             .args([
                 "build",
@@ -31,6 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
                 "outpost-node/std",
                 "--bins",
             ])
+            .args(release.then_some("--release"))
             .current_dir(workspace_dir())
             .status()
             .expect("cannot run cargo to build the binaries under test");

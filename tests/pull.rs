@@ -351,3 +351,31 @@ fn a_dictionary_trained_on_site_history_seals_new_batches_and_the_cloud_can_fetc
     let out = Command::new(bin("outpost")).args(["batch", "decode"]).arg(&file).arg("--dictionary").arg(&dict_file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_month_projected_over_budget_stretches_the_batch_interval() {
+    let specs = vec![NodeSpec { rate_hz: 50.0, ..NodeSpec::new(0) }];
+    let extra = "[uplink]\nbatch_interval = \"1s\"\nmax_batch_interval = \"7s\"\nmonthly_budget_bytes = 500\n".to_owned()
+        + &format!("\n[uplink.pull]\ntoken = \"{TOKEN}\"\n");
+    let mut site = Site::with_config(specs, &extra).unwrap();
+    site.start_gateway().unwrap();
+    assert_eq!(site.get("/api/v1/status").unwrap()["store"]["batch_interval_s"], 1);
+    // The cloud pulls (and so spends budget) until the gateway stretches its batches.
+    let mut acked = 0;
+    let status = wait_for(Duration::from_secs(120), "the batch interval to stretch", || {
+        for info in index(&site, acked)["batches"].as_array().unwrap().clone() {
+            let seq = info["seq"].as_u64().unwrap();
+            fetch(&site, seq);
+            ack(&site, seq);
+            acked = seq;
+        }
+        let status = site.get("/api/v1/status").ok()?;
+        (status["store"]["batch_interval_s"] == 7).then_some(status)
+    })
+    .unwrap();
+    let cost = &status["cost"];
+    assert_eq!(cost["over_budget"], true, "{cost}");
+    assert!(cost["projected_month"].as_u64().unwrap() > 500 * 7, "{cost}");
+    assert!(cost["bytes_today"].as_u64().unwrap() > 0, "{cost}");
+    assert!(cost["bytes_per_reading"].as_f64().unwrap() > 0.0, "{cost}");
+}

@@ -205,6 +205,7 @@ async fn batch_bytes(
     authorize(&state, &headers)?;
     match read_store(&state, move |r| r.batch_bytes(seq)).await? {
         Some(bytes) => {
+            state.meter.add_sent(bytes.len() as u64);
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
         None => Err(ApiError(
