@@ -10,7 +10,8 @@
 //! handshakes excluded.
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost::io::uplink::link::{TlsLink, client_config};
@@ -48,51 +49,57 @@ fn main() {
     let mut site = Site::with_config(specs, &config).unwrap();
     site.start_gateway().unwrap();
 
-    // The cloud: decode each new batch and acknowledge it.
-    let mut received: Vec<Received> = Vec::new();
-    let mut seen = 0;
-    let mut poll_cloud = |received: &mut Vec<Received>| {
-        let messages = cloud.messages();
-        for m in &messages[seen..] {
-            if m.topic != format!("outpost/{GATEWAY}/batch") {
-                continue;
+    // The cloud, on its own thread for the whole run: decode each new batch and acknowledge it.
+    let cloud = Arc::new(cloud);
+    let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cloud_thread = std::thread::spawn({
+        let (cloud, received, stop) = (Arc::clone(&cloud), Arc::clone(&received), Arc::clone(&stop));
+        move || {
+            let mut seen = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let messages = cloud.messages();
+                for m in messages[seen..].iter().filter(|m| m.topic == format!("outpost/{GATEWAY}/batch")) {
+                    let batch = outpost_batch::decode(&m.payload, &outpost_batch::Dictionaries::new()).unwrap();
+                    let seq = batch.header().seq;
+                    let mut received = received.lock().unwrap();
+                    if received.iter().any(|r| r.seq == seq) {
+                        continue;
+                    }
+                    let readings = batch
+                        .readings()
+                        .map(|r| (r.source.to_owned(), r.channel.to_owned(), r.ts_ms, r.value.as_f64()))
+                        .collect();
+                    received.push(Received { seq, readings });
+                    let ack = format!("{{\"upto\": {seq}}}");
+                    cloud.publish(&format!("outpost/{GATEWAY}/ack"), ack, QoS::AtLeastOnce, false).unwrap();
+                }
+                seen = messages.len();
+                std::thread::sleep(Duration::from_millis(100));
             }
-            let batch = outpost_batch::decode(&m.payload, &outpost_batch::Dictionaries::new()).unwrap();
-            let seq = batch.header().seq;
-            if received.iter().any(|r| r.seq == seq) {
-                continue;
-            }
-            let readings = batch
-                .readings()
-                .map(|r| (r.source.to_owned(), r.channel.to_owned(), r.ts_ms, r.value.as_f64()))
-                .collect();
-            received.push(Received { seq, readings });
-            cloud.publish(&format!("outpost/{GATEWAY}/ack"), format!("{{\"upto\": {seq}}}"), QoS::AtLeastOnce, false).unwrap();
         }
-        seen = messages.len();
-    };
+    });
+    let batches = || received.lock().unwrap().len();
     let meter = |site: &Site| {
         let status = site.get("/api/v1/status").unwrap();
         status["uplink"]["bytes_sent"].as_u64().unwrap() + status["uplink"]["bytes_received"].as_u64().unwrap()
     };
 
     // Steady state starts once the first full batch is acknowledged (handshake and startup behind).
-    wait_for(Duration::from_secs(150), "the first two batches", || {
-        poll_cloud(&mut received);
-        (received.len() >= 2).then_some(())
-    })
-    .unwrap();
+    wait_for(Duration::from_secs(150), "the first two batches", || (batches() >= 2).then_some(())).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // its acknowledgement reaches the gateway
-    let (bytes_start, batches_start) = (meter(&site), received.len());
-    eprintln!("steady state from batch {}; measuring {minutes} min", received.last().unwrap().seq);
+    let (bytes_start, batches_start) = (meter(&site), batches());
+    eprintln!("steady state after {batches_start} batches; measuring {minutes} min");
     std::thread::sleep(Duration::from_secs(minutes * 60 - 30));
-    wait_for(Duration::from_secs(120), "one more batch", || {
-        poll_cloud(&mut received);
-        (received.len() >= batches_start + minutes as usize - 1).then_some(())
+    wait_for(Duration::from_secs(120), "the window's batches", || {
+        (batches() >= batches_start + minutes as usize - 1).then_some(())
     })
     .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(2)); // the last acknowledgement reaches the gateway
     let bytes_end = meter(&site);
+    stop.store(true, Ordering::Relaxed);
+    cloud_thread.join().unwrap();
+    let received = std::mem::take(&mut *received.lock().unwrap());
     let window = &received[batches_start..];
     let readings: usize = window.iter().map(|r| r.readings.len()).sum();
     let ours = (bytes_end - bytes_start) as f64 / readings as f64;

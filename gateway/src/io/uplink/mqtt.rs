@@ -274,7 +274,9 @@ pub async fn run(
                         published_upto = acked_upto;
                     }
                     // The status subscription is the probe: our own "online" must come back.
-                    let _ = client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
+                    // QoS 0: acknowledgements are cumulative and idempotent, so a lost one is
+                    // covered by the next (or by `resend_after`); QoS 1 would cost a PUBACK each.
+                    let _ = client.try_subscribe(&ack_topic, QoS::AtMostOnce);
                     let _ = client.try_subscribe(&status_topic, QoS::AtLeastOnce);
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, "online").is_ok() {
                         tracker.requested(NOT_A_BATCH);
