@@ -237,3 +237,25 @@ fn a_gateway_whose_certificate_is_for_another_id_is_refused_and_reports_it() {
     let outbox = &site.get("/api/v1/status").unwrap()["outbox"];
     assert_eq!(outbox["acked_upto"], 0);
 }
+
+#[test]
+fn a_full_buffer_alert_reaches_the_cloud_at_once_without_waiting_for_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, broker, cloud) = setup(dir.path());
+    cloud.subscribe("outpost/+/alert").unwrap();
+    let specs = (0..3).map(|i| NodeSpec { rate_hz: 150.0, ..NodeSpec::new(i) }).collect();
+    // Long batches would hold an alert for a minute if alerts went with them; the cloud never
+    // acknowledges, so the outbox fills up.
+    let config = mqtt_config(&broker, &pki, GATEWAY).replace("batch_interval = \"1s\"", "batch_interval = \"60s\"\nmax_batch_readings = 100")
+        + "\n[buffer]\nmax_bytes = 65536\n";
+    let mut site = Site::with_config(specs, &config).unwrap();
+    site.start_gateway().unwrap();
+    let messages = cloud
+        .wait_for_messages(|m| m.iter().any(|m| m.topic == format!("outpost/{GATEWAY}/alert")), Duration::from_secs(90))
+        .unwrap();
+    let alert = messages.iter().find(|m| m.topic == format!("outpost/{GATEWAY}/alert")).unwrap();
+    let alert: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
+    assert_eq!(alert["kind"], "buffer_full", "{alert}");
+    let status = site.get("/api/v1/status").unwrap();
+    assert!(status["outbox"]["dropped_batches"].as_u64().unwrap() > 0);
+}

@@ -121,6 +121,7 @@ pub async fn run(
             store_tx.clone(),
             Arc::clone(&uplink),
             Arc::clone(&meter),
+            Arc::clone(&condition),
             shutdown.clone(),
         ));
     }

@@ -4,7 +4,8 @@
 //! - `outpost/{id}/batch`: each sealed batch, QoS 1, the stored bytes exactly;
 //! - `outpost/{id}/ack`: the cloud's `{"upto": SEQ}`; only then do batches leave the outbox
 //!   (or on the broker's PUBACK, with `ack = "broker"`);
-//! - `outpost/{id}/status`: `online` (retained) on connect; `offline` (retained) as Last Will.
+//! - `outpost/{id}/status`: `online` (retained) on connect; `offline` (retained) as Last Will;
+//! - `outpost/{id}/alert`: each alert as JSON when it is raised, not held for a batch.
 //!
 //! At most `max_unacked` batches are out without an acknowledgement, so a backlog after an
 //! outage drains oldest first at the pace the cloud confirms, and live batches queue behind it
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::link::TlsLink;
 use super::meter::Meter;
 use crate::store::Reader;
-use crate::store::writer::{AckReply, StoreCommand};
+use crate::store::writer::{AckReply, StoreCommand, StoreCondition};
 
 /// Which acknowledgement lets a batch leave the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,6 +193,7 @@ pub async fn run(
     store_tx: mpsc::Sender<StoreCommand>,
     status: Arc<Mutex<UplinkStatus>>,
     meter: Arc<Meter>,
+    condition: Arc<Mutex<StoreCondition>>,
     shutdown: CancellationToken,
 ) {
     let link = match TlsLink::bind(&run_dir) {
@@ -251,6 +253,8 @@ pub async fn run(
     let mut probe = Probe::Waiting {
         since: Instant::now(),
     };
+    let alert_topic = topic("alert");
+    let mut alerts_sent_upto = 0i64;
     let mut pump = tokio::time::interval(Duration::from_millis(250));
     pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -377,6 +381,16 @@ pub async fn run(
                 }
                 if probe == Probe::Refused {
                     continue; // every batch would be silently dropped: keep them, and the bytes
+                }
+                // Alerts go out as they are raised, never waiting for a batch.
+                let new_alerts: Vec<_> =
+                    lock(&condition).alerts.iter().filter(|a| a.at_ms > alerts_sent_upto).cloned().collect();
+                for alert in new_alerts {
+                    let payload = serde_json::to_vec(&alert).unwrap_or_default();
+                    if client.try_publish(&alert_topic, QoS::AtLeastOnce, false, payload).is_ok() {
+                        tracker.requested(NOT_A_BATCH);
+                        alerts_sent_upto = alerts_sent_upto.max(alert.at_ms);
+                    }
                 }
                 if published_upto > acked_upto && last_progress.elapsed() > config.resend_after {
                     tracing::info!(message = "No acknowledgement; publishing again from the oldest unacked batch.", acked_upto);
