@@ -313,7 +313,12 @@ fn batch_decode_prints_the_readings_and_rejects_damaged_batches() {
 
 #[test]
 fn a_dictionary_trained_on_site_history_seals_new_batches_and_the_cloud_can_fetch_it() {
-    let specs = (0..2).map(|i| NodeSpec { rate_hz: 50.0, ..NodeSpec::new(i) }).collect();
+    let specs = (0..2)
+        .map(|i| NodeSpec {
+            rate_hz: 50.0,
+            ..NodeSpec::new(i)
+        })
+        .collect();
     let mut site = Site::with_config(specs, &pull_config("")).unwrap();
     site.start_gateway().unwrap();
     site.wait_for_samples(600, Duration::from_secs(60)).unwrap(); // 12 s of history
@@ -322,60 +327,114 @@ fn a_dictionary_trained_on_site_history_seals_new_batches_and_the_cloud_can_fetc
         .arg(site.config_path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     let id: u64 = said.split_whitespace().nth(1).unwrap().parse().unwrap();
 
     // From the next start, batches are sealed with it.
-    site.gateway.as_mut().unwrap().terminate(Duration::from_secs(10)).unwrap();
+    site.gateway
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(10))
+        .unwrap();
     site.start_gateway().unwrap();
-    let info = wait_for(Duration::from_secs(30), "a batch sealed with the dictionary", || {
-        let index = index(&site, 0);
-        index["batches"].as_array().unwrap().iter().find(|b| b["dictionary_id"] == id).cloned()
-    })
+    let info = wait_for(
+        Duration::from_secs(30),
+        "a batch sealed with the dictionary",
+        || {
+            let index = index(&site, 0);
+            index["batches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["dictionary_id"] == id)
+                .cloned()
+        },
+    )
     .unwrap();
     let bytes = fetch(&site, info["seq"].as_u64().unwrap());
     assert!(matches!(
         outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()),
         Err(outpost_batch::DecodeError::UnknownDictionary { .. })
     ));
-    let (status, dictionary) = http(site.api, "GET", &format!("/api/v1/dictionaries/{id}"), Some(TOKEN), None).unwrap();
+    let (status, dictionary) = http(
+        site.api,
+        "GET",
+        &format!("/api/v1/dictionaries/{id}"),
+        Some(TOKEN),
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 200);
     let dictionary = outpost_batch::Dictionary::from_bytes(dictionary).unwrap();
-    let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::from(dictionary)).unwrap();
-    assert_eq!(batch.readings().count() as u64, info["reading_count"].as_u64().unwrap());
+    let batch =
+        outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::from(dictionary)).unwrap();
+    assert_eq!(
+        batch.readings().count() as u64,
+        info["reading_count"].as_u64().unwrap()
+    );
 
     let file = site.dir.path().join("batch.bin");
     std::fs::write(&file, &bytes).unwrap();
-    let dict_file = site.dir.path().join(format!("data/dictionaries/{id}.zdict"));
-    let out = Command::new(bin("outpost")).args(["batch", "decode"]).arg(&file).arg("--dictionary").arg(&dict_file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dict_file = site
+        .dir
+        .path()
+        .join(format!("data/dictionaries/{id}.zdict"));
+    let out = Command::new(bin("outpost"))
+        .args(["batch", "decode"])
+        .arg(&file)
+        .arg("--dictionary")
+        .arg(&dict_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_month_projected_over_budget_stretches_the_batch_interval() {
-    let specs = vec![NodeSpec { rate_hz: 50.0, ..NodeSpec::new(0) }];
+    let specs = vec![NodeSpec {
+        rate_hz: 50.0,
+        ..NodeSpec::new(0)
+    }];
     let extra = "[uplink]\nbatch_interval = \"1s\"\nmax_batch_interval = \"7s\"\nmonthly_budget_bytes = 500\n".to_owned()
         + &format!("\n[uplink.pull]\ntoken = \"{TOKEN}\"\n");
     let mut site = Site::with_config(specs, &extra).unwrap();
     site.start_gateway().unwrap();
-    assert_eq!(site.get("/api/v1/status").unwrap()["store"]["batch_interval_s"], 1);
+    assert_eq!(
+        site.get("/api/v1/status").unwrap()["store"]["batch_interval_s"],
+        1
+    );
     // The cloud pulls (and so spends budget) until the gateway stretches its batches.
     let mut acked = 0;
-    let status = wait_for(Duration::from_secs(120), "the batch interval to stretch", || {
-        for info in index(&site, acked)["batches"].as_array().unwrap().clone() {
-            let seq = info["seq"].as_u64().unwrap();
-            fetch(&site, seq);
-            ack(&site, seq);
-            acked = seq;
-        }
-        let status = site.get("/api/v1/status").ok()?;
-        (status["store"]["batch_interval_s"] == 7).then_some(status)
-    })
+    let status = wait_for(
+        Duration::from_secs(120),
+        "the batch interval to stretch",
+        || {
+            for info in index(&site, acked)["batches"].as_array().unwrap().clone() {
+                let seq = info["seq"].as_u64().unwrap();
+                fetch(&site, seq);
+                ack(&site, seq);
+                acked = seq;
+            }
+            let status = site.get("/api/v1/status").ok()?;
+            (status["store"]["batch_interval_s"] == 7).then_some(status)
+        },
+    )
     .unwrap();
     let cost = &status["cost"];
     assert_eq!(cost["over_budget"], true, "{cost}");
-    assert!(cost["projected_month"].as_u64().unwrap() > 500 * 7, "{cost}");
+    assert!(
+        cost["projected_month"].as_u64().unwrap() > 500 * 7,
+        "{cost}"
+    );
     assert!(cost["bytes_today"].as_u64().unwrap() > 0, "{cost}");
     assert!(cost["bytes_per_reading"].as_f64().unwrap() > 0.0, "{cost}");
 }
