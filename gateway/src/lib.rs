@@ -16,5 +16,6 @@ pub mod config;
 pub mod demo;
 pub mod io;
 pub mod link;
+pub mod modbus;
 pub mod store;
 pub mod topology;

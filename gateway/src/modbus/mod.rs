@@ -1,0 +1,21 @@
+//! Modbus master core: register maps, value codecs and read planning, with no IO.
+//!
+//! Design: everything here is plain data in, plain data out. The core never opens a serial port
+//! or socket, never reads a clock and never retries; the tokio-modbus adapter (not yet written)
+//! owns transport, timing and health, and calls into these modules:
+//!
+//! - [`map`]: a device's register map, from a `config/devices/*.toml` file ([`map::load_map`]),
+//!   validated in two stages with every problem located by file, line and key;
+//! - [`value`]: a point's registers or bits to a typed, scaled [`value::Value`], and back for
+//!   writes, with type and range checks;
+//! - [`plan`]: the cheapest set of read requests covering every point of a device under the
+//!   protocol limits, with a documented cost model ([`plan::CostModel`]).
+//!
+//! Invariants the adapter may rely on:
+//! - a compiled [`map::RegisterMap`] has unique names, no overlapping points in a table, every
+//!   point inside 0..=65535 and no longer than one read;
+//! - a [`plan::ReadPlan`] covers every point exactly once, its requests are sorted by table and
+//!   start, never overlap, never exceed Modbus Application Protocol v1.1b limits (125 registers,
+//!   2000 bits) nor the device's own `max_read_registers`.
+
+pub mod map;
