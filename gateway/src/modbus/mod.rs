@@ -19,3 +19,4 @@
 //!   2000 bits) nor the device's own `max_read_registers`.
 
 pub mod map;
+pub mod value;
