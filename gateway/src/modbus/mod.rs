@@ -20,3 +20,4 @@
 
 pub mod map;
 pub mod value;
+pub mod plan;
