@@ -19,5 +19,8 @@
 //!   2000 bits) nor the device's own `max_read_registers`.
 
 pub mod map;
-pub mod value;
 pub mod plan;
+pub mod value;
+
+#[cfg(test)]
+mod tests;
