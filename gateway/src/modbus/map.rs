@@ -329,7 +329,9 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
     let raw_device = raw.device.unwrap_or_default();
     let max_read_registers = match raw_device.max_read_registers {
         None => MAX_READ_REGISTERS,
-        Some(n) if (4..=u32::from(MAX_READ_REGISTERS)).contains(&n) => n as u16,
+        Some(n) if (4..=u32::from(MAX_READ_REGISTERS)).contains(&n) => {
+            u16::try_from(n).unwrap_or(MAX_READ_REGISTERS)
+        }
         Some(n) => {
             problem(
                 "device.max_read_registers".into(),
@@ -346,8 +348,13 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
     for (i, p) in raw.point.iter().enumerate() {
         let key = |field: &str| format!("point[{i}].{field}");
         let name = &p.name;
-        if name.is_empty() {
-            problem(key("name"), "must not be empty".into());
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+            // Names become reading channels in the store and uplink topics: a safe alphabet.
+            problem(
+                key("name"),
+                format!("`{name}` must be 1 to 64 letters, digits, '_', '-' or '.'"),
+            );
         } else if let Some(first) = names.insert(name, i) {
             problem(
                 key("name"),
@@ -374,7 +381,7 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
                 1
             }
             ("string", Some(len)) if (1..=i64::from(max_read_registers)).contains(&len) => {
-                len as u16
+                u16::try_from(len).unwrap_or(1)
             }
             ("string", Some(len)) => {
                 problem(
@@ -772,6 +779,18 @@ scale = inf
         );
         let keys: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(keys, ["point[1].address", "point[2].address"]);
+    }
+
+    #[test]
+    fn a_name_unfit_for_a_channel_is_refused() {
+        let errors = problems(
+            "[[point]]\nname = \"phase 1/volts\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\n",
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            (errors[0].0.as_str(), errors[0].1),
+            ("point[0].name", Some(2))
+        );
     }
 
     #[test]

@@ -618,7 +618,47 @@ mod tests {
             ]
         }
 
+        fn any_point() -> impl Strategy<Value = Point> {
+            let data_type = prop_oneof![
+                Just(DataType::Bool),
+                Just(DataType::U16),
+                Just(DataType::I32),
+                Just(DataType::U64),
+                Just(DataType::F32),
+                Just(DataType::F64),
+                (1u16..8).prop_map(|registers| DataType::String { registers }),
+            ];
+            (data_type, orders(), -10.0f64..10.0).prop_map(|(data_type, (w, b), scale)| {
+                let mut p = point(data_type, w, b);
+                p.scale = scale;
+                p
+            })
+        }
+
         proptest! {
+            #[test]
+            fn decoding_any_response_for_any_point_never_panics(
+                p in any_point(),
+                words in proptest::collection::vec(any::<u16>(), 0..10),
+                bits in proptest::collection::vec(any::<bool>(), 0..3),
+            ) {
+                let _ = decode(&p, Raw::Registers(&words));
+                let _ = decode(&p, Raw::Bits(&bits));
+            }
+
+            #[test]
+            fn encoding_any_request_for_any_point_never_panics(
+                p in any_point(),
+                f in any::<f64>(),
+                i in any::<i64>(),
+                u in any::<u64>(),
+                text in "[ -~]{0,20}",
+            ) {
+                for value in [Value::Float(f), Value::Int(i), Value::Uint(u), Value::Text(text.clone()), Value::Bool(true)] {
+                    let _ = encode(&p, &value);
+                }
+            }
+
             #[test]
             fn every_integer_encodes_and_decodes_to_itself_in_every_order(
                 (w, b) in orders(),

@@ -305,3 +305,62 @@ proptest! {
         prop_assert!(plan.bytes(&cost) <= one_per_point);
     }
 }
+
+/// The cheapest (bytes, requests) over every way of cutting `points` (one table, sorted,
+/// non-overlapping) into runs, by trying all 2^(n-1) cut sets.
+fn brute_force(points: &[Point], limit: u16, cost: &CostModel) -> (u32, usize) {
+    let n = points.len();
+    let mut best = (u32::MAX, usize::MAX);
+    for cuts in 0u32..(1 << (n - 1)) {
+        let mut total = (0u32, 0usize);
+        let mut start = 0;
+        let mut feasible = true;
+        for k in 0..n {
+            let last_of_run = k == n - 1 || cuts & (1 << k) != 0;
+            if !last_of_run {
+                let gap = points[k + 1].address > points[k].last_address() + 1;
+                if gap && !cost.bridge_gaps {
+                    feasible = false;
+                }
+                continue;
+            }
+            let span = points[k].last_address() - points[start].address + 1;
+            if span > limit && k > start {
+                feasible = false;
+            }
+            total.0 += cost.bytes(points[start].table, span);
+            total.1 += 1;
+            start = k + 1;
+        }
+        if feasible {
+            best = best.min(total);
+        }
+    }
+    best
+}
+
+proptest! {
+    #[test]
+    fn the_plan_is_as_cheap_as_the_best_of_every_possible_cut(
+        steps in proptest::collection::vec(
+            (0u16..30, prop_oneof![Just(DataType::U16), Just(DataType::F32), Just(DataType::F64)]),
+            1..10,
+        ),
+        cost in cost_strategy(),
+        max_registers in 4u16..=40,
+    ) {
+        let mut points = Vec::new();
+        let mut next = 0u16;
+        for (gap, data_type) in steps {
+            let address = next + gap;
+            points.push(holding(address, data_type));
+            next = address + data_type.size();
+        }
+        let limits = Limits { max_registers, ..Limits::PROTOCOL };
+        let plan = ReadPlan::new(&points, limits, &cost);
+        prop_assert_eq!(
+            (plan.bytes(&cost), plan.requests().len()),
+            brute_force(&points, max_registers, &cost)
+        );
+    }
+}
