@@ -34,6 +34,9 @@ use crate::config::Problem;
 /// The most registers one read may ask for: Modbus Application Protocol v1.1b §6.3 (0x03 Read
 /// Holding Registers) and §6.4 (0x04 Read Input Registers), quantity 1 to 125 (0x7D).
 pub const MAX_READ_REGISTERS: u16 = 125;
+/// The most registers one write may carry: Modbus Application Protocol v1.1b §6.12 (0x10 Write
+/// Multiple Registers), quantity 1 to 123 (0x7B).
+pub const MAX_WRITE_REGISTERS: u16 = 123;
 /// The most bits one read may ask for: Modbus Application Protocol v1.1b §6.1 (0x01 Read Coils)
 /// and §6.2 (0x02 Read Discrete Inputs), quantity 1 to 2000 (0x7D0).
 pub const MAX_READ_BITS: u16 = 2000;
@@ -467,6 +470,13 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
                     key("writable"),
                     format!("point `{name}`: a {table} is read-only in Modbus"),
                 );
+            } else if p.writable && data_type.size() > MAX_WRITE_REGISTERS {
+                problem(
+                    key("writable"),
+                    format!(
+                        "point `{name}`: one write holds at most {MAX_WRITE_REGISTERS} registers (Modbus v1.1b §6.12)"
+                    ),
+                );
             }
         }
         let address = match u16::try_from(p.address) {
@@ -779,6 +789,18 @@ scale = inf
         );
         let keys: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(keys, ["point[1].address", "point[2].address"]);
+    }
+
+    #[test]
+    fn a_writable_string_too_long_for_one_write_is_refused() {
+        let errors = problems(
+            "[[point]]\nname = \"label\"\ntable = \"holding\"\naddress = 0\ntype = \"string\"\nlen = 124\nwritable = true\n",
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            (errors[0].0.as_str(), errors[0].1),
+            ("point[0].writable", Some(7))
+        );
     }
 
     #[test]

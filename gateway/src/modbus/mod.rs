@@ -11,12 +11,30 @@
 //! - [`plan`]: the cheapest set of read requests covering every point of a device under the
 //!   protocol limits, with a documented cost model ([`plan::CostModel`]).
 //!
+//! The adapter's loop, per device:
+//!
+//! ```text
+//! map  = map::load_map("config/devices/eastron-sdm630.toml")?      // once, at config load
+//! plan = plan::ReadPlan::for_map(&map, &plan::CostModel::RTU)      // once
+//! every poll, for request in plan.requests():
+//!     read request.function() at request.start(), request.quantity()   (tokio-modbus)
+//!     for (point, reading) in request.readings(map.points(), Raw::Registers(&words)):
+//!         store (device name, point.name, reading)   or count the DecodeError
+//! a command: value::encode(point, &value)? -> Encoded, written with Encoded::function()
+//! ```
+//!
 //! Invariants the adapter may rely on:
 //! - a compiled [`map::RegisterMap`] has unique names, no overlapping points in a table, every
 //!   point inside 0..=65535 and no longer than one read;
 //! - a [`plan::ReadPlan`] covers every point exactly once, its requests are sorted by table and
 //!   start, never overlap, never exceed Modbus Application Protocol v1.1b limits (125 registers,
-//!   2000 bits) nor the device's own `max_read_registers`.
+//!   2000 bits) nor the device's own `max_read_registers`;
+//! - a writable point fits one write (123 registers, v1.1b §6.12).
+//!
+//! Not here, by design: transport errors versus device exceptions (tokio-modbus's two-layer
+//! `Result`), timeouts and retries, RTU bus scheduling and the 3.5-character silence, poll
+//! staggering, per-device health and back-off. Those belong to the adapter, which can size its
+//! timings from [`plan::CostModel::rtu_time`].
 
 pub mod map;
 pub mod plan;

@@ -94,6 +94,20 @@ pub enum Encoded {
     Registers(Vec<u16>),
 }
 
+impl Encoded {
+    /// The usual function code: 0x05 Write Single Coil (v1.1b §6.5), 0x06 Write Single Register
+    /// (§6.6) for one register, 0x10 Write Multiple Registers (§6.12) for more. Some devices take
+    /// only 0x10, even for one register; the adapter may use it for any register write.
+    #[must_use]
+    pub fn function(&self) -> u8 {
+        match self {
+            Encoded::Bit(_) => 0x05,
+            Encoded::Registers(words) if words.len() == 1 => 0x06,
+            Encoded::Registers(_) => 0x10,
+        }
+    }
+}
+
 /// Decodes a point's bits or registers into its reading (scaled, see the module docs).
 pub fn decode(point: &Point, raw: Raw<'_>) -> Result<Value, DecodeError> {
     let size = point.size();
@@ -539,6 +553,7 @@ mod tests {
         p.table = Table::Coil;
         assert_eq!(decode(&p, Raw::Bits(&[true])), Ok(Value::Bool(true)));
         assert_eq!(encode(&p, &Value::Bool(false)), Ok(Encoded::Bit(false)));
+        assert_eq!(Encoded::Bit(false).function(), 0x05);
         assert!(matches!(
             encode(&p, &Value::Uint(1)),
             Err(EncodeError::WrongType { .. })
@@ -556,10 +571,9 @@ mod tests {
             encode(&p, &Value::Int(-1)),
             Err(EncodeError::OutOfRange { .. })
         ));
-        assert_eq!(
-            encode(&p, &Value::Uint(65535)),
-            Ok(Encoded::Registers(vec![0xFFFF]))
-        );
+        let write = encode(&p, &Value::Uint(65535)).unwrap();
+        assert_eq!(write, Encoded::Registers(vec![0xFFFF]));
+        assert_eq!(write.function(), 0x06);
     }
 
     #[test]
