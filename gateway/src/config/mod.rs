@@ -311,29 +311,40 @@ impl Config {
 
     /// Parses and validates config text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        let doc = Document { path, text };
-        let table = DeTable::parse(text).map_err(|e| ConfigErrors(vec![doc.toml_error(&e, "")]))?;
-        let deserializer = toml::Deserializer::from(table.clone());
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigErrors(vec![
-                doc.toml_error(e.inner(), if key == "." { "" } else { &key }),
-            ])
-        })?;
-        compile(raw).map_err(|problems| {
-            ConfigErrors(
-                problems
-                    .into_iter()
-                    .map(|p| ConfigError {
-                        file: path.to_owned(),
-                        line: doc.line_of_key(&table, &p.key),
-                        key: p.key,
-                        message: p.message,
-                    })
-                    .collect(),
-            )
-        })
+        parse_two_stage(path, text, compile)
     }
+}
+
+/// Parses TOML `text` (named `path` in errors) into the raw shape `R` (stage one), then runs
+/// `compile` on it (stage two). Every error comes back located: file, line, key path. Shared by
+/// the main config and the Modbus device maps.
+pub fn parse_two_stage<R: serde::de::DeserializeOwned, T>(
+    path: &Path,
+    text: &str,
+    compile: impl FnOnce(R) -> Result<T, Vec<Problem>>,
+) -> Result<T, ConfigErrors> {
+    let doc = Document { path, text };
+    let table =
+        DeTable::parse(text).map_err(|e| ConfigErrors(vec![doc.toml_error(&e, "", None)]))?;
+    let deserializer = toml::Deserializer::from(table.clone());
+    let raw: R = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "" } else { &key };
+        ConfigErrors(vec![doc.toml_error(e.inner(), key, Some(&table))])
+    })?;
+    compile(raw).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|p| ConfigError {
+                    file: path.to_owned(),
+                    line: doc.line_of_key(&table, &p.key),
+                    key: p.key,
+                    message: p.message,
+                })
+                .collect(),
+        )
+    })
 }
 
 /// A stage-two problem: which key, and what is wrong with it.
@@ -632,10 +643,20 @@ impl Document<'_> {
             + 1
     }
 
-    fn toml_error(&self, e: &toml::de::Error, key: &str) -> ConfigError {
+    /// A located toml error; without a span of its own, the key's line (when `root` is given).
+    fn toml_error(
+        &self,
+        e: &toml::de::Error,
+        key: &str,
+        root: Option<&toml::Spanned<DeTable<'_>>>,
+    ) -> ConfigError {
+        let line = e
+            .span()
+            .map(|s| self.line_at(s.start))
+            .or_else(|| root.and_then(|r| self.line_of_key(r, key)));
         ConfigError {
             file: self.path.to_owned(),
-            line: e.span().map(|s| self.line_at(s.start)),
+            line,
             key: key.to_owned(),
             message: e.message().trim().to_owned(),
         }
@@ -645,7 +666,7 @@ impl Document<'_> {
     fn line_of_key(&self, root: &toml::Spanned<DeTable<'_>>, key: &str) -> Option<usize> {
         let mut span = None;
         let mut node: Option<&DeValue<'_>> = None;
-        for part in key.split('.') {
+        for part in key.split('.').filter(|p| !p.is_empty()) {
             let (name, index) = match part.split_once('[') {
                 Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
                 None => (part, None),

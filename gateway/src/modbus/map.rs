@@ -25,11 +25,9 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
-use toml::de::{DeTable, DeValue};
 
-use crate::config::ConfigError;
-use crate::config::ConfigErrors;
 use crate::config::Problem;
+use crate::config::{ConfigError, ConfigErrors};
 
 /// The most registers one read may ask for: Modbus Application Protocol v1.1b §6.3 (0x03 Read
 /// Holding Registers) and §6.4 (0x04 Read Input Registers), quantity 1 to 125 (0x7D).
@@ -575,78 +573,7 @@ pub fn load_map(path: &Path) -> Result<RegisterMap, ConfigErrors> {
 
 /// Parses and compiles map text; `path` only names it in errors.
 pub fn parse_map(path: &Path, text: &str) -> Result<RegisterMap, ConfigErrors> {
-    let error = |line: Option<usize>, key: String, message: String| ConfigError {
-        file: path.to_owned(),
-        line,
-        key,
-        message,
-    };
-    let table = DeTable::parse(text).map_err(|e| {
-        ConfigErrors(vec![error(
-            e.span().map(|s| line_at(text, s.start)),
-            String::new(),
-            e.message().trim().to_owned(),
-        )])
-    })?;
-    let deserializer = toml::Deserializer::from(table.clone());
-    let raw: RawMap = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        let line = e
-            .inner()
-            .span()
-            .map(|s| line_at(text, s.start))
-            .or_else(|| line_of_key(text, &table, &key));
-        ConfigErrors(vec![error(
-            line,
-            key,
-            e.inner().message().trim().to_owned(),
-        )])
-    })?;
-    compile(raw).map_err(|problems| {
-        ConfigErrors(
-            problems
-                .into_iter()
-                .map(|p| error(line_of_key(text, &table, &p.key), p.key, p.message))
-                .collect(),
-        )
-    })
-}
-
-fn line_at(text: &str, offset: usize) -> usize {
-    let offset = offset.min(text.len());
-    text.as_bytes()[..offset]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The line of a dotted key like `point[3].address`, or of its nearest present parent.
-fn line_of_key(text: &str, root: &toml::Spanned<DeTable<'_>>, key: &str) -> Option<usize> {
-    let mut span = None;
-    let mut node: Option<&DeValue<'_>> = None;
-    for part in key.split('.').filter(|p| !p.is_empty()) {
-        let (name, index) = match part.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let mut next = match node {
-            None => root.get_ref().get(name),
-            Some(value) => value.get(name),
-        };
-        if let (Some(value), Some(i)) = (next, index) {
-            next = value.get_ref().get(i);
-        }
-        match next {
-            Some(value) => {
-                span = Some(value.span());
-                node = Some(value.get_ref());
-            }
-            None => break,
-        }
-    }
-    span.map(|s| line_at(text, s.start))
+    crate::config::parse_two_stage(path, text, compile)
 }
 
 #[cfg(test)]
