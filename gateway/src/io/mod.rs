@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod dictionaries;
+pub mod modbus;
 pub mod serial;
 pub mod uplink;
