@@ -35,6 +35,8 @@ struct Bank {
     refused: Vec<(u8, u16)>,
     /// Swallows every request without answering.
     silent: bool,
+    /// Answers register reads with one register too few.
+    short: bool,
 }
 
 impl Bank {
@@ -63,8 +65,9 @@ impl Bank {
                 .map(|a| table.get(&a).copied().unwrap_or(false))
                 .collect()
         };
+        let short = u16::from(self.short);
         let words = |table: &BTreeMap<u16, u16>, n: u16| -> Vec<u16> {
-            (start..start + n)
+            (start..start + n - short)
                 .map(|a| table.get(&a).copied().unwrap_or(0))
                 .collect()
         };
@@ -609,4 +612,58 @@ async fn writes_land_in_the_bank_and_a_non_writable_point_is_refused_without_a_r
         "no request sent"
     );
     assert_eq!(slave.bank().holding[&0], 0xBEEF);
+}
+
+#[tokio::test]
+async fn a_short_answer_fails_only_the_points_it_cannot_cover_and_is_counted() {
+    let text = "\
+[[point]]\nname = \"first\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n
+[[point]]\nname = \"last\"\ntable = \"holding\"\naddress = 1\ntype = \"u32\"\n";
+    let map = map(text);
+    let plan = ReadPlan::for_map(&map, &CostModel::TCP);
+    let mut bank = Bank::default();
+    bank.holding.extend([(0, 9), (1, 0), (2, 10)]);
+    bank.short = true;
+    let (addr, _slave) = serve(bank).await;
+    let mut device = ModbusDevice::connect(addr, 1).await.expect("connects");
+    let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
+
+    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    health.handle_poll_result(Millis(0), &outcome);
+
+    assert_eq!(outcome.readings[0].value, Ok(Value::Uint(9)));
+    assert!(outcome.readings[1].value.is_err(), "{outcome:?}");
+    assert!(!outcome.complete());
+    assert_eq!(health.decode_errors(), 1);
+    assert_eq!(health.state(), LinkState::Online, "the device did answer");
+    assert_eq!(health.last_good_poll_at(), None);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_transport_error_not_a_timeout_and_the_rest_is_not_sent() {
+    let text = "\
+[[point]]\nname = \"a\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n
+[[point]]\nname = \"b\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n";
+    let map = map(text);
+    let plan = ReadPlan::for_map(&map, &CostModel::TCP);
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = closed.local_addr().expect("local addr");
+    drop(closed);
+    let mut device = ModbusDevice::new(addr, 1);
+    let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
+
+    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let decision = health.handle_poll_result(Millis(0), &outcome);
+
+    assert!(matches!(
+        outcome.requests[0].result,
+        Err(TransportError::Connect(_))
+    ));
+    assert!(matches!(
+        outcome.requests[1].result,
+        Err(TransportError::NotSent)
+    ));
+    assert_eq!((health.transport_errors(), health.timeouts()), (1, 0));
+    assert_eq!(decision.next_poll_at, Millis(2000), "backs off");
+    assert!(!device.is_connected());
 }
