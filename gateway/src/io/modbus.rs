@@ -70,7 +70,8 @@ pub struct RequestOutcome {
     pub function: u8,
     pub start: u16,
     pub quantity: u16,
-    /// How long the device took to answer (data or exception); `None` without an answer.
+    /// How long the device took to answer (data or exception), including a reconnect if the
+    /// request needed one; `None` without an answer.
     pub response_time: Option<Duration>,
     /// Two layers, as tokio-modbus: the outer error is the link, the inner one the device.
     pub result: Result<Result<(), ExceptionCode>, TransportError>,
@@ -124,6 +125,9 @@ pub enum WriteError {
     Transport(#[from] TransportError),
 }
 
+/// How long [`ModbusDevice::connect`] waits for the TCP handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One Modbus TCP device (a unit id behind an address) and its client connection.
 pub struct ModbusDevice {
     addr: SocketAddr,
@@ -153,9 +157,17 @@ impl ModbusDevice {
         }
     }
 
-    /// Connects now, so that a wrong address shows at start-up.
+    /// Connects now, so that a wrong address shows at start-up; gives up after
+    /// [`CONNECT_TIMEOUT`] (a host that drops SYNs would otherwise hold the caller for the
+    /// kernel's minutes-long connect timeout). Polls and writes reconnect within their own
+    /// timeout.
     pub async fn connect(addr: SocketAddr, unit: u8) -> io::Result<ModbusDevice> {
-        let context = tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)).await?;
+        let connect = tokio_modbus::client::tcp::connect_slave(addr, Slave(unit));
+        let context = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "Modbus TCP connect timed out")
+            })??;
         Ok(ModbusDevice {
             addr,
             unit,
