@@ -1,7 +1,7 @@
 //! Modbus master core: register maps, value codecs and read planning, with no IO.
 //!
 //! Design: everything here is plain data in, plain data out. The core never opens a serial port
-//! or socket, never reads a clock and never retries; the tokio-modbus adapter (not yet written)
+//! or socket, never reads a clock and never retries; the tokio-modbus adapter ([`crate::io::modbus`])
 //! owns transport, timing and health, and calls into these modules:
 //!
 //! - [`map`]: a device's register map, from a `config/devices/*.toml` file ([`map::load_map`]),
