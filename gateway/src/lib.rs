@@ -19,3 +19,4 @@ pub mod link;
 pub mod modbus;
 pub mod store;
 pub mod topology;
+pub mod wall_clock;

@@ -298,21 +298,25 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_owned(),
-                line: None,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_file(path)?)
     }
 
     /// Parses and validates config text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         parse_two_stage(path, text, compile)
     }
+}
+
+/// Reads a config file, an unreadable one being a located error like any other.
+pub fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })
 }
 
 /// Parses TOML `text` (named `path` in errors) into the raw shape `R` (stage one), then runs

@@ -2,7 +2,7 @@
 //! actions to the store writer. Reopens a port that went away (USB unplug) with backoff.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use outpost_proto::Millis;
 use outpost_proto::frame::MAX_FRAME_LEN;
@@ -34,12 +34,6 @@ pub type PortBoard = Arc<Mutex<Vec<PortStatus>>>;
 /// Longest a write to a port may block before the frame is dropped (a wedged USB device).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// Runs one port until `shutdown`.
 pub async fn run(
@@ -102,7 +96,7 @@ pub async fn run(
                 () = shutdown.cancelled() => return,
                 read = port.read(&mut buf) => match read {
                     Ok(0) => break "end of file".to_owned(),
-                    Ok(n) => session.handle_bytes(now(), wall_ms(), &buf[..n]),
+                    Ok(n) => session.handle_bytes(now(), crate::wall_clock::unix_ms(), &buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
                     Err(e) => break e.to_string(),
                 },
@@ -154,7 +148,7 @@ fn command_for(
     port: &str,
     reply: &mpsc::UnboundedSender<StoreReply>,
 ) -> StoreCommand {
-    let now_ms = wall_ms();
+    let now_ms = crate::wall_clock::unix_ms();
     match action {
         Action::Register { hello, public_key } => StoreCommand::Register {
             port: port.to_owned(),

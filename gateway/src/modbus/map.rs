@@ -26,8 +26,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config::ConfigErrors;
 use crate::config::Problem;
-use crate::config::{ConfigError, ConfigErrors};
 
 /// The most registers one read may ask for: Modbus Application Protocol v1.1b §6.3 (0x03 Read
 /// Holding Registers) and §6.4 (0x04 Read Input Registers), quantity 1 to 125 (0x7D).
@@ -560,15 +560,7 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
 
 /// Reads, parses and compiles a map file; every problem named with file, line and key.
 pub fn load_map(path: &Path) -> Result<RegisterMap, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_owned(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    parse_map(path, &text)
+    parse_map(path, &crate::config::read_file(path)?)
 }
 
 /// Parses and compiles map text; `path` only names it in errors.

@@ -7,7 +7,7 @@
 //! within `buffer.max_bytes`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use outpost_proto::{Health, Hello, Millis};
 use tokio::sync::{mpsc, oneshot};
@@ -113,12 +113,6 @@ pub struct WriterConfig {
     pub buffer_max_bytes: u64,
     /// The trained dictionary new batches are sealed with.
     pub dictionary: Option<outpost_batch::Dictionary>,
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn lock(condition: &Mutex<StoreCondition>) -> std::sync::MutexGuard<'_, StoreCondition> {
@@ -239,9 +233,12 @@ async fn seal(
         s.transaction(|tx| {
             let mut sealed = 0u64;
             // One batch per window; a backlog (after downtime) becomes several full batches.
-            while let Some(batch) =
-                tx.seal_batch(&gateway_id, wall_ms(), max, dictionary.as_ref())?
-            {
+            while let Some(batch) = tx.seal_batch(
+                &gateway_id,
+                crate::wall_clock::unix_ms(),
+                max,
+                dictionary.as_ref(),
+            )? {
                 sealed += 1;
                 if (batch.readings as usize) < max {
                     break;
@@ -271,7 +268,7 @@ async fn seal(
                 c.alerts.push(Alert {
                     kind: "buffer_full",
                     message,
-                    at_ms: wall_ms(),
+                    at_ms: crate::wall_clock::unix_ms(),
                 });
             }
         }

@@ -2,7 +2,7 @@
 //! tells the writer how long to make batches (see [`crate::budget`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -38,12 +38,6 @@ pub struct CostConfig {
     pub max_batch_interval: Duration,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Runs until `shutdown`, then records the last tally.
 pub async fn run(
     config: CostConfig,
@@ -61,7 +55,7 @@ pub async fn run(
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = now_ms();
+        let now = crate::wall_clock::unix_ms();
         let date = Date::from_unix_ms(now);
         let total = (meter.sent(), meter.received(), meter.delivered());
         let delta = (
