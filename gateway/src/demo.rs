@@ -78,6 +78,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         buffer_max_bytes: 64 * 1024 * 1024,
         mqtt: None,
         log_level: "info".into(),
+        modbus: crate::config::modbus::ModbusConfig::default(),
     };
     let token = options.pull_token.clone();
     let interval = options.batch_interval;

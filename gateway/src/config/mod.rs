@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+pub mod modbus;
+
 /// The documented shape of the file. Doc comments here are the user's reference; keep them in step
 /// with `config/outpost.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +36,9 @@ pub struct RawConfig {
     pub buffer: RawBuffer,
     #[serde(default)]
     pub log: RawLog,
+    /// Modbus RTU buses and RTU/TCP devices.
+    #[serde(default)]
+    pub modbus: modbus::RawModbus,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +244,7 @@ pub struct Config {
     pub buffer_max_bytes: u64,
     pub mqtt: Option<crate::io::uplink::mqtt::MqttConfig>,
     pub log_level: String,
+    pub modbus: modbus::ModbusConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +309,8 @@ impl Config {
 
     /// Parses and validates config text; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-        parse_two_stage(path, text, compile)
+        let dir = path.parent().unwrap_or(Path::new("."));
+        parse_two_stage(path, text, |raw| compile(raw, dir))
     }
 }
 
@@ -358,8 +365,9 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Stage two: checks every value and relation, collecting all problems.
-pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+/// Stage two: checks every value and relation, collecting all problems. Files the config names
+/// by a relative path (Modbus maps) are taken from `config_dir`.
+pub fn compile(raw: RawConfig, config_dir: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(Problem {
@@ -560,6 +568,8 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         problem("buffer.max_bytes", "must be at least 65536".into());
     }
 
+    let modbus = modbus::compile(raw.modbus, config_dir, &mut problem);
+
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&raw.log.level) {
         problem(
             "log.level",
@@ -583,6 +593,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             buffer_max_bytes: raw.buffer.max_bytes,
             mqtt,
             log_level: raw.log.level,
+            modbus,
         })
     } else {
         Err(problems)

@@ -86,3 +86,124 @@ fn every_example_config_in_the_repository_is_valid() {
     }
     assert!(checked >= 1, "no example config found in {}", dir.display());
 }
+
+/// Parses `text` as if it were `config/outpost.toml` of this repository, so `map` paths like
+/// `devices/eastron-sdm630.toml` find the shipped catalogue.
+fn parse_in_repo(text: &str) -> Result<Config, ConfigErrors> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/outpost.toml");
+    Config::parse(&path, text)
+}
+
+const MODBUS_SITE: &str = r#"
+[[modbus.bus]]
+path = "/dev/ttyUSB0"
+baud = 19200
+
+[[modbus.device]]
+name = "main-meter"
+map = "devices/eastron-sdm630.toml"
+transport = "rtu"
+bus = "/dev/ttyUSB0"
+unit = 1
+
+[[modbus.device]]
+name = "pump-meter"
+map = "devices/eastron-sdm230.toml"
+transport = "rtu"
+bus = "/dev/ttyUSB0"
+unit = 2
+poll_interval = "2s"
+timeout = "300ms"
+retries = 0
+
+[[modbus.device]]
+name = "hall-meter"
+map = "devices/eastron-sdm72d-m.toml"
+transport = "tcp"
+address = "10.0.0.20:502"
+"#;
+
+#[test]
+fn modbus_buses_and_devices_compile_with_their_maps() {
+    use modbus::{Parity, Transport};
+    let config = parse_in_repo(MODBUS_SITE).unwrap_or_else(|e| panic!("{e}"));
+    let m = &config.modbus;
+    assert_eq!(m.buses.len(), 1);
+    assert_eq!(m.buses[0].parity, Parity::Even);
+    assert_eq!(m.buses[0].stop_bits, 1);
+    assert_eq!(m.buses[0].baud, 19200);
+    let names: Vec<&str> = m.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["main-meter", "pump-meter", "hall-meter"]);
+    assert_eq!(m.devices[0].transport, Transport::Rtu(0));
+    assert_eq!(m.devices[1].poll_interval, Duration::from_secs(2));
+    assert_eq!(m.devices[1].timeout, Duration::from_millis(300));
+    assert_eq!(m.devices[1].retries, 0);
+    assert_eq!(
+        m.devices[2].transport,
+        Transport::Tcp("10.0.0.20:502".parse().unwrap())
+    );
+    assert!(m.devices[0].map.point("l1_voltage").is_some());
+}
+
+#[test]
+fn modbus_mistakes_are_each_named_with_key_and_line() {
+    let text = r#"
+[[modbus.bus]]
+path = "/dev/ttyUSB0"
+parity = "mark"
+
+[[modbus.device]]
+name = "a"
+map = "devices/eastron-sdm630.toml"
+transport = "rtu"
+bus = "/dev/ttyUSB1"
+
+[[modbus.device]]
+name = "a"
+map = "devices/eastron-sdm630.toml"
+transport = "tcp"
+address = "meter.local"
+timeout = "20s"
+poll_interval = "10s"
+
+[[modbus.device]]
+name = "b"
+map = "devices/eastron-sdm630.toml"
+transport = "rtu"
+bus = "/dev/ttyUSB0"
+unit = 0
+"#;
+    let errors = parse_in_repo(text).unwrap_err().0;
+    let found: Vec<(String, Option<usize>)> =
+        errors.iter().map(|e| (e.key.clone(), e.line)).collect();
+    assert_eq!(
+        found,
+        vec![
+            ("modbus.bus[0].parity".into(), Some(4)),
+            ("modbus.device[0].bus".into(), Some(10)),
+            ("modbus.device[1].name".into(), Some(13)),
+            ("modbus.device[1].address".into(), Some(16)),
+            ("modbus.device[1].timeout".into(), Some(17)),
+            ("modbus.device[2].unit".into(), Some(25)),
+        ],
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_broken_map_is_reported_at_the_device_and_in_the_map_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[point]]\nname = \"x\"\ntable = \"input\"\naddress = 70000\ntype = \"u16\"\n",
+    )
+    .unwrap();
+    let path = dir.path().join("outpost.toml");
+    let text = "[[modbus.device]]\nname = \"m\"\nmap = \"bad.toml\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\n";
+    let errors = Config::parse(&path, text).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!((e.key.as_str(), e.line), ("modbus.device[0].map", Some(3)));
+    assert!(e.message.contains("bad.toml:4"), "{e}");
+    assert!(e.message.contains("address"), "{e}");
+}
