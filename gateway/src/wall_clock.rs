@@ -9,3 +9,9 @@ pub fn unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// [`unix_ms`] as the cores' [`outpost_proto::Millis`].
+#[must_use]
+pub fn unix_millis() -> outpost_proto::Millis {
+    outpost_proto::Millis(u64::try_from(unix_ms()).unwrap_or(0))
+}

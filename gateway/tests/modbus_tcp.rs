@@ -393,7 +393,7 @@ async fn every_type_in_every_order_decodes_exactly_with_one_request_per_table() 
     let (addr, slave) = serve(bank).await;
     let mut device = ModbusDevice::connect(addr, 1).await.expect("connects");
 
-    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
 
     assert!(outcome.complete(), "{outcome:?}");
     assert_eq!(values(&outcome), expected);
@@ -421,7 +421,7 @@ async fn a_sparse_map_is_read_with_the_minimal_number_of_requests() {
     let (addr, slave) = serve(bank).await;
     let mut device = ModbusDevice::new(addr, 1);
 
-    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
 
     assert_eq!(
         values(&outcome),
@@ -456,7 +456,7 @@ async fn an_exception_on_one_request_is_counted_and_the_other_points_still_decod
     let mut device = ModbusDevice::connect(addr, 1).await.expect("connects");
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
-    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
     let decision = health.handle_poll_result(Millis(10_000), &outcome);
 
     assert_eq!(
@@ -514,7 +514,7 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
     let short = Duration::from_millis(150);
 
     let mut now = Millis(0);
-    let outcome = device.poll(&map, &plan, short).await;
+    let outcome = device.poll(&map, &plan, short, 0).await;
     now = health.handle_poll_result(now, &outcome).next_poll_at;
     assert!(outcome.complete());
     assert_eq!(now, Millis(1000));
@@ -523,7 +523,7 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
     let mut delays = Vec::new();
     let mut offline = Vec::new();
     for _ in 0..4 {
-        let outcome = device.poll(&map, &plan, short).await;
+        let outcome = device.poll(&map, &plan, short, 0).await;
         assert!(matches!(
             outcome.requests[0].result,
             Err(TransportError::Timeout(_))
@@ -546,7 +546,7 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
     assert_eq!(health.last_good_poll_at(), Some(Millis(0)));
 
     slave.bank().silent = false;
-    let outcome = device.poll(&map, &plan, short).await;
+    let outcome = device.poll(&map, &plan, short, 0).await;
     let decision = health.handle_poll_result(now, &outcome);
     assert!(outcome.complete(), "the poll reconnects: {outcome:?}");
     assert!(!decision.offline);
@@ -628,7 +628,7 @@ async fn a_short_answer_fails_only_the_points_it_cannot_cover_and_is_counted() {
     let mut device = ModbusDevice::connect(addr, 1).await.expect("connects");
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
-    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
     health.handle_poll_result(Millis(0), &outcome);
 
     assert_eq!(outcome.readings[0].value, Ok(Value::Uint(9)));
@@ -652,7 +652,7 @@ async fn a_refused_connection_is_a_transport_error_not_a_timeout_and_the_rest_is
     let mut device = ModbusDevice::new(addr, 1);
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
-    let outcome = device.poll(&map, &plan, TIMEOUT).await;
+    let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
     let decision = health.handle_poll_result(Millis(0), &outcome);
 
     assert!(matches!(

@@ -1,0 +1,120 @@
+//! Modbus adapters: carry out the plans the IO-free core ([`crate::modbus`]) makes, and report
+//! what happened as data.
+//!
+//! - [`tcp`]: one Modbus TCP device over tokio-modbus's client ([`ModbusDevice`]);
+//! - [`health`]: per-device counters, back-off and the offline flag ([`DeviceHealth`]), no IO;
+//!
+//! Errors keep two layers apart:
+//! - the device **answered** with an exception ([`ExceptionCode`]): the link is fine, only that
+//!   request's points are missing; the other requests of the poll still run;
+//! - we **could not talk** to it ([`TransportError`]: timeout, socket error, a reply that does not
+//!   match the request): the rest of the poll is not sent ([`TransportError::NotSent`]) and the
+//!   next poll starts afresh. After a timeout a late reply could still arrive and be taken for
+//!   the answer to the next request, so TCP reconnects.
+
+use std::io;
+use std::time::Duration;
+
+use tokio_modbus::{ExceptionCode, Response};
+
+use crate::modbus::value::{DecodeError, EncodeError, Value};
+
+/// Why a request got no answer from the device (the outer layer of tokio-modbus's `Result`).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connection failed: {0}")]
+    Io(#[source] io::Error),
+    /// The reply did not match the request (transaction id, unit or function code).
+    #[error("reply does not match the request: {0}")]
+    Protocol(#[source] tokio_modbus::ProtocolError),
+    /// The reply was a valid frame of the wrong kind for the request.
+    #[error("unexpected reply {0:?}")]
+    UnexpectedResponse(Box<Response>),
+    /// An earlier request of the same poll lost the connection; this one was not sent.
+    #[error("not sent: the connection was lost earlier in this poll")]
+    NotSent,
+}
+
+impl TransportError {
+    fn from_modbus(error: tokio_modbus::Error) -> TransportError {
+        match error {
+            tokio_modbus::Error::Transport(e) => TransportError::Io(e),
+            tokio_modbus::Error::Protocol(e) => TransportError::Protocol(e),
+        }
+    }
+}
+
+/// What became of one planned request.
+#[derive(Debug)]
+pub struct RequestOutcome {
+    /// Read function code, 0x01–0x04.
+    pub function: u8,
+    pub start: u16,
+    pub quantity: u16,
+    /// How long the device took to answer (data or exception), including a reconnect if the
+    /// request needed one; `None` without an answer.
+    pub response_time: Option<Duration>,
+    /// How many times the request was sent again after a timeout.
+    pub retries: u8,
+    /// Two layers, as tokio-modbus: the outer error is the link, the inner one the device.
+    pub result: Result<Result<(), ExceptionCode>, TransportError>,
+}
+
+/// One point's reading from a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointReading {
+    /// The point's index in the map's points.
+    pub point: usize,
+    pub name: String,
+    pub value: Result<Value, DecodeError>,
+}
+
+/// Everything one poll produced: readings for the points whose request was answered, and the
+/// fate of every planned request, in plan order.
+#[derive(Debug, Default)]
+pub struct PollOutcome {
+    pub readings: Vec<PointReading>,
+    pub requests: Vec<RequestOutcome>,
+}
+
+impl PollOutcome {
+    /// Whether any request reached the device and got an answer (data or exception).
+    #[must_use]
+    pub fn answered(&self) -> bool {
+        self.requests.iter().any(|r| r.result.is_ok())
+    }
+
+    /// Whether the link failed during the poll (a timeout or other transport error).
+    #[must_use]
+    pub fn link_failed(&self) -> bool {
+        self.requests.iter().any(|r| r.result.is_err())
+    }
+
+    /// Whether every request returned data and every point decoded.
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.requests.iter().all(|r| matches!(r.result, Ok(Ok(()))))
+            && self.readings.iter().all(|r| r.value.is_ok())
+    }
+}
+
+/// Why a write did not reach the device.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Refused before any IO: not writable, wrong type, out of range.
+    #[error(transparent)]
+    Refused(#[from] EncodeError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+pub mod health;
+// pub mod poller; (waits for store::SeriesReading)
+pub mod tcp;
+
+pub use health::{DeviceHealth, HealthPolicy, LinkState, PollDecision};
+pub use tcp::{CONNECT_TIMEOUT, ModbusDevice};

@@ -1,0 +1,410 @@
+//! The Modbus pollers: one task per TCP device, one per RTU bus ([`super::rtu`]), and what they
+//! share: the per-device state ([`DeviceRuntime`]), the status board `/api/v1/modbus` reads,
+//! the write handle, and the start offsets that stagger polls.
+//!
+//! ```text
+//! config ─► DeviceRuntime (map, plan, health) ─┬─ run_tcp_device (one task per TCP device)
+//!                                             └─ rtu::run_bus (one task per RS-485 line)
+//! each poll: PollOutcome ─► DeviceRuntime::finish_poll ─► StoreCommand::DeviceReadings ─► writer
+//!                                                      └─► ModbusBoard (status page)
+//! ModbusWriter::write(device, point, value) ─► the device's task, between two polls
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_proto::Millis;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::health::{DeviceHealth, HealthPolicy, LinkState};
+use super::tcp::ModbusDevice;
+use super::{PollOutcome, TransportError, WriteError};
+use crate::config::modbus::{DeviceConfig, Transport};
+use crate::modbus::map::RegisterMap;
+use crate::modbus::plan::{CostModel, ReadPlan};
+use crate::modbus::value::Value;
+use crate::store::SeriesReading;
+use crate::store::writer::StoreCommand;
+use crate::wall_clock;
+
+/// Writes queued to one device (or bus) before callers wait.
+const WRITE_QUEUE: usize = 16;
+
+/// One device as the status page and `/api/v1/modbus` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    /// `tcp 10.0.0.20:502` or `rtu /dev/ttyUSB0`.
+    pub transport: String,
+    pub unit: u8,
+    /// Manufacturer and model from the map file, when it names them.
+    pub model: Option<String>,
+    pub map: String,
+    pub poll_interval_ms: u64,
+    /// Requests one poll sends (the read plan).
+    pub requests_per_poll: usize,
+    pub readings: u64,
+    /// The last error of any kind (transport, exception, decode), with its time.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub health: DeviceHealth,
+    /// The latest value of every point, with its unit.
+    pub values: BTreeMap<String, PointValue>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PointValue {
+    pub value: serde_json::Value,
+    pub unit: Option<String>,
+    pub at: u64,
+}
+
+/// Every device's status, in config order.
+pub type ModbusBoard = Arc<Mutex<Vec<DeviceStatus>>>;
+
+/// The part of the board the status summary shows.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ModbusSummary {
+    pub devices: usize,
+    pub online: usize,
+    pub offline: usize,
+}
+
+#[must_use]
+pub fn summary(board: &ModbusBoard) -> ModbusSummary {
+    let board = board
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ModbusSummary {
+        devices: board.len(),
+        online: board
+            .iter()
+            .filter(|d| d.health.state() == LinkState::Online)
+            .count(),
+        offline: board
+            .iter()
+            .filter(|d| d.health.state() == LinkState::Offline)
+            .count(),
+    }
+}
+
+/// A device's state between polls: its config, plan and health, and where its status goes.
+#[derive(Debug)]
+pub struct DeviceRuntime {
+    pub config: DeviceConfig,
+    pub plan: ReadPlan,
+    pub health: DeviceHealth,
+    /// Index of this device in the board.
+    slot: usize,
+    board: ModbusBoard,
+}
+
+impl DeviceRuntime {
+    /// Plans the device's reads under `cost` and adds it to `board`.
+    #[must_use]
+    pub fn new(config: DeviceConfig, cost: &CostModel, board: &ModbusBoard) -> DeviceRuntime {
+        let plan = ReadPlan::for_map(&config.map, cost);
+        let health = DeviceHealth::new(HealthPolicy::new(config.poll_interval));
+        let info = config.map.device();
+        let model = match (&info.manufacturer, &info.model) {
+            (Some(m), Some(n)) => Some(format!("{m} {n}")),
+            (None, Some(n)) => Some(n.clone()),
+            (Some(m), None) => Some(m.clone()),
+            (None, None) => None,
+        };
+        let transport = match &config.transport {
+            Transport::Tcp(addr) => format!("tcp {addr}"),
+            Transport::Rtu(_) => "rtu".to_owned(),
+        };
+        let status = DeviceStatus {
+            name: config.name.clone(),
+            transport,
+            unit: config.unit,
+            model,
+            map: config.map_path.display().to_string(),
+            poll_interval_ms: millis(config.poll_interval),
+            requests_per_poll: plan.requests().len(),
+            readings: 0,
+            last_error: None,
+            last_error_at: None,
+            health: health.clone(),
+            values: BTreeMap::new(),
+        };
+        let slot = {
+            let mut board = board
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            board.push(status);
+            board.len() - 1
+        };
+        DeviceRuntime {
+            config,
+            plan,
+            health,
+            slot,
+            board: Arc::clone(board),
+        }
+    }
+
+    /// Names the transport on the status page (an RTU bus is only known by path at spawn).
+    pub fn set_transport_label(&self, label: String) {
+        self.update(|s| s.transport = label);
+    }
+
+    #[must_use]
+    pub fn map(&self) -> &RegisterMap {
+        &self.config.map
+    }
+
+    /// Counts a poll that started at `started` (its readings' timestamp) and ended at `now`;
+    /// returns the readings for the store and when to poll next.
+    pub fn finish_poll(
+        &mut self,
+        started: Millis,
+        now: Millis,
+        outcome: &PollOutcome,
+    ) -> (Vec<SeriesReading>, Duration) {
+        let decision = self.health.handle_poll_result(now, outcome);
+        let map = Arc::clone(&self.config.map);
+        let mut readings = Vec::with_capacity(outcome.readings.len());
+        let mut values = Vec::with_capacity(outcome.readings.len());
+        let mut last_error = None;
+        for reading in &outcome.readings {
+            match &reading.value {
+                Ok(value) => {
+                    if let Some(v) = to_batch_value(value) {
+                        readings.push(SeriesReading {
+                            channel: reading.name.clone(),
+                            value: v,
+                        });
+                    }
+                    let unit = map.points().get(reading.point).and_then(|p| p.unit.clone());
+                    values.push((reading.name.clone(), to_json(value), unit));
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        for request in &outcome.requests {
+            match &request.result {
+                Ok(Ok(())) | Err(TransportError::NotSent) => {}
+                Ok(Err(code)) => {
+                    last_error = Some(format!(
+                        "exception {code:?} to function 0x{:02x} at {} (+{})",
+                        request.function, request.start, request.quantity
+                    ));
+                }
+                Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        let count = readings.len() as u64;
+        let health = self.health.clone();
+        self.update(|s| {
+            s.readings += count;
+            s.health = health;
+            for (name, value, unit) in values {
+                s.values.insert(
+                    name,
+                    PointValue {
+                        value,
+                        unit,
+                        at: started.as_u64(),
+                    },
+                );
+            }
+            if let Some(e) = last_error {
+                s.last_error = Some(e);
+                s.last_error_at = Some(now.as_u64());
+            }
+        });
+        (readings, Duration::from_millis(decision.next_poll_at - now))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut DeviceStatus)) {
+        let mut board = self
+            .board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(status) = board.get_mut(self.slot) {
+            f(status);
+        }
+    }
+}
+
+/// A Modbus value as the batch carries it. Strings (serial numbers, model names) are not time
+/// series: they show on the status page only.
+fn to_batch_value(value: &Value) -> Option<outpost_batch::Value> {
+    Some(match value {
+        Value::Bool(b) => outpost_batch::Value::decimal(i64::from(*b), 0),
+        Value::Int(i) => outpost_batch::Value::decimal(*i, 0),
+        Value::Uint(u) => match i64::try_from(*u) {
+            Ok(i) => outpost_batch::Value::decimal(i, 0),
+            // Above 2^63 only a float can carry it; it keeps 53 bits.
+            Err(_) => outpost_batch::Value::Float(*u as f64),
+        },
+        Value::Float(f) => outpost_batch::Value::Float(*f),
+        Value::Text(_) => return None,
+    })
+}
+
+fn to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Bool(b) => (*b).into(),
+        Value::Int(i) => (*i).into(),
+        Value::Uint(u) => (*u).into(),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Text(t) => t.clone().into(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// When device `index` of `count` sharing a schedule first polls: spread evenly over one
+/// interval, so a site's devices do not all poll in the same instant.
+#[must_use]
+pub fn stagger(interval: Duration, index: usize, count: usize) -> Duration {
+    if count == 0 {
+        return Duration::ZERO;
+    }
+    let index = u32::try_from(index).unwrap_or(u32::MAX);
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    interval / count * index
+}
+
+/// A write waiting for its device's task.
+#[derive(Debug)]
+pub struct WriteCommand {
+    pub device: String,
+    pub point: String,
+    pub value: Value,
+    pub reply: oneshot::Sender<Result<(), WriteFailure>>,
+}
+
+/// Why a write was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("no Modbus device is named `{0}`")]
+    UnknownDevice(String),
+    #[error("device `{device}` has no point `{point}`")]
+    UnknownPoint { device: String, point: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("the device refused the write: exception {0:?}")]
+    Exception(tokio_modbus::ExceptionCode),
+    #[error("the poller is not running")]
+    Stopped,
+}
+
+/// Writes a point of a device through the task that polls it, so a write never interleaves
+/// with a poll on the same connection or bus.
+#[derive(Debug, Clone, Default)]
+pub struct ModbusWriter {
+    queues: HashMap<String, mpsc::Sender<WriteCommand>>,
+}
+
+impl ModbusWriter {
+    /// Only points declared `writable` are written, after type and range checks.
+    pub async fn write(&self, device: &str, point: &str, value: Value) -> Result<(), WriteFailure> {
+        let queue = self
+            .queues
+            .get(device)
+            .ok_or_else(|| WriteFailure::UnknownDevice(device.to_owned()))?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(WriteCommand {
+                device: device.to_owned(),
+                point: point.to_owned(),
+                value,
+                reply,
+            })
+            .await
+            .map_err(|_| WriteFailure::Stopped)?;
+        answer.await.map_err(|_| WriteFailure::Stopped)?
+    }
+
+    /// A queue for `devices`, served by one task.
+    pub fn add_queue(
+        &mut self,
+        devices: impl IntoIterator<Item = String>,
+    ) -> mpsc::Receiver<WriteCommand> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        for device in devices {
+            self.queues.insert(device, tx.clone());
+        }
+        rx
+    }
+}
+
+/// Polls one TCP device until `shutdown`, first after `first_poll_in`; serves its writes between
+/// polls.
+pub async fn run_tcp_device(
+    mut device: DeviceRuntime,
+    store_tx: mpsc::Sender<StoreCommand>,
+    mut writes: mpsc::Receiver<WriteCommand>,
+    first_poll_in: Duration,
+    shutdown: CancellationToken,
+) {
+    let Transport::Tcp(addr) = device.config.transport else {
+        return;
+    };
+    let mut client = ModbusDevice::new(addr, device.config.unit);
+    let mut next_poll = tokio::time::Instant::now() + first_poll_in;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some(write) = writes.recv() => {
+                let result = write_point(&mut client, &device, &write.point, &write.value).await;
+                let _ = write.reply.send(result);
+                continue;
+            }
+            () = tokio::time::sleep_until(next_poll) => {}
+        }
+        let started = wall_clock::unix_millis();
+        let polled_at = tokio::time::Instant::now();
+        let outcome = client
+            .poll(
+                device.map(),
+                &device.plan,
+                device.config.timeout,
+                device.config.retries,
+            )
+            .await;
+        let (readings, delay) = device.finish_poll(started, wall_clock::unix_millis(), &outcome);
+        // From the poll's start, so a device keeps its rate however long its polls take.
+        next_poll = polled_at + delay;
+        if !readings.is_empty() {
+            let command = StoreCommand::DeviceReadings {
+                source: device.config.name.clone(),
+                ts_ms: i64::try_from(started.as_u64()).unwrap_or(i64::MAX),
+                readings,
+            };
+            if store_tx.send(command).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn write_point(
+    client: &mut ModbusDevice,
+    device: &DeviceRuntime,
+    point: &str,
+    value: &Value,
+) -> Result<(), WriteFailure> {
+    let Some(point) = device.map().point(point) else {
+        return Err(WriteFailure::UnknownPoint {
+            device: device.config.name.clone(),
+            point: point.to_owned(),
+        });
+    };
+    match client.write(point, value, device.config.timeout).await? {
+        Ok(()) => Ok(()),
+        Err(code) => Err(WriteFailure::Exception(code)),
+    }
+}
