@@ -49,6 +49,10 @@ enum Command {
         /// How long readings gather before a batch is sealed, e.g. 10s.
         #[arg(long, default_value = "10s", value_parser = outpost::config::parse_duration)]
         batch_interval: std::time::Duration,
+        /// Add a simulated Modbus TCP energy meter on loopback, polled through the built-in
+        /// Eastron SDM630 map.
+        #[arg(long)]
+        modbus: bool,
     },
     /// Work with sealed batches.
     Batch {
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
                 rate,
                 pull_token,
                 batch_interval,
+                modbus,
             } => {
                 init_tracing("info");
                 let pull_token = pull_token.unwrap_or_else(random_token);
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
                     rate,
                     pull_token,
                     batch_interval,
+                    modbus,
                 };
                 demo::run(options, shutdown_on_signal()).await
             }

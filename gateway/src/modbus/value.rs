@@ -236,10 +236,18 @@ fn text(byte_order: Order, words: &[u16]) -> String {
 /// value of the wrong kind, out of the type's range, or (scaled points) one the registers cannot
 /// hold exactly.
 pub fn encode(point: &Point, value: &Value) -> Result<Encoded, EncodeError> {
-    let name = || point.name.clone();
     if !point.writable {
-        return Err(EncodeError::NotWritable { point: name() });
+        return Err(EncodeError::NotWritable {
+            point: point.name.clone(),
+        });
     }
+    encode_image(point, value)
+}
+
+/// What the device's registers (or bit) hold when `point` reads `value`, writable or not: for a
+/// simulated device serving a map, and for tests. Same type and range checks as [`encode`].
+pub fn encode_image(point: &Point, value: &Value) -> Result<Encoded, EncodeError> {
+    let name = || point.name.clone();
     let wrong_type = || EncodeError::WrongType {
         point: name(),
         expected: point.data_type,

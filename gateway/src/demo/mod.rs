@@ -3,16 +3,24 @@
 //! Simulated nodes (the real node core from `outpost-node`, with simulated sensors) run on
 //! pseudo-terminals in a temporary directory; the gateway opens those as its serial ports, exactly
 //! as it opens `/dev/ttyACM*` on a site. Everything is removed on exit.
+//!
+//! With `--modbus`, a simulated three-phase meter ([`meter`]) also serves Modbus TCP on loopback
+//! and the gateway polls it through the built-in Eastron SDM630 catalogue map, as it would poll
+//! a meter on the site LAN.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use outpost_node::sim::{SimConfig, SimNode};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::modbus::{DeviceConfig, ModbusConfig, Transport};
 use crate::config::{Config, SerialPort};
 use crate::topology;
+
+pub mod meter;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -23,6 +31,8 @@ pub struct DemoOptions {
     /// Bearer token for the HTTP pull endpoints.
     pub pull_token: String,
     pub batch_interval: Duration,
+    /// Also run a simulated Modbus TCP meter ([`meter`]) and poll it.
+    pub modbus: bool,
 }
 
 /// The uid of demo node `i`: recognisable, and stable across runs.
@@ -78,8 +88,26 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         buffer_max_bytes: 64 * 1024 * 1024,
         mqtt: None,
         log_level: "info".into(),
-        modbus: crate::config::modbus::ModbusConfig::default(),
+        modbus: ModbusConfig::default(),
     };
+    let mut config = config;
+    if options.modbus {
+        let map = Arc::new(meter::demo_map()?);
+        let addr = meter::serve(Arc::clone(&map), 1, shutdown.clone())
+            .await
+            .context("cannot start the simulated Modbus meter")?;
+        config.modbus.devices.push(DeviceConfig {
+            name: "demo-meter".into(),
+            transport: Transport::Tcp(addr),
+            unit: 1,
+            poll_interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            retries: 1,
+            map_path: meter::DEMO_MAP_NAME.into(),
+            map,
+        });
+    }
+    let modbus = options.modbus;
     let token = options.pull_token.clone();
     let interval = options.batch_interval;
     let count = options.nodes;
@@ -91,6 +119,9 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         );
         println!("  Status:  http://{addr}/api/v1/status");
         println!("  Nodes:   http://{addr}/api/v1/nodes");
+        if modbus {
+            println!("  Modbus:  http://{addr}/api/v1/modbus  (a simulated SDM630 meter, polled every second)");
+        }
         println!("  Batches: curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/batches");
         println!("           (sealed every {}s; fetch one with /api/v1/batches/SEQ, decode with `outpost batch decode`)", interval.as_secs());
         println!("  Press Ctrl-C to stop; everything is removed on exit.");
