@@ -2,6 +2,7 @@
 //! files, everything on loopback, every process stopped by PID.
 
 pub mod broker;
+pub mod modbus_peer;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
