@@ -9,7 +9,9 @@
 //! - [`value`]: a point's registers or bits to a typed, scaled [`value::Value`], and back for
 //!   writes, with type and range checks;
 //! - [`plan`]: the cheapest set of read requests covering every point of a device under the
-//!   protocol limits, with a documented cost model ([`plan::CostModel`]).
+//!   protocol limits, with a documented cost model ([`plan::CostModel`]);
+//! - [`rtu`]: Modbus RTU framing for the serial bus adapter: request ADUs, a response decoder
+//!   that reports CRC, header and garbage errors apart, and the line's t1.5/t3.5 timing.
 //!
 //! The adapter's loop, per device:
 //!
@@ -38,6 +40,7 @@
 
 pub mod map;
 pub mod plan;
+pub mod rtu;
 pub mod value;
 
 #[cfg(test)]
