@@ -1,5 +1,10 @@
 //! The store: one SQLite file (WAL) holding the node registry, readings and health.
 //!
+//! Readings come from nodes ([`Tx::ingest`]) and from Modbus devices ([`Tx::ingest_series`]);
+//! each belongs to a series, `(source, channel, kind)` ([`series`]), which is what a batch
+//! carries. Readings of all sources share one id sequence, so the outbox seals them in the order
+//! they were committed.
+//!
 //! Invariants (what the rest of Outpost relies on):
 //! 1. A sample is ACKed to its node only after the transaction holding it has committed with
 //!    `synchronous = FULL`: an acknowledged reading survives `kill -9` and power loss.
@@ -11,6 +16,8 @@
 //!    readings it covers, so a crash can never separate them.
 //! 4. A failed transaction (disk full, read-only file system) commits nothing and acknowledges
 //!    nothing; nodes keep their samples and resend them, and the store retries on the next batch.
+//!    Device readings have no one to resend them: a failed commit loses them, and the device's
+//!    next poll brings fresh values.
 //!
 //! Writes happen on one connection owned by the writer task ([`writer`]), which applies whatever
 //! is queued within `commit_interval` in one transaction (group commit). Readers open their own
@@ -18,6 +25,7 @@
 
 pub mod outbox;
 mod schema;
+mod series;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -28,6 +36,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::link::{Admission, admit};
+pub use series::SeriesReading;
+use series::{SeriesCache, StoredValue};
 
 /// Store failures, by what the operator can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +117,8 @@ pub struct Store {
     path: PathBuf,
     /// Cache of `node_sessions.last_seq`; `None` where the session is known to have no samples.
     sessions: HashMap<(i64, u32), Option<u32>>,
+    /// Cache of the `series` table.
+    series: SeriesCache,
 }
 
 /// Opens (creating if needed) a store, applying pending migrations.
@@ -128,6 +140,7 @@ impl Store {
             conn,
             path: path.to_owned(),
             sessions: HashMap::new(),
+            series: SeriesCache::default(),
         })
     }
 
@@ -142,11 +155,13 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut sessions = std::mem::take(&mut self.sessions);
+        let mut series = std::mem::take(&mut self.series);
         let tx = self.conn.transaction()?;
         let result = {
             let mut handle = Tx {
                 tx,
                 sessions: &mut sessions,
+                series: &mut series,
             };
             match f(&mut handle) {
                 Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
@@ -155,7 +170,9 @@ impl Store {
         };
         if result.is_ok() {
             self.sessions = sessions;
-        } // else the transaction rolled back: forget the cached positions it may have advanced
+            self.series = series;
+        } // else the transaction rolled back: forget the cached positions it may have advanced,
+        // and the series rows it may have created
 
         result
     }
@@ -171,6 +188,7 @@ impl Store {
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     sessions: &'a mut HashMap<(i64, u32), Option<u32>>,
+    series: &'a mut SeriesCache,
 }
 
 fn uid_hex(uid: &[u8; 8]) -> String {
@@ -251,8 +269,9 @@ impl Tx<'_> {
         let mut out = Ingested::default();
         let mut readings = 0u64;
         {
+            let mut series = self.series.node(node_id);
             let mut insert = self.tx.prepare_cached(
-                "INSERT INTO readings (node_id, boot_id, seq, channel, ts_ms, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO readings (series_id, ts_ms, value, node_id, boot_id, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for sample in samples {
                 match admit(last, sample.seq, sample.window_start) {
@@ -265,12 +284,12 @@ impl Tx<'_> {
                 }
                 for r in &sample.readings {
                     insert.execute(params![
+                        series.id(&self.tx, r.channel.0)?,
+                        sample.ts_ms,
+                        r.value,
                         node_id,
                         boot_id,
-                        sample.seq,
-                        r.channel.0,
-                        sample.ts_ms,
-                        r.value
+                        r.channel.0
                     ])?;
                 }
                 readings += sample.readings.len() as u64;
@@ -294,6 +313,47 @@ impl Tx<'_> {
         }
         out.upto = last.unwrap_or(0);
         Ok(out)
+    }
+
+    /// Appends the readings of one poll of a device, taken at `ts_ms`: `source` is the device
+    /// name, each reading's channel a point name. Returns the readings stored.
+    ///
+    /// A reading of another kind than its point's last one (after a config edit) starts a new
+    /// series. A reading whose source or channel name a batch cannot carry (empty, or longer than
+    /// `outpost_batch::MAX_NAME_LEN`) is left out, with a warning: it could never be sealed, and
+    /// the config check refuses such names before they get here.
+    pub fn ingest_series(
+        &mut self,
+        source: &str,
+        ts_ms: i64,
+        readings: &[SeriesReading],
+    ) -> Result<u64, StoreError> {
+        let mut stored = 0u64;
+        if series::name_fits(source) {
+            let mut series = self.series.device(source);
+            let mut insert = self.tx.prepare_cached(
+                "INSERT INTO readings (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for r in readings.iter().filter(|r| series::name_fits(&r.channel)) {
+                let id = series.id(&self.tx, &r.channel, r.value.kind())?;
+                insert.execute(params![id, ts_ms, StoredValue(r.value)])?;
+                stored += 1;
+            }
+        }
+        if stored < readings.len() as u64 {
+            tracing::warn!(
+                message = "Device readings with a name a batch cannot carry were not stored.",
+                source,
+                dropped = readings.len() as u64 - stored
+            );
+        }
+        if stored > 0 {
+            self.tx.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + ?1 WHERE key = 'readings.devices'",
+                [stored],
+            )?;
+        }
+        Ok(stored)
     }
 
     /// Records a HEALTH report and the gateway's own count of frames it dropped from the node.
@@ -331,12 +391,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: schema::MIGRATIONS.len(),
         });
     }
+    if applied == schema::MIGRATIONS.len() {
+        return Ok(());
+    }
+    schema::node_channels(conn)?;
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
+    conn.execute_batch("DROP TABLE temp.node_channels")?;
     Ok(())
 }
 
@@ -371,7 +436,10 @@ pub struct LinkErrors {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Totals {
     pub nodes: u64,
+    /// Every reading stored: the nodes' (the sum of their `readings_received`) and the devices'.
     pub readings_stored: u64,
+    /// Of `readings_stored`, those from devices.
+    pub device_readings: u64,
 }
 
 /// Read-only access for the API and tools.
@@ -430,16 +498,18 @@ impl Reader {
     }
 
     pub fn totals(&self) -> Result<Totals, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*), coalesce(sum(readings_received), 0) FROM nodes",
+        let (nodes, node_readings, device_readings): (u64, u64, u64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(readings_received), 0),
+                    (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'readings.devices')
+             FROM nodes",
             [],
-            |row| {
-                Ok(Totals {
-                    nodes: row.get(0)?,
-                    readings_stored: row.get(1)?,
-                })
-            },
-        )?)
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        Ok(Totals {
+            nodes,
+            readings_stored: node_readings + device_readings,
+            device_readings,
+        })
     }
 
     /// Bytes on disk: the database file and its write-ahead log.

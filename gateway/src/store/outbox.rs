@@ -12,11 +12,15 @@
 //!    more than `buffer.max_bytes`: then the oldest go first, counted in `batches.dropped`.
 //! 5. `batches.acked_upto` never decreases, and an acknowledgement past the newest sealed batch
 //!    is refused: the cloud cannot acknowledge what it cannot have received.
+//! 6. Sealing never fails for what the readings are: a batch holds one kind of value per
+//!    (source, channel), so a batch ends before the first reading that would bring a second kind
+//!    (a device point whose kind a config edit changed), and that reading opens the next batch.
 
-use outpost_batch::{BatchBuilder, Dictionary, GatewayId, Value};
+use outpost_batch::{BatchBuilder, Dictionary, GatewayId, PushError, Value};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use super::series::stored_value;
 use super::{Reader, StoreError, Tx};
 
 /// A batch as the index shows it.
@@ -94,23 +98,33 @@ fn set_meta(tx: &rusqlite::Connection, key: &str, value: u64) -> Result<(), Stor
     Ok(())
 }
 
-/// Decimal exponent of a node channel's stored integers (hundredths: -2).
-fn exponent(channel: u8) -> i8 {
-    match outpost_proto::ChannelId(channel).scale() {
-        100 => -2,
-        10 => -1,
-        _ => 0,
-    }
+/// A reading as a batch takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRow {
+    /// `readings.id`.
+    pub id: u64,
+    pub source: String,
+    pub channel: String,
+    pub ts_ms: i64,
+    pub value: Value,
 }
 
-fn channel_name(channel: u8) -> String {
-    outpost_proto::ChannelId(channel)
-        .name()
-        .map_or_else(|| format!("ch{channel}"), str::to_owned)
-}
+/// The columns [`batch_row`] reads, from `readings r JOIN series s`.
+const BATCH_ROW_COLUMNS: &str = "r.id, s.source, s.channel, s.exp, r.ts_ms, r.value";
 
-/// A reading as a batch takes it: (reading id, source uid, channel, ts_ms, raw value).
-pub type BatchRow = (u64, String, u8, i64, i64);
+fn batch_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
+    let stored = row.get_ref(5)?;
+    let value = stored_value(row.get(3)?, stored).map_err(|why| {
+        rusqlite::Error::FromSqlConversionFailure(5, stored.data_type(), why.into())
+    })?;
+    Ok(BatchRow {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        channel: row.get(2)?,
+        ts_ms: row.get(4)?,
+        value,
+    })
+}
 
 /// Up to `limit` readings with `id > after`, in id order.
 fn rows_after(
@@ -118,40 +132,34 @@ fn rows_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<BatchRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id, n.uid, r.channel, r.ts_ms, r.value FROM readings r JOIN nodes n ON n.id = r.node_id
-         WHERE r.id > ?1 ORDER BY r.id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit as u64], |row| {
-        Ok((
-            row.get(0)?,
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-        ))
-    })?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BATCH_ROW_COLUMNS} FROM readings r JOIN series s ON s.id = r.series_id
+         WHERE r.id > ?1 ORDER BY r.id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after, limit as u64], batch_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Seals rows into batch bytes: the one place readings become a batch, so the outbox and
-/// dictionary training see the same bodies.
+/// Seals the longest prefix of `rows` one batch can hold into batch bytes; returns them and the
+/// number of rows they hold, at least one. The prefix ends before the first row whose series
+/// already holds another kind of value in it (invariant 6). The one place readings become a
+/// batch, so the outbox and dictionary training see the same bodies.
 pub fn build_batch(
     gateway_id: &str,
     seq: u64,
     rows: &[BatchRow],
     dictionary: Option<&Dictionary>,
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(Vec<u8>, usize), Box<dyn std::error::Error + Send + Sync>> {
     let mut builder = BatchBuilder::new(GatewayId::new(gateway_id)?, seq);
-    for (_, uid, channel, ts_ms, value) in rows {
-        builder.push(
-            uid,
-            &channel_name(*channel),
-            *ts_ms,
-            Value::decimal(*value, exponent(*channel)),
-        )?;
+    let mut taken = 0;
+    for row in rows {
+        match builder.push(&row.source, &row.channel, row.ts_ms, row.value) {
+            Ok(()) => taken += 1,
+            Err(PushError::KindMismatch { .. }) => break,
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(builder.seal(dictionary)?)
+    Ok((builder.seal(dictionary)?, taken))
 }
 
 impl Tx<'_> {
@@ -166,28 +174,30 @@ impl Tx<'_> {
     ) -> Result<Option<Sealed>, StoreError> {
         let after = meta_u64(&self.tx, "batches.last_reading_id")?;
         let readings = rows_after(&self.tx, after, max_readings)?;
-        let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
+        let Some(first) = readings.first() else {
             return Ok(None);
         };
-        let (first_id, last_id) = (first.0, last.0);
 
         // The row first, so the batch carries its own sequence number.
         self.tx.execute(
             "INSERT INTO batches (first_reading_id, last_reading_id, first_ts_ms, last_ts_ms, reading_count,
-                 dictionary_id, sealed_ms, size_bytes, bytes) VALUES (?1, ?2, 0, 0, 0, 0, ?3, 0, x'')",
-            params![first_id, last_id, now_ms],
+                 dictionary_id, sealed_ms, size_bytes, bytes) VALUES (?1, ?1, 0, 0, 0, 0, ?2, 0, x'')",
+            params![first.id, now_ms],
         )?;
         let seq = u64::try_from(self.tx.last_insert_rowid()).unwrap_or_default();
         let cannot = |e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("cannot seal batch {seq}: {e}"))
         };
-        let bytes = build_batch(gateway_id, seq, &readings, dictionary).map_err(|e| cannot(&e))?;
+        let (bytes, taken) =
+            build_batch(gateway_id, seq, &readings, dictionary).map_err(|e| cannot(&e))?;
+        let last_id = readings[taken - 1].id;
         let header = outpost_batch::read_header(&bytes).map_err(|e| cannot(&e))?;
         self.tx.execute(
-            "UPDATE batches SET first_ts_ms = ?2, last_ts_ms = ?3, reading_count = ?4, dictionary_id = ?5,
-                 size_bytes = ?6, bytes = ?7 WHERE seq = ?1",
+            "UPDATE batches SET last_reading_id = ?2, first_ts_ms = ?3, last_ts_ms = ?4, reading_count = ?5,
+                 dictionary_id = ?6, size_bytes = ?7, bytes = ?8 WHERE seq = ?1",
             params![
                 seq,
+                last_id,
                 header.first_ts_ms,
                 header.last_ts_ms,
                 header.reading_count,
@@ -199,7 +209,7 @@ impl Tx<'_> {
         set_meta(&self.tx, "batches.last_reading_id", last_id)?;
         Ok(Some(Sealed {
             seq,
-            readings: readings.len() as u64,
+            readings: taken as u64,
             size_bytes: bytes.len() as u64,
         }))
     }
@@ -320,37 +330,34 @@ impl Reader {
             return Ok(Vec::new());
         };
         let from = newest - window_ms * windows as i64;
-        let mut stmt = self.conn.prepare(
-            "SELECT r.id, n.uid, r.channel, r.ts_ms, r.value FROM readings r JOIN nodes n ON n.id = r.node_id
-             WHERE r.ts_ms > ?1 ORDER BY r.id",
-        )?;
-        let rows = stmt.query_map([from], |row| {
-            Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {BATCH_ROW_COLUMNS} FROM readings r JOIN series s ON s.id = r.series_id
+             WHERE r.ts_ms > ?1 ORDER BY r.id"
+        ))?;
+        let rows = stmt.query_map([from], batch_row)?;
         let mut windows_rows: std::collections::BTreeMap<i64, Vec<BatchRow>> =
             std::collections::BTreeMap::new();
         for row in rows {
-            let row: BatchRow = row?;
+            let row = row?;
             windows_rows
-                .entry((row.3 - from) / window_ms)
+                .entry((row.ts_ms - from) / window_ms)
                 .or_default()
                 .push(row);
         }
         let no_dictionaries = outpost_batch::Dictionaries::new();
         let mut bodies = Vec::new();
-        for (i, rows) in windows_rows.values().enumerate() {
-            let bytes = build_batch(gateway_id, i as u64 + 1, rows, None)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            bodies.push(
-                outpost_batch::raw_body(&bytes, &no_dictionaries)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
+        for rows in windows_rows.values() {
+            // A window whose series changed kind gives more than one body, as sealing would.
+            let mut rest = rows.as_slice();
+            while !rest.is_empty() {
+                let (bytes, taken) = build_batch(gateway_id, bodies.len() as u64 + 1, rest, None)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                bodies.push(
+                    outpost_batch::raw_body(&bytes, &no_dictionaries)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+                rest = &rest[taken..];
+            }
         }
         Ok(bodies)
     }

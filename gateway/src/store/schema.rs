@@ -93,4 +93,73 @@ pub(super) const MIGRATIONS: &[&str] = &[
         readings  INTEGER NOT NULL         -- readings the cloud acknowledged
     ) WITHOUT ROWID;
     ",
+    // 4: readings of any source (nodes, Modbus devices) in named series, decimal or float.
+    // Needs `temp.node_channels` (see `node_channels`): node channel ids → (name, exponent), so
+    // node series get exactly the names and exponents batches gave them until now.
+    "
+    CREATE TABLE series (
+        id      INTEGER PRIMARY KEY,
+        source  TEXT NOT NULL,              -- a node's uid, or a device's name
+        channel TEXT NOT NULL,              -- the channel or point name, as batches carry it
+        exp     INTEGER                     -- decimals: value = raw × 10^exp; NULL: floats
+    );
+    -- A series holds one kind of value; another kind (exponent, decimal/float) is another series.
+    CREATE UNIQUE INDEX series_identity ON series (source, channel, ifnull(exp, 'float'));
+
+    INSERT INTO series (source, channel, exp)
+        SELECT n.uid, c.name, c.exp
+        FROM (SELECT DISTINCT node_id, channel FROM readings) r
+        JOIN nodes n ON n.id = r.node_id
+        JOIN temp.node_channels c ON c.id = r.channel
+        ORDER BY r.node_id, r.channel;
+
+    -- One row per value, ids kept: the rowid is monotonic, the batcher reads forward from it.
+    CREATE TABLE readings_v4 (
+        id        INTEGER PRIMARY KEY,
+        series_id INTEGER NOT NULL,         -- series(id); no FOREIGN KEY: a lookup per insert
+        ts_ms     INTEGER NOT NULL,
+        value,                              -- no type: INTEGER (decimal raw) or REAL (float) as
+                                            -- bound; NULL: a float NaN
+        -- A node reading's origin, NULL for devices: the node, its boot (which the store's
+        -- per-boot invariants are stated over; nothing else records it), its channel id.
+        node_id   INTEGER,
+        boot_id   INTEGER,
+        channel   INTEGER
+    );
+    INSERT INTO readings_v4 (id, series_id, ts_ms, value, node_id, boot_id, channel)
+        SELECT r.id, s.id, r.ts_ms, r.value, r.node_id, r.boot_id, r.channel
+        FROM readings r
+        JOIN nodes n ON n.id = r.node_id
+        JOIN temp.node_channels c ON c.id = r.channel
+        JOIN series s ON s.source = n.uid AND s.channel = c.name AND s.exp IS c.exp
+        ORDER BY r.id;
+    DROP TABLE readings;
+    ALTER TABLE readings_v4 RENAME TO readings;
+
+    -- Device readings stored, for the status page (nodes count theirs in nodes.readings_received).
+    INSERT INTO meta (key, value) VALUES ('readings.devices', '0');
+    ",
 ];
+
+/// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and
+/// exponent its readings have in batches ([`super::series`]).
+pub(super) fn node_channels(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS node_channels (
+             id   INTEGER PRIMARY KEY,
+             name TEXT NOT NULL,
+             exp  INTEGER NOT NULL
+         );
+         DELETE FROM temp.node_channels;",
+    )?;
+    let mut insert =
+        conn.prepare("INSERT INTO temp.node_channels (id, name, exp) VALUES (?1, ?2, ?3)")?;
+    for id in 0..=u8::MAX {
+        insert.execute(rusqlite::params![
+            id,
+            super::series::node_channel_name(id),
+            super::series::node_channel_exp(id)
+        ])?;
+    }
+    Ok(())
+}

@@ -1,9 +1,9 @@
 //! The writer task: the one owner of the store's write connection.
 //!
-//! Port tasks and the API send [`StoreCommand`]s; the writer collects what arrives within
-//! `commit_interval` of the first (or up to `max_commit_readings`), applies it in one transaction
-//! on a blocking thread, and only then answers. One fsync covers every node's samples of that
-//! window. Between commits it seals batches when the [`Batcher`] says so, and keeps the outbox
+//! Port tasks, device pollers and the API send [`StoreCommand`]s; the writer collects what arrives
+//! within `commit_interval` of the first (or up to `max_commit_readings`, counting node and device
+//! readings alike), applies it in one transaction on a blocking thread, and only then answers.
+//! One fsync covers every node's samples and every device's readings of that window. Between commits it seals batches when the [`Batcher`] says so, and keeps the outbox
 //! within `buffer.max_bytes`.
 
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use outpost_proto::{Health, Hello, Millis};
 use tokio::sync::{mpsc, oneshot};
 
 use super::outbox::{AckError, Acked, Dropped};
-use super::{Enrolment, Ingested, Registered, Sample, Store, StoreError};
+use super::{Enrolment, Ingested, Registered, Sample, SeriesReading, Store, StoreError};
 use crate::batcher::Batcher;
 
 /// Work for the store.
@@ -32,6 +32,14 @@ pub enum StoreCommand {
         samples: Vec<Sample>,
         now_ms: i64,
         reply: mpsc::UnboundedSender<StoreReply>,
+    },
+    /// The readings of one poll of a device, taken at `ts_ms`. No reply: if the commit fails
+    /// they are lost (no one holds them for a resend, unlike node samples), and the device's next
+    /// poll brings fresh ones.
+    DeviceReadings {
+        source: String,
+        ts_ms: i64,
+        readings: Vec<SeriesReading>,
     },
     Health {
         node_id: i64,
@@ -232,17 +240,18 @@ async fn seal(
     let (store, result) = blocking(store, move |s| {
         s.transaction(|tx| {
             let mut sealed = 0u64;
-            // One batch per window; a backlog (after downtime) becomes several full batches.
-            while let Some(batch) = tx.seal_batch(
-                &gateway_id,
-                crate::wall_clock::unix_ms(),
-                max,
-                dictionary.as_ref(),
-            )? {
+            // Everything unsealed: one batch per window, several after a backlog (downtime), or
+            // where a series changed kind (a batch ends before the change).
+            while tx
+                .seal_batch(
+                    &gateway_id,
+                    crate::wall_clock::unix_ms(),
+                    max,
+                    dictionary.as_ref(),
+                )?
+                .is_some()
+            {
                 sealed += 1;
-                if (batch.readings as usize) < max {
-                    break;
-                }
             }
             let dropped = tx.enforce_buffer(buffer)?;
             Ok((sealed, dropped, tx.unsealed_readings()?))
@@ -285,6 +294,7 @@ async fn seal(
 fn readings_in(command: &StoreCommand) -> usize {
     match command {
         StoreCommand::Ingest { samples, .. } => samples.iter().map(|s| s.readings.len()).sum(),
+        StoreCommand::DeviceReadings { readings, .. } => readings.len(),
         _ => 1,
     }
 }
@@ -294,6 +304,8 @@ fn readings_in(command: &StoreCommand) -> usize {
 enum Outcome {
     Registered(Option<Registered>),
     Ingested(Ingested),
+    /// Device readings stored.
+    Stored(u64),
     Acked(Result<Acked, AckError>),
     None,
 }
@@ -329,6 +341,11 @@ fn apply(
                     now_ms,
                     ..
                 } => Outcome::Ingested(tx.ingest(*node_id, *boot_id, samples, *now_ms)?),
+                StoreCommand::DeviceReadings {
+                    source,
+                    ts_ms,
+                    readings,
+                } => Outcome::Stored(tx.ingest_series(source, *ts_ms, readings)?),
                 StoreCommand::Health {
                     node_id,
                     health,
@@ -439,6 +456,9 @@ fn answer(
                     result: Ok(i),
                 });
             }
+            (StoreCommand::DeviceReadings { .. }, Some(Outcome::Stored(n)), None) => {
+                committed += n;
+            }
             (StoreCommand::AckBatches { reply, .. }, _, Some(e)) => {
                 let _ = reply.send(AckReply::Failed(Arc::clone(e)));
             }
@@ -449,7 +469,8 @@ fn answer(
                 });
             }
             (
-                StoreCommand::Health { .. }
+                StoreCommand::DeviceReadings { .. }
+                | StoreCommand::Health { .. }
                 | StoreCommand::LinkErrors { .. }
                 | StoreCommand::RecordUsage { .. },
                 _,
