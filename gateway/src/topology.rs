@@ -19,13 +19,18 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::modbus::Transport;
 use crate::io::api::{self, ApiState};
 use crate::io::dictionaries;
+use crate::io::modbus::poller::{self, DeviceRuntime, ModbusBoard, ModbusWriter};
+use crate::io::modbus::rtu;
 use crate::io::serial::{self, PortStatus};
 use crate::io::uplink::cost::{self, CostConfig, CostStatus};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkStatus};
+use crate::modbus::plan::CostModel;
+use crate::store::writer::StoreCommand;
 use crate::store::{Store, writer};
 
 /// Commands queued to the store writer before port tasks wait (and nodes hold their samples).
@@ -108,6 +113,10 @@ pub async fn run(
         )));
     }
 
+    let modbus_board = ModbusBoard::default();
+    // Kept for the whole run: remote commands write points through it.
+    let (_modbus_writer, modbus_tasks) = spawn_modbus(&config, &modbus_board, &store_tx, &shutdown);
+
     let uplink = Arc::new(Mutex::new(UplinkStatus::default()));
     if let Some(mqtt) = &config.mqtt {
         let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
@@ -141,6 +150,7 @@ pub async fn run(
         cost,
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
+        modbus: modbus_board,
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
@@ -148,11 +158,67 @@ pub async fn run(
         .await
         .context("API server failed")?;
 
-    for task in port_tasks {
+    for task in port_tasks.into_iter().chain(modbus_tasks) {
         let _ = task.await;
     }
     let _ = cost_task.await;
     // Everything queued is committed before the process exits.
     writer.await.context("store writer failed")?;
     Ok(())
+}
+
+/// One task per Modbus TCP device (polled concurrently) and one per RTU bus (its devices one at a
+/// time); first polls staggered over each device's interval.
+fn spawn_modbus(
+    config: &Config,
+    board: &ModbusBoard,
+    store_tx: &mpsc::Sender<StoreCommand>,
+    shutdown: &CancellationToken,
+) -> (ModbusWriter, Vec<tokio::task::JoinHandle<()>>) {
+    let mut writer = ModbusWriter::default();
+    let mut tasks = Vec::new();
+    let mut buses: Vec<Vec<DeviceRuntime>> =
+        config.modbus.buses.iter().map(|_| Vec::new()).collect();
+    let tcp_count = config
+        .modbus
+        .devices
+        .iter()
+        .filter(|d| matches!(d.transport, Transport::Tcp(_)))
+        .count();
+    let mut tcp_index = 0;
+    // In config order, so the status board lists devices as the installer wrote them.
+    for device in &config.modbus.devices {
+        match device.transport {
+            Transport::Tcp(_) => {
+                let runtime = DeviceRuntime::new(device.clone(), &CostModel::TCP, board);
+                let writes = writer.add_queue([device.name.clone()]);
+                let first_poll_in = poller::stagger(device.poll_interval, tcp_index, tcp_count);
+                tcp_index += 1;
+                tasks.push(tokio::spawn(poller::run_tcp_device(
+                    runtime,
+                    store_tx.clone(),
+                    writes,
+                    first_poll_in,
+                    shutdown.clone(),
+                )));
+            }
+            Transport::Rtu(bus) => {
+                buses[bus].push(DeviceRuntime::new(device.clone(), &CostModel::RTU, board));
+            }
+        }
+    }
+    for (bus, devices) in config.modbus.buses.iter().zip(buses) {
+        if devices.is_empty() {
+            continue;
+        }
+        let writes = writer.add_queue(devices.iter().map(|d| d.config.name.clone()));
+        tasks.push(tokio::spawn(rtu::run_bus(
+            bus.clone(),
+            devices,
+            store_tx.clone(),
+            writes,
+            shutdown.clone(),
+        )));
+    }
+    (writer, tasks)
 }

@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use super::parse_duration;
 use crate::modbus::map::{self, RegisterMap};
+pub use crate::modbus::rtu::Parity;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,14 +100,6 @@ fn default_timeout() -> String {
 }
 fn default_retries() -> u8 {
     1
-}
-
-/// Character framing of an RTU line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
 }
 
 /// The Modbus part of [`super::Config`].
@@ -196,7 +189,7 @@ pub(super) fn compile(
 
     let mut names = HashSet::new();
     let mut units = HashSet::new();
-    let mut devices = Vec::new();
+    let mut devices: Vec<DeviceConfig> = Vec::new();
     for (i, device) in raw.device.into_iter().enumerate() {
         let key = |field: &str| format!("modbus.device[{i}].{field}");
         if let Err(why) = check_name(&device.name) {
@@ -290,17 +283,17 @@ pub(super) fn compile(
                     );
                 }
             }
-            Some(Transport::Tcp(addr)) => {
-                if devices.iter().any(|d: &DeviceConfig| {
-                    d.transport == Transport::Tcp(addr) && d.unit == device.unit
-                }) {
-                    problem(
-                        &key("unit"),
-                        format!("unit {} at {addr} is polled twice", device.unit),
-                    );
-                }
+            Some(Transport::Tcp(addr))
+                if devices
+                    .iter()
+                    .any(|d| d.transport == Transport::Tcp(addr) && d.unit == device.unit) =>
+            {
+                problem(
+                    &key("unit"),
+                    format!("unit {} at {addr} is polled twice", device.unit),
+                );
             }
-            None => {}
+            Some(Transport::Tcp(_)) | None => {}
         }
         let mut duration = |field: &str, text: &str, fallback: Duration| {
             parse_duration(text).unwrap_or_else(|why| {

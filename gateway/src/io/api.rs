@@ -1,4 +1,5 @@
-//! The local HTTP API: `/api/v1/status` and `/api/v1/nodes` for site technicians and tools, and
+//! The local HTTP API: `/api/v1/status`, `/api/v1/nodes` and `/api/v1/modbus` for site
+//! technicians and tools, and
 //! the HTTP pull of sealed batches for a cloud that pulls (`/api/v1/batches…`, bearer token).
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::io::modbus::poller::{self, DeviceStatus, ModbusBoard, ModbusSummary};
 use crate::io::serial::{PortBoard, PortStatus};
 use crate::io::uplink::cost::CostStatus;
 use crate::io::uplink::meter::Meter;
@@ -42,6 +44,8 @@ pub struct ApiState {
     pub meter: Arc<Meter>,
     /// Where trained dictionaries live (`GET /api/v1/dictionaries/{id}`).
     pub dictionaries: PathBuf,
+    /// Every Modbus device's health and latest values.
+    pub modbus: ModbusBoard,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +60,7 @@ struct Status {
     uplink: Option<UplinkStatus>,
     cost: CostStatus,
     ports: Vec<PortStatus>,
+    modbus: ModbusSummary,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,11 +131,21 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
             .and_then(|u| u.lock().ok().map(|u| u.clone())),
         cost: state.cost.lock().map(|c| c.clone()).unwrap_or_default(),
         ports,
+        modbus: poller::summary(&state.modbus),
     }))
 }
 
 async fn nodes(State(state): State<ApiState>) -> Result<Json<Vec<NodeRow>>, ApiError> {
     Ok(Json(read_store(&state, Reader::nodes).await?))
+}
+
+/// `GET /api/v1/modbus`: every configured device, in config order.
+async fn modbus_devices(State(state): State<ApiState>) -> Json<Vec<DeviceStatus>> {
+    let board = state
+        .modbus
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Json(board.clone())
 }
 
 /// Compares without an early exit on the first differing byte, so response timing does not
@@ -278,6 +293,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/modbus", get(modbus_devices))
         .route("/api/v1/batches", get(batch_index))
         .route("/api/v1/batches/ack", post(batch_ack))
         .route("/api/v1/batches/{seq}", get(batch_bytes))

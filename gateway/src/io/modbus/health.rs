@@ -7,6 +7,7 @@ use outpost_proto::Millis;
 use serde::{Serialize, Serializer};
 
 use super::{PollOutcome, TransportError};
+use crate::modbus::rtu::RtuError;
 
 /// When to poll and when to give up: the device's poll interval, the longest back-off, and how
 /// many polls in a row must fail before the device is reported offline.
@@ -63,6 +64,13 @@ pub struct DeviceHealth {
     state: LinkState,
     polls: u64,
     timeouts: u64,
+    /// RTU responses whose CRC did not match: noise, a bad termination, two talkers.
+    crc_errors: u64,
+    /// RTU responses from the wrong unit, with the wrong function or length, or cut short.
+    frame_errors: u64,
+    /// RTU bytes that belonged to no expected response.
+    garbage_bytes: u64,
+    /// Connection and socket errors.
     transport_errors: u64,
     /// By exception code (0x02 illegal data address, …).
     exceptions: BTreeMap<u8, u64>,
@@ -91,6 +99,9 @@ impl DeviceHealth {
             state: LinkState::Unknown,
             polls: 0,
             timeouts: 0,
+            crc_errors: 0,
+            frame_errors: 0,
+            garbage_bytes: 0,
             transport_errors: 0,
             exceptions: BTreeMap::new(),
             decode_errors: 0,
@@ -107,16 +118,16 @@ impl DeviceHealth {
     pub fn handle_poll_result(&mut self, now: Millis, outcome: &PollOutcome) -> PollDecision {
         self.polls += 1;
         for request in &outcome.requests {
-            // Each resend followed a timeout.
-            self.timeouts += u64::from(request.retries);
+            for failure in &request.earlier_failures {
+                self.count_failure(failure);
+            }
             match &request.result {
                 Ok(Ok(())) => {}
                 Ok(Err(code)) => *self.exceptions.entry(u8::from(*code)).or_default() += 1,
-                Err(TransportError::Timeout(_)) => self.timeouts += 1,
-                Err(TransportError::NotSent) => {}
-                Err(_) => self.transport_errors += 1,
+                Err(e) => self.count_failure(e),
             }
         }
+        self.garbage_bytes += outcome.garbage_bytes;
         self.decode_errors += outcome.readings.iter().filter(|r| r.value.is_err()).count() as u64;
         let slowest = outcome
             .requests
@@ -149,6 +160,16 @@ impl DeviceHealth {
         }
     }
 
+    fn count_failure(&mut self, error: &TransportError) {
+        match error {
+            TransportError::Timeout(_) => self.timeouts += 1,
+            TransportError::NotSent => {}
+            TransportError::Frame(RtuError::CrcMismatch { .. }) => self.crc_errors += 1,
+            TransportError::Frame(_) => self.frame_errors += 1,
+            _ => self.transport_errors += 1,
+        }
+    }
+
     /// `interval × 2^failures`, capped.
     fn backoff(&self) -> Duration {
         let factor = 1u32
@@ -173,6 +194,21 @@ impl DeviceHealth {
     #[must_use]
     pub fn timeouts(&self) -> u64 {
         self.timeouts
+    }
+
+    #[must_use]
+    pub fn crc_errors(&self) -> u64 {
+        self.crc_errors
+    }
+
+    #[must_use]
+    pub fn frame_errors(&self) -> u64 {
+        self.frame_errors
+    }
+
+    #[must_use]
+    pub fn garbage_bytes(&self) -> u64 {
+        self.garbage_bytes
     }
 
     #[must_use]
@@ -222,7 +258,7 @@ mod tests {
             start: 0,
             quantity: 2,
             response_time,
-            retries: 0,
+            earlier_failures: Vec::new(),
             result,
         }
     }
@@ -231,6 +267,7 @@ mod tests {
         PollOutcome {
             readings: Vec::new(),
             requests: results.into_iter().map(request).collect(),
+            garbage_bytes: 0,
         }
     }
 

@@ -2,7 +2,10 @@
 //! what happened as data.
 //!
 //! - [`tcp`]: one Modbus TCP device over tokio-modbus's client ([`ModbusDevice`]);
+//! - [`rtu`]: one RS-485 bus, its devices polled one transaction at a time with Outpost's own
+//!   RTU framing ([`crate::modbus::rtu`]);
 //! - [`health`]: per-device counters, back-off and the offline flag ([`DeviceHealth`]), no IO;
+//! - [`poller`]: the tasks, the status board (`/api/v1/modbus`), staggering and writes;
 //!
 //! Errors keep two layers apart:
 //! - the device **answered** with an exception ([`ExceptionCode`]): the link is fine, only that
@@ -34,6 +37,10 @@ pub enum TransportError {
     /// The reply was a valid frame of the wrong kind for the request.
     #[error("unexpected reply {0:?}")]
     UnexpectedResponse(Box<Response>),
+    /// An RTU response that arrived damaged or did not match the request: CRC, unit, function,
+    /// length (the line works, but the frame is unusable).
+    #[error("bad frame: {0}")]
+    Frame(#[source] crate::modbus::rtu::RtuError),
     /// An earlier request of the same poll lost the connection; this one was not sent.
     #[error("not sent: the connection was lost earlier in this poll")]
     NotSent,
@@ -58,8 +65,9 @@ pub struct RequestOutcome {
     /// How long the device took to answer (data or exception), including a reconnect if the
     /// request needed one; `None` without an answer.
     pub response_time: Option<Duration>,
-    /// How many times the request was sent again after a timeout.
-    pub retries: u8,
+    /// Why each earlier attempt failed, when the request was sent again (the device's
+    /// `retries`); `result` is the last attempt's.
+    pub earlier_failures: Vec<TransportError>,
     /// Two layers, as tokio-modbus: the outer error is the link, the inner one the device.
     pub result: Result<Result<(), ExceptionCode>, TransportError>,
 }
@@ -79,6 +87,8 @@ pub struct PointReading {
 pub struct PollOutcome {
     pub readings: Vec<PointReading>,
     pub requests: Vec<RequestOutcome>,
+    /// RTU: bytes on the line during the poll that belonged to no expected response.
+    pub garbage_bytes: u64,
 }
 
 impl PollOutcome {
@@ -113,7 +123,8 @@ pub enum WriteError {
 }
 
 pub mod health;
-// pub mod poller; (waits for store::SeriesReading)
+pub mod poller;
+pub mod rtu;
 pub mod tcp;
 
 pub use health::{DeviceHealth, HealthPolicy, LinkState, PollDecision};

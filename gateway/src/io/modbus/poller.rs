@@ -299,6 +299,8 @@ pub enum WriteFailure {
     Exception(tokio_modbus::ExceptionCode),
     #[error("the poller is not running")]
     Stopped,
+    #[error(transparent)]
+    Request(#[from] crate::modbus::rtu::RequestError),
 }
 
 /// Writes a point of a device through the task that polls it, so a write never interleaves

@@ -104,21 +104,24 @@ impl ModbusDevice {
                     start: request.start(),
                     quantity: request.quantity(),
                     response_time: None,
-                    retries: 0,
+                    earlier_failures: Vec::new(),
                     result: Err(TransportError::NotSent),
                 });
                 continue;
             }
-            let mut sent_again = 0;
+            let mut earlier_failures = Vec::new();
             let (result, response_time) = loop {
                 let started = Instant::now();
                 let result = self.read(request, timeout).await;
                 let response_time = result.is_ok().then(|| started.elapsed());
-                if matches!(result, Err(TransportError::Timeout(_))) && sent_again < retries {
-                    sent_again += 1;
-                    continue;
+                match result {
+                    Err(e @ TransportError::Timeout(_))
+                        if earlier_failures.len() < usize::from(retries) =>
+                    {
+                        earlier_failures.push(e);
+                    }
+                    result => break (result, response_time),
                 }
-                break (result, response_time);
             };
             let result = match result {
                 Ok(Ok(data)) => {
@@ -151,7 +154,7 @@ impl ModbusDevice {
                 start: request.start(),
                 quantity: request.quantity(),
                 response_time,
-                retries: sent_again,
+                earlier_failures,
                 result,
             });
         }
