@@ -1,0 +1,178 @@
+//! End-to-end Modbus: the `outpost` gateway polls a Modbus TCP meter (tokio-modbus's server,
+//! serving the SDM630 catalogue map) and the readings reach `/api/v1/modbus` and the batches the
+//! cloud pulls; `outpost demo --modbus` shows a polled meter with no hardware.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost::demo::meter;
+use outpost_e2e::{Proc, Site, bin, free_port, http, http_get_json, wait_for};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "e2e-pull-token-0123456789";
+
+fn catalogue(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/devices")
+        .join(file)
+}
+
+/// The device called `name` on `/api/v1/modbus`.
+fn device(devices: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    devices
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+}
+
+#[test]
+fn a_tcp_meter_is_polled_into_the_status_page_and_the_pulled_batches() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shutdown = CancellationToken::new();
+    let map = Arc::new(meter::demo_map().unwrap());
+    let points = map.points().len();
+    let meter_addr = runtime
+        .block_on(meter::serve(Arc::clone(&map), 3, shutdown.clone()))
+        .unwrap();
+    // A second device that refuses every connection: it must go offline without slowing the meter.
+    let dead_addr = format!("127.0.0.1:{}", free_port());
+    let extra = format!(
+        "[uplink]\nbatch_interval = \"1s\"\n[uplink.pull]\ntoken = \"{TOKEN}\"\n\n\
+         [[modbus.device]]\nname = \"hall-meter\"\nmap = \"{}\"\ntransport = \"tcp\"\naddress = \"{meter_addr}\"\npoll_interval = \"200ms\"\ntimeout = \"150ms\"\n\n\
+         [[modbus.device]]\nname = \"dead-meter\"\nmap = \"{}\"\ntransport = \"tcp\"\naddress = \"{dead_addr}\"\npoll_interval = \"200ms\"\ntimeout = \"100ms\"\n",
+        catalogue("eastron-sdm630.toml").display(),
+        catalogue("eastron-sdm230.toml").display(),
+    );
+    let mut site = Site::with_config(Vec::new(), &extra).unwrap();
+    site.start_gateway().unwrap();
+
+    let hall = wait_for(Duration::from_secs(30), "ten polls of the meter", || {
+        let d = device(&site.get("/api/v1/modbus").ok()?, "hall-meter")?;
+        (d["health"]["polls"].as_u64()? >= 10).then_some(d)
+    })
+    .unwrap();
+    assert_eq!(hall["health"]["state"], "online", "{hall:#}");
+    assert_eq!(hall["transport"], format!("tcp {meter_addr}"));
+    assert_eq!(hall["model"], "Eastron SDM630-Modbus");
+    assert_eq!(hall["health"]["timeouts"], 0, "{hall:#}");
+    let voltage = hall["values"]["l1_voltage"]["value"].as_f64().unwrap();
+    assert!((222.0..=238.0).contains(&voltage), "{voltage}");
+    assert_eq!(hall["values"]["l1_voltage"]["unit"], "V");
+    assert_eq!(hall["values"].as_object().unwrap().len(), points);
+
+    let dead = wait_for(Duration::from_secs(30), "the dead meter offline", || {
+        let d = device(&site.get("/api/v1/modbus").ok()?, "dead-meter")?;
+        (d["health"]["state"] == "offline").then_some(d)
+    })
+    .unwrap();
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("connect"),
+        "{dead:#}"
+    );
+    let status = site.get("/api/v1/status").unwrap();
+    assert_eq!(status["modbus"]["devices"], 2);
+    assert_eq!(status["modbus"]["offline"], 1);
+
+    // The meter kept its rate while the other device failed: 200 ms polls, so about five a
+    // second (generous bounds: the machine is shared).
+    let before =
+        device(&site.get("/api/v1/modbus").unwrap(), "hall-meter").unwrap()["health"]["polls"]
+            .as_u64()
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after =
+        device(&site.get("/api/v1/modbus").unwrap(), "hall-meter").unwrap()["health"]["polls"]
+            .as_u64()
+            .unwrap();
+    assert!(
+        (10..=17).contains(&(after - before)),
+        "{} polls in 3 s",
+        after - before
+    );
+
+    // The cloud's side: every reading of the meter, as floats, under the device and point names.
+    let mut by_channel: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    wait_for(
+        Duration::from_secs(30),
+        "meter readings in pulled batches",
+        || {
+            let (status, body) = http(
+                site.api,
+                "GET",
+                "/api/v1/batches?after=0",
+                Some(TOKEN),
+                None,
+            )
+            .ok()?;
+            assert_eq!(status, 200);
+            let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            by_channel.clear();
+            for info in index["batches"].as_array()? {
+                let seq = info["seq"].as_u64()?;
+                let (_, bytes) = http(
+                    site.api,
+                    "GET",
+                    &format!("/api/v1/batches/{seq}"),
+                    Some(TOKEN),
+                    None,
+                )
+                .ok()?;
+                let batch =
+                    outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
+                for r in batch.readings() {
+                    assert_eq!(r.source, "hall-meter", "only the meter answers");
+                    let outpost_batch::Value::Float(v) = r.value else {
+                        panic!("{} is not a float: {:?}", r.channel, r.value);
+                    };
+                    by_channel.entry(r.channel.to_string()).or_default().push(v);
+                }
+            }
+            (by_channel.get("frequency").is_some_and(|f| f.len() >= 10)).then_some(())
+        },
+    )
+    .unwrap();
+    assert_eq!(by_channel.len(), points, "{:?}", by_channel.keys());
+    let lens: Vec<usize> = by_channel.values().map(Vec::len).collect();
+    assert!(
+        lens.iter().all(|&n| n == lens[0]),
+        "every point in every poll: {lens:?}"
+    );
+    assert!(
+        by_channel["frequency"]
+            .iter()
+            .all(|f| (49.9..=50.1).contains(f))
+    );
+
+    site.gateway.take();
+    shutdown.cancel();
+}
+
+#[test]
+fn the_demo_shows_a_polled_modbus_meter() {
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.args([
+        "demo",
+        "--nodes",
+        "1",
+        "--modbus",
+        "--listen",
+        &addr.to_string(),
+    ]);
+    let mut demo = Proc::spawn("demo", &mut cmd).unwrap();
+    let meter = wait_for(Duration::from_secs(30), "the demo meter polled", || {
+        let d = device(&http_get_json(addr, "/api/v1/modbus").ok()?, "demo-meter")?;
+        (d["health"]["polls"].as_u64()? >= 3).then_some(d)
+    })
+    .unwrap();
+    assert_eq!(meter["health"]["state"], "online", "{meter:#}");
+    let power = meter["values"]["total_power"]["value"].as_f64().unwrap();
+    assert!(power > 0.0, "{meter:#}");
+    assert_eq!(meter["values"]["total_power"]["unit"], "W");
+    demo.terminate(Duration::from_secs(10)).unwrap();
+}
