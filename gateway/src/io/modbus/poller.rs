@@ -167,6 +167,7 @@ impl DeviceRuntime {
         now: Millis,
         outcome: &PollOutcome,
     ) -> (Vec<SeriesReading>, Duration) {
+        let was = self.health.state();
         let decision = self.health.handle_poll_result(now, outcome);
         let map = Arc::clone(&self.config.map);
         let mut readings = Vec::with_capacity(outcome.readings.len());
@@ -197,6 +198,21 @@ impl DeviceRuntime {
                     ));
                 }
                 Err(e) => last_error = Some(e.to_string()),
+            }
+        }
+        let name = &self.config.name;
+        match (was, self.health.state()) {
+            (LinkState::Offline, LinkState::Online) => {
+                tracing::info!(message = "Modbus device answers again.", device = %name);
+            }
+            (before, LinkState::Offline) if before != LinkState::Offline => {
+                tracing::warn!(message = "Modbus device offline; polling it with back-off.", device = %name,
+                    error = last_error.as_deref().unwrap_or("no answer"));
+            }
+            _ => {
+                if let Some(error) = &last_error {
+                    tracing::debug!(message = "Modbus poll error.", device = %name, %error);
+                }
             }
         }
         let count = readings.len() as u64;
