@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+pub mod dropin;
 pub mod modbus;
 
 /// The documented shape of the file. Doc comments here are the user's reference; keep them in step
@@ -302,9 +303,29 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file and its drop-ins (`outpost.d/*.toml` beside
+    /// it, see [`dropin`]).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        Self::parse(path, &read_file(path)?)
+        let text = read_file(path)?;
+        let dropins = dropin::dropin_files(&dropin::dropin_dir(path))?;
+        if dropins.is_empty() {
+            return Self::parse(path, &text);
+        }
+        let mut layers = vec![dropin::Layer {
+            path: path.to_owned(),
+            text,
+        }];
+        let mut errors = Vec::new();
+        for file in dropins {
+            match read_file(&file) {
+                Ok(text) => layers.push(dropin::Layer { path: file, text }),
+                Err(e) => errors.extend(e.0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        dropin::parse_layers(&layers, path.parent().unwrap_or(Path::new(".")))
     }
 
     /// Parses and validates config text; `path` only names it in errors.

@@ -207,3 +207,82 @@ fn a_broken_map_is_reported_at_the_device_and_in_the_map_file() {
     assert!(e.message.contains("bad.toml:4"), "{e}");
     assert!(e.message.contains("address"), "{e}");
 }
+
+/// A main file and drop-ins in a temporary /etc/outpost.
+fn layered(
+    main: &str,
+    dropins: &[(&str, &str)],
+) -> (tempfile::TempDir, Result<Config, ConfigErrors>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("outpost.toml"), main).unwrap();
+    std::fs::create_dir(dir.path().join("outpost.d")).unwrap();
+    for (name, text) in dropins {
+        std::fs::write(dir.path().join("outpost.d").join(name), text).unwrap();
+    }
+    let config = Config::load(&dir.path().join("outpost.toml"));
+    (dir, config)
+}
+
+#[test]
+fn drop_ins_apply_in_name_order_tables_merge_and_arrays_append() {
+    let (_dir, config) = layered(
+        "[gateway]\nid = \"site-1\"\n[api]\nlisten = \"127.0.0.1:8080\"\n[[serial]]\npath = \"/dev/ttyACM0\"\n",
+        &[
+            ("20-late.toml", "[api]\nlisten = \"127.0.0.1:9090\"\n"),
+            (
+                "10-more.toml",
+                "[[serial]]\npath = \"/dev/ttyACM1\"\nbaud = 9600\n[store]\nmax_commit_readings = 100\n",
+            ),
+            ("README", "not toml, not read"),
+        ],
+    );
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.gateway_id, "site-1", "kept from the main file");
+    assert_eq!(config.api_listen.port(), 9090, "the later drop-in wins");
+    let ports: Vec<(String, u32)> = config
+        .serial
+        .iter()
+        .map(|p| (p.path.display().to_string(), p.baud))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("/dev/ttyACM0".into(), 115_200),
+            ("/dev/ttyACM1".into(), 9600)
+        ]
+    );
+    assert_eq!(config.max_commit_readings, 100);
+}
+
+#[test]
+fn a_problem_in_a_drop_in_is_located_in_that_file() {
+    let (dir, config) = layered(
+        "[[serial]]\npath = \"/dev/ttyACM0\"\n",
+        &[(
+            "10-ports.toml",
+            "# a second port\n\n[[serial]]\npath = \"/dev/ttyACM1\"\nbaud = 12\n",
+        )],
+    );
+    let errors = config.unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = &errors[0];
+    assert_eq!(e.file, dir.path().join("outpost.d/10-ports.toml"));
+    assert_eq!((e.key.as_str(), e.line), ("serial[0].baud", Some(5)), "{e}");
+
+    let (dir, config) = layered("", &[("10-x.toml", "[api]\nlisten = 7\n")]);
+    let e = &config.unwrap_err().0[0];
+    assert_eq!(e.file, dir.path().join("outpost.d/10-x.toml"));
+    assert_eq!((e.key.as_str(), e.line), ("api.listen", Some(2)), "{e}");
+
+    let (dir, config) = layered(
+        "[api]\nlisten = \"x\"\n",
+        &[("10-x.toml", "[gateway]\nid = \"a\"\n")],
+    );
+    let e = &config.unwrap_err().0[0];
+    assert_eq!(e.file, dir.path().join("outpost.toml"), "{e}");
+    assert_eq!(e.line, Some(2), "{e}");
+
+    let (dir, config) = layered("", &[("10-x.toml", "[api\n")]);
+    let e = &config.unwrap_err().0[0];
+    assert_eq!(e.file, dir.path().join("outpost.d/10-x.toml"), "{e}");
+}
