@@ -176,3 +176,76 @@ fn the_demo_shows_a_polled_modbus_meter() {
     assert_eq!(meter["values"]["total_power"]["unit"], "W");
     demo.terminate(Duration::from_secs(10)).unwrap();
 }
+
+#[test]
+fn an_rtu_bus_is_polled_by_the_daemon_and_its_line_faults_show_on_the_status_page() {
+    use outpost_e2e::modbus_peer::{Bank, PeerConfig, RtuPeer};
+    let map = std::env::temp_dir().join(format!("outpost-e2e-rtu-{}.toml", std::process::id()));
+    std::fs::write(
+        &map,
+        "[[point]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\nscale = 0.1\nunit = \"V\"\n\
+         [[point]]\nname = \"energy\"\ntable = \"holding\"\naddress = 10\ntype = \"u32\"\nword_order = \"little\"\nunit = \"Wh\"\n",
+    )
+    .unwrap();
+    let mut units = BTreeMap::new();
+    for unit in [1u8, 2] {
+        let mut bank = Bank::default();
+        bank.input.insert(0, 2290 + u16::from(unit));
+        bank.holding.extend([(10, 0x5678), (11, 0x1234)]);
+        units.insert(unit, bank);
+    }
+    let peer = RtuPeer::start(PeerConfig {
+        units,
+        baud: Some(19_200),
+        ..PeerConfig::default()
+    })
+    .unwrap();
+    let mut extra = format!(
+        "[[modbus.bus]]\npath = \"{}\"\nbaud = 19200\n",
+        peer.path().display()
+    );
+    for unit in [1, 2] {
+        extra += &format!(
+            "[[modbus.device]]\nname = \"meter-{unit}\"\nmap = \"{}\"\ntransport = \"rtu\"\nbus = \"{}\"\nunit = {unit}\npoll_interval = \"300ms\"\ntimeout = \"100ms\"\nretries = 0\n",
+            map.display(),
+            peer.path().display()
+        );
+    }
+    let mut site = Site::with_config(Vec::new(), &extra).unwrap();
+    site.start_gateway().unwrap();
+    wait_for(Duration::from_secs(30), "both meters online", || {
+        let devices = site.get("/api/v1/modbus").ok()?;
+        ["meter-1", "meter-2"]
+            .iter()
+            .all(|n| device(&devices, n).is_some_and(|d| d["health"]["state"] == "online"))
+            .then_some(())
+    })
+    .unwrap();
+    peer.bus().unit(2).faults.corrupt_crc = 2;
+    let meter = wait_for(Duration::from_secs(30), "the CRC errors counted", || {
+        let d = device(&site.get("/api/v1/modbus").ok()?, "meter-2")?;
+        (d["health"]["crc_errors"].as_u64()? >= 2).then_some(d)
+    })
+    .unwrap();
+    assert_eq!(meter["health"]["crc_errors"], 2, "{meter:#}");
+    assert_eq!(meter["transport"], format!("rtu {}", peer.path().display()));
+    assert!(
+        meter["last_error"].as_str().unwrap().contains("CRC"),
+        "{meter:#}"
+    );
+    let one = device(&site.get("/api/v1/modbus").unwrap(), "meter-1").unwrap();
+    assert_eq!(
+        one["health"]["crc_errors"], 0,
+        "the other unit is untouched: {one:#}"
+    );
+    let volts = one["values"]["voltage"]["value"].as_f64().unwrap();
+    assert!((volts - 229.1).abs() < 1e-9, "{volts}");
+    assert_eq!(one["values"]["energy"]["value"], 0x1234_5678);
+    assert_eq!(
+        peer.bus().early_requests,
+        0,
+        "the daemon kept the inter-frame silence"
+    );
+    site.gateway.take();
+    let _ = std::fs::remove_file(map);
+}
