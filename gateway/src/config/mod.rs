@@ -401,7 +401,7 @@ pub fn compile(raw: RawConfig, config_dir: &Path) -> Result<Config, Vec<Problem>
         Some(id) => id,
         None => host_name().unwrap_or_else(|| "outpost".into()),
     };
-    if let Err(why) = check_gateway_id(&gateway_id) {
+    if let Err(why) = check_identifier(&gateway_id) {
         problem("gateway.id", why);
     }
     if raw.gateway.data_dir.as_os_str().is_empty() {
@@ -621,8 +621,9 @@ pub fn compile(raw: RawConfig, config_dir: &Path) -> Result<Config, Vec<Problem>
     }
 }
 
-/// Gateway ids become MQTT topic levels and file names: keep them to a safe alphabet.
-fn check_gateway_id(id: &str) -> Result<(), String> {
+/// Gateway ids become MQTT topic levels and file names, device names batch sources and API path
+/// segments: keep them to a safe alphabet.
+fn check_identifier(id: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if id.is_empty() || id.len() > 64 {
         Err("must be 1 to 64 characters".into())

@@ -192,7 +192,8 @@ pub(super) fn compile(
     let mut devices: Vec<DeviceConfig> = Vec::new();
     for (i, device) in raw.device.into_iter().enumerate() {
         let key = |field: &str| format!("modbus.device[{i}].{field}");
-        if let Err(why) = check_name(&device.name) {
+        // Device names become source names in batches and path segments in the API.
+        if let Err(why) = super::check_identifier(&device.name) {
             problem(&key("name"), why);
         } else if !names.insert(device.name.clone()) {
             problem(
@@ -347,18 +348,4 @@ pub(super) fn compile(
         }
     }
     ModbusConfig { buses, devices }
-}
-
-/// Device names become source names in batches and path segments in the API.
-fn check_name(name: &str) -> Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > 64 {
-        Err("must be 1 to 64 characters".into())
-    } else if !name.chars().all(ok_char) {
-        Err(format!(
-            "`{name}` may only hold letters, digits, '-', '_' and '.'"
-        ))
-    } else {
-        Ok(())
-    }
 }

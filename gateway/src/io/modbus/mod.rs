@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use tokio_modbus::{ExceptionCode, Response};
 
-use crate::modbus::value::{DecodeError, EncodeError, Value};
+use crate::modbus::map::RegisterMap;
+use crate::modbus::plan::ReadRequest;
+use crate::modbus::value::{DecodeError, EncodeError, Raw, Value};
 
 /// Why a request got no answer from the device (the outer layer of tokio-modbus's `Result`).
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,23 @@ pub struct PointReading {
     pub point: usize,
     pub name: String,
     pub value: Result<Value, DecodeError>,
+}
+
+/// The readings of the points `request` serves, from its answer `raw`.
+pub(crate) fn point_readings<'a>(
+    map: &'a RegisterMap,
+    request: &'a ReadRequest,
+    raw: Raw<'a>,
+) -> impl Iterator<Item = PointReading> + 'a {
+    request
+        .served()
+        .iter()
+        .zip(request.readings(map.points(), raw))
+        .map(|(served, (point, value))| PointReading {
+            point: served.point,
+            name: point.name.clone(),
+            value,
+        })
 }
 
 /// Everything one poll produced: readings for the points whose request was answered, and the

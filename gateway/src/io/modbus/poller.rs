@@ -23,7 +23,7 @@ use super::health::{DeviceHealth, HealthPolicy, LinkState};
 use super::tcp::ModbusDevice;
 use super::{PollOutcome, TransportError, WriteError};
 use crate::config::modbus::{DeviceConfig, Transport};
-use crate::modbus::map::RegisterMap;
+use crate::modbus::map::{Point, RegisterMap};
 use crate::modbus::plan::{CostModel, ReadPlan};
 use crate::modbus::value::Value;
 use crate::store::SeriesReading;
@@ -157,6 +157,17 @@ impl DeviceRuntime {
     #[must_use]
     pub fn map(&self) -> &RegisterMap {
         &self.config.map
+    }
+
+    /// A point of the device's map, by name.
+    pub fn point(&self, name: &str) -> Result<&Point, WriteFailure> {
+        self.config
+            .map
+            .point(name)
+            .ok_or_else(|| WriteFailure::UnknownPoint {
+                device: self.config.name.clone(),
+                point: name.to_owned(),
+            })
     }
 
     /// Counts a poll that started at `started` (its readings' timestamp) and ended at `now`;
@@ -415,12 +426,7 @@ async fn write_point(
     point: &str,
     value: &Value,
 ) -> Result<(), WriteFailure> {
-    let Some(point) = device.map().point(point) else {
-        return Err(WriteFailure::UnknownPoint {
-            device: device.config.name.clone(),
-            point: point.to_owned(),
-        });
-    };
+    let point = device.point(point)?;
     match client.write(point, value, device.config.timeout).await? {
         Ok(()) => Ok(()),
         Err(code) => Err(WriteFailure::Exception(code)),

@@ -24,7 +24,7 @@ use tokio_serial::{SerialPortBuilderExt as _, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use super::poller::{self, DeviceRuntime, WriteCommand, WriteFailure};
-use super::{PointReading, PollOutcome, RequestOutcome, TransportError, WriteError};
+use super::{PollOutcome, RequestOutcome, TransportError, WriteError, point_readings};
 use crate::config::modbus::BusConfig;
 use crate::modbus::rtu::{
     self as codec, LineTiming, Parity, Progress, ResponseDecoder, RtuError, RtuRequest, RtuResponse,
@@ -267,18 +267,9 @@ pub async fn poll(line: &mut RtuLine, device: &DeviceRuntime) -> PollOutcome {
             Ok(RtuResponse::Exception(code)) => Ok(Err(ExceptionCode::new(code))),
             Ok(response) => {
                 if let Some(raw) = response.raw() {
-                    let points = device.map().points();
-                    outcome.readings.extend(
-                        request
-                            .served()
-                            .iter()
-                            .zip(request.readings(points, raw))
-                            .map(|(served, (point, value))| PointReading {
-                                point: served.point,
-                                name: point.name.clone(),
-                                value,
-                            }),
-                    );
+                    outcome
+                        .readings
+                        .extend(point_readings(device.map(), request, raw));
                 }
                 Ok(Ok(()))
             }
@@ -301,12 +292,7 @@ pub async fn write(
     point: &str,
     value: &Value,
 ) -> Result<(), WriteFailure> {
-    let Some(point) = device.map().point(point) else {
-        return Err(WriteFailure::UnknownPoint {
-            device: device.config.name.clone(),
-            point: point.to_owned(),
-        });
-    };
+    let point = device.point(point)?;
     let encoded = value::encode(point, value).map_err(WriteError::from)?;
     let request = RtuRequest::write(point.address, &encoded)?;
     match line

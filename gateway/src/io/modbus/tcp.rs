@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
-use super::{PointReading, PollOutcome, RequestOutcome, TransportError, WriteError};
+use super::{PollOutcome, RequestOutcome, TransportError, WriteError, point_readings};
 use crate::modbus::map::{Point, RegisterMap, Table};
 use crate::modbus::plan::{ReadPlan, ReadRequest};
 use crate::modbus::value::{self, Encoded, Raw, Value};
@@ -129,18 +129,7 @@ impl ModbusDevice {
                         Data::Bits(bits) => Raw::Bits(bits),
                         Data::Words(words) => Raw::Registers(words),
                     };
-                    let points = map.points();
-                    outcome.readings.extend(
-                        request
-                            .served()
-                            .iter()
-                            .zip(request.readings(points, raw))
-                            .map(|(served, (point, value))| PointReading {
-                                point: served.point,
-                                name: point.name.clone(),
-                                value,
-                            }),
-                    );
+                    outcome.readings.extend(point_readings(map, request, raw));
                     Ok(Ok(()))
                 }
                 Ok(Err(code)) => Ok(Err(code)),
