@@ -438,3 +438,51 @@ fn a_month_projected_over_budget_stretches_the_batch_interval() {
     assert!(cost["bytes_today"].as_u64().unwrap() > 0, "{cost}");
     assert!(cost["bytes_per_reading"].as_f64().unwrap() > 0.0, "{cost}");
 }
+
+#[test]
+fn signed_update_artifacts_are_uploaded_into_the_spool_with_the_token_only() {
+    let mut site = Site::with_config(Vec::new(), &pull_config("")).unwrap();
+    site.start_gateway().unwrap();
+    let incoming = site.dir.path().join("data/updates/incoming");
+
+    let put = |path: &str, token: Option<&str>, body: &str| {
+        http(site.api, "PUT", path, token, Some(body)).unwrap().0
+    };
+    assert_eq!(
+        put("/api/v1/updates/outpost_9.9.9_amd64.deb", None, "x"),
+        401
+    );
+    assert_eq!(put("/api/v1/updates/..%2Fevil.deb", Some(TOKEN), "x"), 400);
+    assert_eq!(put("/api/v1/updates/run.sh", Some(TOKEN), "x"), 400);
+    assert!(!incoming.exists() || std::fs::read_dir(&incoming).unwrap().count() == 0);
+
+    assert_eq!(
+        put(
+            "/api/v1/updates/outpost_9.9.9_amd64.deb",
+            Some(TOKEN),
+            "package"
+        ),
+        201
+    );
+    assert_eq!(
+        put(
+            "/api/v1/updates/outpost_9.9.9_amd64.deb.sig",
+            Some(TOKEN),
+            "manifest"
+        ),
+        201
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&incoming)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["outpost_9.9.9_amd64.deb", "outpost_9.9.9_amd64.deb.sig"]
+    );
+    assert_eq!(
+        std::fs::read(incoming.join("outpost_9.9.9_amd64.deb")).unwrap(),
+        b"package"
+    );
+}

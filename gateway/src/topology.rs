@@ -150,6 +150,7 @@ pub async fn run(
         cost,
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
+        updates: crate::io::updates::incoming_dir(&config.data_dir),
         modbus: modbus_board,
         store_tx,
     };

@@ -7,16 +7,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::modbus::poller::{self, DeviceStatus, ModbusBoard, ModbusSummary};
 use crate::io::serial::{PortBoard, PortStatus};
+use crate::io::updates;
 use crate::io::uplink::cost::CostStatus;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::UplinkStatus;
@@ -46,6 +48,8 @@ pub struct ApiState {
     pub dictionaries: PathBuf,
     /// Every Modbus device's health and latest values.
     pub modbus: ModbusBoard,
+    /// Where uploaded update artifacts go (`PUT /api/v1/updates/{file}`).
+    pub updates: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -289,6 +293,31 @@ async fn batch_ack(
     }
 }
 
+/// `PUT /api/v1/updates/{file}`: a signed update artifact into the spool, the .deb first, then
+/// its .sig (which starts the root agent). Bearer token as for the batch endpoints; the agent
+/// trusts only the signature.
+async fn upload_artifact(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    updates::check_name(&file).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let dir = state.updates.clone();
+    let size = body.len();
+    let stored = tokio::task::spawn_blocking(move || updates::store(&dir, &file, &body))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    tracing::info!(message = "Update artifact received.", file = %stored.display(), bytes = size);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "stored": stored, "bytes": size })),
+    )
+        .into_response())
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
@@ -298,6 +327,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/batches/ack", post(batch_ack))
         .route("/api/v1/batches/{seq}", get(batch_bytes))
         .route("/api/v1/dictionaries/{id}", get(dictionary_bytes))
+        .route(
+            "/api/v1/updates/{file}",
+            put(upload_artifact).layer(DefaultBodyLimit::max(updates::MAX_ARTIFACT_BYTES)),
+        )
         .with_state(state)
 }
 

@@ -4,4 +4,5 @@ pub mod api;
 pub mod dictionaries;
 pub mod modbus;
 pub mod serial;
+pub mod updates;
 pub mod uplink;
