@@ -6,7 +6,9 @@
 //! - [`store`]: the SQLite store (node registry, readings, health) and its group-committing writer;
 //! - [`io`]: thin adapters: serial ports, the local HTTP API;
 //! - [`topology`]: where tasks and channels are created;
-//! - [`demo`]: a simulated site on pseudo-terminals.
+//! - [`demo`]: a simulated site on pseudo-terminals;
+//! - [`systemd`]: readiness, status and watchdog notifications, journald detection;
+//! - [`selftest`]: `outpost check --self-test`, the machine's fitness tried in a temp directory.
 //!
 //! See `docs/ARCHITECTURE.md` for the data path.
 
@@ -17,6 +19,8 @@ pub mod demo;
 pub mod io;
 pub mod link;
 pub mod modbus;
+pub mod selftest;
 pub mod store;
+pub mod systemd;
 pub mod topology;
 pub mod wall_clock;

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use outpost::config::Config;
-use outpost::{demo, topology};
+use outpost::{demo, selftest, systemd, topology};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -23,14 +23,27 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway daemon.
+    ///
+    /// Under systemd (Type=notify) it reports ready once the store is open and the API listens,
+    /// pings the watchdog (WatchdogSec=) and logs to the journal with structured fields.
     Run {
-        #[arg(long, default_value = "/etc/outpost/outpost.toml")]
+        /// The configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a configuration file and report every problem in it.
+    /// Validate a configuration file and report every problem in it; or try this machine.
+    ///
+    /// With --self-test: the store, zstd, TLS and a serial port, tried the way the gateway uses
+    /// them, in a temporary directory and without network.
     Check {
-        #[arg(long, default_value = "/etc/outpost/outpost.toml")]
-        config: PathBuf,
+        /// The configuration file [default: /etc/outpost/outpost.toml, unless --self-test is
+        /// given alone].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Try the store, zstd, TLS and a serial port (a pseudo-terminal) in a temporary
+        /// directory, with no network; one line per check, exit status 1 if any fails.
+        #[arg(long)]
+        self_test: bool,
     },
     /// Run a simulated site: nodes on pseudo-terminals, the gateway, the API. No hardware, no root.
     Demo {
@@ -64,7 +77,13 @@ enum Command {
         #[command(subcommand)]
         command: DictCommand,
     },
+    /// Print the man page (roff), generated from this command line, for packaging.
+    #[command(hide = true)]
+    Man,
 }
+
+/// The configuration read when none is given.
+const DEFAULT_CONFIG: &str = "/etc/outpost/outpost.toml";
 
 #[derive(Debug, Subcommand)]
 enum BatchCommand {
@@ -83,7 +102,7 @@ enum DictCommand {
     /// Train a zstd dictionary from this site's own readings and make it the one new batches
     /// are sealed with (from the next start of the gateway).
     Train {
-        #[arg(long, default_value = "/etc/outpost/outpost.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Batch windows of history to learn from (the newest).
         #[arg(long, default_value_t = 200)]
@@ -150,9 +169,130 @@ fn decode_batch(file: Option<PathBuf>, dictionaries: &[PathBuf]) -> anyhow::Resu
     Ok(())
 }
 
+/// outpost(1): clap_mangen's page for `outpost`, with each command's synopsis, description and
+/// options in a COMMANDS section (one page for the package to ship, rather than references to
+/// an `outpost-run(1)` and the like).
+fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn commands<'a>(cmd: &'a clap::Command, leaves: &mut Vec<&'a clap::Command>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.has_subcommands() {
+                commands(sub, leaves);
+            } else {
+                leaves.push(sub);
+            }
+        }
+    }
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    let mut leaves = Vec::new();
+    commands(&cli, &mut leaves);
+    for command in leaves {
+        let name = command.get_bin_name().unwrap_or_else(|| command.get_name());
+        writeln!(out, ".SS {name}")?;
+        let page = clap_mangen::Man::new(command.clone());
+        let mut section = Vec::new();
+        page.render_synopsis_section(&mut section)?;
+        page.render_description_section(&mut section)?;
+        page.render_options_section(&mut section)?;
+        // The command's own sections become paragraphs of its subsection.
+        for line in String::from_utf8_lossy(&section).lines() {
+            if line.starts_with(".SH ") {
+                writeln!(out, ".PP")?;
+            } else {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    man.render_version_section(out)
+}
+
+/// `outpost check`: the configuration (every problem, located), the self-test, or both.
+async fn check(config: Option<PathBuf>, self_test: bool) -> anyhow::Result<()> {
+    let config = match (config, self_test) {
+        (Some(path), _) => Some(path),
+        (None, false) => Some(PathBuf::from(DEFAULT_CONFIG)),
+        (None, true) => None,
+    };
+    if let Some(config) = config {
+        Config::load(&config).map_err(anyhow::Error::new)?;
+        println!("{}: ok", config.display());
+    }
+    if self_test {
+        let outcomes = selftest::run().await;
+        for outcome in &outcomes {
+            println!("{outcome}");
+        }
+        let failed = outcomes.iter().filter(|o| !o.passed()).count();
+        if failed > 0 {
+            anyhow::bail!("self-test: {failed} of {} checks failed", outcomes.len());
+        }
+    }
+    Ok(())
+}
+
+/// `outpost run`: the daemon, telling systemd how it goes (a no-op outside a notify unit).
+async fn run(config: &std::path::Path) -> anyhow::Result<()> {
+    let config =
+        Config::load(config).inspect_err(|errors| systemd::status(&format!("failed: {errors}")))?;
+    init_tracing(&config.log_level);
+    tracing::info!(message = "Outpost starting.", version = env!("CARGO_PKG_VERSION"),
+        gateway_id = %config.gateway_id, ports = config.serial.len());
+    systemd::status("starting: opening the store");
+    let shutdown = shutdown_on_signal();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        systemd::stopping("stopping: committing what is queued");
+    });
+    let (ports, devices) = (config.serial.len(), config.modbus.devices.len());
+    let watchdog_stop = shutdown.clone();
+    let result = topology::run(config, shutdown, move |addr| {
+        tracing::info!(message = "API listening.", %addr);
+        let running = systemd::ready_status(addr, ports, devices);
+        systemd::ready(&running);
+        if let Some(period) = systemd::watchdog_period() {
+            tracing::info!(
+                message = "Watchdog on.",
+                period_ms = period.as_millis() as u64
+            );
+            // The store writer's progress is not handed out by the topology yet: the watchdog
+            // watches the runtime alone until it is.
+            tokio::spawn(systemd::run_watchdog(period, None, running, watchdog_stop));
+        }
+    })
+    .await;
+    if let Err(error) = &result {
+        systemd::status(&format!("failed: {error:#}"));
+    }
+    result
+}
+
+/// Logs to journald, with each event's fields as journal fields (`OUTPOST_PORT=…`), when
+/// systemd connected stderr to the journal; otherwise as text.
 fn init_tracing(level: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal.with_field_prefix(Some("OUTPOST".into())))
+                    .init();
+                return;
+            }
+            Err(error) => eprintln!("outpost: cannot reach journald ({error}); logging as text"),
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -196,23 +336,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Check { config } => match Config::load(&config) {
-                Ok(_) => {
-                    println!("{}: ok", config.display());
-                    Ok(())
-                }
-                Err(errors) => Err(anyhow::Error::new(errors)),
+            Command::Check { config, self_test } => check(config, self_test).await,
+            Command::Run { config } => run(&config).await,
+            Command::Man => match write_man_page(&mut std::io::stdout().lock()) {
+                // `outpost man | head`: the reader had enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                result => result.map_err(anyhow::Error::from),
             },
-            Command::Run { config } => {
-                let config = Config::load(&config)?;
-                init_tracing(&config.log_level);
-                tracing::info!(message = "Outpost starting.", version = env!("CARGO_PKG_VERSION"),
-                    gateway_id = %config.gateway_id, ports = config.serial.len());
-                topology::run(config, shutdown_on_signal(), |addr| {
-                    tracing::info!(message = "API listening.", %addr);
-                })
-                .await
-            }
             Command::Demo {
                 nodes,
                 listen,
