@@ -253,7 +253,7 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     });
     let (ports, devices) = (config.serial.len(), config.modbus.devices.len());
     let watchdog_stop = shutdown.clone();
-    let result = topology::run(config, shutdown, move |addr| {
+    let result = topology::run(config, shutdown, move |addr, writer| {
         tracing::info!(message = "API listening.", %addr);
         let running = systemd::ready_status(addr, ports, devices);
         systemd::ready(&running);
@@ -262,9 +262,12 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
                 message = "Watchdog on.",
                 period_ms = period.as_millis() as u64
             );
-            // The store writer's progress is not handed out by the topology yet: the watchdog
-            // watches the runtime alone until it is.
-            tokio::spawn(systemd::run_watchdog(period, None, running, watchdog_stop));
+            tokio::spawn(systemd::run_watchdog(
+                period,
+                Some(writer),
+                running,
+                watchdog_stop,
+            ));
         }
     })
     .await;

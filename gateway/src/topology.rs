@@ -43,11 +43,12 @@ pub fn store_path(config: &Config) -> PathBuf {
 }
 
 /// Runs the gateway until `shutdown` is cancelled. `on_listening` is called with the API's
-/// address once it accepts connections.
+/// address once it accepts connections, and with a probe of the store writer's progress for the
+/// systemd watchdog.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(std::net::SocketAddr),
+    on_listening: impl FnOnce(std::net::SocketAddr, crate::systemd::WriterProbe),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -138,7 +139,10 @@ pub async fn run(
     let listener = api::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.api_listen))?;
-    on_listening(listener.local_addr()?);
+    on_listening(
+        listener.local_addr()?,
+        crate::systemd::WriterProbe::new(Arc::clone(&condition), &store_tx),
+    );
     let state = ApiState {
         gateway_id: config.gateway_id.clone(),
         started: Instant::now(),

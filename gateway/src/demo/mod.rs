@@ -112,7 +112,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let interval = options.batch_interval;
     let count = options.nodes;
     let data_dir = dir.path().display().to_string();
-    let result = topology::run(config, shutdown, move |addr| {
+    let result = topology::run(config, shutdown, move |addr, _writer| {
         println!();
         println!(
             "  Outpost demo: {count} simulated sensor nodes on pseudo-terminals in {data_dir}"
