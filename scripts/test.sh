@@ -10,6 +10,15 @@ missing=()
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosquitto)
+# The Debian packages (tests/install.rs): Debian's rustc-web with its std sources and the aarch64
+# cross C toolchain for the arm64 cross build, qemu-user to run the arm64 binary, lintian,
+# debootstrap and systemd-nspawn for the install test in a booted root, man for
+# `systemd-analyze verify` (it checks the unit's Documentation=).
+for package in rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    qemu-user-static lintian systemd-container debootstrap man-db; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$' ||
+        missing+=("$package")
+done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -20,8 +29,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export CARGO_TERM_COLOR=never
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 # The binaries the end-to-end tests run, built up front so build time is not test time.
 cargo build --workspace --bins --locked
 # The no_std crates must build without std: the firmware uses them.
 cargo build -p outpost-proto -p outpost-node --no-default-features --locked
+# Both Debian packages, each built once here (arm64 is a cross build of several minutes when
+# clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
+packaging/build-deb.sh --arch amd64
+packaging/build-deb.sh --arch arm64
 cargo test --workspace --locked
