@@ -639,6 +639,10 @@ for field in NoNewPrivs CapEff CapPrm CapBnd CapAmb Seccomp; do
 done
 put groups "$(for g in $(awk '$1 == "Groups:" { $1 = ""; print }' /proc/$pid/status); do getent group "$g" | cut -d: -f1; done | sort | xargs)"
 put state_dir "$(stat -c '%U:%G %a' /var/lib/outpost)"
+# Mount options as the service sees them: the system read-only, its writable places noexec.
+for mount in / /var/lib/outpost /tmp; do
+    put "mount:$mount" "$(awk -v m="$mount" '$5 == m { o = $6 } END { print o }' /proc/$pid/mountinfo)"
+done
 put store "$(test -f /var/lib/outpost/outpost.db && echo present || echo missing)"
 outpost check --config /etc/outpost/outpost.toml >&3 2>&1
 put check $?
@@ -853,6 +857,18 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     let groups: BTreeSet<&str> = get("groups").split_whitespace().collect();
     assert_eq!(groups, BTreeSet::from(["dialout", "outpost"]), "{context}");
     assert_eq!(get("state_dir"), "outpost:outpost 750", "{context}");
+    let options = |mount: &str| -> BTreeSet<&str> { get(mount).split(',').collect() };
+    assert!(
+        options("mount:/").contains("ro"),
+        "ProtectSystem=strict\n{context}"
+    );
+    for writable in ["mount:/var/lib/outpost", "mount:/tmp"] {
+        let options = options(writable);
+        assert!(
+            options.contains("rw") && options.contains("noexec") && options.contains("nosuid"),
+            "{writable}\n{context}"
+        );
+    }
     assert_eq!(get("store"), "present", "{context}");
     assert_eq!(
         get("after_watchdog"),
