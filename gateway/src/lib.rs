@@ -23,4 +23,5 @@ pub mod selftest;
 pub mod store;
 pub mod systemd;
 pub mod topology;
+pub mod update;
 pub mod wall_clock;

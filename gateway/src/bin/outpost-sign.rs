@@ -1,0 +1,266 @@
+//! `outpost-sign`: makes role-bound Ed25519 keys, signs artifacts (a gateway .deb, a node
+//! firmware image) with a manifest `ARTIFACT.sig`, and verifies them. Runs on the build or
+//! release machine, never on a gateway (which holds public keys only). The formats are in
+//! `outpost::update::signing`; the guide is docs/self-update.md.
+
+use std::io::Read as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+use outpost::update::signing::{Artifact, Found, PublicKey, Role, SignedManifest, SigningKey};
+use rand::TryRngCore as _;
+use sha2::{Digest as _, Sha256};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost-sign",
+    version,
+    about = "Sign and verify Outpost artifacts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Make a key pair for one role: DIR/ROLE.key (secret, mode 0600) and DIR/ROLE.pub.
+    Keygen {
+        /// gateway-update (the gateway's own .deb) or firmware (node images).
+        #[arg(long)]
+        role: Role,
+        /// The folder to write the two files into (made if missing; existing keys are never
+        /// overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign ARTIFACT: writes ARTIFACT.sig, the manifest, in the key's role.
+    Sign {
+        /// The private key file (mode 0600 or stricter).
+        #[arg(long)]
+        key: PathBuf,
+        /// The package name [default for a .deb: its Package field].
+        #[arg(long)]
+        package: Option<String>,
+        /// The version [default for a .deb: its Version field].
+        #[arg(long = "artifact-version")]
+        version: Option<String>,
+        /// The architecture or board [default for a .deb: its Architecture field].
+        #[arg(long)]
+        arch: Option<String>,
+        artifact: PathBuf,
+    },
+    /// Verify ARTIFACT against ARTIFACT.sig and trusted public keys; prints the manifest.
+    Verify {
+        /// A public key file (one key or several); may be given more than once.
+        #[arg(long, required = true)]
+        pubkey: Vec<PathBuf>,
+        /// The role the artifact must be signed for.
+        #[arg(long)]
+        role: Role,
+        /// The manifest [default: ARTIFACT.sig].
+        #[arg(long)]
+        sig: Option<PathBuf>,
+        artifact: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Keygen { role, out } => keygen(role, &out),
+        Cmd::Sign {
+            key,
+            package,
+            version,
+            arch,
+            artifact,
+        } => sign(&key, package, version, arch, &artifact),
+        Cmd::Verify {
+            pubkey,
+            role,
+            sig,
+            artifact,
+        } => verify(&pubkey, role, sig, &artifact),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("outpost-sign: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(role: Role, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut seed = [0_u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .context("no randomness from the OS")?;
+    let key = SigningKey::from_seed(role, &seed);
+    seed.fill(0);
+    let secret = out.join(format!("{role}.key"));
+    let public = out.join(format!("{role}.pub"));
+    for (path, text, mode) in [
+        (&secret, key.emit(), 0o600),
+        (&public, key.public().emit(), 0o644),
+    ] {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| {
+                format!("cannot create {} (it is never overwritten)", path.display())
+            })?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+    }
+    println!("key {} for role {role}", key.public().id());
+    println!("secret: {} (keep it off the gateways)", secret.display());
+    println!("public: {}", public.display());
+    Ok(())
+}
+
+fn sign(
+    key_path: &Path,
+    package: Option<String>,
+    version: Option<String>,
+    arch: Option<String>,
+    artifact: &Path,
+) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(key_path)
+        .with_context(|| format!("cannot read {}", key_path.display()))?
+        .permissions()
+        .mode();
+    ensure!(
+        mode & 0o077 == 0,
+        "{} is readable by others (mode {:o}): chmod 600 it",
+        key_path.display(),
+        mode & 0o777
+    );
+    let key = SigningKey::parse(&std::fs::read_to_string(key_path)?)
+        .with_context(|| format!("{} is not a private key", key_path.display()))?;
+    let found = hash_file(artifact)?;
+    let is_deb = found.file.ends_with(".deb");
+    let control = if is_deb && (package.is_none() || version.is_none() || arch.is_none()) {
+        Some(deb_fields(artifact)?)
+    } else {
+        None
+    };
+    let pick = |given: Option<String>, index: usize, what: &str| match (given, &control) {
+        (Some(v), _) => Ok(v),
+        (None, Some(fields)) => Ok(fields[index].clone()),
+        (None, None) => bail!("--{what} is needed for an artifact that is not a .deb"),
+    };
+    let artifact_facts = Artifact {
+        file: found.file.clone(),
+        size: found.size,
+        sha256: found.sha256,
+        package: pick(package, 0, "package")?,
+        version: pick(version, 1, "artifact-version")?,
+        architecture: pick(arch, 2, "arch")?,
+    };
+    artifact_facts.check()?;
+    let signed = key.sign(artifact_facts);
+    let sig = sig_path(artifact);
+    std::fs::write(&sig, signed.emit())
+        .with_context(|| format!("cannot write {}", sig.display()))?;
+    let m = signed.manifest();
+    println!(
+        "{}: {} {} {} signed for {} by key {}",
+        sig.display(),
+        m.artifact.package,
+        m.artifact.version,
+        m.artifact.architecture,
+        m.role,
+        m.key
+    );
+    Ok(())
+}
+
+fn verify(
+    pubkeys: &[PathBuf],
+    role: Role,
+    sig: Option<PathBuf>,
+    artifact: &Path,
+) -> anyhow::Result<()> {
+    let mut trusted = Vec::new();
+    for path in pubkeys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        trusted.extend(PublicKey::parse_all(&text).with_context(|| format!("{}", path.display()))?);
+    }
+    let sig = sig.unwrap_or_else(|| sig_path(artifact));
+    let bytes = std::fs::read(&sig).with_context(|| format!("cannot read {}", sig.display()))?;
+    let signed = SignedManifest::parse(&bytes).with_context(|| format!("{}", sig.display()))?;
+    let found = hash_file(artifact)?;
+    let manifest = signed
+        .verify(&trusted, role, &found)
+        .with_context(|| format!("{} is not trusted", artifact.display()))?;
+    print!("{}", manifest.signed_bytes());
+    println!("verified: signed for {role} by key {}", manifest.key);
+    Ok(())
+}
+
+/// The artifact's name, size and SHA-256, read in chunks.
+fn hash_file(path: &Path) -> anyhow::Result<Found> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0_u64;
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the artifact has no UTF-8 file name")?
+        .to_owned();
+    Ok(Found {
+        file,
+        size,
+        sha256: hasher.finalize().into(),
+    })
+}
+
+/// A .deb's Package, Version and Architecture, from `dpkg-deb -f`.
+fn deb_fields(deb: &Path) -> anyhow::Result<[String; 3]> {
+    let output = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(deb)
+        .args(["Package", "Version", "Architecture"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run dpkg-deb (give --package, --artifact-version and --arch instead)")?;
+    ensure!(
+        output.status.success(),
+        "dpkg-deb -f {}: {}",
+        deb.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {name} field", deb.display()))
+    };
+    Ok([field("Package")?, field("Version")?, field("Architecture")?])
+}
+
+fn sig_path(artifact: &Path) -> PathBuf {
+    let mut name = artifact.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
