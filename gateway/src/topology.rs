@@ -10,7 +10,7 @@
 //! io::api ─► store::Reader (own connection, WAL); batch acks ─(store_tx)─► writer
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -57,6 +57,7 @@ pub async fn run(
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
 
     let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
+    raise_update_alert(&condition, Path::new(crate::update::STATE_DIR));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let writer_config = writer::WriterConfig {
         gateway_id: config.gateway_id.clone(),
@@ -155,6 +156,7 @@ pub async fn run(
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
         updates: crate::io::updates::incoming_dir(&config.data_dir),
+        update_state: PathBuf::from(crate::update::STATE_DIR),
         modbus: modbus_board,
         store_tx,
     };
@@ -226,4 +228,80 @@ fn spawn_modbus(
         )));
     }
     (writer, tasks)
+}
+
+/// A self-update that did not end confirmed (refused, rolled back, failed) becomes an alert: on
+/// the status page and, through the uplink, at the cloud. Raised at every start with the report's
+/// own time, so the cloud sees one alert per attempt however often it is re-sent.
+fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Path) {
+    let Some(report) = crate::update::last_report(state_dir) else {
+        return;
+    };
+    if !report.outcome.is_alert() {
+        return;
+    }
+    tracing::warn!(message = "The last self-update did not succeed.", summary = %report.summary());
+    let mut condition = condition
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    condition.alerts.push(writer::Alert {
+        kind: "update",
+        message: report.summary(),
+        at_ms: report.finished_at_unix_ms,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::report::{Outcome, UpdateReport};
+
+    fn report(outcome: Outcome) -> UpdateReport {
+        UpdateReport {
+            outcome,
+            file: "outpost_0.2.0-1_arm64.deb".into(),
+            from_version: Some("0.1.0-1".into()),
+            to_version: Some("0.2.0-1".into()),
+            installed_version: Some("0.1.0-1".into()),
+            reason: Some("not ready within 120 s".into()),
+            rollback_reason: None,
+            started_at_unix_ms: 1_000,
+            finished_at_unix_ms: 2_000,
+            deadline_ms: 120_000,
+            steps: Vec::new(),
+        }
+    }
+
+    fn alerts_after(report: Option<UpdateReport>) -> Vec<writer::Alert> {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(report) = report {
+            std::fs::write(
+                dir.path().join(crate::update::report::REPORT_FILE),
+                serde_json::to_vec(&report).unwrap(),
+            )
+            .unwrap();
+        }
+        let condition = Mutex::new(writer::StoreCondition::default());
+        raise_update_alert(&condition, dir.path());
+        condition.into_inner().unwrap().alerts
+    }
+
+    #[test]
+    fn a_rolled_back_update_is_an_alert_with_its_own_time_and_a_confirmed_one_is_not() {
+        let alerts = alerts_after(Some(report(Outcome::RolledBack)));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].kind, alerts[0].at_ms), ("update", 2_000));
+        assert!(
+            alerts[0].message.contains("rolled back"),
+            "{}",
+            alerts[0].message
+        );
+        assert!(
+            alerts[0].message.contains("not ready"),
+            "{}",
+            alerts[0].message
+        );
+        assert!(alerts_after(Some(report(Outcome::Confirmed))).is_empty());
+        assert!(alerts_after(None).is_empty());
+    }
 }

@@ -50,6 +50,8 @@ pub struct ApiState {
     pub modbus: ModbusBoard,
     /// Where uploaded update artifacts go (`PUT /api/v1/updates/{file}`).
     pub updates: PathBuf,
+    /// Where the root update agent leaves its report.
+    pub update_state: PathBuf,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +67,8 @@ struct Status {
     cost: CostStatus,
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,
+    /// The last self-update attempt, as the root update agent reported it.
+    update: Option<crate::update::report::UpdateReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,6 +140,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         cost: state.cost.lock().map(|c| c.clone()).unwrap_or_default(),
         ports,
         modbus: poller::summary(&state.modbus),
+        update: crate::update::last_report(&state.update_state),
     }))
 }
 
