@@ -47,6 +47,12 @@ cd "$repo"
 out=$(mkdir -p "${out:-target/debs}" && cd "${out:-target/debs}" && pwd)
 staging=$repo/packaging/staging
 export CARGO_TERM_COLOR=never
+# Run from inside cargo (tests/install.rs runs this script), the caller's per-crate variables
+# would leak into these builds, and ring's build script watches some of them (CARGO_PKG_NAME, …):
+# every change of caller would rebuild ring and all above it.
+while IFS= read -r var; do
+    unset "$var"
+done < <(compgen -e | grep -E '^(CARGO_(PKG_|MANIFEST_|CRATE_|BIN_|PRIMARY_PACKAGE|TARGET_TMPDIR)|OUT_DIR$)')
 
 command -v cargo-deb >/dev/null ||
     die "cargo-deb is missing: cargo install cargo-deb --locked (scripts/test.sh does it)"
