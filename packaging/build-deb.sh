@@ -62,7 +62,7 @@ case $arch in
     amd64)
         [ "$(uname -m)" = x86_64 ] || die "amd64 is built natively, on an x86_64 host"
         export CARGO_TARGET_DIR=$repo/target/deb
-        cargo build --locked --profile deb -p outpost --bin outpost
+        cargo build --locked --profile deb -p outpost --bin outpost --bin outpost-update
         binary=$CARGO_TARGET_DIR/deb/outpost
         run=("$binary")
         target_args=()
@@ -78,7 +78,7 @@ case $arch in
         export CARGO_TARGET_DIR=$repo/target/cross
         triple=aarch64-unknown-linux-gnu
         /usr/bin/cargo build --locked --profile deb --target "$triple" \
-            -Zbuild-std=std,panic_abort -p outpost --bin outpost
+            -Zbuild-std=std,panic_abort -p outpost --bin outpost --bin outpost-update
         binary=$CARGO_TARGET_DIR/$triple/deb/outpost
         # The cross libc, unless a multiarch libc6:arm64 is installed: then that one (with the
         # cross one, its ld.so would pick up the other libc build and hang).

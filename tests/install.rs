@@ -156,6 +156,15 @@ fn assert_package_holds_the_install(deb: &Path, arch: &str) {
     let files = contents(deb);
     let mut expected: Vec<(String, &str)> = vec![
         ("/usr/bin/outpost".into(), "-rwxr-xr-x"),
+        ("/usr/bin/outpost-update".into(), "-rwxr-xr-x"),
+        (
+            "/usr/lib/systemd/system/outpost-update.path".into(),
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/lib/systemd/system/outpost-update.service".into(),
+            "-rw-r--r--",
+        ),
         (
             "/usr/lib/systemd/system/outpost.service".into(),
             "-rw-r--r--",
@@ -169,6 +178,7 @@ fn assert_package_holds_the_install(deb: &Path, arch: &str) {
         ),
         ("/usr/share/doc/outpost/copyright".into(), "-rw-r--r--"),
         ("/usr/share/doc/outpost/install.md".into(), "-rw-r--r--"),
+        ("/usr/share/doc/outpost/self-update.md".into(), "-rw-r--r--"),
     ];
     for map in catalogue_maps() {
         expected.push((format!("/etc/outpost/devices/{map}"), "-rw-r--r--"));
@@ -214,15 +224,48 @@ fn assert_package_holds_the_install(deb: &Path, arch: &str) {
             "postinst lacks `{needle}`:\n{postinst}"
         );
     }
+    assert!(
+        postinst.contains("deb-systemd-invoke start outpost-update.path"),
+        "postinst does not start the self-update trigger:\n{postinst}"
+    );
     let postrm = control_member(deb, "postrm");
     for needle in [
-        "rm -rf /var/lib/outpost",
+        "rm -rf /var/lib/outpost /var/lib/outpost-update",
         "deluser --quiet --system outpost",
     ] {
         assert!(
             postrm.contains(needle),
             "postrm lacks `{needle}`:\n{postrm}"
         );
+    }
+    // Each script is valid sh, with debhelper's outpost.service blocks inserted once.
+    for name in ["postinst", "prerm", "postrm"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, control_member(deb, name)).unwrap();
+        run(Command::new("sh").arg("-n").arg(&path));
+    }
+    assert_eq!(
+        postinst
+            .matches("deb-systemd-invoke $_dh_action outpost.service")
+            .count(),
+        1,
+        "{postinst}"
+    );
+    // The self-update agent runs dpkg: a maintainer script that started, stopped or restarted
+    // it would kill the update or wait on itself.
+    let prerm = control_member(deb, "prerm");
+    for (name, script) in [
+        ("postinst", &postinst),
+        ("prerm", &prerm),
+        ("postrm", &postrm),
+    ] {
+        for line in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            assert!(
+                !line.contains("outpost-update.service"),
+                "{name} acts on outpost-update.service: {line}"
+            );
+        }
     }
 
     // The shipped config: valid, and with no serial line a fresh box lacks.
@@ -638,6 +681,8 @@ for field in NoNewPrivs CapEff CapPrm CapBnd CapAmb Seccomp; do
     put "$field" "$(awk -v f="$field:" '$1 == f { print $2 }' /proc/$pid/status)"
 done
 put groups "$(for g in $(awk '$1 == "Groups:" { $1 = ""; print }' /proc/$pid/status); do getent group "$g" | cut -d: -f1; done | sort | xargs)"
+put update_path "$(systemctl is-enabled outpost-update.path) $(systemctl is-active outpost-update.path)"
+put update_agent "$(systemctl is-active outpost-update.service)"
 put state_dir "$(stat -c '%U:%G %a' /var/lib/outpost)"
 # Mount options as the service sees them: the system read-only, its writable places noexec.
 for mount in / /var/lib/outpost /tmp; do
@@ -675,6 +720,7 @@ wait_active
 put rollback_active "$(systemctl is-active outpost.service)"
 put rollback_version "$(dpkg-query -W -f='${Version}' outpost)"
 put rollback_kept_edit "$(grep -c '^id = "edited-on-site"$' /etc/outpost/outpost.toml)"
+put rollback_update_path "$(systemctl is-enabled outpost-update.path) $(systemctl is-active outpost-update.path)"
 logs rollback
 put done yes
 "#;
@@ -857,6 +903,9 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     let groups: BTreeSet<&str> = get("groups").split_whitespace().collect();
     assert_eq!(groups, BTreeSet::from(["dialout", "outpost"]), "{context}");
     assert_eq!(get("state_dir"), "outpost:outpost 750", "{context}");
+    // The self-update trigger armed; the agent itself idle until an artifact comes.
+    assert_eq!(get("update_path"), "enabled active", "{context}");
+    assert_eq!(get("update_agent"), "inactive", "{context}");
     let options = |mount: &str| -> BTreeSet<&str> { get(mount).split(',').collect() };
     assert!(
         options("mount:/").contains("ro"),
@@ -889,6 +938,7 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     assert_eq!(get("rollback_active"), "active", "{context}");
     assert_eq!(get("rollback_version"), changelog_version(), "{context}");
     assert_eq!(get("rollback_kept_edit"), "1", "{context}");
+    assert_eq!(get("rollback_update_path"), "enabled active", "{context}");
     assert_eq!(get("done"), "yes", "{context}");
 }
 
@@ -917,7 +967,15 @@ fn remove_keeps_the_store_and_user_and_purge_deletes_them() {
     // A store, as the running service would have left it.
     root.chroot_ok(
         "mkdir -p /var/lib/outpost && echo data > /var/lib/outpost/outpost.db && \
-         chown -R outpost:outpost /var/lib/outpost",
+         chown -R outpost:outpost /var/lib/outpost && \
+         mkdir -p /var/lib/outpost-update && echo '{}' > /var/lib/outpost-update/report.json",
+    );
+    assert!(
+        root.path
+            .join("etc/systemd/system/multi-user.target.wants/outpost-update.path")
+            .symlink_metadata()
+            .is_ok(),
+        "the package did not enable outpost-update.path"
     );
 
     root.chroot_ok("dpkg -r outpost");
@@ -945,6 +1003,20 @@ fn remove_keeps_the_store_and_user_and_purge_deletes_them() {
         !root.path.join("var/lib/outpost").exists(),
         "purge kept the store"
     );
+    assert!(
+        !root.path.join("var/lib/outpost-update").exists(),
+        "purge kept the self-update state"
+    );
+    for link in ["outpost.service", "outpost-update.path"] {
+        assert!(
+            root.path
+                .join("etc/systemd/system/multi-user.target.wants")
+                .join(link)
+                .symlink_metadata()
+                .is_err(),
+            "purge left {link} enabled"
+        );
+    }
     assert!(
         !root.path.join("etc/outpost").exists(),
         "purge kept /etc/outpost"
