@@ -374,3 +374,20 @@ pub fn http(
         .context("no HTTP status")?;
     Ok((status, response[end + 4..].to_vec()))
 }
+
+/// Stops a container that did not power off, by the PID of its systemd-nspawn: SIGTERM first,
+/// which halts the container cleanly; SIGKILL only if that takes more than 30 s (killing nspawn
+/// outright leaves the container's systemd and everything under it running).
+pub fn halt_container(nspawn: &mut std::process::Child) {
+    let pid = Pid::from_raw(i32::try_from(nspawn.id()).unwrap_or(i32::MAX));
+    let _ = kill(pid, Signal::SIGTERM);
+    let asked = std::time::Instant::now();
+    while asked.elapsed() < Duration::from_secs(30) {
+        if matches!(nspawn.try_wait(), Ok(Some(_)) | Err(_)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = nspawn.kill();
+    let _ = nspawn.wait();
+}

@@ -740,23 +740,6 @@ TimeoutStartSec=300
 WantedBy=multi-user.target
 ";
 
-/// Stops a container that did not power off, by the PID of its systemd-nspawn: SIGTERM first,
-/// which halts the container cleanly; SIGKILL only if that takes more than 30 s (it would leave
-/// the container's processes behind).
-fn halt(nspawn: &mut std::process::Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(nspawn.id()).unwrap());
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let asked = Instant::now();
-    while asked.elapsed() < Duration::from_secs(30) {
-        if nspawn.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = nspawn.kill();
-    let _ = nspawn.wait();
-}
-
 fn result_map(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
@@ -847,7 +830,7 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
             break Some(status);
         }
         if started.elapsed() > deadline {
-            halt(&mut nspawn);
+            outpost_e2e::halt_container(&mut nspawn);
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));

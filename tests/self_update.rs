@@ -317,9 +317,8 @@ impl TestRoot {
                 break Some(status);
             }
             if started.elapsed() > limit {
-                // This container only, by its PID.
-                let _ = nspawn.kill();
-                let _ = nspawn.wait();
+                // This container only, by its PID; cleanly, so none of it is left behind.
+                outpost_e2e::halt_container(&mut nspawn);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(100));
