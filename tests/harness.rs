@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod modbus_peer;
+pub mod nspawn;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

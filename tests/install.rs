@@ -20,28 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
-}
-
-/// Runs a command, panicking with its output unless it succeeds.
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use outpost_e2e::nspawn::{self, repo, run};
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("UTF-8 output")
@@ -516,60 +495,6 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
 // ---------------------------------------------------------------------------------------------
 // A minimal Debian root: debootstrap once, cached; a copy per test.
 
-/// Why this machine cannot boot a container, if it cannot.
-fn nspawn_unavailable(root: &Path) -> Option<String> {
-    let probe = Command::new("systemd-nspawn")
-        .args(["-q", "--register=no", "--keep-unit", "-D"])
-        .arg(root)
-        .arg("/bin/true")
-        .stdin(Stdio::null())
-        .output();
-    match probe {
-        Err(e) => Some(format!(
-            "systemd-nspawn cannot be run ({e}): apt-get install systemd-container"
-        )),
-        Ok(o) if !o.status.success() => Some(format!(
-            "systemd-nspawn cannot start a container here ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(_) => None,
-    }
-}
-
-/// target/nspawn-cache/bookworm-amd64: made by debootstrap on first use (~45 s, ~240 MB),
-/// reused after. Several test processes may ask at once: the first builds, the others wait.
-fn cached_root() -> PathBuf {
-    let cache = std::env::var_os("OUTPOST_NSPAWN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/nspawn-cache"));
-    std::fs::create_dir_all(&cache).unwrap();
-    let root = cache.join("bookworm-amd64");
-    let lock = std::fs::File::create(cache.join("bookworm-amd64.lock")).unwrap();
-    lock.lock().unwrap();
-    if !root.join("usr/bin/dpkg").exists() {
-        let partial = cache.join("bookworm-amd64.partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).unwrap();
-        }
-        let started = Instant::now();
-        run(Command::new("debootstrap")
-            .args([
-                "--variant=minbase",
-                "--include=systemd,systemd-sysv,dbus,adduser",
-                "bookworm",
-            ])
-            .arg(&partial)
-            .arg("http://deb.debian.org/debian"));
-        std::fs::rename(&partial, &root).unwrap();
-        eprintln!(
-            "debootstrap: minimal bookworm root made in {:.1?}",
-            started.elapsed()
-        );
-    }
-    root
-}
-
 /// A throwaway copy of the cached root, under target/ (not a tmpfs /tmp: it is ~240 MB).
 struct TestRoot {
     _dir: tempfile::TempDir,
@@ -578,17 +503,7 @@ struct TestRoot {
 
 impl TestRoot {
     fn new() -> TestRoot {
-        let cached = cached_root();
-        let runs = repo().join("target/nspawn-runs");
-        std::fs::create_dir_all(&runs).unwrap();
-        let dir = tempfile::tempdir_in(&runs).unwrap();
-        let path = dir.path().join("root");
-        let started = Instant::now();
-        run(Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(&cached)
-            .arg(&path));
-        eprintln!("root copied in {:.1?}", started.elapsed());
+        let (dir, path) = nspawn::fresh_root();
         TestRoot { _dir: dir, path }
     }
 
@@ -757,7 +672,7 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     }
     let deb = deb("amd64");
     let root = TestRoot::new();
-    if let Some(why) = nspawn_unavailable(&root.path) {
+    if let Some(why) = nspawn::unavailable(&root.path, &[]) {
         eprintln!("SKIPPED: {why}");
         return;
     }

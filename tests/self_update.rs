@@ -19,33 +19,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use outpost_e2e::nspawn::{self, repo, run};
+
 use outpost::update::{Outcome, UpdateReport};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
-}
-
-/// Runs a command, panicking with its output unless it succeeds.
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("UTF-8 output")
@@ -183,61 +162,6 @@ fn sign(key: &Path, deb: &Path) {
 // ---------------------------------------------------------------------------------------------
 // The Debian root: tests/install.rs's cache, same path and lock; a copy per test.
 
-/// Why this machine cannot boot a container, if it cannot.
-fn nspawn_unavailable(root: &Path) -> Option<String> {
-    let probe = Command::new("systemd-nspawn")
-        .args([
-            "-q",
-            "--register=no",
-            "--keep-unit",
-            "--private-network",
-            "-D",
-        ])
-        .arg(root)
-        .arg("/bin/true")
-        .stdin(Stdio::null())
-        .output();
-    match probe {
-        Err(e) => Some(format!(
-            "systemd-nspawn cannot be run ({e}): apt-get install systemd-container"
-        )),
-        Ok(o) if !o.status.success() => Some(format!(
-            "systemd-nspawn cannot start a container here ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(_) => None,
-    }
-}
-
-/// target/nspawn-cache/bookworm-amd64, made by debootstrap once (~45 s) by whichever test
-/// needs it first; the lock file makes the others wait.
-fn cached_root() -> PathBuf {
-    let cache = std::env::var_os("OUTPOST_NSPAWN_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/nspawn-cache"));
-    std::fs::create_dir_all(&cache).unwrap();
-    let root = cache.join("bookworm-amd64");
-    let lock = std::fs::File::create(cache.join("bookworm-amd64.lock")).unwrap();
-    lock.lock().unwrap();
-    if !root.join("usr/bin/dpkg").exists() {
-        let partial = cache.join("bookworm-amd64.partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).unwrap();
-        }
-        run(Command::new("debootstrap")
-            .args([
-                "--variant=minbase",
-                "--include=systemd,systemd-sysv,dbus,adduser",
-                "bookworm",
-            ])
-            .arg(&partial)
-            .arg("http://deb.debian.org/debian"));
-        std::fs::rename(&partial, &root).unwrap();
-    }
-    root
-}
-
 struct TestRoot {
     _dir: tempfile::TempDir,
     path: PathBuf,
@@ -245,15 +169,7 @@ struct TestRoot {
 
 impl TestRoot {
     fn new() -> TestRoot {
-        let cached = cached_root();
-        let runs = repo().join("target/nspawn-runs");
-        std::fs::create_dir_all(&runs).unwrap();
-        let dir = tempfile::tempdir_in(&runs).unwrap();
-        let path = dir.path().join("root");
-        run(Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(&cached)
-            .arg(&path));
+        let (dir, path) = nspawn::fresh_root();
         TestRoot { _dir: dir, path }
     }
 
@@ -445,7 +361,7 @@ fn a_self_update_that_never_becomes_ready_is_reverted_and_a_good_one_is_confirme
     }
     let started = Instant::now();
     let root = TestRoot::new();
-    if let Some(why) = nspawn_unavailable(&root.path) {
+    if let Some(why) = nspawn::unavailable(&root.path, &["--private-network"]) {
         eprintln!("SKIPPED: {why}");
         return;
     }
