@@ -254,23 +254,7 @@ fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::report::{Outcome, UpdateReport};
-
-    fn report(outcome: Outcome) -> UpdateReport {
-        UpdateReport {
-            outcome,
-            file: "outpost_0.2.0-1_arm64.deb".into(),
-            from_version: Some("0.1.0-1".into()),
-            to_version: Some("0.2.0-1".into()),
-            installed_version: Some("0.1.0-1".into()),
-            reason: Some("not ready within 120 s".into()),
-            rollback_reason: None,
-            started_at_unix_ms: 1_000,
-            finished_at_unix_ms: 2_000,
-            deadline_ms: 120_000,
-            steps: Vec::new(),
-        }
-    }
+    use crate::update::report::{Outcome, UpdateReport, example as report};
 
     fn alerts_after(report: Option<UpdateReport>) -> Vec<writer::Alert> {
         let dir = tempfile::tempdir().unwrap();
@@ -290,7 +274,8 @@ mod tests {
     fn a_rolled_back_update_is_an_alert_with_its_own_time_and_a_confirmed_one_is_not() {
         let alerts = alerts_after(Some(report(Outcome::RolledBack)));
         assert_eq!(alerts.len(), 1);
-        assert_eq!((alerts[0].kind, alerts[0].at_ms), ("update", 2_000));
+        let finished = report(Outcome::RolledBack).finished_at_unix_ms;
+        assert_eq!((alerts[0].kind, alerts[0].at_ms), ("update", finished));
         assert!(
             alerts[0].message.contains("rolled back"),
             "{}",

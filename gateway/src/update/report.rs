@@ -138,27 +138,35 @@ pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A report of a 0.1.0-1 → 0.2.0-1 attempt that was not ready in time, for tests.
+#[cfg(test)]
+pub(crate) fn example(outcome: Outcome) -> UpdateReport {
+    UpdateReport {
+        outcome,
+        file: "outpost_0.2.0-1_arm64.deb".into(),
+        from_version: Some("0.1.0-1".into()),
+        to_version: Some("0.2.0-1".into()),
+        installed_version: Some("0.1.0-1".into()),
+        reason: Some("not ready within 120 s".into()),
+        rollback_reason: None,
+        started_at_unix_ms: 1_700_000_000_000,
+        finished_at_unix_ms: 1_700_000_130_000,
+        deadline_ms: 120_000,
+        steps: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn report() -> UpdateReport {
-        UpdateReport {
-            outcome: Outcome::RolledBack,
-            file: "outpost_0.2.0-1_arm64.deb".into(),
-            from_version: Some("0.1.0-1".into()),
-            to_version: Some("0.2.0-1".into()),
-            installed_version: Some("0.1.0-1".into()),
-            reason: Some("not ready within 120 s".into()),
-            rollback_reason: None,
-            started_at_unix_ms: 1_700_000_000_000,
-            finished_at_unix_ms: 1_700_000_130_000,
-            deadline_ms: 120_000,
-            steps: vec![Step {
-                after_ms: 0,
-                what: "verified".into(),
-            }],
-        }
+        let mut report = example(Outcome::RolledBack);
+        report.steps.push(Step {
+            after_ms: 0,
+            what: "verified".into(),
+        });
+        report
     }
 
     #[test]
