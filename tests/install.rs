@@ -707,54 +707,8 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     );
 
     let started = Instant::now();
-    let mut nspawn = Command::new("systemd-nspawn")
-        .args([
-            "-q",
-            "--register=no",
-            "--keep-unit",
-            "-b",
-            "--console=pipe",
-            "-D",
-        ])
-        .arg(&root.path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start systemd-nspawn");
-    // Drain its console on threads so a chatty boot cannot block it.
-    let console_out = {
-        let mut pipe = nspawn.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
-            s
-        })
-    };
-    let console_err = {
-        let mut pipe = nspawn.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
-            s
-        })
-    };
     let deadline = Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = nspawn.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > deadline {
-            outpost_e2e::halt_container(&mut nspawn);
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let console = format!(
-        "{}{}",
-        console_out.join().unwrap_or_default(),
-        console_err.join().unwrap_or_default()
-    );
+    let (status, console) = nspawn::boot(&root.path, &[], deadline);
     let log = std::fs::read_to_string(root.path.join("root/install-check/log")).unwrap_or_default();
     let results_text =
         std::fs::read_to_string(root.path.join("root/install-check/result")).unwrap_or_default();

@@ -2,9 +2,10 @@
 //! (cached under target/nspawn-cache/, ~45 s, ~240 MB), a throwaway copy per test, booted with
 //! systemd-nspawn. Shared by tests/install.rs and tests/self_update.rs.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 #[must_use]
@@ -107,4 +108,49 @@ pub fn fresh_root() -> (tempfile::TempDir, PathBuf) {
         .arg(&path));
     eprintln!("root copied in {:.1?}", started.elapsed());
     (dir, path)
+}
+
+/// Boots `root` (with `extra` nspawn options) until it powers itself off: its exit status, or
+/// `None` if it had not after `limit` (it is then halted), and its console.
+pub fn boot(root: &Path, extra: &[&str], limit: Duration) -> (Option<ExitStatus>, String) {
+    let mut nspawn = Command::new("systemd-nspawn")
+        .args(["-q", "--register=no", "--keep-unit"])
+        .args(extra)
+        .args(["-b", "--console=pipe", "-D"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start systemd-nspawn");
+    // Drained on threads so a chatty boot cannot block on its console.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(nspawn.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(nspawn.stderr.take().map(|p| Box::new(p) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = nspawn.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            // This container only, by its PID; cleanly, so none of it is left behind.
+            crate::halt_container(&mut nspawn);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let console = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    (status, console)
 }

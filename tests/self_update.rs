@@ -200,51 +200,7 @@ impl TestRoot {
 
     /// Boots the root until it powers itself off; `None` if it had not after `limit`.
     fn boot(&self, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
-        let mut nspawn = Command::new("systemd-nspawn")
-            .args([
-                "-q",
-                "--register=no",
-                "--keep-unit",
-                "--private-network",
-                "-b",
-                "--console=pipe",
-                "-D",
-            ])
-            .arg(&self.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start systemd-nspawn");
-        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_string(&mut text);
-                }
-                text
-            })
-        };
-        let out = drain(nspawn.stdout.take().map(|p| Box::new(p) as _));
-        let err = drain(nspawn.stderr.take().map(|p| Box::new(p) as _));
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = nspawn.try_wait().unwrap() {
-                break Some(status);
-            }
-            if started.elapsed() > limit {
-                // This container only, by its PID; cleanly, so none of it is left behind.
-                outpost_e2e::halt_container(&mut nspawn);
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let console = format!(
-            "{}{}",
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default()
-        );
-        (status, console)
+        nspawn::boot(&self.path, &["--private-network"], limit)
     }
 }
 
