@@ -1,5 +1,6 @@
 # Environment for cross-building Outpost for aarch64-unknown-linux-gnu with Debian's toolchain.
-# Sourced by build-deb.sh; source it by hand to run cargo for arm64 yourself.
+# Sourced by build-deb.sh; source it by hand to run cargo for arm64 yourself. scripts/test.sh
+# sources it too, for the thumbv6m-none-eabi build of the no_std crates (-Zbuild-std=core).
 #
 # Debian's rustc-web ships no prebuilt aarch64 std, so std is built from rust-web-src with
 # -Zbuild-std (RUSTC_BOOTSTRAP unlocks it on this stable compiler). /usr/bin comes first on PATH:

@@ -3,6 +3,11 @@
 # tests need first. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+# Formatting first: it needs nothing else installed and fails in seconds.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo fmt --all --check
 
 # System packages: a C compiler for the bundled SQLite, Mosquitto for the broker tests (Debian puts
 # it in /usr/sbin, often not on PATH). Installed only when missing.
@@ -28,7 +33,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-export CARGO_TERM_COLOR=never
+# Lints before the builds and tests (a check, no code generated): a warning fails CI early.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The no_std crates for the firmware's target, where a std leak (an `extern crate std`, a std-only
+# dependency or feature) cannot compile. rustup has no thumbv6m std, so this is Debian's rustc-web
+# with core built from rust-web-src (-Zbuild-std), in the cross-env.sh setup of the arm64 build;
+# its own target dir so the host build is not invalidated. A library build links nothing: no lld.
+(
+    # shellcheck source=packaging/cross-env.sh
+    . packaging/cross-env.sh
+    CARGO_TARGET_DIR=target/thumbv6m /usr/bin/cargo build --locked -Zbuild-std=core \
+        --target thumbv6m-none-eabi -p outpost-proto -p outpost-node --no-default-features
+)
+
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 # The binaries the end-to-end tests run, built up front so build time is not test time.
 cargo build --workspace --bins --locked
