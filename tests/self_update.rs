@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use outpost_e2e::nspawn::{self, repo, run};
 
-use outpost::update::{Outcome, UpdateReport};
+use outpost_core::update::{Outcome, UpdateReport};
 
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("UTF-8 output")
@@ -423,7 +423,7 @@ fn a_self_update_that_never_becomes_ready_is_reverted_and_a_good_one_is_confirme
     };
     let api_version =
         |step: &str| status_version(&read(&format!("/root/self-update/status-{step}.txt")));
-    let upstream = outpost::update::version::upstream(&base_version).to_owned();
+    let upstream = outpost_core::update::version::upstream(&base_version).to_owned();
     eprintln!(
         "report.json of the broken update:\n{}",
         read("/root/self-update/report-broken.json")

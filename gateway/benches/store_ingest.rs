@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use outpost::store::{Sample, SeriesReading, Store};
+use outpost::io::store::{Sample, SeriesReading, Store};
 use outpost_batch::Value;
 use outpost_proto::{ChannelId, FwVersion, Hello, Reading};
 use rusqlite::params;

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use outpost::config::Config;
-use outpost::{demo, selftest, systemd, topology};
+use outpost::io::config::{self as config_files, DEFAULT_PATH as DEFAULT_CONFIG};
+use outpost::io::systemd;
+use outpost::{demo, selftest, topology};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -60,7 +61,7 @@ enum Command {
         #[arg(long)]
         pull_token: Option<String>,
         /// How long readings gather before a batch is sealed, e.g. 10s.
-        #[arg(long, default_value = "10s", value_parser = outpost::config::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         batch_interval: std::time::Duration,
         /// Add a simulated Modbus TCP energy meter on loopback, polled through the built-in
         /// Eastron SDM630 map.
@@ -81,9 +82,6 @@ enum Command {
     #[command(hide = true)]
     Man,
 }
-
-/// The configuration read when none is given.
-const DEFAULT_CONFIG: &str = "/etc/outpost/outpost.toml";
 
 #[derive(Debug, Subcommand)]
 enum BatchCommand {
@@ -112,9 +110,9 @@ enum DictCommand {
 
 fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let config = Config::load(config)?;
+    let config = config_files::load(config)?;
     let store = outpost::topology::store_path(&config);
-    let reader = outpost::store::Reader::open(&store)
+    let reader = outpost::io::store::Reader::open(&store)
         .with_context(|| format!("cannot open store {}", store.display()))?;
     let window_ms = i64::try_from(config.batch_interval.as_millis()).unwrap_or(i64::MAX);
     let bodies = reader.training_bodies(&config.gateway_id, window_ms, windows)?;
@@ -221,7 +219,7 @@ async fn check(config: Option<PathBuf>, self_test: bool) -> anyhow::Result<()> {
         (None, true) => None,
     };
     if let Some(config) = config {
-        Config::load(&config).map_err(anyhow::Error::new)?;
+        config_files::load(&config).map_err(anyhow::Error::new)?;
         println!("{}: ok", config.display());
     }
     if self_test {
@@ -239,8 +237,8 @@ async fn check(config: Option<PathBuf>, self_test: bool) -> anyhow::Result<()> {
 
 /// `outpost run`: the daemon, telling systemd how it goes (a no-op outside a notify unit).
 async fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    let config =
-        Config::load(config).inspect_err(|errors| systemd::status(&format!("failed: {errors}")))?;
+    let config = config_files::load(config)
+        .inspect_err(|errors| systemd::status(&format!("failed: {errors}")))?;
     init_tracing(&config.log_level);
     tracing::info!(message = "Outpost starting.", version = env!("CARGO_PKG_VERSION"),
         gateway_id = %config.gateway_id, ports = config.serial.len());

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use outpost_batch::{BatchBuilder, Dictionaries, GatewayId, Value};
 
+use crate::io::store::{Reader, SeriesReading, Store};
 use crate::io::uplink::link::client_config;
-use crate::store::{Reader, SeriesReading, Store};
 
 /// The longest any one step may wait for bytes.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -173,7 +173,9 @@ fn check_store(dir: &Path) -> anyhow::Result<String> {
         "a reader sees {stored} of {written} readings"
     );
     let sealed = store
-        .transaction(|tx| tx.seal_batch("self-test", crate::wall_clock::unix_ms(), 10_000, None))
+        .transaction(|tx| {
+            tx.seal_batch("self-test", crate::io::wall_clock::unix_ms(), 10_000, None)
+        })
         .context("cannot seal a batch")?
         .context("nothing to seal after a commit")?;
     ensure!(

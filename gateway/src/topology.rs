@@ -18,20 +18,20 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::config::modbus::Transport;
 use crate::io::api::{self, ApiState};
 use crate::io::dictionaries;
 use crate::io::modbus::poller::{self, DeviceRuntime, ModbusBoard, ModbusWriter};
 use crate::io::modbus::rtu;
 use crate::io::serial::{self, PortStatus};
+use crate::io::store::writer::StoreCommand;
+use crate::io::store::{Store, writer};
 use crate::io::uplink::cost::{self, CostConfig, CostStatus};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkStatus};
-use crate::modbus::plan::CostModel;
-use crate::store::writer::StoreCommand;
-use crate::store::{Store, writer};
+use outpost_core::config::Config;
+use outpost_core::config::modbus::Transport;
+use outpost_core::modbus::plan::CostModel;
 
 /// Commands queued to the store writer before port tasks wait (and nodes hold their samples).
 const STORE_QUEUE: usize = 1024;
@@ -48,7 +48,7 @@ pub fn store_path(config: &Config) -> PathBuf {
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    on_listening: impl FnOnce(std::net::SocketAddr, crate::systemd::WriterProbe),
+    on_listening: impl FnOnce(std::net::SocketAddr, crate::io::systemd::WriterProbe),
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -57,7 +57,7 @@ pub async fn run(
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
 
     let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
-    raise_update_alert(&condition, Path::new(crate::update::STATE_DIR));
+    raise_update_alert(&condition, Path::new(crate::io::update::STATE_DIR));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let writer_config = writer::WriterConfig {
         gateway_id: config.gateway_id.clone(),
@@ -142,7 +142,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.api_listen))?;
     on_listening(
         listener.local_addr()?,
-        crate::systemd::WriterProbe::new(Arc::clone(&condition), &store_tx),
+        crate::io::systemd::WriterProbe::new(Arc::clone(&condition), &store_tx),
     );
     let state = ApiState {
         gateway_id: config.gateway_id.clone(),
@@ -155,8 +155,8 @@ pub async fn run(
         cost,
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
-        updates: crate::io::updates::incoming_dir(&config.data_dir),
-        update_state: PathBuf::from(crate::update::STATE_DIR),
+        updates: crate::io::update::incoming::incoming_dir(&config.data_dir),
+        update_state: PathBuf::from(crate::io::update::STATE_DIR),
         modbus: modbus_board,
         store_tx,
     };
@@ -234,7 +234,7 @@ fn spawn_modbus(
 /// the status page and, through the uplink, at the cloud. Raised at every start with the report's
 /// own time, so the cloud sees one alert per attempt however often it is re-sent.
 fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Path) {
-    let Some(report) = crate::update::last_report(state_dir) else {
+    let Some(report) = crate::io::update::last_report(state_dir) else {
         return;
     };
     if !report.outcome.is_alert() {
@@ -254,13 +254,13 @@ fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::report::{Outcome, UpdateReport, example as report};
+    use crate::io::update::report::{Outcome, UpdateReport, example as report};
 
     fn alerts_after(report: Option<UpdateReport>) -> Vec<writer::Alert> {
         let dir = tempfile::tempdir().unwrap();
         if let Some(report) = report {
             std::fs::write(
-                dir.path().join(crate::update::report::REPORT_FILE),
+                dir.path().join(crate::io::update::report::REPORT_FILE),
                 serde_json::to_vec(&report).unwrap(),
             )
             .unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use outpost::io::modbus::{
     DeviceHealth, HealthPolicy, LinkState, ModbusDevice, TransportError, WriteError,
 };
-use outpost::modbus::plan::{CostModel, ReadPlan};
-use outpost::modbus::value::{EncodeError, Value};
+use outpost_core::modbus::plan::{CostModel, ReadPlan};
+use outpost_core::modbus::value::{EncodeError, Value};
 use outpost_proto::Millis;
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
@@ -231,7 +231,7 @@ async fn an_exception_on_one_request_is_counted_and_the_other_points_still_decod
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
     let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
-    let decision = health.handle_poll_result(Millis(10_000), &outcome);
+    let decision = health.handle_poll_result(Millis(10_000), &outcome.summary());
 
     assert_eq!(
         values(&outcome),
@@ -289,7 +289,9 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
 
     let mut now = Millis(0);
     let outcome = device.poll(&map, &plan, short, 0).await;
-    now = health.handle_poll_result(now, &outcome).next_poll_at;
+    now = health
+        .handle_poll_result(now, &outcome.summary())
+        .next_poll_at;
     assert!(outcome.complete());
     assert_eq!(now, Millis(1000));
 
@@ -308,7 +310,7 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
         ));
         assert!(outcome.readings.is_empty());
         assert!(!device.is_connected(), "a timeout drops the connection");
-        let decision = health.handle_poll_result(now, &outcome);
+        let decision = health.handle_poll_result(now, &outcome.summary());
         delays.push(decision.next_poll_at - now);
         offline.push(decision.offline);
         now = decision.next_poll_at;
@@ -321,7 +323,7 @@ async fn a_silent_server_times_out_backs_off_goes_offline_and_recovers() {
 
     slave.bank().silent = false;
     let outcome = device.poll(&map, &plan, short, 0).await;
-    let decision = health.handle_poll_result(now, &outcome);
+    let decision = health.handle_poll_result(now, &outcome.summary());
     assert!(outcome.complete(), "the poll reconnects: {outcome:?}");
     assert!(!decision.offline);
     assert_eq!(decision.next_poll_at - now, 1000);
@@ -404,7 +406,7 @@ async fn a_short_answer_fails_only_the_points_it_cannot_cover_and_is_counted() {
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
     let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
-    health.handle_poll_result(Millis(0), &outcome);
+    health.handle_poll_result(Millis(0), &outcome.summary());
 
     assert_eq!(outcome.readings[0].value, Ok(Value::Uint(9)));
     assert!(outcome.readings[1].value.is_err(), "{outcome:?}");
@@ -428,7 +430,7 @@ async fn a_refused_connection_is_a_transport_error_not_a_timeout_and_the_rest_is
     let mut health = DeviceHealth::new(HealthPolicy::new(Duration::from_secs(1)));
 
     let outcome = device.poll(&map, &plan, TIMEOUT, 0).await;
-    let decision = health.handle_poll_result(Millis(0), &outcome);
+    let decision = health.handle_poll_result(Millis(0), &outcome.summary());
 
     assert!(matches!(
         outcome.requests[0].result,

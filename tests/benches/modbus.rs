@@ -20,12 +20,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost::config::modbus::{BusConfig, DeviceConfig, Parity, Transport};
 use outpost::io::modbus::poller::{DeviceRuntime, ModbusBoard};
 use outpost::io::modbus::rtu::{RtuLine, poll};
-use outpost::modbus::map::parse_map;
-use outpost::modbus::plan::CostModel;
-use outpost::modbus::rtu::{RtuRequest, request_len, response_len};
+use outpost_core::config::modbus::{BusConfig, DeviceConfig, Parity, Transport};
+use outpost_core::modbus::map::parse_map;
+use outpost_core::modbus::plan::CostModel;
+use outpost_core::modbus::rtu::{RtuRequest, request_len, response_len};
 use outpost_e2e::modbus_peer::{Bank, PeerConfig, RtuPeer};
 use outpost_e2e::{Proc, bin, free_port, http_get_json, wait_for};
 use tokio::net::TcpListener;

@@ -1,7 +1,7 @@
 //! `outpost-sign`: makes role-bound Ed25519 keys, signs artifacts (a gateway .deb, a node
 //! firmware image) with a manifest `ARTIFACT.sig`, and verifies them. Runs on the build or
 //! release machine, never on a gateway (which holds public keys only). The formats are in
-//! `outpost::update::signing`; the guide is docs/self-update.md.
+//! `outpost_core::update::signing`; the guide is docs/self-update.md.
 
 use std::io::Read as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
-use outpost::update::signing::{Artifact, Found, PublicKey, Role, SignedManifest, SigningKey};
+use outpost_core::update::signing::{Artifact, Found, PublicKey, Role, SignedManifest, SigningKey};
 use rand::TryRngCore as _;
 use sha2::{Digest as _, Sha256};
 

@@ -1,7 +1,7 @@
 //! `outpost-update`: the gateway's self-update agent, run as root by `outpost-update.service`
 //! when `outpost-update.path` sees a manifest in the spool. It trusts nothing the daemon
 //! dropped there: it verifies the artifact itself, installs it, and keeps it only if the new
-//! version proves healthy in time (`outpost::update`; guide: docs/self-update.md).
+//! version proves healthy in time (`outpost::io::update`; guide: docs/self-update.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use outpost::config::{Config, parse_duration};
-use outpost::update::agent::AgentConfig;
-use outpost::update::apply::{self, Settings};
-use outpost::update::system::System;
-use outpost::update::{PUBKEYS, STATE_DIR, last_report};
+use outpost::io::config as config_files;
+use outpost::io::update::apply::{self, Settings};
+use outpost::io::update::system::System;
+use outpost::io::update::{PUBKEYS, STATE_DIR, last_report};
+use outpost_core::update::agent::AgentConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,7 +81,7 @@ enum Cmd {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -120,12 +120,12 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             let (spool, api) = match (spool, api) {
                 (Some(spool), Some(api)) => (spool, api),
                 (spool, api) => {
-                    let config = Config::load(&config)
+                    let config = config_files::load(&config)
                         .map_err(anyhow::Error::new)
                         .with_context(|| format!("cannot read {}", config.display()))?;
                     (
                         spool.unwrap_or_else(|| {
-                            outpost::io::updates::incoming_dir(&config.data_dir)
+                            outpost::io::update::incoming::incoming_dir(&config.data_dir)
                         }),
                         api.unwrap_or(config.api_listen),
                     )

@@ -5,7 +5,7 @@
 //!
 //! Design: [`MeterModel`] is the physics, IO-free and deterministic for a seed; [`Registers`]
 //! turns its values into the map's register image with the same codec the gateway decodes with
-//! ([`crate::modbus::value::encode_image`]); [`serve`] is the thin tokio-modbus adapter.
+//! ([`outpost_core::modbus::value::encode_image`]); [`serve`] is the thin tokio-modbus adapter.
 
 use std::collections::BTreeMap;
 use std::future::{Ready, ready};
@@ -20,8 +20,8 @@ use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
-use crate::modbus::map::{RegisterMap, Table, parse_map};
-use crate::modbus::value::{Encoded, Value, encode_image};
+use outpost_core::modbus::map::{RegisterMap, Table, parse_map};
+use outpost_core::modbus::value::{Encoded, Value, encode_image};
 
 /// The map the demo meter serves, compiled into the binary so the demo needs no files.
 pub const DEMO_MAP_TEXT: &str = include_str!("../../../config/devices/eastron-sdm630.toml");
@@ -249,7 +249,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::value::{Raw, decode};
+    use outpost_core::modbus::value::{Raw, decode};
 
     #[test]
     fn the_model_stays_physical_over_a_day() {

@@ -16,9 +16,9 @@ use anyhow::Context as _;
 use outpost_node::sim::{SimConfig, SimNode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::modbus::{DeviceConfig, ModbusConfig, Transport};
-use crate::config::{Config, SerialPort};
 use crate::topology;
+use outpost_core::config::modbus::{DeviceConfig, ModbusConfig, Transport};
+use outpost_core::config::{Config, SerialPort};
 
 pub mod meter;
 

@@ -18,15 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::io::modbus::poller::{self, DeviceStatus, ModbusBoard, ModbusSummary};
 use crate::io::serial::{PortBoard, PortStatus};
-use crate::io::updates;
+use crate::io::update::incoming as updates;
 use crate::io::uplink::cost::CostStatus;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::UplinkStatus;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::outbox::{BatchInfo, OutboxTotals};
-use crate::store::writer::{AckReply, StoreCommand, StoreCondition};
-use crate::store::{NodeRow, Reader, StoreError};
+use crate::io::store::outbox::{BatchInfo, OutboxTotals};
+use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition};
+use crate::io::store::{NodeRow, Reader, StoreError};
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ struct Status {
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,
     /// The last self-update attempt, as the root update agent reported it.
-    update: Option<crate::update::report::UpdateReport>,
+    update: Option<crate::io::update::report::UpdateReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,7 +140,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         cost: state.cost.lock().map(|c| c.clone()).unwrap_or_default(),
         ports,
         modbus: poller::summary(&state.modbus),
-        update: crate::update::last_report(&state.update_state),
+        update: crate::io::update::last_report(&state.update_state),
     }))
 }
 

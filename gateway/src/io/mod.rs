@@ -1,8 +1,14 @@
-//! Thin adapters between the IO-free cores and the outside world.
+//! Thin adapters between the IO-free cores (`outpost-core`) and the outside world. Each one moves
+//! bytes and carries out what its core decides; none of them makes a protocol or policy decision
+//! of its own.
 
 pub mod api;
+pub mod config;
 pub mod dictionaries;
 pub mod modbus;
 pub mod serial;
-pub mod updates;
+pub mod store;
+pub mod systemd;
+pub mod update;
 pub mod uplink;
+pub mod wall_clock;

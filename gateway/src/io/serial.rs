@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SerialPort;
-use crate::link::{Action, PortCounters, PortSession};
-use crate::store::writer::{StoreCommand, StoreReply};
+use crate::io::store::writer::{StoreCommand, StoreReply};
+use outpost_core::config::SerialPort;
+use outpost_core::link::{Action, PortCounters, PortSession};
 
 /// A port as the status page shows it.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -96,7 +96,7 @@ pub async fn run(
                 () = shutdown.cancelled() => return,
                 read = port.read(&mut buf) => match read {
                     Ok(0) => break "end of file".to_owned(),
-                    Ok(n) => session.handle_bytes(now(), crate::wall_clock::unix_ms(), &buf[..n]),
+                    Ok(n) => session.handle_bytes(now(), crate::io::wall_clock::unix_ms(), &buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
                     Err(e) => break e.to_string(),
                 },
@@ -148,7 +148,7 @@ fn command_for(
     port: &str,
     reply: &mpsc::UnboundedSender<StoreReply>,
 ) -> StoreCommand {
-    let now_ms = crate::wall_clock::unix_ms();
+    let now_ms = crate::io::wall_clock::unix_ms();
     match action {
         Action::Register { hello, public_key } => StoreCommand::Register {
             port: port.to_owned(),
@@ -181,13 +181,13 @@ fn handle_reply(session: &mut PortSession, reply: StoreReply) {
     match reply {
         StoreReply::Registered { hello, result } => match result {
             Ok(Some(registered)) => {
-                tracing::info!(message = "Node accepted.", port = %session.port(), uid = %hex(&hello.uid),
+                tracing::info!(message = "Node accepted.", port = %session.port(), uid = %outpost_core::hex::encode(&hello.uid),
                     fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto);
                 session.handle_registered(&hello, Some(registered));
             }
             Ok(None) => {
                 tracing::warn!(message = "Node refused: its key differs from the one pinned at enrolment.",
-                    port = %session.port(), uid = %hex(&hello.uid));
+                    port = %session.port(), uid = %outpost_core::hex::encode(&hello.uid));
                 session.handle_registered(&hello, None);
             }
             Err(_) => session.handle_register_failed(),
@@ -207,8 +207,4 @@ fn handle_reply(session: &mut PortSession, reply: StoreReply) {
             Err(_) => session.handle_commit_failed(node_id, boot_id),
         },
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

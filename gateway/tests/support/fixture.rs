@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use outpost::io::modbus::PollOutcome;
-use outpost::modbus::map::{RegisterMap, parse_map};
-use outpost::modbus::value::Value;
+use outpost_core::modbus::map::{RegisterMap, parse_map};
+use outpost_core::modbus::value::Value;
 
 /// A device's four tables.
 #[derive(Debug, Default, Clone)]

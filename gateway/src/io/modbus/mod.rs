@@ -3,8 +3,9 @@
 //!
 //! - [`tcp`]: one Modbus TCP device over tokio-modbus's client ([`ModbusDevice`]);
 //! - [`rtu`]: one RS-485 bus, its devices polled one transaction at a time with Outpost's own
-//!   RTU framing ([`crate::modbus::rtu`]);
-//! - [`health`]: per-device counters, back-off and the offline flag ([`DeviceHealth`]), no IO;
+//!   RTU framing ([`outpost_core::modbus::rtu`]);
+//! - device health (counters, back-off, the offline flag) is the IO-free [`DeviceHealth`] of
+//!   `outpost_core::modbus::health`, fed each poll's [`PollOutcome::summary`];
 //! - [`poller`]: the tasks, the status board (`/api/v1/modbus`), staggering and writes;
 //!
 //! Errors keep two layers apart:
@@ -18,11 +19,13 @@
 use std::io;
 use std::time::Duration;
 
+use outpost_core::modbus::health::{Answer, Failure, PollSummary, RequestSummary};
+use outpost_core::modbus::rtu::RtuError;
 use tokio_modbus::{ExceptionCode, Response};
 
-use crate::modbus::map::RegisterMap;
-use crate::modbus::plan::ReadRequest;
-use crate::modbus::value::{DecodeError, EncodeError, Raw, Value};
+use outpost_core::modbus::map::RegisterMap;
+use outpost_core::modbus::plan::ReadRequest;
+use outpost_core::modbus::value::{DecodeError, EncodeError, Raw, Value};
 
 /// Why a request got no answer from the device (the outer layer of tokio-modbus's `Result`).
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +45,28 @@ pub enum TransportError {
     /// An RTU response that arrived damaged or did not match the request: CRC, unit, function,
     /// length (the line works, but the frame is unusable).
     #[error("bad frame: {0}")]
-    Frame(#[source] crate::modbus::rtu::RtuError),
+    Frame(#[source] RtuError),
     /// An earlier request of the same poll lost the connection; this one was not sent.
     #[error("not sent: the connection was lost earlier in this poll")]
     NotSent,
 }
 
 impl TransportError {
+    /// What device health counts this as.
+    #[must_use]
+    pub fn failure(&self) -> Failure {
+        match self {
+            TransportError::Timeout(_) => Failure::Timeout,
+            TransportError::NotSent => Failure::NotSent,
+            TransportError::Frame(RtuError::CrcMismatch { .. }) => Failure::Crc,
+            TransportError::Frame(_) => Failure::Frame,
+            TransportError::Connect(_)
+            | TransportError::Io(_)
+            | TransportError::Protocol(_)
+            | TransportError::UnexpectedResponse(_) => Failure::Transport,
+        }
+    }
+
     fn from_modbus(error: tokio_modbus::Error) -> TransportError {
         match error {
             tokio_modbus::Error::Transport(e) => TransportError::Io(e),
@@ -129,6 +147,32 @@ impl PollOutcome {
         self.requests.iter().all(|r| matches!(r.result, Ok(Ok(()))))
             && self.readings.iter().all(|r| r.value.is_ok())
     }
+
+    /// The poll as device health counts it.
+    #[must_use]
+    pub fn summary(&self) -> PollSummary {
+        PollSummary {
+            requests: self
+                .requests
+                .iter()
+                .map(|r| RequestSummary {
+                    response_time: r.response_time,
+                    earlier_failures: r
+                        .earlier_failures
+                        .iter()
+                        .map(TransportError::failure)
+                        .collect(),
+                    answer: match &r.result {
+                        Ok(Ok(())) => Answer::Data,
+                        Ok(Err(code)) => Answer::Exception(u8::from(*code)),
+                        Err(e) => Answer::Failed(e.failure()),
+                    },
+                })
+                .collect(),
+            garbage_bytes: self.garbage_bytes,
+            decode_errors: self.readings.iter().filter(|r| r.value.is_err()).count() as u64,
+        }
+    }
 }
 
 /// Why a write did not reach the device.
@@ -141,10 +185,9 @@ pub enum WriteError {
     Transport(#[from] TransportError),
 }
 
-pub mod health;
 pub mod poller;
 pub mod rtu;
 pub mod tcp;
 
-pub use health::{DeviceHealth, HealthPolicy, LinkState, PollDecision};
+pub use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState, PollDecision};
 pub use tcp::{CONNECT_TIMEOUT, ModbusDevice};

@@ -19,16 +19,16 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::health::{DeviceHealth, HealthPolicy, LinkState};
 use super::tcp::ModbusDevice;
 use super::{PollOutcome, TransportError, WriteError};
-use crate::config::modbus::{DeviceConfig, Transport};
-use crate::modbus::map::{Point, RegisterMap};
-use crate::modbus::plan::{CostModel, ReadPlan};
-use crate::modbus::value::Value;
-use crate::store::SeriesReading;
-use crate::store::writer::StoreCommand;
-use crate::wall_clock;
+use crate::io::store::SeriesReading;
+use crate::io::store::writer::StoreCommand;
+use crate::io::wall_clock;
+use outpost_core::config::modbus::{DeviceConfig, Transport};
+use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState};
+use outpost_core::modbus::map::{Point, RegisterMap};
+use outpost_core::modbus::plan::{CostModel, ReadPlan};
+use outpost_core::modbus::value::Value;
 
 /// Writes queued to one device (or bus) before callers wait.
 const WRITE_QUEUE: usize = 16;
@@ -179,7 +179,7 @@ impl DeviceRuntime {
         outcome: &PollOutcome,
     ) -> (Vec<SeriesReading>, Duration) {
         let was = self.health.state();
-        let decision = self.health.handle_poll_result(now, outcome);
+        let decision = self.health.handle_poll_result(now, &outcome.summary());
         let map = Arc::clone(&self.config.map);
         let mut readings = Vec::with_capacity(outcome.readings.len());
         let mut values = Vec::with_capacity(outcome.readings.len());
@@ -327,7 +327,7 @@ pub enum WriteFailure {
     #[error("the poller is not running")]
     Stopped,
     #[error(transparent)]
-    Request(#[from] crate::modbus::rtu::RequestError),
+    Request(#[from] outpost_core::modbus::rtu::RequestError),
 }
 
 /// Writes a point of a device through the task that polls it, so a write never interleaves

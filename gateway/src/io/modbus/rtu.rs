@@ -1,7 +1,7 @@
 //! One RS-485 Modbus RTU bus: a task that owns the serial port and polls the bus's devices one
 //! transaction at a time, with the 3.5-character silence between frames.
 //!
-//! Design: the framing is Outpost's own IO-free codec ([`crate::modbus::rtu`]): tokio-modbus's
+//! Design: the framing is Outpost's own IO-free codec ([`outpost_core::modbus::rtu`]): tokio-modbus's
 //! RTU client drops bytes on a CRC error without saying so and has no notion of the inter-frame
 //! silence, and a field technician needs both counted. This module is the thin adapter: it
 //! writes a request frame, feeds what comes back to a [`ResponseDecoder`] until it completes or
@@ -25,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::poller::{self, DeviceRuntime, WriteCommand, WriteFailure};
 use super::{PollOutcome, RequestOutcome, TransportError, WriteError, point_readings};
-use crate::config::modbus::BusConfig;
-use crate::modbus::rtu::{
+use crate::io::store::writer::StoreCommand;
+use crate::io::wall_clock;
+use outpost_core::config::modbus::BusConfig;
+use outpost_core::modbus::rtu::{
     self as codec, LineTiming, Parity, Progress, ResponseDecoder, RtuError, RtuRequest, RtuResponse,
 };
-use crate::modbus::value::{self, Value};
-use crate::store::writer::StoreCommand;
-use crate::wall_clock;
+use outpost_core::modbus::value::{self, Value};
 
 /// The longest a stream of stray bytes may delay the next request: a babbling device must not
 /// stall the bus.

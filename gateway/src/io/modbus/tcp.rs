@@ -14,9 +14,9 @@ use tokio_modbus::client::{Client, Context};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
 use super::{PollOutcome, RequestOutcome, TransportError, WriteError, point_readings};
-use crate::modbus::map::{Point, RegisterMap, Table};
-use crate::modbus::plan::{ReadPlan, ReadRequest};
-use crate::modbus::value::{self, Encoded, Raw, Value};
+use outpost_core::modbus::map::{Point, RegisterMap, Table};
+use outpost_core::modbus::plan::{ReadPlan, ReadRequest};
+use outpost_core::modbus::value::{self, Encoded, Raw, Value};
 
 /// How long [`ModbusDevice::connect`] waits for the TCP handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! Connectivity cost: tallies the uplink's bytes per day in the store, projects the month, and
-//! tells the writer how long to make batches (see [`crate::budget`]).
+//! tells the writer how long to make batches (see [`outpost_core::budget`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,9 +9,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::meter::Meter;
-use crate::budget::{self, Date, Projection};
-use crate::store::Reader;
-use crate::store::writer::StoreCommand;
+use crate::io::store::Reader;
+use crate::io::store::writer::StoreCommand;
+use outpost_core::budget::{self, Date, Projection};
 
 /// How often usage is written down and the budget looked at.
 const TALLY_EVERY: Duration = Duration::from_secs(10);
@@ -55,7 +55,7 @@ pub async fn run(
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = crate::wall_clock::unix_ms();
+        let now = crate::io::wall_clock::unix_ms();
         let date = Date::from_unix_ms(now);
         let total = (meter.sent(), meter.received(), meter.delivered());
         let delta = (

@@ -21,35 +21,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use outpost_core::config::{AckMode, MqttConfig};
+
 use super::link::TlsLink;
 use super::meter::Meter;
-use crate::store::Reader;
-use crate::store::writer::{AckReply, StoreCommand, StoreCondition};
-
-/// Which acknowledgement lets a batch leave the outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AckMode {
-    /// The cloud's `{"upto": SEQ}` on `outpost/{id}/ack`: the batch is in the cloud's storage.
-    EndToEnd,
-    /// The broker's PUBACK: the batch reached the broker (cheaper, weaker).
-    Broker,
-}
-
-/// The validated `[uplink.mqtt]` settings.
-#[derive(Debug, Clone)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub keepalive: Duration,
-    pub ack: AckMode,
-    pub max_unacked: usize,
-    /// With no acknowledgement progress for this long, publish again from the oldest unacked.
-    pub resend_after: Duration,
-}
+use crate::io::store::Reader;
+use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition};
 
 /// The uplink as the status page shows it.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -1,0 +1,723 @@
+//! Configuration: `/etc/outpost/outpost.toml`, in two stages.
+//!
+//! Stage one deserializes the file into [`RawConfig`] (unknown keys rejected, durations parsed by
+//! `humantime`). Stage two, [`compile`], checks values and relations and turns them into
+//! [`Config`], whose types cannot hold an invalid setting. Both stages name the file, line and key
+//! of every problem; stage two reports all of them at once so an installer fixes the file in one
+//! go.
+//!
+//! No IO here: what compiling needs from the machine (the text of a file the configuration names,
+//! the host name, the log filter syntax) comes through [`Environment`], which the adapter
+//! (`outpost::io::config`) answers from the file system. Reading the main file and its drop-ins is
+//! the adapter's too; [`dropin::parse_layers`] merges their texts.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+
+pub mod dropin;
+pub mod modbus;
+
+/// The documented shape of the file. Doc comments here are the user's reference; keep them in step
+/// with `config/outpost.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub store: RawStore,
+    /// One entry per serial line with a node on it.
+    #[serde(default)]
+    pub serial: Vec<RawSerialPort>,
+    #[serde(default)]
+    pub uplink: RawUplink,
+    #[serde(default)]
+    pub buffer: RawBuffer,
+    #[serde(default)]
+    pub log: RawLog,
+    /// Modbus RTU buses and RTU/TCP devices.
+    #[serde(default)]
+    pub modbus: modbus::RawModbus,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUplink {
+    /// How long readings gather before they are sealed into a batch.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Most readings in one batch; a backlog becomes several batches.
+    pub max_batch_readings: u32,
+    /// Uplink bytes a month (both directions, TLS and MQTT included); 0 for no budget. When the
+    /// month is projected over it, batches stretch up to `max_batch_interval`.
+    pub monthly_budget_bytes: u64,
+    /// The longest the data budget may stretch the batch interval.
+    #[serde(with = "humantime_serde")]
+    pub max_batch_interval: Duration,
+    /// HTTP pull: the cloud fetches sealed batches from the local API.
+    pub pull: RawPull,
+    /// MQTT push over TLS; off when absent.
+    pub mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// The broker, `host:port` (TLS always).
+    pub broker: String,
+    /// CA certificate(s) the broker's certificate must chain to (PEM).
+    pub ca_file: PathBuf,
+    /// This gateway's certificate (PEM); its identity must be `gateway.id`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// MQTT keepalive; long enough for a sleepy cellular link, short enough for mobile NATs.
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// `end_to_end` (the cloud's ack on outpost/{id}/ack) or `broker` (the broker's PUBACK).
+    #[serde(default = "default_ack")]
+    pub ack: String,
+    /// Batches out without an acknowledgement at most.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: u32,
+    /// With no acknowledgement for this long, publish again from the oldest unacked batch.
+    #[serde(default = "default_resend_after", with = "humantime_serde")]
+    pub resend_after: Duration,
+}
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_ack() -> String {
+    "end_to_end".into()
+}
+fn default_max_unacked() -> u32 {
+    4
+}
+fn default_resend_after() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for RawUplink {
+    fn default() -> Self {
+        RawUplink {
+            batch_interval: Duration::from_secs(60),
+            max_batch_readings: 100_000,
+            monthly_budget_bytes: 0,
+            max_batch_interval: Duration::from_secs(15 * 60),
+            pull: RawPull::default(),
+            mqtt: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPull {
+    /// Bearer token the cloud presents; the batch endpoints are off without one.
+    pub token: Option<String>,
+    /// Or a file holding it (preferred: keeps the secret out of the config file).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBuffer {
+    /// Most bytes of sealed batches kept for an absent uplink; beyond it the oldest are dropped.
+    pub max_bytes: u64,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        RawBuffer {
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGateway {
+    /// This gateway's id in the fleet; defaults to the host name.
+    pub id: Option<String>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        RawGateway {
+            id: None,
+            data_dir: PathBuf::from("/var/lib/outpost"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Address of the local status API and page.
+    pub listen: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// Longest a reading waits for its group commit (and so for its ACK to the node).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most readings in one transaction.
+    pub max_commit_readings: u32,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            commit_interval: Duration::from_millis(20),
+            max_commit_readings: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialPort {
+    /// Device path, e.g. `/dev/ttyACM0` or a `/dev/serial/by-id/…` link.
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Frames per second a node may send before the excess is dropped unacknowledged (it is
+    /// resent later, so nothing is lost): a flooding node cannot starve the others.
+    #[serde(default = "default_max_frames_per_sec")]
+    pub max_frames_per_sec: u32,
+    /// Longest wait between attempts to reopen a port that went away.
+    #[serde(default = "default_reopen_backoff_max", with = "humantime_serde")]
+    pub reopen_backoff_max: Duration,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_max_frames_per_sec() -> u32 {
+    200
+}
+fn default_reopen_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter: `info`, `outpost=debug`, …
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub commit_interval: Duration,
+    pub max_commit_readings: usize,
+    pub serial: Vec<SerialPort>,
+    pub batch_interval: Duration,
+    pub max_batch_readings: usize,
+    pub monthly_budget_bytes: u64,
+    pub max_batch_interval: Duration,
+    /// The HTTP pull bearer token; `None` turns the batch endpoints off.
+    pub pull_token: Option<String>,
+    pub buffer_max_bytes: u64,
+    pub mqtt: Option<MqttConfig>,
+    pub log_level: String,
+    pub modbus: modbus::ModbusConfig,
+}
+
+/// Which acknowledgement lets a batch leave the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// The cloud's `{"upto": SEQ}` on `outpost/{id}/ack`: the batch is in the cloud's storage.
+    EndToEnd,
+    /// The broker's PUBACK: the batch reached the broker (cheaper, weaker).
+    Broker,
+}
+
+/// The validated `[uplink.mqtt]` settings.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub keepalive: Duration,
+    pub ack: AckMode,
+    pub max_unacked: usize,
+    /// With no acknowledgement progress for this long, publish again from the oldest unacked.
+    pub resend_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SerialPort {
+    pub path: PathBuf,
+    pub baud: u32,
+    pub max_frames_per_sec: u32,
+    pub reopen_backoff_max: Duration,
+}
+
+/// One problem in a config file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; `None` for a key the file does not have (a missing required key).
+    pub line: Option<usize>,
+    /// Dotted path of the key, e.g. `serial[1].baud`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A file that could not be read, as a located error like any other.
+    #[must_use]
+    pub fn unreadable(file: &Path, why: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match self.line {
+            Some(line) => write!(f, "{file}:{line}: ")?,
+            None => write!(f, "{file}: ")?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "key `{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// What compiling a configuration needs from the machine. The daemon answers from the file
+/// system (`outpost::io::config`); tests answer from memory.
+pub trait Environment {
+    /// The text of a file the configuration names (a Modbus map, a token file), or why not.
+    fn read_file(&self, path: &Path) -> Result<String, String>;
+    /// Whether `path` is a file that can be read (TLS material is loaded later, by the uplink).
+    fn is_readable_file(&self, path: &Path) -> bool;
+    /// This machine's host name, the default gateway id.
+    fn host_name(&self) -> Option<String>;
+    /// Checks a log filter (`info`, `outpost=debug`) against the logger's syntax.
+    fn check_log_filter(&self, filter: &str) -> Result<(), String>;
+}
+
+impl Config {
+    /// Parses and validates config text; `path` names it in errors, and files the configuration
+    /// names by a relative path are taken from its folder.
+    pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        parse_two_stage(path, text, |raw| compile(raw, dir, env))
+    }
+}
+
+/// Parses TOML `text` (named `path` in errors) into the raw shape `R` (stage one), then runs
+/// `compile` on it (stage two). Every error comes back located: file, line, key path. Shared by
+/// the main config and the Modbus device maps.
+pub fn parse_two_stage<R: serde::de::DeserializeOwned, T>(
+    path: &Path,
+    text: &str,
+    compile: impl FnOnce(R) -> Result<T, Vec<Problem>>,
+) -> Result<T, ConfigErrors> {
+    let doc = Document { path, text };
+    let table =
+        DeTable::parse(text).map_err(|e| ConfigErrors(vec![doc.toml_error(&e, "", None)]))?;
+    let deserializer = toml::Deserializer::from(table.clone());
+    let raw: R = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "" } else { &key };
+        ConfigErrors(vec![doc.toml_error(e.inner(), key, Some(&table))])
+    })?;
+    compile(raw).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|p| ConfigError {
+                    file: path.to_owned(),
+                    line: doc.line_of_key(&table, &p.key),
+                    key: p.key,
+                    message: p.message,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// A stage-two problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+/// Stage two: checks every value and relation, collecting all problems. Files the config names
+/// by a relative path (Modbus maps) are taken from `config_dir`, through `env`.
+pub fn compile(
+    raw: RawConfig,
+    config_dir: &Path,
+    env: &dyn Environment,
+) -> Result<Config, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| {
+        problems.push(Problem {
+            key: key.to_owned(),
+            message,
+        });
+    };
+
+    let gateway_id = match raw.gateway.id {
+        Some(id) => id,
+        None => env
+            .host_name()
+            .map(|name| {
+                name.chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect::<String>()
+            })
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "outpost".into()),
+    };
+    if let Err(why) = check_identifier(&gateway_id) {
+        problem("gateway.id", why);
+    }
+    if raw.gateway.data_dir.as_os_str().is_empty() {
+        problem("gateway.data_dir", "must not be empty".into());
+    }
+    let api_listen = raw.api.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+        problem(
+            "api.listen",
+            format!("`{}` is not an address:port ({e})", raw.api.listen),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let commit_interval = raw.store.commit_interval;
+    if commit_interval > Duration::from_secs(5) {
+        problem(
+            "store.commit_interval",
+            "must be at most 5s: nodes wait this long for their ACK".into(),
+        );
+    }
+    if !(64..=1_000_000).contains(&raw.store.max_commit_readings) {
+        problem(
+            "store.max_commit_readings",
+            "must be between 64 and 1000000".into(),
+        );
+    }
+
+    let mut seen = HashSet::new();
+    let mut serial = Vec::new();
+    for (i, port) in raw.serial.into_iter().enumerate() {
+        let key = |field: &str| format!("serial[{i}].{field}");
+        if !seen.insert(port.path.clone()) {
+            problem(
+                &key("path"),
+                format!("`{}` is listed twice", port.path.display()),
+            );
+        }
+        if port.path.as_os_str().is_empty() {
+            problem(&key("path"), "must not be empty".into());
+        }
+        if !(300..=4_000_000).contains(&port.baud) {
+            problem(
+                &key("baud"),
+                format!("{} is outside 300..=4000000", port.baud),
+            );
+        }
+        if !(1..=10_000).contains(&port.max_frames_per_sec) {
+            problem(
+                &key("max_frames_per_sec"),
+                "must be between 1 and 10000".into(),
+            );
+        }
+        if port.reopen_backoff_max < Duration::from_millis(100) {
+            problem(&key("reopen_backoff_max"), "must be at least 100ms".into());
+        }
+        serial.push(SerialPort {
+            path: port.path,
+            baud: port.baud,
+            max_frames_per_sec: port.max_frames_per_sec,
+            reopen_backoff_max: port.reopen_backoff_max,
+        });
+    }
+
+    let batch_interval = raw.uplink.batch_interval;
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&batch_interval) {
+        problem("uplink.batch_interval", "must be between 1s and 24h".into());
+    }
+    let max_batch_interval = raw.uplink.max_batch_interval;
+    if max_batch_interval < batch_interval {
+        problem(
+            "uplink.max_batch_interval",
+            "must not be shorter than uplink.batch_interval".into(),
+        );
+    }
+    if !(100..=1_000_000).contains(&raw.uplink.max_batch_readings) {
+        problem(
+            "uplink.max_batch_readings",
+            "must be between 100 and 1000000".into(),
+        );
+    }
+    let pull_token = match (raw.uplink.pull.token, raw.uplink.pull.token_file) {
+        (Some(_), Some(_)) => {
+            problem(
+                "uplink.pull.token_file",
+                "give either token or token_file, not both".into(),
+            );
+            None
+        }
+        (Some(token), None) => Some(token),
+        (None, Some(file)) => match env.read_file(&file) {
+            Ok(token) => Some(token.trim().to_owned()),
+            Err(e) => {
+                problem(
+                    "uplink.pull.token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if pull_token.as_ref().is_some_and(|t| t.len() < 16) {
+        problem("uplink.pull.token", "must be at least 16 characters".into());
+    }
+    let mqtt = raw.uplink.mqtt.map(|m| {
+        let (host, port) = match m
+            .broker
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse::<u16>()))
+        {
+            Some((host, Ok(port))) if !host.is_empty() => {
+                (host.trim_matches(['[', ']']).to_owned(), port)
+            }
+            _ => {
+                problem(
+                    "uplink.mqtt.broker",
+                    format!("`{}` is not host:port", m.broker),
+                );
+                (String::new(), 0)
+            }
+        };
+        let (keepalive, resend_after) = (m.keepalive, m.resend_after);
+        if resend_after < Duration::from_secs(1) {
+            problem("uplink.mqtt.resend_after", "must be at least 1s".into());
+        }
+        if !(Duration::from_secs(5)..=Duration::from_secs(65535)).contains(&keepalive) {
+            problem(
+                "uplink.mqtt.keepalive",
+                "must be between 5s and 65535s".into(),
+            );
+        }
+        let ack = match m.ack.as_str() {
+            "end_to_end" => AckMode::EndToEnd,
+            "broker" => AckMode::Broker,
+            other => {
+                problem(
+                    "uplink.mqtt.ack",
+                    format!("`{other}` is neither `end_to_end` nor `broker`"),
+                );
+                AckMode::EndToEnd
+            }
+        };
+        if !(1..=64).contains(&m.max_unacked) {
+            problem("uplink.mqtt.max_unacked", "must be between 1 and 64".into());
+        }
+        for (key, path) in [
+            ("ca_file", &m.ca_file),
+            ("cert_file", &m.cert_file),
+            ("key_file", &m.key_file),
+        ] {
+            if !env.is_readable_file(path) {
+                problem(
+                    &format!("uplink.mqtt.{key}"),
+                    format!("{} is not a readable file", path.display()),
+                );
+            }
+        }
+        MqttConfig {
+            host,
+            port,
+            ca_file: m.ca_file,
+            cert_file: m.cert_file,
+            key_file: m.key_file,
+            keepalive,
+            ack,
+            max_unacked: m.max_unacked as usize,
+            resend_after,
+        }
+    });
+    if raw.buffer.max_bytes < 64 * 1024 {
+        problem("buffer.max_bytes", "must be at least 65536".into());
+    }
+
+    let modbus = modbus::compile(raw.modbus, config_dir, env, &mut problem);
+
+    if let Err(e) = env.check_log_filter(&raw.log.level) {
+        problem(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", raw.log.level),
+        );
+    }
+
+    if problems.is_empty() {
+        Ok(Config {
+            gateway_id,
+            data_dir: raw.gateway.data_dir,
+            api_listen,
+            commit_interval,
+            max_commit_readings: raw.store.max_commit_readings as usize,
+            serial,
+            batch_interval,
+            max_batch_readings: raw.uplink.max_batch_readings as usize,
+            monthly_budget_bytes: raw.uplink.monthly_budget_bytes,
+            max_batch_interval,
+            pull_token,
+            buffer_max_bytes: raw.buffer.max_bytes,
+            mqtt,
+            log_level: raw.log.level,
+            modbus,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Gateway ids become MQTT topic levels and file names, device names batch sources and API path
+/// segments: keep them to a safe alphabet.
+pub(crate) fn check_identifier(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 {
+        Err("must be 1 to 64 characters".into())
+    } else if !id.chars().all(ok_char) {
+        Err(format!(
+            "`{id}` may only hold letters, digits, '-', '_' and '.'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+struct Document<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Document<'_> {
+    fn line_at(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// A located toml error; without a span of its own, the key's line (when `root` is given).
+    fn toml_error(
+        &self,
+        e: &toml::de::Error,
+        key: &str,
+        root: Option<&toml::Spanned<DeTable<'_>>>,
+    ) -> ConfigError {
+        let line = e
+            .span()
+            .map(|s| self.line_at(s.start))
+            .or_else(|| root.and_then(|r| self.line_of_key(r, key)));
+        ConfigError {
+            file: self.path.to_owned(),
+            line,
+            key: key.to_owned(),
+            message: e.message().trim().to_owned(),
+        }
+    }
+
+    /// The line of a dotted key like `serial[1].baud`, or of its nearest present parent.
+    fn line_of_key(&self, root: &toml::Spanned<DeTable<'_>>, key: &str) -> Option<usize> {
+        let mut span = None;
+        let mut node: Option<&DeValue<'_>> = None;
+        for part in key.split('.').filter(|p| !p.is_empty()) {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            let mut next = match node {
+                None => root.get_ref().get(name),
+                Some(value) => value.get(name),
+            };
+            if let (Some(value), Some(i)) = (next, index) {
+                next = value.get_ref().get(i);
+            }
+            match next {
+                Some(value) => {
+                    span = Some(value.span());
+                    node = Some(value.get_ref());
+                }
+                None => break,
+            }
+        }
+        span.map(|s| self.line_at(s.start))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,30 @@
+//! # outpost-core
+//!
+//! Every protocol and policy of the Outpost gateway as a plain, synchronous state machine: events
+//! and the time go in (`handle_*`), actions come out as data (`poll_*`). Nothing here opens a
+//! file, a port or a socket, reads a clock or spawns a task; the `outpost` crate's adapters do
+//! that and carry out what these cores decide. Cargo enforces the rule: this crate depends on no
+//! IO crate (tokio, rusqlite, rumqttc, tokio-serial, tokio-modbus, axum).
+//!
+//! - [`link`]: the gateway's end of the node link on one serial port, and the admission rule
+//!   that keeps the store free of gaps and duplicates;
+//! - [`batcher`] and [`budget`]: when to seal a batch, and how far to stretch the interval so the
+//!   month's traffic stays within its budget;
+//! - [`uplink`]: the MQTT uplink session (probe, flow control, resend, acknowledgements);
+//! - [`modbus`]: register maps, value codecs, read planning, RTU framing and device health;
+//! - [`telemetry`]: the gateway's status, counters and alerts, one snapshot for every reader;
+//! - [`watchdog`]: when the daemon may tell systemd it is alive;
+//! - [`update`]: signing, and the state machine of one self-update attempt;
+//! - [`config`]: the configuration compiled from text to typed values, every problem located
+//!   (the adapter reads the files and hands their text in through [`config::Sources`]).
+
+pub mod batcher;
+pub mod budget;
+pub mod config;
+pub mod hex;
+pub mod link;
+pub mod modbus;
+pub mod update;
+pub mod watchdog;
+
+pub use outpost_proto::Millis;

@@ -1,0 +1,517 @@
+//! The store: one SQLite file (WAL) holding the node registry, readings and health.
+//!
+//! Readings come from nodes ([`Tx::ingest`]) and from Modbus devices ([`Tx::ingest_series`]);
+//! each belongs to a series, `(source, channel, kind)` ([`series`]), which is what a batch
+//! carries. Readings of all sources share one id sequence, so the outbox seals them in the order
+//! they were committed.
+//!
+//! Invariants (what the rest of Outpost relies on):
+//! 1. A sample is ACKed to its node only after the transaction holding it has committed with
+//!    `synchronous = FULL`: an acknowledged reading survives `kill -9` and power loss.
+//! 2. Per `(node, boot_id)`, committed sequence numbers are contiguous and unique: a sample is
+//!    admitted only as the successor of the last committed one, or as the first one the node still
+//!    holds after it reported a gap ([`outpost_core::link::admit`]). Retransmissions are dropped here, so
+//!    the readings table never holds a duplicate, whatever the link did.
+//! 3. The deduplication point (`node_sessions.last_seq`) is written in the same transaction as the
+//!    readings it covers, so a crash can never separate them.
+//! 4. A failed transaction (disk full, read-only file system) commits nothing and acknowledges
+//!    nothing; nodes keep their samples and resend them, and the store retries on the next batch.
+//!    Device readings have no one to resend them: a failed commit loses them, and the device's
+//!    next poll brings fresh values.
+//!
+//! Writes happen on one connection owned by the writer task ([`writer`]), which applies whatever
+//! is queued within `commit_interval` in one transaction (group commit). Readers open their own
+//! connections; WAL lets them run beside the writer.
+
+pub mod outbox;
+mod schema;
+mod series;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use outpost_proto::{Health, Hello};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use outpost_core::link::{Admission, admit};
+pub use outpost_core::link::{Registered, Sample};
+pub use series::SeriesReading;
+use series::{SeriesCache, StoredValue};
+
+/// Store failures, by what the operator can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the disk holding the store is full")]
+    DiskFull,
+    #[error("the store is read-only (file system mounted read-only, or no permission)")]
+    ReadOnly,
+    #[error("the store file is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store schema is version {found}, newer than this Outpost knows ({known})")]
+    SchemaTooNew { found: usize, known: usize },
+    #[error("store error: {0}")]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+                StoreError::ReadOnly
+            }
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Outcome of an enrolment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    /// First key seen for this node: now pinned.
+    Pinned,
+    /// Same key as pinned.
+    Known,
+    /// A different key than the pinned one: an impostor or a replaced board; refused.
+    KeyMismatch,
+}
+
+/// What one ingest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ingested {
+    /// Last committed sample of the boot after the transaction (0 if none).
+    pub upto: u32,
+    pub admitted: u32,
+    /// Channel readings in the admitted samples.
+    pub readings: u64,
+    pub duplicates: u32,
+    pub lost: u32,
+}
+
+/// The write side of the store. One per file.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Cache of `node_sessions.last_seq`; `None` where the session is known to have no samples.
+    sessions: HashMap<(i64, u32), Option<u32>>,
+    /// Cache of the `series` table.
+    series: SeriesCache,
+}
+
+/// Opens (creating if needed) a store, applying pending migrations.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on stable storage when it returns; the ACK to the node depends on it.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = open_connection(path)?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+            sessions: HashMap::new(),
+            series: SeriesCache::default(),
+        })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one transaction; commits only if it returns `Ok`.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut sessions = std::mem::take(&mut self.sessions);
+        let mut series = std::mem::take(&mut self.series);
+        let tx = self.conn.transaction()?;
+        let result = {
+            let mut handle = Tx {
+                tx,
+                sessions: &mut sessions,
+                series: &mut series,
+            };
+            match f(&mut handle) {
+                Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
+                Err(e) => Err(e), // dropping the transaction rolls it back
+            }
+        };
+        if result.is_ok() {
+            self.sessions = sessions;
+            self.series = series;
+        } // else the transaction rolled back: forget the cached positions it may have advanced,
+        // and the series rows it may have created
+
+        result
+    }
+
+    /// A separate connection for readers (the API).
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        Reader::open(&self.path)
+    }
+}
+
+/// Writes inside one transaction.
+#[derive(Debug)]
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    sessions: &'a mut HashMap<(i64, u32), Option<u32>>,
+    series: &'a mut SeriesCache,
+}
+
+impl Tx<'_> {
+    /// Records a HELLO: creates or updates the node, returns where its boot stands.
+    pub fn register(
+        &mut self,
+        now_ms: i64,
+        port: &str,
+        hello: &Hello,
+    ) -> Result<Registered, StoreError> {
+        let uid = outpost_core::hex::encode(&hello.uid);
+        let channels: Vec<String> = hello.channels.iter().map(|c| c.0.to_string()).collect();
+        let node_id: i64 = self.tx.query_row(
+            "INSERT INTO nodes (uid, hw_rev, fw_version, lot, channels, port, boot_id, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT (uid) DO UPDATE SET hw_rev = ?2, fw_version = ?3, lot = ?4, channels = ?5,
+                 port = ?6, boot_id = ?7, last_seen_ms = ?8
+             RETURNING id",
+            params![uid, hello.hw_rev, hello.fw.to_string(), hello.lot.as_str(), channels.join(","), port, hello.boot_id, now_ms],
+            |row| row.get(0),
+        )?;
+        let last = self.last_seq(node_id, hello.boot_id)?;
+        Ok(Registered {
+            node_id,
+            ack_upto: last.unwrap_or(0),
+        })
+    }
+
+    /// Pins a node's public key on first enrolment; refuses a different one later.
+    pub fn enroll(&mut self, node_id: i64, public_key: &[u8; 32]) -> Result<Enrolment, StoreError> {
+        let pinned: Option<Vec<u8>> = self.tx.query_row(
+            "SELECT public_key FROM nodes WHERE id = ?1",
+            [node_id],
+            |row| row.get(0),
+        )?;
+        Ok(match pinned {
+            Some(key) if key == public_key => Enrolment::Known,
+            Some(_) => Enrolment::KeyMismatch,
+            None => {
+                self.tx.execute(
+                    "UPDATE nodes SET public_key = ?2 WHERE id = ?1",
+                    params![node_id, public_key.as_slice()],
+                )?;
+                Enrolment::Pinned
+            }
+        })
+    }
+
+    fn last_seq(&mut self, node_id: i64, boot_id: u32) -> Result<Option<u32>, StoreError> {
+        if let Some(&known) = self.sessions.get(&(node_id, boot_id)) {
+            return Ok(known);
+        }
+        let last: Option<u32> = self
+            .tx
+            .query_row(
+                "SELECT last_seq FROM node_sessions WHERE node_id = ?1 AND boot_id = ?2",
+                params![node_id, boot_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        self.sessions.insert((node_id, boot_id), last);
+        Ok(last)
+    }
+
+    /// Appends samples of one boot of one node, admitting only what keeps the sequence contiguous.
+    pub fn ingest(
+        &mut self,
+        node_id: i64,
+        boot_id: u32,
+        samples: &[Sample],
+        now_ms: i64,
+    ) -> Result<Ingested, StoreError> {
+        let mut last = self.last_seq(node_id, boot_id)?;
+        let mut out = Ingested::default();
+        let mut readings = 0u64;
+        {
+            let mut series = self.series.node(node_id);
+            let mut insert = self.tx.prepare_cached(
+                "INSERT INTO readings (series_id, ts_ms, value, node_id, boot_id, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for sample in samples {
+                match admit(last, sample.seq, sample.window_start) {
+                    Admission::Stale => {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    Admission::Next => {}
+                    Admission::AfterGap { lost } => out.lost += lost,
+                }
+                for r in &sample.readings {
+                    insert.execute(params![
+                        series.id(&self.tx, r.channel.0)?,
+                        sample.ts_ms,
+                        r.value,
+                        node_id,
+                        boot_id,
+                        r.channel.0
+                    ])?;
+                }
+                readings += sample.readings.len() as u64;
+                out.admitted += 1;
+                out.readings += sample.readings.len() as u64;
+                last = Some(sample.seq);
+            }
+        }
+        if let Some(last) = last {
+            self.tx.execute(
+                "INSERT INTO node_sessions (node_id, boot_id, last_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (node_id, boot_id) DO UPDATE SET last_seq = ?3",
+                params![node_id, boot_id, last],
+            )?;
+            self.tx.execute(
+                "UPDATE nodes SET readings_received = readings_received + ?2, samples_lost = samples_lost + ?3,
+                     last_seen_ms = max(last_seen_ms, ?4) WHERE id = ?1",
+                params![node_id, readings, out.lost, now_ms],
+            )?;
+            self.sessions.insert((node_id, boot_id), Some(last));
+        }
+        out.upto = last.unwrap_or(0);
+        Ok(out)
+    }
+
+    /// Appends the readings of one poll of a device, taken at `ts_ms`: `source` is the device
+    /// name, each reading's channel a point name. Returns the readings stored.
+    ///
+    /// A reading of another kind than its point's last one (after a config edit) starts a new
+    /// series. A reading whose source or channel name a batch cannot carry (empty, or longer than
+    /// `outpost_batch::MAX_NAME_LEN`) is left out, with a warning: it could never be sealed, and
+    /// the config check refuses such names before they get here.
+    pub fn ingest_series(
+        &mut self,
+        source: &str,
+        ts_ms: i64,
+        readings: &[SeriesReading],
+    ) -> Result<u64, StoreError> {
+        let mut stored = 0u64;
+        if series::name_fits(source) {
+            let mut series = self.series.device(source);
+            let mut insert = self.tx.prepare_cached(
+                "INSERT INTO readings (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for r in readings.iter().filter(|r| series::name_fits(&r.channel)) {
+                let id = series.id(&self.tx, &r.channel, r.value.kind())?;
+                insert.execute(params![id, ts_ms, StoredValue(r.value)])?;
+                stored += 1;
+            }
+        }
+        if stored < readings.len() as u64 {
+            tracing::warn!(
+                message = "Device readings with a name a batch cannot carry were not stored.",
+                source,
+                dropped = readings.len() as u64 - stored
+            );
+        }
+        if stored > 0 {
+            self.tx.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + ?1 WHERE key = 'readings.devices'",
+                [stored],
+            )?;
+        }
+        Ok(stored)
+    }
+
+    /// Records a HEALTH report and the gateway's own count of frames it dropped from the node.
+    pub fn health(&mut self, node_id: i64, now_ms: i64, h: &Health) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO health (node_id, ts_ms, uptime_s, reset_reason, fw_version, stack_free_min, rx_frames,
+                 rx_errors, tx_frames, retransmits, dropped_samples, chip_temp_centi)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![node_id, now_ms, h.uptime_s, h.reset_reason.as_str(), h.fw.to_string(), h.stack_free_min,
+                h.rx_frames, h.rx_errors, h.tx_frames, h.retransmits, h.dropped_samples, h.chip_temp_centi],
+        )?;
+        self.tx.execute(
+            "UPDATE nodes SET uptime_s = ?2, reset_reason = ?3, fw_version = ?4, node_rx_errors = ?5,
+                 last_seen_ms = max(last_seen_ms, ?6) WHERE id = ?1",
+            params![node_id, h.uptime_s, h.reset_reason.as_str(), h.fw.to_string(), h.rx_errors, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Adds to the count of frames the gateway dropped on a node's line.
+    pub fn link_errors(&mut self, node_id: i64, errors: u32) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE nodes SET gateway_rx_errors = gateway_rx_errors + ?2 WHERE id = ?1",
+            params![node_id, errors],
+        )?;
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if applied > schema::MIGRATIONS.len() {
+        return Err(StoreError::SchemaTooNew {
+            found: applied,
+            known: schema::MIGRATIONS.len(),
+        });
+    }
+    if applied == schema::MIGRATIONS.len() {
+        return Ok(());
+    }
+    schema::node_channels(conn)?;
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    conn.execute_batch("DROP TABLE temp.node_channels")?;
+    Ok(())
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeRow {
+    pub uid: String,
+    pub hw_rev: u8,
+    pub fw_version: String,
+    pub lot: String,
+    pub channels: Vec<String>,
+    pub port: Option<String>,
+    pub enrolled: bool,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub uptime_s: Option<u32>,
+    pub reset_reason: Option<String>,
+    pub readings_received: u64,
+    pub samples_lost: u64,
+    pub link_errors: LinkErrors,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct LinkErrors {
+    /// Frames from the node the gateway dropped (CRC, framing, malformed).
+    pub gateway_rx: u64,
+    /// Frames to the node the node dropped, as it reported in its last HEALTH.
+    pub node_rx: u64,
+}
+
+/// Totals for the status endpoint.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub nodes: u64,
+    /// Every reading stored: the nodes' (the sum of their `readings_received`) and the devices'.
+    pub readings_stored: u64,
+    /// Of `readings_stored`, those from devices.
+    pub device_readings: u64,
+}
+
+/// Read-only access for the API and tools.
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Reader {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT uid, hw_rev, fw_version, lot, channels, port, public_key IS NOT NULL, first_seen_ms, last_seen_ms,
+                    uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors
+             FROM nodes ORDER BY uid",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            let channels: String = row.get(4)?;
+            Ok(NodeRow {
+                uid: row.get(0)?,
+                hw_rev: row.get(1)?,
+                fw_version: row.get(2)?,
+                lot: row.get(3)?,
+                channels: channels
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(channel_name)
+                    .collect(),
+                port: row.get(5)?,
+                enrolled: row.get(6)?,
+                first_seen_ms: row.get(7)?,
+                last_seen_ms: row.get(8)?,
+                uptime_s: row.get(9)?,
+                reset_reason: row.get(10)?,
+                readings_received: row.get(11)?,
+                samples_lost: row.get(12)?,
+                link_errors: LinkErrors {
+                    gateway_rx: row.get(13)?,
+                    node_rx: row.get(14)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        let (nodes, node_readings, device_readings): (u64, u64, u64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(readings_received), 0),
+                    (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'readings.devices')
+             FROM nodes",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        Ok(Totals {
+            nodes,
+            readings_stored: node_readings + device_readings,
+            device_readings,
+        })
+    }
+
+    /// Bytes on disk: the database file and its write-ahead log.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+}
+
+/// `"4"` → `"seq"`; ids without a fixed name stay numeric.
+fn channel_name(id: &str) -> String {
+    id.parse::<u8>()
+        .ok()
+        .and_then(|c| outpost_proto::ChannelId(c).name())
+        .map_or_else(|| id.to_owned(), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests;

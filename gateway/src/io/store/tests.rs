@@ -1,0 +1,866 @@
+use outpost_proto::{ChannelId, FwVersion, Reading, ResetReason};
+
+use super::*;
+
+fn hello(uid: u8, boot_id: u32) -> Hello {
+    Hello {
+        uid: [uid; 8],
+        hw_rev: 2,
+        fw: FwVersion {
+            major: 1,
+            minor: 4,
+            patch: 0,
+        },
+        boot_id,
+        lot: heapless::String::try_from("L2026-11").unwrap(),
+        channels: [ChannelId::TEMPERATURE, ChannelId::SEQ]
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn sample(seq: u32, window_start: u32) -> Sample {
+    Sample {
+        seq,
+        window_start,
+        ts_ms: 1_700_000_000_000 + i64::from(seq) * 1000,
+        readings: [
+            Reading {
+                channel: ChannelId::TEMPERATURE,
+                value: 2150,
+            },
+            Reading {
+                channel: ChannelId::SEQ,
+                value: seq as i32,
+            },
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+fn seqs(path: &Path, node_id: i64) -> Vec<u32> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT value FROM readings WHERE node_id = ?1 AND channel = 4 ORDER BY id")
+        .unwrap();
+    stmt.query_map([node_id], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn samples_are_admitted_in_order_and_retransmissions_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+    let mut store = Store::open(&path).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(1, 77)))
+        .unwrap();
+    assert_eq!(node.ack_upto, 0);
+
+    let first = store
+        .transaction(|tx| tx.ingest(node.node_id, 77, &[sample(1, 1), sample(2, 1)], 0))
+        .unwrap();
+    assert_eq!((first.upto, first.admitted), (2, 2));
+    // The ACK was lost: the node resends 1..=3.
+    let again = store
+        .transaction(|tx| {
+            tx.ingest(
+                node.node_id,
+                77,
+                &[sample(1, 1), sample(2, 1), sample(3, 1)],
+                0,
+            )
+        })
+        .unwrap();
+    assert_eq!((again.upto, again.admitted, again.duplicates), (3, 1, 2));
+    // Out of order (4 missing): not admitted.
+    let ahead = store
+        .transaction(|tx| tx.ingest(node.node_id, 77, &[sample(5, 1)], 0))
+        .unwrap();
+    assert_eq!((ahead.upto, ahead.admitted), (3, 0));
+    assert_eq!(seqs(&path, node.node_id), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_gap_the_node_reports_is_counted_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0))
+        .unwrap();
+    // The node's ring overflowed: it holds 10.. only.
+    let r = store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(10, 10), sample(11, 10)], 0))
+        .unwrap();
+    assert_eq!((r.upto, r.lost), (11, 8));
+    let nodes = store.reader().unwrap().nodes().unwrap();
+    assert_eq!(nodes[0].samples_lost, 8);
+}
+
+#[test]
+fn the_dedup_point_survives_reopening_and_a_new_boot_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let mut store = Store::open(&path).unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1), sample(2, 1)], 0))
+            .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let again = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    assert_eq!(again.ack_upto, 2);
+    let rebooted = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 6)))
+        .unwrap();
+    assert_eq!((rebooted.node_id, rebooted.ack_upto), (again.node_id, 0));
+}
+
+#[test]
+fn a_failed_transaction_commits_nothing_and_forgets_its_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    let failed: Result<(), _> = store.transaction(|tx| {
+        tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)?;
+        Err(StoreError::DiskFull)
+    });
+    assert!(failed.is_err());
+    assert!(seqs(&path, node.node_id).is_empty());
+    let retried = store
+        .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0))
+        .unwrap();
+    assert_eq!(retried.admitted, 1);
+}
+
+#[test]
+fn a_different_key_for_a_pinned_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .unwrap();
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
+            .unwrap(),
+        Enrolment::Pinned
+    );
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
+            .unwrap(),
+        Enrolment::Known
+    );
+    assert_eq!(
+        store
+            .transaction(|tx| tx.enroll(node.node_id, &[8; 32]))
+            .unwrap(),
+        Enrolment::KeyMismatch
+    );
+}
+
+#[test]
+fn health_updates_the_registry_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let node = store
+        .transaction(|tx| tx.register(10, "p", &hello(0xab, 5)))
+        .unwrap();
+    let h = Health {
+        uptime_s: 3600,
+        reset_reason: ResetReason::Watchdog,
+        fw: FwVersion {
+            major: 1,
+            minor: 4,
+            patch: 0,
+        },
+        stack_free_min: 1800,
+        rx_frames: 100,
+        rx_errors: 3,
+        tx_frames: 120,
+        retransmits: 4,
+        dropped_samples: 0,
+        chip_temp_centi: 3120,
+    };
+    store
+        .transaction(|tx| tx.health(node.node_id, 20, &h))
+        .unwrap();
+    store
+        .transaction(|tx| tx.link_errors(node.node_id, 2))
+        .unwrap();
+    let row = &store.reader().unwrap().nodes().unwrap()[0];
+    assert_eq!(row.uid, "abababababababab");
+    assert_eq!(row.uptime_s, Some(3600));
+    assert_eq!(row.reset_reason.as_deref(), Some("watchdog"));
+    assert_eq!(
+        row.link_errors,
+        LinkErrors {
+            gateway_rx: 2,
+            node_rx: 3
+        }
+    );
+    assert_eq!(row.channels, vec!["temperature", "seq"]);
+    assert_eq!((row.first_seen_ms, row.last_seen_ms), (10, 20));
+}
+
+#[test]
+fn a_store_written_by_a_newer_outpost_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    drop(Store::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+}
+
+mod outbox {
+    use super::*;
+    use crate::io::store::outbox::AckError;
+
+    fn store_with_samples(n: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        let samples: Vec<Sample> = (1..=n).map(|s| sample(s, 1)).collect();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &samples, 0))
+            .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn sealing_takes_every_unsealed_reading_once_in_order() {
+        let (_dir, mut store) = store_with_samples(30);
+        let first = store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.seq, first.readings), (1, 40));
+        let second = store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.seq, second.readings), (2, 20));
+        assert_eq!(
+            store
+                .transaction(|tx| tx.seal_batch("gw-1", 0, 40, None))
+                .unwrap(),
+            None
+        );
+
+        let reader = store.reader().unwrap();
+        let mut seqs = Vec::new();
+        for info in reader.batches_after(0, 10).unwrap() {
+            let bytes = reader.batch_bytes(info.seq).unwrap().unwrap();
+            let batch =
+                outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default()).unwrap();
+            assert_eq!(batch.header().seq, info.seq);
+            assert_eq!(batch.header().gateway_id.as_str(), "gw-1");
+            seqs.extend(
+                batch
+                    .readings()
+                    .filter(|r| r.channel == "seq")
+                    .map(|r| r.value.as_f64() as u32),
+            );
+        }
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn temperatures_travel_with_their_decimals() {
+        let (_dir, mut store) = store_with_samples(1);
+        store
+            .transaction(|tx| tx.seal_batch("gw-1", 0, 100, None))
+            .unwrap();
+        let bytes = store.reader().unwrap().batch_bytes(1).unwrap().unwrap();
+        let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::default()).unwrap();
+        let t = batch
+            .readings()
+            .find(|r| r.channel == "temperature")
+            .unwrap();
+        assert!((t.value.as_f64() - 21.5).abs() < 1e-9, "{:?}", t.value);
+        assert_eq!(t.source, "0101010101010101");
+    }
+
+    #[test]
+    fn acknowledged_batches_are_deleted_and_sequence_numbers_never_reused() {
+        let (_dir, mut store) = store_with_samples(30);
+        for _ in 0..3 {
+            store
+                .transaction(|tx| tx.seal_batch("gw", 0, 20, None))
+                .unwrap();
+        }
+        let acked = store
+            .transaction(|tx| {
+                tx.ack_batches(2).map_err(|e| match e {
+                    AckError::Store(e) => e,
+                    other => panic!("{other}"),
+                })
+            })
+            .unwrap();
+        assert_eq!((acked.acked_upto, acked.deleted), (2, 2));
+        store
+            .transaction(|tx| tx.ack_batches(3).map_err(|_| StoreError::DiskFull))
+            .unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(31, 1)], 0))
+            .unwrap();
+        let next = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 20, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.seq, 4,
+            "an emptied outbox does not restart the sequence"
+        );
+    }
+
+    #[test]
+    fn an_ack_past_the_newest_batch_is_refused_and_changes_nothing() {
+        let (_dir, mut store) = store_with_samples(5);
+        store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap();
+        let refused = store.transaction(|tx| Ok(tx.ack_batches(9))).unwrap();
+        assert!(matches!(
+            refused,
+            Err(AckError::BeyondNewest { upto: 9, newest: 1 })
+        ));
+        let totals = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((totals.batches, totals.acked_upto), (1, 0));
+    }
+
+    #[test]
+    fn the_buffer_bound_drops_the_oldest_batches_and_counts_them() {
+        let (_dir, mut store) = store_with_samples(400); // 800 readings
+        let mut sizes = Vec::new();
+        while let Some(b) = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+        {
+            sizes.push(b.size_bytes);
+        }
+        assert_eq!(sizes.len(), 8);
+        let keep_last_three: u64 = sizes[5..].iter().sum();
+        let dropped = store
+            .transaction(|tx| tx.enforce_buffer(keep_last_three))
+            .unwrap();
+        assert_eq!(dropped.batches, 5);
+        assert_eq!(dropped.readings, 500);
+        let totals = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((totals.oldest_seq, totals.newest_seq), (Some(6), Some(8)));
+        assert_eq!((totals.dropped_batches, totals.dropped_readings), (5, 500));
+        assert!(totals.bytes <= keep_last_three);
+    }
+}
+
+mod series {
+    use super::*;
+    use outpost_batch::{BatchBuilder, Dictionaries, GatewayId, Value};
+
+    const T0: i64 = 1_764_000_000_000;
+
+    fn point(channel: &str, value: Value) -> SeriesReading {
+        SeriesReading {
+            channel: channel.to_owned(),
+            value,
+        }
+    }
+
+    /// (source, channel, ts_ms, value) of every reading in the outbox's batches, batch by batch.
+    fn outbox_readings(store: &Store) -> Vec<Vec<(String, String, i64, Value)>> {
+        let reader = store.reader().unwrap();
+        reader
+            .batches_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(|info| {
+                let bytes = reader.batch_bytes(info.seq).unwrap().unwrap();
+                let batch = outpost_batch::decode(&bytes, &Dictionaries::new()).unwrap();
+                batch
+                    .readings()
+                    .map(|r| (r.source.to_owned(), r.channel.to_owned(), r.ts_ms, r.value))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn sorted<T: Ord + Clone>(v: &[T]) -> Vec<T> {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    }
+
+    /// `Value` is not `Ord` (floats); compare readings by their exact text and bits.
+    fn key(r: &(String, String, i64, Value)) -> (String, String, i64, String) {
+        let bits = match r.3 {
+            Value::Float(v) => format!("f{:016x}", v.to_bits()),
+            Value::Decimal { raw, exp } => format!("d{raw}e{exp}"),
+        };
+        (r.0.clone(), r.1.clone(), r.2, bits)
+    }
+
+    #[test]
+    fn device_readings_travel_exactly_with_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let polls = [
+            (
+                T0,
+                vec![
+                    point("voltage_l1", Value::decimal(2301, -1)),
+                    point("energy_total", Value::integer(123_456_789_012)),
+                    point("frequency", Value::float(49.98)),
+                    point("power_factor", Value::float(-0.0)),
+                    point("tiny", Value::float(f64::MIN_POSITIVE / 3.0)), // subnormal
+                    point("whole", Value::float(230.0)), // an integral float stays a float
+                    point("max", Value::float(f64::MAX)),
+                    point("underflow", Value::float(f64::NEG_INFINITY)),
+                ],
+            ),
+            (
+                T0 + 1000,
+                vec![
+                    point("voltage_l1", Value::decimal(-2299, -1)),
+                    point("energy_total", Value::integer(i64::MAX)),
+                    point("frequency", Value::float(0.1 + 0.2)),
+                    point("power_factor", Value::float(0.0)),
+                    point("tiny", Value::float(-f64::MIN_POSITIVE)),
+                    point("whole", Value::float(231.0)),
+                    point("max", Value::float(f64::MIN)),
+                    point("underflow", Value::float(f64::INFINITY)),
+                ],
+            ),
+        ];
+        for (ts_ms, readings) in &polls {
+            let stored = store
+                .transaction(|tx| tx.ingest_series("meter-1", *ts_ms, readings))
+                .unwrap();
+            assert_eq!(stored, 8);
+        }
+        let sealed = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sealed.readings, 16);
+
+        let expected: Vec<_> = polls
+            .iter()
+            .flat_map(|(ts_ms, readings)| {
+                readings
+                    .iter()
+                    .map(|r| ("meter-1".to_owned(), r.channel.clone(), *ts_ms, r.value))
+            })
+            .collect();
+        let batches = outbox_readings(&store);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            sorted(&batches[0].iter().map(key).collect::<Vec<_>>()),
+            sorted(&expected.iter().map(key).collect::<Vec<_>>())
+        );
+    }
+
+    #[test]
+    fn a_nan_comes_back_as_a_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .transaction(|tx| {
+                tx.ingest_series("meter-1", T0, &[point("cos_phi", Value::float(f64::NAN))])
+            })
+            .unwrap();
+        store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap();
+        let batches = outbox_readings(&store);
+        let Value::Float(v) = batches[0][0].3 else {
+            panic!("{:?}", batches[0][0])
+        };
+        assert!(v.is_nan());
+    }
+
+    #[test]
+    fn node_and_device_readings_share_a_batch_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        store
+            .transaction(|tx| {
+                tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)?;
+                tx.ingest_series(
+                    "meter-1",
+                    T0,
+                    &[
+                        point("voltage_l1", Value::decimal(2301, -1)),
+                        point("frequency", Value::float(50.01)),
+                    ],
+                )
+            })
+            .unwrap();
+        store
+            .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(2, 1)], 0))
+            .unwrap();
+        let sealed = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sealed.readings, 6);
+
+        let batches = outbox_readings(&store);
+        let uid = "0101010101010101".to_owned();
+        let t = |seq: i64| 1_700_000_000_000 + seq * 1000;
+        let expected = [
+            (
+                uid.clone(),
+                "temperature".to_owned(),
+                t(1),
+                Value::decimal(2150, -2),
+            ),
+            (uid.clone(), "seq".to_owned(), t(1), Value::integer(1)),
+            (
+                "meter-1".to_owned(),
+                "voltage_l1".to_owned(),
+                T0,
+                Value::decimal(2301, -1),
+            ),
+            (
+                "meter-1".to_owned(),
+                "frequency".to_owned(),
+                T0,
+                Value::float(50.01),
+            ),
+            (
+                uid.clone(),
+                "temperature".to_owned(),
+                t(2),
+                Value::decimal(2150, -2),
+            ),
+            (uid, "seq".to_owned(), t(2), Value::integer(2)),
+        ];
+        assert_eq!(
+            sorted(&batches[0].iter().map(key).collect::<Vec<_>>()),
+            sorted(&expected.iter().map(key).collect::<Vec<_>>())
+        );
+
+        let totals = store.reader().unwrap().totals().unwrap();
+        assert_eq!(
+            totals,
+            Totals {
+                nodes: 1,
+                readings_stored: 6,
+                device_readings: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_point_that_changes_kind_becomes_a_new_series_and_ends_the_batch_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        // The config edit comes between the first and second poll: voltage gains a decimal,
+        // current becomes a float register.
+        let polls = [
+            vec![
+                point("voltage_l1", Value::decimal(2301, -1)),
+                point("current_l1", Value::integer(12)),
+            ],
+            vec![
+                point("voltage_l1", Value::decimal(23012, -2)),
+                point("current_l1", Value::float(12.4)),
+            ],
+            vec![
+                point("voltage_l1", Value::decimal(23013, -2)),
+                point("current_l1", Value::float(12.5)),
+            ],
+        ];
+        for (i, readings) in polls.iter().enumerate() {
+            store
+                .transaction(|tx| tx.ingest_series("meter-1", T0 + i as i64 * 1000, readings))
+                .unwrap();
+        }
+        let series: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM series", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(series, 4, "two kinds of two points");
+
+        let first = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.readings, 2, "ends before voltage in hundredths");
+        let second = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.readings, 4);
+        assert_eq!(
+            store
+                .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+                .unwrap(),
+            None
+        );
+
+        let batches = outbox_readings(&store);
+        let values = |batch: &[(String, String, i64, Value)], channel: &str| -> Vec<Value> {
+            batch
+                .iter()
+                .filter(|r| r.1 == channel)
+                .map(|r| r.3)
+                .collect()
+        };
+        assert_eq!(
+            values(&batches[0], "voltage_l1"),
+            [Value::decimal(2301, -1)]
+        );
+        assert_eq!(values(&batches[0], "current_l1"), [Value::integer(12)]);
+        assert_eq!(
+            values(&batches[1], "voltage_l1"),
+            [Value::decimal(23012, -2), Value::decimal(23013, -2)]
+        );
+        assert_eq!(
+            values(&batches[1], "current_l1"),
+            [Value::float(12.4), Value::float(12.5)]
+        );
+    }
+
+    #[test]
+    fn a_kind_change_splits_dictionary_training_windows_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .transaction(|tx| {
+                tx.ingest_series("meter-1", T0, &[point("v", Value::decimal(2301, -1))])?;
+                tx.ingest_series("meter-1", T0 + 1, &[point("v", Value::float(230.1))])?;
+                tx.ingest_series("meter-1", T0 + 30_000, &[point("w", Value::integer(1))])
+            })
+            .unwrap();
+        // One window from T0 - 30 s holds both kinds of `v`; the newest reading starts the next.
+        let bodies = store
+            .reader()
+            .unwrap()
+            .training_bodies("gw", 60_000, 1)
+            .unwrap();
+        assert_eq!(bodies.len(), 3);
+    }
+
+    #[test]
+    fn a_rolled_back_transaction_forgets_the_series_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let readings = [point("voltage_l1", Value::decimal(2301, -1))];
+        let failed: Result<(), _> = store.transaction(|tx| {
+            tx.ingest_series("meter-1", T0, &readings)?;
+            Err(StoreError::DiskFull)
+        });
+        assert!(failed.is_err());
+        store
+            .transaction(|tx| tx.ingest_series("meter-1", T0, &readings))
+            .unwrap();
+        store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap();
+        let batches = outbox_readings(&store);
+        assert_eq!(batches[0].len(), 1);
+        assert_eq!(batches[0][0].1, "voltage_l1");
+        assert_eq!(store.reader().unwrap().totals().unwrap().device_readings, 1);
+    }
+
+    #[test]
+    fn a_name_no_batch_can_carry_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let long = "x".repeat(outpost_batch::MAX_NAME_LEN + 1);
+        let stored = store
+            .transaction(|tx| {
+                Ok((
+                    tx.ingest_series(
+                        "meter-1",
+                        T0,
+                        &[point("", Value::integer(1)), point("ok", Value::integer(2))],
+                    )?,
+                    tx.ingest_series(&long, T0, &[point("ok", Value::integer(3))])?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(stored, (1, 0));
+        let sealed = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sealed.readings, 1);
+    }
+
+    /// A store as Outpost 0.x (schema 3) left it: two nodes' readings, the first two sealed.
+    fn store_at_version_3(path: &Path) {
+        let conn = Connection::open(path).unwrap();
+        for sql in &schema::MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO nodes (id, uid, hw_rev, fw_version, lot, channels, first_seen_ms, last_seen_ms, readings_received)
+                 VALUES (1, '0101010101010101', 2, '1.4.0', 'L1', '1,4', 0, 0, 4),
+                        (2, 'abababababababab', 2, '1.4.0', 'L1', '1,2,9', 0, 0, 4);
+             INSERT INTO node_sessions (node_id, boot_id, last_seq) VALUES (1, 5, 2), (2, 9, 2);
+             INSERT INTO readings (id, node_id, boot_id, seq, channel, ts_ms, value) VALUES
+                 (1, 1, 5, 1, 1, 1000, 2150),
+                 (2, 1, 5, 1, 4, 1000, 1),
+                 (3, 2, 9, 1, 1, 1000, -312),
+                 (4, 2, 9, 1, 9, 1000, 77),
+                 (5, 1, 5, 2, 1, 2000, 2160),
+                 (6, 1, 5, 2, 4, 2000, 2),
+                 (7, 2, 9, 2, 2, 2000, 4550),
+                 (8, 2, 9, 2, 9, 2000, 78);
+             INSERT INTO batches (first_reading_id, last_reading_id, first_ts_ms, last_ts_ms, reading_count,
+                 dictionary_id, sealed_ms, size_bytes, bytes) VALUES (1, 2, 1000, 1000, 2, 0, 0, 1, x'00');
+             UPDATE meta SET value = '2' WHERE key = 'batches.last_reading_id';",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_3_store_migrates_and_seals_the_same_bytes_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        store_at_version_3(&path);
+        let mut store = Store::open(&path).unwrap();
+        let version: usize = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema::MIGRATIONS.len());
+
+        // What schema 3's sealing made of readings 3..=8: uid, channel name, decimal at the
+        // channel's exponent, in id order.
+        let mut before = BatchBuilder::new(GatewayId::new("gw").unwrap(), 2);
+        for (source, channel, ts_ms, raw, exp) in [
+            ("abababababababab", "temperature", 1000, -312, -2),
+            ("abababababababab", "ch9", 1000, 77, 0),
+            ("0101010101010101", "temperature", 2000, 2160, -2),
+            ("0101010101010101", "seq", 2000, 2, 0),
+            ("abababababababab", "humidity", 2000, 4550, -2),
+            ("abababababababab", "ch9", 2000, 78, 0),
+        ] {
+            before
+                .push(source, channel, ts_ms, Value::decimal(raw, exp))
+                .unwrap();
+        }
+        let sealed = store
+            .transaction(|tx| tx.seal_batch("gw", 0, 100, None))
+            .unwrap()
+            .unwrap();
+        assert_eq!((sealed.seq, sealed.readings), (2, 6));
+        assert_eq!(
+            store.reader().unwrap().batch_bytes(2).unwrap().unwrap(),
+            before.seal(None).unwrap()
+        );
+
+        // The nodes go on where they were: same dedup point, same series, ids after the old ones.
+        let node = store
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .unwrap();
+        assert_eq!((node.node_id, node.ack_upto), (1, 2));
+        store
+            .transaction(|tx| tx.ingest(1, 5, &[sample(3, 1)], 0))
+            .unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let (series, min_new_id): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM series), min(id) FROM readings WHERE id > 8",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((series, min_new_id), (5, 9));
+        assert_eq!(seqs(&path, 1), vec![1, 2, 3]);
+        assert_eq!(
+            store.reader().unwrap().totals().unwrap(),
+            Totals {
+                nodes: 2,
+                readings_stored: 10,
+                device_readings: 0
+            }
+        );
+    }
+}
+
+mod writer {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::io::store::writer::{StoreCommand, StoreCondition, WriterConfig, run};
+    use outpost_batch::Value;
+
+    #[tokio::test]
+    async fn device_readings_are_committed_without_a_reply_and_all_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let (commands_tx, commands) = tokio::sync::mpsc::channel(16);
+        let (_interval_tx, interval) = tokio::sync::watch::channel(Duration::ZERO);
+        let condition = Arc::new(Mutex::new(StoreCondition::default()));
+        let config = WriterConfig {
+            gateway_id: "gw".to_owned(),
+            commit_interval: Duration::from_millis(10),
+            max_commit_readings: 1000,
+            batch_interval: Duration::ZERO,
+            max_batch_readings: 1000,
+            buffer_max_bytes: 1 << 20,
+            dictionary: None,
+        };
+        for (i, value) in [Value::integer(1), Value::float(1.5), Value::float(2.5)]
+            .into_iter()
+            .enumerate()
+        {
+            commands_tx
+                .send(StoreCommand::DeviceReadings {
+                    source: "meter-1".to_owned(),
+                    ts_ms: 1000 * i as i64,
+                    readings: vec![SeriesReading {
+                        channel: "p".to_owned(),
+                        value,
+                    }],
+                })
+                .await
+                .unwrap();
+        }
+        drop(commands_tx);
+        let store = run(store, commands, interval, config, Arc::clone(&condition)).await;
+
+        let c = condition.lock().unwrap().clone();
+        assert_eq!((c.commits, c.failed_commits), (1, 0));
+        assert_eq!(c.batches_sealed, 2, "the kind change splits the batch");
+        let reader = store.reader().unwrap();
+        assert_eq!(reader.outbox().unwrap().unsealed_readings, 0);
+        assert_eq!(reader.totals().unwrap().device_readings, 3);
+    }
+}
