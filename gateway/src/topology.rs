@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::io::api::{self, ApiState};
 use crate::io::dictionaries;
@@ -28,7 +29,7 @@ use crate::io::store::{Store, writer};
 use crate::io::uplink::cost::{self, CostConfig, CostStatus};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
-use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkStatus};
+use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkBoard, UplinkIo};
 use outpost_core::config::Config;
 use outpost_core::config::modbus::Transport;
 use outpost_core::modbus::plan::CostModel;
@@ -56,6 +57,12 @@ pub async fn run(
     let store =
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
 
+    // The newest sealed batch, so the uplink wakes for new batches instead of looking for them.
+    let newest_sealed = store
+        .reader()
+        .and_then(|r| r.outbox())
+        .map_or(0, |o| o.newest_seq.unwrap_or(0));
+    let (sealed_tx, sealed_rx) = watch::channel(newest_sealed);
     let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
     raise_update_alert(&condition, Path::new(crate::io::update::STATE_DIR));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
@@ -68,6 +75,7 @@ pub async fn run(
         buffer_max_bytes: config.buffer_max_bytes,
         dictionary: dictionaries::load_active(&dictionaries::dir(&config.data_dir))
             .context("cannot load the active batch dictionary")?,
+        sealed: sealed_tx,
     };
     let (interval_tx, interval_rx) = watch::channel(config.batch_interval);
     let writer = tokio::spawn(writer::run(
@@ -119,23 +127,30 @@ pub async fn run(
     // Kept for the whole run: remote commands write points through it.
     let (_modbus_writer, modbus_tasks) = spawn_modbus(&config, &modbus_board, &store_tx, &shutdown);
 
-    let uplink = Arc::new(Mutex::new(UplinkStatus::default()));
+    let uplink = Arc::new(Mutex::new(UplinkBoard::default()));
+    // Awaited at shutdown, so its clean "offline" is out before the process exits.
+    let uplink_task = TaskTracker::new();
     if let Some(mqtt) = &config.mqtt {
         let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
             .context("cannot set up TLS for the MQTT uplink")?;
-        tokio::spawn(uplink_mqtt::run(
+        let io = UplinkIo {
+            store_path: path.clone(),
+            store_tx: store_tx.clone(),
+            sealed: sealed_rx,
+            board: Arc::clone(&uplink),
+            meter: Arc::clone(&meter),
+            condition: Arc::clone(&condition),
+        };
+        uplink_task.spawn(uplink_mqtt::run(
             mqtt.clone(),
             Arc::new(tls),
             config.gateway_id.clone(),
             config.data_dir.join("run"),
-            path.clone(),
-            store_tx.clone(),
-            Arc::clone(&uplink),
-            Arc::clone(&meter),
-            Arc::clone(&condition),
+            io,
             shutdown.clone(),
         ));
     }
+    uplink_task.close();
 
     let listener = api::bind(config.api_listen)
         .await
@@ -168,6 +183,7 @@ pub async fn run(
     for task in port_tasks.into_iter().chain(modbus_tasks) {
         let _ = task.await;
     }
+    uplink_task.wait().await;
     let _ = cost_task.await;
     // Everything queued is committed before the process exits.
     writer.await.context("store writer failed")?;

@@ -25,6 +25,7 @@ pub mod hex;
 pub mod link;
 pub mod modbus;
 pub mod update;
+pub mod uplink;
 pub mod watchdog;
 
 pub use outpost_proto::Millis;

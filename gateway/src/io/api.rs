@@ -21,7 +21,7 @@ use crate::io::serial::{PortBoard, PortStatus};
 use crate::io::update::incoming as updates;
 use crate::io::uplink::cost::CostStatus;
 use crate::io::uplink::meter::Meter;
-use crate::io::uplink::mqtt::UplinkStatus;
+use crate::io::uplink::mqtt::UplinkBoard;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::io::store::outbox::{BatchInfo, OutboxTotals};
@@ -40,7 +40,7 @@ pub struct ApiState {
     pub pull_token: Option<Arc<str>>,
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// `None`: no MQTT uplink configured.
-    pub uplink: Option<Arc<Mutex<UplinkStatus>>>,
+    pub uplink: Option<Arc<Mutex<UplinkBoard>>>,
     pub cost: Arc<Mutex<CostStatus>>,
     /// Pulled batch bytes count against the same data budget as pushed ones.
     pub meter: Arc<Meter>,
@@ -63,7 +63,7 @@ struct Status {
     readings_stored: u64,
     store: StoreStatus,
     outbox: OutboxTotals,
-    uplink: Option<UplinkStatus>,
+    uplink: Option<UplinkBoard>,
     cost: CostStatus,
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,

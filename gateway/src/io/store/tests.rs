@@ -836,6 +836,7 @@ mod writer {
             max_batch_readings: 1000,
             buffer_max_bytes: 1 << 20,
             dictionary: None,
+            sealed: tokio::sync::watch::channel(0).0,
         };
         for (i, value) in [Value::integer(1), Value::float(1.5), Value::float(2.5)]
             .into_iter()

@@ -121,6 +121,8 @@ pub struct WriterConfig {
     pub buffer_max_bytes: u64,
     /// The trained dictionary new batches are sealed with.
     pub dictionary: Option<outpost_batch::Dictionary>,
+    /// Where the newest sealed batch's sequence number is announced.
+    pub sealed: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock(condition: &Mutex<StoreCondition>) -> std::sync::MutexGuard<'_, StoreCondition> {
@@ -263,28 +265,30 @@ async fn seal(
     let dictionary = config.dictionary.clone();
     let (store, result) = blocking(store, move |s| {
         s.transaction(|tx| {
-            let mut sealed = 0u64;
+            let (mut sealed, mut newest) = (0u64, None);
             // Everything unsealed: one batch per window, several after a backlog (downtime), or
             // where a series changed kind (a batch ends before the change).
-            while tx
-                .seal_batch(
-                    &gateway_id,
-                    crate::io::wall_clock::unix_ms(),
-                    max,
-                    dictionary.as_ref(),
-                )?
-                .is_some()
-            {
+            while let Some(batch) = tx.seal_batch(
+                &gateway_id,
+                crate::io::wall_clock::unix_ms(),
+                max,
+                dictionary.as_ref(),
+            )? {
                 sealed += 1;
+                newest = Some(batch.seq);
             }
             let dropped = tx.enforce_buffer(buffer)?;
-            Ok((sealed, dropped, tx.unsealed_readings()?))
+            Ok((sealed, newest, dropped, tx.unsealed_readings()?))
         })
     })
     .await;
     match result {
-        Ok((sealed, dropped, left)) => {
+        Ok((sealed, newest, dropped, left)) => {
             batcher.handle_sealed(now, left);
+            if let Some(newest) = newest {
+                // The uplink wakes for it: new batches are signalled, never polled for.
+                config.sealed.send_replace(newest);
+            }
             let mut c = lock(condition);
             c.batches_sealed += sealed;
             if dropped != Dropped::default() {

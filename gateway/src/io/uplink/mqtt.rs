@@ -1,183 +1,93 @@
-//! MQTT push of sealed batches, with the cloud's end-to-end acknowledgement.
+//! MQTT push of sealed batches: the adapter around `outpost_core::uplink::UplinkSession`.
 //!
-//! Topics (all under the gateway's own prefix, so a per-identity ACL can hold it there):
-//! - `outpost/{id}/batch`: each sealed batch, QoS 1, the stored bytes exactly;
-//! - `outpost/{id}/ack`: the cloud's `{"upto": SEQ}`; only then do batches leave the outbox
-//!   (or on the broker's PUBACK, with `ack = "broker"`);
-//! - `outpost/{id}/status`: `online` (retained) on connect; `offline` (retained) as Last Will;
-//! - `outpost/{id}/alert`: each alert as JSON when it is raised, not held for a batch.
-//!
-//! At most `max_unacked` batches are out without an acknowledgement, so a backlog after an
-//! outage drains oldest first at the pace the cloud confirms, and live batches queue behind it
-//! instead of flooding the link.
+//! The session decides (what to publish, what an acknowledgement may delete, whether the broker
+//! lets this identity use its topics); this task moves bytes. It owns rumqttc's event loop, one
+//! outbox reader (reused for every batch), and the session's timers, in one `select!`. rumqttc
+//! speaks MQTT to Outpost's own TLS link over a private Unix socket ([`super::link`]), so every
+//! byte on the broker socket is metered.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport};
+use outpost_core::config::MqttConfig;
+use outpost_core::uplink::{
+    Action, Event, Queued, SessionConfig, StoreAckError, Subscription, UplinkSession, UplinkStatus,
+};
+use outpost_proto::Millis;
+use rumqttc::{AsyncClient, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-
-use outpost_core::config::{AckMode, MqttConfig};
 
 use super::link::TlsLink;
 use super::meter::Meter;
 use crate::io::store::Reader;
-use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition};
+use crate::io::store::writer::{AckReply, Alert, StoreCommand, StoreCondition};
 
-/// The uplink as the status page shows it.
+/// The uplink as the status page shows it: the session's view and the metered bytes.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct UplinkStatus {
-    pub connected: bool,
-    pub connects: u64,
-    pub batches_published: u64,
-    pub acked_upto: u64,
-    /// Why the uplink is not working, if it is not (TLS, refused topic, broker gone).
-    pub last_error: Option<String>,
-    /// The broker refused this gateway a topic of its own: its certificate's identity does
-    /// not match `gateway.id`. Nothing will get through until that is fixed.
-    pub refused: Option<String>,
+pub struct UplinkBoard {
+    #[serde(flatten)]
+    pub session: UplinkStatus,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
 
-/// Whether the broker lets this identity use the gateway's own topics.
-///
-/// Mosquitto 2.0 grants every SUBSCRIBE and, with MQTT 3.1.1, PUBACKs a publish its ACL denies
-/// (then drops it): neither answer tells. So on each connection the gateway subscribes to its
-/// own status topic and publishes "online" to it; only if that comes back are batches sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    Waiting { since: Instant },
-    Passed,
-    Refused,
+/// How often raised alerts are looked for in the store's condition.
+const ALERT_CHECK: Duration = Duration::from_secs(1);
+
+/// The gateway's topics.
+struct Topics {
+    batch: String,
+    ack: String,
+    status: String,
+    alert: String,
 }
 
-/// How long the own-status echo may take before the topics count as refused.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Stands for a publish that is not a batch (the status message) in [`PublishTracker`].
-const NOT_A_BATCH: u64 = 0;
-
-/// Matches batches to the packet ids rumqttc gives their PUBLISHes.
-///
-/// rumqttc 0.25 `AsyncClient::publish` returns `()`; the packet id shows up later as
-/// `Outgoing::Publish(pkid)`, in the order the requests were queued. Replays of an unacked
-/// publish after a reconnect come out with their old packet id. Keep this the one place that
-/// knows, so a rumqttc that returns the id from `publish` is a local change.
-#[derive(Debug, Default)]
-struct PublishTracker {
-    requested: VecDeque<u64>,
-    by_pkid: HashMap<u16, u64>,
-}
-
-impl PublishTracker {
-    fn requested(&mut self, seq: u64) {
-        self.requested.push_back(seq);
-    }
-
-    /// A PUBLISH went out with `pkid`: the next requested batch, or a replay of a known one.
-    fn outgoing(&mut self, pkid: u16) -> Option<u64> {
-        if let Some(&seq) = self.by_pkid.get(&pkid) {
-            return Some(seq);
+impl Topics {
+    fn new(gateway_id: &str) -> Topics {
+        let topic = |leaf: &str| format!("outpost/{gateway_id}/{leaf}");
+        Topics {
+            batch: topic("batch"),
+            ack: topic("ack"),
+            status: topic("status"),
+            alert: topic("alert"),
         }
-        let seq = self.requested.pop_front()?;
-        self.by_pkid.insert(pkid, seq);
-        Some(seq)
-    }
-
-    /// The broker acknowledged `pkid`.
-    fn puback(&mut self, pkid: u16) -> Option<u64> {
-        self.by_pkid.remove(&pkid)
-    }
-
-    fn reset(&mut self) {
-        self.requested.clear();
-        self.by_pkid.clear();
     }
 }
 
-/// Broker acknowledgements may come out of order; the outbox is acknowledged up to the first gap.
-#[derive(Debug, Default)]
-struct ContiguousAcks {
-    done: BTreeSet<u64>,
-}
-
-impl ContiguousAcks {
-    fn ack(&mut self, acked_upto: u64, seq: u64) -> u64 {
-        self.done.insert(seq);
-        let mut upto = acked_upto;
-        while self.done.remove(&(upto + 1)) {
-            upto += 1;
-        }
-        self.done.retain(|&s| s > upto);
-        upto
-    }
+/// What the uplink task needs from the rest of the daemon.
+#[derive(Debug)]
+pub struct UplinkIo {
+    pub store_path: PathBuf,
+    pub store_tx: mpsc::Sender<StoreCommand>,
+    /// The newest sealed batch, signalled by the store writer.
+    pub sealed: watch::Receiver<u64>,
+    pub board: Arc<Mutex<UplinkBoard>>,
+    pub meter: Arc<Meter>,
+    /// Alerts raised on the status page go upstream too.
+    pub condition: Arc<Mutex<StoreCondition>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The next batch after `after`, with its bytes, from the outbox.
-async fn next_batch(store_path: PathBuf, after: u64) -> Option<(u64, Vec<u8>)> {
-    tokio::task::spawn_blocking(move || {
-        let reader = Reader::open(&store_path).ok()?;
-        let info = reader.batches_after(after, 1).ok()?.into_iter().next()?;
-        Some((info.seq, reader.batch_bytes(info.seq).ok()??))
-    })
-    .await
-    .ok()?
-}
-
-async fn acknowledge(
-    store_tx: &mpsc::Sender<StoreCommand>,
-    meter: &Meter,
-    upto: u64,
-) -> Option<u64> {
-    let (reply, answer) = oneshot::channel();
-    store_tx
-        .send(StoreCommand::AckBatches { upto, reply })
-        .await
-        .ok()?;
-    match answer.await.ok()? {
-        AckReply::Acked(acked) => {
-            meter.add_delivered(acked.readings);
-            Some(acked.acked_upto)
-        }
-        AckReply::Refused(why) => {
-            tracing::warn!(message = "Cloud acknowledgement refused.", upto, %why);
-            None
-        }
-        AckReply::Failed(error) => {
-            tracing::error!(message = "Cannot record the cloud's acknowledgement.", upto, %error);
-            None
-        }
-    }
-}
-
-/// Runs the MQTT uplink until `shutdown`.
-#[allow(clippy::too_many_arguments)]
+/// Runs the MQTT uplink until `shutdown`, then says `offline` and disconnects.
 pub async fn run(
     config: MqttConfig,
     tls: Arc<rustls::ClientConfig>,
     gateway_id: String,
     run_dir: PathBuf,
-    store_path: PathBuf,
-    store_tx: mpsc::Sender<StoreCommand>,
-    status: Arc<Mutex<UplinkStatus>>,
-    meter: Arc<Meter>,
-    condition: Arc<Mutex<StoreCondition>>,
+    mut io: UplinkIo,
     shutdown: CancellationToken,
 ) {
     let link = match TlsLink::bind(&run_dir) {
         Ok(link) => link,
         Err(error) => {
             tracing::error!(message = "Cannot create the uplink socket; uplink off.", dir = %run_dir.display(), %error);
-            lock(&status).last_error = Some(format!(
+            lock(&io.board).session.last_error = Some(format!(
                 "cannot create uplink socket in {}: {error}",
                 run_dir.display()
             ));
@@ -186,17 +96,16 @@ pub async fn run(
     };
     let socket = link.socket_path().to_string_lossy().into_owned();
     let link_error = Arc::new(Mutex::new(None));
-    tokio::spawn(link.run(
+    let link_task = tokio::spawn(link.run(
         config.host.clone(),
         config.port,
         tls,
-        Arc::clone(&meter),
+        Arc::clone(&io.meter),
         Arc::clone(&link_error),
         shutdown.clone(),
     ));
 
-    let topic = |leaf: &str| format!("outpost/{gateway_id}/{leaf}");
-    let (batch_topic, ack_topic, status_topic) = (topic("batch"), topic("ack"), topic("status"));
+    let topics = Topics::new(&gateway_id);
     let mut options = MqttOptions::new(format!("outpost-{gateway_id}"), socket, 0);
     options
         .set_transport(Transport::Unix)
@@ -204,200 +113,191 @@ pub async fn run(
         .set_clean_session(false)
         .set_max_packet_size(64 * 1024, 64 * 1024 * 1024)
         .set_last_will(LastWill::new(
-            &status_topic,
+            &topics.status,
             "offline",
             QoS::AtLeastOnce,
             true,
         ));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
 
-    let mut acked_upto = match tokio::task::spawn_blocking({
-        let path = store_path.clone();
-        move || Reader::open(&path).and_then(|r| r.outbox())
-    })
-    .await
-    {
-        Ok(Ok(outbox)) => outbox.acked_upto,
-        _ => 0,
+    let mut reader = open_reader(io.store_path.clone()).await;
+    let mut acked_upto = 0;
+    if let Some((r, outbox)) = with_reader(reader.take(), |r| r.outbox()).await {
+        reader = Some(r);
+        acked_upto = outbox.map_or(0, |o| o.acked_upto);
+    }
+    let started = Instant::now();
+    let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let session_config = SessionConfig {
+        ack: config.ack,
+        max_unacked: config.max_unacked as u64,
+        resend_after: config.resend_after,
     };
-    lock(&status).acked_upto = acked_upto;
-    let mut published_upto = acked_upto; // last batch handed to the MQTT client
-    let mut connected = false;
-    let mut tracker = PublishTracker::default();
-    let mut broker_acks = ContiguousAcks::default();
-    let mut last_progress = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    let mut probe = Probe::Waiting {
-        since: Instant::now(),
-    };
-    let alert_topic = topic("alert");
+    let mut session = UplinkSession::new(session_config, gateway_id.clone(), acked_upto, now());
+    session.handle_sealed(*io.sealed.borrow_and_update());
+
+    let mut store_ack: Option<oneshot::Receiver<AckReply>> = None;
     let mut alerts_sent_upto = 0i64;
-    let mut pump = tokio::time::interval(Duration::from_millis(250));
-    pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut alert_check = tokio::time::interval(ALERT_CHECK);
+    alert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
-                    connected = true;
-                    backoff = Duration::from_millis(200);
+        // Carry out what the session asked for, then show where it stands.
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Subscribe(which) => {
+                    let (topic, qos) = match which {
+                        Subscription::Ack => (&topics.ack, QoS::AtMostOnce),
+                        Subscription::Status => (&topics.status, QoS::AtLeastOnce),
+                    };
+                    // A full request queue drops it; the resend and the next connection retry.
+                    let _ = client.try_subscribe(topic, qos);
+                }
+                Action::PublishOnline => {
+                    match client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online") {
+                        Ok(()) => session.handle_queued(Queued::Status),
+                        Err(_) => session.handle_client_full(Action::PublishOnline),
+                    }
+                }
+                Action::PublishAlert(payload) => {
+                    match client.try_publish(
+                        &topics.alert,
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    ) {
+                        Ok(()) => session.handle_queued(Queued::Alert),
+                        Err(_) => session.handle_client_full(Action::PublishAlert(payload)),
+                    }
+                }
+                Action::PublishBatch { after } => {
+                    if reader.is_none() {
+                        reader = open_reader(io.store_path.clone()).await;
+                    }
+                    let mut batch = None;
+                    if let Some((r, found)) =
+                        with_reader(reader.take(), move |r| next_batch(r, after)).await
                     {
-                        let mut s = lock(&status);
-                        s.connected = true;
-                        s.connects += 1;
-                        s.last_error = None;
+                        reader = Some(r);
+                        batch = found;
                     }
-                    tracing::info!(message = "Uplink connected.", session_present = connack.session_present);
-                    if !connack.session_present {
-                        // Nothing in flight survived: send again everything not acknowledged.
-                        tracker.reset();
-                        published_upto = acked_upto;
-                    }
-                    // The status subscription is the probe: our own "online" must come back.
-                    // QoS 0: acknowledgements are cumulative and idempotent, so a lost one is
-                    // covered by the next (or by `resend_after`); QoS 1 would cost a PUBACK each.
-                    let _ = client.try_subscribe(&ack_topic, QoS::AtMostOnce);
-                    let _ = client.try_subscribe(&status_topic, QoS::AtLeastOnce);
-                    if client.try_publish(&status_topic, QoS::AtLeastOnce, true, "online").is_ok() {
-                        tracker.requested(NOT_A_BATCH);
-                    }
-                    probe = Probe::Waiting { since: Instant::now() };
-                }
-                // A live echo of our own status: this identity may use our topics (a retained
-                // copy delivered on subscribe proves nothing, it may be from an earlier session).
-                Ok(Event::Incoming(Incoming::Publish(publish))) if publish.topic == status_topic => {
-                    if !publish.retain && publish.payload.as_ref() == b"online" && probe != Probe::Passed {
-                        probe = Probe::Passed;
-                        if lock(&status).refused.take().is_some() {
-                            tracing::info!(message = "Uplink topics granted again.");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Incoming::SubAck(suback))) => {
-                    if suback.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                        let why = format!(
-                            "the broker refused subscription to {ack_topic}: this gateway's certificate does not \
-                             grant topics under outpost/{gateway_id}/ (does gateway.id match the certificate's identity?)"
-                        );
-                        if lock(&status).refused.is_none() {
-                            tracing::error!(message = "Uplink refused by the broker.", reason = %why);
-                        }
-                        lock(&status).refused = Some(why);
-                    }
-                }
-                Ok(Event::Incoming(Incoming::Publish(publish))) if publish.topic == ack_topic => {
-                    match serde_json::from_slice::<serde_json::Value>(&publish.payload).ok().and_then(|v| v["upto"].as_u64()) {
-                        Some(upto) if upto > acked_upto => {
-                            if config.ack == AckMode::EndToEnd {
-                                if let Some(now_acked) = acknowledge(&store_tx, &meter, upto).await {
-                                    acked_upto = now_acked;
-                                    last_progress = Instant::now();
-                                    lock(&status).acked_upto = acked_upto;
-                                }
+                    match batch {
+                        Some((seq, bytes)) => {
+                            match client.try_publish(&topics.batch, QoS::AtLeastOnce, false, bytes)
+                            {
+                                Ok(()) => session.handle_queued(Queued::Batch(seq)),
+                                Err(_) => session.handle_client_full(action),
                             }
                         }
-                        Some(_) => {}
-                        None => tracing::warn!(message = "Malformed acknowledgement ignored.", topic = %publish.topic),
+                        None => session.handle_no_batch(),
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    tracker.outgoing(pkid);
-                }
-                Ok(Event::Incoming(Incoming::PubAck(puback))) => {
-                    if let Some(seq) = tracker.puback(puback.pkid).filter(|&seq| seq != NOT_A_BATCH) {
-                        if config.ack == AckMode::Broker {
-                            let upto = broker_acks.ack(acked_upto, seq);
-                            if upto > acked_upto {
-                                if let Some(now_acked) = acknowledge(&store_tx, &meter, upto).await {
-                                    acked_upto = now_acked;
-                                    last_progress = Instant::now();
-                                    lock(&status).acked_upto = acked_upto;
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    let detail = lock(&link_error).take();
-                    let message = detail.unwrap_or_else(|| error.to_string());
-                    if connected || lock(&status).last_error.as_deref() != Some(&message) {
-                        tracing::warn!(message = "Uplink disconnected; retrying.", reason = %message);
-                    }
-                    connected = false;
+                Action::AckStore { upto } => {
+                    let (reply, answer) = oneshot::channel();
+                    if io
+                        .store_tx
+                        .send(StoreCommand::AckBatches { upto, reply })
+                        .await
+                        .is_err()
                     {
-                        let mut s = lock(&status);
-                        s.connected = false;
-                        s.last_error = Some(message);
+                        return; // the store is gone: the daemon is stopping
                     }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            },
-            _ = pump.tick() => {
-                if !connected {
-                    continue;
-                }
-                if let Probe::Waiting { since } = probe {
-                    if since.elapsed() < PROBE_TIMEOUT {
-                        continue;
-                    }
-                    let why = format!(
-                        "the broker accepts this gateway's publishes to outpost/{gateway_id}/ but never delivers them: \
-                         its certificate's identity is not allowed those topics (does gateway.id match the certificate?)"
-                    );
-                    if lock(&status).refused.is_none() {
-                        tracing::error!(message = "Uplink refused by the broker; batches held.", reason = %why);
-                    }
-                    lock(&status).refused = Some(why);
-                    probe = Probe::Refused;
-                }
-                if probe == Probe::Refused {
-                    continue; // every batch would be silently dropped: keep them, and the bytes
-                }
-                // Alerts go out as they are raised, never waiting for a batch.
-                let new_alerts: Vec<_> =
-                    lock(&condition).alerts.iter().filter(|a| a.at_ms > alerts_sent_upto).cloned().collect();
-                for alert in new_alerts {
-                    let payload = serde_json::to_vec(&alert).unwrap_or_default();
-                    if client.try_publish(&alert_topic, QoS::AtLeastOnce, false, payload).is_ok() {
-                        tracker.requested(NOT_A_BATCH);
-                        alerts_sent_upto = alerts_sent_upto.max(alert.at_ms);
-                    }
-                }
-                if published_upto > acked_upto && last_progress.elapsed() > config.resend_after {
-                    tracing::info!(message = "No acknowledgement; publishing again from the oldest unacked batch.", acked_upto);
-                    published_upto = acked_upto;
-                    last_progress = Instant::now();
-                }
-                // Flow control: at most `max_unacked` batches out without an acknowledgement.
-                while published_upto.saturating_sub(acked_upto) < config.max_unacked as u64 {
-                    let Some((seq, bytes)) = next_batch(store_path.clone(), published_upto).await else { break };
-                    if client.try_publish(&batch_topic, QoS::AtLeastOnce, false, bytes).is_err() {
-                        break; // the client's queue is full; next tick
-                    }
-                    tracker.requested(seq);
-                    published_upto = seq;
-                    lock(&status).batches_published += 1;
+                    store_ack = Some(answer);
                 }
             }
         }
+        while let Some(event) = session.poll_event() {
+            log_event(&event, &io.condition);
+        }
         {
-            let mut s = lock(&status);
-            s.bytes_sent = meter.sent();
-            s.bytes_received = meter.received();
+            let mut board = lock(&io.board);
+            board.session.clone_from(session.status());
+            board.bytes_sent = io.meter.sent();
+            board.bytes_received = io.meter.received();
+        }
+
+        // Named guards: the connection may be polled unless a failure's back-off is running.
+        let reconnect_at = session.poll_reconnect_at().filter(|&at| at > now());
+        let may_poll_connection = reconnect_at.is_none();
+        let timeout = session.poll_timeout();
+        let at = |t: Millis| tokio::time::Instant::from_std(started + Duration::from_millis(t.0));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            event = eventloop.poll(), if may_poll_connection => match event {
+                Ok(rumqttc::Event::Incoming(Incoming::ConnAck(connack))) => {
+                    session.handle_connected(now(), connack.session_present);
+                }
+                Ok(rumqttc::Event::Incoming(Incoming::Publish(publish))) => {
+                    if publish.topic == topics.status {
+                        session.handle_status_message(&publish.payload, publish.retain);
+                    } else if publish.topic == topics.ack {
+                        session.handle_cloud_ack(&publish.payload);
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(Incoming::SubAck(suback))) => {
+                    let refused = suback
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    session.handle_suback(refused);
+                }
+                Ok(rumqttc::Event::Incoming(Incoming::PubAck(puback))) => {
+                    session.handle_puback(puback.pkid);
+                }
+                Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    session.handle_outgoing_publish(pkid);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let reason = lock(&link_error).take().unwrap_or_else(|| error.to_string());
+                    session.handle_connection_lost(now(), reason);
+                }
+            },
+            () = tokio::time::sleep_until(at(reconnect_at.unwrap_or(Millis::ZERO))), if !may_poll_connection => {}
+            () = tokio::time::sleep_until(at(timeout.unwrap_or(Millis::ZERO))), if timeout.is_some() => {
+                session.handle_timeout(now());
+            }
+            Ok(()) = io.sealed.changed() => session.handle_sealed(*io.sealed.borrow_and_update()),
+            reply = async { store_ack.as_mut().expect("guarded").await }, if store_ack.is_some() => {
+                store_ack = None;
+                let result = match reply {
+                    Ok(AckReply::Acked(acked)) => {
+                        io.meter.add_delivered(acked.readings);
+                        Ok(acked.acked_upto)
+                    }
+                    Ok(AckReply::Refused(why)) => Err(StoreAckError::Refused(why.to_string())),
+                    Ok(AckReply::Failed(error)) => Err(StoreAckError::Failed(error.to_string())),
+                    Err(_) => Err(StoreAckError::Failed("the store writer stopped".into())),
+                };
+                session.handle_store_acked(now(), result);
+            }
+            _ = alert_check.tick() => {
+                // Alerts go out as they are raised, never waiting for a batch.
+                let raised: Vec<Alert> = lock(&io.condition)
+                    .alerts
+                    .iter()
+                    .filter(|a| a.at_ms > alerts_sent_upto)
+                    .cloned()
+                    .collect();
+                for alert in raised {
+                    alerts_sent_upto = alerts_sent_upto.max(alert.at_ms);
+                    session.handle_alert(serde_json::to_vec(&alert).unwrap_or_default());
+                }
+            }
         }
     }
-    // A clean stop says so, rather than leaving the Last Will to the broker's keepalive timeout.
-    let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, "offline");
+    say_offline(&client, &mut eventloop, &topics.status).await;
+    drop(client);
+    let _ = link_task.await;
+}
+
+/// A clean stop says so, rather than leaving the Last Will to the broker's keepalive timeout.
+async fn say_offline(client: &AsyncClient, eventloop: &mut EventLoop, status_topic: &str) {
+    let _ = client.try_publish(status_topic, QoS::AtLeastOnce, true, "offline");
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(event) = eventloop.poll().await {
-            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+            if matches!(event, rumqttc::Event::Outgoing(Outgoing::Disconnect)) {
                 break;
             }
         }
@@ -405,38 +305,82 @@ pub async fn run(
     .await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packet_ids_are_matched_to_batches_in_request_order_and_replays_keep_theirs() {
-        let mut t = PublishTracker::default();
-        t.requested(7);
-        t.requested(8);
-        assert_eq!(t.outgoing(1), Some(7));
-        assert_eq!(t.outgoing(2), Some(8));
-        assert_eq!(
-            t.outgoing(1),
-            Some(7),
-            "a replay after reconnect keeps its packet id"
-        );
-        assert_eq!(t.puback(2), Some(8));
-        assert_eq!(t.puback(2), None, "a duplicate PUBACK acknowledges nothing");
-        assert_eq!(t.puback(1), Some(7));
-        assert_eq!(
-            t.outgoing(3),
-            None,
-            "a publish nobody requested (the status message) is not a batch"
-        );
+fn log_event(event: &Event, condition: &Mutex<StoreCondition>) {
+    match event {
+        Event::Connected { session_present } => {
+            tracing::info!(message = "Uplink connected.", session_present);
+        }
+        Event::Refused(why) => {
+            tracing::error!(message = "Uplink refused by the broker; batches held.", reason = %why);
+        }
+        Event::Granted => tracing::info!(message = "Uplink topics granted again."),
+        Event::Resending { acked_upto } => tracing::info!(
+            message = "No acknowledgement; publishing again from the oldest unacked batch.",
+            acked_upto
+        ),
+        Event::AckRefused {
+            upto,
+            published_upto,
+        } => {
+            tracing::warn!(
+                message = "Cloud acknowledgement refused: it covers batches never published; nothing deleted.",
+                upto,
+                published_upto
+            );
+            let mut c = lock(condition);
+            c.alerts.retain(|a| a.kind != "ack_refused");
+            c.alerts.push(Alert {
+                kind: "ack_refused",
+                message: format!(
+                    "an acknowledgement on the ack topic covered batch {upto}, but only batches up to \
+                     {published_upto} were published: refused, nothing deleted"
+                ),
+                at_ms: crate::io::wall_clock::unix_ms(),
+            });
+        }
+        Event::AckMalformed => {
+            tracing::warn!(
+                message = "Malformed acknowledgement ignored (expected {\"upto\": SEQ})."
+            );
+        }
+        Event::Acknowledged { acked_upto } => {
+            tracing::debug!(message = "Batches acknowledged.", acked_upto);
+        }
+        Event::StoreAckFailed { upto, why } => {
+            tracing::error!(message = "Cannot record the cloud's acknowledgement.", upto, %why);
+        }
+        Event::Disconnected { reason } => {
+            tracing::warn!(message = "Uplink disconnected; retrying.", %reason);
+        }
     }
+}
 
-    #[test]
-    fn out_of_order_broker_acks_advance_only_to_the_first_gap() {
-        let mut acks = ContiguousAcks::default();
-        assert_eq!(acks.ack(10, 12), 10);
-        assert_eq!(acks.ack(10, 13), 10);
-        assert_eq!(acks.ack(10, 11), 13);
-        assert_eq!(acks.ack(13, 14), 14);
-    }
+/// The outbox reader, opened once and reused; `None` while the store cannot be read.
+async fn open_reader(path: PathBuf) -> Option<Reader> {
+    tokio::task::spawn_blocking(move || Reader::open(&path))
+        .await
+        .ok()?
+        .map_err(|error| tracing::warn!(message = "Cannot open the outbox for reading.", %error))
+        .ok()
+}
+
+/// Runs `f` on the reader on a blocking thread and hands the reader back; `None` without a
+/// reader, or if the thread panicked (the next use opens a new one).
+async fn with_reader<T: Send + 'static>(
+    reader: Option<Reader>,
+    f: impl FnOnce(&Reader) -> T + Send + 'static,
+) -> Option<(Reader, T)> {
+    let reader = reader?;
+    tokio::task::spawn_blocking(move || {
+        let out = f(&reader);
+        (reader, out)
+    })
+    .await
+    .ok()
+}
+
+/// The oldest batch after `after`, with its bytes.
+fn next_batch(reader: &Reader, after: u64) -> Option<(u64, Vec<u8>)> {
+    let info = reader.batches_after(after, 1).ok()?.into_iter().next()?;
+    Some((info.seq, reader.batch_bytes(info.seq).ok()??))
 }

@@ -1,0 +1,635 @@
+//! The MQTT uplink session: which batch goes out next, what an acknowledgement may delete, and
+//! whether the broker lets this gateway use its topics at all.
+//!
+//! Topics (all under the gateway's own prefix, so a per-identity ACL can hold it there):
+//! - `outpost/{id}/batch`: each sealed batch, QoS 1, the stored bytes exactly;
+//! - `outpost/{id}/ack`: the cloud's `{"upto": SEQ}`; only then do batches leave the outbox
+//!   (or on the broker's PUBACK, with `ack = "broker"`);
+//! - `outpost/{id}/status`: `online` (retained) on connect; `offline` (retained) as Last Will;
+//! - `outpost/{id}/alert`: each alert as JSON when it is raised, not held for a batch.
+//!
+//! Design: [`UplinkSession`] owns the uplink's policy and never does IO or reads a clock, in the
+//! manner of rumqttc's `MqttState` and quinn-proto. The adapter (`outpost::io::uplink::mqtt`)
+//! owns the rumqttc event loop and the outbox reader; it feeds the session what happened
+//! (`handle_*`, with the time) and carries out what it asks for ([`UplinkSession::poll_action`],
+//! [`UplinkSession::poll_event`] for the journal), sleeping until
+//! [`UplinkSession::poll_timeout`] in between. Invariants the session keeps:
+//!
+//! 1. **Nothing is deleted that the cloud cannot have.** An end-to-end acknowledgement is passed
+//!    to the store only up to the newest batch whose PUBLISH this process put on the wire. A
+//!    larger one (a confused or hostile peer on the ack topic, or an acknowledgement that
+//!    overtook a restart) is refused, counted and raised as an alert; the batches stay and are
+//!    sent again. The broker's PUBACK is not required: after a reconnect the cloud's ack for a
+//!    replayed batch may overtake the replay's PUBACK, and refusing it would only cost a resend.
+//! 2. **Flow control.** At most `max_unacked` batches are out without an acknowledgement, so a
+//!    backlog after an outage drains oldest first at the pace the cloud confirms, and live
+//!    batches queue behind it instead of flooding the link.
+//! 3. **Resend.** With batches out and no acknowledgement progress for `resend_after`, or when
+//!    the broker lost the session (CONNACK without `session_present`), publishing starts again
+//!    from the oldest unacknowledged batch. The cloud dedupes by sequence number.
+//! 4. **The probe.** Mosquitto 2.0 grants every SUBSCRIBE and, with MQTT 3.1.1, PUBACKs a
+//!    publish its ACL denies (then drops it): neither answer tells whether this identity may
+//!    use its topics. So each connection subscribes to its own status topic and publishes
+//!    `online` to it; only once that comes back live (not retained) are batches and alerts
+//!    sent. Without the echo within [`PROBE_TIMEOUT`] the identity counts as refused and
+//!    everything is held, since anything sent would be silently dropped.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use outpost_proto::Millis;
+use serde::Serialize;
+
+use crate::config::AckMode;
+
+/// How long the own-status echo may take before the topics count as refused.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait before asking the store again after it could not record an acknowledgement.
+pub const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Alerts waiting for the uplink; beyond this the oldest are dropped (and counted).
+pub const MAX_QUEUED_ALERTS: usize = 64;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The session's settings, from `[uplink.mqtt]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub ack: AckMode,
+    pub max_unacked: u64,
+    pub resend_after: Duration,
+}
+
+/// A subscription the session wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// `outpost/{id}/ack`, QoS 0: acknowledgements are cumulative and idempotent, so a lost one
+    /// is covered by the next (or by the resend); QoS 1 would cost a PUBACK each.
+    Ack,
+    /// `outpost/{id}/status`, QoS 1: the probe's echo comes back on it.
+    Status,
+}
+
+/// Work for the adapter, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Subscribe(Subscription),
+    /// Publish `online`, retained, QoS 1, on the status topic (the probe).
+    PublishOnline,
+    /// Publish the oldest batch in the outbox with a sequence number above `after`, QoS 1; answer
+    /// with [`UplinkSession::handle_queued`] (or [`UplinkSession::handle_no_batch`]).
+    PublishBatch {
+        after: u64,
+    },
+    /// Publish an alert (JSON) on the alert topic, QoS 1.
+    PublishAlert(Vec<u8>),
+    /// Tell the store the cloud has every batch up to `upto`; answer with
+    /// [`UplinkSession::handle_store_acked`].
+    AckStore {
+        upto: u64,
+    },
+}
+
+/// Things worth a journal line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Connected {
+        session_present: bool,
+    },
+    /// The broker would not let this identity use its topics; batches are held.
+    Refused(String),
+    /// The topics work again after a refusal.
+    Granted,
+    /// No acknowledgement progress: publishing again from the oldest unacknowledged batch.
+    Resending {
+        acked_upto: u64,
+    },
+    /// An acknowledgement covered batches this gateway has not published; it was ignored.
+    AckRefused {
+        upto: u64,
+        published_upto: u64,
+    },
+    /// An acknowledgement that is not `{"upto": SEQ}`.
+    AckMalformed,
+    /// The store recorded an acknowledgement.
+    Acknowledged {
+        acked_upto: u64,
+    },
+    /// The store refused or failed to record an acknowledgement.
+    StoreAckFailed {
+        upto: u64,
+        why: String,
+    },
+    Disconnected {
+        reason: String,
+    },
+}
+
+/// The uplink as the status page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UplinkStatus {
+    pub connected: bool,
+    pub connects: u64,
+    pub batches_published: u64,
+    pub acked_upto: u64,
+    /// Acknowledgements refused because they covered batches never published.
+    pub acks_refused: u64,
+    /// Alerts dropped because more were waiting than the uplink could hold.
+    pub alerts_dropped: u64,
+    /// Why the uplink is not working, if it is not (TLS, broker gone).
+    pub last_error: Option<String>,
+    /// The broker refused this gateway a topic of its own: its certificate's identity does not
+    /// match `gateway.id`. Nothing will get through until that is fixed.
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Waiting { since: Millis },
+    Passed,
+    Refused,
+}
+
+/// The uplink session with one broker. See the module documentation for what it promises.
+#[derive(Debug)]
+pub struct UplinkSession {
+    config: SessionConfig,
+    gateway_id: String,
+    connected: bool,
+    probe: Probe,
+    /// Last batch the store confirmed deleted by an acknowledgement.
+    acked_upto: u64,
+    /// Last batch handed to the client in this round (rewound for a resend).
+    published_upto: u64,
+    /// Newest batch whose PUBLISH went on the wire in this process: the most an end-to-end
+    /// acknowledgement may cover.
+    sent_max: u64,
+    /// Newest batch sealed, as the store signalled.
+    newest_sealed: u64,
+    /// A batch was asked for and not yet answered.
+    batch_requested: bool,
+    /// The client's request queue was full; set until a packet goes out.
+    client_full: bool,
+    /// The broker refused a subscription on this connection: no echo makes up for it.
+    subscription_refused: bool,
+    /// Highest acknowledgement not yet recorded by the store.
+    ack_wanted: u64,
+    /// An `AckStore` is out; no second one until it is answered.
+    store_acking: bool,
+    store_retry_at: Option<Millis>,
+    last_progress: Millis,
+    reconnect_at: Option<Millis>,
+    backoff: Duration,
+    tracker: PublishTracker,
+    broker_acks: ContiguousAcks,
+    alerts: VecDeque<Vec<u8>>,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    status: UplinkStatus,
+}
+
+impl UplinkSession {
+    /// A session that resumes after `acked_upto`, the outbox's acknowledgement point.
+    #[must_use]
+    pub fn new(
+        config: SessionConfig,
+        gateway_id: impl Into<String>,
+        acked_upto: u64,
+        now: Millis,
+    ) -> UplinkSession {
+        UplinkSession {
+            config,
+            gateway_id: gateway_id.into(),
+            connected: false,
+            probe: Probe::Waiting { since: now },
+            acked_upto,
+            published_upto: acked_upto,
+            sent_max: acked_upto,
+            newest_sealed: 0,
+            batch_requested: false,
+            client_full: false,
+            subscription_refused: false,
+            ack_wanted: acked_upto,
+            store_acking: false,
+            store_retry_at: None,
+            last_progress: now,
+            reconnect_at: None,
+            backoff: FIRST_BACKOFF,
+            tracker: PublishTracker::default(),
+            broker_acks: ContiguousAcks::default(),
+            alerts: VecDeque::new(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            status: UplinkStatus {
+                acked_upto,
+                ..UplinkStatus::default()
+            },
+        }
+    }
+
+    #[must_use]
+    pub fn status(&self) -> &UplinkStatus {
+        &self.status
+    }
+
+    /// Whether the connection is up and may be polled: false while waiting out the back-off
+    /// after a failure (see [`UplinkSession::poll_reconnect_at`]).
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The broker accepted the connection (CONNACK).
+    pub fn handle_connected(&mut self, now: Millis, session_present: bool) {
+        self.connected = true;
+        self.reconnect_at = None;
+        self.backoff = FIRST_BACKOFF;
+        self.status.connected = true;
+        self.status.connects += 1;
+        self.status.last_error = None;
+        self.events.push_back(Event::Connected { session_present });
+        if !session_present {
+            // Nothing in flight survived: send again everything not acknowledged.
+            self.tracker.reset();
+            self.published_upto = self.acked_upto;
+        }
+        self.batch_requested = false;
+        self.last_progress = now;
+        self.actions.push_back(Action::Subscribe(Subscription::Ack));
+        self.actions
+            .push_back(Action::Subscribe(Subscription::Status));
+        self.actions.push_back(Action::PublishOnline);
+        self.probe = Probe::Waiting { since: now };
+        self.client_full = false;
+        self.subscription_refused = false;
+    }
+
+    /// The connection failed or was lost; the adapter polls again at
+    /// [`UplinkSession::poll_reconnect_at`].
+    pub fn handle_connection_lost(&mut self, now: Millis, reason: String) {
+        if self.connected || self.status.last_error.as_deref() != Some(&reason) {
+            self.events.push_back(Event::Disconnected {
+                reason: reason.clone(),
+            });
+        }
+        self.connected = false;
+        self.batch_requested = false;
+        self.status.connected = false;
+        self.status.last_error = Some(reason);
+        self.reconnect_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // Publishes queued for the old connection never went out.
+        self.actions
+            .retain(|a| matches!(a, Action::AckStore { .. }));
+    }
+
+    /// When the adapter may try the connection again, while it is down.
+    #[must_use]
+    pub fn poll_reconnect_at(&self) -> Option<Millis> {
+        self.reconnect_at
+    }
+
+    /// The broker answered a SUBSCRIBE; `refused` when any topic was refused.
+    pub fn handle_suback(&mut self, refused: bool) {
+        if refused {
+            self.subscription_refused = true;
+            let why = format!(
+                "the broker refused subscription to outpost/{id}/ack: this gateway's certificate does not \
+                 grant topics under outpost/{id}/ (does gateway.id match the certificate's identity?)",
+                id = self.gateway_id
+            );
+            self.refuse(why);
+        }
+    }
+
+    /// A message on the status topic.
+    pub fn handle_status_message(&mut self, payload: &[u8], retained: bool) {
+        // A retained copy delivered on subscribe proves nothing: it may be an earlier session's.
+        if retained
+            || payload != b"online"
+            || self.probe == Probe::Passed
+            || self.subscription_refused
+        {
+            return;
+        }
+        self.probe = Probe::Passed;
+        if self.status.refused.take().is_some() {
+            self.events.push_back(Event::Granted);
+        }
+    }
+
+    /// A message on the ack topic: the cloud's `{"upto": SEQ}`.
+    pub fn handle_cloud_ack(&mut self, payload: &[u8]) {
+        let Some(upto) = parse_ack(payload) else {
+            self.events.push_back(Event::AckMalformed);
+            return;
+        };
+        if self.config.ack != AckMode::EndToEnd || upto <= self.ack_wanted {
+            return; // stale, or acknowledgements come from the broker's PUBACKs
+        }
+        if upto > self.sent_max {
+            self.status.acks_refused += 1;
+            self.events.push_back(Event::AckRefused {
+                upto,
+                published_upto: self.sent_max,
+            });
+            return;
+        }
+        self.ack_wanted = upto;
+        self.request_store_ack();
+    }
+
+    /// rumqttc put a PUBLISH on the wire with packet id `pkid`.
+    pub fn handle_outgoing_publish(&mut self, pkid: u16) {
+        self.client_full = false;
+        if let Some(seq) = self.tracker.outgoing(pkid).filter(|&s| s != NOT_A_BATCH) {
+            self.sent_max = self.sent_max.max(seq);
+        }
+    }
+
+    /// The broker acknowledged packet `pkid` (PUBACK).
+    pub fn handle_puback(&mut self, pkid: u16) {
+        let Some(seq) = self.tracker.puback(pkid).filter(|&s| s != NOT_A_BATCH) else {
+            return;
+        };
+        if self.config.ack == AckMode::Broker {
+            let upto = self.broker_acks.ack(self.ack_wanted, seq);
+            if upto > self.ack_wanted {
+                self.ack_wanted = upto;
+                self.request_store_ack();
+            }
+        }
+    }
+
+    /// The store sealed batches up to `newest`.
+    pub fn handle_sealed(&mut self, newest: u64) {
+        self.newest_sealed = self.newest_sealed.max(newest);
+    }
+
+    /// The client took a publish the session asked for (it goes on the wire in order).
+    pub fn handle_queued(&mut self, queued: Queued) {
+        match queued {
+            Queued::Status | Queued::Alert => self.tracker.requested(NOT_A_BATCH),
+            Queued::Batch(seq) => {
+                self.batch_requested = false;
+                self.tracker.requested(seq);
+                self.published_upto = self.published_upto.max(seq);
+                self.newest_sealed = self.newest_sealed.max(seq);
+                self.status.batches_published += 1;
+            }
+        }
+    }
+
+    /// The client's request queue was full: `action` is asked for again once a packet has gone
+    /// out.
+    pub fn handle_client_full(&mut self, action: Action) {
+        self.client_full = true;
+        match action {
+            Action::PublishBatch { .. } => self.batch_requested = false,
+            Action::PublishAlert(alert) => self.alerts.push_front(alert),
+            other => self.actions.push_front(other),
+        }
+    }
+
+    /// The adapter found no batch after the one asked for: nothing more to send until the store
+    /// seals another.
+    pub fn handle_no_batch(&mut self) {
+        self.batch_requested = false;
+        self.newest_sealed = self.newest_sealed.min(self.published_upto);
+    }
+
+    /// The store answered an [`Action::AckStore`]: `Ok(acked_upto)` is the outbox's new
+    /// acknowledgement point; `Err` says why nothing changed.
+    pub fn handle_store_acked(&mut self, now: Millis, result: Result<u64, StoreAckError>) {
+        self.store_acking = false;
+        match result {
+            Ok(acked_upto) => {
+                if acked_upto > self.acked_upto {
+                    self.acked_upto = acked_upto;
+                    self.published_upto = self.published_upto.max(acked_upto);
+                    self.last_progress = now;
+                    self.status.acked_upto = acked_upto;
+                    self.events.push_back(Event::Acknowledged { acked_upto });
+                }
+                self.request_store_ack();
+            }
+            Err(StoreAckError::Refused(why)) => {
+                // The outbox says the acknowledgement is wrong: forget it, keep the data.
+                self.events.push_back(Event::StoreAckFailed {
+                    upto: self.ack_wanted,
+                    why,
+                });
+                self.ack_wanted = self.acked_upto;
+            }
+            Err(StoreAckError::Failed(why)) => {
+                // The disk failed; try again shortly, the acknowledgement is still good.
+                self.events.push_back(Event::StoreAckFailed {
+                    upto: self.ack_wanted,
+                    why,
+                });
+                self.store_retry_at = Some(now + STORE_RETRY);
+            }
+        }
+    }
+
+    /// An alert was raised: it goes out as soon as the topics are known to work.
+    pub fn handle_alert(&mut self, payload: Vec<u8>) {
+        if self.alerts.len() >= MAX_QUEUED_ALERTS {
+            self.alerts.pop_front();
+            self.status.alerts_dropped += 1;
+        }
+        self.alerts.push_back(payload);
+    }
+
+    /// Time passed: the probe's deadline, the resend timer, a store retry.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self
+            .store_retry_at
+            .is_some_and(|at| now >= at && !self.store_acking)
+        {
+            self.store_retry_at = None;
+            self.request_store_ack();
+        }
+        if !self.connected {
+            return;
+        }
+        if let Probe::Waiting { since } = self.probe
+            && now >= since + PROBE_TIMEOUT
+        {
+            let why = format!(
+                "the broker accepts this gateway's publishes to outpost/{id}/ but never delivers them: \
+                 its certificate's identity is not allowed those topics (does gateway.id match the certificate?)",
+                id = self.gateway_id
+            );
+            self.refuse(why);
+        }
+        if self.published_upto > self.acked_upto
+            && now >= self.last_progress + self.config.resend_after
+        {
+            self.events.push_back(Event::Resending {
+                acked_upto: self.acked_upto,
+            });
+            self.published_upto = self.acked_upto;
+            self.last_progress = now;
+        }
+    }
+
+    /// The next thing to do. Drain until `None` after every `handle_*`.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        // Named guards, as rumqttc's event loop has them:
+        // - the client's queue is full: nothing more until a packet went out;
+        // - the broker refuses us (or has not shown it does not): anything sent would be dropped.
+        let client_ready = !self.client_full;
+        let topics_granted = self.connected && self.probe == Probe::Passed;
+        if let Some(index) = self
+            .actions
+            .iter()
+            .position(|a| client_ready || matches!(a, Action::AckStore { .. }))
+        {
+            return self.actions.remove(index);
+        }
+        if !client_ready || !topics_granted {
+            return None;
+        }
+        if let Some(alert) = self.alerts.pop_front() {
+            return Some(Action::PublishAlert(alert));
+        }
+        let in_flight = self.published_upto.saturating_sub(self.acked_upto);
+        let more_sealed = self.newest_sealed > self.published_upto;
+        if !self.batch_requested && more_sealed && in_flight < self.config.max_unacked {
+            self.batch_requested = true;
+            return Some(Action::PublishBatch {
+                after: self.published_upto,
+            });
+        }
+        None
+    }
+
+    /// The next journal-worthy event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`UplinkSession::handle_timeout`] has something to do next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let probe = match self.probe {
+            Probe::Waiting { since } if self.connected => Some(since + PROBE_TIMEOUT),
+            _ => None,
+        };
+        let resend = (self.connected && self.published_upto > self.acked_upto)
+            .then(|| self.last_progress + self.config.resend_after);
+        [probe, resend, self.store_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn refuse(&mut self, why: String) {
+        self.probe = Probe::Refused;
+        if self.status.refused.is_none() {
+            self.events.push_back(Event::Refused(why.clone()));
+        }
+        self.status.refused = Some(why);
+    }
+
+    fn request_store_ack(&mut self) {
+        if !self.store_acking && self.store_retry_at.is_none() && self.ack_wanted > self.acked_upto
+        {
+            self.store_acking = true;
+            self.actions.push_back(Action::AckStore {
+                upto: self.ack_wanted,
+            });
+        }
+    }
+}
+
+/// What the client took from the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// The `online` status message.
+    Status,
+    Alert,
+    /// The batch with this sequence number.
+    Batch(u64),
+}
+
+/// Why the store did not record an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreAckError {
+    /// The outbox refused it (past its newest batch): the acknowledgement is wrong.
+    Refused(String),
+    /// The store could not write (disk full, read-only): worth trying again.
+    Failed(String),
+}
+
+/// `{"upto": SEQ}`, with SEQ a non-negative integer; anything else is malformed.
+fn parse_ack(payload: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Ack {
+        upto: u64,
+    }
+    serde_json::from_slice::<Ack>(payload).ok().map(|a| a.upto)
+}
+
+/// Stands for a publish that is not a batch (the status message, an alert) in
+/// [`PublishTracker`].
+const NOT_A_BATCH: u64 = 0;
+
+/// Matches batches to the packet ids rumqttc gives their PUBLISHes.
+///
+/// rumqttc 0.25 `AsyncClient::publish` returns `()`; the packet id shows up later as
+/// `Outgoing::Publish(pkid)`, in the order the requests were queued. Replays of an unacked
+/// publish after a reconnect come out with their old packet id. Keep this the one place that
+/// knows, so a rumqttc that returns the id from `publish` is a local change.
+#[derive(Debug, Default)]
+struct PublishTracker {
+    requested: VecDeque<u64>,
+    by_pkid: HashMap<u16, u64>,
+}
+
+impl PublishTracker {
+    fn requested(&mut self, seq: u64) {
+        self.requested.push_back(seq);
+    }
+
+    /// A PUBLISH went out with `pkid`: the next requested batch, or a replay of a known one.
+    fn outgoing(&mut self, pkid: u16) -> Option<u64> {
+        if let Some(&seq) = self.by_pkid.get(&pkid) {
+            return Some(seq);
+        }
+        let seq = self.requested.pop_front()?;
+        self.by_pkid.insert(pkid, seq);
+        Some(seq)
+    }
+
+    /// The broker acknowledged `pkid`.
+    fn puback(&mut self, pkid: u16) -> Option<u64> {
+        self.by_pkid.remove(&pkid)
+    }
+
+    fn reset(&mut self) {
+        self.requested.clear();
+        self.by_pkid.clear();
+    }
+}
+
+/// Broker acknowledgements may come out of order; the outbox is acknowledged up to the first gap.
+#[derive(Debug, Default)]
+struct ContiguousAcks {
+    done: BTreeSet<u64>,
+}
+
+impl ContiguousAcks {
+    fn ack(&mut self, acked_upto: u64, seq: u64) -> u64 {
+        self.done.insert(seq);
+        let mut upto = acked_upto;
+        while self.done.remove(&(upto + 1)) {
+            upto += 1;
+        }
+        self.done.retain(|&s| s > upto);
+        upto
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,587 @@
+//! The uplink session on a virtual clock, with a small stand-in for the adapter: an outbox of
+//! sealed batches, a client that numbers packets, and a store that records acknowledgements.
+
+use proptest::prelude::*;
+
+use super::*;
+
+const RESEND: Duration = Duration::from_secs(300);
+
+fn config(ack: AckMode, max_unacked: u64) -> SessionConfig {
+    SessionConfig {
+        ack,
+        max_unacked,
+        resend_after: RESEND,
+    }
+}
+
+/// What went on the wire, as the broker saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wire {
+    Online,
+    Batch(u64),
+    Alert(Vec<u8>),
+}
+
+struct Site {
+    session: UplinkSession,
+    now: Millis,
+    /// Sealed batches still in the outbox.
+    outbox: Vec<u64>,
+    acked_upto: u64,
+    wire: Vec<(u16, Wire)>,
+    next_pkid: u16,
+    subscriptions: Vec<Subscription>,
+    store_acks: Vec<u64>,
+    /// Answer store acknowledgements at once (otherwise they wait in `pending_store_ack`).
+    store_answers: bool,
+    pending_store_ack: Option<u64>,
+    /// The client's queue takes no more publishes.
+    client_full: bool,
+}
+
+impl Site {
+    fn new(ack: AckMode, max_unacked: u64, sealed: u64) -> Site {
+        let mut site = Site {
+            session: UplinkSession::new(config(ack, max_unacked), "gw-1", 0, Millis::ZERO),
+            now: Millis::ZERO,
+            outbox: (1..=sealed).collect(),
+            acked_upto: 0,
+            wire: Vec::new(),
+            next_pkid: 1,
+            subscriptions: Vec::new(),
+            store_acks: Vec::new(),
+            store_answers: true,
+            pending_store_ack: None,
+            client_full: false,
+        };
+        site.session.handle_sealed(sealed);
+        site
+    }
+
+    /// Connects and passes the probe.
+    fn online(ack: AckMode, max_unacked: u64, sealed: u64) -> Site {
+        let mut site = Site::new(ack, max_unacked, sealed);
+        site.connect(true);
+        site.echo();
+        site
+    }
+
+    fn connect(&mut self, session_present: bool) {
+        self.session.handle_connected(self.now, session_present);
+        self.pump();
+    }
+
+    fn echo(&mut self) {
+        self.session.handle_status_message(b"online", false);
+        self.pump();
+    }
+
+    fn seal(&mut self, newest: u64) {
+        let from = self.outbox.last().copied().unwrap_or(self.acked_upto) + 1;
+        self.outbox.extend(from..=newest);
+        self.session.handle_sealed(newest);
+        self.pump();
+    }
+
+    fn cloud_ack(&mut self, upto: u64) {
+        self.session
+            .handle_cloud_ack(format!("{{\"upto\": {upto}}}").as_bytes());
+        self.pump();
+    }
+
+    fn puback(&mut self, pkid: u16) {
+        self.session.handle_puback(pkid);
+        self.pump();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now = self.now + by;
+        self.session.handle_timeout(self.now);
+        self.pump();
+    }
+
+    /// Carries out every action, as the adapter does after each input.
+    fn pump(&mut self) {
+        let mut rounds = 0;
+        while let Some(action) = self.session.poll_action() {
+            rounds += 1;
+            assert!(rounds < 10_000, "the session keeps asking: {action:?}");
+            let sent = match action {
+                Action::Subscribe(s) => {
+                    self.subscriptions.push(s);
+                    None
+                }
+                Action::AckStore { upto } => {
+                    self.store_acks.push(upto);
+                    if self.store_answers {
+                        self.apply_store_ack(upto);
+                    } else {
+                        self.pending_store_ack = Some(upto);
+                    }
+                    None
+                }
+                action if self.client_full => {
+                    self.session.handle_client_full(action);
+                    None
+                }
+                Action::PublishOnline => {
+                    self.session.handle_queued(Queued::Status);
+                    Some(Wire::Online)
+                }
+                Action::PublishAlert(alert) => {
+                    self.session.handle_queued(Queued::Alert);
+                    Some(Wire::Alert(alert))
+                }
+                Action::PublishBatch { after } => {
+                    match self.outbox.iter().copied().find(|&s| s > after) {
+                        Some(seq) => {
+                            self.session.handle_queued(Queued::Batch(seq));
+                            Some(Wire::Batch(seq))
+                        }
+                        None => {
+                            self.session.handle_no_batch();
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(packet) = sent {
+                let pkid = self.next_pkid;
+                self.next_pkid += 1;
+                self.session.handle_outgoing_publish(pkid);
+                self.wire.push((pkid, packet));
+            }
+        }
+    }
+
+    fn apply_store_ack(&mut self, upto: u64) {
+        self.outbox.retain(|&s| s > upto);
+        self.acked_upto = self.acked_upto.max(upto);
+        self.session
+            .handle_store_acked(self.now, Ok(self.acked_upto));
+    }
+
+    fn batches_on_wire(&self) -> Vec<u64> {
+        self.wire
+            .iter()
+            .filter_map(|(_, w)| match w {
+                Wire::Batch(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn pkid_of(&self, seq: u64) -> u16 {
+        self.wire
+            .iter()
+            .rev()
+            .find(|(_, w)| *w == Wire::Batch(seq))
+            .expect("batch was sent")
+            .0
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.session.poll_event()).collect()
+    }
+}
+
+#[test]
+fn a_connection_subscribes_publishes_online_and_holds_batches_until_the_echo() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 3);
+    site.connect(true);
+    assert_eq!(
+        site.subscriptions,
+        [Subscription::Ack, Subscription::Status]
+    );
+    assert_eq!(site.wire, [(1, Wire::Online)]);
+    site.session.handle_status_message(b"online", true);
+    site.pump();
+    assert!(
+        site.batches_on_wire().is_empty(),
+        "a retained echo may be an earlier session's: it proves nothing"
+    );
+    site.echo();
+    assert_eq!(site.batches_on_wire(), [1, 2, 3]);
+}
+
+#[test]
+fn without_the_echo_the_identity_is_refused_and_everything_is_held() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 3);
+    site.connect(true);
+    site.session.handle_alert(b"{\"kind\":\"disk\"}".to_vec());
+    assert_eq!(
+        site.session.poll_timeout(),
+        Some(Millis::ZERO + PROBE_TIMEOUT)
+    );
+    site.advance(PROBE_TIMEOUT);
+    let refused = site.session.status().refused.clone().expect("refused");
+    assert!(refused.contains("outpost/gw-1/"), "{refused}");
+    assert!(matches!(
+        site.events().as_slice(),
+        [Event::Connected { .. }, Event::Refused(_)]
+    ));
+    assert_eq!(site.wire, [(1, Wire::Online)], "no batch, no alert");
+    // A late echo (the ACL was fixed) lets everything through.
+    site.echo();
+    assert_eq!(site.session.status().refused, None);
+    assert_eq!(site.events(), [Event::Granted]);
+    assert_eq!(
+        site.wire[1..],
+        [
+            (2, Wire::Alert(b"{\"kind\":\"disk\"}".to_vec())),
+            (3, Wire::Batch(1)),
+            (4, Wire::Batch(2)),
+            (5, Wire::Batch(3))
+        ]
+    );
+}
+
+#[test]
+fn a_refused_subscription_refuses_the_identity() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 1);
+    site.connect(true);
+    site.session.handle_suback(true);
+    site.echo();
+    assert!(site.session.status().refused.is_some());
+    assert!(site.batches_on_wire().is_empty());
+}
+
+#[test]
+fn at_most_max_unacked_batches_are_out_and_each_ack_lets_more_go() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 10);
+    assert_eq!(site.batches_on_wire(), [1, 2, 3, 4]);
+    site.cloud_ack(2);
+    assert_eq!(site.store_acks, [2]);
+    assert_eq!(site.batches_on_wire(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(site.session.status().acked_upto, 2);
+    site.cloud_ack(2);
+    assert_eq!(
+        site.store_acks,
+        [2],
+        "a repeated acknowledgement is nothing new"
+    );
+    site.cloud_ack(10);
+    assert_eq!(site.store_acks, [2], "batches 7 to 10 never left");
+    site.cloud_ack(6);
+    assert_eq!(site.batches_on_wire(), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+}
+
+#[test]
+fn new_batches_go_out_as_they_are_sealed() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 0);
+    assert!(site.batches_on_wire().is_empty());
+    site.seal(1);
+    site.seal(2);
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+}
+
+#[test]
+fn a_cloud_ack_for_batches_never_published_is_refused_counted_and_deletes_nothing() {
+    // The review's case: max_unacked 1, only batch 1 out, {"upto": 8} on the ack topic.
+    let mut site = Site::online(AckMode::EndToEnd, 1, 8);
+    assert_eq!(site.batches_on_wire(), [1]);
+    site.events();
+    site.cloud_ack(8);
+    assert!(site.store_acks.is_empty(), "the store is not asked");
+    assert_eq!(site.outbox, (1..=8).collect::<Vec<_>>());
+    assert_eq!(site.session.status().acks_refused, 1);
+    assert_eq!(
+        site.events(),
+        [Event::AckRefused {
+            upto: 8,
+            published_upto: 1
+        }]
+    );
+    // The genuine acknowledgement still works.
+    site.cloud_ack(1);
+    assert_eq!(site.store_acks, [1]);
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+}
+
+#[test]
+fn a_malformed_ack_is_reported_and_ignored() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 2);
+    site.events();
+    for payload in [
+        &b"upto=2"[..],
+        b"{\"upto\": -1}",
+        b"{\"upto\": \"2\"}",
+        b"{}",
+    ] {
+        site.session.handle_cloud_ack(payload);
+        site.pump();
+    }
+    assert!(site.store_acks.is_empty());
+    assert_eq!(site.events(), vec![Event::AckMalformed; 4]);
+}
+
+#[test]
+fn with_no_ack_progress_for_resend_after_batches_go_out_again_from_the_oldest_unacked() {
+    let mut site = Site::online(AckMode::EndToEnd, 2, 3);
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+    assert_eq!(site.session.poll_timeout(), Some(Millis::ZERO + RESEND));
+    site.advance(RESEND - Duration::from_millis(1));
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+    site.advance(Duration::from_millis(1));
+    assert_eq!(site.batches_on_wire(), [1, 2, 1, 2]);
+    site.cloud_ack(1);
+    assert_eq!(site.batches_on_wire(), [1, 2, 1, 2, 3]);
+}
+
+#[test]
+fn a_session_lost_by_the_broker_sends_again_everything_unacknowledged() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 3);
+    site.cloud_ack(1);
+    site.session
+        .handle_connection_lost(site.now, "broker gone".into());
+    site.pump();
+    site.now = site.now + Duration::from_secs(1);
+    site.connect(false);
+    site.echo();
+    assert_eq!(site.batches_on_wire(), [1, 2, 3, 2, 3]);
+}
+
+#[test]
+fn a_session_the_broker_kept_is_not_sent_again() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 3);
+    site.session.handle_connection_lost(site.now, "link".into());
+    site.connect(true);
+    site.echo();
+    assert_eq!(
+        site.batches_on_wire(),
+        [1, 2, 3],
+        "rumqttc replays its own in-flight"
+    );
+}
+
+#[test]
+fn out_of_order_pubacks_acknowledge_only_up_to_the_first_gap_in_broker_mode() {
+    let mut site = Site::online(AckMode::Broker, 8, 4);
+    let (p1, p2, p3, p4) = (
+        site.pkid_of(1),
+        site.pkid_of(2),
+        site.pkid_of(3),
+        site.pkid_of(4),
+    );
+    site.puback(p2);
+    site.puback(p3);
+    assert!(site.store_acks.is_empty(), "batch 1 is not confirmed yet");
+    site.puback(p1);
+    assert_eq!(site.store_acks, [3]);
+    site.puback(p4);
+    assert_eq!(site.store_acks, [3, 4]);
+    site.puback(p4);
+    assert_eq!(
+        site.store_acks,
+        [3, 4],
+        "a duplicate PUBACK acknowledges nothing"
+    );
+    // The cloud's acknowledgements play no part in broker mode.
+    site.cloud_ack(4);
+    assert_eq!(site.store_acks, [3, 4]);
+}
+
+#[test]
+fn a_puback_for_the_status_or_an_alert_is_not_a_batch() {
+    let mut site = Site::online(AckMode::Broker, 8, 0);
+    site.session.handle_alert(b"{}".to_vec());
+    site.pump();
+    for (pkid, _) in site.wire.clone() {
+        site.puback(pkid);
+    }
+    assert!(site.store_acks.is_empty());
+}
+
+#[test]
+fn one_store_ack_at_a_time_and_the_newest_wins() {
+    let mut site = Site::online(AckMode::EndToEnd, 8, 6);
+    site.store_answers = false;
+    site.cloud_ack(2);
+    site.cloud_ack(4);
+    site.cloud_ack(3);
+    assert_eq!(site.store_acks, [2], "the first is still being written");
+    let pending = site.pending_store_ack.take().unwrap();
+    site.store_answers = true;
+    site.apply_store_ack(pending);
+    site.pump();
+    assert_eq!(site.store_acks, [2, 4]);
+    assert_eq!(site.session.status().acked_upto, 4);
+}
+
+#[test]
+fn a_store_that_cannot_write_is_asked_again_after_a_second() {
+    let mut site = Site::online(AckMode::EndToEnd, 8, 3);
+    site.store_answers = false;
+    site.cloud_ack(2);
+    site.pending_store_ack = None;
+    site.session
+        .handle_store_acked(site.now, Err(StoreAckError::Failed("disk full".into())));
+    site.pump();
+    assert_eq!(site.store_acks, [2]);
+    assert_eq!(site.session.poll_timeout(), Some(site.now + STORE_RETRY));
+    site.store_answers = true;
+    site.advance(STORE_RETRY);
+    assert_eq!(site.store_acks, [2, 2]);
+    assert_eq!(site.session.status().acked_upto, 2);
+}
+
+#[test]
+fn an_ack_the_outbox_refuses_is_forgotten_and_the_data_kept() {
+    let mut site = Site::online(AckMode::EndToEnd, 8, 3);
+    site.store_answers = false;
+    site.cloud_ack(3);
+    site.session.handle_store_acked(
+        site.now,
+        Err(StoreAckError::Refused("beyond newest".into())),
+    );
+    site.pump();
+    assert_eq!(site.session.status().acked_upto, 0);
+    site.store_answers = true;
+    site.cloud_ack(2);
+    assert_eq!(site.store_acks, [3, 2], "a smaller, valid one goes through");
+}
+
+#[test]
+fn a_full_client_queue_is_retried_after_the_next_packet_not_in_a_loop() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 0);
+    site.client_full = true;
+    site.seal(2);
+    assert!(site.batches_on_wire().is_empty());
+    site.client_full = false;
+    site.session.handle_outgoing_publish(999);
+    site.pump();
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+}
+
+#[test]
+fn alerts_wait_for_the_probe_and_the_oldest_are_dropped_beyond_the_bound() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+    for i in 0..MAX_QUEUED_ALERTS + 2 {
+        site.session.handle_alert(i.to_string().into_bytes());
+    }
+    site.connect(true);
+    assert_eq!(site.wire, [(1, Wire::Online)]);
+    site.echo();
+    let alerts: Vec<Vec<u8>> = site
+        .wire
+        .iter()
+        .filter_map(|(_, w)| match w {
+            Wire::Alert(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alerts.len(), MAX_QUEUED_ALERTS);
+    assert_eq!(alerts[0], b"2");
+    assert_eq!(site.session.status().alerts_dropped, 2);
+}
+
+#[test]
+fn reconnects_back_off_from_200ms_doubling_to_30s_and_a_connection_resets_it() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        site.session
+            .handle_connection_lost(site.now, "refused".into());
+        let at = site.session.poll_reconnect_at().unwrap();
+        waits.push((at - site.now) / 100);
+        site.now = at;
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+    assert_eq!(site.events().len(), 1, "the same reason is said once");
+    site.connect(true);
+    assert_eq!(site.session.poll_reconnect_at(), None);
+    site.session
+        .handle_connection_lost(site.now, "refused".into());
+    assert_eq!(site.session.poll_reconnect_at(), Some(site.now + 200));
+}
+
+/// One step of a random run.
+#[derive(Debug, Clone)]
+enum Step {
+    Seal(u8),
+    CloudAck(u8),
+    PubackOldest,
+    Reconnect { session_present: bool },
+    Advance(u32),
+    Alert,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (1u8..4).prop_map(Step::Seal),
+        3 => (0u8..40).prop_map(Step::CloudAck),
+        2 => Just(Step::PubackOldest),
+        1 => any::<bool>().prop_map(|session_present| Step::Reconnect { session_present }),
+        2 => (0u32..400_000).prop_map(Step::Advance),
+        1 => Just(Step::Alert),
+    ]
+}
+
+proptest! {
+    /// Whatever the cloud, the broker and the clock do: an acknowledgement never covers a batch
+    /// that was not on the wire, never more than `max_unacked` are out, the acknowledgement
+    /// point only grows, and every sealed batch is eventually sent.
+    #[test]
+    fn the_session_keeps_its_promises_under_any_order_of_events(
+        ack in prop_oneof![Just(AckMode::EndToEnd), Just(AckMode::Broker)],
+        max_unacked in 1u64..6,
+        steps in proptest::collection::vec(step(), 1..80),
+    ) {
+        let mut site = Site::online(ack, max_unacked, 0);
+        let mut sealed = 0u64;
+        let mut last_acked = 0;
+        let mut pubacked: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+        for step in steps {
+            match step {
+                Step::Seal(n) => {
+                    sealed += u64::from(n);
+                    site.seal(sealed);
+                }
+                Step::CloudAck(upto) => site.cloud_ack(u64::from(upto)),
+                Step::PubackOldest => {
+                    let oldest = site.wire.iter().map(|(p, _)| *p).find(|p| !pubacked.contains(p));
+                    if let Some(pkid) = oldest {
+                        pubacked.insert(pkid);
+                        site.puback(pkid);
+                    }
+                }
+                Step::Reconnect { session_present } => {
+                    site.session.handle_connection_lost(site.now, "gone".into());
+                    site.pump();
+                    site.connect(session_present);
+                    site.echo();
+                }
+                Step::Advance(ms) => site.advance(Duration::from_millis(u64::from(ms))),
+                Step::Alert => {
+                    site.session.handle_alert(b"{}".to_vec());
+                    site.pump();
+                }
+            }
+            let sent_max = site.batches_on_wire().into_iter().max().unwrap_or(0);
+            for &upto in &site.store_acks {
+                prop_assert!(upto <= sent_max, "ack {upto} beyond what went out ({sent_max})");
+            }
+            let status = site.session.status();
+            prop_assert!(status.acked_upto >= last_acked);
+            last_acked = status.acked_upto;
+            prop_assert!(site.session.published_upto - site.session.acked_upto <= max_unacked);
+        }
+        // Settle: the cloud acknowledges everything it got, until the outbox is empty.
+        for _ in 0..200 {
+            let sent_max = site.batches_on_wire().into_iter().max().unwrap_or(0);
+            if ack == AckMode::EndToEnd {
+                site.cloud_ack(sent_max);
+            } else {
+                for (pkid, _) in site.wire.clone() {
+                    site.puback(pkid);
+                }
+            }
+            if site.acked_upto == sealed {
+                break;
+            }
+            site.advance(RESEND);
+        }
+        prop_assert_eq!(site.acked_upto, sealed, "every sealed batch was delivered");
+    }
+}
