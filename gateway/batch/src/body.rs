@@ -10,7 +10,7 @@
 //! See `docs/batch-format.md` §3 for every field. Both directions live here so they cannot drift.
 
 use crate::MAX_NAME_LEN;
-use crate::decode::DecodeError;
+use crate::error::DecodeError;
 use crate::gorilla;
 use crate::header::BatchHeader;
 use crate::varint::{BodyError, Reader, put_svarint, put_uvarint, svarint_len, uvarint_len};

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use crc::{CRC_32_ISO_HDLC, Crc, Table};
 use serde::Serialize;
 
-use crate::decode::DecodeError;
+use crate::error::DecodeError;
 use crate::{FORMAT_VERSION, MAGIC, MAX_RAW_BODY_LEN, MAX_READINGS};
 
 /// CRC-32/ISO-HDLC (the Ethernet/zlib CRC, as in the node link), slice-by-16 tables.

@@ -34,6 +34,7 @@ mod body;
 mod builder;
 mod decode;
 mod dictionary;
+mod error;
 mod gorilla;
 mod header;
 mod value;
