@@ -24,6 +24,7 @@ pub mod config;
 pub mod hex;
 pub mod link;
 pub mod modbus;
+pub mod telemetry;
 pub mod update;
 pub mod uplink;
 pub mod watchdog;

@@ -1,0 +1,610 @@
+//! One place for what the gateway knows about itself: status, counters and alerts.
+//!
+//! Design: [`Telemetry`] takes typed [`Event`]s from every part of the daemon (the store writer,
+//! the port sessions, the uplink, the cost meter, the Modbus pollers, the update report) and
+//! gives back one [`Snapshot`] that every reader uses: the local API's `/api/v1/status` now, and
+//! later `/metrics`, the web page and the health topic. It never does IO and never reads a
+//! clock: events carry their time. The adapter (`outpost::io::telemetry`) shares it between
+//! tasks and wakes the uplink when an alert changes.
+//!
+//! Alerts have an identity ([`AlertKey`]: what kind, about what), a state (firing or resolved)
+//! and timestamps (first raised, last changed, resolved). Raising a firing alert again updates
+//! it (message, time, count) instead of adding a second one, and every change gets a sequence
+//! number, so the uplink forwards exactly the alerts that changed since it last looked, with no
+//! guessing by wall-clock time (which may be set backwards on a gateway without an RTC).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::link::PortCounters;
+use crate::modbus::health::{DeviceHealth, LinkState};
+use crate::uplink::UplinkStatus;
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The outbox outgrew `buffer.max_bytes`; the oldest batches were dropped.
+    BufferFull,
+    /// The last self-update did not end confirmed (refused, rolled back, failed).
+    Update,
+    /// An acknowledgement covered batches never published; it was refused.
+    AckRefused,
+}
+
+impl AlertKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::BufferFull => "buffer_full",
+            AlertKind::Update => "update",
+            AlertKind::AckRefused => "ack_refused",
+        }
+    }
+}
+
+/// An alert's identity: its kind and, where there can be several, what it is about (a node, a
+/// device, a port). The same key raised again is the same alert.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct AlertKey {
+    pub kind: AlertKind,
+    pub subject: Option<String>,
+}
+
+impl AlertKey {
+    /// An alert about the gateway as a whole.
+    #[must_use]
+    pub fn gateway(kind: AlertKind) -> AlertKey {
+        AlertKey {
+            kind,
+            subject: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+/// One alert as the API shows it and the uplink sends it (`outpost/{id}/alert`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub subject: Option<String>,
+    pub state: AlertState,
+    pub message: String,
+    /// When it was last raised or resolved (Unix ms): the time of the news it carries.
+    pub at_ms: i64,
+    /// When it first fired in its current episode (Unix ms).
+    pub raised_at_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    /// How often it was raised in this episode.
+    pub count: u64,
+    /// Its place in the order of changes, for forwarding ([`Alerts::changed_since`]).
+    pub change: u64,
+}
+
+impl Alert {
+    #[must_use]
+    pub fn key(&self) -> AlertKey {
+        AlertKey {
+            kind: self.kind,
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+/// Every alert the gateway has raised, by identity.
+#[derive(Debug, Clone, Default)]
+pub struct Alerts {
+    by_key: BTreeMap<AlertKey, Alert>,
+    last_change: u64,
+}
+
+impl Alerts {
+    /// Raises `key` at `at_ms` (Unix ms) with `message`: a new episode if it was not firing,
+    /// otherwise the same alert with the new message, time and count. Raising it again with the
+    /// same message and time (the same report seen at each start) changes nothing.
+    pub fn raise(&mut self, at_ms: i64, key: AlertKey, message: impl Into<String>) {
+        let message = message.into();
+        let change = self.last_change + 1;
+        match self.by_key.get_mut(&key) {
+            Some(alert) if alert.state == AlertState::Firing => {
+                if alert.message == message && alert.at_ms == at_ms {
+                    return;
+                }
+                alert.message = message;
+                alert.at_ms = at_ms;
+                alert.count += 1;
+                alert.change = change;
+            }
+            _ => {
+                self.by_key.insert(
+                    key.clone(),
+                    Alert {
+                        kind: key.kind,
+                        subject: key.subject,
+                        state: AlertState::Firing,
+                        message,
+                        at_ms,
+                        raised_at_ms: at_ms,
+                        resolved_at_ms: None,
+                        count: 1,
+                        change,
+                    },
+                );
+            }
+        }
+        self.last_change = change;
+    }
+
+    /// The condition behind `key` is over.
+    pub fn resolve(&mut self, at_ms: i64, key: &AlertKey) {
+        let change = self.last_change + 1;
+        if let Some(alert) = self
+            .by_key
+            .get_mut(key)
+            .filter(|a| a.state == AlertState::Firing)
+        {
+            alert.state = AlertState::Resolved;
+            alert.resolved_at_ms = Some(at_ms);
+            alert.at_ms = at_ms;
+            alert.change = change;
+            self.last_change = change;
+        }
+    }
+
+    /// The firing alerts, newest first.
+    #[must_use]
+    pub fn firing(&self) -> Vec<Alert> {
+        let mut firing: Vec<Alert> = self
+            .by_key
+            .values()
+            .filter(|a| a.state == AlertState::Firing)
+            .cloned()
+            .collect();
+        firing.sort_by_key(|a| std::cmp::Reverse(a.change));
+        firing
+    }
+
+    /// Alerts raised, updated or resolved after change `after`, oldest change first.
+    #[must_use]
+    pub fn changed_since(&self, after: u64) -> Vec<Alert> {
+        let mut changed: Vec<Alert> = self
+            .by_key
+            .values()
+            .filter(|a| a.change > after)
+            .cloned()
+            .collect();
+        changed.sort_by_key(|a| a.change);
+        changed
+    }
+
+    /// The newest change's number (0 before any).
+    #[must_use]
+    pub fn last_change(&self) -> u64 {
+        self.last_change
+    }
+}
+
+/// The store writer, as the status page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStatus {
+    pub commits: u64,
+    pub failed_commits: u64,
+    /// The last failure, cleared by the next successful commit.
+    pub error: Option<String>,
+    pub batches_sealed: u64,
+    /// Current batch interval (stretched when the data budget is at risk).
+    pub batch_interval_s: u64,
+}
+
+impl StoreStatus {
+    /// Work the writer has finished: grows with every commit tried and every sealing round.
+    #[must_use]
+    pub fn progress(&self) -> u64 {
+        self.commits + self.failed_commits + self.batches_sealed
+    }
+}
+
+/// A serial port as the status page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PortStatus {
+    pub path: String,
+    pub open: bool,
+    pub node_id: Option<i64>,
+    pub opens: u64,
+    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub counters: PortCounters,
+}
+
+/// Connectivity cost as the status page shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CostStatus {
+    pub bytes_today: u64,
+    pub bytes_month: u64,
+    pub projected_month: u64,
+    /// `uplink.monthly_budget_bytes`; 0 when none is set.
+    pub budget: u64,
+    /// Uplink bytes (both directions) per reading the cloud acknowledged, this month.
+    pub bytes_per_reading: Option<f64>,
+    pub batch_interval_s: u64,
+    pub over_budget: bool,
+}
+
+/// The MQTT uplink as the status page shows it: the session's view and the metered bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UplinkBoard {
+    #[serde(flatten)]
+    pub session: UplinkStatus,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// One Modbus device as the status page and `/api/v1/modbus` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    /// `tcp 10.0.0.20:502` or `rtu /dev/ttyUSB0`.
+    pub transport: String,
+    pub unit: u8,
+    /// Manufacturer and model from the map file, when it names them.
+    pub model: Option<String>,
+    pub map: String,
+    pub poll_interval_ms: u64,
+    /// Requests one poll sends (the read plan).
+    pub requests_per_poll: usize,
+    pub readings: u64,
+    /// The last error of any kind (transport, exception, decode), with its time.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub health: DeviceHealth,
+    /// The latest value of every point, with its unit.
+    pub values: BTreeMap<String, PointValue>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PointValue {
+    pub value: serde_json::Value,
+    pub unit: Option<String>,
+    pub at: u64,
+}
+
+/// The Modbus devices at a glance.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ModbusSummary {
+    pub devices: usize,
+    pub online: usize,
+    pub offline: usize,
+}
+
+/// What happened, as the parts of the daemon report it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A store transaction committed.
+    Committed,
+    /// A store transaction (or a sealing round) failed; nothing was acknowledged.
+    CommitFailed(String),
+    /// A sealing round sealed `batches` batches.
+    Sealed {
+        batches: u64,
+    },
+    /// The data budget set the batch interval.
+    BatchInterval(Duration),
+    /// Serial port `index` (config order) now looks like this.
+    Port {
+        index: usize,
+        status: PortStatus,
+    },
+    Uplink(UplinkBoard),
+    Cost(CostStatus),
+    /// Modbus device `index` (config order) now looks like this.
+    Device {
+        index: usize,
+        status: Box<DeviceStatus>,
+    },
+    Raise {
+        at_ms: i64,
+        key: AlertKey,
+        message: String,
+    },
+    Resolve {
+        at_ms: i64,
+        key: AlertKey,
+    },
+}
+
+/// Everything the gateway knows about itself, for every reader.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub store: StoreStatus,
+    pub ports: Vec<PortStatus>,
+    /// `None` without an MQTT uplink.
+    pub uplink: Option<UplinkBoard>,
+    pub cost: CostStatus,
+    pub modbus: Vec<DeviceStatus>,
+    /// Firing alerts, newest first.
+    pub alerts: Vec<Alert>,
+}
+
+impl Snapshot {
+    #[must_use]
+    pub fn modbus_summary(&self) -> ModbusSummary {
+        let count = |state| {
+            self.modbus
+                .iter()
+                .filter(|d| d.health.state() == state)
+                .count()
+        };
+        ModbusSummary {
+            devices: self.modbus.len(),
+            online: count(LinkState::Online),
+            offline: count(LinkState::Offline),
+        }
+    }
+}
+
+/// The gateway's status, counters and alerts. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    store: StoreStatus,
+    ports: Vec<PortStatus>,
+    uplink: Option<UplinkBoard>,
+    cost: CostStatus,
+    modbus: Vec<DeviceStatus>,
+    alerts: Alerts,
+}
+
+impl Telemetry {
+    /// Telemetry for a daemon with these ports and devices (config order) and, if `uplink`, an
+    /// MQTT uplink.
+    #[must_use]
+    pub fn new(
+        ports: Vec<PortStatus>,
+        modbus: Vec<DeviceStatus>,
+        uplink: bool,
+        batch_interval: Duration,
+    ) -> Telemetry {
+        Telemetry {
+            store: StoreStatus {
+                batch_interval_s: batch_interval.as_secs(),
+                ..StoreStatus::default()
+            },
+            ports,
+            uplink: uplink.then(UplinkBoard::default),
+            cost: CostStatus {
+                batch_interval_s: batch_interval.as_secs(),
+                ..CostStatus::default()
+            },
+            modbus,
+            alerts: Alerts::default(),
+        }
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Committed => {
+                self.store.commits += 1;
+                self.store.error = None;
+            }
+            Event::CommitFailed(error) => {
+                self.store.failed_commits += 1;
+                self.store.error = Some(error);
+            }
+            Event::Sealed { batches } => self.store.batches_sealed += batches,
+            Event::BatchInterval(interval) => self.store.batch_interval_s = interval.as_secs(),
+            Event::Port { index, status } => {
+                if let Some(port) = self.ports.get_mut(index) {
+                    *port = status;
+                }
+            }
+            Event::Uplink(board) => self.uplink = Some(board),
+            Event::Cost(cost) => self.cost = cost,
+            Event::Device { index, status } => {
+                if let Some(device) = self.modbus.get_mut(index) {
+                    *device = *status;
+                }
+            }
+            Event::Raise {
+                at_ms,
+                key,
+                message,
+            } => self.alerts.raise(at_ms, key, message),
+            Event::Resolve { at_ms, key } => self.alerts.resolve(at_ms, &key),
+        }
+    }
+
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            store: self.store.clone(),
+            ports: self.ports.clone(),
+            uplink: self.uplink.clone(),
+            cost: self.cost.clone(),
+            modbus: self.modbus.clone(),
+            alerts: self.alerts.firing(),
+        }
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &StoreStatus {
+        &self.store
+    }
+
+    #[must_use]
+    pub fn port(&self, index: usize) -> Option<&PortStatus> {
+        self.ports.get(index)
+    }
+
+    #[must_use]
+    pub fn device(&self, index: usize) -> Option<&DeviceStatus> {
+        self.modbus.get(index)
+    }
+
+    #[must_use]
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: AlertKind) -> AlertKey {
+        AlertKey::gateway(kind)
+    }
+
+    #[test]
+    fn raising_a_firing_alert_again_updates_it_instead_of_adding_one() {
+        let mut alerts = Alerts::default();
+        alerts.raise(1000, key(AlertKind::BufferFull), "dropped 2");
+        alerts.raise(2000, key(AlertKind::BufferFull), "dropped 5");
+        let firing = alerts.firing();
+        assert_eq!(firing.len(), 1);
+        let a = &firing[0];
+        assert_eq!(
+            (a.message.as_str(), a.at_ms, a.raised_at_ms, a.count),
+            ("dropped 5", 2000, 1000, 2)
+        );
+        assert_eq!(a.change, 2);
+    }
+
+    #[test]
+    fn the_same_report_raised_at_every_start_is_one_unchanged_alert() {
+        let mut alerts = Alerts::default();
+        alerts.raise(5000, key(AlertKind::Update), "rolled back");
+        let before = alerts.last_change();
+        alerts.raise(5000, key(AlertKind::Update), "rolled back");
+        assert_eq!(alerts.last_change(), before);
+        assert_eq!(alerts.firing()[0].count, 1);
+    }
+
+    #[test]
+    fn alerts_about_different_subjects_are_different_alerts() {
+        let mut alerts = Alerts::default();
+        let about = |s: &str| AlertKey {
+            kind: AlertKind::AckRefused,
+            subject: Some(s.into()),
+        };
+        alerts.raise(1, about("a"), "x");
+        alerts.raise(2, about("b"), "y");
+        assert_eq!(alerts.firing().len(), 2);
+        assert_eq!(
+            alerts.firing()[0].subject.as_deref(),
+            Some("b"),
+            "newest first"
+        );
+    }
+
+    #[test]
+    fn a_resolved_alert_leaves_the_firing_list_and_comes_back_as_a_new_episode() {
+        let mut alerts = Alerts::default();
+        alerts.raise(1000, key(AlertKind::BufferFull), "full");
+        alerts.raise(1500, key(AlertKind::BufferFull), "full again");
+        alerts.resolve(2000, &key(AlertKind::BufferFull));
+        assert!(alerts.firing().is_empty());
+        let changed = alerts.changed_since(2);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].state, changed[0].resolved_at_ms),
+            (AlertState::Resolved, Some(2000))
+        );
+        alerts.resolve(2500, &key(AlertKind::BufferFull));
+        assert_eq!(alerts.last_change(), 3, "resolving twice is one change");
+        alerts.raise(3000, key(AlertKind::BufferFull), "full once more");
+        let a = &alerts.firing()[0];
+        assert_eq!((a.raised_at_ms, a.count, a.resolved_at_ms), (3000, 1, None));
+    }
+
+    #[test]
+    fn changes_are_forwarded_once_each_in_the_order_they_happened() {
+        let mut alerts = Alerts::default();
+        alerts.raise(10, key(AlertKind::Update), "u");
+        alerts.raise(20, key(AlertKind::BufferFull), "b");
+        let first: Vec<AlertKind> = alerts.changed_since(0).iter().map(|a| a.kind).collect();
+        assert_eq!(first, [AlertKind::Update, AlertKind::BufferFull]);
+        let seen = alerts.last_change();
+        assert!(alerts.changed_since(seen).is_empty());
+        // A clock set backwards does not hide a change: order is by change, not by time.
+        alerts.raise(5, key(AlertKind::Update), "u again");
+        let next: Vec<AlertKind> = alerts.changed_since(seen).iter().map(|a| a.kind).collect();
+        assert_eq!(next, [AlertKind::Update]);
+    }
+
+    #[test]
+    fn the_snapshot_carries_every_section_and_only_firing_alerts() {
+        let ports = vec![PortStatus {
+            path: "/dev/ttyACM0".into(),
+            ..PortStatus::default()
+        }];
+        let mut t = Telemetry::new(ports, Vec::new(), true, Duration::from_secs(60));
+        t.handle(Event::Committed);
+        t.handle(Event::CommitFailed("disk full".into()));
+        t.handle(Event::Sealed { batches: 3 });
+        t.handle(Event::Port {
+            index: 0,
+            status: PortStatus {
+                path: "/dev/ttyACM0".into(),
+                open: true,
+                opens: 1,
+                ..PortStatus::default()
+            },
+        });
+        t.handle(Event::Port {
+            index: 7,
+            status: PortStatus::default(),
+        });
+        t.handle(Event::Raise {
+            at_ms: 1,
+            key: key(AlertKind::BufferFull),
+            message: "full".into(),
+        });
+        t.handle(Event::Raise {
+            at_ms: 2,
+            key: key(AlertKind::Update),
+            message: "refused".into(),
+        });
+        t.handle(Event::Resolve {
+            at_ms: 3,
+            key: key(AlertKind::BufferFull),
+        });
+        let s = t.snapshot();
+        assert_eq!(
+            (
+                s.store.commits,
+                s.store.failed_commits,
+                s.store.batches_sealed
+            ),
+            (1, 1, 3)
+        );
+        assert_eq!(s.store.error.as_deref(), Some("disk full"));
+        assert_eq!(t.store().progress(), 5);
+        assert_eq!(s.ports.len(), 1, "an unknown port index changes nothing");
+        assert!(s.ports[0].open);
+        assert!(s.uplink.is_some());
+        assert_eq!(s.store.batch_interval_s, 60);
+        let kinds: Vec<AlertKind> = s.alerts.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, [AlertKind::Update]);
+        t.handle(Event::Committed);
+        assert_eq!(t.snapshot().store.error, None, "a commit clears the error");
+    }
+
+    #[test]
+    fn an_alert_serializes_with_its_kind_as_text_and_its_times() {
+        let mut alerts = Alerts::default();
+        alerts.raise(1234, key(AlertKind::BufferFull), "full");
+        let json = serde_json::to_value(&alerts.firing()[0]).unwrap();
+        assert_eq!(json["kind"], "buffer_full");
+        assert_eq!(json["state"], "firing");
+        assert_eq!(json["message"], "full");
+        assert_eq!(json["at_ms"], 1234);
+        assert_eq!(json["subject"], serde_json::Value::Null);
+    }
+}
