@@ -297,18 +297,32 @@ pub enum Event {
     },
     /// The data budget set the batch interval.
     BatchInterval(Duration),
-    /// Serial port `index` (config order) now looks like this.
-    Port {
+    /// Serial port `index` (config order) opened.
+    PortOpened {
         index: usize,
-        status: PortStatus,
+    },
+    /// Serial port `index` could not be opened, or was lost (USB unplug): why.
+    PortDown {
+        index: usize,
+        error: String,
+    },
+    /// Serial port `index`'s session counters and the node on it, after a round of work.
+    PortCounted {
+        index: usize,
+        counters: PortCounters,
+        node_id: Option<i64>,
     },
     Uplink(UplinkBoard),
     Cost(CostStatus),
-    /// Modbus device `index` (config order) now looks like this.
-    Device {
+    /// A Modbus device is polled from now on; it is the next index (config order).
+    DeviceAdded(Box<DeviceStatus>),
+    /// Modbus device `index`'s transport label (an RTU bus is only known by path at spawn).
+    DeviceTransport {
         index: usize,
-        status: Box<DeviceStatus>,
+        label: String,
     },
+    /// Modbus device `index` finished a poll.
+    Polled(Box<Polled>),
     Raise {
         at_ms: i64,
         key: AlertKey,
@@ -318,6 +332,19 @@ pub enum Event {
         at_ms: i64,
         key: AlertKey,
     },
+}
+
+/// What one Modbus poll changed on the status page.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    pub index: usize,
+    /// Readings stored from it.
+    pub readings: u64,
+    pub health: DeviceHealth,
+    /// The points that decoded, with their values.
+    pub values: Vec<(String, PointValue)>,
+    /// The poll's last error, and when (the adapter's monotonic ms).
+    pub error: Option<(String, u64)>,
 }
 
 /// Everything the gateway knows about itself, for every reader.
@@ -362,27 +389,28 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Telemetry for a daemon with these ports and devices (config order) and, if `uplink`, an
-    /// MQTT uplink.
+    /// Telemetry for a daemon with these serial ports (config order) and, if `uplink`, an MQTT
+    /// uplink. Modbus devices join with [`Event::DeviceAdded`].
     #[must_use]
-    pub fn new(
-        ports: Vec<PortStatus>,
-        modbus: Vec<DeviceStatus>,
-        uplink: bool,
-        batch_interval: Duration,
-    ) -> Telemetry {
+    pub fn new(ports: &[String], uplink: bool, batch_interval: Duration) -> Telemetry {
         Telemetry {
             store: StoreStatus {
                 batch_interval_s: batch_interval.as_secs(),
                 ..StoreStatus::default()
             },
-            ports,
+            ports: ports
+                .iter()
+                .map(|path| PortStatus {
+                    path: path.clone(),
+                    ..PortStatus::default()
+                })
+                .collect(),
             uplink: uplink.then(UplinkBoard::default),
             cost: CostStatus {
                 batch_interval_s: batch_interval.as_secs(),
                 ..CostStatus::default()
             },
-            modbus,
+            modbus: Vec::new(),
             alerts: Alerts::default(),
         }
     }
@@ -399,16 +427,54 @@ impl Telemetry {
             }
             Event::Sealed { batches } => self.store.batches_sealed += batches,
             Event::BatchInterval(interval) => self.store.batch_interval_s = interval.as_secs(),
-            Event::Port { index, status } => {
+            Event::PortOpened { index } => {
                 if let Some(port) = self.ports.get_mut(index) {
-                    *port = status;
+                    port.open = true;
+                    port.opens += 1;
+                    port.last_error = None;
+                }
+            }
+            Event::PortDown { index, error } => {
+                if let Some(port) = self.ports.get_mut(index) {
+                    port.open = false;
+                    port.node_id = None;
+                    port.last_error = Some(error);
+                }
+            }
+            Event::PortCounted {
+                index,
+                counters,
+                node_id,
+            } => {
+                if let Some(port) = self.ports.get_mut(index) {
+                    port.counters = counters;
+                    port.node_id = node_id;
                 }
             }
             Event::Uplink(board) => self.uplink = Some(board),
             Event::Cost(cost) => self.cost = cost,
-            Event::Device { index, status } => {
+            Event::DeviceAdded(status) => self.modbus.push(*status),
+            Event::DeviceTransport { index, label } => {
                 if let Some(device) = self.modbus.get_mut(index) {
-                    *device = *status;
+                    device.transport = label;
+                }
+            }
+            Event::Polled(polled) => {
+                let Polled {
+                    index,
+                    readings,
+                    health,
+                    values,
+                    error,
+                } = *polled;
+                if let Some(device) = self.modbus.get_mut(index) {
+                    device.readings += readings;
+                    device.health = health;
+                    device.values.extend(values);
+                    if let Some((error, at)) = error {
+                        device.last_error = Some(error);
+                        device.last_error_at = Some(at);
+                    }
                 }
             }
             Event::Raise {
@@ -442,9 +508,10 @@ impl Telemetry {
         self.ports.get(index)
     }
 
+    /// The Modbus devices, in the order they were added.
     #[must_use]
-    pub fn device(&self, index: usize) -> Option<&DeviceStatus> {
-        self.modbus.get(index)
+    pub fn devices(&self) -> &[DeviceStatus] {
+        &self.modbus
     }
 
     #[must_use]
@@ -540,27 +607,20 @@ mod tests {
 
     #[test]
     fn the_snapshot_carries_every_section_and_only_firing_alerts() {
-        let ports = vec![PortStatus {
-            path: "/dev/ttyACM0".into(),
-            ..PortStatus::default()
-        }];
-        let mut t = Telemetry::new(ports, Vec::new(), true, Duration::from_secs(60));
+        let mut t = Telemetry::new(&["/dev/ttyACM0".into()], true, Duration::from_secs(60));
         t.handle(Event::Committed);
         t.handle(Event::CommitFailed("disk full".into()));
         t.handle(Event::Sealed { batches: 3 });
-        t.handle(Event::Port {
+        t.handle(Event::PortOpened { index: 0 });
+        t.handle(Event::PortCounted {
             index: 0,
-            status: PortStatus {
-                path: "/dev/ttyACM0".into(),
-                open: true,
-                opens: 1,
-                ..PortStatus::default()
+            counters: PortCounters {
+                frames: 9,
+                ..PortCounters::default()
             },
+            node_id: Some(4),
         });
-        t.handle(Event::Port {
-            index: 7,
-            status: PortStatus::default(),
-        });
+        t.handle(Event::PortOpened { index: 7 });
         t.handle(Event::Raise {
             at_ms: 1,
             key: key(AlertKind::BufferFull),
@@ -587,13 +647,26 @@ mod tests {
         assert_eq!(s.store.error.as_deref(), Some("disk full"));
         assert_eq!(t.store().progress(), 5);
         assert_eq!(s.ports.len(), 1, "an unknown port index changes nothing");
-        assert!(s.ports[0].open);
+        let port = &s.ports[0];
+        assert_eq!(
+            (port.open, port.opens, port.counters.frames, port.node_id),
+            (true, 1, 9, Some(4))
+        );
         assert!(s.uplink.is_some());
         assert_eq!(s.store.batch_interval_s, 60);
         let kinds: Vec<AlertKind> = s.alerts.iter().map(|a| a.kind).collect();
         assert_eq!(kinds, [AlertKind::Update]);
         t.handle(Event::Committed);
         assert_eq!(t.snapshot().store.error, None, "a commit clears the error");
+        t.handle(Event::PortDown {
+            index: 0,
+            error: "end of file".into(),
+        });
+        let port = &t.snapshot().ports[0];
+        assert_eq!(
+            (port.open, port.node_id, port.last_error.as_deref()),
+            (false, None, Some("end of file"))
+        );
     }
 
     #[test]
