@@ -20,9 +20,10 @@
 //!    next poll brings fresh values.
 //!
 //! Writes happen on one connection owned by the writer task ([`writer`]), which applies whatever
-//! is queued within `commit_interval` in one transaction (group commit). Readers open their own
-//! connections; WAL lets them run beside the writer.
+//! is queued within `commit_interval` in one transaction (group commit). The uplink's usage
+//! ledger is [`ledger`]. Readers open their own connections; WAL lets them run beside the writer.
 
+pub mod ledger;
 pub mod outbox;
 mod schema;
 mod series;

@@ -379,6 +379,39 @@ mod outbox {
     }
 }
 
+mod ledger {
+    use super::*;
+    use crate::io::store::ledger::Usage;
+
+    #[test]
+    fn usage_adds_up_per_day_and_per_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .transaction(|tx| {
+                tx.record_usage("2026-02-28", 1000, 100, 10)?;
+                tx.record_usage("2026-03-01", 200, 20, 2)?;
+                tx.record_usage("2026-03-02", 300, 30, 3)?;
+                tx.record_usage("2026-03-02", 400, 40, 4)
+            })
+            .unwrap();
+        let reader = store.reader().unwrap();
+        assert_eq!(
+            reader.usage("2026-03-02", "2026-03-").unwrap(),
+            Usage {
+                bytes_today: 770,
+                bytes_month: 990,
+                readings_month: 9
+            }
+        );
+        assert_eq!(
+            reader.usage("2026-04-01", "2026-04-").unwrap(),
+            Usage::default(),
+            "a month without traffic"
+        );
+    }
+}
+
 mod series {
     use super::*;
     use outpost_batch::{BatchBuilder, Dictionaries, GatewayId, Value};
