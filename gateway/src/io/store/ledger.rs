@@ -4,8 +4,8 @@
 //!
 //! The ledger only ever adds: the cost task sends each tally since the last one as
 //! [`StoreCommand::RecordUsage`](super::writer::StoreCommand::RecordUsage), and the writer adds it
-//! to the day's row (`uplink_usage`). A tally nobody waits for is committed within the relaxed
-//! commit window; a power cut may lose the last one, never count one twice.
+//! to the day's row (`uplink_usage`). Nobody waits for a tally: it is committed within the relaxed
+//! commit window, and a failed commit or a power cut loses it; none is ever counted twice.
 
 use rusqlite::params;
 
