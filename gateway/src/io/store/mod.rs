@@ -20,11 +20,16 @@
 //!    next poll brings fresh values.
 //!
 //! Writes happen on one connection owned by the writer task ([`writer`]), which applies whatever
-//! is queued within `commit_interval` in one transaction (group commit). Readers open their own
+//! is queued within `commit_interval` in one transaction (group commit) and answers each command
+//! after the commit (`command.rs`); between commits it runs sealing rounds (`sealer.rs`) that fill
+//! the outbox ([`outbox`]). The uplink's usage ledger is [`ledger`]. Readers open their own
 //! connections; WAL lets them run beside the writer.
 
+mod command;
+pub mod ledger;
 pub mod outbox;
 mod schema;
+mod sealer;
 mod series;
 pub mod writer;
 

@@ -283,22 +283,6 @@ impl Tx<'_> {
         })
     }
 
-    /// Adds uplink traffic to a day's tally.
-    pub fn record_usage(
-        &mut self,
-        day: &str,
-        sent: u64,
-        received: u64,
-        readings: u64,
-    ) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT INTO uplink_usage (day, sent, received, readings) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (day) DO UPDATE SET sent = sent + ?2, received = received + ?3, readings = readings + ?4",
-            params![day, sent, received, readings],
-        )?;
-        Ok(())
-    }
-
     /// Committed readings not yet in a batch.
     pub fn unsealed_readings(&mut self) -> Result<u64, StoreError> {
         unsealed(&self.tx)
@@ -389,21 +373,6 @@ impl Reader {
                 r.get(0)
             })
             .optional()?)
-    }
-
-    /// Uplink traffic: (bytes today, bytes this month, readings acknowledged this month).
-    pub fn usage(&self, day: &str, month_prefix: &str) -> Result<(u64, u64, u64), StoreError> {
-        let today: u64 = self.conn.query_row(
-            "SELECT coalesce(sum(sent + received), 0) FROM uplink_usage WHERE day = ?1",
-            [day],
-            |r| r.get(0),
-        )?;
-        let (month, readings): (u64, u64) = self.conn.query_row(
-            "SELECT coalesce(sum(sent + received), 0), coalesce(sum(readings), 0) FROM uplink_usage WHERE day LIKE ?1 || '%'",
-            [month_prefix],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok((today, month, readings))
     }
 
     pub fn outbox(&self) -> Result<OutboxTotals, StoreError> {

@@ -379,6 +379,39 @@ mod outbox {
     }
 }
 
+mod ledger {
+    use super::*;
+    use crate::io::store::ledger::Usage;
+
+    #[test]
+    fn usage_adds_up_per_day_and_per_month() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .transaction(|tx| {
+                tx.record_usage("2026-02-28", 1000, 100, 10)?;
+                tx.record_usage("2026-03-01", 200, 20, 2)?;
+                tx.record_usage("2026-03-02", 300, 30, 3)?;
+                tx.record_usage("2026-03-02", 400, 40, 4)
+            })
+            .unwrap();
+        let reader = store.reader().unwrap();
+        assert_eq!(
+            reader.usage("2026-03-02", "2026-03-").unwrap(),
+            Usage {
+                bytes_today: 770,
+                bytes_month: 990,
+                readings_month: 9
+            }
+        );
+        assert_eq!(
+            reader.usage("2026-04-01", "2026-04-").unwrap(),
+            Usage::default(),
+            "a month without traffic"
+        );
+    }
+}
+
 mod series {
     use super::*;
     use outpost_batch::{BatchBuilder, Dictionaries, GatewayId, Value};
@@ -863,5 +896,505 @@ mod writer {
         let reader = store.reader().unwrap();
         assert_eq!(reader.outbox().unwrap().unsealed_readings, 0);
         assert_eq!(reader.totals().unwrap().device_readings, 3);
+    }
+}
+
+mod commands {
+    //! A group commit answers each command's own caller after the commit, or every caller with
+    //! the transaction's error.
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use outpost_batch::Value;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::io::store::command::{self, Job, Reply, Request};
+    use crate::io::store::ledger::Usage;
+    use crate::io::store::outbox::{AckError, Acked, OutboxTotals};
+    use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition, StoreReply};
+
+    const KEY_A: [u8; 32] = [0xa; 32];
+    const KEY_B: [u8; 32] = [0xb; 32];
+
+    /// A site mid-run: node A (uid 1, boot 5) has committed samples 1..=2 and they are sealed
+    /// into batch 1; node B (uid 2, boot 9) is enrolled. Returns both node ids.
+    fn site() -> (tempfile::TempDir, Store, i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let (a, b) = store
+            .transaction(|tx| {
+                let a = tx.register(0, "/dev/ttyACM0", &hello(1, 5))?.node_id;
+                tx.enroll(a, &KEY_A)?;
+                tx.ingest(a, 5, &[sample(1, 1), sample(2, 1)], 0)?;
+                tx.seal_batch("gw", 0, 100, None)?;
+                let b = tx.register(0, "/dev/ttyACM1", &hello(2, 9))?.node_id;
+                tx.enroll(b, &KEY_B)?;
+                Ok((a, b))
+            })
+            .unwrap();
+        (dir, store, a, b)
+    }
+
+    /// Who waits for the answers to [`interleaved`].
+    struct Callers {
+        port_a: mpsc::UnboundedReceiver<StoreReply>,
+        port_b: mpsc::UnboundedReceiver<StoreReply>,
+        /// The uplink, acknowledging batch 1.
+        ack: oneshot::Receiver<AckReply>,
+        /// The pull API, acknowledging a batch that was never sealed.
+        ack_too_far: oneshot::Receiver<AckReply>,
+    }
+
+    /// Commands of every kind from two ports, a Modbus poller, the uplink, the pull API and the
+    /// cost task, interleaved as they may arrive in one commit window. Node B's HELLO comes with
+    /// another key than the pinned one. One caller (an API request that timed out) hung up.
+    fn interleaved(a: i64, b: i64) -> (Vec<StoreCommand>, Callers) {
+        let (port_a, port_a_rx) = mpsc::unbounded_channel();
+        let (port_b, port_b_rx) = mpsc::unbounded_channel();
+        let (ack, ack_rx) = oneshot::channel();
+        let (ack_too_far, ack_too_far_rx) = oneshot::channel();
+        let (hung_up, _) = oneshot::channel();
+        let commands = vec![
+            StoreCommand::Register {
+                port: "/dev/ttyACM0".to_owned(),
+                hello: hello(1, 5),
+                public_key: KEY_A,
+                now_ms: 10,
+                reply: port_a.clone(),
+            },
+            StoreCommand::AckBatches {
+                upto: 1,
+                reply: ack,
+            },
+            StoreCommand::Ingest {
+                node_id: a,
+                boot_id: 5,
+                samples: vec![sample(3, 1), sample(4, 1)],
+                now_ms: 11,
+                reply: port_a,
+            },
+            StoreCommand::DeviceReadings {
+                source: "meter-1".to_owned(),
+                ts_ms: 12,
+                readings: vec![
+                    SeriesReading {
+                        channel: "voltage_l1".to_owned(),
+                        value: Value::decimal(2301, -1),
+                    },
+                    SeriesReading {
+                        channel: "frequency".to_owned(),
+                        value: Value::float(50.01),
+                    },
+                ],
+            },
+            StoreCommand::Register {
+                port: "/dev/ttyACM1".to_owned(),
+                hello: hello(2, 9),
+                public_key: [0xc; 32],
+                now_ms: 13,
+                reply: port_b.clone(),
+            },
+            StoreCommand::AckBatches {
+                upto: 1,
+                reply: hung_up,
+            },
+            StoreCommand::Ingest {
+                node_id: b,
+                boot_id: 9,
+                samples: vec![sample(1, 1)],
+                now_ms: 14,
+                reply: port_b,
+            },
+            StoreCommand::LinkErrors {
+                node_id: a,
+                count: 3,
+            },
+            StoreCommand::AckBatches {
+                upto: 7,
+                reply: ack_too_far,
+            },
+            StoreCommand::RecordUsage {
+                day: "2026-03-02".to_owned(),
+                sent: 500,
+                received: 50,
+                readings: 4,
+            },
+        ];
+        let callers = Callers {
+            port_a: port_a_rx,
+            port_b: port_b_rx,
+            ack: ack_rx,
+            ack_too_far: ack_too_far_rx,
+        };
+        (commands, callers)
+    }
+
+    fn jobs(commands: Vec<StoreCommand>) -> Vec<Box<dyn Job>> {
+        commands.into_iter().map(StoreCommand::into_job).collect()
+    }
+
+    fn drain(port: &mut mpsc::UnboundedReceiver<StoreReply>) -> Vec<StoreReply> {
+        std::iter::from_fn(|| port.try_recv().ok()).collect()
+    }
+
+    /// Checks the answers to a committed [`interleaved`] group.
+    fn assert_answered(callers: &mut Callers, a: i64, b: i64) {
+        let replies = drain(&mut callers.port_a);
+        let [
+            StoreReply::Registered {
+                hello: registered,
+                result: Ok(Some(node)),
+            },
+            StoreReply::Committed {
+                node_id,
+                boot_id: 5,
+                result: Ok(ingested),
+            },
+        ] = &replies[..]
+        else {
+            panic!("port A: {replies:?}");
+        };
+        assert_eq!(registered.uid, [1; 8]);
+        assert_eq!((node.node_id, node.ack_upto), (a, 2));
+        assert_eq!(*node_id, a);
+        assert_eq!(
+            (ingested.upto, ingested.admitted, ingested.readings),
+            (4, 2, 4)
+        );
+
+        let replies = drain(&mut callers.port_b);
+        let [
+            StoreReply::Registered {
+                hello: refused,
+                result: Ok(None),
+            },
+            StoreReply::Committed {
+                node_id,
+                boot_id: 9,
+                result: Ok(ingested),
+            },
+        ] = &replies[..]
+        else {
+            panic!("port B: {replies:?}");
+        };
+        assert_eq!(refused.uid, [2; 8], "the key differs from the pinned one");
+        assert_eq!(*node_id, b);
+        assert_eq!((ingested.upto, ingested.admitted), (1, 1));
+
+        assert!(matches!(
+            callers.ack.try_recv(),
+            Ok(AckReply::Acked(Acked {
+                acked_upto: 1,
+                deleted: 1,
+                readings: 4
+            }))
+        ));
+        assert!(matches!(
+            callers.ack_too_far.try_recv(),
+            Ok(AckReply::Refused(AckError::BeyondNewest {
+                upto: 7,
+                newest: 1
+            }))
+        ));
+    }
+
+    /// What the store shows of everything the group touches.
+    fn shown(store: &Store) -> (Vec<NodeRow>, Totals, OutboxTotals, Usage) {
+        let reader = store.reader().unwrap();
+        (
+            reader.nodes().unwrap(),
+            reader.totals().unwrap(),
+            reader.outbox().unwrap(),
+            reader.usage("2026-03-02", "2026-03-").unwrap(),
+        )
+    }
+
+    #[test]
+    fn each_caller_gets_its_own_answer_when_kinds_interleave_in_one_commit() {
+        let (_dir, mut store, a, b) = site();
+        let (commands, mut callers) = interleaved(a, b);
+        let settled = command::apply(&mut store, jobs(commands));
+        assert!(settled.error().is_none());
+        assert!(
+            callers.port_a.try_recv().is_err() && callers.ack.try_recv().is_err(),
+            "nobody is answered before the writer answers"
+        );
+        assert_eq!(
+            settled.answer(),
+            4 + 2 + 2,
+            "node A's, node B's and the meter's readings"
+        );
+        assert_answered(&mut callers, a, b);
+        let (nodes, totals, outbox, usage) = shown(&store);
+        assert_eq!(nodes[0].link_errors.gateway_rx, 3);
+        assert_eq!(totals.readings_stored, 4 + 4 + 2 + 2);
+        assert_eq!((outbox.batches, outbox.acked_upto), (0, 1));
+        assert_eq!(usage.bytes_today, 550);
+    }
+
+    #[test]
+    fn only_commands_someone_waits_for_shorten_the_commit_window() {
+        let (commands, _callers) = interleaved(1, 2);
+        let seen: Vec<(bool, usize)> = jobs(commands)
+            .iter()
+            .map(|job| (job.awaited(), job.readings()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (true, 1),  // Register
+                (true, 1),  // AckBatches
+                (true, 4),  // Ingest: 2 samples of 2 readings
+                (false, 2), // DeviceReadings: 2 readings
+                (true, 1),  // Register
+                (true, 1),  // AckBatches, its caller gone: still answered in time
+                (true, 2),  // Ingest
+                (false, 1), // LinkErrors
+                (true, 1),  // AckBatches
+                (false, 1), // RecordUsage
+            ]
+        );
+    }
+
+    /// A fake that fails on purpose.
+    enum Fault {
+        /// The disk fills up while the group is applied.
+        DiskFull,
+        /// Everything applies, and the COMMIT itself fails (a deferred foreign key: a session of
+        /// a node that does not exist).
+        AtCommit,
+    }
+
+    impl Request for Fault {
+        type Outcome = ();
+        type Answer = ();
+
+        fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+            match self {
+                Fault::DiskFull => Err(StoreError::DiskFull),
+                Fault::AtCommit => Ok(tx.tx.execute_batch(
+                    "PRAGMA defer_foreign_keys = ON;
+                     INSERT INTO node_sessions (node_id, boot_id, last_seq) VALUES (999, 1, 1);",
+                )?),
+            }
+        }
+
+        fn answer(self, _: Result<(), Arc<StoreError>>) {}
+    }
+
+    #[test]
+    fn a_failed_transaction_answers_every_waiting_caller_with_its_error_and_none_with_success() {
+        for fault in [Fault::DiskFull, Fault::AtCommit] {
+            let (_dir, mut store, a, b) = site();
+            let before = shown(&store);
+            let (commands, mut callers) = interleaved(a, b);
+            // In the middle: commands before it were applied (and roll back), those after it
+            // never were.
+            let mut group = jobs(commands);
+            group.insert(5, command::job(fault, Reply::Nobody));
+            let settled = command::apply(&mut store, group);
+            let error = Arc::clone(settled.error().expect("the transaction fails"));
+            assert_eq!(settled.answer(), 0, "nothing committed");
+
+            let shared = |e: &Arc<StoreError>| Arc::ptr_eq(e, &error);
+            for port in [&mut callers.port_a, &mut callers.port_b] {
+                let replies = drain(port);
+                assert_eq!(replies.len(), 2, "{replies:?}");
+                for reply in &replies {
+                    let (StoreReply::Registered { result: Err(e), .. }
+                    | StoreReply::Committed { result: Err(e), .. }) = reply
+                    else {
+                        panic!("answered with success: {reply:?}");
+                    };
+                    assert!(shared(e), "{e}");
+                }
+            }
+            for ack in [&mut callers.ack, &mut callers.ack_too_far] {
+                let answer = ack.try_recv().unwrap();
+                assert!(
+                    matches!(&answer, AckReply::Failed(e) if shared(e)),
+                    "{answer:?}"
+                );
+            }
+            assert_eq!(shown(&store), before, "nothing of the group is stored");
+
+            // The rollback also forgot what the group advanced: sent again, it commits in full.
+            let (commands, mut callers) = interleaved(a, b);
+            let settled = command::apply(&mut store, jobs(commands));
+            assert!(settled.error().is_none());
+            assert_eq!(settled.answer(), 8);
+            assert_answered(&mut callers, a, b);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_commits_an_interleaved_window_once_and_answers_each_caller() {
+        let (_dir, store, a, b) = site();
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let (_interval_tx, interval) = tokio::sync::watch::channel(Duration::from_secs(3600));
+        let condition = Arc::new(Mutex::new(StoreCondition::default()));
+        let config = crate::io::store::writer::WriterConfig {
+            gateway_id: "gw".to_owned(),
+            commit_interval: Duration::from_millis(50),
+            max_commit_readings: 1000,
+            batch_interval: Duration::from_secs(3600),
+            max_batch_readings: 1000,
+            buffer_max_bytes: 1 << 20,
+            dictionary: None,
+            sealed: tokio::sync::watch::channel(0).0,
+        };
+        let (commands, mut callers) = interleaved(a, b);
+        for command in commands {
+            commands_tx.send(command).await.unwrap();
+        }
+        drop(commands_tx);
+        let store = crate::io::store::writer::run(
+            store,
+            commands_rx,
+            interval,
+            config,
+            Arc::clone(&condition),
+        )
+        .await;
+
+        let c = condition.lock().unwrap().clone();
+        assert_eq!((c.commits, c.failed_commits, c.error), (1, 0, None));
+        assert_answered(&mut callers, a, b);
+        assert_eq!(
+            store.reader().unwrap().outbox().unwrap().unsealed_readings,
+            8
+        );
+    }
+}
+
+mod sealer {
+    use super::*;
+    use crate::io::store::outbox::Dropped;
+    use crate::io::store::sealer::{BUFFER_FULL, Round, Sealer};
+    use crate::io::store::writer::{StoreCondition, WriterConfig};
+
+    fn sealer(gateway_id: &str, max_batch_readings: usize, buffer_max_bytes: u64) -> Sealer {
+        Sealer::new(&WriterConfig {
+            gateway_id: gateway_id.to_owned(),
+            commit_interval: std::time::Duration::ZERO,
+            max_commit_readings: 1000,
+            batch_interval: std::time::Duration::ZERO,
+            max_batch_readings,
+            buffer_max_bytes,
+            dictionary: None,
+            sealed: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// A store holding `n` committed samples of one node (2 readings each), none sealed.
+    fn unsealed(n: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .transaction(|tx| {
+                let node = tx.register(0, "p", &hello(1, 5))?.node_id;
+                let samples: Vec<Sample> = (1..=n).map(|s| sample(s, 1)).collect();
+                tx.ingest(node, 5, &samples, 0)
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    fn readings_per_batch(store: &Store) -> Vec<u64> {
+        let reader = store.reader().unwrap();
+        let batches = reader.batches_after(0, 100).unwrap();
+        batches.iter().map(|b| b.reading_count).collect()
+    }
+
+    #[test]
+    fn a_round_seals_everything_due_in_batches_of_at_most_max_batch_readings() {
+        let (_dir, mut store) = unsealed(30); // 60 readings: a backlog after downtime
+        let round = sealer("gw", 25, 1 << 20).round(&mut store, 0).unwrap();
+        assert_eq!(
+            round,
+            Round {
+                sealed: 3,
+                newest: Some(3),
+                dropped: Dropped::default(),
+                left: 0
+            }
+        );
+        assert_eq!(readings_per_batch(&store), [25, 25, 10]);
+        assert_eq!(round.alert(0), None, "nothing dropped, nothing to say");
+        let again = sealer("gw", 25, 1 << 20).round(&mut store, 0).unwrap();
+        assert_eq!((again.sealed, again.left), (0, 0), "nothing left to seal");
+    }
+
+    #[test]
+    fn the_cap_drops_the_oldest_batches_and_the_alert_says_how_many() {
+        let (_dir, mut store) = unsealed(30);
+        // Room for the newest of the three batches only: its size, from an identical store.
+        let newest = {
+            let (_dir, mut probe) = unsealed(30);
+            sealer("gw", 20, 1 << 20).round(&mut probe, 0).unwrap();
+            let reader = probe.reader().unwrap();
+            reader.batches_after(2, 1).unwrap()[0].size_bytes
+        };
+        let round = sealer("gw", 20, newest).round(&mut store, 0).unwrap();
+        assert_eq!(round.sealed, 3);
+        assert_eq!(
+            round.dropped,
+            Dropped {
+                batches: 2,
+                readings: 40
+            }
+        );
+        assert_eq!(readings_per_batch(&store), [20], "the newest batch is kept");
+        let outbox = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((outbox.oldest_seq, outbox.dropped_batches), (Some(3), 2));
+
+        let alert = round.alert(1234).unwrap();
+        assert_eq!((alert.kind, alert.at_ms), (BUFFER_FULL, 1234));
+        assert_eq!(
+            alert.message,
+            "outbox over buffer.max_bytes: dropped the 2 oldest batches (40 readings) to keep the newest data"
+        );
+    }
+
+    #[test]
+    fn the_status_page_keeps_one_buffer_full_alert_the_newest() {
+        let mut condition = StoreCondition::default();
+        let full = Round {
+            sealed: 2,
+            newest: Some(2),
+            dropped: Dropped {
+                batches: 1,
+                readings: 20,
+            },
+            left: 0,
+        };
+        condition.handle_round(&Ok(full), 1000);
+        condition.handle_round(
+            &Ok(Round {
+                dropped: Dropped::default(),
+                ..full
+            }),
+            2000,
+        );
+        condition.handle_round(&Ok(full), 3000);
+        assert_eq!(condition.batches_sealed, 6);
+        let at: Vec<_> = condition.alerts.iter().map(|a| (a.kind, a.at_ms)).collect();
+        assert_eq!(at, [(BUFFER_FULL, 3000)]);
+    }
+
+    #[test]
+    fn a_failed_round_seals_nothing_and_shows_its_error() {
+        let (_dir, mut store) = unsealed(5);
+        // An empty gateway id (the config check refuses one) cannot head a batch.
+        let failed = sealer("", 100, 1 << 20).round(&mut store, 0);
+        assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
+        let outbox = store.reader().unwrap().outbox().unwrap();
+        assert_eq!((outbox.batches, outbox.unsealed_readings), (0, 10));
+
+        let mut condition = StoreCondition::default();
+        condition.handle_round(&failed, 0);
+        assert!(condition.error.unwrap().contains("cannot seal batch 1"));
+        assert!(condition.alerts.is_empty());
     }
 }

@@ -83,11 +83,15 @@ pub async fn run(
             move || Reader::open(&path).and_then(|r| r.usage(&day, &month))
         })
         .await;
-        let Ok(Ok((today, month_bytes, month_readings))) = usage else {
+        let Ok(Ok(usage)) = usage else {
             continue;
         };
-        let projection: Projection =
-            budget::project(now, today, month_bytes, config.monthly_budget_bytes);
+        let projection: Projection = budget::project(
+            now,
+            usage.bytes_today,
+            usage.bytes_month,
+            config.monthly_budget_bytes,
+        );
         let interval = budget::batch_interval(
             &projection,
             config.batch_interval,
@@ -111,8 +115,8 @@ pub async fn run(
             bytes_month: projection.bytes_month,
             projected_month: projection.projected_month,
             budget: projection.budget,
-            bytes_per_reading: (month_readings > 0)
-                .then(|| month_bytes as f64 / month_readings as f64),
+            bytes_per_reading: (usage.readings_month > 0)
+                .then(|| usage.bytes_month as f64 / usage.readings_month as f64),
             batch_interval_s: interval.as_secs(),
             over_budget,
         };

@@ -1,0 +1,540 @@
+//! What the store writer is asked to do, and how each command travels through a group commit.
+//!
+//! Callers send a [`StoreCommand`]: a request and, where someone waits for it, where the answer
+//! goes. The writer turns each into a job typed by its kind of request (`Pending<R>`), whose
+//! [`Request`] impl says what it does inside the transaction (its `Outcome`) and what its caller
+//! is told (its `Answer`).
+//!
+//! Design: a command's answer travels with the command. Applying a job inside the transaction
+//! gives an `Applied<R>` holding its own outcome; once the transaction has committed, each one
+//! answers its own caller ([`Settled::answer`]). If the transaction fails, applied jobs roll back
+//! into pending ones and every job is answered with the one shared error: nothing acknowledges
+//! work that is not on disk, and nothing pairs answers with commands by position.
+
+use std::sync::Arc;
+
+use outpost_proto::{Health, Hello};
+use tokio::sync::{mpsc, oneshot};
+
+use super::outbox::{AckError, Acked};
+use super::{Enrolment, Ingested, Registered, Sample, SeriesReading, Store, StoreError, Tx};
+
+/// Work for the store.
+#[derive(Debug)]
+pub enum StoreCommand {
+    Register {
+        port: String,
+        hello: Hello,
+        public_key: [u8; 32],
+        now_ms: i64,
+        reply: mpsc::UnboundedSender<StoreReply>,
+    },
+    Ingest {
+        node_id: i64,
+        boot_id: u32,
+        samples: Vec<Sample>,
+        now_ms: i64,
+        reply: mpsc::UnboundedSender<StoreReply>,
+    },
+    /// The readings of one poll of a device, taken at `ts_ms`. No reply: if the commit fails
+    /// they are lost (no one holds them for a resend, unlike node samples), and the device's next
+    /// poll brings fresh ones.
+    DeviceReadings {
+        source: String,
+        ts_ms: i64,
+        readings: Vec<SeriesReading>,
+    },
+    Health {
+        node_id: i64,
+        health: Health,
+        now_ms: i64,
+    },
+    LinkErrors {
+        node_id: i64,
+        count: u32,
+    },
+    /// The cloud acknowledged every batch up to `upto`.
+    AckBatches {
+        upto: u64,
+        reply: oneshot::Sender<AckReply>,
+    },
+    /// Uplink traffic to add to `day`'s tally (see [`super::ledger`]).
+    RecordUsage {
+        day: String,
+        sent: u64,
+        received: u64,
+        readings: u64,
+    },
+}
+
+/// The store's answer to a port task.
+#[derive(Debug)]
+pub enum StoreReply {
+    /// `Ok(None)`: the node's key differs from the pinned one; it is refused.
+    Registered {
+        hello: Hello,
+        result: Result<Option<Registered>, Arc<StoreError>>,
+    },
+    Committed {
+        node_id: i64,
+        boot_id: u32,
+        result: Result<Ingested, Arc<StoreError>>,
+    },
+}
+
+/// The answer to [`StoreCommand::AckBatches`].
+#[derive(Debug)]
+pub enum AckReply {
+    Acked(Acked),
+    /// The acknowledgement itself is wrong (past the newest batch): the caller's error.
+    Refused(AckError),
+    /// The store could not apply it; nothing changed.
+    Failed(Arc<StoreError>),
+}
+
+impl StoreCommand {
+    /// The command as the writer carries it: its request, typed by kind, and its reply.
+    pub(super) fn into_job(self) -> Box<dyn Job> {
+        match self {
+            StoreCommand::Register {
+                port,
+                hello,
+                public_key,
+                now_ms,
+                reply,
+            } => job(
+                Register {
+                    port,
+                    hello,
+                    public_key,
+                    now_ms,
+                },
+                Reply::Port(reply),
+            ),
+            StoreCommand::Ingest {
+                node_id,
+                boot_id,
+                samples,
+                now_ms,
+                reply,
+            } => job(
+                Ingest {
+                    node_id,
+                    boot_id,
+                    samples,
+                    now_ms,
+                },
+                Reply::Port(reply),
+            ),
+            StoreCommand::DeviceReadings {
+                source,
+                ts_ms,
+                readings,
+            } => job(
+                DeviceReadings {
+                    source,
+                    ts_ms,
+                    readings,
+                },
+                Reply::Nobody,
+            ),
+            StoreCommand::Health {
+                node_id,
+                health,
+                now_ms,
+            } => job(
+                NodeHealth {
+                    node_id,
+                    health,
+                    now_ms,
+                },
+                Reply::Nobody,
+            ),
+            StoreCommand::LinkErrors { node_id, count } => {
+                job(LinkErrors { node_id, count }, Reply::Nobody)
+            }
+            StoreCommand::AckBatches { upto, reply } => {
+                job(AckBatches { upto }, Reply::Once(reply))
+            }
+            StoreCommand::RecordUsage {
+                day,
+                sent,
+                received,
+                readings,
+            } => job(
+                RecordUsage {
+                    day,
+                    sent,
+                    received,
+                    readings,
+                },
+                Reply::Nobody,
+            ),
+        }
+    }
+}
+
+/// Where a command's answer goes.
+#[derive(Debug)]
+pub(super) enum Reply<T> {
+    /// Nobody waits: work whose loss in a failed commit costs little (see each command).
+    Nobody,
+    /// One caller waits for this one answer.
+    Once(oneshot::Sender<T>),
+    /// A port task, which takes the answers for its node on one queue.
+    Port(mpsc::UnboundedSender<T>),
+}
+
+impl<T> Reply<T> {
+    /// Whether a caller waits for the commit (and so for the answer).
+    fn awaited(&self) -> bool {
+        !matches!(self, Reply::Nobody)
+    }
+
+    fn send(self, answer: T) {
+        // A dropped receiver means its task ended; nothing to tell it.
+        match self {
+            Reply::Nobody => {}
+            Reply::Once(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Port(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
+
+/// One kind of work for the store.
+pub(super) trait Request: Send + 'static {
+    /// What applying it produced inside the transaction.
+    type Outcome: Send + 'static;
+    /// What its caller is told.
+    type Answer: Send + 'static;
+
+    /// Applies it inside the open transaction. An error rolls the whole transaction back.
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Self::Outcome, StoreError>;
+
+    /// Readings it brings, counted against `max_commit_readings`.
+    fn readings(&self) -> usize {
+        1
+    }
+
+    /// Readings its outcome committed (what the batcher counts towards the next batch).
+    fn committed(_outcome: &Self::Outcome) -> u64 {
+        0
+    }
+
+    /// The answer: its outcome once the transaction committed, or the transaction's error.
+    fn answer(self, result: Result<Self::Outcome, Arc<StoreError>>) -> Self::Answer;
+}
+
+struct Register {
+    port: String,
+    hello: Hello,
+    public_key: [u8; 32],
+    now_ms: i64,
+}
+
+impl Request for Register {
+    /// `None`: the key differs from the pinned one.
+    type Outcome = Option<Registered>;
+    type Answer = StoreReply;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Option<Registered>, StoreError> {
+        let registered = tx.register(self.now_ms, &self.port, &self.hello)?;
+        Ok(match tx.enroll(registered.node_id, &self.public_key)? {
+            Enrolment::KeyMismatch => None,
+            Enrolment::Pinned | Enrolment::Known => Some(registered),
+        })
+    }
+
+    fn answer(self, result: Result<Option<Registered>, Arc<StoreError>>) -> StoreReply {
+        StoreReply::Registered {
+            hello: self.hello,
+            result,
+        }
+    }
+}
+
+struct Ingest {
+    node_id: i64,
+    boot_id: u32,
+    samples: Vec<Sample>,
+    now_ms: i64,
+}
+
+impl Request for Ingest {
+    type Outcome = Ingested;
+    type Answer = StoreReply;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Ingested, StoreError> {
+        tx.ingest(self.node_id, self.boot_id, &self.samples, self.now_ms)
+    }
+
+    fn readings(&self) -> usize {
+        self.samples.iter().map(|s| s.readings.len()).sum()
+    }
+
+    fn committed(outcome: &Ingested) -> u64 {
+        outcome.readings
+    }
+
+    fn answer(self, result: Result<Ingested, Arc<StoreError>>) -> StoreReply {
+        StoreReply::Committed {
+            node_id: self.node_id,
+            boot_id: self.boot_id,
+            result,
+        }
+    }
+}
+
+struct DeviceReadings {
+    source: String,
+    ts_ms: i64,
+    readings: Vec<SeriesReading>,
+}
+
+impl Request for DeviceReadings {
+    /// Readings stored.
+    type Outcome = u64;
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+        tx.ingest_series(&self.source, self.ts_ms, &self.readings)
+    }
+
+    fn readings(&self) -> usize {
+        self.readings.len()
+    }
+
+    fn committed(stored: &u64) -> u64 {
+        *stored
+    }
+
+    fn answer(self, _: Result<u64, Arc<StoreError>>) {}
+}
+
+struct NodeHealth {
+    node_id: i64,
+    health: Health,
+    now_ms: i64,
+}
+
+impl Request for NodeHealth {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.health(self.node_id, self.now_ms, &self.health)
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+struct LinkErrors {
+    node_id: i64,
+    count: u32,
+}
+
+impl Request for LinkErrors {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.link_errors(self.node_id, self.count)
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+struct AckBatches {
+    upto: u64,
+}
+
+impl Request for AckBatches {
+    /// A refused acknowledgement is the caller's error, not the transaction's: it is an outcome.
+    type Outcome = Result<Acked, AckError>;
+    type Answer = AckReply;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Result<Acked, AckError>, StoreError> {
+        match tx.ack_batches(self.upto) {
+            Err(AckError::Store(e)) => Err(e),
+            outcome => Ok(outcome),
+        }
+    }
+
+    fn answer(self, result: Result<Result<Acked, AckError>, Arc<StoreError>>) -> AckReply {
+        match result {
+            Ok(Ok(acked)) => AckReply::Acked(acked),
+            Ok(Err(refused)) => AckReply::Refused(refused),
+            Err(failed) => AckReply::Failed(failed),
+        }
+    }
+}
+
+struct RecordUsage {
+    day: String,
+    sent: u64,
+    received: u64,
+    readings: u64,
+}
+
+impl Request for RecordUsage {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.record_usage(&self.day, self.sent, self.received, self.readings)
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+/// A command in the writer's hands, not applied yet: its request and where its answer goes.
+struct Pending<R: Request> {
+    request: R,
+    reply: Reply<R::Answer>,
+}
+
+/// A command applied in the open transaction, holding its outcome until the commit.
+struct Applied<R: Request> {
+    pending: Pending<R>,
+    outcome: R::Outcome,
+}
+
+/// A new pending command.
+pub(super) fn job<R: Request>(request: R, reply: Reply<R::Answer>) -> Box<dyn Job> {
+    Box::new(Pending { request, reply })
+}
+
+/// A pending command, whatever its kind.
+pub(super) trait Job: Send {
+    /// Whether a caller waits for its commit.
+    fn awaited(&self) -> bool;
+    /// Readings it brings, counted against `max_commit_readings`.
+    fn readings(&self) -> usize;
+    /// Applies it in `tx`; on failure hands it back, unanswered, with the error.
+    fn apply(self: Box<Self>, tx: &mut Tx<'_>)
+    -> Result<Box<dyn Done>, (StoreError, Box<dyn Job>)>;
+    /// The transaction failed: tells the caller.
+    fn fail(self: Box<Self>, error: &Arc<StoreError>);
+}
+
+/// An applied command, whatever its kind.
+pub(super) trait Done: Send {
+    /// The transaction committed: tells the caller its outcome; returns the readings committed.
+    fn answer(self: Box<Self>) -> u64;
+    /// The transaction rolled back: the outcome is void and the command pending again.
+    fn roll_back(self: Box<Self>) -> Box<dyn Job>;
+}
+
+impl<R: Request> Job for Pending<R> {
+    fn awaited(&self) -> bool {
+        self.reply.awaited()
+    }
+
+    fn readings(&self) -> usize {
+        self.request.readings()
+    }
+
+    fn apply(
+        self: Box<Self>,
+        tx: &mut Tx<'_>,
+    ) -> Result<Box<dyn Done>, (StoreError, Box<dyn Job>)> {
+        match self.request.apply(tx) {
+            Ok(outcome) => Ok(Box::new(Applied {
+                pending: *self,
+                outcome,
+            })),
+            Err(error) => Err((error, self)),
+        }
+    }
+
+    fn fail(self: Box<Self>, error: &Arc<StoreError>) {
+        let Pending { request, reply } = *self;
+        reply.send(request.answer(Err(Arc::clone(error))));
+    }
+}
+
+impl<R: Request> Done for Applied<R> {
+    fn answer(self: Box<Self>) -> u64 {
+        let Applied {
+            pending: Pending { request, reply },
+            outcome,
+        } = *self;
+        let committed = R::committed(&outcome);
+        reply.send(request.answer(Ok(outcome)));
+        committed
+    }
+
+    fn roll_back(self: Box<Self>) -> Box<dyn Job> {
+        Box::new(self.pending)
+    }
+}
+
+/// A group of commands after its transaction, not answered yet.
+pub(super) enum Settled {
+    /// On disk: every command holds its outcome.
+    Committed(Vec<Box<dyn Done>>),
+    /// Rolled back: nothing of the group is stored.
+    Failed {
+        error: Arc<StoreError>,
+        jobs: Vec<Box<dyn Job>>,
+    },
+}
+
+impl Settled {
+    /// The transaction's error, if it failed.
+    pub(super) fn error(&self) -> Option<&Arc<StoreError>> {
+        match self {
+            Settled::Committed(_) => None,
+            Settled::Failed { error, .. } => Some(error),
+        }
+    }
+
+    /// Answers every caller, each with its own outcome or all with the error; returns the
+    /// readings committed.
+    pub(super) fn answer(self) -> u64 {
+        match self {
+            Settled::Committed(applied) => applied.into_iter().map(Done::answer).sum(),
+            Settled::Failed { error, jobs } => {
+                for job in jobs {
+                    job.fail(&error);
+                }
+                0
+            }
+        }
+    }
+}
+
+/// Applies `jobs`, in order, in one transaction. Answers nobody: see [`Settled::answer`].
+pub(super) fn apply(store: &mut Store, jobs: Vec<Box<dyn Job>>) -> Settled {
+    let mut pending = jobs.into_iter();
+    let mut applied: Vec<Box<dyn Done>> = Vec::with_capacity(pending.len());
+    let mut failed = None;
+    let result = store.transaction(|tx| {
+        for job in pending.by_ref() {
+            match job.apply(tx) {
+                Ok(done) => applied.push(done),
+                Err((error, job)) => {
+                    failed = Some(job);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Settled::Committed(applied),
+        Err(error) => Settled::Failed {
+            error: Arc::new(error),
+            jobs: applied
+                .into_iter()
+                .map(Done::roll_back)
+                .chain(failed)
+                .chain(pending)
+                .collect(),
+        },
+    }
+}

@@ -1,0 +1,90 @@
+//! Sealing rounds: committed readings become outbox batches, and the outbox is kept within
+//! `buffer.max_bytes`.
+//!
+//! The writer runs a round whenever the IO-free [`Batcher`](outpost_core::batcher::Batcher) says a
+//! batch is due. A round is one transaction: it seals everything unsealed (one batch per window,
+//! several after downtime, or where a series changed kind), then drops the oldest batches while
+//! the outbox is over the cap (outbox invariants 2 and 4). A round that fails leaves the readings
+//! unsealed for the next one.
+
+use outpost_batch::Dictionary;
+
+use super::outbox::Dropped;
+use super::writer::{Alert, WriterConfig};
+use super::{Store, StoreError};
+
+/// The alert kind raised when the cap dropped batches.
+pub(super) const BUFFER_FULL: &str = "buffer_full";
+
+/// What sealing needs to know; nothing else.
+#[derive(Debug, Clone)]
+pub(super) struct Sealer {
+    gateway_id: String,
+    max_batch_readings: usize,
+    buffer_max_bytes: u64,
+    /// The trained dictionary new batches are sealed with.
+    dictionary: Option<Dictionary>,
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Round {
+    /// Batches sealed.
+    pub(super) sealed: u64,
+    /// The newest batch sealed, if any: the uplink is told (it never polls for batches).
+    pub(super) newest: Option<u64>,
+    /// Batches the cap dropped, oldest first.
+    pub(super) dropped: Dropped,
+    /// Readings still unsealed after the round.
+    pub(super) left: u64,
+}
+
+impl Sealer {
+    pub(super) fn new(config: &WriterConfig) -> Sealer {
+        Sealer {
+            gateway_id: config.gateway_id.clone(),
+            max_batch_readings: config.max_batch_readings,
+            buffer_max_bytes: config.buffer_max_bytes,
+            dictionary: config.dictionary.clone(),
+        }
+    }
+
+    /// Seals every unsealed reading into batches of at most `max_batch_readings`, stamped
+    /// `now_ms`, then enforces the cap; all in one transaction.
+    pub(super) fn round(&self, store: &mut Store, now_ms: i64) -> Result<Round, StoreError> {
+        store.transaction(|tx| {
+            let (mut sealed, mut newest) = (0, None);
+            while let Some(batch) = tx.seal_batch(
+                &self.gateway_id,
+                now_ms,
+                self.max_batch_readings,
+                self.dictionary.as_ref(),
+            )? {
+                sealed += 1;
+                newest = Some(batch.seq);
+            }
+            let dropped = tx.enforce_buffer(self.buffer_max_bytes)?;
+            Ok(Round {
+                sealed,
+                newest,
+                dropped,
+                left: tx.unsealed_readings()?,
+            })
+        })
+    }
+}
+
+impl Round {
+    /// The alert for the status page and the cloud when the cap dropped batches; `None` when it
+    /// dropped nothing. It replaces an older one of its kind (see `StoreCondition::raise`).
+    pub(super) fn alert(&self, at_ms: i64) -> Option<Alert> {
+        let Dropped { batches, readings } = self.dropped;
+        (self.dropped != Dropped::default()).then(|| Alert {
+            kind: BUFFER_FULL,
+            message: format!(
+                "outbox over buffer.max_bytes: dropped the {batches} oldest batches ({readings} readings) to keep the newest data"
+            ),
+            at_ms,
+        })
+    }
+}
