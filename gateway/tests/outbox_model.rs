@@ -10,7 +10,7 @@
 //!   node channel can meet as one (source, channel) of two kinds;
 //! - node samples (`Tx::ingest`): contiguous seqs, some retransmitted, some after a reported gap;
 //! - sealing with a small `max_readings`, so many batches form, and a kind change ends a batch
-//!   (outbox invariant 6);
+//!   (outbox invariant 6); one batch at a time, or all that is unsealed as the writer does;
 //! - acknowledgements up to the newest batch, below it, and beyond it (refused, changing nothing);
 //! - the buffer bound with small byte caps (oldest batches dropped and counted);
 //! - transactions of several of those that commit, that return `Err` midway (everything rolls
@@ -127,6 +127,11 @@ enum Step {
     Seal {
         max: usize,
     },
+    /// As the writer does it: seal batches of at most `max` until nothing is left, then ask how
+    /// many readings are unsealed.
+    SealAll {
+        max: usize,
+    },
     Ack(AckTo),
     Enforce(Cap),
 }
@@ -206,7 +211,10 @@ fn step() -> impl Strategy<Value = Step> {
             gap,
             new,
         });
-    let seal = prop_oneof![5 => 1usize..8, 1 => Just(1000)].prop_map(|max| Step::Seal { max });
+    let seal = prop_oneof![
+        5 => prop_oneof![5 => 1usize..8, 1 => Just(1000)].prop_map(|max| Step::Seal { max }),
+        1 => (1usize..8).prop_map(|max| Step::SealAll { max }),
+    ];
     let ack = prop_oneof![
         2 => Just(AckTo::Newest),
         3 => (1u64..6).prop_map(AckTo::BelowNewest),
@@ -298,6 +306,9 @@ enum Concrete {
     Seal {
         max: usize,
     },
+    SealAll {
+        max: usize,
+    },
     Ack(u64),
     Enforce(u64),
 }
@@ -308,6 +319,8 @@ enum Outcome {
     Stored(u64),
     Ingested(Ingested),
     Sealed(Option<Sealed>),
+    /// The batches sealed, and the readings left unsealed.
+    SealedAll(Vec<Sealed>, u64),
     /// `Err((upto, newest))`: refused as beyond the newest batch.
     Acked(Result<Acked, (u64, u64)>),
     Dropped(Dropped),
@@ -396,6 +409,7 @@ impl Model {
                 }
             }
             Step::Seal { max } => Concrete::Seal { max: *max },
+            Step::SealAll { max } => Concrete::SealAll { max: *max },
             Step::Ack(to) => Concrete::Ack(match to {
                 AckTo::Newest => self.last_seq,
                 AckTo::BelowNewest(k) => self.last_seq.saturating_sub(*k),
@@ -408,11 +422,11 @@ impl Model {
         }
     }
 
-    /// Applies `step`, returning what the store should have returned. `store_seq` is the sequence
-    /// number the store gave the batch it sealed, if it sealed one: the model takes it if it is
-    /// above every one sealed before (invariant 1 asks no more), and the next one otherwise, so a
-    /// reused number shows as a difference.
-    fn apply(&mut self, step: &Concrete, store_seq: Option<u64>) -> Outcome {
+    /// Applies `step`, returning what the store should have returned. `store_seqs` are the
+    /// sequence numbers the store gave the batches it sealed in this step: the model takes each
+    /// if it is above every one sealed before (invariant 1 asks no more), and the next one
+    /// otherwise, so a reused number shows as a difference.
+    fn apply(&mut self, step: &Concrete, store_seqs: &[u64]) -> Outcome {
         match step {
             Concrete::Poll {
                 source,
@@ -472,7 +486,14 @@ impl Model {
                 }
                 Outcome::Ingested(out)
             }
-            Concrete::Seal { max } => Outcome::Sealed(self.seal(*max, store_seq)),
+            Concrete::Seal { max } => Outcome::Sealed(self.seal(*max, store_seqs.first().copied())),
+            Concrete::SealAll { max } => {
+                let mut sealed = Vec::new();
+                while let Some(s) = self.seal(*max, store_seqs.get(sealed.len()).copied()) {
+                    sealed.push(s);
+                }
+                Outcome::SealedAll(sealed, (self.readings.len() - self.sealed) as u64)
+            }
             Concrete::Ack(upto) => {
                 let upto = *upto;
                 if upto > self.last_seq {
@@ -611,6 +632,16 @@ fn apply_store(tx: &mut Tx<'_>, nodes: &[i64; 2], step: &Concrete) -> Result<Out
             samples,
         } => Outcome::Ingested(tx.ingest(nodes[*node], *boot, samples, 0)?),
         Concrete::Seal { max } => Outcome::Sealed(tx.seal_batch(GATEWAY, 0, *max, None)?),
+        Concrete::SealAll { max } => {
+            let mut sealed = Vec::new();
+            while let Some(s) = tx.seal_batch(GATEWAY, 0, *max, None)? {
+                sealed.push(s);
+                if sealed.len() > 10_000 {
+                    break; // the model will tell what went wrong
+                }
+            }
+            Outcome::SealedAll(sealed, tx.unsealed_readings()?)
+        }
         Concrete::Ack(upto) => Outcome::Acked(match tx.ack_batches(*upto) {
             Ok(acked) => Ok(acked),
             Err(AckError::BeyondNewest { upto, newest }) => Err((upto, newest)),
@@ -667,6 +698,15 @@ fn quiet_aborts() {
     });
 }
 
+/// The sequence numbers of the batches a step sealed.
+fn sealed_seqs(outcome: &Outcome) -> Vec<u64> {
+    match outcome {
+        Outcome::Sealed(Some(s)) => vec![s.seq],
+        Outcome::SealedAll(sealed, _) => sealed.iter().map(|s| s.seq).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What the harness must do to the store after a transaction.
 enum After {
     Nothing,
@@ -692,11 +732,7 @@ fn run_tx(
             for step in steps {
                 let concrete = staged.resolve(step);
                 let actual = apply_store(tx, nodes, &concrete)?;
-                let store_seq = match &actual {
-                    Outcome::Sealed(Some(s)) => Some(s.seq),
-                    _ => None,
-                };
-                let expected = staged.apply(&concrete, store_seq);
+                let expected = staged.apply(&concrete, &sealed_seqs(&actual));
                 outcomes.push((concrete, expected, actual));
             }
             match end {
@@ -711,11 +747,11 @@ fn run_tx(
         })
     }));
     for (step, expected, actual) in &outcomes {
-        if let Outcome::Sealed(Some(s)) = actual {
+        for seq in sealed_seqs(actual) {
             prop_assert!(
-                s.seq > model.last_seq,
+                seq > model.last_seq,
                 "batch sequence {} reused: {} was sealed before",
-                s.seq,
+                seq,
                 model.last_seq
             );
         }
