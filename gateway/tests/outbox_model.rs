@@ -790,7 +790,7 @@ fn register(
     known: Option<[i64; 2]>,
 ) -> Result<[i64; 2], TestCaseError> {
     let mut ids = [0; 2];
-    for node in 0..2 {
+    for (node, id) in ids.iter_mut().enumerate() {
         for boot in BOOTS {
             let r = store.transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(node, boot)))?;
             let last = model.node_last.get(&(node, boot)).copied().unwrap_or(0);
@@ -801,12 +801,8 @@ fn register(
                 node,
                 boot
             );
-            prop_assert!(
-                ids[node] == 0 || ids[node] == r.node_id,
-                "node {} changed id",
-                node
-            );
-            ids[node] = r.node_id;
+            prop_assert!(*id == 0 || *id == r.node_id, "node {} changed id", node);
+            *id = r.node_id;
         }
     }
     if let Some(known) = known {
