@@ -39,8 +39,8 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use outpost::store::outbox::{AckError, Acked, BatchInfo, Dropped, OutboxTotals, Sealed};
-use outpost::store::{Ingested, Reader, Sample, SeriesReading, Store, StoreError, Tx};
+use outpost::io::store::outbox::{AckError, Acked, BatchInfo, Dropped, OutboxTotals, Sealed};
+use outpost::io::store::{Ingested, Reader, Sample, SeriesReading, Store, StoreError, Tx};
 use outpost_batch::{BatchBuilder, Dictionaries, GatewayId, Value, ValueKind};
 use outpost_proto::{ChannelId, FwVersion, Hello, Reading};
 use proptest::collection::vec;
