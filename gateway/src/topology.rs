@@ -11,7 +11,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -21,18 +21,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::io::api::{self, ApiState};
 use crate::io::dictionaries;
-use crate::io::modbus::poller::{self, DeviceRuntime, ModbusBoard, ModbusWriter};
+use crate::io::modbus::poller::{self, DeviceRuntime, ModbusWriter};
 use crate::io::modbus::rtu;
-use crate::io::serial::{self, PortStatus};
+use crate::io::serial;
 use crate::io::store::writer::StoreCommand;
 use crate::io::store::{Store, writer};
-use crate::io::uplink::cost::{self, CostConfig, CostStatus};
+use crate::io::telemetry::TelemetryHub;
+use crate::io::uplink::cost::{self, CostConfig};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
-use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkBoard, UplinkIo};
+use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkIo};
 use outpost_core::config::Config;
 use outpost_core::config::modbus::Transport;
 use outpost_core::modbus::plan::CostModel;
+use outpost_core::telemetry::{AlertKey, AlertKind, Event, Telemetry};
 
 /// Commands queued to the store writer before port tasks wait (and nodes hold their samples).
 const STORE_QUEUE: usize = 1024;
@@ -63,8 +65,18 @@ pub async fn run(
         .and_then(|r| r.outbox())
         .map_or(0, |o| o.newest_seq.unwrap_or(0));
     let (sealed_tx, sealed_rx) = watch::channel(newest_sealed);
-    let condition = Arc::new(Mutex::new(writer::StoreCondition::default()));
-    raise_update_alert(&condition, Path::new(crate::io::update::STATE_DIR));
+    // One place for status, counters and alerts: every task reports to it, the API reads it.
+    let port_paths: Vec<String> = config
+        .serial
+        .iter()
+        .map(|p| p.path.display().to_string())
+        .collect();
+    let telemetry = TelemetryHub::new(Telemetry::new(
+        &port_paths,
+        config.mqtt.is_some(),
+        config.batch_interval,
+    ));
+    raise_update_alert(&telemetry, Path::new(crate::io::update::STATE_DIR));
     let (store_tx, store_rx) = mpsc::channel(STORE_QUEUE);
     let writer_config = writer::WriterConfig {
         gateway_id: config.gateway_id.clone(),
@@ -83,10 +95,9 @@ pub async fn run(
         store_rx,
         interval_rx,
         writer_config,
-        Arc::clone(&condition),
+        telemetry.clone(),
     ));
     let meter = Arc::new(Meter::default());
-    let cost = Arc::new(Mutex::new(CostStatus::default()));
     let cost_config = CostConfig {
         monthly_budget_bytes: config.monthly_budget_bytes,
         batch_interval: config.batch_interval,
@@ -98,36 +109,24 @@ pub async fn run(
         path.clone(),
         store_tx.clone(),
         interval_tx,
-        Arc::clone(&cost),
+        telemetry.clone(),
         shutdown.clone(),
     ));
 
-    let ports = Arc::new(Mutex::new(
-        config
-            .serial
-            .iter()
-            .map(|p| PortStatus {
-                path: p.path.display().to_string(),
-                ..PortStatus::default()
-            })
-            .collect(),
-    ));
     let mut port_tasks = Vec::new();
     for (index, port) in config.serial.iter().enumerate() {
         port_tasks.push(tokio::spawn(serial::run(
             index,
             port.clone(),
             store_tx.clone(),
-            Arc::clone(&ports),
+            telemetry.clone(),
             shutdown.clone(),
         )));
     }
 
-    let modbus_board = ModbusBoard::default();
     // Kept for the whole run: remote commands write points through it.
-    let (_modbus_writer, modbus_tasks) = spawn_modbus(&config, &modbus_board, &store_tx, &shutdown);
+    let (_modbus_writer, modbus_tasks) = spawn_modbus(&config, &telemetry, &store_tx, &shutdown);
 
-    let uplink = Arc::new(Mutex::new(UplinkBoard::default()));
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
     if let Some(mqtt) = &config.mqtt {
@@ -137,9 +136,8 @@ pub async fn run(
             store_path: path.clone(),
             store_tx: store_tx.clone(),
             sealed: sealed_rx,
-            board: Arc::clone(&uplink),
             meter: Arc::clone(&meter),
-            condition: Arc::clone(&condition),
+            telemetry: telemetry.clone(),
         };
         uplink_task.spawn(uplink_mqtt::run(
             mqtt.clone(),
@@ -157,22 +155,18 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", config.api_listen))?;
     on_listening(
         listener.local_addr()?,
-        crate::io::systemd::WriterProbe::new(Arc::clone(&condition), &store_tx),
+        crate::io::systemd::WriterProbe::new(telemetry.clone(), &store_tx),
     );
     let state = ApiState {
         gateway_id: config.gateway_id.clone(),
         started: Instant::now(),
         store_path: path,
-        store_condition: condition,
-        ports,
+        telemetry,
         pull_token: config.pull_token.clone().map(Arc::from),
-        uplink: config.mqtt.is_some().then_some(uplink),
-        cost,
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
         updates: crate::io::update::incoming::incoming_dir(&config.data_dir),
         update_state: PathBuf::from(crate::io::update::STATE_DIR),
-        modbus: modbus_board,
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
@@ -194,7 +188,7 @@ pub async fn run(
 /// time); first polls staggered over each device's interval.
 fn spawn_modbus(
     config: &Config,
-    board: &ModbusBoard,
+    telemetry: &TelemetryHub,
     store_tx: &mpsc::Sender<StoreCommand>,
     shutdown: &CancellationToken,
 ) -> (ModbusWriter, Vec<tokio::task::JoinHandle<()>>) {
@@ -213,7 +207,7 @@ fn spawn_modbus(
     for device in &config.modbus.devices {
         match device.transport {
             Transport::Tcp(_) => {
-                let runtime = DeviceRuntime::new(device.clone(), &CostModel::TCP, board);
+                let runtime = DeviceRuntime::new(device.clone(), &CostModel::TCP, telemetry);
                 let writes = writer.add_queue([device.name.clone()]);
                 let first_poll_in = poller::stagger(device.poll_interval, tcp_index, tcp_count);
                 tcp_index += 1;
@@ -226,7 +220,11 @@ fn spawn_modbus(
                 )));
             }
             Transport::Rtu(bus) => {
-                buses[bus].push(DeviceRuntime::new(device.clone(), &CostModel::RTU, board));
+                buses[bus].push(DeviceRuntime::new(
+                    device.clone(),
+                    &CostModel::RTU,
+                    telemetry,
+                ));
             }
         }
     }
@@ -249,7 +247,7 @@ fn spawn_modbus(
 /// A self-update that did not end confirmed (refused, rolled back, failed) becomes an alert: on
 /// the status page and, through the uplink, at the cloud. Raised at every start with the report's
 /// own time, so the cloud sees one alert per attempt however often it is re-sent.
-fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Path) {
+fn raise_update_alert(telemetry: &TelemetryHub, state_dir: &Path) {
     let Some(report) = crate::io::update::last_report(state_dir) else {
         return;
     };
@@ -257,13 +255,10 @@ fn raise_update_alert(condition: &Mutex<writer::StoreCondition>, state_dir: &Pat
         return;
     }
     tracing::warn!(message = "The last self-update did not succeed.", summary = %report.summary());
-    let mut condition = condition
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    condition.alerts.push(writer::Alert {
-        kind: "update",
-        message: report.summary(),
+    telemetry.record(Event::Raise {
         at_ms: report.finished_at_unix_ms,
+        key: AlertKey::gateway(AlertKind::Update),
+        message: report.summary(),
     });
 }
 
@@ -272,7 +267,7 @@ mod tests {
     use super::*;
     use crate::io::update::report::{Outcome, UpdateReport, example as report};
 
-    fn alerts_after(report: Option<UpdateReport>) -> Vec<writer::Alert> {
+    fn alerts_after(report: Option<UpdateReport>) -> Vec<outpost_core::telemetry::Alert> {
         let dir = tempfile::tempdir().unwrap();
         if let Some(report) = report {
             std::fs::write(
@@ -281,9 +276,13 @@ mod tests {
             )
             .unwrap();
         }
-        let condition = Mutex::new(writer::StoreCondition::default());
-        raise_update_alert(&condition, dir.path());
-        condition.into_inner().unwrap().alerts
+        let telemetry = TelemetryHub::new(Telemetry::new(
+            &[],
+            false,
+            std::time::Duration::from_secs(60),
+        ));
+        raise_update_alert(&telemetry, dir.path());
+        telemetry.snapshot().alerts
     }
 
     #[test]
@@ -291,7 +290,10 @@ mod tests {
         let alerts = alerts_after(Some(report(Outcome::RolledBack)));
         assert_eq!(alerts.len(), 1);
         let finished = report(Outcome::RolledBack).finished_at_unix_ms;
-        assert_eq!((alerts[0].kind, alerts[0].at_ms), ("update", finished));
+        assert_eq!(
+            (alerts[0].kind, alerts[0].at_ms),
+            (AlertKind::Update, finished)
+        );
         assert!(
             alerts[0].message.contains("rolled back"),
             "{}",

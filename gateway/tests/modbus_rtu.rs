@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost::io::modbus::LinkState;
-use outpost::io::modbus::poller::{DeviceRuntime, ModbusBoard, ModbusWriter, WriteFailure};
+use outpost::io::modbus::poller::{DeviceRuntime, ModbusWriter, WriteFailure};
 use outpost::io::modbus::rtu::{RtuLine, poll, run_bus};
 use outpost::io::store::writer::StoreCommand;
+use outpost::io::telemetry::TelemetryHub;
 use outpost_core::config::modbus::{BusConfig, DeviceConfig, Parity, Transport};
 use outpost_core::modbus::map::RegisterMap;
 use outpost_core::modbus::plan::CostModel;
@@ -77,7 +78,11 @@ async fn every_type_in_every_order_decodes_exactly_with_one_request_per_table() 
     let (text, image, expected) = full_device();
     let map = Arc::new(map(&text));
     let peer = start(BTreeMap::from([(7, bank(image))]), None);
-    let board = ModbusBoard::default();
+    let board = TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+        &[],
+        false,
+        std::time::Duration::ZERO,
+    ));
     let runtime = DeviceRuntime::new(device("slave", 7, &map, 1000, 500), &CostModel::RTU, &board);
     assert_eq!(
         runtime.plan.requests().len(),
@@ -115,7 +120,11 @@ async fn a_sparse_map_is_read_with_the_minimal_number_of_requests() {
     let runtime = DeviceRuntime::new(
         device("sparse", 1, &map, 1000, 500),
         &CostModel::RTU,
-        &ModbusBoard::default(),
+        &TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+            &[],
+            false,
+            std::time::Duration::ZERO,
+        )),
     );
     let mut line = RtuLine::new(&bus(&peer)).unwrap();
 
@@ -161,7 +170,11 @@ async fn line_faults_are_counted_as_injected_and_the_bus_recovers_after_each() {
     let mut runtime = DeviceRuntime::new(
         device("meter", 3, &map, 1000, 100),
         &CostModel::RTU,
-        &ModbusBoard::default(),
+        &TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+            &[],
+            false,
+            std::time::Duration::ZERO,
+        )),
     );
     let mut line = RtuLine::new(&bus(&peer)).unwrap();
 
@@ -219,7 +232,7 @@ async fn line_faults_are_counted_as_injected_and_the_bus_recovers_after_each() {
 async fn run_for(
     peer: &RtuPeer,
     devices: Vec<DeviceConfig>,
-    board: &ModbusBoard,
+    board: &TelemetryHub,
     run_for: Duration,
     during: impl AsyncFnOnce(&ModbusWriter),
 ) -> Vec<StoreCommand> {
@@ -250,15 +263,15 @@ async fn run_for(
     commands
 }
 
-fn polls_of(board: &ModbusBoard, name: &str) -> u64 {
-    board
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|d| d.name == name)
-        .unwrap()
-        .health
-        .polls()
+fn polls_of(board: &TelemetryHub, name: &str) -> u64 {
+    board.with(|t| {
+        t.devices()
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap()
+            .health
+            .polls()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +296,11 @@ async fn a_silent_unit_goes_offline_without_slowing_the_others_on_its_bus() {
         .exceptions
         .insert((0x04, 100), ExceptionCode::IllegalDataAddress);
     let peer = start(units, Some(19_200));
-    let board = ModbusBoard::default();
+    let board = TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+        &[],
+        false,
+        std::time::Duration::ZERO,
+    ));
     let devices = vec![
         device("meter-1", 1, &map, 250, 150),
         device("meter-2", 2, &map, 250, 150),
@@ -304,7 +321,7 @@ async fn a_silent_unit_goes_offline_without_slowing_the_others_on_its_bus() {
         let polls = polls_of(&board, name);
         assert!(polls >= 18, "{name}: {polls} polls in {seconds} s");
     }
-    let status = board.lock().unwrap().clone();
+    let status = board.with(|t| t.devices().to_vec());
     assert_eq!(
         status[1].health.state(),
         LinkState::Offline,
@@ -354,7 +371,11 @@ async fn writes_go_between_polls_and_only_to_writable_points() {
 [[point]]\nname = \"serial\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n";
     let map = Arc::new(map(text));
     let peer = start(BTreeMap::from([(5, Bank::default())]), Some(19_200));
-    let board = ModbusBoard::default();
+    let board = TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+        &[],
+        false,
+        std::time::Duration::ZERO,
+    ));
     let peer_ref = &peer;
     run_for(
         &peer,
@@ -399,7 +420,7 @@ async fn writes_go_between_polls_and_only_to_writable_points() {
     )
     .await;
     assert!(polls_of(&board, "pump") >= 15);
-    let status = board.lock().unwrap().clone();
+    let status = board.with(|t| t.devices().to_vec());
     assert_eq!(
         status[0].values["setpoint"].value,
         serde_json::json!(-40_000)

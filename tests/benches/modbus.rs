@@ -20,8 +20,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost::io::modbus::poller::{DeviceRuntime, ModbusBoard};
+use outpost::io::modbus::poller::DeviceRuntime;
 use outpost::io::modbus::rtu::{RtuLine, poll};
+use outpost::io::telemetry::TelemetryHub;
 use outpost_core::config::modbus::{BusConfig, DeviceConfig, Parity, Transport};
 use outpost_core::modbus::map::parse_map;
 use outpost_core::modbus::plan::CostModel;
@@ -96,7 +97,15 @@ async fn rtu_cycle() {
         map_path: "bench-200.toml".into(),
         map: Arc::clone(&map),
     };
-    let runtime = DeviceRuntime::new(device, &CostModel::RTU, &ModbusBoard::default());
+    let runtime = DeviceRuntime::new(
+        device,
+        &CostModel::RTU,
+        &TelemetryHub::new(outpost_core::telemetry::Telemetry::new(
+            &[],
+            false,
+            std::time::Duration::ZERO,
+        )),
+    );
     let mut line = RtuLine::new(&bus).expect("line");
     let timing = *line.timing();
     let theoretical: Duration = runtime

@@ -295,6 +295,8 @@ pub enum Event {
     Sealed {
         batches: u64,
     },
+    /// A sealing round failed; its readings stay unsealed for the next.
+    SealFailed(String),
     /// The data budget set the batch interval.
     BatchInterval(Duration),
     /// Serial port `index` (config order) opened.
@@ -426,6 +428,7 @@ impl Telemetry {
                 self.store.error = Some(error);
             }
             Event::Sealed { batches } => self.store.batches_sealed += batches,
+            Event::SealFailed(error) => self.store.error = Some(error),
             Event::BatchInterval(interval) => self.store.batch_interval_s = interval.as_secs(),
             Event::PortOpened { index } => {
                 if let Some(port) = self.ports.get_mut(index) {
@@ -501,6 +504,11 @@ impl Telemetry {
     #[must_use]
     pub fn store(&self) -> &StoreStatus {
         &self.store
+    }
+
+    #[must_use]
+    pub fn cost(&self) -> &CostStatus {
+        &self.cost
     }
 
     #[must_use]

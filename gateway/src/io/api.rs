@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
@@ -16,16 +16,17 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::io::modbus::poller::{self, DeviceStatus, ModbusBoard, ModbusSummary};
-use crate::io::serial::{PortBoard, PortStatus};
+use crate::io::telemetry::TelemetryHub;
 use crate::io::update::incoming as updates;
-use crate::io::uplink::cost::CostStatus;
 use crate::io::uplink::meter::Meter;
-use crate::io::uplink::mqtt::UplinkBoard;
+use outpost_core::telemetry::{
+    Alert, CostStatus, DeviceStatus, ModbusSummary, PortStatus, StoreStatus as StoreCondition,
+    UplinkBoard,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::io::store::outbox::{BatchInfo, OutboxTotals};
-use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition};
+use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{NodeRow, Reader, StoreError};
 
 /// What the handlers read.
@@ -34,20 +35,15 @@ pub struct ApiState {
     pub gateway_id: String,
     pub started: Instant,
     pub store_path: PathBuf,
-    pub store_condition: Arc<Mutex<StoreCondition>>,
-    pub ports: PortBoard,
+    /// Status, counters and alerts of every part of the daemon.
+    pub telemetry: TelemetryHub,
     /// `None`: the batch endpoints are off.
     pub pull_token: Option<Arc<str>>,
     pub store_tx: mpsc::Sender<StoreCommand>,
-    /// `None`: no MQTT uplink configured.
-    pub uplink: Option<Arc<Mutex<UplinkBoard>>>,
-    pub cost: Arc<Mutex<CostStatus>>,
     /// Pulled batch bytes count against the same data budget as pushed ones.
     pub meter: Arc<Meter>,
     /// Where trained dictionaries live (`GET /api/v1/dictionaries/{id}`).
     pub dictionaries: PathBuf,
-    /// Every Modbus device's health and latest values.
-    pub modbus: ModbusBoard,
     /// Where uploaded update artifacts go (`PUT /api/v1/updates/{file}`).
     pub updates: PathBuf,
     /// Where the root update agent leaves its report.
@@ -77,6 +73,9 @@ struct StoreStatus {
     size_bytes: u64,
     #[serde(flatten)]
     condition: StoreCondition,
+    /// Firing alerts, newest first (of the whole gateway, shown here since the first alerts
+    /// were the store's).
+    alerts: Vec<Alert>,
 }
 
 /// An error as the API answers it: a status and a JSON message, never a bare 500.
@@ -115,12 +114,8 @@ async fn read_store<T: Send + 'static>(
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
     let (totals, size_bytes, outbox) =
         read_store(&state, |r| Ok((r.totals()?, r.size_bytes(), r.outbox()?))).await?;
-    let condition = state
-        .store_condition
-        .lock()
-        .map(|c| c.clone())
-        .unwrap_or_default();
-    let ports = state.ports.lock().map(|p| p.clone()).unwrap_or_default();
+    let snapshot = state.telemetry.snapshot();
+    let modbus = snapshot.modbus_summary();
     Ok(Json(Status {
         gateway_id: state.gateway_id.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -130,16 +125,14 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         store: StoreStatus {
             path: state.store_path.clone(),
             size_bytes,
-            condition,
+            condition: snapshot.store,
+            alerts: snapshot.alerts,
         },
         outbox,
-        uplink: state
-            .uplink
-            .as_ref()
-            .and_then(|u| u.lock().ok().map(|u| u.clone())),
-        cost: state.cost.lock().map(|c| c.clone()).unwrap_or_default(),
-        ports,
-        modbus: poller::summary(&state.modbus),
+        uplink: snapshot.uplink,
+        cost: snapshot.cost,
+        ports: snapshot.ports,
+        modbus,
         update: crate::io::update::last_report(&state.update_state),
     }))
 }
@@ -150,11 +143,7 @@ async fn nodes(State(state): State<ApiState>) -> Result<Json<Vec<NodeRow>>, ApiE
 
 /// `GET /api/v1/modbus`: every configured device, in config order.
 async fn modbus_devices(State(state): State<ApiState>) -> Json<Vec<DeviceStatus>> {
-    let board = state
-        .modbus
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Json(board.clone())
+    Json(state.telemetry.with(|t| t.devices().to_vec()))
 }
 
 /// Compares in constant time (`subtle`), so response timing does not reveal how much of a

@@ -9,6 +9,7 @@ pub mod modbus;
 pub mod serial;
 pub mod store;
 pub mod systemd;
+pub mod telemetry;
 pub mod update;
 pub mod uplink;
 pub mod wall_clock;

@@ -1,35 +1,20 @@
 //! Serial adapter: moves bytes between one port and its [`PortSession`], and the session's
 //! actions to the store writer. Reopens a port that went away (USB unplug) with backoff.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_proto::Millis;
 use outpost_proto::frame::MAX_FRAME_LEN;
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::store::writer::{StoreCommand, StoreReply};
+use crate::io::telemetry::TelemetryHub;
 use outpost_core::config::SerialPort;
-use outpost_core::link::{Action, PortCounters, PortSession};
-
-/// A port as the status page shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct PortStatus {
-    pub path: String,
-    pub open: bool,
-    pub node_id: Option<i64>,
-    pub opens: u64,
-    pub last_error: Option<String>,
-    #[serde(flatten)]
-    pub counters: PortCounters,
-}
-
-/// Status of every port, shared with the API.
-pub type PortBoard = Arc<Mutex<Vec<PortStatus>>>;
+use outpost_core::link::{Action, PortSession};
+use outpost_core::telemetry::Event;
 
 /// Longest a write to a port may block before the frame is dropped (a wedged USB device).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,7 +25,7 @@ pub async fn run(
     index: usize,
     config: SerialPort,
     store: mpsc::Sender<StoreCommand>,
-    board: PortBoard,
+    telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
     let path = config.path.display().to_string();
@@ -49,12 +34,6 @@ pub async fn run(
     let mut session = PortSession::new(path.clone(), config.max_frames_per_sec, now());
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let mut backoff = FIRST_BACKOFF;
-    let update = |f: &dyn Fn(&mut PortStatus)| {
-        let mut ports = board
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut ports[index]);
-    };
 
     loop {
         let opened = tokio_serial::new(&path, config.baud)
@@ -64,14 +43,17 @@ pub async fn run(
             Ok(port) => port,
             Err(error) => {
                 let message = error.to_string();
-                let first = board
-                    .lock()
-                    .map(|p| p[index].last_error.as_deref() != Some(&message))
-                    .unwrap_or(true);
+                let first = telemetry.with(|t| {
+                    t.port(index)
+                        .is_none_or(|p| p.last_error.as_deref() != Some(&message))
+                });
                 if first {
                     tracing::warn!(message = "Cannot open serial port; retrying with backoff.", port = %path, %error);
                 }
-                update(&|s| s.last_error = Some(message.clone()));
+                telemetry.record(Event::PortDown {
+                    index,
+                    error: message,
+                });
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
@@ -83,11 +65,7 @@ pub async fn run(
         tracing::info!(message = "Serial port open.", port = %path, baud = config.baud);
         backoff = FIRST_BACKOFF;
         session.handle_port_reset();
-        update(&|s| {
-            s.open = true;
-            s.opens += 1;
-            s.last_error = None;
-        });
+        telemetry.record(Event::PortOpened { index });
 
         let mut buf = [0u8; 1024];
         let mut frame = [0u8; MAX_FRAME_LEN];
@@ -120,20 +98,19 @@ pub async fn run(
                     }
                 }
             }
-            let (counters, node_id) = (session.counters(), session.node_id());
-            update(&|s| {
-                s.counters = counters;
-                s.node_id = node_id;
+            telemetry.record(Event::PortCounted {
+                index,
+                counters: session.counters(),
+                node_id: session.node_id(),
             });
             if let Some(error) = failed {
                 break error;
             }
         };
         tracing::warn!(message = "Serial port lost; reopening.", port = %path, reason = %closed_by);
-        update(&|s| {
-            s.open = false;
-            s.node_id = None;
-            s.last_error = Some(closed_by.clone());
+        telemetry.record(Event::PortDown {
+            index,
+            error: closed_by,
         });
         drop(port);
         tokio::select! {

@@ -10,7 +10,6 @@
 //! - **Journal**: [`stderr_is_journal`] tells whether systemd connected stderr to journald
 //!   (`$JOURNAL_STREAM`), so `main` logs there with structured fields instead of text.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_core::watchdog::{Watchdog, WatchdogAction, WriterSnapshot};
@@ -18,7 +17,8 @@ use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::io::store::writer::{StoreCommand, StoreCondition};
+use crate::io::store::writer::StoreCommand;
+use crate::io::telemetry::TelemetryHub;
 
 /// Tells systemd the daemon is ready (`READY=1`), with a status line in the same datagram.
 pub fn ready(status_line: &str) {
@@ -118,23 +118,20 @@ pub fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
     d.parse() == Ok(dev) && i.parse() == Ok(ino)
 }
 
-/// What the watchdog sees of the store writer: the condition it keeps for the status page and
-/// its command queue. A weak sender, so the watchdog never keeps the writer from ending at
-/// shutdown (it ends when the last sender is gone).
+/// What the watchdog sees of the store writer: its progress as telemetry counts it, and its
+/// command queue. A weak sender, so the watchdog never keeps the writer from ending at shutdown
+/// (it ends when the last sender is gone).
 #[derive(Debug, Clone)]
 pub struct WriterProbe {
-    condition: Arc<Mutex<StoreCondition>>,
+    telemetry: TelemetryHub,
     queue: mpsc::WeakSender<StoreCommand>,
 }
 
 impl WriterProbe {
     #[must_use]
-    pub fn new(
-        condition: Arc<Mutex<StoreCondition>>,
-        queue: &mpsc::Sender<StoreCommand>,
-    ) -> WriterProbe {
+    pub fn new(telemetry: TelemetryHub, queue: &mpsc::Sender<StoreCommand>) -> WriterProbe {
         WriterProbe {
-            condition,
+            telemetry,
             queue: queue.downgrade(),
         }
     }
@@ -145,12 +142,8 @@ impl WriterProbe {
         let queue = self.queue.upgrade()?;
         let queued = queue.max_capacity() - queue.capacity();
         drop(queue);
-        let c = self
-            .condition
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Some(WriterSnapshot {
-            progress: c.commits + c.failed_commits + c.batches_sealed,
+            progress: self.telemetry.with(|t| t.store().progress()),
             queued,
         })
     }
@@ -205,9 +198,10 @@ mod tests {
 
     #[test]
     fn the_probe_reads_the_writer_queue_and_counters() {
-        let condition = Arc::new(Mutex::new(StoreCondition::default()));
+        use outpost_core::telemetry::{Event, Telemetry};
+        let telemetry = TelemetryHub::new(Telemetry::new(&[], false, Duration::from_secs(60)));
         let (tx, _rx) = mpsc::channel(8);
-        let probe = WriterProbe::new(Arc::clone(&condition), &tx);
+        let probe = WriterProbe::new(telemetry.clone(), &tx);
         assert_eq!(
             probe.snapshot(),
             Some(WriterSnapshot {
@@ -222,12 +216,11 @@ mod tests {
             })
             .unwrap();
         }
-        {
-            let mut c = condition.lock().unwrap();
-            c.commits = 5;
-            c.failed_commits = 1;
-            c.batches_sealed = 2;
+        for _ in 0..5 {
+            telemetry.record(Event::Committed);
         }
+        telemetry.record(Event::CommitFailed("disk full".into()));
+        telemetry.record(Event::Sealed { batches: 2 });
         assert_eq!(
             probe.snapshot(),
             Some(WriterSnapshot {

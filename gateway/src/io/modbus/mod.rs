@@ -6,7 +6,7 @@
 //!   RTU framing ([`outpost_core::modbus::rtu`]);
 //! - device health (counters, back-off, the offline flag) is the IO-free [`DeviceHealth`] of
 //!   `outpost_core::modbus::health`, fed each poll's [`PollOutcome::summary`];
-//! - [`poller`]: the tasks, the status board (`/api/v1/modbus`), staggering and writes;
+//! - [`poller`]: the tasks, what they tell telemetry (`/api/v1/modbus`), staggering and writes;
 //!
 //! Errors keep two layers apart:
 //! - the device **answered** with an exception ([`ExceptionCode`]): the link is fine, only that

@@ -1,21 +1,20 @@
 //! The Modbus pollers: one task per TCP device, one per RTU bus ([`super::rtu`]), and what they
-//! share: the per-device state ([`DeviceRuntime`]), the status board `/api/v1/modbus` reads,
-//! the write handle, and the start offsets that stagger polls.
+//! share: the per-device state ([`DeviceRuntime`]), what each poll tells telemetry (the device
+//! list `/api/v1/modbus` reads), the write handle, and the start offsets that stagger polls.
 //!
 //! ```text
 //! config ─► DeviceRuntime (map, plan, health) ─┬─ run_tcp_device (one task per TCP device)
 //!                                             └─ rtu::run_bus (one task per RS-485 line)
 //! each poll: PollOutcome ─► DeviceRuntime::finish_poll ─► StoreCommand::DeviceReadings ─► writer
-//!                                                      └─► ModbusBoard (status page)
+//!                                                      └─► telemetry: Event::Polled
 //! ModbusWriter::write(device, point, value) ─► the device's task, between two polls
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_proto::Millis;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -23,73 +22,17 @@ use super::tcp::ModbusDevice;
 use super::{PollOutcome, TransportError, WriteError};
 use crate::io::store::SeriesReading;
 use crate::io::store::writer::StoreCommand;
+use crate::io::telemetry::TelemetryHub;
 use crate::io::wall_clock;
 use outpost_core::config::modbus::{DeviceConfig, Transport};
 use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState};
 use outpost_core::modbus::map::{Point, RegisterMap};
 use outpost_core::modbus::plan::{CostModel, ReadPlan};
 use outpost_core::modbus::value::Value;
+use outpost_core::telemetry::{DeviceStatus, Event, PointValue, Polled};
 
 /// Writes queued to one device (or bus) before callers wait.
 const WRITE_QUEUE: usize = 16;
-
-/// One device as the status page and `/api/v1/modbus` show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceStatus {
-    pub name: String,
-    /// `tcp 10.0.0.20:502` or `rtu /dev/ttyUSB0`.
-    pub transport: String,
-    pub unit: u8,
-    /// Manufacturer and model from the map file, when it names them.
-    pub model: Option<String>,
-    pub map: String,
-    pub poll_interval_ms: u64,
-    /// Requests one poll sends (the read plan).
-    pub requests_per_poll: usize,
-    pub readings: u64,
-    /// The last error of any kind (transport, exception, decode), with its time.
-    pub last_error: Option<String>,
-    pub last_error_at: Option<u64>,
-    pub health: DeviceHealth,
-    /// The latest value of every point, with its unit.
-    pub values: BTreeMap<String, PointValue>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PointValue {
-    pub value: serde_json::Value,
-    pub unit: Option<String>,
-    pub at: u64,
-}
-
-/// Every device's status, in config order.
-pub type ModbusBoard = Arc<Mutex<Vec<DeviceStatus>>>;
-
-/// The part of the board the status summary shows.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct ModbusSummary {
-    pub devices: usize,
-    pub online: usize,
-    pub offline: usize,
-}
-
-#[must_use]
-pub fn summary(board: &ModbusBoard) -> ModbusSummary {
-    let board = board
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    ModbusSummary {
-        devices: board.len(),
-        online: board
-            .iter()
-            .filter(|d| d.health.state() == LinkState::Online)
-            .count(),
-        offline: board
-            .iter()
-            .filter(|d| d.health.state() == LinkState::Offline)
-            .count(),
-    }
-}
 
 /// A device's state between polls: its config, plan and health, and where its status goes.
 #[derive(Debug)]
@@ -97,15 +40,15 @@ pub struct DeviceRuntime {
     pub config: DeviceConfig,
     pub plan: ReadPlan,
     pub health: DeviceHealth,
-    /// Index of this device in the board.
+    /// Index of this device in telemetry's device list.
     slot: usize,
-    board: ModbusBoard,
+    telemetry: TelemetryHub,
 }
 
 impl DeviceRuntime {
-    /// Plans the device's reads under `cost` and adds it to `board`.
+    /// Plans the device's reads under `cost` and adds it to telemetry.
     #[must_use]
-    pub fn new(config: DeviceConfig, cost: &CostModel, board: &ModbusBoard) -> DeviceRuntime {
+    pub fn new(config: DeviceConfig, cost: &CostModel, telemetry: &TelemetryHub) -> DeviceRuntime {
         let plan = ReadPlan::for_map(&config.map, cost);
         let health = DeviceHealth::new(HealthPolicy::new(config.poll_interval));
         let info = config.map.device();
@@ -133,25 +76,24 @@ impl DeviceRuntime {
             health: health.clone(),
             values: BTreeMap::new(),
         };
-        let slot = {
-            let mut board = board
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            board.push(status);
-            board.len() - 1
-        };
+        // Devices are added one by one at start, before any task runs: the index is its own.
+        telemetry.record(Event::DeviceAdded(Box::new(status)));
+        let slot = telemetry.with(|t| t.devices().len()) - 1;
         DeviceRuntime {
             config,
             plan,
             health,
             slot,
-            board: Arc::clone(board),
+            telemetry: telemetry.clone(),
         }
     }
 
     /// Names the transport on the status page (an RTU bus is only known by path at spawn).
     pub fn set_transport_label(&self, label: String) {
-        self.update(|s| s.transport = label);
+        self.telemetry.record(Event::DeviceTransport {
+            index: self.slot,
+            label,
+        });
     }
 
     #[must_use]
@@ -226,37 +168,20 @@ impl DeviceRuntime {
                 }
             }
         }
-        let count = readings.len() as u64;
-        let health = self.health.clone();
-        self.update(|s| {
-            s.readings += count;
-            s.health = health;
-            for (name, value, unit) in values {
-                s.values.insert(
-                    name,
-                    PointValue {
-                        value,
-                        unit,
-                        at: started.as_u64(),
-                    },
-                );
-            }
-            if let Some(e) = last_error {
-                s.last_error = Some(e);
-                s.last_error_at = Some(now.as_u64());
-            }
-        });
+        self.telemetry.record(Event::Polled(Box::new(Polled {
+            index: self.slot,
+            readings: readings.len() as u64,
+            health: self.health.clone(),
+            values: values
+                .into_iter()
+                .map(|(name, value, unit)| {
+                    let at = started.as_u64();
+                    (name, PointValue { value, unit, at })
+                })
+                .collect(),
+            error: last_error.map(|e| (e, now.as_u64())),
+        })));
         (readings, Duration::from_millis(decision.next_poll_at - now))
-    }
-
-    fn update(&self, f: impl FnOnce(&mut DeviceStatus)) {
-        let mut board = self
-            .board
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(status) = board.get_mut(self.slot) {
-            f(status);
-        }
     }
 }
 

@@ -10,11 +10,8 @@
 use outpost_batch::Dictionary;
 
 use super::outbox::Dropped;
-use super::writer::{Alert, WriterConfig};
+use super::writer::WriterConfig;
 use super::{Store, StoreError};
-
-/// The alert kind raised when the cap dropped batches.
-pub(super) const BUFFER_FULL: &str = "buffer_full";
 
 /// What sealing needs to know; nothing else.
 #[derive(Debug, Clone)]
@@ -75,16 +72,14 @@ impl Sealer {
 }
 
 impl Round {
-    /// The alert for the status page and the cloud when the cap dropped batches; `None` when it
-    /// dropped nothing. It replaces an older one of its kind (see `StoreCondition::raise`).
-    pub(super) fn alert(&self, at_ms: i64) -> Option<Alert> {
+    /// The `buffer_full` alert's message when the cap dropped batches; `None` when it dropped
+    /// nothing. Raised again, it updates the one alert (telemetry keys alerts by kind).
+    pub(super) fn alert_message(&self) -> Option<String> {
         let Dropped { batches, readings } = self.dropped;
-        (self.dropped != Dropped::default()).then(|| Alert {
-            kind: BUFFER_FULL,
-            message: format!(
+        (self.dropped != Dropped::default()).then(|| {
+            format!(
                 "outbox over buffer.max_bytes: dropped the {batches} oldest batches ({readings} readings) to keep the newest data"
-            ),
-            at_ms,
+            )
         })
     }
 }

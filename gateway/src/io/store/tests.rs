@@ -847,12 +847,14 @@ mod series {
 }
 
 mod writer {
-    use std::sync::{Arc, Mutex};
+
     use std::time::Duration;
 
     use super::*;
-    use crate::io::store::writer::{StoreCommand, StoreCondition, WriterConfig, run};
+    use crate::io::store::writer::{StoreCommand, WriterConfig, run};
+    use crate::io::telemetry::TelemetryHub;
     use outpost_batch::Value;
+    use outpost_core::telemetry::Telemetry;
 
     #[tokio::test]
     async fn device_readings_are_committed_without_a_reply_and_all_sealed() {
@@ -860,7 +862,7 @@ mod writer {
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         let (commands_tx, commands) = tokio::sync::mpsc::channel(16);
         let (_interval_tx, interval) = tokio::sync::watch::channel(Duration::ZERO);
-        let condition = Arc::new(Mutex::new(StoreCondition::default()));
+        let telemetry = TelemetryHub::new(Telemetry::new(&[], false, Duration::ZERO));
         let config = WriterConfig {
             gateway_id: "gw".to_owned(),
             commit_interval: Duration::from_millis(10),
@@ -888,9 +890,9 @@ mod writer {
                 .unwrap();
         }
         drop(commands_tx);
-        let store = run(store, commands, interval, config, Arc::clone(&condition)).await;
+        let store = run(store, commands, interval, config, telemetry.clone()).await;
 
-        let c = condition.lock().unwrap().clone();
+        let c = telemetry.snapshot().store;
         assert_eq!((c.commits, c.failed_commits), (1, 0));
         assert_eq!(c.batches_sealed, 2, "the kind change splits the batch");
         let reader = store.reader().unwrap();
@@ -902,7 +904,7 @@ mod writer {
 mod commands {
     //! A group commit answers each command's own caller after the commit, or every caller with
     //! the transaction's error.
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use outpost_batch::Value;
@@ -912,7 +914,9 @@ mod commands {
     use crate::io::store::command::{self, Job, Reply, Request};
     use crate::io::store::ledger::Usage;
     use crate::io::store::outbox::{AckError, Acked, OutboxTotals};
-    use crate::io::store::writer::{AckReply, StoreCommand, StoreCondition, StoreReply};
+    use crate::io::store::writer::{AckReply, StoreCommand, StoreReply};
+    use crate::io::telemetry::TelemetryHub;
+    use outpost_core::telemetry::Telemetry;
 
     const KEY_A: [u8; 32] = [0xa; 32];
     const KEY_B: [u8; 32] = [0xb; 32];
@@ -1233,7 +1237,7 @@ mod commands {
         let (_dir, store, a, b) = site();
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (_interval_tx, interval) = tokio::sync::watch::channel(Duration::from_secs(3600));
-        let condition = Arc::new(Mutex::new(StoreCondition::default()));
+        let telemetry = TelemetryHub::new(Telemetry::new(&[], false, Duration::ZERO));
         let config = crate::io::store::writer::WriterConfig {
             gateway_id: "gw".to_owned(),
             commit_interval: Duration::from_millis(50),
@@ -1249,16 +1253,11 @@ mod commands {
             commands_tx.send(command).await.unwrap();
         }
         drop(commands_tx);
-        let store = crate::io::store::writer::run(
-            store,
-            commands_rx,
-            interval,
-            config,
-            Arc::clone(&condition),
-        )
-        .await;
+        let store =
+            crate::io::store::writer::run(store, commands_rx, interval, config, telemetry.clone())
+                .await;
 
-        let c = condition.lock().unwrap().clone();
+        let c = telemetry.snapshot().store;
         assert_eq!((c.commits, c.failed_commits, c.error), (1, 0, None));
         assert_answered(&mut callers, a, b);
         assert_eq!(
@@ -1271,8 +1270,14 @@ mod commands {
 mod sealer {
     use super::*;
     use crate::io::store::outbox::Dropped;
-    use crate::io::store::sealer::{BUFFER_FULL, Round, Sealer};
-    use crate::io::store::writer::{StoreCondition, WriterConfig};
+    use crate::io::store::sealer::{Round, Sealer};
+    use crate::io::store::writer::{WriterConfig, record_round};
+    use crate::io::telemetry::TelemetryHub;
+    use outpost_core::telemetry::{AlertKind, Telemetry};
+
+    fn telemetry() -> TelemetryHub {
+        TelemetryHub::new(Telemetry::new(&[], false, std::time::Duration::ZERO))
+    }
 
     fn sealer(gateway_id: &str, max_batch_readings: usize, buffer_max_bytes: u64) -> Sealer {
         Sealer::new(&WriterConfig {
@@ -1321,7 +1326,11 @@ mod sealer {
             }
         );
         assert_eq!(readings_per_batch(&store), [25, 25, 10]);
-        assert_eq!(round.alert(0), None, "nothing dropped, nothing to say");
+        assert_eq!(
+            round.alert_message(),
+            None,
+            "nothing dropped, nothing to say"
+        );
         let again = sealer("gw", 25, 1 << 20).round(&mut store, 0).unwrap();
         assert_eq!((again.sealed, again.left), (0, 0), "nothing left to seal");
     }
@@ -1349,17 +1358,15 @@ mod sealer {
         let outbox = store.reader().unwrap().outbox().unwrap();
         assert_eq!((outbox.oldest_seq, outbox.dropped_batches), (Some(3), 2));
 
-        let alert = round.alert(1234).unwrap();
-        assert_eq!((alert.kind, alert.at_ms), (BUFFER_FULL, 1234));
         assert_eq!(
-            alert.message,
+            round.alert_message().unwrap(),
             "outbox over buffer.max_bytes: dropped the 2 oldest batches (40 readings) to keep the newest data"
         );
     }
 
     #[test]
     fn the_status_page_keeps_one_buffer_full_alert_the_newest() {
-        let mut condition = StoreCondition::default();
+        let telemetry = telemetry();
         let full = Round {
             sealed: 2,
             newest: Some(2),
@@ -1369,18 +1376,24 @@ mod sealer {
             },
             left: 0,
         };
-        condition.handle_round(&Ok(full), 1000);
-        condition.handle_round(
+        record_round(&telemetry, &Ok(full), 1000);
+        record_round(
+            &telemetry,
             &Ok(Round {
                 dropped: Dropped::default(),
                 ..full
             }),
             2000,
         );
-        condition.handle_round(&Ok(full), 3000);
-        assert_eq!(condition.batches_sealed, 6);
-        let at: Vec<_> = condition.alerts.iter().map(|a| (a.kind, a.at_ms)).collect();
-        assert_eq!(at, [(BUFFER_FULL, 3000)]);
+        record_round(&telemetry, &Ok(full), 3000);
+        let snapshot = telemetry.snapshot();
+        assert_eq!(snapshot.store.batches_sealed, 6);
+        let at: Vec<_> = snapshot
+            .alerts
+            .iter()
+            .map(|a| (a.kind, a.at_ms, a.raised_at_ms, a.count))
+            .collect();
+        assert_eq!(at, [(AlertKind::BufferFull, 3000, 1000, 2)]);
     }
 
     #[test]
@@ -1392,9 +1405,16 @@ mod sealer {
         let outbox = store.reader().unwrap().outbox().unwrap();
         assert_eq!((outbox.batches, outbox.unsealed_readings), (0, 10));
 
-        let mut condition = StoreCondition::default();
-        condition.handle_round(&failed, 0);
-        assert!(condition.error.unwrap().contains("cannot seal batch 1"));
-        assert!(condition.alerts.is_empty());
+        let telemetry = telemetry();
+        record_round(&telemetry, &failed, 0);
+        let snapshot = telemetry.snapshot();
+        assert!(
+            snapshot
+                .store
+                .error
+                .unwrap()
+                .contains("cannot seal batch 1")
+        );
+        assert!(snapshot.alerts.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //! every node's samples and every device's readings of that window. Between commits, when the
 //! [`Batcher`] says a batch is due, it runs a sealing round (`sealer.rs`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_proto::Millis;
@@ -17,74 +17,60 @@ use super::command::{self, Job};
 pub use super::command::{AckReply, StoreCommand, StoreReply};
 use super::sealer::{Round, Sealer};
 use super::{Store, StoreError};
+use crate::io::telemetry::TelemetryHub;
 use outpost_core::batcher::Batcher;
+use outpost_core::telemetry::{AlertKey, AlertKind, Event};
 
-/// An alert about the store or the outbox, for the status page.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
-pub struct Alert {
-    pub kind: &'static str,
-    pub message: String,
-    pub at_ms: i64,
-}
-
-/// The store's condition, for the status page.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct StoreCondition {
-    pub commits: u64,
-    pub failed_commits: u64,
-    /// The last failure, cleared by the next successful commit.
-    pub error: Option<String>,
-    pub batches_sealed: u64,
-    /// Current batch interval (stretched when the data budget is at risk).
-    pub batch_interval_s: u64,
-    pub alerts: Vec<Alert>,
-}
-
-impl StoreCondition {
-    /// A group commit ended: committed (`None`) or failed.
-    pub(super) fn handle_commit(&mut self, failure: Option<&StoreError>) {
-        match failure {
-            None => {
-                self.commits += 1;
-                if self.error.take().is_some() {
-                    tracing::info!(message = "Store writable again.");
-                }
+/// Tells telemetry how a group commit ended, with a journal line when the store's condition
+/// changes (failing, or writable again).
+fn record_commit(telemetry: &TelemetryHub, failure: Option<&StoreError>) {
+    let was = telemetry.with(|t| t.store().error.clone());
+    match failure {
+        None => {
+            if was.is_some() {
+                tracing::info!(message = "Store writable again.");
             }
-            Some(error) => {
-                self.failed_commits += 1;
-                if self.error.as_deref() != Some(&error.to_string()) {
-                    tracing::error!(message = "Store commit failed; nothing acknowledged, nodes keep their samples.", %error);
-                }
-                self.error = Some(error.to_string());
+            telemetry.record(Event::Committed);
+        }
+        Some(error) => {
+            let error = error.to_string();
+            if was.as_deref() != Some(&error) {
+                tracing::error!(message = "Store commit failed; nothing acknowledged, nodes keep their samples.", %error);
             }
+            telemetry.record(Event::CommitFailed(error));
         }
     }
+}
 
-    /// A sealing round ended.
-    pub(super) fn handle_round(&mut self, round: &Result<Round, StoreError>, at_ms: i64) {
-        match round {
-            Ok(round) => {
-                self.batches_sealed += round.sealed;
-                if let Some(alert) = round.alert(at_ms) {
-                    tracing::warn!(
-                        message = "Outbox full; oldest batches dropped.",
-                        batches = round.dropped.batches,
-                        readings = round.dropped.readings
-                    );
-                    self.raise(alert);
-                }
-            }
-            Err(error) => {
-                tracing::error!(message = "Sealing a batch failed.", %error);
-                self.error = Some(error.to_string());
+/// Tells telemetry how a sealing round ended: batches sealed, or its error; and raises the
+/// `buffer_full` alert when the cap dropped batches.
+pub(super) fn record_round(
+    telemetry: &TelemetryHub,
+    round: &Result<Round, StoreError>,
+    at_ms: i64,
+) {
+    match round {
+        Ok(round) => {
+            telemetry.record(Event::Sealed {
+                batches: round.sealed,
+            });
+            if let Some(message) = round.alert_message() {
+                tracing::warn!(
+                    message = "Outbox full; oldest batches dropped.",
+                    batches = round.dropped.batches,
+                    readings = round.dropped.readings
+                );
+                telemetry.record(Event::Raise {
+                    at_ms,
+                    key: AlertKey::gateway(AlertKind::BufferFull),
+                    message,
+                });
             }
         }
-    }
-
-    /// Raises `alert`, in place of an older one of its kind.
-    pub(super) fn raise(&mut self, alert: Alert) {
-        self.alerts.retain(|a| a.kind != alert.kind);
-        self.alerts.push(alert);
+        Err(error) => {
+            tracing::error!(message = "Sealing a batch failed.", %error);
+            telemetry.record(Event::SealFailed(error.to_string()));
+        }
     }
 }
 
@@ -101,12 +87,6 @@ pub struct WriterConfig {
     pub dictionary: Option<outpost_batch::Dictionary>,
     /// Where the newest sealed batch's sequence number is announced.
     pub sealed: tokio::sync::watch::Sender<u64>,
-}
-
-fn lock(condition: &Mutex<StoreCondition>) -> std::sync::MutexGuard<'_, StoreCondition> {
-    condition
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `f` on the store on a blocking thread, handing the store back.
@@ -129,13 +109,13 @@ pub async fn run(
     mut commands: mpsc::Receiver<StoreCommand>,
     mut batch_interval: tokio::sync::watch::Receiver<Duration>,
     config: WriterConfig,
-    condition: Arc<Mutex<StoreCondition>>,
+    telemetry: TelemetryHub,
 ) -> Store {
     let started = Instant::now();
     let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     let mut batcher = Batcher::new(config.batch_interval, config.max_batch_readings);
     let sealer = Arc::new(Sealer::new(&config));
-    lock(&condition).batch_interval_s = config.batch_interval.as_secs();
+    telemetry.record(Event::BatchInterval(config.batch_interval));
     let (mut store, unsealed) =
         blocking(store, |s| s.transaction(|tx| tx.unsealed_readings())).await;
     batcher.handle_committed(now(), unsealed.unwrap_or(0));
@@ -155,7 +135,7 @@ pub async fn run(
                 if interval != batcher.interval() {
                     tracing::info!(message = "Batch interval changed by the data budget.", seconds = interval.as_secs());
                     batcher.set_interval(interval);
-                    lock(&condition).batch_interval_s = interval.as_secs();
+                    telemetry.record(Event::BatchInterval(interval));
                 }
                 None
             }
@@ -164,7 +144,7 @@ pub async fn run(
             let jobs = collect(first, &mut commands, &config).await;
             let (returned, settled) = blocking(store, move |s| command::apply(s, jobs)).await;
             store = returned;
-            lock(&condition).handle_commit(settled.error().map(|e| &**e));
+            record_commit(&telemetry, settled.error().map(|e| &**e));
             let committed = settled.answer();
             batcher.handle_committed(now(), committed);
         }
@@ -182,7 +162,7 @@ pub async fn run(
             if let Some(newest) = round.as_ref().ok().and_then(|round| round.newest) {
                 config.sealed.send_replace(newest);
             }
-            lock(&condition).handle_round(&round, crate::io::wall_clock::unix_ms());
+            record_round(&telemetry, &round, crate::io::wall_clock::unix_ms());
         }
     }
     store

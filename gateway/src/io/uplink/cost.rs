@@ -1,34 +1,21 @@
 //! Connectivity cost: tallies the uplink's bytes per day in the store, projects the month, and
 //! tells the writer how long to make batches (see [`outpost_core::budget`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::meter::Meter;
 use crate::io::store::Reader;
 use crate::io::store::writer::StoreCommand;
+use crate::io::telemetry::TelemetryHub;
 use outpost_core::budget::{self, Date, Projection};
+use outpost_core::telemetry::{CostStatus, Event};
 
 /// How often usage is written down and the budget looked at.
 const TALLY_EVERY: Duration = Duration::from_secs(10);
-
-/// Cost as the status page shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct CostStatus {
-    pub bytes_today: u64,
-    pub bytes_month: u64,
-    pub projected_month: u64,
-    /// `uplink.monthly_budget_bytes`; 0 when none is set.
-    pub budget: u64,
-    /// Uplink bytes (both directions) per reading the cloud acknowledged, this month.
-    pub bytes_per_reading: Option<f64>,
-    pub batch_interval_s: u64,
-    pub over_budget: bool,
-}
 
 /// The budget policy's settings.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +32,7 @@ pub async fn run(
     store_path: std::path::PathBuf,
     store_tx: mpsc::Sender<StoreCommand>,
     interval_tx: watch::Sender<Duration>,
-    status: Arc<Mutex<CostStatus>>,
+    telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
     let mut counted = (0u64, 0u64, 0u64);
@@ -98,11 +85,9 @@ pub async fn run(
             config.max_batch_interval,
         );
         interval_tx.send_if_modified(|current| std::mem::replace(current, interval) != interval);
-        let mut s = status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_over = telemetry.with(|t| t.cost().over_budget);
         let over_budget = projection.budget > 0 && projection.projected_month > projection.budget;
-        if over_budget && !s.over_budget {
+        if over_budget && !was_over {
             tracing::warn!(
                 message = "Uplink traffic projected over the monthly budget; batches stretched.",
                 projected = projection.projected_month,
@@ -110,7 +95,7 @@ pub async fn run(
                 interval_s = interval.as_secs()
             );
         }
-        *s = CostStatus {
+        telemetry.record(Event::Cost(CostStatus {
             bytes_today: projection.bytes_today,
             bytes_month: projection.bytes_month,
             projected_month: projection.projected_month,
@@ -119,6 +104,6 @@ pub async fn run(
                 .then(|| usage.bytes_month as f64 / usage.readings_month as f64),
             batch_interval_s: interval.as_secs(),
             over_budget,
-        };
+        }));
     }
 }

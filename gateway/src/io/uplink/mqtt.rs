@@ -12,30 +12,19 @@ use std::time::{Duration, Instant};
 
 use outpost_core::config::MqttConfig;
 use outpost_core::uplink::{
-    Action, Event, Queued, SessionConfig, StoreAckError, Subscription, UplinkSession, UplinkStatus,
+    Action, Event, Queued, SessionConfig, StoreAckError, Subscription, UplinkSession,
 };
 use outpost_proto::Millis;
 use rumqttc::{AsyncClient, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::link::TlsLink;
 use super::meter::Meter;
 use crate::io::store::Reader;
-use crate::io::store::writer::{AckReply, Alert, StoreCommand, StoreCondition};
-
-/// The uplink as the status page shows it: the session's view and the metered bytes.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UplinkBoard {
-    #[serde(flatten)]
-    pub session: UplinkStatus,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-}
-
-/// How often raised alerts are looked for in the store's condition.
-const ALERT_CHECK: Duration = Duration::from_secs(1);
+use crate::io::store::writer::{AckReply, StoreCommand};
+use crate::io::telemetry::TelemetryHub;
+use outpost_core::telemetry::{AlertKey, AlertKind, Event as TelemetryEvent, UplinkBoard};
 
 /// The gateway's topics.
 struct Topics {
@@ -64,10 +53,9 @@ pub struct UplinkIo {
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// The newest sealed batch, signalled by the store writer.
     pub sealed: watch::Receiver<u64>,
-    pub board: Arc<Mutex<UplinkBoard>>,
     pub meter: Arc<Meter>,
-    /// Alerts raised on the status page go upstream too.
-    pub condition: Arc<Mutex<StoreCondition>>,
+    /// Where the uplink's state goes, and where raised alerts come from (they go upstream too).
+    pub telemetry: TelemetryHub,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,10 +75,12 @@ pub async fn run(
         Ok(link) => link,
         Err(error) => {
             tracing::error!(message = "Cannot create the uplink socket; uplink off.", dir = %run_dir.display(), %error);
-            lock(&io.board).session.last_error = Some(format!(
+            let mut board = UplinkBoard::default();
+            board.session.last_error = Some(format!(
                 "cannot create uplink socket in {}: {error}",
                 run_dir.display()
             ));
+            io.telemetry.record(TelemetryEvent::Uplink(board));
             return;
         }
     };
@@ -137,9 +127,10 @@ pub async fn run(
     session.handle_sealed(*io.sealed.borrow_and_update());
 
     let mut store_ack: Option<oneshot::Receiver<AckReply>> = None;
-    let mut alerts_sent_upto = 0i64;
-    let mut alert_check = tokio::time::interval(ALERT_CHECK);
-    alert_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every alert change since start goes up, the ones raised before the uplink ran included.
+    let mut alert_changes = io.telemetry.alert_changes();
+    let mut alerts_forwarded = 0u64;
+    forward_alerts(&io.telemetry, &mut alerts_forwarded, &mut session);
 
     loop {
         // Carry out what the session asked for, then show where it stands.
@@ -207,14 +198,13 @@ pub async fn run(
             }
         }
         while let Some(event) = session.poll_event() {
-            log_event(&event, &io.condition);
+            log_event(&event, &io.telemetry);
         }
-        {
-            let mut board = lock(&io.board);
-            board.session.clone_from(session.status());
-            board.bytes_sent = io.meter.sent();
-            board.bytes_received = io.meter.received();
-        }
+        io.telemetry.record(TelemetryEvent::Uplink(UplinkBoard {
+            session: session.status().clone(),
+            bytes_sent: io.meter.sent(),
+            bytes_received: io.meter.received(),
+        }));
 
         // Named guards: the connection may be polled unless a failure's back-off is running.
         let reconnect_at = session.poll_reconnect_at().filter(|&at| at > now());
@@ -271,18 +261,9 @@ pub async fn run(
                 };
                 session.handle_store_acked(now(), result);
             }
-            _ = alert_check.tick() => {
-                // Alerts go out as they are raised, never waiting for a batch.
-                let raised: Vec<Alert> = lock(&io.condition)
-                    .alerts
-                    .iter()
-                    .filter(|a| a.at_ms > alerts_sent_upto)
-                    .cloned()
-                    .collect();
-                for alert in raised {
-                    alerts_sent_upto = alerts_sent_upto.max(alert.at_ms);
-                    session.handle_alert(serde_json::to_vec(&alert).unwrap_or_default());
-                }
+            Ok(()) = alert_changes.changed() => {
+                alert_changes.borrow_and_update();
+                forward_alerts(&io.telemetry, &mut alerts_forwarded, &mut session);
             }
         }
     }
@@ -305,7 +286,16 @@ async fn say_offline(client: &AsyncClient, eventloop: &mut EventLoop, status_top
     .await;
 }
 
-fn log_event(event: &Event, condition: &Mutex<StoreCondition>) {
+/// Hands the session every alert that changed since `forwarded`: they go out as they are raised,
+/// never waiting for a batch.
+fn forward_alerts(telemetry: &TelemetryHub, forwarded: &mut u64, session: &mut UplinkSession) {
+    for alert in telemetry.alerts_changed_since(*forwarded) {
+        *forwarded = (*forwarded).max(alert.change);
+        session.handle_alert(serde_json::to_vec(&alert).unwrap_or_default());
+    }
+}
+
+fn log_event(event: &Event, telemetry: &TelemetryHub) {
     match event {
         Event::Connected { session_present } => {
             tracing::info!(message = "Uplink connected.", session_present);
@@ -327,15 +317,13 @@ fn log_event(event: &Event, condition: &Mutex<StoreCondition>) {
                 upto,
                 published_upto
             );
-            let mut c = lock(condition);
-            c.alerts.retain(|a| a.kind != "ack_refused");
-            c.alerts.push(Alert {
-                kind: "ack_refused",
+            telemetry.record(TelemetryEvent::Raise {
+                at_ms: crate::io::wall_clock::unix_ms(),
+                key: AlertKey::gateway(AlertKind::AckRefused),
                 message: format!(
                     "an acknowledgement on the ack topic covered batch {upto}, but only batches up to \
                      {published_upto} were published: refused, nothing deleted"
                 ),
-                at_ms: crate::io::wall_clock::unix_ms(),
             });
         }
         Event::AckMalformed => {
