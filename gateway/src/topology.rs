@@ -25,7 +25,7 @@ use crate::io::modbus::poller::{self, DeviceRuntime, ModbusWriter};
 use crate::io::modbus::rtu;
 use crate::io::serial;
 use crate::io::store::writer::StoreCommand;
-use crate::io::store::{Store, writer};
+use crate::io::store::{Readers, Store, writer};
 use crate::io::telemetry::TelemetryHub;
 use crate::io::uplink::cost::{self, CostConfig};
 use crate::io::uplink::link;
@@ -98,6 +98,8 @@ pub async fn run(
         telemetry.clone(),
     ));
     let meter = Arc::new(Meter::default());
+    // Read connections for the API, the cost meter and the uplink, opened once and reused.
+    let readers = Readers::new(&path);
     let cost_config = CostConfig {
         monthly_budget_bytes: config.monthly_budget_bytes,
         batch_interval: config.batch_interval,
@@ -106,7 +108,7 @@ pub async fn run(
     let cost_task = tokio::spawn(cost::run(
         cost_config,
         Arc::clone(&meter),
-        path.clone(),
+        readers.clone(),
         store_tx.clone(),
         interval_tx,
         telemetry.clone(),
@@ -133,7 +135,7 @@ pub async fn run(
         let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
             .context("cannot set up TLS for the MQTT uplink")?;
         let io = UplinkIo {
-            store_path: path.clone(),
+            readers: readers.clone(),
             store_tx: store_tx.clone(),
             sealed: sealed_rx,
             meter: Arc::clone(&meter),
@@ -160,7 +162,7 @@ pub async fn run(
     let state = ApiState {
         gateway_id: config.gateway_id.clone(),
         started: Instant::now(),
-        store_path: path,
+        readers,
         telemetry,
         pull_token: config.pull_token.clone().map(Arc::from),
         meter,

@@ -27,14 +27,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::io::store::outbox::{BatchInfo, OutboxTotals};
 use crate::io::store::writer::{AckReply, StoreCommand};
-use crate::io::store::{NodeRow, Reader, StoreError};
+use crate::io::store::{NodeRow, Reader, Readers, StoreError};
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub gateway_id: String,
     pub started: Instant,
-    pub store_path: PathBuf,
+    /// Read connections to the store, reused across requests.
+    pub readers: Readers,
     /// Status, counters and alerts of every part of the daemon.
     pub telemetry: TelemetryHub,
     /// `None`: the batch endpoints are off.
@@ -104,11 +105,7 @@ async fn read_store<T: Send + 'static>(
     state: &ApiState,
     f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let path = state.store_path.clone();
-    tokio::task::spawn_blocking(move || f(&Reader::open(&path)?))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Corrupt(format!("reader panicked: {e}"))))
-        .map_err(ApiError::from)
+    state.readers.read(f).await.map_err(ApiError::from)
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
@@ -123,7 +120,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         node_count: totals.nodes,
         readings_stored: totals.readings_stored,
         store: StoreStatus {
-            path: state.store_path.clone(),
+            path: state.readers.path().to_owned(),
             size_bytes,
             condition: snapshot.store,
             alerts: snapshot.alerts,

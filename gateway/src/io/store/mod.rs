@@ -28,6 +28,7 @@
 mod command;
 pub mod ledger;
 pub mod outbox;
+mod readers;
 mod schema;
 mod sealer;
 mod series;
@@ -42,6 +43,7 @@ use serde::Serialize;
 
 use outpost_core::link::{Admission, admit};
 pub use outpost_core::link::{Registered, Sample};
+pub use readers::Readers;
 pub use series::SeriesReading;
 use series::{SeriesCache, StoredValue};
 

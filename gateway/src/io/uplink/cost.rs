@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::meter::Meter;
-use crate::io::store::Reader;
+use crate::io::store::Readers;
 use crate::io::store::writer::StoreCommand;
 use crate::io::telemetry::TelemetryHub;
 use outpost_core::budget::{self, Date, Projection};
@@ -29,7 +29,7 @@ pub struct CostConfig {
 pub async fn run(
     config: CostConfig,
     meter: Arc<Meter>,
-    store_path: std::path::PathBuf,
+    readers: Readers,
     store_tx: mpsc::Sender<StoreCommand>,
     interval_tx: watch::Sender<Duration>,
     telemetry: TelemetryHub,
@@ -65,12 +65,8 @@ pub async fn run(
             break;
         }
         let (day, month) = (date.key(), date.month_prefix());
-        let usage = tokio::task::spawn_blocking({
-            let path = store_path.clone();
-            move || Reader::open(&path).and_then(|r| r.usage(&day, &month))
-        })
-        .await;
-        let Ok(Ok(usage)) = usage else {
+        let usage = readers.read(move |r| r.usage(&day, &month)).await;
+        let Ok(usage) = usage else {
             continue;
         };
         let projection: Projection = budget::project(

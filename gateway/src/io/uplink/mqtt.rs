@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::TlsLink;
 use super::meter::Meter;
-use crate::io::store::Reader;
 use crate::io::store::writer::{AckReply, StoreCommand};
+use crate::io::store::{Reader, Readers, StoreError};
 use crate::io::telemetry::TelemetryHub;
 use outpost_core::telemetry::{AlertKey, AlertKind, Event as TelemetryEvent, UplinkBoard};
 
@@ -49,7 +49,8 @@ impl Topics {
 /// What the uplink task needs from the rest of the daemon.
 #[derive(Debug)]
 pub struct UplinkIo {
-    pub store_path: PathBuf,
+    /// The outbox, read through reused connections.
+    pub readers: Readers,
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// The newest sealed batch, signalled by the store writer.
     pub sealed: watch::Receiver<u64>,
@@ -110,12 +111,13 @@ pub async fn run(
         ));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
 
-    let mut reader = open_reader(io.store_path.clone()).await;
-    let mut acked_upto = 0;
-    if let Some((r, outbox)) = with_reader(reader.take(), |r| r.outbox()).await {
-        reader = Some(r);
-        acked_upto = outbox.map_or(0, |o| o.acked_upto);
-    }
+    let acked_upto = match io.readers.read(|r| r.outbox()).await {
+        Ok(outbox) => outbox.acked_upto,
+        Err(error) => {
+            tracing::warn!(message = "Cannot read the outbox; resuming after batch 0.", %error);
+            0
+        }
+    };
     let started = Instant::now();
     let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     let session_config = SessionConfig {
@@ -162,17 +164,11 @@ pub async fn run(
                     }
                 }
                 Action::PublishBatch { after } => {
-                    if reader.is_none() {
-                        reader = open_reader(io.store_path.clone()).await;
-                    }
-                    let mut batch = None;
-                    if let Some((r, found)) =
-                        with_reader(reader.take(), move |r| next_batch(r, after)).await
-                    {
-                        reader = Some(r);
-                        batch = found;
-                    }
-                    match batch {
+                    let batch = io.readers.read(move |r| next_batch(r, after)).await;
+                    match batch.unwrap_or_else(|error| {
+                        tracing::warn!(message = "Cannot read the next batch.", after, %error);
+                        None
+                    }) {
                         Some((seq, bytes)) => {
                             match client.try_publish(&topics.batch, QoS::AtLeastOnce, false, bytes)
                             {
@@ -343,32 +339,10 @@ fn log_event(event: &Event, telemetry: &TelemetryHub) {
     }
 }
 
-/// The outbox reader, opened once and reused; `None` while the store cannot be read.
-async fn open_reader(path: PathBuf) -> Option<Reader> {
-    tokio::task::spawn_blocking(move || Reader::open(&path))
-        .await
-        .ok()?
-        .map_err(|error| tracing::warn!(message = "Cannot open the outbox for reading.", %error))
-        .ok()
-}
-
-/// Runs `f` on the reader on a blocking thread and hands the reader back; `None` without a
-/// reader, or if the thread panicked (the next use opens a new one).
-async fn with_reader<T: Send + 'static>(
-    reader: Option<Reader>,
-    f: impl FnOnce(&Reader) -> T + Send + 'static,
-) -> Option<(Reader, T)> {
-    let reader = reader?;
-    tokio::task::spawn_blocking(move || {
-        let out = f(&reader);
-        (reader, out)
-    })
-    .await
-    .ok()
-}
-
 /// The oldest batch after `after`, with its bytes.
-fn next_batch(reader: &Reader, after: u64) -> Option<(u64, Vec<u8>)> {
-    let info = reader.batches_after(after, 1).ok()?.into_iter().next()?;
-    Some((info.seq, reader.batch_bytes(info.seq).ok()??))
+fn next_batch(reader: &Reader, after: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let Some(info) = reader.batches_after(after, 1)?.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(reader.batch_bytes(info.seq)?.map(|bytes| (info.seq, bytes)))
 }
