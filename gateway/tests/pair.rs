@@ -68,7 +68,7 @@
 //!
 //! # Knobs
 //!
-//! `PROPTEST_CASES=N` (64 per property by default, well under a second in a debug build);
+//! `PROPTEST_CASES=N` (256 per property by default: a few seconds in a debug build);
 //! `PAIR_TRACE=1`: every frame sent (with the fault the line applied), store answer and event,
 //! for one test at a time; `PAIR_SUMMARY=1`: one line per proptest case.
 
@@ -238,11 +238,11 @@ fn seqs_of_current_boot(pair: &Pair) -> Vec<u32> {
         .collect()
 }
 
-/// 64 cases per property (PROPTEST_CASES overrides, for a longer search).
+/// 256 cases per property (PROPTEST_CASES overrides, for a longer search).
 fn config() -> ProptestConfig {
     let mut config = ProptestConfig::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 64;
+        config.cases = 256;
     }
     config
 }
@@ -535,7 +535,9 @@ fn a_port_reset_mid_stream_is_repaired_by_the_nodes_next_hello() {
 /// (which names no boot) admitted into A's sequence: B's sample 11, whose `window_start` is 11
 /// since B's 1..=10 are acknowledged, is a gap after A's nothing and is stored as A's seq 11,
 /// with B's readings. B's samples go on being stored as A's until B's LINK_TIMEOUT, and then
-/// once more under B: stored twice, once under the wrong boot.
+/// once more under B: stored twice, once under the wrong boot. Same root cause and fix as the
+/// late TELEMETRY below: with its boot id in each TELEMETRY, B's frames are not admitted while A
+/// is attached, and B's LINK_TIMEOUT HELLO re-attaches B.
 #[test]
 #[ignore = "known gateway bug: a late HELLO of a previous boot re-attaches that boot, and the current boot's TELEMETRY is stored under it"]
 fn a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples() {
@@ -569,9 +571,13 @@ fn a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples() {
 /// frame of boot A into the attached boot B: A's seq 50 (`window_start` 50) arrives when B has
 /// committed 1..=9, passes `admit` as a gap after 9, and is stored as B's seq 50. The ACK for
 /// 50 makes B drop its own 10..=50 unstored: B's 10 at once (the pair stops there: "told sample
-/// 10 ... is committed ... the store does not hold it"), and 11..=49 as they are resent, since
-/// the gateway now answers each with the ACK for 50. Acknowledged samples are lost, and a
-/// sample of A is stored as B's.
+/// 10 ... is committed ... the store does not hold it"), and 11..=50 as it takes and sends
+/// them, since the gateway answers each with the ACK for 50 again. B's 10..=49 are acknowledged
+/// and never stored; B's 50 is acknowledged and the store holds A's 50 in its place.
+///
+/// `PortSession` cannot tell the boots apart: the fix needs the wire. TELEMETRY carrying its
+/// `boot_id` (protocol version 2), and the session dropping (and counting) TELEMETRY of another
+/// boot than the attached one, ends this and the stale-HELLO case above.
 #[test]
 #[ignore = "known gateway bug: TELEMETRY carries no boot id, so a late frame of a previous boot is taken for the current boot's"]
 fn a_late_telemetry_frame_of_the_previous_boot_is_not_taken_for_the_new_boots() {
@@ -610,8 +616,13 @@ fn a_late_telemetry_frame_of_the_previous_boot_is_not_taken_for_the_new_boots() 
 ///    its HELLO is kept again, and each ACCEPT's ENROLL starts the next registration: steps 2-3
 ///    repeat every 4 s and seq 17..=25 are never stored.
 ///
-/// A registration kept for later must not outlive the registration it waited for, and an
-/// ENROLL must never re-register the boot already attached (see the report in the commit).
+/// Fix (in `gateway/src/link.rs`, checked against this test and the properties with commits up
+/// to 4 s, not applied here): in the ENROLL arm, after taking the kept HELLO, return if
+/// `self.node` is attached with that HELLO's `boot_id` (it was answered with ACCEPT already);
+/// and in `handle_registered`, drop a kept HELLO of the boot just registered
+/// (`self.hello = self.hello.take().filter(|h| h.boot_id != hello.boot_id)`). Either one ends
+/// the livelock; the first is the general rule: never detach an attached boot to register it
+/// again.
 #[test]
 #[ignore = "known gateway bug: a HELLO kept during a registration re-registers the attached boot later; with commits slower than LINK_TIMEOUT this repeats for ever"]
 fn a_disk_slower_than_link_timeout_delays_delivery_but_does_not_stop_it() {
@@ -624,4 +635,32 @@ fn a_disk_slower_than_link_timeout_delays_delivery_but_does_not_stop_it() {
     let outcome = settle_and_check(&mut pair, &disk);
     assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
     assert_eq!(pair.store.registrations, 1, "one boot, one registration");
+}
+
+/// A sweep rather than a sample: each kind of restart at every 10 ms of the first 1.5 s (the
+/// first registration, the first commits, ACKs in flight), over a disk slow enough (300 ms) for
+/// every moment to fall inside something.
+#[test]
+fn a_restart_of_either_end_at_any_moment_of_registration_or_commit_keeps_every_rule() {
+    let disk = Disk {
+        commit_interval_ms: 20,
+        fsync_ms: 300,
+        max_commit_readings: 64,
+    };
+    let kinds = [
+        Event::GatewayRestart { durable: false },
+        Event::GatewayRestart { durable: true },
+        Event::PortReset,
+        Event::NodeRestart,
+    ];
+    for at in (0..1_500).step_by(10) {
+        for event in kinds {
+            let mut setup = setup(100, 4_000, disk);
+            setup.events = vec![(Millis(at), event)];
+            let mut pair = Pair::new(setup, no_faults());
+            if let Err(e) = settle_and_check(&mut pair, &disk) {
+                panic!("{event:?} at {at} ms: {e}");
+            }
+        }
+    }
 }

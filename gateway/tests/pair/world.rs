@@ -4,8 +4,10 @@
 //! Besides driving them, the pair keeps its own record of every boot of the node, from outside
 //! the two ends: each sample it produced (seq, readings, when), exactly which seqs the node
 //! pushed out of its full ring, which ones left the ring because an ACK or ACCEPT said they
-//! were committed, and which ones it still held when it restarted. [`Pair::check`] judges the
-//! store against that record; no part of it trusts `admit` or either end's own bookkeeping.
+//! were committed, and which ones it still held when it restarted. All of it is read off what
+//! the node's ring holds (`oldest_held`, `next_seq`) before and after each input, never from the
+//! gateway. [`Pair::check`] judges the store against that record; no part of it relies on
+//! `admit`.
 
 use std::collections::{BTreeSet, VecDeque};
 
