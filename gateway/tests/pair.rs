@@ -89,9 +89,9 @@ use line::{Dir, Fault, MAX_DELAY_MS, MAX_DUPLICATE_GAP_MS};
 use store::Disk;
 use world::{ByTime, Event, Pair, Scripted, Setup};
 
+/// Something the line does to a frame.
 fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
-        12 => Just(Fault::Deliver),
         3 => Just(Fault::Drop),
         1 => (1..=MAX_DUPLICATE_GAP_MS).prop_map(Fault::Duplicate),
         2 => (1..=MAX_DELAY_MS).prop_map(Fault::Delay),
@@ -151,8 +151,8 @@ const EVERYTHING: Corners = Corners {
 };
 
 /// A run: how often the node samples and for how long, its ring, the disk, the port's rate
-/// limit, the restarts (during sampling), faults for each direction and commit failures (during
-/// sampling).
+/// limit, the restarts (during sampling), faults for each direction and disk-full episodes
+/// (during sampling).
 fn run(
     every_ms: std::ops::RangeInclusive<u64>,
     ring_limit: impl Strategy<Value = usize>,
@@ -170,9 +170,11 @@ fn run(
             (
                 Just((every, sampling, ring_limit, disk, rate, boot_id)),
                 vec((0..sampling, event()), 0..=4),
-                vec(fault(), 0..300),
-                vec(fault(), 0..300),
-                vec(prop::bool::weighted(0.15), 0..60),
+                // Up to 200 faults per direction, a fault every 8 frames on average.
+                vec((0u32..16, fault()), 0..200),
+                vec((0u32..16, fault()), 0..200),
+                // Up to 6 disk-full episodes of up to 5 failed commits each.
+                vec((0u32..40, 1u32..6), 0..=6),
             )
         })
         .prop_map(
@@ -197,7 +199,7 @@ fn run(
                 let faults = Scripted {
                     to_gateway: up.into(),
                     to_node: down.into(),
-                    commits_fail: fails.into(),
+                    disk_full: fails.into(),
                 };
                 (setup, faults)
             },

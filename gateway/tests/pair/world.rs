@@ -48,13 +48,15 @@ pub(crate) trait Faults {
     fn commit_fails(&mut self, now: Millis) -> bool;
 }
 
-/// Faults from two lists (one per direction, one per frame) and commit outcomes from a third
-/// (one per transaction); once a list runs out, everything goes well.
+/// Faults from two lists, one per direction, spread over the run: each entry lets a number of
+/// frames through untouched, then does something to the next one. Commit failures come as
+/// disk-full episodes: a number of transactions that commit, then a number that fail in a row.
+/// Once a list runs out, everything goes well.
 #[derive(Debug, Default)]
 pub(crate) struct Scripted {
-    pub(crate) to_gateway: VecDeque<Fault>,
-    pub(crate) to_node: VecDeque<Fault>,
-    pub(crate) commits_fail: VecDeque<bool>,
+    pub(crate) to_gateway: VecDeque<(u32, Fault)>,
+    pub(crate) to_node: VecDeque<(u32, Fault)>,
+    pub(crate) disk_full: VecDeque<(u32, u32)>,
 }
 
 impl Faults for Scripted {
@@ -63,10 +65,28 @@ impl Faults for Scripted {
             Dir::ToGateway => &mut self.to_gateway,
             Dir::ToNode => &mut self.to_node,
         };
-        list.pop_front().unwrap_or(Fault::Deliver)
+        match list.front_mut() {
+            None => Fault::Deliver,
+            Some((clean, _)) if *clean > 0 => {
+                *clean -= 1;
+                Fault::Deliver
+            }
+            Some(_) => list.pop_front().expect("just seen").1,
+        }
     }
     fn commit_fails(&mut self, _: Millis) -> bool {
-        self.commits_fail.pop_front().unwrap_or(false)
+        while let Some((commit, fail)) = self.disk_full.front_mut() {
+            if *commit > 0 {
+                *commit -= 1;
+                return false;
+            }
+            if *fail > 0 {
+                *fail -= 1;
+                return true;
+            }
+            self.disk_full.pop_front();
+        }
+        false
     }
 }
 
