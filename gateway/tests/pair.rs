@@ -488,14 +488,10 @@ fn a_node_reboot_loses_only_what_it_held_and_its_new_boot_starts_from_one() {
     // The gateway hears the node but the node hears nothing from 3 s: at its reboot at 5 s it
     // holds two seconds of samples the store has (the ACKs were lost) and a few it has not.
     let faults = ByTime {
-        fault: |now: Millis, dir| {
-            if dir == Dir::ToNode && now >= Millis(3_000) {
-                Fault::Drop
-            } else if dir == Dir::ToGateway && now >= Millis(4_500) {
-                Fault::Drop
-            } else {
-                Fault::Deliver
-            }
+        fault: |now: Millis, dir| match dir {
+            Dir::ToNode if now >= Millis(3_000) => Fault::Drop,
+            Dir::ToGateway if now >= Millis(4_500) => Fault::Drop,
+            _ => Fault::Deliver,
         },
         commit_fails: |_| false,
     };
@@ -611,7 +607,7 @@ fn a_late_telemetry_frame_of_the_previous_boot_is_not_taken_for_the_new_boots() 
 ///    and 4 s. Each ENROLL finds `registering` set, so `PortSession` keeps that HELLO in
 ///    `self.hello` ("retried on next HELLO"), and `handle_registered` never clears it.
 /// 2. Samples 1..=16 take 4 s to commit: the node hears nothing for LINK_TIMEOUT and says HELLO
-///    + ENROLL at 7 s. The HELLO is the attached boot's, so it is answered with ACCEPT, but the
+///    and ENROLL at 7 s. The HELLO is the attached boot's, so it is answered with ACCEPT, but the
 ///    ENROLL takes the kept HELLO and registers the same boot again: `node = None` for 4 s.
 /// 3. The commit of 1..=16 lands at 8 s, inside that window: `handle_committed` finds no node and
 ///    sends no ACK; TELEMETRY is ignored. The node times out again during the registration,
