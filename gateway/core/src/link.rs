@@ -272,6 +272,16 @@ impl PortSession {
                     self.hello = Some(hello); // one registration at a time; retried on next HELLO
                     return;
                 }
+                // A HELLO kept while this boot's registration ran: the boot is attached already,
+                // and registering it again would detach it for a commit's time (with a disk
+                // slower than the node's link timeout, for ever).
+                if self
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.boot_id == hello.boot_id)
+                {
+                    return;
+                }
                 self.flush_samples();
                 self.node = None;
                 self.registering = true;
@@ -343,6 +353,8 @@ impl PortSession {
     /// The store registered the node from the last `Register` (or refused its key: `None`).
     pub fn handle_registered(&mut self, hello: &Hello, registered: Option<Registered>) {
         self.registering = false;
+        // A HELLO of this boot kept while it registered is answered by this registration.
+        self.hello = self.hello.take().filter(|h| h.boot_id != hello.boot_id);
         let Some(registered) = registered else {
             self.counters.refused += 1;
             return;

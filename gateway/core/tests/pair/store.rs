@@ -9,7 +9,7 @@
 //!   the next group.
 //! - **The transaction** registers nodes (creating them by uid, pinning the key at the first
 //!   enrolment and refusing another one later, answering `ack_upto` = the last committed seq of
-//!   that boot) and ingests samples through the real [`outpost::link::admit`], updating the last
+//!   that boot) and ingests samples through the real [`outpost_core::link::admit`], updating the last
 //!   committed seq in the same transaction.
 //! - **A failed commit** (disk full) changes nothing and answers every command with a failure.
 //! - **A crash** (gateway restart) loses the commands not yet committed; the transaction being
@@ -17,8 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use outpost::link::{Action, Admission, admit};
-use outpost::store::{Registered, Sample};
+use outpost_core::link::{Action, Admission, Registered, Sample, admit};
 use outpost_proto::{Hello, Millis, Reading};
 
 /// How the disk and the writer behave.

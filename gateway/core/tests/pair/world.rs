@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use outpost::link::{PortCounters, PortSession};
+use outpost_core::link::{PortCounters, PortSession};
 use outpost_node::{Boot, Identity, LinkConfig, NodeCounters, NodeLink};
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::wire::MAX_READINGS;
