@@ -102,30 +102,3 @@ pub struct Pending {
     pub rolling_back: Option<String>,
     pub started_at_unix_ms: i64,
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_summary_names_versions_outcome_and_reasons() {
-        let report = UpdateReport {
-            outcome: Outcome::RolledBack,
-            file: "outpost_0.2.0-1_arm64.deb".into(),
-            from_version: Some("0.1.0-1".into()),
-            to_version: Some("0.2.0-1".into()),
-            installed_version: Some("0.1.0-1".into()),
-            reason: Some("not ready within 120 s".into()),
-            rollback_reason: None,
-            started_at_unix_ms: 1_700_000_000_000,
-            finished_at_unix_ms: 1_700_000_130_000,
-            deadline_ms: 120_000,
-            steps: Vec::new(),
-        };
-        assert_eq!(
-            report.summary(),
-            "update outpost_0.2.0-1_arm64.deb 0.1.0-1 -> 0.2.0-1: rolled back: not ready within 120 s"
-        );
-        assert!(Outcome::RolledBack.is_alert() && !Outcome::Confirmed.is_alert());
-    }
-}

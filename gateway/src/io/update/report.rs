@@ -85,6 +85,15 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_names_versions_outcome_and_reasons() {
+        assert_eq!(
+            report().summary(),
+            "update outpost_0.2.0-1_arm64.deb 0.1.0-1 -> 0.2.0-1: rolled back: not ready within 120 s"
+        );
+        assert!(Outcome::RolledBack.is_alert() && !Outcome::Confirmed.is_alert());
+    }
+
+    #[test]
     fn a_garbled_report_reads_as_none() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(REPORT_FILE), b"{not json").unwrap();
