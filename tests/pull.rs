@@ -204,6 +204,55 @@ fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
 }
 
 #[test]
+fn an_ack_for_batches_never_served_is_refused_alerted_and_deletes_nothing() {
+    let specs = vec![NodeSpec {
+        rate_hz: 20.0,
+        samples: Some(60),
+        ..NodeSpec::new(0)
+    }];
+    let mut site = Site::with_config(specs, &pull_config("")).unwrap();
+    site.start_gateway().unwrap();
+    let sealed = wait_for(Duration::from_secs(30), "a sealed batch", || {
+        index(&site, 0)["batches"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|b| b["seq"].as_u64().unwrap())
+    })
+    .unwrap();
+    // Sealed, listed in the index, but never fetched: the cloud cannot have it.
+    let (status, body) = ack(&site, sealed);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("never served"),
+        "{body}"
+    );
+    let status = site.get("/api/v1/status").unwrap();
+    assert_eq!(status["outbox"]["acked_upto"], 0, "nothing acknowledged");
+    assert!(status["outbox"]["batches"].as_u64().unwrap() >= 1);
+    let alerts = status["store"]["alerts"].as_array().unwrap();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "ack_refused" && a["subject"] == "pull"),
+        "{alerts:?}"
+    );
+    // Fetched, the same acknowledgement goes through.
+    fetch(&site, sealed);
+    let (status, body) = ack(&site, sealed);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acked_upto"], sealed);
+    // A sequence number beyond what SQLite holds is the client's error, not the store's.
+    for path in [
+        "/api/v1/batches?after=9223372036854775808",
+        "/api/v1/batches/18446744073709551615",
+    ] {
+        let (status, body) = http(site.api, "GET", path, Some(TOKEN), None).unwrap();
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+#[test]
 fn a_full_buffer_drops_the_oldest_batches_counts_them_and_raises_an_alert() {
     let specs = (0..3)
         .map(|i| NodeSpec {

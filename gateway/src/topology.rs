@@ -60,10 +60,8 @@ pub async fn run(
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
 
     // The newest sealed batch, so the uplink wakes for new batches instead of looking for them.
-    let newest_sealed = store
-        .reader()
-        .and_then(|r| r.outbox())
-        .map_or(0, |o| o.newest_seq.unwrap_or(0));
+    let outbox = store.reader().and_then(|r| r.outbox()).unwrap_or_default();
+    let newest_sealed = outbox.newest_seq.unwrap_or(0);
     let (sealed_tx, sealed_rx) = watch::channel(newest_sealed);
     // One place for status, counters and alerts: every task reports to it, the API reads it.
     let port_paths: Vec<String> = config
@@ -163,6 +161,8 @@ pub async fn run(
         gateway_id: config.gateway_id.clone(),
         started: Instant::now(),
         readers,
+        // What was acknowledged was served, by an earlier run if not this one.
+        served_upto: Arc::new(std::sync::atomic::AtomicU64::new(outbox.acked_upto)),
         telemetry,
         pull_token: config.pull_token.clone().map(Arc::from),
         meter,

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
@@ -20,8 +21,8 @@ use crate::io::telemetry::TelemetryHub;
 use crate::io::update::incoming as updates;
 use crate::io::uplink::meter::Meter;
 use outpost_core::telemetry::{
-    Alert, CostStatus, DeviceStatus, ModbusSummary, PortStatus, StoreStatus as StoreCondition,
-    UplinkBoard,
+    Alert, AlertKey, AlertKind, CostStatus, DeviceStatus, Event, ModbusSummary, PortStatus,
+    StoreStatus as StoreCondition, UplinkBoard,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,6 +44,9 @@ pub struct ApiState {
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// Pulled batch bytes count against the same data budget as pushed ones.
     pub meter: Arc<Meter>,
+    /// The newest batch whose bytes a pull client fetched (from the outbox's acknowledgement
+    /// point at start): an acknowledgement beyond it covers batches the cloud cannot have.
+    pub served_upto: Arc<AtomicU64>,
     /// Where trained dictionaries live (`GET /api/v1/dictionaries/{id}`).
     pub dictionaries: PathBuf,
     /// Where uploaded update artifacts go (`PUT /api/v1/updates/{file}`).
@@ -150,6 +154,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
 }
 
+/// Batch sequence numbers are SQLite integers: anything beyond `i64::MAX` is the client's error,
+/// not the store's.
+fn check_seq(name: &str, value: u64) -> Result<(), ApiError> {
+    if i64::try_from(value).is_ok() {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{name} {value} is beyond any batch sequence number"),
+        ))
+    }
+}
+
 /// Checks the bearer token of a batch request.
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.pull_token else {
@@ -197,6 +214,7 @@ async fn batch_index(
     Query(query): Query<BatchQuery>,
 ) -> Result<Json<BatchIndex>, ApiError> {
     authorize(&state, &headers)?;
+    check_seq("after", query.after)?;
     let limit = query.limit.clamp(1, 1000);
     let (batches, outbox) = read_store(&state, move |r| {
         Ok((r.batches_after(query.after, limit)?, r.outbox()?))
@@ -214,9 +232,11 @@ async fn batch_bytes(
     Path(seq): Path<u64>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_seq("batch", seq)?;
     match read_store(&state, move |r| r.batch_bytes(seq)).await? {
         Some(bytes) => {
             state.meter.add_sent(bytes.len() as u64);
+            state.served_upto.fetch_max(seq, Ordering::Relaxed);
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
         None => Err(ApiError(
@@ -263,6 +283,35 @@ async fn batch_ack(
             format!("expected {{\"upto\": SEQ}}: {e}"),
         )
     })?;
+    check_seq("upto", upto)?;
+    let served = state.served_upto.load(Ordering::Relaxed);
+    if upto > served {
+        // Refused, counted (the alert's count) and raised; the batches stay.
+        let message = format!(
+            "an acknowledgement on POST /api/v1/batches/ack covered batch {upto}, but pull clients \
+             were served batches up to {served} only: refused, nothing deleted"
+        );
+        tracing::warn!(
+            message =
+                "Pull acknowledgement refused: it covers batches never served; nothing deleted.",
+            upto,
+            served
+        );
+        state.telemetry.record(Event::Raise {
+            at_ms: crate::io::wall_clock::unix_ms(),
+            key: AlertKey {
+                kind: AlertKind::AckRefused,
+                subject: Some("pull".into()),
+            },
+            message,
+        });
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "batch {upto} was never served (served up to {served}): fetch it before acknowledging it"
+            ),
+        ));
+    }
     let (reply, answer) = oneshot::channel();
     let unavailable = || {
         ApiError(

@@ -456,6 +456,11 @@ pub fn compile(
             "store.commit_interval",
             "must be at most 5s: nodes wait this long for their ACK".into(),
         );
+    } else if commit_interval < Duration::from_millis(1) {
+        problem(
+            "store.commit_interval",
+            "must be at least 1ms: a commit per command would cost an fsync each".into(),
+        );
     }
     if !(64..=1_000_000).contains(&raw.store.max_commit_readings) {
         problem(

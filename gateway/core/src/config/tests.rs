@@ -149,6 +149,19 @@ fn durations_are_parsed_with_units_and_a_bad_one_is_a_located_error() {
 }
 
 #[test]
+fn a_commit_interval_of_zero_or_over_five_seconds_is_refused() {
+    for bad in ["0ms", "6s"] {
+        let e = only_error(&format!("[store]\ncommit_interval = \"{bad}\"\n"));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("store.commit_interval", Some(2)),
+            "{bad}: {e}"
+        );
+    }
+    assert!(parse("[store]\ncommit_interval = \"1ms\"\n").is_ok());
+}
+
+#[test]
 fn the_gateway_id_defaults_to_the_host_name_cut_to_a_safe_alphabet() {
     assert_eq!(parse("").unwrap().gateway_id, "test-hostlocal");
 }
