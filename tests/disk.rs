@@ -72,6 +72,11 @@ fn a_full_disk_is_reported_and_recovered_from_without_losing_acknowledged_readin
     .unwrap();
     let error = status["store"]["error"].as_str().unwrap();
     assert!(error.contains("disk holding the store is full"), "{error}");
+    let alerts = status["store"]["alerts"].as_array().unwrap();
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "store_failing"),
+        "a full disk is an alert too: {alerts:?}"
+    );
     assert!(
         site.gateway.as_mut().unwrap().try_wait().is_none(),
         "the gateway keeps running"
@@ -87,8 +92,11 @@ fn a_full_disk_is_reported_and_recovered_from_without_losing_acknowledged_readin
     disk.remount("size=64m");
     wait_for(Duration::from_secs(60), "the store to recover", || {
         let status = site.get("/api/v1/status").ok()?;
-        (status["store"]["error"].is_null() && status["readings_stored"].as_u64()? > stored + 100)
-            .then_some(())
+        let alerts = status["store"]["alerts"].as_array()?;
+        (status["store"]["error"].is_null()
+            && status["readings_stored"].as_u64()? > stored + 100
+            && !alerts.iter().any(|a| a["kind"] == "store_failing"))
+        .then_some(())
     })
     .unwrap();
     // The slow node's samples, held in its ring during the outage, all arrived: no gap, no duplicate.

@@ -32,6 +32,8 @@ pub enum AlertKind {
     Update,
     /// An acknowledgement covered batches never published; it was refused.
     AckRefused,
+    /// Store commits fail (disk full, read-only): nothing is acknowledged until they succeed.
+    StoreFailing,
 }
 
 impl AlertKind {
@@ -41,6 +43,7 @@ impl AlertKind {
             AlertKind::BufferFull => "buffer_full",
             AlertKind::Update => "update",
             AlertKind::AckRefused => "ack_refused",
+            AlertKind::StoreFailing => "store_failing",
         }
     }
 }

@@ -1397,6 +1397,37 @@ mod sealer {
     }
 
     #[test]
+    fn failing_commits_raise_one_store_alert_and_the_next_commit_resolves_it() {
+        use crate::io::store::writer::record_commit;
+        let telemetry = telemetry();
+        record_commit(&telemetry, Some(&StoreError::DiskFull), 1000);
+        record_commit(&telemetry, Some(&StoreError::DiskFull), 2000);
+        let snapshot = telemetry.snapshot();
+        assert_eq!(snapshot.store.failed_commits, 2);
+        let firing: Vec<_> = snapshot
+            .alerts
+            .iter()
+            .map(|a| (a.kind, a.raised_at_ms))
+            .collect();
+        assert_eq!(
+            firing,
+            [(AlertKind::StoreFailing, 1000)],
+            "one alert, not one per commit"
+        );
+        assert!(
+            snapshot.alerts[0]
+                .message
+                .contains("disk holding the store is full")
+        );
+        record_commit(&telemetry, None, 3000);
+        let snapshot = telemetry.snapshot();
+        assert!(snapshot.alerts.is_empty(), "writable again: resolved");
+        assert_eq!(snapshot.store.error, None);
+        let resolved = telemetry.alerts_changed_since(0);
+        assert_eq!(resolved[0].resolved_at_ms, Some(3000));
+    }
+
+    #[test]
     fn a_failed_round_seals_nothing_and_shows_its_error() {
         let (_dir, mut store) = unsealed(5);
         // An empty gateway id (the config check refuses one) cannot head a batch.

@@ -21,14 +21,16 @@ use crate::io::telemetry::TelemetryHub;
 use outpost_core::batcher::Batcher;
 use outpost_core::telemetry::{AlertKey, AlertKind, Event};
 
-/// Tells telemetry how a group commit ended, with a journal line when the store's condition
-/// changes (failing, or writable again).
-fn record_commit(telemetry: &TelemetryHub, failure: Option<&StoreError>) {
+/// Tells telemetry how a group commit ended, with a journal line and the `store_failing` alert
+/// when the store's condition changes (failing, or writable again).
+pub(super) fn record_commit(telemetry: &TelemetryHub, failure: Option<&StoreError>, at_ms: i64) {
     let was = telemetry.with(|t| t.store().error.clone());
+    let key = AlertKey::gateway(AlertKind::StoreFailing);
     match failure {
         None => {
             if was.is_some() {
                 tracing::info!(message = "Store writable again.");
+                telemetry.record(Event::Resolve { at_ms, key });
             }
             telemetry.record(Event::Committed);
         }
@@ -36,6 +38,13 @@ fn record_commit(telemetry: &TelemetryHub, failure: Option<&StoreError>) {
             let error = error.to_string();
             if was.as_deref() != Some(&error) {
                 tracing::error!(message = "Store commit failed; nothing acknowledged, nodes keep their samples.", %error);
+                telemetry.record(Event::Raise {
+                    at_ms,
+                    key,
+                    message: format!(
+                        "store commits fail: {error}; nothing is acknowledged, nodes keep their samples"
+                    ),
+                });
             }
             telemetry.record(Event::CommitFailed(error));
         }
@@ -144,7 +153,11 @@ pub async fn run(
             let jobs = collect(first, &mut commands, &config).await;
             let (returned, settled) = blocking(store, move |s| command::apply(s, jobs)).await;
             store = returned;
-            record_commit(&telemetry, settled.error().map(|e| &**e));
+            record_commit(
+                &telemetry,
+                settled.error().map(|e| &**e),
+                crate::io::wall_clock::unix_ms(),
+            );
             let committed = settled.answer();
             batcher.handle_committed(now(), committed);
         }
