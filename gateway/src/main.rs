@@ -134,9 +134,10 @@ fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<
     Ok(())
 }
 
+/// A bearer token from the operating system's cryptographic random source.
 fn random_token() -> String {
-    use rand::Rng as _;
-    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
+    use rand::{Rng as _, TryRngCore as _};
+    let mut rng = rand::rngs::OsRng.unwrap_err();
     (0..32)
         .map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rng.random_range(0..32)]))
         .collect()

@@ -26,6 +26,10 @@ impl Environment for ThisMachine {
             .is_ok_and(|m| m.is_file())
     }
 
+    fn is_non_directory(&self, path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
+    }
+
     fn host_name(&self) -> Option<String> {
         nix::unistd::gethostname().ok()?.into_string().ok()
     }
@@ -166,6 +170,25 @@ mod tests {
         let e = &errors[0];
         assert_eq!((e.key.as_str(), e.line), ("modbus.device[0].map", Some(3)));
         assert!(e.message.contains("bad.toml:4"), "{e}");
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_regular_file_is_a_located_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let path = dir.path().join("outpost.toml");
+        std::fs::write(
+            &path,
+            format!("[gateway]\ndata_dir = \"{}\"\n", file.display()),
+        )
+        .unwrap();
+        let e = &load(&path).unwrap_err().0[0];
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("gateway.data_dir", Some(2)),
+            "{e}"
+        );
     }
 
     #[test]

@@ -356,6 +356,9 @@ pub trait Environment {
     fn read_file(&self, path: &Path) -> Result<String, String>;
     /// Whether `path` is a file that can be read (TLS material is loaded later, by the uplink).
     fn is_readable_file(&self, path: &Path) -> bool;
+    /// Whether something other than a directory is at `path` (a folder the daemon would create
+    /// may be missing; a file in its place is a mistake).
+    fn is_non_directory(&self, path: &Path) -> bool;
     /// This machine's host name, the default gateway id.
     fn host_name(&self) -> Option<String>;
     /// Checks a log filter (`info`, `outpost=debug`) against the logger's syntax.
@@ -442,6 +445,14 @@ pub fn compile(
     }
     if raw.gateway.data_dir.as_os_str().is_empty() {
         problem("gateway.data_dir", "must not be empty".into());
+    } else if env.is_non_directory(&raw.gateway.data_dir) {
+        problem(
+            "gateway.data_dir",
+            format!(
+                "{} exists and is not a directory",
+                raw.gateway.data_dir.display()
+            ),
+        );
     }
     let api_listen = raw.api.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
         problem(

@@ -42,6 +42,9 @@ impl Environment for Machine {
     fn is_readable_file(&self, path: &Path) -> bool {
         self.files.contains_key(path)
     }
+    fn is_non_directory(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
     fn host_name(&self) -> Option<String> {
         Some("test-host.local".into())
     }
@@ -146,6 +149,20 @@ fn durations_are_parsed_with_units_and_a_bad_one_is_a_located_error() {
         ("serial[0].reopen_backoff_max", Some(3)),
         "{e}"
     );
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_and_a_missing_one_is_not() {
+    let machine = Machine::default().with_file("/var/lib/outpost", "");
+    let text = "[gateway]\nid = \"a\"\ndata_dir = \"/var/lib/outpost\"\n";
+    let errors = Config::parse(Path::new("/etc/outpost/outpost.toml"), text, &machine)
+        .unwrap_err()
+        .0;
+    let found: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(found, [("gateway.data_dir", Some(3))], "{errors:?}");
+    assert!(errors[0].message.contains("not a directory"));
+    assert!(parse(text).is_ok(), "missing: the daemon creates it");
 }
 
 #[test]
