@@ -64,6 +64,45 @@ fn the_core_crate_depends_on_no_io_crate() {
     );
 }
 
+/// The shipped daemon's dependency tree, as `cargo tree` prints it (crate and version a line).
+fn daemon_tree() -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace())
+        .args([
+            "tree",
+            "-p",
+            "outpost",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_daemon_does_not_carry_rumqttc_s_unused_tls_stack() {
+    // Outpost makes its own TLS link; rumqttc's TLS feature brought rustls-webpki 0.102
+    // (RUSTSEC-2026-0049, -0104) and the unmaintained rustls-pemfile for nothing.
+    let tree = daemon_tree();
+    for line in tree.lines() {
+        assert!(
+            !line.starts_with("rustls-pemfile ") && !line.starts_with("rustls-webpki v0.102"),
+            "in the daemon's tree: {line}"
+        );
+    }
+    assert!(tree.lines().any(|l| l.starts_with("rumqttc ")), "{tree}");
+}
+
 /// What core code may not call: each reads the world instead of being told.
 const FORBIDDEN: &[&str] = &[
     "std::fs",
