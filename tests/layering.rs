@@ -30,27 +30,7 @@ fn workspace() -> PathBuf {
 
 #[test]
 fn the_core_crate_depends_on_no_io_crate() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(workspace())
-        .args([
-            "tree",
-            "-p",
-            "outpost-core",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let tree = String::from_utf8(output.stdout).unwrap();
+    let tree = normal_tree("outpost-core");
     let crates: Vec<&str> = tree
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -64,15 +44,15 @@ fn the_core_crate_depends_on_no_io_crate() {
     );
 }
 
-/// The shipped daemon's dependency tree, as `cargo tree` prints it (crate and version a line).
-fn daemon_tree() -> String {
+/// A package's normal dependency tree, as `cargo tree` prints it (crate and version a line).
+fn normal_tree(package: &str) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace())
         .args([
             "tree",
             "-p",
-            "outpost",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -83,7 +63,7 @@ fn daemon_tree() -> String {
         .expect("cargo runs");
     assert!(
         output.status.success(),
-        "{}",
+        "cargo tree failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
@@ -93,7 +73,7 @@ fn daemon_tree() -> String {
 fn the_daemon_does_not_carry_rumqttc_s_unused_tls_stack() {
     // Outpost makes its own TLS link; rumqttc's TLS feature brought rustls-webpki 0.102
     // (RUSTSEC-2026-0049, -0104) and the unmaintained rustls-pemfile for nothing.
-    let tree = daemon_tree();
+    let tree = normal_tree("outpost");
     for line in tree.lines() {
         assert!(
             !line.starts_with("rustls-pemfile ") && !line.starts_with("rustls-webpki v0.102"),

@@ -126,8 +126,9 @@ fn the_cloud_pulls_every_reading_in_order_and_acknowledges_it() {
     assert_eq!(status["outbox"]["batches"], 0);
 }
 
-#[test]
-fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
+/// A site with one node at 20 Hz sending 60 samples and HTTP pull on, once a batch is sealed;
+/// the oldest batch in the outbox.
+fn one_node_with_a_sealed_batch() -> (Site, u64) {
     let specs = vec![NodeSpec {
         rate_hz: 20.0,
         samples: Some(60),
@@ -135,7 +136,7 @@ fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
     }];
     let mut site = Site::with_config(specs, &pull_config("")).unwrap();
     site.start_gateway().unwrap();
-    let first = wait_for(Duration::from_secs(30), "a sealed batch", || {
+    let oldest = wait_for(Duration::from_secs(30), "a sealed batch", || {
         index(&site, 0)["batches"]
             .as_array()
             .unwrap()
@@ -143,6 +144,12 @@ fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
             .map(|b| b["seq"].as_u64().unwrap())
     })
     .unwrap();
+    (site, oldest)
+}
+
+#[test]
+fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
+    let (site, first) = one_node_with_a_sealed_batch();
     assert_eq!(fetch(&site, first), fetch(&site, first));
 
     assert_eq!(
@@ -205,21 +212,7 @@ fn batches_are_resent_byte_identical_and_only_to_the_token_holder() {
 
 #[test]
 fn an_ack_for_batches_never_served_is_refused_alerted_and_deletes_nothing() {
-    let specs = vec![NodeSpec {
-        rate_hz: 20.0,
-        samples: Some(60),
-        ..NodeSpec::new(0)
-    }];
-    let mut site = Site::with_config(specs, &pull_config("")).unwrap();
-    site.start_gateway().unwrap();
-    let sealed = wait_for(Duration::from_secs(30), "a sealed batch", || {
-        index(&site, 0)["batches"]
-            .as_array()
-            .unwrap()
-            .last()
-            .map(|b| b["seq"].as_u64().unwrap())
-    })
-    .unwrap();
+    let (site, sealed) = one_node_with_a_sealed_batch();
     // Sealed, listed in the index, but never fetched: the cloud cannot have it.
     let (status, body) = ack(&site, sealed);
     assert_eq!(status, 409, "{body}");
