@@ -42,6 +42,10 @@ pub enum TransportError {
     /// The reply was a valid frame of the wrong kind for the request.
     #[error("unexpected reply {0:?}")]
     UnexpectedResponse(Box<Response>),
+    /// A reply of the right kind carrying more values than were asked for (a short one is left
+    /// to the decoder, which names the points it cannot serve).
+    #[error("reply carries {got} values for a request of {asked}")]
+    Oversized { asked: u16, got: usize },
     /// An RTU response that arrived damaged or did not match the request: CRC, unit, function,
     /// length (the line works, but the frame is unusable).
     #[error("bad frame: {0}")]
@@ -59,7 +63,7 @@ impl TransportError {
             TransportError::Timeout(_) => Failure::Timeout,
             TransportError::NotSent => Failure::NotSent,
             TransportError::Frame(RtuError::CrcMismatch { .. }) => Failure::Crc,
-            TransportError::Frame(_) => Failure::Frame,
+            TransportError::Frame(_) | TransportError::Oversized { .. } => Failure::Frame,
             TransportError::Connect(_)
             | TransportError::Io(_)
             | TransportError::Protocol(_)

@@ -193,11 +193,29 @@ impl ModbusDevice {
         let data = match (request.table(), response) {
             (Table::Coil, Response::ReadCoils(mut bits))
             | (Table::DiscreteInput, Response::ReadDiscreteInputs(mut bits)) => {
+                // More than the padding: the reply is to some other request (a stale reply, a
+                // confused bridge), so none of it is trusted.
+                if bits.len() > usize::from(quantity).div_ceil(8) * 8 {
+                    self.context = None;
+                    return Err(TransportError::Oversized {
+                        asked: quantity,
+                        got: bits.len(),
+                    });
+                }
                 bits.truncate(usize::from(quantity));
                 Data::Bits(bits)
             }
             (Table::Holding, Response::ReadHoldingRegisters(words))
-            | (Table::Input, Response::ReadInputRegisters(words)) => Data::Words(words),
+            | (Table::Input, Response::ReadInputRegisters(words)) => {
+                if words.len() > usize::from(quantity) {
+                    self.context = None;
+                    return Err(TransportError::Oversized {
+                        asked: quantity,
+                        got: words.len(),
+                    });
+                }
+                Data::Words(words)
+            }
             (_, other) => {
                 self.context = None;
                 return Err(TransportError::UnexpectedResponse(Box::new(other)));
