@@ -333,6 +333,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The store writer holds one for good; SQLite readers and file work share the rest
+        // (more reads wait for a thread). packaging/outpost.service's TasksMax=64 counts on it.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
