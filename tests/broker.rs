@@ -142,6 +142,9 @@ impl Pki {
             params.distinguished_name.push(DnType::CommonName, identity);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             self.issue(params, identity)?;
+            // The gateway refuses a private key others can read.
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&files.key, fs::Permissions::from_mode(0o600))?;
         }
         Ok(files)
     }

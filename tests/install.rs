@@ -436,6 +436,10 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
         ("ProtectSystem", "strict"),
         ("CapabilityBoundingSet", ""),
         ("DevicePolicy", "closed"),
+        ("LimitNOFILE", "4096"),
+        ("MemoryHigh", "192M"),
+        ("MemoryMax", "256M"),
+        ("TasksMax", "64"),
         (
             "ExecStart",
             "/usr/bin/outpost run --config /etc/outpost/outpost.toml",
@@ -489,6 +493,96 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
     assert!(
         install_doc().contains(&documented),
         "docs/install.md does not record `{documented}`:\n{security}"
+    );
+}
+
+/// `systemd-analyze security --offline=yes` on `unit` (its ExecStart need not exist): the
+/// overall score and the whole table.
+fn exposure(unit: &Path) -> (f64, String) {
+    let security = stdout(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(unit),
+    );
+    let score = security
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .and_then(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no overall score in:\n{security}"));
+    (score, security)
+}
+
+/// The resource limits of the daemon's unit and the address allow list of the update agent's,
+/// as written (systemd-analyze reads them back) and as scored: neither unit's exposure goes up,
+/// and each score is the one the docs record. The booted install test checks they are in
+/// force on the running daemon.
+#[test]
+fn the_units_carry_their_limits_and_the_update_agent_reaches_only_local_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let staged = |name: &str| {
+        let text = std::fs::read_to_string(repo().join("packaging").join(name)).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        (text, path)
+    };
+    let (daemon, daemon_path) = staged("outpost.service");
+    for line in [
+        "LimitNOFILE=4096",
+        "MemoryHigh=192M",
+        "MemoryMax=256M",
+        "TasksMax=64",
+    ] {
+        assert!(
+            daemon.lines().any(|l| l == line),
+            "outpost.service lacks {line}"
+        );
+    }
+    let (agent, agent_path) = staged("outpost-update.service");
+    assert!(agent.lines().any(|l| l == "IPAddressDeny=any"), "{agent}");
+    let allowed = agent
+        .lines()
+        .find_map(|l| l.strip_prefix("IPAddressAllow="))
+        .expect("outpost-update.service has an IPAddressAllow=");
+    let allowed: BTreeSet<&str> = allowed.split_whitespace().collect();
+    for needed in [
+        "localhost",
+        "link-local",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+    ] {
+        assert!(
+            allowed.contains(needed),
+            "the health probe needs {needed}: {allowed:?}"
+        );
+    }
+    assert!(
+        !allowed.contains("any") && !allowed.contains("0.0.0.0/0"),
+        "{allowed:?}"
+    );
+
+    let (score, table) = exposure(&daemon_path);
+    eprintln!("outpost.service: {score}");
+    assert!(
+        score <= 1.3,
+        "outpost.service's exposure went up to {score}:\n{table}"
+    );
+    let (score, table) = exposure(&agent_path);
+    eprintln!("outpost-update.service: {score}");
+    assert!(
+        score <= 3.3,
+        "outpost-update.service's exposure is {score}:\n{table}"
+    );
+    assert!(
+        table.contains("✗ IPAddressDeny=") && table.contains("non-localhost entries"),
+        "the allow list is not seen as one:\n{table}"
+    );
+    let self_update = std::fs::read_to_string(repo().join("docs/self-update.md")).unwrap();
+    assert!(
+        self_update.contains(&format!(
+            "`systemd-analyze security --offline=yes`: **{score} OK**"
+        )),
+        "docs/self-update.md does not record {score} for outpost-update.service"
     );
 }
 
@@ -599,6 +693,9 @@ put groups "$(for g in $(awk '$1 == "Groups:" { $1 = ""; print }' /proc/$pid/sta
 put update_path "$(systemctl is-enabled outpost-update.path) $(systemctl is-active outpost-update.path)"
 put update_agent "$(systemctl is-active outpost-update.service)"
 put state_dir "$(stat -c '%U:%G %a' /var/lib/outpost)"
+# The resource limits in force: on the process, and on its cgroup.
+put nofile "$(awk '/^Max open files/ { print $4, $5 }' /proc/$pid/limits)"
+put cgroup_limits "memory.high=$(prop MemoryHigh) memory.max=$(prop MemoryMax) tasks.max=$(prop TasksMax)"
 # Mount options as the service sees them: the system read-only, its writable places noexec.
 for mount in / /var/lib/outpost /tmp; do
     put "mount:$mount" "$(awk -v m="$mount" '$5 == m { o = $6 } END { print o }' /proc/$pid/mountinfo)"
@@ -755,6 +852,20 @@ fn the_installed_service_runs_hardened_and_keeps_an_edited_conffile_across_upgra
     let groups: BTreeSet<&str> = get("groups").split_whitespace().collect();
     assert_eq!(groups, BTreeSet::from(["dialout", "outpost"]), "{context}");
     assert_eq!(get("state_dir"), "outpost:outpost 750", "{context}");
+    assert_eq!(
+        get("nofile"),
+        "4096 4096",
+        "soft and hard open files\n{context}"
+    );
+    assert_eq!(
+        get("cgroup_limits"),
+        format!(
+            "memory.high={} memory.max={} tasks.max=64",
+            192 * 1024 * 1024,
+            256 * 1024 * 1024
+        ),
+        "{context}"
+    );
     // The self-update trigger armed; the agent itself idle until an artifact comes.
     assert_eq!(get("update_path"), "enabled active", "{context}");
     assert_eq!(get("update_agent"), "inactive", "{context}");

@@ -621,3 +621,99 @@ fn outpost_sign_signs_and_verifies_and_refuses_the_wrong_role() {
         .unwrap();
     assert!(String::from_utf8_lossy(&loose.stderr).contains("chmod 600"));
 }
+
+#[test]
+fn outpost_sign_writes_an_expiry_and_a_floor_and_an_expired_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sign_tool = || Command::new(outpost_e2e::bin("outpost-sign"));
+    run(sign_tool()
+        .args(["keygen", "--role", "firmware", "--out"])
+        .arg(dir.path()));
+    let key = dir.path().join("firmware.key");
+    let pubkey = dir.path().join("firmware.pub");
+    let image = dir.path().join("node-fw-1.3.0.bin");
+    std::fs::write(&image, b"firmware image bytes").unwrap();
+    let sign = |extra: &[&str]| {
+        sign_tool()
+            .args([
+                "sign",
+                "--package",
+                "outpost-node",
+                "--artifact-version",
+                "1.3.0",
+            ])
+            .args(["--arch", "rp2040", "--key"])
+            .arg(&key)
+            .args(extra)
+            .arg(&image)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let verify = || {
+        sign_tool()
+            .args(["verify", "--role", "firmware", "--pubkey"])
+            .arg(&pubkey)
+            .arg(&image)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let manifest = || std::fs::read_to_string(dir.path().join("node-fw-1.3.0.bin.sig")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // The defaults: the floor is the artifact's version, valid for 30 days.
+    let signed = sign(&[]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let text = manifest();
+    assert!(text.starts_with("outpost-manifest 2\n"), "{text}");
+    assert!(text.contains("\nfloor 1.3.0\n"), "{text}");
+    let expires: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("expires "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let month = 30 * 24 * 3600;
+    assert!(
+        (now + month..=now + month + 60).contains(&expires),
+        "{expires}"
+    );
+    assert!(verify().status.success());
+
+    // Given: a lower floor and an RFC 3339 expiry.
+    let signed = sign(&["--floor", "1.1.0", "--expires", "2099-01-01T00:00:00Z"]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        manifest().contains("\nfloor 1.1.0\nexpires 4070908800\n"),
+        "{}",
+        manifest()
+    );
+
+    // Already expired: not signed at all. Expired since: refused by verify.
+    let past = sign(&["--expires", "1000000000"]);
+    assert!(!past.status.success());
+    assert!(String::from_utf8_lossy(&past.stderr).contains("already have expired"));
+    let signed = sign(&["--valid-for", "1s"]);
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = verify();
+    let stderr = String::from_utf8_lossy(&expired.stderr);
+    assert!(!expired.status.success());
+    assert!(stderr.contains("the manifest expired at"), "{stderr}");
+}

@@ -231,6 +231,122 @@ fn an_invalid_config_exits_non_zero_naming_file_line_and_key() {
 }
 
 #[test]
+fn a_secret_file_others_can_read_is_refused_by_check_and_an_inline_token_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let ca = file("ca.pem", "ca", 0o644);
+    let cert = file("gw.pem", "certificate", 0o644);
+    let key = file("gw.key", "private key", 0o644);
+    let config = file(
+        "outpost.toml",
+        &format!(
+            "[gateway]\nid = \"site-1\"\ndata_dir = \"{}\"\n\n[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            ca.display(),
+            cert.display(),
+            key.display()
+        ),
+        0o644,
+    );
+    let check = || {
+        Command::new(bin("outpost"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The installer's mistake: the key as a certificate is, 0644.
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let located = format!("{}:9: key `uplink.mqtt.key_file`: ", config.display());
+    assert!(stderr.contains(&located), "{stderr}");
+    assert!(stderr.contains("(mode 0644)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 0600 {}", key.display())),
+        "{stderr}"
+    );
+    // Fixed as the message says: accepted.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+
+    // A pull token file others can read: refused; an inline token: a warning, located.
+    let token = file("pull.token", "0123456789abcdef0123\n", 0o604);
+    let base = format!(
+        "[gateway]\nid = \"site-1\"\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{}\"\n",
+        dir.path().join("data").display(),
+        free_port()
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{base}[uplink.pull]\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(":7: key `uplink.pull.token_file`") && stderr.contains("(mode 0604)"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        format!("{base}[uplink.pull]\ntoken = \"0123456789abcdef0123\"\n"),
+    )
+    .unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "warning: {}:7: key `uplink.pull.token`: a secret written into the configuration",
+            config.display()
+        )),
+        "{stdout}"
+    );
+    // The daemon logs the same warning when it starts.
+    // (Outside the journal it logs as text to standard output.)
+    let log = dir.path().join("daemon.log");
+    let output = std::fs::File::create(&log).unwrap();
+    let mut daemon = Proc::spawn(
+        "outpost",
+        Command::new(bin("outpost"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(output.try_clone().unwrap())
+            .stderr(output),
+    )
+    .unwrap();
+    let logged = wait_for(Duration::from_secs(30), "the configuration warning", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("Configuration warning").then_some(text)
+    });
+    daemon.terminate(Duration::from_secs(10)).unwrap();
+    let logged = logged.unwrap();
+    assert!(logged.contains("uplink.pull.token"), "{logged}");
+}
+
+#[test]
 fn the_demo_runs_a_simulated_site_and_cleans_up_on_ctrl_c() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut cmd = Command::new(bin("outpost"));

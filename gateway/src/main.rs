@@ -220,7 +220,10 @@ async fn check(config: Option<PathBuf>, self_test: bool) -> anyhow::Result<()> {
         (None, true) => None,
     };
     if let Some(config) = config {
-        config_files::load(&config).map_err(anyhow::Error::new)?;
+        let loaded = config_files::load(&config).map_err(anyhow::Error::new)?;
+        for warning in &loaded.warnings {
+            println!("warning: {warning}");
+        }
         println!("{}: ok", config.display());
     }
     if self_test {
@@ -243,6 +246,9 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     init_tracing(&config.log_level);
     tracing::info!(message = "Outpost starting.", version = env!("CARGO_PKG_VERSION"),
         gateway_id = %config.gateway_id, ports = config.serial.len());
+    for warning in &config.warnings {
+        tracing::warn!(message = "Configuration warning.", %warning);
+    }
     systemd::status("starting: opening the store");
     let shutdown = shutdown_on_signal();
     let stopping = shutdown.clone();
@@ -327,6 +333,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The store writer holds one for good; SQLite readers and file work share the rest
+        // (more reads wait for a thread). packaging/outpost.service's TasksMax=64 counts on it.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {

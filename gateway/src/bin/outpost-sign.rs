@@ -10,7 +10,9 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
-use outpost_core::update::signing::{Artifact, Found, PublicKey, Role, SignedManifest, SigningKey};
+use outpost_core::update::signing::{
+    Artifact, Found, PublicKey, Role, SignedManifest, SigningKey, Validity,
+};
 use rand::TryRngCore as _;
 use sha2::{Digest as _, Sha256};
 
@@ -51,6 +53,17 @@ enum Cmd {
         /// The architecture or board [default for a .deb: its Architecture field].
         #[arg(long)]
         arch: Option<String>,
+        /// The lowest version a gateway accepts once it verified this manifest (anti-rollback;
+        /// at most the artifact's version) [default: the artifact's version].
+        #[arg(long)]
+        floor: Option<String>,
+        /// How long the manifest is valid from now (30 days when neither this nor --expires is
+        /// given): an artifact delivered after that is refused.
+        #[arg(long, value_parser = duration, conflicts_with = "expires")]
+        valid_for: Option<std::time::Duration>,
+        /// When the manifest expires, as RFC 3339 (`2027-01-31T00:00:00Z`) or Unix seconds.
+        #[arg(long, value_parser = expiry)]
+        expires: Option<u64>,
         artifact: PathBuf,
     },
     /// Verify ARTIFACT against ARTIFACT.sig and trusted public keys; prints the manifest.
@@ -77,8 +90,23 @@ fn main() -> ExitCode {
             package,
             version,
             arch,
+            floor,
+            valid_for,
+            expires,
             artifact,
-        } => sign(&key, package, version, arch, &artifact),
+        } => {
+            let now = now_unix_s();
+            let expires_unix_s = expires.unwrap_or_else(|| {
+                now + valid_for.map_or(Validity::DEFAULT_VALID_FOR_S, |d| d.as_secs())
+            });
+            sign(
+                &key,
+                [package, version, arch],
+                floor,
+                expires_unix_s,
+                &artifact,
+            )
+        }
         Cmd::Verify {
             pubkey,
             role,
@@ -93,6 +121,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn expiry(text: &str) -> Result<u64, String> {
+    if let Ok(unix_s) = text.parse::<u64>() {
+        return Ok(unix_s);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{e} (give RFC 3339, e.g. 2027-01-31T00:00:00Z, or Unix seconds)"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| "before 1970".into())
+}
+
+fn now_unix_ms() -> i64 {
+    outpost::io::wall_clock::unix_ms()
+}
+
+fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn keygen(role: Role, out: &Path) -> anyhow::Result<()> {
@@ -126,11 +179,12 @@ fn keygen(role: Role, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Signs `artifact`; `[package, version, arch]` default to a .deb's control fields.
 fn sign(
     key_path: &Path,
-    package: Option<String>,
-    version: Option<String>,
-    arch: Option<String>,
+    [package, version, arch]: [Option<String>; 3],
+    floor: Option<String>,
+    expires_unix_s: u64,
     artifact: &Path,
 ) -> anyhow::Result<()> {
     let mode = std::fs::metadata(key_path)
@@ -166,19 +220,32 @@ fn sign(
         architecture: pick(arch, 2, "arch")?,
     };
     artifact_facts.check()?;
-    let signed = key.sign(artifact_facts);
+    ensure!(
+        expires_unix_s > now_unix_s(),
+        "the manifest would already have expired ({expires_unix_s} Unix seconds)"
+    );
+    let validity = Validity {
+        floor: floor.unwrap_or_else(|| artifact_facts.version.clone()),
+        expires_unix_s,
+    };
+    validity.check()?;
+    let signed = key.sign(artifact_facts, validity);
     let sig = sig_path(artifact);
     std::fs::write(&sig, signed.emit())
         .with_context(|| format!("cannot write {}", sig.display()))?;
     let m = signed.manifest();
     println!(
-        "{}: {} {} {} signed for {} by key {}",
+        "{}: {} {} {} signed for {} by key {}, floor {}, expires {}",
         sig.display(),
         m.artifact.package,
         m.artifact.version,
         m.artifact.architecture,
         m.role,
-        m.key
+        m.key,
+        m.validity.floor,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.validity.expires_unix_s)
+        ),
     );
     Ok(())
 }
@@ -200,7 +267,7 @@ fn verify(
     let signed = SignedManifest::parse(&bytes).with_context(|| format!("{}", sig.display()))?;
     let found = hash_file(artifact)?;
     let manifest = signed
-        .verify(&trusted, role, &found)
+        .verify(&trusted, role, &found, now_unix_ms())
         .with_context(|| format!("{} is not trusted", artifact.display()))?;
     print!("{}", manifest.signed_bytes());
     println!("verified: signed for {role} by key {}", manifest.key);

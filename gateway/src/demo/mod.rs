@@ -89,6 +89,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         mqtt: None,
         log_level: "info".into(),
         modbus: ModbusConfig::default(),
+        warnings: Vec::new(),
     };
     let mut config = config;
     if options.modbus {

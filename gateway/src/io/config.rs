@@ -1,12 +1,13 @@
 //! Reading the configuration: `/etc/outpost/outpost.toml`, its drop-ins `outpost.d/*.toml` (in
 //! name order) and the files it names (Modbus maps, a token file). The compiling itself, with
 //! every problem located by file, line and key, is `outpost_core::config`'s; this adapter only
-//! reads files and answers its [`Environment`] from this machine.
+//! reads files and answers its [`Environment`] from this machine (for a secret file: its mode,
+//! owner and group, which the core judges).
 
 use std::path::{Path, PathBuf};
 
 use outpost_core::config::dropin::{self, Layer};
-use outpost_core::config::{Config, ConfigError, ConfigErrors, Environment};
+use outpost_core::config::{Config, ConfigError, ConfigErrors, Environment, FileAccess, Principal};
 
 /// The configuration read when none is given.
 pub const DEFAULT_PATH: &str = "/etc/outpost/outpost.toml";
@@ -39,6 +40,36 @@ impl Environment for ThisMachine {
             .parse(filter)
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    fn file_access(&self, path: &Path) -> Result<FileAccess, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", path.display()));
+        }
+        let owner = nix::unistd::Uid::from_raw(meta.uid());
+        let group = nix::unistd::Gid::from_raw(meta.gid());
+        Ok(FileAccess {
+            mode: meta.mode() & 0o7777,
+            owner: Principal {
+                id: meta.uid(),
+                name: nix::unistd::User::from_uid(owner)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name),
+                is_self: owner == nix::unistd::geteuid(),
+            },
+            group: Principal {
+                id: meta.gid(),
+                name: nix::unistd::Group::from_gid(group)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name),
+                is_self: group == nix::unistd::getegid(),
+            },
+        })
     }
 }
 

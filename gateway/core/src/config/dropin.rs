@@ -161,7 +161,7 @@ pub fn parse_layers(
             }])
         })?;
     // Stage two.
-    compile(raw, config_dir, env).map_err(|problems: Vec<Problem>| {
+    let mut config = compile(raw, config_dir, env).map_err(|problems: Vec<Problem>| {
         ConfigErrors(
             problems
                 .into_iter()
@@ -176,5 +176,12 @@ pub fn parse_layers(
                 })
                 .collect(),
         )
-    })
+    })?;
+    for warning in &mut config.warnings {
+        let (layer, own, line) = locate(&warning.key);
+        warning.file = layers[layer].path.clone();
+        warning.line = line;
+        warning.key = own;
+    }
+    Ok(config)
 }

@@ -255,6 +255,9 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub log_level: String,
     pub modbus: modbus::ModbusConfig,
+    /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
+    /// each at start and `outpost check` prints them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Which acknowledgement lets a batch leave the outbox.
@@ -328,6 +331,80 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Who may use a file, as the file system says: what [`Environment::check_secret_file`] judges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileAccess {
+    /// The permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub owner: Principal,
+    pub group: Principal,
+}
+
+/// A file's owner or group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: u32,
+    /// Its name on this machine, when it has one.
+    pub name: Option<String>,
+    /// Whether it is the user (or group) this process runs as.
+    pub is_self: bool,
+}
+
+impl Principal {
+    /// Root, the service account (`outpost`, whose group holds that user alone), or whoever
+    /// runs this (the daemon itself, or root running `outpost check`): nobody else may read a
+    /// secret.
+    fn is_trusted(&self) -> bool {
+        self.id == 0 || self.is_self || self.name.as_deref() == Some(SERVICE_ACCOUNT)
+    }
+
+    fn describe(&self, what: &str) -> String {
+        match &self.name {
+            Some(name) => format!("{what} {name}"),
+            None => format!("{what} id {}", self.id),
+        }
+    }
+}
+
+/// The service's user and group (`User=`/`Group=` in packaging/outpost.service). The package
+/// creates the group with the service user alone in it, so `root:outpost 0640` is as private
+/// as `outpost 0600`.
+pub const SERVICE_ACCOUNT: &str = "outpost";
+
+/// Whether a file with `access` may hold a secret (a private key, a token): `Err` says who else
+/// can read or change it and how to fix it. The one rule for every secret file the
+/// configuration names; see [`Environment::check_secret_file`].
+pub fn judge_secret_file(path: &Path, access: &FileAccess) -> Result<(), String> {
+    let (mode, p) = (access.mode & 0o7777, path.display());
+    let private = "a secret must be readable by root and the outpost service alone";
+    let fix =
+        format!("fix: chown outpost {p} && chmod 0600 {p} (or chown root:outpost and chmod 0640)");
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{p} is readable or writable by every user on this machine (mode {mode:04o}): {private}; {fix}"
+        ));
+    }
+    if !access.owner.is_trusted() {
+        return Err(format!(
+            "{p} belongs to {} (mode {mode:04o}), who can read it and change its mode: {private}; {fix}",
+            access.owner.describe("user")
+        ));
+    }
+    if mode & 0o070 != 0 && !access.group.is_trusted() {
+        return Err(format!(
+            "{p} is readable or writable by {} (mode {mode:04o}): {private}; {fix}",
+            access.group.describe("group")
+        ));
+    }
+    if mode & 0o020 != 0 {
+        return Err(format!(
+            "{p} is writable by {} (mode {mode:04o}): the service must not be able to replace its own secret; fix: chmod g-w {p}",
+            access.group.describe("group")
+        ));
+    }
+    Ok(())
+}
+
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -363,6 +440,36 @@ pub trait Environment {
     fn host_name(&self) -> Option<String>;
     /// Checks a log filter (`info`, `outpost=debug`) against the logger's syntax.
     fn check_log_filter(&self, filter: &str) -> Result<(), String>;
+    /// Who may use the regular file at `path` (links followed: what the daemon will open), or
+    /// why it cannot be looked at.
+    fn file_access(&self, path: &Path) -> Result<FileAccess, String>;
+
+    /// Checks a file that holds a secret (a private key, a token): a regular file that only
+    /// root and the service can read ([`judge_secret_file`]). Every secret file the
+    /// configuration names goes through here (or [`Environment::secret_file`]).
+    fn check_secret_file(&self, path: &Path) -> Result<(), String> {
+        judge_secret_file(path, &self.file_access(path)?)
+    }
+
+    /// The text of a secret file, once [`Environment::check_secret_file`] accepted it.
+    fn secret_file(&self, path: &Path) -> Result<String, String> {
+        self.check_secret_file(path)?;
+        self.read_file(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+/// Warns of a secret written into a configuration file (key `key`), which is world-readable
+/// (`0644`) so that `outpost check` works for everyone; `file_key` is where it belongs.
+pub fn inline_secret_warning(key: &str, file_key: &str) -> Problem {
+    Problem {
+        key: key.to_owned(),
+        message: format!(
+            "a secret written into the configuration, which every user on this machine can \
+             read: put it in a file named by `{file_key}` instead (mode 0600 owner outpost, or \
+             0640 root:outpost)"
+        ),
+    }
 }
 
 impl Config {
@@ -370,7 +477,15 @@ impl Config {
     /// names by a relative path are taken from its folder.
     pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        parse_two_stage(path, text, |raw| compile(raw, dir, env))
+        let mut config = parse_two_stage(path, text, |raw| compile(raw, dir, env))?;
+        if let Ok(table) = DeTable::parse(text) {
+            let doc = Document { path, text };
+            for warning in &mut config.warnings {
+                warning.file = path.to_owned();
+                warning.line = doc.line_of_key(&table, &warning.key);
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -421,6 +536,7 @@ pub fn compile(
     env: &dyn Environment,
 ) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
+    let mut warnings: Vec<Problem> = Vec::new();
     let mut problem = |key: &str, message: String| {
         problems.push(Problem {
             key: key.to_owned(),
@@ -541,14 +657,17 @@ pub fn compile(
             );
             None
         }
-        (Some(token), None) => Some(token),
-        (None, Some(file)) => match env.read_file(&file) {
+        (Some(token), None) => {
+            warnings.push(inline_secret_warning(
+                "uplink.pull.token",
+                "uplink.pull.token_file",
+            ));
+            Some(token)
+        }
+        (None, Some(file)) => match env.secret_file(&file) {
             Ok(token) => Some(token.trim().to_owned()),
             Err(e) => {
-                problem(
-                    "uplink.pull.token_file",
-                    format!("cannot read {}: {e}", file.display()),
-                );
+                problem("uplink.pull.token_file", e);
                 None
             }
         },
@@ -598,17 +717,21 @@ pub fn compile(
         if !(1..=64).contains(&m.max_unacked) {
             problem("uplink.mqtt.max_unacked", "must be between 1 and 64".into());
         }
-        for (key, path) in [
-            ("ca_file", &m.ca_file),
-            ("cert_file", &m.cert_file),
-            ("key_file", &m.key_file),
-        ] {
+        for (key, path) in [("ca_file", &m.ca_file), ("cert_file", &m.cert_file)] {
             if !env.is_readable_file(path) {
                 problem(
                     &format!("uplink.mqtt.{key}"),
                     format!("{} is not a readable file", path.display()),
                 );
             }
+        }
+        if !env.is_readable_file(&m.key_file) {
+            problem(
+                "uplink.mqtt.key_file",
+                format!("{} is not a readable file", m.key_file.display()),
+            );
+        } else if let Err(e) = env.check_secret_file(&m.key_file) {
+            problem("uplink.mqtt.key_file", e);
         }
         MqttConfig {
             host,
@@ -652,6 +775,15 @@ pub fn compile(
             mqtt,
             log_level: raw.log.level,
             modbus,
+            warnings: warnings
+                .into_iter()
+                .map(|w| ConfigError {
+                    file: PathBuf::new(),
+                    line: None,
+                    key: w.key,
+                    message: w.message,
+                })
+                .collect(),
         })
     } else {
         Err(problems)

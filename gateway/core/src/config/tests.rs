@@ -7,12 +7,26 @@ use super::*;
 #[derive(Default)]
 pub(crate) struct Machine {
     files: HashMap<PathBuf, String>,
+    /// Each file's mode and owner:group (`0o600`, `outpost:outpost` unless set).
+    access: HashMap<PathBuf, (u32, &'static str, &'static str)>,
 }
 
 impl Machine {
     pub(crate) fn with_file(mut self, path: impl Into<PathBuf>, text: &str) -> Machine {
         self.files.insert(path.into(), text.to_owned());
         self
+    }
+
+    /// A file with its mode and owner and group names.
+    pub(crate) fn with_secret(
+        mut self,
+        path: &str,
+        text: &str,
+        mode: u32,
+        (owner, group): (&'static str, &'static str),
+    ) -> Machine {
+        self.access.insert(path.into(), (mode, owner, group));
+        self.with_file(path, text)
     }
 
     /// `/etc/outpost/devices/*`: the catalogue maps shipped in config/devices/.
@@ -54,6 +68,34 @@ impl Environment for Machine {
         } else {
             Ok(())
         }
+    }
+    fn file_access(&self, path: &Path) -> Result<FileAccess, String> {
+        if !self.files.contains_key(path) {
+            return Err(format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                path.display()
+            ));
+        }
+        let (mode, owner, group) = self
+            .access
+            .get(path)
+            .copied()
+            .unwrap_or((0o600, "outpost", "outpost"));
+        // The test runs as neither: only names and root's id make a principal trusted here.
+        let principal = |name: &str| Principal {
+            id: if name == "root" {
+                0
+            } else {
+                1000 + name.len() as u32
+            },
+            name: Some(name.to_owned()),
+            is_self: false,
+        };
+        Ok(FileAccess {
+            mode,
+            owner: principal(owner),
+            group: principal(group),
+        })
     }
 }
 
@@ -414,5 +456,129 @@ fn a_problem_in_a_drop_in_is_located_in_that_file() {
         (e.key.as_str(), e.line),
         ("store.commit_interval", Some(2)),
         "{e}"
+    );
+}
+
+const MQTT: &str = "[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"/etc/outpost/ca.pem\"\ncert_file = \"/etc/outpost/gw.pem\"\nkey_file = \"/etc/outpost/gw.key\"\n";
+
+/// The TLS files of [`MQTT`], the key with `mode` and `owner`.
+fn tls_machine(mode: u32, owner: (&'static str, &'static str)) -> Machine {
+    Machine::default()
+        .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
+        .with_secret("/etc/outpost/gw.pem", "cert", 0o644, ("root", "root"))
+        .with_secret("/etc/outpost/gw.key", "key", mode, owner)
+}
+
+#[test]
+fn a_private_key_others_can_read_is_a_located_error_with_its_mode_and_the_fix() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    for (mode, owner) in [
+        (0o644, ("outpost", "outpost")),
+        (0o604, ("root", "outpost")),
+        (0o640, ("root", "adm")),
+        (0o600, ("pi", "pi")),
+        (0o660, ("root", "outpost")),
+    ] {
+        let errors = Config::parse(path, MQTT, &tls_machine(mode, owner))
+            .expect_err("a secret others can read or change is refused")
+            .0;
+        assert_eq!(errors.len(), 1, "{mode:o} {owner:?}: {errors:?}");
+        let e = &errors[0];
+        assert_eq!(
+            (e.file.as_path(), e.key.as_str(), e.line),
+            (path, "uplink.mqtt.key_file", Some(5)),
+            "{e}"
+        );
+        assert!(e.message.contains(&format!("(mode {mode:04o})")), "{e}");
+        assert!(
+            e.message.contains("chmod 0600 /etc/outpost/gw.key") || e.message.contains("chmod g-w"),
+            "{e}"
+        );
+    }
+    // Group adm, world: the message says who.
+    let e = &Config::parse(path, MQTT, &tls_machine(0o640, ("root", "adm")))
+        .unwrap_err()
+        .0[0];
+    assert!(e.message.contains("group adm"), "{e}");
+}
+
+#[test]
+fn a_private_key_for_the_service_alone_is_accepted() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    for (mode, owner) in [
+        (0o600, ("outpost", "outpost")),
+        (0o400, ("outpost", "root")),
+        (0o600, ("root", "root")),
+        (0o640, ("root", "outpost")),
+        (0o440, ("root", "outpost")),
+    ] {
+        let config = Config::parse(path, MQTT, &tls_machine(mode, owner));
+        assert!(config.is_ok(), "{mode:o} {owner:?}: {config:?}");
+        assert!(config.unwrap().warnings.is_empty());
+    }
+}
+
+#[test]
+fn a_token_file_others_can_read_is_refused_and_an_inline_token_is_a_located_warning() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let text = "[uplink.pull]\ntoken_file = \"/etc/outpost/pull.token\"\n";
+    let token = "0123456789abcdef0123\n";
+    let open =
+        Machine::default().with_secret("/etc/outpost/pull.token", token, 0o644, ("root", "root"));
+    let e = &Config::parse(path, text, &open).unwrap_err().0[0];
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("uplink.pull.token_file", Some(2))
+    );
+    assert!(
+        e.message.contains("every user") && e.message.contains("0644"),
+        "{e}"
+    );
+    let private = Machine::default().with_secret(
+        "/etc/outpost/pull.token",
+        token,
+        0o640,
+        ("root", "outpost"),
+    );
+    let config = Config::parse(path, text, &private).unwrap();
+    assert_eq!(config.pull_token.as_deref(), Some("0123456789abcdef0123"));
+    assert!(config.warnings.is_empty());
+    // Inline: accepted, with a warning located like an error.
+    let config = parse("[api]\n\n[uplink.pull]\ntoken = \"0123456789abcdef0123\"\n").unwrap();
+    assert_eq!(config.pull_token.as_deref(), Some("0123456789abcdef0123"));
+    let [w] = config.warnings.as_slice() else {
+        panic!("{:?}", config.warnings)
+    };
+    assert_eq!(
+        (w.file.as_path(), w.key.as_str(), w.line),
+        (path, "uplink.pull.token", Some(4))
+    );
+    assert!(w.message.contains("`uplink.pull.token_file`"), "{w}");
+}
+
+#[test]
+fn an_inline_token_in_a_drop_in_is_warned_of_in_that_file() {
+    let layers = [
+        dropin::Layer {
+            path: "/etc/outpost/outpost.toml".into(),
+            text: "[api]\n".into(),
+        },
+        dropin::Layer {
+            path: "/etc/outpost/outpost.d/50-pull.toml".into(),
+            text: "\n[uplink.pull]\ntoken = \"0123456789abcdef0123\"\n".into(),
+        },
+    ];
+    let config =
+        dropin::parse_layers(&layers, Path::new("/etc/outpost"), &Machine::default()).unwrap();
+    let [w] = config.warnings.as_slice() else {
+        panic!("{:?}", config.warnings)
+    };
+    assert_eq!(
+        (w.file.as_path(), w.key.as_str(), w.line),
+        (
+            Path::new("/etc/outpost/outpost.d/50-pull.toml"),
+            "uplink.pull.token",
+            Some(3)
+        )
     );
 }

@@ -28,7 +28,7 @@
 //! # Manifest (`ARTIFACT.sig`)
 //!
 //! ```text
-//! outpost-manifest 1             format and version (also separates the signed bytes' domain)
+//! outpost-manifest 2             format and version (also separates the signed bytes' domain)
 //! role gateway-update
 //! key 1f0c9a2e4b7d3c55           the signing key's id
 //! file outpost_0.2.0-1_arm64.deb the artifact's file name
@@ -37,8 +37,18 @@
 //! package outpost
 //! version 0.2.0-1
 //! architecture arm64
+//! floor 0.2.0-1                  the lowest version to accept from now on (anti-rollback)
+//! expires 1798761600             Unix seconds after which the manifest is refused
 //! signature <128 hex>            Ed25519 over every byte above this line
 //! ```
+//!
+//! # Replay: expiry and floor ([`Validity`])
+//!
+//! A signature alone never goes stale: a superseded package (1.2, with a known flaw, after 1.3
+//! was published) would stay installable forever on a unit still on 1.1. So every manifest
+//! carries an expiry (checked against the verifier's wall clock, [`SignedManifest::verify`])
+//! and a version floor, which the update agent keeps (the highest it has verified) and holds
+//! every later artifact to, whatever its expiry. Format 1, which had neither, is refused.
 //!
 //! Canonical form only: lowercase hex, decimal without leading zeros, `\n` line ends, no extra
 //! whitespace or lines. A parsed manifest is emitted again and must equal the input byte for
@@ -208,13 +218,15 @@ impl SigningKey {
         Ok(key)
     }
 
-    /// Signs an artifact's facts: the manifest takes this key's role and id.
+    /// Signs an artifact's facts and how long they hold: the manifest takes this key's role and
+    /// id.
     #[must_use]
-    pub fn sign(&self, artifact: Artifact) -> SignedManifest {
+    pub fn sign(&self, artifact: Artifact, validity: Validity) -> SignedManifest {
         let manifest = Manifest {
             role: self.role,
             key: self.public().id(),
             artifact,
+            validity,
         };
         let signature = self.key.sign(manifest.signed_bytes().as_bytes());
         SignedManifest {
@@ -350,9 +362,7 @@ impl Artifact {
         check_token("package", &self.package, |c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '+' | '-')
         })?;
-        check_token("version", &self.version, |c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '~' | ':')
-        })?;
+        check_token("version", &self.version, version_char)?;
         check_token("architecture", &self.architecture, |c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
         })
@@ -373,12 +383,48 @@ fn check_token(
     Ok(())
 }
 
-/// The signed facts: an artifact, the role it is for and the key that signed it.
+/// How long, and above which version, a signature holds: what makes an old signed artifact
+/// refusable after a newer one was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validity {
+    /// The lowest version any artifact may have once this manifest was verified (a Debian
+    /// version for packages; at most the artifact's own version). The agent keeps the highest
+    /// floor it has verified; comparing versions is dpkg's business, so it is done there.
+    pub floor: String,
+    /// Unix seconds from which the manifest is refused.
+    pub expires_unix_s: u64,
+}
+
+impl Validity {
+    /// How long `outpost-sign sign` makes a manifest valid unless told otherwise: a fleet
+    /// rollout (gateways on a monthly cellular window included) fits, and a superseded signed
+    /// package stops being installable a month after it was signed.
+    pub const DEFAULT_VALID_FOR_S: u64 = 30 * 24 * 3600;
+
+    /// Checks that the floor can be written into a manifest.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        check_token("floor", &self.floor, version_char)
+    }
+}
+
+/// Before this (2026-11-01T00:00:00Z, when this code was written), a wall clock is not set: a
+/// Raspberry Pi has no RTC and boots at 1970 (or at the time `fake-hwclock` saved) until NTP
+/// answers. Expiry cannot be judged on such a clock, so an artifact is refused, not waved
+/// through: a clock the attacker can hold back must not turn expiry off.
+pub const CLOCK_SET_AFTER_UNIX_S: u64 = 1_793_491_200;
+
+fn version_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '~' | ':')
+}
+
+/// The signed facts: an artifact, how long they hold, the role it is for and the key that
+/// signed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub role: Role,
     pub key: KeyId,
     pub artifact: Artifact,
+    pub validity: Validity,
 }
 
 impl Manifest {
@@ -387,7 +433,7 @@ impl Manifest {
     pub fn signed_bytes(&self) -> String {
         let a = &self.artifact;
         format!(
-            "outpost-manifest 1\nrole {}\nkey {}\nfile {}\nsize {}\nsha256 {}\npackage {}\nversion {}\narchitecture {}\n",
+            "outpost-manifest 2\nrole {}\nkey {}\nfile {}\nsize {}\nsha256 {}\npackage {}\nversion {}\narchitecture {}\nfloor {}\nexpires {}\n",
             self.role,
             self.key,
             a.file,
@@ -395,7 +441,9 @@ impl Manifest {
             crate::hex::encode(&a.sha256),
             a.package,
             a.version,
-            a.architecture
+            a.architecture,
+            self.validity.floor,
+            self.validity.expires_unix_s,
         )
     }
 }
@@ -427,6 +475,11 @@ pub enum ManifestError {
     },
     #[error("`{value}` cannot be the manifest's {field}")]
     Token { field: &'static str, value: String },
+    #[error(
+        "manifest format 1 has no expiry and no version floor, so it could be replayed forever: \
+         re-sign the artifact with a current outpost-sign"
+    )]
+    Format1,
     #[error(
         "the manifest is not in its canonical form (extra lines or spaces, upper-case hex, CR?)"
     )]
@@ -472,8 +525,11 @@ impl SignedManifest {
             what,
         };
         let (line, format) = field(&mut lines, "outpost-manifest")?;
-        if format != "1" {
-            return Err(bad(line, format, "a known manifest format (1)"));
+        if format == "1" {
+            return Err(ManifestError::Format1);
+        }
+        if format != "2" {
+            return Err(bad(line, format, "a known manifest format (2)"));
         }
         let (line, role) = field(&mut lines, "role")?;
         let role = role
@@ -494,6 +550,11 @@ impl SignedManifest {
         let (_, package) = field(&mut lines, "package")?;
         let (_, version) = field(&mut lines, "version")?;
         let (_, architecture) = field(&mut lines, "architecture")?;
+        let (_, floor) = field(&mut lines, "floor")?;
+        let (line, expires) = field(&mut lines, "expires")?;
+        let expires_unix_s = expires
+            .parse::<u64>()
+            .map_err(|_| bad(line, expires, "a time in Unix seconds"))?;
         let (line, signature) = field(&mut lines, "signature")?;
         let signature = crate::hex::decode::<64>(signature)
             .ok_or_else(|| bad(line, signature, "a signature (64 bytes of lowercase hex)"))?;
@@ -506,11 +567,17 @@ impl SignedManifest {
             architecture: architecture.to_owned(),
         };
         artifact.check()?;
+        let validity = Validity {
+            floor: floor.to_owned(),
+            expires_unix_s,
+        };
+        validity.check()?;
         let signed = SignedManifest {
             manifest: Manifest {
                 role,
                 key,
                 artifact,
+                validity,
             },
             signature,
         };
@@ -521,13 +588,17 @@ impl SignedManifest {
     }
 
     /// Checks the manifest against the artifact that was found beside it: it is for `role`,
-    /// signed by one of the `trusted` keys of that role, and names this file with this size and
-    /// digest. Returns the trusted facts.
+    /// signed by one of the `trusted` keys of that role, names this file with this size and
+    /// digest, and has not expired at `now_unix_ms` (the verifier's wall clock; a clock before
+    /// [`CLOCK_SET_AFTER_UNIX_S`] is not set, and nothing is trusted on it). Returns the trusted
+    /// facts. The floor is the caller's to enforce: it needs the floor kept from earlier
+    /// manifests and a version comparison.
     pub fn verify(
         &self,
         trusted: &[PublicKey],
         role: Role,
         found: &Found,
+        now_unix_ms: i64,
     ) -> Result<&Manifest, VerifyError> {
         let manifest = &self.manifest;
         if manifest.role != role {
@@ -566,6 +637,16 @@ impl SignedManifest {
         }
         if a.sha256 != found.sha256 {
             return Err(VerifyError::DigestMismatch);
+        }
+        let now_s = u64::try_from(now_unix_ms / 1000).unwrap_or(0);
+        if now_s < CLOCK_SET_AFTER_UNIX_S {
+            return Err(VerifyError::ClockNotSet { now_unix_s: now_s });
+        }
+        if now_s >= manifest.validity.expires_unix_s {
+            return Err(VerifyError::Expired {
+                expires_unix_s: manifest.validity.expires_unix_s,
+                now_unix_s: now_s,
+            });
         }
         Ok(manifest)
     }
@@ -612,6 +693,20 @@ pub enum VerifyError {
     SizeMismatch { manifest: u64, found: u64 },
     #[error("the artifact's SHA-256 does not match the manifest's")]
     DigestMismatch,
+    #[error(
+        "the manifest expired at {expires_unix_s} (Unix seconds); the clock says {now_unix_s}: \
+         a superseded artifact, or one held back too long (re-sign it to send it again)"
+    )]
+    Expired {
+        expires_unix_s: u64,
+        now_unix_s: u64,
+    },
+    #[error(
+        "the wall clock is not set (it says {now_unix_s} Unix seconds, before \
+         {CLOCK_SET_AFTER_UNIX_S}), so the manifest's expiry cannot be checked: send the \
+         artifact again once the clock is synchronised"
+    )]
+    ClockNotSet { now_unix_s: u64 },
 }
 
 /// `name value` lines, read in a fixed order.

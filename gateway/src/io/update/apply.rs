@@ -12,6 +12,7 @@
 //! | `pending.json` | the attempt in progress ([`Pending`]); present only while one runs |
 //! | `current/` | the installed version's package (and its `.sig` when it came as an update): what a failed update is rolled back to |
 //! | `work/` | the verified copy of the artifact being applied, dpkg's log |
+//! | `floor` | the highest version floor of any verified manifest: nothing below it is installed |
 //! | `lock` | one agent at a time |
 
 use std::path::{Path, PathBuf};
@@ -143,6 +144,23 @@ impl StateDir {
         Ok(())
     }
 
+    /// The version floor kept from earlier manifests (`None`: none verified yet, or unreadable,
+    /// which is logged: the manifest's own floor then still holds).
+    fn floor(&self) -> Option<String> {
+        match std::fs::read_to_string(self.root.join(FLOOR_FILE)) {
+            Ok(text) => Some(text.trim().to_owned()).filter(|f| !f.is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::error!(message = "Cannot read the version floor.", %error);
+                None
+            }
+        }
+    }
+
+    fn raise_floor(&self, floor: &str) -> std::io::Result<()> {
+        report::write_text(&self.root, FLOOR_FILE, &format!("{floor}\n"))
+    }
+
     fn persist(&self, pending: &Pending) -> std::io::Result<()> {
         report::write_json(&self.root, PENDING_FILE, pending)
     }
@@ -184,6 +202,9 @@ impl StateDir {
     }
 }
 
+/// The version floor's file name in the state folder.
+pub const FLOOR_FILE: &str = "floor";
+
 fn sig_path(deb: &Path) -> PathBuf {
     let mut name = deb.as_os_str().to_owned();
     name.push(SIG_SUFFIX);
@@ -206,14 +227,35 @@ pub fn apply<H: Host>(settings: &Settings, host: &mut H) -> anyhow::Result<Vec<U
         let mut agent = Agent::resume(settings.agent, host.now(), pending, installed);
         reports.push(drive(&mut agent, host, &state, settings));
     }
-    let spool = Spool::open(&settings.spool)
-        .with_context(|| format!("cannot open the spool {}", settings.spool.display()))?;
-    let Some(spool) = spool else {
-        return Ok(reports);
+    let spool = match Spool::open(&settings.spool) {
+        Ok(Some(spool)) => spool,
+        Ok(None) => return Ok(reports),
+        Err(refused) => {
+            // A spool that cannot be opened safely (a link where a folder should be) is a
+            // refusal like any other: reported, and moved aside when the daemon made it, so
+            // the path unit does not start the agent again and again.
+            let mut agent = Agent::new(settings.agent, crate::io::wall_clock::unix_ms());
+            let reason = match refused.quarantined {
+                Some(aside) => format!("{}; moved aside to {}", refused.reason, aside.display()),
+                None => refused.reason,
+            };
+            agent.handle_verified(
+                host.now(),
+                Err(Refusal {
+                    file: settings.spool.display().to_string(),
+                    from_version: host.installed_version(&settings.package),
+                    to_version: None,
+                    reason,
+                }),
+            );
+            reports.push(drive(&mut agent, host, &state, settings));
+            return Ok(reports);
+        }
     };
     for sig in spool.signatures()? {
         state.clear_work().context("cannot empty work/")?;
-        let mut agent = Agent::new(settings.agent, crate::io::wall_clock::unix_ms());
+        let now_unix_ms = crate::io::wall_clock::unix_ms();
+        let mut agent = Agent::new(settings.agent, now_unix_ms);
         let taken = spool.take(
             &sig,
             &state.work(),
@@ -222,7 +264,7 @@ pub fn apply<H: Host>(settings: &Settings, host: &mut H) -> anyhow::Result<Vec<U
         let file = sig.strip_suffix(SIG_SUFFIX).unwrap_or(&sig).to_owned();
         tracing::info!(message = "Update artifact taken from the spool.", %file);
         let verified = match taken {
-            Ok(taken) => plan(settings, host, &state, taken),
+            Ok(taken) => plan(settings, host, &state, taken, now_unix_ms),
             Err(reason) => Err(Refusal {
                 file,
                 from_version: None,
@@ -236,13 +278,15 @@ pub fn apply<H: Host>(settings: &Settings, host: &mut H) -> anyhow::Result<Vec<U
     Ok(reports)
 }
 
-/// Checks a taken artifact every way it can be checked without installing it, and finds the
+/// Checks a taken artifact every way it can be checked without installing it (at wall-clock
+/// time `now_unix_ms`, for the manifest's expiry), keeps its version floor, and finds the
 /// package to roll back to.
 fn plan<H: Host>(
     settings: &Settings,
     host: &mut H,
     state: &StateDir,
     taken: Taken,
+    now_unix_ms: i64,
 ) -> Result<Plan, Refusal> {
     let mut refusal = Refusal {
         file: taken.file.clone(),
@@ -269,7 +313,7 @@ fn plan<H: Host>(
             return refuse(refusal, format!("cannot read the trusted keys {keys}: {e}"));
         }
     };
-    let manifest = match signed.verify(&trusted, Role::GatewayUpdate, &taken.found) {
+    let manifest = match signed.verify(&trusted, Role::GatewayUpdate, &taken.found, now_unix_ms) {
         Ok(manifest) => manifest,
         Err(e) => return refuse(refusal, format!("not trusted: {e}")),
     };
@@ -279,6 +323,9 @@ fn plan<H: Host>(
             "the artifact is package {}, not {}",
             a.package, settings.package
         );
+        return refuse(refusal, reason);
+    }
+    if let Err(reason) = hold_to_floor(host, state, &a.version, &manifest.validity.floor) {
         return refuse(refusal, reason);
     }
     // Signed, so the signer vouches for the control fields too; a mismatch is a signing
@@ -345,6 +392,42 @@ fn plan<H: Host>(
         to_version: a.version.clone(),
         previous,
     })
+}
+
+/// Anti-rollback: a version below the floor kept from earlier manifests is refused, even when it
+/// is newer than the installed one (a superseded 1.2 replayed to a unit still on 1.1 after 1.3
+/// was verified there); a manifest's own floor must not be above its version; and a verified
+/// manifest's floor raises the kept one (it never goes down).
+fn hold_to_floor<H: Host>(
+    host: &mut H,
+    state: &StateDir,
+    version: &str,
+    floor: &str,
+) -> Result<(), String> {
+    if host.is_newer(floor, version) {
+        return Err(format!(
+            "the manifest's floor {floor} is above its own version {version} (a signing mistake)"
+        ));
+    }
+    let kept = state.floor();
+    if let Some(kept) = &kept {
+        if host.is_newer(kept, version) {
+            return Err(format!(
+                "version {version} is below the version floor {kept} set by an earlier \
+                 update: a superseded package is not installed again"
+            ));
+        }
+    }
+    if kept
+        .as_deref()
+        .is_none_or(|kept| host.is_newer(floor, kept))
+    {
+        tracing::info!(message = "Version floor raised.", from = ?kept, to = floor);
+        state
+            .raise_floor(floor)
+            .map_err(|e| format!("cannot keep the version floor {floor}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The installed version's .deb, in `current/`: already there (kept by the last update, or by

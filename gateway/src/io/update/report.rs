@@ -24,6 +24,17 @@ pub fn last_report(state_dir: &Path) -> Option<UpdateReport> {
 /// Writes `value` as JSON to `dir/name` atomically (temporary file, fsync, rename), readable by
 /// all (the daemon, running as `outpost`, reads the report).
 pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    write_atomically(dir, name, &json)
+}
+
+/// Writes `text` to `dir/name` atomically, like [`write_json`].
+pub(crate) fn write_text(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    write_atomically(dir, name, text.as_bytes())
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let partial = dir.join(format!(".{name}.partial"));
@@ -33,9 +44,7 @@ pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std
         .truncate(true)
         .mode(0o644)
         .open(&partial)?;
-    let mut json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    json.push(b'\n');
-    file.write_all(&json)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&partial, dir.join(name))?;

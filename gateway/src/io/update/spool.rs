@@ -22,6 +22,42 @@ use outpost_core::update::signing::{Found, MAX_MANIFEST_BYTES};
 /// The suffix of a manifest beside its artifact.
 pub const SIG_SUFFIX: &str = ".sig";
 
+/// How many trailing components of the spool path the daemon makes (`updates/incoming` under
+/// its data folder): a link there is the daemon's doing, never an administrator's.
+pub const DAEMON_MADE: usize = 2;
+
+/// Why the spool was not opened, and where the offending entry was moved, if it was.
+#[derive(Debug)]
+pub struct Refused {
+    pub reason: String,
+    pub quarantined: Option<PathBuf>,
+}
+
+/// Renames `name` in `parent` (the folder `components[..index]` of `spool`, opened without
+/// following links) to `NAME.refused-UNIXMS`; the new path, or `None` (logged) if it failed.
+fn quarantine(
+    parent: &OwnedFd,
+    name: &std::ffi::OsStr,
+    spool: &Path,
+    index: usize,
+) -> Option<PathBuf> {
+    let mut aside = name.to_owned();
+    aside.push(format!(".refused-{}", crate::io::wall_clock::unix_ms()));
+    match nix::fcntl::renameat(parent, name, parent, aside.as_os_str()) {
+        Ok(()) => {
+            let mut path: PathBuf = spool.components().take(index).collect();
+            path.push(&aside);
+            tracing::warn!(message = "Update spool moved aside.", to = %path.display());
+            Some(path)
+        }
+        Err(error) => {
+            tracing::error!(message = "Cannot move the refused update spool aside.",
+                spool = %spool.display(), %error);
+            None
+        }
+    }
+}
+
 /// The spool folder, held open.
 #[derive(Debug)]
 pub struct Spool {
@@ -43,33 +79,50 @@ pub struct Taken {
 
 impl Spool {
     /// Opens the spool folder; `None` when it does not exist (nothing was ever uploaded). A
-    /// symbolic link anywhere in `path` is an error.
-    pub fn open(path: &Path) -> std::io::Result<Option<Spool>> {
+    /// symbolic link (or a file) anywhere in `path` is refused; when it is in the part the
+    /// daemon makes (`updates/incoming`, the last [`DAEMON_MADE`] components) it is moved aside
+    /// (renamed in its folder, the link itself: nothing it points to is touched), so the path
+    /// unit's glob stops matching and does not start the agent again.
+    pub fn open(path: &Path) -> Result<Option<Spool>, Refused> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let refused = |reason: String| Refused {
+            reason,
+            quarantined: None,
+        };
         if !path.is_absolute() {
-            return Err(std::io::Error::other(format!(
+            return Err(refused(format!(
                 "the spool path {} is not absolute",
                 path.display()
             )));
         }
-        let mut dir = nix::fcntl::open("/", flags, Mode::empty())?;
-        for component in path.components() {
+        let components: Vec<Component<'_>> = path.components().collect();
+        let daemon_made_from = components.len().saturating_sub(DAEMON_MADE);
+        let cannot = |e: nix::errno::Errno| refused(format!("cannot open {}: {e}", path.display()));
+        let mut dir = nix::fcntl::open("/", flags, Mode::empty()).map_err(cannot)?;
+        for (index, component) in components.iter().enumerate() {
             match component {
                 Component::RootDir => {}
-                Component::Normal(name) => match openat(&dir, name, flags, Mode::empty()) {
+                Component::Normal(name) => match openat(&dir, *name, flags, Mode::empty()) {
                     Ok(next) => dir = next,
                     Err(nix::errno::Errno::ENOENT) => return Ok(None),
                     Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
-                        return Err(std::io::Error::other(format!(
+                        let reason = format!(
                             "{}: `{}` is a symbolic link or not a folder: refusing the spool",
                             path.display(),
                             name.to_string_lossy()
-                        )));
+                        );
+                        let quarantined = (index >= daemon_made_from)
+                            .then(|| quarantine(&dir, name, path, index))
+                            .flatten();
+                        return Err(Refused {
+                            reason,
+                            quarantined,
+                        });
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(cannot(e)),
                 },
                 _ => {
-                    return Err(std::io::Error::other(format!(
+                    return Err(refused(format!(
                         "the spool path {} has `.` or `..` in it",
                         path.display()
                     )));
@@ -266,9 +319,44 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&incoming, &link).unwrap();
         let err = Spool::open(&link.join("..").join("link")).unwrap_err();
-        assert!(err.to_string().contains('.'), "{err}");
+        assert!(err.reason.contains('.'), "{err:?}");
+        assert!(err.quarantined.is_none(), "{err:?}");
         let err = Spool::open(&link).unwrap_err();
-        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(err.reason.contains("symbolic link"), "{err:?}");
         assert!(Spool::open(&dir.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_link_the_daemon_could_have_made_is_moved_aside_and_its_target_left_alone() {
+        // `incoming` swapped for a link to a folder the daemon should not reach.
+        let (dir, incoming, _work) = spool();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("x.deb.sig"), b"manifest").unwrap();
+        std::fs::remove_dir(&incoming).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &incoming).unwrap();
+        let err = Spool::open(&incoming).unwrap_err();
+        let aside = err.quarantined.expect("moved aside");
+        assert_eq!(aside.parent(), incoming.parent());
+        assert!(
+            std::fs::symlink_metadata(&incoming).is_err(),
+            "no longer at its place"
+        );
+        assert!(
+            std::fs::symlink_metadata(&aside)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(
+            elsewhere.join("x.deb.sig").exists(),
+            "the target is untouched"
+        );
+        // A link above the daemon's part (an administrator's) stays where it is.
+        let root_link = dir.path().join("data");
+        std::os::unix::fs::symlink(dir.path(), &root_link).unwrap();
+        let err = Spool::open(&root_link.join("a/updates/incoming")).unwrap_err();
+        assert!(err.quarantined.is_none(), "{err:?}");
+        assert!(std::fs::symlink_metadata(&root_link).is_ok());
     }
 }

@@ -20,6 +20,17 @@ fn artifact_of(bytes: &[u8]) -> Artifact {
     }
 }
 
+/// A wall clock inside [`validity`]'s window, in Unix milliseconds.
+const NOW_MS: i64 = 1_800_000_000_000;
+
+/// Valid for a day from [`NOW_MS`]'s day, floor at the artifact's version.
+fn validity() -> Validity {
+    Validity {
+        floor: "0.2.0-1".into(),
+        expires_unix_s: 1_800_050_000,
+    }
+}
+
 fn found(bytes: &[u8]) -> Found {
     Found::of_bytes("outpost_0.2.0-1_arm64.deb", bytes)
 }
@@ -27,7 +38,7 @@ fn found(bytes: &[u8]) -> Found {
 /// The `.sig` text for [`PACKAGE`], signed by the gateway-update key with seed 1.
 fn signed_text() -> String {
     key(Role::GatewayUpdate, 1)
-        .sign(artifact_of(PACKAGE))
+        .sign(artifact_of(PACKAGE), validity())
         .emit()
 }
 
@@ -39,7 +50,7 @@ fn verify_text(
 ) -> Result<Manifest, String> {
     let signed = SignedManifest::parse(sig).map_err(|e| format!("parse: {e}"))?;
     signed
-        .verify(trusted, role, &found(artifact))
+        .verify(trusted, role, &found(artifact), NOW_MS)
         .cloned()
         .map_err(|e| format!("verify: {e}"))
 }
@@ -75,10 +86,13 @@ fn the_manifest_is_line_per_field_text_in_a_fixed_order() {
             "package",
             "version",
             "architecture",
+            "floor",
+            "expires",
             "signature"
         ]
     );
-    assert!(text.starts_with("outpost-manifest 1\nrole gateway-update\n"));
+    assert!(text.starts_with("outpost-manifest 2\nrole gateway-update\n"));
+    assert!(text.contains("\nfloor 0.2.0-1\nexpires 1800050000\nsignature "));
     assert!(text.contains(&format!("\nsize {}\n", PACKAGE.len())));
 }
 
@@ -92,7 +106,7 @@ fn signing_is_deterministic() {
 fn a_manifest_for_another_role_is_refused() {
     // A firmware key, trusted as a firmware key, signs a package: not a gateway update.
     let firmware = key(Role::Firmware, 2);
-    let sig = firmware.sign(artifact_of(PACKAGE)).emit();
+    let sig = firmware.sign(artifact_of(PACKAGE), validity()).emit();
     let err = verify_text(
         sig.as_bytes(),
         &[firmware.public(), key(Role::GatewayUpdate, 1).public()],
@@ -113,7 +127,7 @@ fn a_trusted_key_of_another_role_is_refused() {
     let signer = key(Role::GatewayUpdate, 3);
     let as_firmware = key(Role::Firmware, 3).public();
     assert_eq!(as_firmware.id(), signer.public().id());
-    let sig = signer.sign(artifact_of(PACKAGE)).emit();
+    let sig = signer.sign(artifact_of(PACKAGE), validity()).emit();
     let err =
         verify_text(sig.as_bytes(), &[as_firmware], Role::GatewayUpdate, PACKAGE).unwrap_err();
     assert!(err.contains("which is a firmware key"), "{err}");
@@ -141,9 +155,90 @@ fn a_manifest_for_another_file_name_is_refused() {
             &[key(Role::GatewayUpdate, 1).public()],
             Role::GatewayUpdate,
             &elsewhere,
+            NOW_MS,
         )
         .unwrap_err();
     assert!(matches!(err, VerifyError::NameMismatch { .. }), "{err}");
+}
+
+#[test]
+fn an_expired_manifest_is_refused_and_one_still_valid_is_not() {
+    let signed = SignedManifest::parse(signed_text().as_bytes()).unwrap();
+    let trusted = [key(Role::GatewayUpdate, 1).public()];
+    let at = |unix_s: i64| {
+        signed
+            .verify(
+                &trusted,
+                Role::GatewayUpdate,
+                &found(PACKAGE),
+                unix_s * 1000,
+            )
+            .map(|_| ())
+    };
+    assert_eq!(at(1_800_049_999), Ok(()), "the last valid second");
+    assert_eq!(
+        at(1_800_050_000),
+        Err(VerifyError::Expired {
+            expires_unix_s: 1_800_050_000,
+            now_unix_s: 1_800_050_000
+        })
+    );
+    let err = at(1_900_000_000).unwrap_err().to_string();
+    assert!(err.contains("expired at 1800050000"), "{err}");
+}
+
+#[test]
+fn on_a_clock_that_is_not_set_nothing_is_trusted() {
+    // A Pi without RTC before NTP answered: 1970, or a saved time older than this code.
+    let signed = SignedManifest::parse(signed_text().as_bytes()).unwrap();
+    let trusted = [key(Role::GatewayUpdate, 1).public()];
+    for now_ms in [0, 5_000, (CLOCK_SET_AFTER_UNIX_S as i64 - 1) * 1000, -1] {
+        let err = signed
+            .verify(&trusted, Role::GatewayUpdate, &found(PACKAGE), now_ms)
+            .unwrap_err();
+        assert!(
+            matches!(err, VerifyError::ClockNotSet { .. }),
+            "{now_ms}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_format_1_manifest_without_expiry_or_floor_is_refused() {
+    // What an older outpost-sign wrote: the same fields, no floor, no expiry, signed as such.
+    let signer = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let a = artifact_of(PACKAGE);
+    let body = format!(
+        "outpost-manifest 1\nrole gateway-update\nkey {}\nfile {}\nsize {}\nsha256 {}\npackage {}\nversion {}\narchitecture {}\n",
+        key(Role::GatewayUpdate, 1).public().id(),
+        a.file,
+        a.size,
+        crate::hex::encode(&a.sha256),
+        a.package,
+        a.version,
+        a.architecture
+    );
+    let signature = signer.sign(body.as_bytes()).to_bytes();
+    let old = format!("{body}signature {}\n", crate::hex::encode(&signature));
+    assert_eq!(
+        SignedManifest::parse(old.as_bytes()).unwrap_err(),
+        ManifestError::Format1
+    );
+}
+
+#[test]
+fn a_lowered_floor_or_a_later_expiry_breaks_the_signature() {
+    let trusted = [key(Role::GatewayUpdate, 1).public()];
+    for text in [
+        signed_text().replace("floor 0.2.0-1", "floor 0.1.0-1"),
+        signed_text().replace("expires 1800050000", "expires 1900050000"),
+    ] {
+        let err = verify_text(text.as_bytes(), &trusted, Role::GatewayUpdate, PACKAGE).unwrap_err();
+        assert!(err.contains("signature"), "{err}");
+    }
+    let mut bad = validity();
+    bad.floor = "0.1 0".into();
+    assert!(bad.check().is_err());
 }
 
 #[test]
@@ -210,7 +305,7 @@ fn a_public_key_file_may_hold_several_keys_for_rotation() {
     assert_eq!(PublicKey::parse_all(&file).unwrap(), [old, new.clone()]);
     // Signed by the new key: verified against the file holding both.
     let sig = key(Role::GatewayUpdate, 6)
-        .sign(artifact_of(PACKAGE))
+        .sign(artifact_of(PACKAGE), validity())
         .emit();
     let trusted = PublicKey::parse_all(&file).unwrap();
     verify_text(sig.as_bytes(), &trusted, Role::GatewayUpdate, PACKAGE).unwrap();

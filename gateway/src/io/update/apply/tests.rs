@@ -9,7 +9,7 @@ use outpost_proto::Millis;
 use super::*;
 use crate::io::update::report::Outcome;
 use outpost_core::update::agent::Probe;
-use outpost_core::update::signing::{Artifact, Found, SigningKey};
+use outpost_core::update::signing::{Artifact, Found, SigningKey, Validity};
 
 /// How a fake package behaves once installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,19 +209,37 @@ impl Site {
         self.settings.state_dir.join("current")
     }
 
-    /// Drops a package into the spool as the daemon would, signed by `key`.
+    /// Drops a package into the spool as the daemon would, signed by `key`, valid for a day,
+    /// its floor its own version.
     fn drop_signed(&self, version: &str, behaviour: Behaviour, key: &SigningKey) -> String {
+        let validity = Validity {
+            floor: version.into(),
+            expires_unix_s: now_unix_s() + 24 * 3600,
+        };
+        self.drop_with(version, behaviour, key, validity)
+    }
+
+    fn drop_with(
+        &self,
+        version: &str,
+        behaviour: Behaviour,
+        key: &SigningKey,
+        validity: Validity,
+    ) -> String {
         let file = format!("outpost_{version}_amd64.deb");
         let bytes = deb_bytes(version, behaviour);
         let found = Found::of_bytes(&file, &bytes);
-        let sig = key.sign(Artifact {
-            file: file.clone(),
-            size: found.size,
-            sha256: found.sha256,
-            package: "outpost".into(),
-            version: version.into(),
-            architecture: "amd64".into(),
-        });
+        let sig = key.sign(
+            Artifact {
+                file: file.clone(),
+                size: found.size,
+                sha256: found.sha256,
+                package: "outpost".into(),
+                version: version.into(),
+                architecture: "amd64".into(),
+            },
+            validity,
+        );
         std::fs::write(self.settings.spool.join(&file), bytes).unwrap();
         std::fs::write(self.settings.spool.join(format!("{file}.sig")), sig.emit()).unwrap();
         file
@@ -245,6 +263,10 @@ impl Site {
             .next()
             .is_none()
     }
+}
+
+fn now_unix_s() -> u64 {
+    u64::try_from(crate::io::wall_clock::unix_ms() / 1000).unwrap()
 }
 
 fn only(reports: Vec<UpdateReport>) -> UpdateReport {
@@ -443,4 +465,123 @@ fn keep_accepts_only_the_installed_version() {
         err.to_string().contains("but outpost 0.1.0-1 is installed"),
         "{err}"
     );
+}
+
+#[test]
+fn an_expired_manifest_is_refused_before_dpkg() {
+    let site = Site::new();
+    let mut host = FakeHost::new("0.1.0-1");
+    site.keep_installed(&mut host, "0.1.0-1");
+    let expired = Validity {
+        floor: "0.2.0-1".into(),
+        expires_unix_s: now_unix_s() - 60,
+    };
+    site.drop_with("0.2.0-1", Behaviour::Healthy, &site.key, expired);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("not trusted: the manifest expired at"),
+        "{reason}"
+    );
+    assert!(host.log.is_empty(), "{:?}", host.log);
+    assert!(site.spool_is_empty());
+    assert_eq!(last_report_in(&site).unwrap().outcome, Outcome::Refused);
+}
+
+#[test]
+fn a_superseded_package_newer_than_the_installed_one_is_refused_below_the_floor() {
+    // 0.3.0 was published (floor 0.3.0-1) and reached this unit, which could not keep it and
+    // went back to 0.1.0. Then 0.2.0, signed earlier and still within its expiry, is replayed:
+    // newer than what is installed, but below the floor this unit has seen.
+    let site = Site::new();
+    let mut host = FakeHost::new("0.1.0-1");
+    site.keep_installed(&mut host, "0.1.0-1");
+    let superseded = Validity {
+        floor: "0.2.0-1".into(),
+        expires_unix_s: now_unix_s() + 24 * 3600,
+    };
+    site.drop("0.3.0-1", Behaviour::NeverReady);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:#?}");
+    assert_eq!(
+        std::fs::read_to_string(site.settings.state_dir.join(FLOOR_FILE)).unwrap(),
+        "0.3.0-1\n"
+    );
+    site.drop_with("0.2.0-1", Behaviour::Healthy, &site.key, superseded);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("version 0.2.0-1 is below the version floor 0.3.0-1"),
+        "{reason}"
+    );
+    assert_eq!(
+        host.installed_version("outpost").as_deref(),
+        Some("0.1.0-1")
+    );
+    assert_eq!(
+        host.log.len(),
+        4,
+        "only the 0.3.0 attempt ran dpkg: {:?}",
+        host.log
+    );
+    // A lower floor never lowers the kept one; a higher one raises it.
+    site.drop("0.4.0-1", Behaviour::Healthy);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::Confirmed, "{report:#?}");
+    assert_eq!(
+        std::fs::read_to_string(site.settings.state_dir.join(FLOOR_FILE)).unwrap(),
+        "0.4.0-1\n"
+    );
+}
+
+#[test]
+fn a_manifest_whose_floor_is_above_its_own_version_is_refused() {
+    let site = Site::new();
+    let mut host = FakeHost::new("0.1.0-1");
+    site.keep_installed(&mut host, "0.1.0-1");
+    let odd = Validity {
+        floor: "0.9.0-1".into(),
+        expires_unix_s: now_unix_s() + 3600,
+    };
+    site.drop_with("0.2.0-1", Behaviour::Healthy, &site.key, odd);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("floor 0.9.0-1 is above its own version"),
+        "{report:#?}"
+    );
+    assert!(!site.settings.state_dir.join(FLOOR_FILE).exists());
+}
+
+#[test]
+fn a_symlinked_spool_is_refused_with_a_report_and_moved_aside() {
+    // The daemon (user outpost) owns data_dir: it can make `incoming` a link to anywhere.
+    let site = Site::new();
+    let mut host = FakeHost::new("0.1.0-1");
+    let elsewhere = site.settings.spool.parent().unwrap().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("outpost_0.2.0-1_amd64.deb.sig"), b"manifest").unwrap();
+    std::fs::remove_dir(&site.settings.spool).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &site.settings.spool).unwrap();
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    let reason = report.reason.clone().unwrap();
+    assert!(
+        reason.contains("is a symbolic link or not a folder"),
+        "{reason}"
+    );
+    assert!(reason.contains("moved aside to"), "{reason}");
+    assert_eq!(last_report_in(&site), Some(report));
+    // Nothing matches the path unit's glob any more, so it does not start the agent again;
+    // what the link pointed to is left alone.
+    assert!(std::fs::symlink_metadata(&site.settings.spool).is_err());
+    assert!(elsewhere.join("outpost_0.2.0-1_amd64.deb.sig").exists());
+    assert!(host.log.is_empty(), "{:?}", host.log);
+    // The next run finds no spool: nothing to do, no error.
+    assert!(apply(&site.settings, &mut host).unwrap().is_empty());
 }
