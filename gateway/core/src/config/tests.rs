@@ -200,6 +200,94 @@ fn a_bad_log_filter_and_a_missing_token_file_are_located() {
 
 /// Parses `text` as `/etc/outpost/outpost.toml` on a machine with the shipped catalogue in
 /// `/etc/outpost/devices/`, so `map` paths like `devices/eastron-sdm630.toml` find it.
+#[test]
+fn each_api_scope_takes_its_own_token_inline_or_from_a_file() {
+    let machine = Machine::default()
+        .with_file("/etc/outpost/upload-token", "upload-token-0123456789\n")
+        .with_file("/etc/outpost/tech-token", "  technician-0123456789 \n");
+    let config = Config::parse(
+        Path::new("/etc/outpost/outpost.toml"),
+        "[api]\nupload_token_file = \"/etc/outpost/upload-token\"\n\
+         technician_token_file = \"/etc/outpost/tech-token\"\n\
+         [uplink.pull]\ntoken = \"pull-token-0123456789\"\n",
+        &machine,
+    )
+    .unwrap();
+    assert_eq!(
+        config.upload_token.as_deref(),
+        Some("upload-token-0123456789")
+    );
+    assert_eq!(
+        config.technician_token.as_deref(),
+        Some("technician-0123456789")
+    );
+    assert_eq!(config.pull_token.as_deref(), Some("pull-token-0123456789"));
+
+    let inline = parse("[api]\nupload_token = \"upload-token-0123456789\"\n").unwrap();
+    assert_eq!(
+        inline.upload_token.as_deref(),
+        Some("upload-token-0123456789")
+    );
+    assert_eq!(
+        inline.technician_token, None,
+        "no token: the read endpoints stay open"
+    );
+    assert_eq!(inline.pull_token, None);
+}
+
+#[test]
+fn bad_scope_tokens_are_located_all_at_once() {
+    let errors = parse(
+        "[api]\n\
+         upload_token = \"short\"\n\
+         technician_token = \"technician-0123456789\"\n\
+         technician_token_file = \"/etc/outpost/tech-token\"\n\
+         [uplink.pull]\n\
+         token_file = \"/run/none\"\n",
+    )
+    .unwrap_err()
+    .0;
+    let found: Vec<(&str, Option<usize>, &str)> = errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "uplink.pull.token_file",
+                Some(6),
+                "cannot read /run/none: No such file or directory (os error 2)"
+            ),
+            (
+                "api.upload_token",
+                Some(2),
+                "must be at least 16 characters"
+            ),
+            (
+                "api.technician_token_file",
+                Some(4),
+                "give either technician_token or technician_token_file, not both"
+            ),
+        ],
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn one_token_for_two_scopes_is_refused() {
+    let error = only_error(
+        "[api]\nupload_token = \"same-token-0123456789\"\n\
+         [uplink.pull]\ntoken = \"same-token-0123456789\"\n",
+    );
+    assert_eq!(error.key, "api.upload_token");
+    assert_eq!(error.line, Some(2));
+    assert!(
+        error.message.contains("must differ from uplink.pull.token"),
+        "{error}"
+    );
+}
+
 fn parse_in_repo(text: &str) -> Result<Config, ConfigErrors> {
     let machine = Machine::default().with_catalogue();
     Config::parse(Path::new("/etc/outpost/outpost.toml"), text, &machine)
