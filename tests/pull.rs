@@ -482,8 +482,17 @@ fn a_month_projected_over_budget_stretches_the_batch_interval() {
 }
 
 #[test]
-fn signed_update_artifacts_are_uploaded_into_the_spool_with_the_token_only() {
+fn signed_update_artifacts_are_uploaded_into_the_spool_with_the_upload_token_only() {
+    const TOKEN: &str = "e2e-upload-token-0123456789";
     let mut site = Site::with_config(Vec::new(), &pull_config("")).unwrap();
+    // The upload token, in a drop-in as a site provisions it; the pull token does not upload.
+    let dropins = site.dir.path().join("outpost.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("50-upload.toml"),
+        format!("[api]\nupload_token = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
     site.start_gateway().unwrap();
     let incoming = site.dir.path().join("data/updates/incoming");
 
@@ -493,6 +502,15 @@ fn signed_update_artifacts_are_uploaded_into_the_spool_with_the_token_only() {
     assert_eq!(
         put("/api/v1/updates/outpost_9.9.9_amd64.deb", None, "x"),
         401
+    );
+    assert_eq!(
+        put(
+            "/api/v1/updates/outpost_9.9.9_amd64.deb",
+            Some(crate::TOKEN),
+            "x"
+        ),
+        401,
+        "the pull token does not upload"
     );
     assert_eq!(put("/api/v1/updates/..%2Fevil.deb", Some(TOKEN), "x"), 400);
     assert_eq!(put("/api/v1/updates/run.sh", Some(TOKEN), "x"), 400);

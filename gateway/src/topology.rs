@@ -157,6 +157,14 @@ pub async fn run(
         listener.local_addr()?,
         crate::io::systemd::WriterProbe::new(telemetry.clone(), &store_tx),
     );
+    let auth = api::auth::AuthGate::new(
+        api::auth::Tokens {
+            pull: config.pull_token.clone(),
+            upload: config.upload_token.clone(),
+            technician: config.technician_token.clone(),
+        },
+        telemetry.clone(),
+    );
     let state = ApiState {
         gateway_id: config.gateway_id.clone(),
         started: Instant::now(),
@@ -164,7 +172,8 @@ pub async fn run(
         // What was acknowledged was served, by an earlier run if not this one.
         served_upto: Arc::new(std::sync::atomic::AtomicU64::new(outbox.acked_upto)),
         telemetry,
-        pull_token: config.pull_token.clone().map(Arc::from),
+        auth,
+        upload_slots: api::upload::slots(),
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
         updates: crate::io::update::incoming::incoming_dir(&config.data_dir),

@@ -6,6 +6,7 @@
 //! that and carry out what these cores decide. Cargo enforces the rule: this crate depends on no
 //! IO crate (tokio, rusqlite, rumqttc, tokio-serial, tokio-modbus, axum).
 //!
+//! - [`auth`]: the local API's token scopes and the failed-authentication throttle;
 //! - [`link`]: the gateway's end of the node link on one serial port, and the admission rule
 //!   that keeps the store free of gaps and duplicates;
 //! - [`batcher`] and [`budget`]: when to seal a batch, and how far to stretch the interval so the
@@ -18,6 +19,7 @@
 //! - [`config`]: the configuration compiled from text to typed values, every problem located
 //!   (the adapter reads the files and hands their text in through [`config::Sources`]).
 
+pub mod auth;
 pub mod batcher;
 pub mod budget;
 pub mod config;

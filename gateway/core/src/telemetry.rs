@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::auth::AuthCounters;
 use crate::link::PortCounters;
 use crate::modbus::health::{DeviceHealth, LinkState};
 use crate::uplink::UplinkStatus;
@@ -34,6 +35,9 @@ pub enum AlertKind {
     AckRefused,
     /// Store commits fail (disk full, read-only): nothing is acknowledged until they succeed.
     StoreFailing,
+    /// Failed authentications on the local API went beyond an allowance: requests are being
+    /// refused (429) until it comes back.
+    AuthFailures,
 }
 
 impl AlertKind {
@@ -44,6 +48,7 @@ impl AlertKind {
             AlertKind::Update => "update",
             AlertKind::AckRefused => "ack_refused",
             AlertKind::StoreFailing => "store_failing",
+            AlertKind::AuthFailures => "auth_failures",
         }
     }
 }
@@ -337,6 +342,8 @@ pub enum Event {
         at_ms: i64,
         key: AlertKey,
     },
+    /// The local API's authentication counters, after a failure or a throttled request.
+    Auth(AuthCounters),
 }
 
 /// What one Modbus poll changed on the status page.
@@ -363,6 +370,8 @@ pub struct Snapshot {
     pub modbus: Vec<DeviceStatus>,
     /// Firing alerts, newest first.
     pub alerts: Vec<Alert>,
+    /// Failed and throttled authentications on the local API.
+    pub auth: AuthCounters,
 }
 
 impl Snapshot {
@@ -391,6 +400,7 @@ pub struct Telemetry {
     cost: CostStatus,
     modbus: Vec<DeviceStatus>,
     alerts: Alerts,
+    auth: AuthCounters,
 }
 
 impl Telemetry {
@@ -417,6 +427,7 @@ impl Telemetry {
             },
             modbus: Vec::new(),
             alerts: Alerts::default(),
+            auth: AuthCounters::default(),
         }
     }
 
@@ -489,6 +500,7 @@ impl Telemetry {
                 message,
             } => self.alerts.raise(at_ms, key, message),
             Event::Resolve { at_ms, key } => self.alerts.resolve(at_ms, &key),
+            Event::Auth(counters) => self.auth = counters,
         }
     }
 
@@ -501,6 +513,7 @@ impl Telemetry {
             cost: self.cost.clone(),
             modbus: self.modbus.clone(),
             alerts: self.alerts.firing(),
+            auth: self.auth,
         }
     }
 

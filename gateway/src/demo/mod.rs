@@ -85,6 +85,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         monthly_budget_bytes: 0,
         max_batch_interval: options.batch_interval * 10,
         pull_token: Some(options.pull_token.clone()),
+        upload_token: None,
+        technician_token: None,
         buffer_max_bytes: 64 * 1024 * 1024,
         mqtt: None,
         log_level: "info".into(),

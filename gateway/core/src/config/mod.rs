@@ -166,12 +166,26 @@ impl Default for RawGateway {
 pub struct RawApi {
     /// Address of the local status API and page.
     pub listen: String,
+    /// Bearer token for uploading gateway update artifacts (`PUT /api/v1/updates/{file}`);
+    /// uploads are off without one. Its own scope: the pull token does not open uploads.
+    pub upload_token: Option<String>,
+    /// Or a file holding it (preferred).
+    pub upload_token_file: Option<PathBuf>,
+    /// Bearer token for the read endpoints (`/api/v1/status`, `/nodes`, `/modbus`); without
+    /// one they are open to whoever reaches `listen`.
+    pub technician_token: Option<String>,
+    /// Or a file holding it (preferred).
+    pub technician_token_file: Option<PathBuf>,
 }
 
 impl Default for RawApi {
     fn default() -> Self {
         RawApi {
             listen: "127.0.0.1:8080".into(),
+            upload_token: None,
+            upload_token_file: None,
+            technician_token: None,
+            technician_token_file: None,
         }
     }
 }
@@ -251,6 +265,10 @@ pub struct Config {
     pub max_batch_interval: Duration,
     /// The HTTP pull bearer token; `None` turns the batch endpoints off.
     pub pull_token: Option<String>,
+    /// The update upload bearer token; `None` turns uploads off.
+    pub upload_token: Option<String>,
+    /// The read endpoints' bearer token; `None` leaves them open.
+    pub technician_token: Option<String>,
     pub buffer_max_bytes: u64,
     pub mqtt: Option<MqttConfig>,
     pub log_level: String,
@@ -649,32 +667,45 @@ pub fn compile(
             "must be between 100 and 1000000".into(),
         );
     }
-    let pull_token = match (raw.uplink.pull.token, raw.uplink.pull.token_file) {
-        (Some(_), Some(_)) => {
+    let pull_token = bearer_token(
+        raw.uplink.pull.token,
+        raw.uplink.pull.token_file,
+        "uplink.pull.token",
+        env,
+        &mut problem,
+        &mut warnings,
+    );
+    let upload_token = bearer_token(
+        raw.api.upload_token,
+        raw.api.upload_token_file,
+        "api.upload_token",
+        env,
+        &mut problem,
+        &mut warnings,
+    );
+    let technician_token = bearer_token(
+        raw.api.technician_token,
+        raw.api.technician_token_file,
+        "api.technician_token",
+        env,
+        &mut problem,
+        &mut warnings,
+    );
+    let scoped = [
+        ("uplink.pull.token", &pull_token),
+        ("api.upload_token", &upload_token),
+        ("api.technician_token", &technician_token),
+    ];
+    for (i, (key, token)) in scoped.iter().enumerate() {
+        if let Some((earlier, _)) = scoped[..i]
+            .iter()
+            .find(|(_, other)| token.is_some() && other == token)
+        {
             problem(
-                "uplink.pull.token_file",
-                "give either token or token_file, not both".into(),
+                key,
+                format!("must differ from {earlier}: each token opens only its own endpoints"),
             );
-            None
         }
-        (Some(token), None) => {
-            warnings.push(inline_secret_warning(
-                "uplink.pull.token",
-                "uplink.pull.token_file",
-            ));
-            Some(token)
-        }
-        (None, Some(file)) => match env.secret_file(&file) {
-            Ok(token) => Some(token.trim().to_owned()),
-            Err(e) => {
-                problem("uplink.pull.token_file", e);
-                None
-            }
-        },
-        (None, None) => None,
-    };
-    if pull_token.as_ref().is_some_and(|t| t.len() < 16) {
-        problem("uplink.pull.token", "must be at least 16 characters".into());
     }
     let mqtt = raw.uplink.mqtt.map(|m| {
         let (host, port) = match m
@@ -771,6 +802,8 @@ pub fn compile(
             monthly_budget_bytes: raw.uplink.monthly_budget_bytes,
             max_batch_interval,
             pull_token,
+            upload_token,
+            technician_token,
             buffer_max_bytes: raw.buffer.max_bytes,
             mqtt,
             log_level: raw.log.level,
@@ -788,6 +821,45 @@ pub fn compile(
     } else {
         Err(problems)
     }
+}
+
+/// A bearer token given inline (`key`) or in a file (`key` + `_file`, trimmed): not both, at
+/// least 16 characters.
+fn bearer_token(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    key: &str,
+    env: &dyn Environment,
+    problem: &mut impl FnMut(&str, String),
+    warnings: &mut Vec<Problem>,
+) -> Option<String> {
+    let file_key = format!("{key}_file");
+    let short = key.rsplit('.').next().unwrap_or(key);
+    let (token, from) = match (inline, file) {
+        (Some(_), Some(_)) => {
+            problem(
+                &file_key,
+                format!("give either {short} or {short}_file, not both"),
+            );
+            return None;
+        }
+        (Some(token), None) => {
+            warnings.push(inline_secret_warning(key, &file_key));
+            (token, key.to_owned())
+        }
+        (None, Some(file)) => match env.secret_file(&file) {
+            Ok(token) => (token.trim().to_owned(), file_key),
+            Err(e) => {
+                problem(&file_key, e);
+                return None;
+            }
+        },
+        (None, None) => return None,
+    };
+    if token.len() < 16 {
+        problem(&from, "must be at least 16 characters".into());
+    }
+    Some(token)
 }
 
 /// Gateway ids become MQTT topic levels and file names, device names batch sources and API path

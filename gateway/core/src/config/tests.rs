@@ -240,6 +240,94 @@ fn a_bad_log_filter_and_a_missing_token_file_are_located() {
     );
 }
 
+#[test]
+fn each_api_scope_takes_its_own_token_inline_or_from_a_file() {
+    let machine = Machine::default()
+        .with_file("/etc/outpost/upload-token", "upload-token-0123456789\n")
+        .with_file("/etc/outpost/tech-token", "  technician-0123456789 \n");
+    let config = Config::parse(
+        Path::new("/etc/outpost/outpost.toml"),
+        "[api]\nupload_token_file = \"/etc/outpost/upload-token\"\n\
+         technician_token_file = \"/etc/outpost/tech-token\"\n\
+         [uplink.pull]\ntoken = \"pull-token-0123456789\"\n",
+        &machine,
+    )
+    .unwrap();
+    assert_eq!(
+        config.upload_token.as_deref(),
+        Some("upload-token-0123456789")
+    );
+    assert_eq!(
+        config.technician_token.as_deref(),
+        Some("technician-0123456789")
+    );
+    assert_eq!(config.pull_token.as_deref(), Some("pull-token-0123456789"));
+
+    let inline = parse("[api]\nupload_token = \"upload-token-0123456789\"\n").unwrap();
+    assert_eq!(
+        inline.upload_token.as_deref(),
+        Some("upload-token-0123456789")
+    );
+    assert_eq!(
+        inline.technician_token, None,
+        "no token: the read endpoints stay open"
+    );
+    assert_eq!(inline.pull_token, None);
+}
+
+#[test]
+fn bad_scope_tokens_are_located_all_at_once() {
+    let errors = parse(
+        "[api]\n\
+         upload_token = \"short\"\n\
+         technician_token = \"technician-0123456789\"\n\
+         technician_token_file = \"/etc/outpost/tech-token\"\n\
+         [uplink.pull]\n\
+         token_file = \"/run/none\"\n",
+    )
+    .unwrap_err()
+    .0;
+    let found: Vec<(&str, Option<usize>, &str)> = errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "uplink.pull.token_file",
+                Some(6),
+                "cannot read /run/none: No such file or directory (os error 2)"
+            ),
+            (
+                "api.upload_token",
+                Some(2),
+                "must be at least 16 characters"
+            ),
+            (
+                "api.technician_token_file",
+                Some(4),
+                "give either technician_token or technician_token_file, not both"
+            ),
+        ],
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn one_token_for_two_scopes_is_refused() {
+    let error = only_error(
+        "[api]\nupload_token = \"same-token-0123456789\"\n\
+         [uplink.pull]\ntoken = \"same-token-0123456789\"\n",
+    );
+    assert_eq!(error.key, "api.upload_token");
+    assert_eq!(error.line, Some(2));
+    assert!(
+        error.message.contains("must differ from uplink.pull.token"),
+        "{error}"
+    );
+}
+
 /// Parses `text` as `/etc/outpost/outpost.toml` on a machine with the shipped catalogue in
 /// `/etc/outpost/devices/`, so `map` paths like `devices/eastron-sdm630.toml` find it.
 fn parse_in_repo(text: &str) -> Result<Config, ConfigErrors> {
@@ -554,6 +642,36 @@ fn a_token_file_others_can_read_is_refused_and_an_inline_token_is_a_located_warn
         (path, "uplink.pull.token", Some(4))
     );
     assert!(w.message.contains("`uplink.pull.token_file`"), "{w}");
+}
+
+#[test]
+fn every_scope_token_file_others_can_read_is_refused_and_inline_ones_warned_of() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    for key in ["upload_token", "technician_token"] {
+        let text = format!("[api]\n{key}_file = \"/etc/outpost/{key}\"\n");
+        let open = Machine::default().with_secret(
+            &format!("/etc/outpost/{key}"),
+            "0123456789abcdef0123\n",
+            0o604,
+            ("root", "outpost"),
+        );
+        let e = &Config::parse(path, &text, &open).unwrap_err().0[0];
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            (format!("api.{key}_file").as_str(), Some(2))
+        );
+        assert!(e.message.contains("0604"), "{e}");
+
+        let config = parse(&format!("[api]\n{key} = \"0123456789abcdef0123\"\n")).unwrap();
+        let [w] = config.warnings.as_slice() else {
+            panic!("{key}: {:?}", config.warnings)
+        };
+        assert_eq!(
+            (w.key.as_str(), w.line),
+            (format!("api.{key}").as_str(), Some(2))
+        );
+        assert!(w.message.contains(&format!("`api.{key}_file`")), "{w}");
+    }
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The local HTTP API: `/api/v1/status`, `/api/v1/nodes` and `/api/v1/modbus` for site
 //! technicians and tools, and
 //! the HTTP pull of sealed batches for a cloud that pulls (`/api/v1/batches…`, bearer token).
+//!
+//! Each group of endpoints has its own token scope (`auth`): pull, upload (`upload`: update
+//! artifacts into the spool), technician (the read endpoints, open when no token is set).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,17 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use outpost_core::auth::{AuthCounters, Scope};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::telemetry::TelemetryHub;
-use crate::io::update::incoming as updates;
 use crate::io::uplink::meter::Meter;
 use outpost_core::telemetry::{
     Alert, AlertKey, AlertKind, CostStatus, DeviceStatus, Event, ModbusSummary, PortStatus,
@@ -30,6 +33,9 @@ use crate::io::store::outbox::{BatchInfo, OutboxTotals};
 use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{NodeRow, Reader, Readers, StoreError};
 
+pub mod auth;
+pub mod upload;
+
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -39,8 +45,8 @@ pub struct ApiState {
     pub readers: Readers,
     /// Status, counters and alerts of every part of the daemon.
     pub telemetry: TelemetryHub,
-    /// `None`: the batch endpoints are off.
-    pub pull_token: Option<Arc<str>>,
+    /// The tokens of each scope and the failed-authentication throttle.
+    pub auth: auth::AuthGate,
     pub store_tx: mpsc::Sender<StoreCommand>,
     /// Pulled batch bytes count against the same data budget as pushed ones.
     pub meter: Arc<Meter>,
@@ -51,6 +57,8 @@ pub struct ApiState {
     pub dictionaries: PathBuf,
     /// Where uploaded update artifacts go (`PUT /api/v1/updates/{file}`).
     pub updates: PathBuf,
+    /// Uploads received at once ([`upload::slots`]).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Where the root update agent leaves its report.
     pub update_state: PathBuf,
 }
@@ -70,6 +78,8 @@ struct Status {
     modbus: ModbusSummary,
     /// The last self-update attempt, as the root update agent reported it.
     update: Option<crate::io::update::report::UpdateReport>,
+    /// Failed and throttled authentications.
+    auth: AuthCounters,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +145,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         ports: snapshot.ports,
         modbus,
         update: crate::io::update::last_report(&state.update_state),
+        auth: snapshot.auth,
     }))
 }
 
@@ -147,13 +158,6 @@ async fn modbus_devices(State(state): State<ApiState>) -> Json<Vec<DeviceStatus>
     Json(state.telemetry.with(|t| t.devices().to_vec()))
 }
 
-/// Compares in constant time (`subtle`), so response timing does not reveal how much of a
-/// guessed token was right. (The length is not secret.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq as _;
-    bool::from(a.ct_eq(b))
-}
-
 /// Batch sequence numbers are SQLite integers: anything beyond `i64::MAX` is the client's error,
 /// not the store's.
 fn check_seq(name: &str, value: u64) -> Result<(), ApiError> {
@@ -163,29 +167,6 @@ fn check_seq(name: &str, value: u64) -> Result<(), ApiError> {
         Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("{name} {value} is beyond any batch sequence number"),
-        ))
-    }
-}
-
-/// Checks the bearer token of a batch request.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.pull_token else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "HTTP pull is not enabled (uplink.pull.token)".into(),
-        ));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
         ))
     }
 }
@@ -210,10 +191,8 @@ struct BatchIndex {
 
 async fn batch_index(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Query(query): Query<BatchQuery>,
 ) -> Result<Json<BatchIndex>, ApiError> {
-    authorize(&state, &headers)?;
     check_seq("after", query.after)?;
     let limit = query.limit.clamp(1, 1000);
     let (batches, outbox) = read_store(&state, move |r| {
@@ -228,10 +207,8 @@ async fn batch_index(
 
 async fn batch_bytes(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(seq): Path<u64>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     check_seq("batch", seq)?;
     match read_store(&state, move |r| r.batch_bytes(seq)).await? {
         Some(bytes) => {
@@ -248,10 +225,8 @@ async fn batch_bytes(
 
 async fn dictionary_bytes(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(id): Path<u32>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let dir = state.dictionaries.clone();
     match tokio::task::spawn_blocking(move || crate::io::dictionaries::load(&dir, id)).await {
         Ok(Ok(dictionary)) => Ok((
@@ -273,10 +248,8 @@ struct AckBody {
 
 async fn batch_ack(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let Json(AckBody { upto }) = body.map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -334,45 +307,24 @@ async fn batch_ack(
     }
 }
 
-/// `PUT /api/v1/updates/{file}`: a signed update artifact into the spool, the .deb first, then
-/// its .sig (which starts the root agent). Bearer token as for the batch endpoints; the agent
-/// trusts only the signature.
-async fn upload_artifact(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(file): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    updates::check_name(&file).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let dir = state.updates.clone();
-    let size = body.len();
-    let stored = tokio::task::spawn_blocking(move || updates::store(&dir, &file, &body))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    tracing::info!(message = "Update artifact received.", file = %stored.display(), bytes = size);
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "stored": stored, "bytes": size })),
-    )
-        .into_response())
-}
-
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    // Each scope's layer checks its token before the handler reads anything of the request.
+    let scope = |scope| from_fn_with_state((state.auth.clone(), scope), auth::require);
+    let technician = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/modbus", get(modbus_devices))
+        .route_layer(scope(Scope::Technician));
+    let pull = Router::new()
         .route("/api/v1/batches", get(batch_index))
         .route("/api/v1/batches/ack", post(batch_ack))
         .route("/api/v1/batches/{seq}", get(batch_bytes))
         .route("/api/v1/dictionaries/{id}", get(dictionary_bytes))
-        .route(
-            "/api/v1/updates/{file}",
-            put(upload_artifact).layer(DefaultBodyLimit::max(updates::MAX_ARTIFACT_BYTES)),
-        )
-        .with_state(state)
+        .route_layer(scope(Scope::Pull));
+    let upload = Router::new()
+        .route("/api/v1/updates/{file}", put(upload::upload_artifact))
+        .route_layer(scope(Scope::Upload));
+    technician.merge(pull).merge(upload).with_state(state)
 }
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address once listening.
@@ -385,7 +337,11 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // The peer's address (`ConnectInfo`) keys the failed-authentication throttle.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
