@@ -532,4 +532,17 @@ fn guessing_tokens_is_throttled_per_address_and_raises_an_alert() {
         "{}",
         status["auth"]
     );
+
+    // The allowance comes back (one guess per 6 s): the alert resolves with no request needed.
+    wait_for(
+        Duration::from_secs(30),
+        "the auth_failures alert resolved",
+        || {
+            let answer = request_from(site.api, elsewhere, "GET", "/api/v1/status", None);
+            let status: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+            let alerts = status["store"]["alerts"].as_array()?;
+            (!alerts.iter().any(|a| a["kind"] == "auth_failures")).then_some(())
+        },
+    )
+    .unwrap();
 }
