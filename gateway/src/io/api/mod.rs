@@ -17,6 +17,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub mod listener;
+
 use crate::io::telemetry::TelemetryHub;
 use crate::io::update::incoming as updates;
 use crate::io::uplink::meter::Meter;
@@ -68,6 +70,8 @@ struct Status {
     cost: CostStatus,
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,
+    /// Connections to this API: open, cap, refused, evicted, time-outs, wrong `Host:`.
+    api: outpost_core::listener::admission::ConnCounters,
     /// The last self-update attempt, as the root update agent reported it.
     update: Option<crate::io::update::report::UpdateReport>,
 }
@@ -134,6 +138,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         cost: snapshot.cost,
         ports: snapshot.ports,
         modbus,
+        api: snapshot.api,
         update: crate::io::update::last_report(&state.update_state),
     }))
 }
@@ -380,12 +385,14 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     tokio::net::TcpListener::bind(listen).await
 }
 
+/// Serves the API on `listener` until `shutdown` (in-flight requests finish): the connection
+/// cap, time-outs and `Host:` check of [`listener`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    config: listener::ListenerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let telemetry = state.telemetry.clone();
+    listener::serve(listener, router(state), config, telemetry, shutdown).await
 }
