@@ -150,6 +150,30 @@ pub async fn run(
     }
     uplink_task.close();
 
+    // Each API connection is a descriptor: raise the soft limit, and cap connections below it.
+    let descriptors = api::listener::raise_descriptor_limit();
+    let modbus_links = config.modbus.buses.len()
+        + config
+            .modbus
+            .devices
+            .iter()
+            .filter(|d| matches!(d.transport, Transport::Tcp(_)))
+            .count();
+    let listener_config = api::listener::ListenerConfig {
+        limits: api::listener::size_cap(
+            config.api.max_connections,
+            descriptors,
+            outpost_core::listener::admission::reserved_descriptors(
+                config.serial.len(),
+                modbus_links,
+                config.mqtt.is_some(),
+            ),
+        ),
+        header_timeout: config.api.header_timeout,
+        idle_timeout: config.api.idle_timeout,
+        request_timeout: config.api.request_timeout,
+        allowed_hosts: config.api.allowed_hosts.clone(),
+    };
     let listener = api::bind(config.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.api_listen))?;
@@ -181,7 +205,7 @@ pub async fn run(
         store_tx,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
-    api::serve(listener, state, shutdown.clone())
+    api::serve(listener, state, listener_config, shutdown.clone())
         .await
         .context("API server failed")?;
 

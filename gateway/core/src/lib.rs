@@ -7,6 +7,7 @@
 //! IO crate (tokio, rusqlite, rumqttc, tokio-serial, tokio-modbus, axum).
 //!
 //! - [`auth`]: the local API's token scopes and the failed-authentication throttle;
+//! - [`listener`]: the local API's connection cap and the `Host:` names it answers;
 //! - [`link`]: the gateway's end of the node link on one serial port, and the admission rule
 //!   that keeps the store free of gaps and duplicates;
 //! - [`batcher`] and [`budget`]: when to seal a batch, and how far to stretch the interval so the
@@ -25,6 +26,7 @@ pub mod budget;
 pub mod config;
 pub mod hex;
 pub mod link;
+pub mod listener;
 pub mod modbus;
 pub mod telemetry;
 pub mod update;

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::auth::AuthCounters;
 use crate::link::PortCounters;
+use crate::listener::admission::ConnCounters;
 use crate::modbus::health::{DeviceHealth, LinkState};
 use crate::uplink::UplinkStatus;
 
@@ -324,6 +325,8 @@ pub enum Event {
     },
     Uplink(UplinkBoard),
     Cost(CostStatus),
+    /// The local API's connection counters, after a change.
+    Api(ConnCounters),
     /// A Modbus device is polled from now on; it is the next index (config order).
     DeviceAdded(Box<DeviceStatus>),
     /// Modbus device `index`'s transport label (an RTU bus is only known by path at spawn).
@@ -368,6 +371,8 @@ pub struct Snapshot {
     pub uplink: Option<UplinkBoard>,
     pub cost: CostStatus,
     pub modbus: Vec<DeviceStatus>,
+    /// The local API's connections: open, cap, refusals, evictions, time-outs.
+    pub api: ConnCounters,
     /// Firing alerts, newest first.
     pub alerts: Vec<Alert>,
     /// Failed and throttled authentications on the local API.
@@ -399,6 +404,7 @@ pub struct Telemetry {
     uplink: Option<UplinkBoard>,
     cost: CostStatus,
     modbus: Vec<DeviceStatus>,
+    api: ConnCounters,
     alerts: Alerts,
     auth: AuthCounters,
 }
@@ -426,6 +432,7 @@ impl Telemetry {
                 ..CostStatus::default()
             },
             modbus: Vec::new(),
+            api: ConnCounters::default(),
             alerts: Alerts::default(),
             auth: AuthCounters::default(),
         }
@@ -470,6 +477,7 @@ impl Telemetry {
             }
             Event::Uplink(board) => self.uplink = Some(board),
             Event::Cost(cost) => self.cost = cost,
+            Event::Api(counters) => self.api = counters,
             Event::DeviceAdded(status) => self.modbus.push(*status),
             Event::DeviceTransport { index, label } => {
                 if let Some(device) = self.modbus.get_mut(index) {
@@ -512,6 +520,7 @@ impl Telemetry {
             uplink: self.uplink.clone(),
             cost: self.cost.clone(),
             modbus: self.modbus.clone(),
+            api: self.api,
             alerts: self.alerts.firing(),
             auth: self.auth,
         }

@@ -77,6 +77,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         gateway_id: "demo-site".into(),
         data_dir: dir.path().to_owned(),
         api_listen: options.listen,
+        api: outpost_core::config::ApiConfig::defaults(options.listen, None),
         commit_interval: Duration::from_millis(20),
         max_commit_readings: 8192,
         serial,

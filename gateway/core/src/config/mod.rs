@@ -176,6 +176,22 @@ pub struct RawApi {
     pub technician_token: Option<String>,
     /// Or a file holding it (preferred).
     pub technician_token_file: Option<PathBuf>,
+    /// Open connections at most (also bounded by the file descriptors the process may hold).
+    /// When full, a new client is still served: the least recently active idle connection of
+    /// the address holding the most is closed for it.
+    pub max_connections: u32,
+    /// A request head must arrive in full within this time of its first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A request (its body included) answered 503 after this long.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Names and addresses the API answers to besides its defaults (the listening address,
+    /// `localhost` on loopback, the host name and `<host name>.local`): DNS rebinding defence.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RawApi {
@@ -186,6 +202,37 @@ impl Default for RawApi {
             upload_token_file: None,
             technician_token: None,
             technician_token_file: None,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(120),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The validated `[api]` connection settings (the address is [`Config::api_listen`]).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    /// The `Host:` names and addresses answered.
+    pub allowed_hosts: crate::listener::host::AllowedHosts,
+}
+
+impl ApiConfig {
+    /// The documented defaults for an API on `listen` on a machine called `host_name`.
+    #[must_use]
+    pub fn defaults(listen: SocketAddr, host_name: Option<&str>) -> ApiConfig {
+        let raw = RawApi::default();
+        ApiConfig {
+            max_connections: raw.max_connections as usize,
+            header_timeout: raw.header_timeout,
+            idle_timeout: raw.idle_timeout,
+            request_timeout: raw.request_timeout,
+            allowed_hosts: crate::listener::host::AllowedHosts::new(listen, host_name, &[]),
         }
     }
 }
@@ -256,6 +303,7 @@ pub struct Config {
     pub gateway_id: String,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
+    pub api: ApiConfig,
     pub commit_interval: Duration,
     pub max_commit_readings: usize,
     pub serial: Vec<SerialPort>,
@@ -595,6 +643,7 @@ pub fn compile(
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
+    let api = compile_api(&raw.api, api_listen, env, &mut problem);
     let commit_interval = raw.store.commit_interval;
     if commit_interval > Duration::from_secs(5) {
         problem(
@@ -794,6 +843,7 @@ pub fn compile(
             gateway_id,
             data_dir: raw.gateway.data_dir,
             api_listen,
+            api,
             commit_interval,
             max_commit_readings: raw.store.max_commit_readings as usize,
             serial,
@@ -860,6 +910,61 @@ fn bearer_token(
         problem(&from, "must be at least 16 characters".into());
     }
     Some(token)
+}
+
+/// `[api]` beyond `listen`.
+fn compile_api(
+    raw: &RawApi,
+    listen: SocketAddr,
+    env: &dyn Environment,
+    problem: &mut impl FnMut(&str, String),
+) -> ApiConfig {
+    if !(1..=65_535).contains(&raw.max_connections) {
+        problem("api.max_connections", "must be between 1 and 65535".into());
+    }
+    let second = Duration::from_secs(1);
+    for (key, value, min, max) in [
+        (
+            "api.header_timeout",
+            raw.header_timeout,
+            Duration::from_millis(100),
+            300 * second,
+        ),
+        ("api.idle_timeout", raw.idle_timeout, second, 3600 * second),
+        (
+            "api.request_timeout",
+            raw.request_timeout,
+            second,
+            3600 * second,
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            problem(
+                key,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+    }
+    for (i, entry) in raw.allowed_hosts.iter().enumerate() {
+        if let Err(why) = crate::listener::host::parse_allowed(entry) {
+            problem(&format!("api.allowed_hosts[{i}]"), why);
+        }
+    }
+    ApiConfig {
+        max_connections: raw.max_connections as usize,
+        header_timeout: raw.header_timeout,
+        idle_timeout: raw.idle_timeout,
+        request_timeout: raw.request_timeout,
+        allowed_hosts: crate::listener::host::AllowedHosts::new(
+            listen,
+            env.host_name().as_deref(),
+            &raw.allowed_hosts,
+        ),
+    }
 }
 
 /// Gateway ids become MQTT topic levels and file names, device names batch sources and API path

@@ -700,3 +700,70 @@ fn an_inline_token_in_a_drop_in_is_warned_of_in_that_file() {
         )
     );
 }
+
+#[test]
+fn api_connection_settings_have_defaults_and_nonsense_is_located() {
+    let config = parse("").unwrap();
+    assert_eq!(config.api.max_connections, 512);
+    assert_eq!(config.api.header_timeout, Duration::from_secs(10));
+    assert_eq!(config.api.idle_timeout, Duration::from_secs(60));
+    assert_eq!(config.api.request_timeout, Duration::from_secs(120));
+    assert_eq!(
+        config.api.allowed_hosts.check(Some("localhost:8080")),
+        Ok(())
+    );
+    assert_eq!(
+        config.api.allowed_hosts.check(Some("test-host.local")),
+        Ok(())
+    );
+    assert!(
+        config
+            .api
+            .allowed_hosts
+            .check(Some("evil.example"))
+            .is_err()
+    );
+
+    let config = parse(
+        "[api]\nmax_connections = 64\nheader_timeout = \"2s\"\nidle_timeout = \"30s\"\nrequest_timeout = \"5m\"\nallowed_hosts = [\"gw.site.example\", \"::1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.api.max_connections, 64);
+    assert_eq!(config.api.header_timeout, Duration::from_secs(2));
+    assert_eq!(config.api.request_timeout, Duration::from_secs(300));
+    assert_eq!(
+        config.api.allowed_hosts.check(Some("GW.site.example:8080")),
+        Ok(())
+    );
+
+    let errors = parse(
+        "[api]\nmax_connections = 0\nheader_timeout = \"0s\"\nidle_timeout = \"2h\"\nrequest_timeout = \"10ms\"\nallowed_hosts = [\"ok.example\", \"gw:8080\", \"http://x\"]\n",
+    )
+    .unwrap_err()
+    .0;
+    let found: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("api.max_connections", Some(2)),
+            ("api.header_timeout", Some(3)),
+            ("api.idle_timeout", Some(4)),
+            ("api.request_timeout", Some(5)),
+            ("api.allowed_hosts[1]", Some(6)),
+            ("api.allowed_hosts[2]", Some(6)),
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[4].message.contains("without a port"),
+        "{}",
+        errors[4]
+    );
+    let e = only_error("[api]\nheader_timeout = \"soon\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("api.header_timeout", Some(2)),
+        "{e}"
+    );
+}

@@ -21,6 +21,8 @@ use outpost_core::auth::{AuthCounters, Scope};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub mod listener;
+
 use crate::io::telemetry::TelemetryHub;
 use crate::io::uplink::meter::Meter;
 use outpost_core::telemetry::{
@@ -76,6 +78,8 @@ struct Status {
     cost: CostStatus,
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,
+    /// Connections to this API: open, cap, refused, evicted, time-outs, wrong `Host:`.
+    api: outpost_core::listener::admission::ConnCounters,
     /// The last self-update attempt, as the root update agent reported it.
     update: Option<crate::io::update::report::UpdateReport>,
     /// Failed and throttled authentications.
@@ -144,6 +148,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         cost: snapshot.cost,
         ports: snapshot.ports,
         modbus,
+        api: snapshot.api,
         update: crate::io::update::last_report(&state.update_state),
         auth: snapshot.auth,
     }))
@@ -332,16 +337,14 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
     tokio::net::TcpListener::bind(listen).await
 }
 
+/// Serves the API on `listener` until `shutdown` (in-flight requests finish): the connection
+/// cap, time-outs and `Host:` check of [`listener`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
+    config: listener::ListenerConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // The peer's address (`ConnectInfo`) keys the failed-authentication throttle.
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let telemetry = state.telemetry.clone();
+    listener::serve(listener, router(state), config, telemetry, shutdown).await
 }
