@@ -144,16 +144,17 @@ impl StateDir {
         Ok(())
     }
 
-    /// The version floor kept from earlier manifests (`None`: none verified yet, or unreadable,
-    /// which is logged: the manifest's own floor then still holds).
-    fn floor(&self) -> Option<String> {
-        match std::fs::read_to_string(self.root.join(FLOOR_FILE)) {
-            Ok(text) => Some(text.trim().to_owned()).filter(|f| !f.is_empty()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                tracing::error!(message = "Cannot read the version floor.", %error);
-                None
-            }
+    /// The version floor kept from earlier manifests (`None`: none verified yet). An unreadable
+    /// one is an error: without it, a replay could not be told from an update.
+    fn floor(&self) -> Result<Option<String>, String> {
+        let path = self.root.join(FLOOR_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned()).filter(|f| !f.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read the version floor {}: {e}",
+                path.display()
+            )),
         }
     }
 
@@ -409,7 +410,7 @@ fn hold_to_floor<H: Host>(
             "the manifest's floor {floor} is above its own version {version} (a signing mistake)"
         ));
     }
-    let kept = state.floor();
+    let kept = state.floor()?;
     if let Some(kept) = &kept {
         if host.is_newer(kept, version) {
             return Err(format!(
