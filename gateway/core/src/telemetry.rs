@@ -34,6 +34,9 @@ pub enum AlertKind {
     AckRefused,
     /// Store commits fail (disk full, read-only): nothing is acknowledged until they succeed.
     StoreFailing,
+    /// A serial port refuses uids never enrolled (its newcomer budget, or `store.max_nodes`, is
+    /// spent): a flood of made-up nodes, or a new node the operator must make room for.
+    NewcomersRefused,
 }
 
 impl AlertKind {
@@ -44,6 +47,7 @@ impl AlertKind {
             AlertKind::Update => "update",
             AlertKind::AckRefused => "ack_refused",
             AlertKind::StoreFailing => "store_failing",
+            AlertKind::NewcomersRefused => "newcomers_refused",
         }
     }
 }
