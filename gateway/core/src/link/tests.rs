@@ -534,6 +534,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u16..500).prop_map(|lost| Op::Overflow { lost }),
         2 => (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(seq, window_start, age_ms)| Op::Forged { seq, window_start, age_ms }),
         1 => (0u32..4).prop_map(|d| Op::Forged { seq: d, window_start: d, age_ms: 0 }),
+        // A gap claim: seq = window_start, anywhere.
+        2 => (any::<u32>(), any::<u32>()).prop_map(|(x, age_ms)| Op::Forged { seq: x, window_start: x, age_ms }),
         1 => (any::<bool>(), 1u8..5, 0u8..3, 0u32..3).prop_map(|(victim, uid, key, boot)| Op::Enrol { victim, uid, key, boot }),
         2 => Just(Op::Commit),
     ]
@@ -552,6 +554,8 @@ struct World {
     registry: Registry,
     last: BTreeMap<(i64, u32), u32>,
     lost: BTreeMap<(i64, u32), u64>,
+    /// The highest seq the session handed to the store, per boot.
+    handed: BTreeMap<(i64, u32), u32>,
     in_flight: Vec<Action>,
     now: Millis,
 }
@@ -569,6 +573,7 @@ impl World {
             registry,
             last: BTreeMap::new(),
             lost: BTreeMap::new(),
+            handed: BTreeMap::new(),
             in_flight: Vec::new(),
             now: Millis(0),
         };
@@ -614,7 +619,19 @@ impl World {
                     });
                     self.session.handle_registered(&hello, answer);
                 }
-                ingest @ Action::Ingest { .. } => self.in_flight.push(ingest),
+                Action::Ingest {
+                    node_id,
+                    boot_id,
+                    samples,
+                } => {
+                    let handed = self.handed.entry((node_id, boot_id)).or_default();
+                    *handed = samples.iter().map(|s| s.seq).fold(*handed, u32::max);
+                    self.in_flight.push(Action::Ingest {
+                        node_id,
+                        boot_id,
+                        samples,
+                    });
+                }
                 _ => {}
             }
         }
@@ -666,6 +683,7 @@ proptest! {
         uptime_s in 1u32..100_000,
         ops in proptest::collection::vec(op(), 0..120),
     ) {
+        let count = ops.len() as u64;
         let mut w = World::new(uptime_s);
         let rate = u64::from(LinkLimits::default().max_sample_rate_hz);
         let mut seq = 0u32;
@@ -707,6 +725,10 @@ proptest! {
         let possible = life_ms * rate / 1000 + 1;
         let lost = w.lost.get(&(42, 7)).copied().unwrap_or(0);
         prop_assert!(lost <= possible, "{} lost, at most {} possible", lost, possible);
+        // The session itself hands over no seq beyond that either (each frame may add one:
+        // a forged successor is indistinguishable from the real one without authentication).
+        let handed = u64::from(w.handed.get(&(42, 7)).copied().unwrap_or(0));
+        prop_assert!(handed <= possible + count, "seq {} handed over, at most {} possible", handed, possible + count);
     }
 
     /// A real node's gaps (ring overflows) are never taken for forged ones.
