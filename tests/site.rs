@@ -40,7 +40,11 @@ fn four_nodes_enroll_and_deliver_a_thousand_samples_each_without_gap_or_duplicat
     );
     assert!(status["store"]["size_bytes"].as_u64().unwrap() > 0);
     let nodes = site.get("/api/v1/nodes").unwrap();
-    let nodes = nodes.as_array().unwrap();
+    assert!(
+        nodes["next"].is_null(),
+        "one page holds four nodes: {nodes}"
+    );
+    let nodes = nodes["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 4);
     for node in nodes {
         assert_eq!(node["readings_received"], 4000);
@@ -103,7 +107,7 @@ fn garbage_on_one_line_is_survived_and_the_other_nodes_are_unaffected() {
         assert_contiguous(&uid, &s, 600);
     }
     let nodes = site.get("/api/v1/nodes").unwrap();
-    let errors: Vec<u64> = nodes
+    let errors: Vec<u64> = nodes["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -362,7 +366,8 @@ fn the_demo_runs_a_simulated_site_and_cleans_up_on_ctrl_c() {
     .stdout(Stdio::piped());
     let mut demo = Proc::spawn("demo", &mut cmd).unwrap();
     let nodes = wait_for(Duration::from_secs(30), "demo nodes with readings", || {
-        let nodes = http_get_json(addr, "/api/v1/nodes").ok()?;
+        let page = http_get_json(addr, "/api/v1/nodes").ok()?;
+        let nodes = page["nodes"].clone();
         let all = nodes.as_array()?;
         (all.len() == 2
             && all

@@ -30,6 +30,7 @@ fn sample(seq: u32) -> Sample {
         seq,
         window_start: 1,
         ts_ms: 1_764_000_000_000 + i64::from(seq) * 100,
+        max_lost: u32::MAX,
         readings,
     }
 }
@@ -51,7 +52,8 @@ fn batched(readings: usize) -> f64 {
     let ids: Vec<i64> = (0..NODES)
         .map(|n| {
             store
-                .transaction(|tx| tx.register(0, "bench", &hello(n)))
+                .transaction(|tx| tx.register(0, "bench", &hello(n), &[1; 32], true))
+                .unwrap()
                 .unwrap()
                 .node_id
         })

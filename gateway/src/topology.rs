@@ -56,8 +56,9 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let path = store_path(&config);
-    let store =
+    let mut store =
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
+    store.set_max_nodes(config.max_nodes);
 
     // The newest sealed batch, so the uplink wakes for new batches instead of looking for them.
     let outbox = store.reader().and_then(|r| r.outbox()).unwrap_or_default();

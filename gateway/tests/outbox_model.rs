@@ -384,6 +384,7 @@ impl Model {
                     seq,
                     window_start,
                     ts_ms: T0 + i64::from(seq) * 1000 + *node as i64,
+                    max_lost: u32::MAX,
                     readings: readings
                         .iter()
                         .map(|&(channel, value)| Reading {
@@ -792,7 +793,11 @@ fn register(
     let mut ids = [0; 2];
     for (node, id) in ids.iter_mut().enumerate() {
         for boot in BOOTS {
-            let r = store.transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(node, boot)))?;
+            let r = store
+                .transaction(|tx| {
+                    tx.register(0, "/dev/ttyACM0", &hello(node, boot), &[1; 32], true)
+                })?
+                .expect("the same key is always accepted");
             let last = model.node_last.get(&(node, boot)).copied().unwrap_or(0);
             prop_assert_eq!(
                 r.ack_upto,

@@ -7,8 +7,17 @@
 //!
 //! The rule that keeps the store free of gaps and duplicates is [`admit`]; the store applies the
 //! same rule inside its transaction, so a sample is only ever committed once.
+//!
+//! A frame on the line proves nothing about who sent it (ENROLL carries no proof of possession
+//! yet), so the session bounds what a frame can claim ([`LinkLimits`]): a sample's age against
+//! the node's reported uptime and `max_sample_age` (an older claim is clamped and counted), a gap
+//! against the samples the node can have taken in the time it spans (a larger one is refused
+//! and counted), and first enrolments against a per-port budget of newcomers. Who may enrol is
+//! [`enrolment`]: the store applies it before it writes anything, so a refused ENROLL changes
+//! neither the registry nor the session.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::{
@@ -22,6 +31,10 @@ pub struct Sample {
     pub seq: u32,
     pub window_start: u32,
     pub ts_ms: i64,
+    /// The most samples the node can physically have lost right before this one (see
+    /// [`LinkLimits::max_sample_rate_hz`]): the store books a larger gap as an anomaly, never as
+    /// lost samples.
+    pub max_lost: u32,
     pub readings: heapless::Vec<outpost_proto::Reading, { outpost_proto::wire::MAX_READINGS }>,
 }
 
@@ -31,6 +44,62 @@ pub struct Registered {
     pub node_id: i64,
     /// Last committed sample of this boot: the ACCEPT's `ack_upto`.
     pub ack_upto: u32,
+    /// The node was enrolled now, for the first time: it used the port's newcomer budget.
+    pub newcomer: bool,
+}
+
+/// Why the store refused a HELLO + ENROLL. A refused enrolment writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The uid is enrolled with another key: an impostor, or a replaced board.
+    KeyMismatch,
+    /// A uid never enrolled, and the port's newcomer budget is spent for now.
+    NewcomerLimited,
+    /// A uid never enrolled, and the registry holds `max_nodes` nodes already.
+    RegistryFull,
+}
+
+impl Refusal {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::KeyMismatch => "key_mismatch",
+            Refusal::NewcomerLimited => "newcomer_limited",
+            Refusal::RegistryFull => "registry_full",
+        }
+    }
+}
+
+/// How a node the store accepts is enrolled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrol {
+    /// Its key is the pinned one: the row is updated from the HELLO.
+    Known,
+    /// A uid never enrolled: its row is written now, with the key pinned.
+    Newcomer,
+}
+
+/// Who may enrol: the rule the store applies, inside its transaction, before it writes anything.
+///
+/// `pinned` is the key the registry holds for the HELLO's uid (`None`: never enrolled),
+/// `newcomer_allowed` the port's newcomer budget (see [`Action::Register`]), `enrolled` how many
+/// nodes the registry holds and `max_nodes` its cap. A known uid with its own key is always
+/// accepted, whatever the caps: they hold back newcomers, never the site's own nodes.
+pub fn enrolment(
+    pinned: Option<&[u8; 32]>,
+    key: &[u8; 32],
+    newcomer_allowed: bool,
+    enrolled: u64,
+    max_nodes: u64,
+) -> Result<Enrol, Refusal> {
+    match pinned {
+        Some(pinned) if pinned == key => Ok(Enrol::Known),
+        Some(_) => Err(Refusal::KeyMismatch),
+        None if !newcomer_allowed => Err(Refusal::NewcomerLimited),
+        None if enrolled >= max_nodes => Err(Refusal::RegistryFull),
+        None => Ok(Enrol::Newcomer),
+    }
 }
 
 /// Whether a sample may follow the last committed one of its boot.
@@ -42,30 +111,94 @@ pub enum Admission {
     AfterGap { lost: u32 },
     /// Already committed, or ahead of a missing one: drop it; the node resends in order.
     Stale,
+    /// It claims a gap of `lost` samples, more than the node can have taken in the time the gap
+    /// spans: a forged or corrupt frame. Dropped and counted; it changes nothing, so the node's
+    /// real next sample is still taken.
+    Implausible { lost: u32 },
 }
 
 /// Decides if a sample `seq` (whose node still holds everything from `window_start`) may follow
 /// `last`, the last committed sample of its boot.
 #[must_use]
 pub fn admit(last: Option<u32>, seq: u32, window_start: u32) -> Admission {
+    admit_within(last, seq, window_start, u32::MAX)
+}
+
+/// [`admit`], with a gap of more than `max_lost` samples refused as [`Admission::Implausible`].
+#[must_use]
+pub fn admit_within(last: Option<u32>, seq: u32, window_start: u32, max_lost: u32) -> Admission {
+    let gap = |lost: u32| {
+        if lost > max_lost {
+            Admission::Implausible { lost }
+        } else {
+            Admission::AfterGap { lost }
+        }
+    };
     match last {
         None if seq <= 1 => Admission::Next,
         // A boot first heard of mid-way: the node dropped what it could not deliver.
-        None if seq == window_start => Admission::AfterGap { lost: seq - 1 },
+        None if seq == window_start => gap(seq - 1),
         None => Admission::Stale,
         Some(last) if seq == last.wrapping_add(1) => Admission::Next,
-        Some(last) if seq > last && seq == window_start => Admission::AfterGap {
-            lost: seq - last - 1,
-        },
+        Some(last) if seq > last && seq == window_start => gap(seq - last - 1),
         Some(_) => Admission::Stale,
     }
 }
 
+/// What a frame on one port may claim, and who may join through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLimits {
+    /// Frames per second a node may send; the excess is dropped unacknowledged.
+    pub max_frames_per_sec: u32,
+    /// The oldest a sample may claim to be when it arrives (`age_ms`). The bound is the node's
+    /// uptime as it last reported it (HEALTH, sent at every ACCEPT) when known, and this in any
+    /// case: a node cannot hold a sample from before it booted, and no ring outlasts this. An
+    /// older claim is clamped to the bound and counted (`ages_clamped`): the reading is kept,
+    /// stamped with the oldest time the gateway believes possible.
+    pub max_sample_age: Duration,
+    /// The fastest a node can take samples. A gap (ring overflow) can only hold the samples the
+    /// node took in the time between the samples on either side of it: a claimed gap larger than
+    /// that (plus a second of slack) is refused and counted (`gaps_refused`).
+    pub max_sample_rate_hz: u32,
+    /// Uids never enrolled that may enrol through this port at once (a token bucket's size)…
+    pub newcomers_burst: u32,
+    /// …and how fast that allowance refills.
+    pub newcomers_per_hour: u32,
+}
+
+impl Default for LinkLimits {
+    fn default() -> Self {
+        LinkLimits {
+            max_frames_per_sec: 200,
+            max_sample_age: Duration::from_secs(7 * 24 * 3600),
+            max_sample_rate_hz: 1000,
+            newcomers_burst: 4,
+            newcomers_per_hour: 12,
+        }
+    }
+}
+
+/// Slack on the time bounds: uptime is reported in whole seconds, and sampling jitters.
+const SLACK_MS: u64 = 1000;
+
+/// How often a kind of anomaly is logged per port at most; the count in between is in the line.
+const LOG_EVERY: u64 = 10_000;
+
+/// How long after the last refused newcomer a port still counts as refusing newcomers (the
+/// `newcomers_refused` alert).
+pub const REFUSING_FOR: Duration = Duration::from_secs(60);
+
 /// Work for the store, as data.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// A node said HELLO and ENROLL on this port: register it and check its key.
-    Register { hello: Hello, public_key: [u8; 32] },
+    /// A node said HELLO and ENROLL on this port: check its key and register it (see
+    /// [`enrolment`]). `newcomer_allowed`: the port's newcomer budget has room for a uid never
+    /// enrolled.
+    Register {
+        hello: Hello,
+        public_key: [u8; 32],
+        newcomer_allowed: bool,
+    },
     /// Samples to commit; answer with `handle_committed` or `handle_commit_failed`.
     Ingest {
         node_id: i64,
@@ -76,6 +209,12 @@ pub enum Action {
     Health { node_id: i64, health: Health },
     /// Frames the gateway dropped on this node's line since the last report.
     LinkErrors { node_id: i64, count: u32 },
+    /// Anomalies on this node's line since the last report (see [`PortCounters`]).
+    Anomalies {
+        node_id: i64,
+        ages_clamped: u32,
+        gaps_refused: u32,
+    },
 }
 
 /// Things worth a log line, counted for the status page.
@@ -90,6 +229,16 @@ pub struct PortCounters {
     pub duplicates: u64,
     /// Enrolments refused because the node's key differs from the pinned one.
     pub refused: u64,
+    /// Enrolments of uids never enrolled, refused: the port's newcomer budget was spent, or the
+    /// registry was full.
+    pub newcomers_refused: u64,
+    /// ENROLLs ignored because another registration was in flight (a real node says HELLO
+    /// again; a flood of uids is mostly counted here).
+    pub enrolls_busy: u64,
+    /// Samples whose claimed age was beyond what is possible, stored with the age clamped.
+    pub ages_clamped: u64,
+    /// Samples claiming a gap larger than the node can have taken, dropped.
+    pub gaps_refused: u64,
 }
 
 #[derive(Debug)]
@@ -100,6 +249,69 @@ struct Attached {
     handed_over: Option<u32>,
     /// Last sample the store committed.
     committed: Option<u32>,
+    /// When the last sample handed over was taken (session time); `None` when not known (just
+    /// attached, or rewound after a failed commit).
+    last_capture: Option<Millis>,
+    /// The node's uptime as it last reported it, and when that report arrived.
+    uptime: Option<(u64, Millis)>,
+    /// Anomalies not yet reported to the store.
+    ages_clamped: u32,
+    gaps_refused: u32,
+}
+
+impl Attached {
+    /// The node's uptime at session time `at`, if it reported one.
+    fn uptime_at(&self, at: Millis) -> Option<u64> {
+        self.uptime.map(|(ms, heard)| {
+            (ms + at.saturating_since(heard)).saturating_sub(heard.saturating_since(at))
+        })
+    }
+}
+
+/// The most samples a node can have lost right before a sample it took at `capture`: those it
+/// can have taken since the last sample handed over (or, not knowing when that was taken, since
+/// it booted), and no more than its seq can have reached since it booted (so forged gaps cannot
+/// add up beyond the node's life either).
+fn max_lost(node: &Attached, capture: Millis, max_sample_age: Duration, rate_hz: u32) -> u32 {
+    let samples_in = |ms: u64| {
+        ms.saturating_add(SLACK_MS)
+            .saturating_mul(u64::from(rate_hz))
+            / 1000
+    };
+    let uptime = node.uptime_at(capture);
+    let span = match (node.last_capture, uptime) {
+        (Some(last), _) => capture.saturating_since(last),
+        (None, Some(uptime)) => uptime,
+        (None, None) => u64::try_from(max_sample_age.as_millis()).unwrap_or(u64::MAX),
+    };
+    let since_last = samples_in(span);
+    // The sample's seq is at most the samples taken since boot (seq 1 is the first).
+    let up_to_seq = uptime.map_or(u64::MAX, |u| {
+        (samples_in(u) + 1).saturating_sub(u64::from(node.handed_over.unwrap_or(0)) + 1)
+    });
+    u32::try_from(since_last.min(up_to_seq)).unwrap_or(u32::MAX)
+}
+
+/// Logs a kind of anomaly at most once per [`LOG_EVERY`] ms, saying how many were not logged.
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Millis>,
+    unlogged: u64,
+}
+
+impl LogLimit {
+    /// `Some(n)`: log now, `n` more of the same since the last line.
+    fn take(&mut self, now: Millis) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|l| now.saturating_since(l) < LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// Token bucket over frames from the node.
@@ -127,6 +339,34 @@ impl RateLimit {
     }
 }
 
+/// Token bucket over first enrolments through one port.
+#[derive(Debug)]
+struct NewcomerBudget {
+    burst: u32,
+    per_hour: u32,
+    /// In thousandths of a newcomer, so slow rates refill exactly.
+    millis: u64,
+    refilled_at: Millis,
+}
+
+impl NewcomerBudget {
+    fn refill(&mut self, now: Millis) {
+        let elapsed = now.saturating_since(self.refilled_at);
+        // per_hour newcomers per 3.6e6 ms = per_hour thousandths per 3.6 s.
+        let gained = elapsed.saturating_mul(u64::from(self.per_hour)) / 3600;
+        self.millis = (self.millis + gained).min(u64::from(self.burst) * 1000);
+        self.refilled_at = now;
+    }
+    fn available(&mut self, now: Millis) -> bool {
+        self.refill(now);
+        self.millis >= 1000
+    }
+    fn spend(&mut self, now: Millis) {
+        self.refill(now);
+        self.millis = self.millis.saturating_sub(1000);
+    }
+}
+
 /// One serial port's session with the node on it.
 ///
 /// Design: owns the frame decoder, which node (and which boot of it) is on the line, and how far
@@ -147,13 +387,32 @@ pub struct PortSession {
     actions: VecDeque<Action>,
     transmit: VecDeque<Message>,
     counters: PortCounters,
+    limits: LinkLimits,
+    newcomers: NewcomerBudget,
+    /// When a newcomer was last refused (the alert's condition).
+    newcomer_refused_at: Option<Millis>,
+    /// Session time of the latest input.
+    now: Millis,
+    log_refusals: LogLimit,
+    log_ages: LogLimit,
+    log_gaps: LogLimit,
 }
 
 impl PortSession {
+    /// A session with the default [`LinkLimits`] but for the frame rate.
     #[must_use]
     pub fn new(port: impl Into<String>, max_frames_per_sec: u32, now: Millis) -> Self {
+        let limits = LinkLimits {
+            max_frames_per_sec,
+            ..LinkLimits::default()
+        };
+        Self::with_limits(port, limits, now)
+    }
+
+    #[must_use]
+    pub fn with_limits(port: impl Into<String>, limits: LinkLimits, now: Millis) -> Self {
         let rate = RateLimit {
-            per_sec: max_frames_per_sec,
+            per_sec: limits.max_frames_per_sec,
             tokens: 0.0,
             refilled_at: now,
         };
@@ -169,6 +428,18 @@ impl PortSession {
             actions: VecDeque::new(),
             transmit: VecDeque::new(),
             counters: PortCounters::default(),
+            limits,
+            newcomers: NewcomerBudget {
+                burst: limits.newcomers_burst,
+                per_hour: limits.newcomers_per_hour,
+                millis: u64::from(limits.newcomers_burst) * 1000,
+                refilled_at: now,
+            },
+            newcomer_refused_at: None,
+            now,
+            log_refusals: LogLimit::default(),
+            log_ages: LogLimit::default(),
+            log_gaps: LogLimit::default(),
         };
         session.rate.tokens = session.rate.burst();
         session
@@ -190,6 +461,14 @@ impl PortSession {
         self.node.as_ref().map(|n| n.node_id)
     }
 
+    /// Whether this port refused a newcomer in the last [`REFUSING_FOR`] (the condition of the
+    /// `newcomers_refused` alert).
+    #[must_use]
+    pub fn refusing_newcomers(&self, now: Millis) -> bool {
+        self.newcomer_refused_at
+            .is_some_and(|at| now.saturating_since(at) < REFUSING_FOR.as_millis() as u64)
+    }
+
     /// The port was closed or reopened: forget the partial frame and who was on the line. A node
     /// re-announces itself with HELLO when it hears nothing for a while.
     pub fn handle_port_reset(&mut self) {
@@ -203,6 +482,7 @@ impl PortSession {
 
     /// Bytes read from the line; `wall_ms` is the Unix time they arrived.
     pub fn handle_bytes(&mut self, now: Millis, wall_ms: i64, bytes: &[u8]) {
+        self.now = self.now.max(now);
         for &byte in bytes {
             match self.decoder.push(byte) {
                 None => {}
@@ -218,6 +498,18 @@ impl PortSession {
         }
         self.flush_samples();
         self.report_link_errors();
+        self.report_anomalies();
+    }
+
+    fn report_anomalies(&mut self) {
+        let Some(node) = &mut self.node else { return };
+        if node.ages_clamped > 0 || node.gaps_refused > 0 {
+            self.actions.push_back(Action::Anomalies {
+                node_id: node.node_id,
+                ages_clamped: std::mem::take(&mut node.ages_clamped),
+                gaps_refused: std::mem::take(&mut node.gaps_refused),
+            });
+        }
     }
 
     fn handle_frame_error(&mut self, error: FrameError) {
@@ -270,6 +562,7 @@ impl PortSession {
                 };
                 if self.registering {
                     self.hello = Some(hello); // one registration at a time; retried on next HELLO
+                    self.counters.enrolls_busy += 1;
                     return;
                 }
                 // A HELLO kept while this boot's registration ran: the boot is attached already,
@@ -282,17 +575,42 @@ impl PortSession {
                 {
                     return;
                 }
-                self.flush_samples();
-                self.node = None;
+                // The node on the line stays attached until the store accepts the newcomer: a
+                // refused ENROLL (an impostor's) must not cut it off.
                 self.registering = true;
+                let newcomer_allowed = self.newcomers.available(self.now);
                 self.actions.push_back(Action::Register {
                     hello,
                     public_key: enroll.public_key,
+                    newcomer_allowed,
                 });
             }
             Message::Telemetry(t) => {
+                let now = self.now;
                 let Some(node) = &mut self.node else { return };
-                match admit(node.handed_over, t.seq, t.window_start) {
+                // How old the sample can be: not older than the node (uptime as it reported it,
+                // advanced by the time since), and never older than max_sample_age.
+                let max_age = u64::try_from(self.limits.max_sample_age.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(node.uptime_at(now).map_or(u64::MAX, |u| u + SLACK_MS));
+                let clamped = u64::from(t.age_ms) > max_age;
+                let age = u64::from(t.age_ms).min(max_age);
+                let capture = Millis(now.0.saturating_sub(age));
+                let max_lost = max_lost(
+                    node,
+                    capture,
+                    self.limits.max_sample_age,
+                    self.limits.max_sample_rate_hz,
+                );
+                match admit_within(node.handed_over, t.seq, t.window_start, max_lost) {
+                    Admission::Implausible { lost } => {
+                        self.counters.gaps_refused += 1;
+                        node.gaps_refused = node.gaps_refused.saturating_add(1);
+                        if let Some(unlogged) = self.log_gaps.take(now) {
+                            tracing::warn!(message = "Sample refused: it claims a gap larger than the node can have taken.",
+                                port = %self.port, seq = t.seq, window_start = t.window_start, lost, max_lost, unlogged);
+                        }
+                    }
                     Admission::Stale => {
                         self.counters.duplicates += 1;
                         // An ACK was lost: say again what is committed so the node frees its ring.
@@ -307,19 +625,30 @@ impl PortSession {
                         }
                     }
                     Admission::Next | Admission::AfterGap { .. } => {
+                        if clamped {
+                            self.counters.ages_clamped += 1;
+                            node.ages_clamped = node.ages_clamped.saturating_add(1);
+                            if let Some(unlogged) = self.log_ages.take(now) {
+                                tracing::warn!(message = "Sample claims an impossible age; stored with the age clamped.",
+                                    port = %self.port, seq = t.seq, age_ms = t.age_ms, max_age_ms = max_age, unlogged);
+                            }
+                        }
                         node.handed_over = Some(t.seq);
-                        let ts_ms = wall_ms - i64::from(t.age_ms);
+                        node.last_capture = Some(capture);
+                        let ts_ms = wall_ms.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
                         self.pending_samples.push(Sample {
                             seq: t.seq,
                             window_start: t.window_start,
                             ts_ms,
+                            max_lost,
                             readings: t.readings,
                         });
                     }
                 }
             }
             Message::Health(health) => {
-                if let Some(node) = &self.node {
+                if let Some(node) = &mut self.node {
+                    node.uptime = Some((u64::from(health.uptime_s) * 1000, self.now));
                     self.actions.push_back(Action::Health {
                         node_id: node.node_id,
                         health,
@@ -350,21 +679,45 @@ impl PortSession {
         }
     }
 
-    /// The store registered the node from the last `Register` (or refused its key: `None`).
-    pub fn handle_registered(&mut self, hello: &Hello, registered: Option<Registered>) {
+    /// The store's answer to the last `Register`: the node registered, or refused (then nothing
+    /// changed: the node attached before, if any, stays attached).
+    pub fn handle_registered(&mut self, hello: &Hello, registered: Result<Registered, Refusal>) {
         self.registering = false;
         // A HELLO of this boot kept while it registered is answered by this registration.
         self.hello = self.hello.take().filter(|h| h.boot_id != hello.boot_id);
-        let Some(registered) = registered else {
-            self.counters.refused += 1;
-            return;
+        let registered = match registered {
+            Ok(registered) => registered,
+            Err(refusal) => {
+                match refusal {
+                    Refusal::KeyMismatch => self.counters.refused += 1,
+                    Refusal::NewcomerLimited | Refusal::RegistryFull => {
+                        self.counters.newcomers_refused += 1;
+                        self.newcomer_refused_at = Some(self.now);
+                    }
+                }
+                if let Some(unlogged) = self.log_refusals.take(self.now) {
+                    tracing::warn!(message = "Enrolment refused.", port = %self.port,
+                        uid = %crate::hex::encode(&hello.uid), reason = refusal.as_str(), unlogged);
+                }
+                return;
+            }
         };
+        if registered.newcomer {
+            self.newcomers.spend(self.now);
+        }
+        // Samples read for the node attached until now go to the store before it is replaced.
+        self.flush_samples();
+        self.report_anomalies();
         let committed = (registered.ack_upto > 0).then_some(registered.ack_upto);
         self.node = Some(Attached {
             node_id: registered.node_id,
             boot_id: hello.boot_id,
             handed_over: committed,
             committed,
+            last_capture: None,
+            uptime: None,
+            ages_clamped: 0,
+            gaps_refused: 0,
         });
         self.transmit.push_back(Message::Accept(Accept {
             boot_id: hello.boot_id,
@@ -404,6 +757,8 @@ impl PortSession {
             .filter(|n| n.node_id == node_id && n.boot_id == boot_id)
         {
             node.handed_over = node.committed;
+            // When the last committed sample was taken is not known: bound gaps by uptime.
+            node.last_capture = None;
         }
     }
 

@@ -39,6 +39,9 @@ pub enum AlertKind {
     /// Failed authentications on the local API went beyond an allowance: requests are being
     /// refused (429) until it comes back.
     AuthFailures,
+    /// A serial port refuses uids never enrolled (its newcomer budget, or `store.max_nodes`, is
+    /// spent): a flood of made-up nodes, or a new node the operator must make room for.
+    NewcomersRefused,
 }
 
 impl AlertKind {
@@ -50,6 +53,7 @@ impl AlertKind {
             AlertKind::AckRefused => "ack_refused",
             AlertKind::StoreFailing => "store_failing",
             AlertKind::AuthFailures => "auth_failures",
+            AlertKind::NewcomersRefused => "newcomers_refused",
         }
     }
 }

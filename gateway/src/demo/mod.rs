@@ -68,7 +68,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         serial.push(SerialPort {
             path: link,
             baud: 115_200,
-            max_frames_per_sec: 200,
+            limits: outpost_core::link::LinkLimits::default(),
             reopen_backoff_max: Duration::from_secs(2),
         });
         nodes.push(node);
@@ -80,6 +80,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         api: outpost_core::config::ApiConfig::defaults(options.listen, None),
         commit_interval: Duration::from_millis(20),
         max_commit_readings: 8192,
+        max_nodes: 1024,
         serial,
         batch_interval: options.batch_interval,
         max_batch_readings: 100_000,
@@ -122,7 +123,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             "  Outpost demo: {count} simulated sensor nodes on pseudo-terminals in {data_dir}"
         );
         println!("  Status:  http://{addr}/api/v1/status");
-        println!("  Nodes:   http://{addr}/api/v1/nodes");
+        println!("  Nodes:   http://{addr}/api/v1/nodes  (paginated: ?limit=N&after=UID)");
         if modbus {
             println!("  Modbus:  http://{addr}/api/v1/modbus  (a simulated SDM630 meter, polled every second)");
         }

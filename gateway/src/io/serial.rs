@@ -14,11 +14,13 @@ use crate::io::store::writer::{StoreCommand, StoreReply};
 use crate::io::telemetry::TelemetryHub;
 use outpost_core::config::SerialPort;
 use outpost_core::link::{Action, PortSession};
-use outpost_core::telemetry::Event;
+use outpost_core::telemetry::{AlertKey, AlertKind, Event};
 
 /// Longest a write to a port may block before the frame is dropped (a wedged USB device).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a quiet port still reports (so the `newcomers_refused` alert resolves in time).
+const TICK: Duration = Duration::from_secs(5);
 
 /// Runs one port until `shutdown`.
 pub async fn run(
@@ -31,7 +33,13 @@ pub async fn run(
     let path = config.path.display().to_string();
     let started = Instant::now();
     let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut session = PortSession::new(path.clone(), config.max_frames_per_sec, now());
+    let mut session = PortSession::with_limits(path.clone(), config.limits, now());
+    let refusing_key = AlertKey {
+        kind: AlertKind::NewcomersRefused,
+        subject: Some(path.clone()),
+    };
+    let mut refusing = false;
+    let mut tick = tokio::time::interval(TICK);
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let mut backoff = FIRST_BACKOFF;
 
@@ -79,6 +87,7 @@ pub async fn run(
                     Err(e) => break e.to_string(),
                 },
                 Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply),
+                _ = tick.tick() => {}
             }
             // Carry out what the session asked for.
             while let Some(action) = session.poll_action() {
@@ -103,6 +112,27 @@ pub async fn run(
                 counters: session.counters(),
                 node_id: session.node_id(),
             });
+            // The alert follows the session's view: raised while newcomers are refused.
+            let now_refusing = session.refusing_newcomers(now());
+            if now_refusing != refusing {
+                refusing = now_refusing;
+                let at_ms = crate::io::wall_clock::unix_ms();
+                telemetry.record(if refusing {
+                    Event::Raise {
+                        at_ms,
+                        key: refusing_key.clone(),
+                        message: format!(
+                            "{path}: enrolments of new node uids refused (newcomer budget or store.max_nodes spent); {} so far",
+                            session.counters().newcomers_refused
+                        ),
+                    }
+                } else {
+                    Event::Resolve {
+                        at_ms,
+                        key: refusing_key.clone(),
+                    }
+                });
+            }
             if let Some(error) = failed {
                 break error;
             }
@@ -127,10 +157,15 @@ fn command_for(
 ) -> StoreCommand {
     let now_ms = crate::io::wall_clock::unix_ms();
     match action {
-        Action::Register { hello, public_key } => StoreCommand::Register {
+        Action::Register {
+            hello,
+            public_key,
+            newcomer_allowed,
+        } => StoreCommand::Register {
             port: port.to_owned(),
             hello,
             public_key,
+            newcomer_allowed,
             now_ms,
             reply: reply.clone(),
         },
@@ -151,22 +186,28 @@ fn command_for(
             now_ms,
         },
         Action::LinkErrors { node_id, count } => StoreCommand::LinkErrors { node_id, count },
+        Action::Anomalies {
+            node_id,
+            ages_clamped,
+            gaps_refused,
+        } => StoreCommand::Anomalies {
+            node_id,
+            ages_clamped,
+            gaps_refused,
+        },
     }
 }
 
 fn handle_reply(session: &mut PortSession, reply: StoreReply) {
     match reply {
         StoreReply::Registered { hello, result } => match result {
-            Ok(Some(registered)) => {
+            Ok(Ok(registered)) => {
                 tracing::info!(message = "Node accepted.", port = %session.port(), uid = %outpost_core::hex::encode(&hello.uid),
-                    fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto);
-                session.handle_registered(&hello, Some(registered));
+                    fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto, newcomer = registered.newcomer);
+                session.handle_registered(&hello, Ok(registered));
             }
-            Ok(None) => {
-                tracing::warn!(message = "Node refused: its key differs from the one pinned at enrolment.",
-                    port = %session.port(), uid = %outpost_core::hex::encode(&hello.uid));
-                session.handle_registered(&hello, None);
-            }
+            // Logged by the session, rate-limited: a flood of refusals must not flood the log.
+            Ok(Err(refusal)) => session.handle_registered(&hello, Err(refusal)),
             Err(_) => session.handle_register_failed(),
         },
         StoreReply::Committed {

@@ -245,6 +245,9 @@ pub struct RawStore {
     pub commit_interval: Duration,
     /// Most readings in one transaction.
     pub max_commit_readings: u32,
+    /// Most nodes the registry enrols; a newcomer beyond it is refused (and alerted). Also the
+    /// most per-node dedup points the writer keeps in memory.
+    pub max_nodes: u64,
 }
 
 impl Default for RawStore {
@@ -252,6 +255,7 @@ impl Default for RawStore {
         RawStore {
             commit_interval: Duration::from_millis(20),
             max_commit_readings: 8192,
+            max_nodes: 1024,
         }
     }
 }
@@ -270,6 +274,20 @@ pub struct RawSerialPort {
     /// Longest wait between attempts to reopen a port that went away.
     #[serde(default = "default_reopen_backoff_max", with = "humantime_serde")]
     pub reopen_backoff_max: Duration,
+    /// The oldest a sample may claim to be (besides the node's reported uptime); an older claim
+    /// is clamped and counted.
+    #[serde(default = "default_max_sample_age", with = "humantime_serde")]
+    pub max_sample_age: Duration,
+    /// The fastest a node on this line can sample, in Hz: a claimed gap larger than the node
+    /// can have taken at this rate is refused and counted.
+    #[serde(default = "default_max_sample_rate")]
+    pub max_sample_rate: u32,
+    /// Uids never enrolled that may enrol through this port at once (0: none)…
+    #[serde(default = "default_newcomers_burst")]
+    pub newcomers_burst: u32,
+    /// …and how many more per hour after that.
+    #[serde(default = "default_newcomers_per_hour")]
+    pub newcomers_per_hour: u32,
 }
 
 fn default_baud() -> u32 {
@@ -280,6 +298,18 @@ fn default_max_frames_per_sec() -> u32 {
 }
 fn default_reopen_backoff_max() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_sample_age() -> Duration {
+    crate::link::LinkLimits::default().max_sample_age
+}
+fn default_max_sample_rate() -> u32 {
+    crate::link::LinkLimits::default().max_sample_rate_hz
+}
+fn default_newcomers_burst() -> u32 {
+    crate::link::LinkLimits::default().newcomers_burst
+}
+fn default_newcomers_per_hour() -> u32 {
+    crate::link::LinkLimits::default().newcomers_per_hour
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +336,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub commit_interval: Duration,
     pub max_commit_readings: usize,
+    /// `store.max_nodes`.
+    pub max_nodes: u64,
     pub serial: Vec<SerialPort>,
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
@@ -355,7 +387,8 @@ pub struct MqttConfig {
 pub struct SerialPort {
     pub path: PathBuf,
     pub baud: u32,
-    pub max_frames_per_sec: u32,
+    /// Frame rate, sample age and gap bounds, newcomer budget.
+    pub limits: crate::link::LinkLimits,
     pub reopen_backoff_max: Duration,
 }
 
@@ -662,6 +695,9 @@ pub fn compile(
             "must be between 64 and 1000000".into(),
         );
     }
+    if !(1..=1_000_000).contains(&raw.store.max_nodes) {
+        problem("store.max_nodes", "must be between 1 and 1000000".into());
+    }
 
     let mut seen = HashSet::new();
     let mut serial = Vec::new();
@@ -691,10 +727,33 @@ pub fn compile(
         if port.reopen_backoff_max < Duration::from_millis(100) {
             problem(&key("reopen_backoff_max"), "must be at least 100ms".into());
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600))
+            .contains(&port.max_sample_age)
+        {
+            problem(&key("max_sample_age"), "must be between 1s and 366d".into());
+        }
+        if !(1..=100_000).contains(&port.max_sample_rate) {
+            problem(
+                &key("max_sample_rate"),
+                "must be between 1 and 100000 (Hz)".into(),
+            );
+        }
+        if port.newcomers_burst > 10_000 {
+            problem(&key("newcomers_burst"), "must be at most 10000".into());
+        }
+        if port.newcomers_per_hour > 36_000 {
+            problem(&key("newcomers_per_hour"), "must be at most 36000".into());
+        }
         serial.push(SerialPort {
             path: port.path,
             baud: port.baud,
-            max_frames_per_sec: port.max_frames_per_sec,
+            limits: crate::link::LinkLimits {
+                max_frames_per_sec: port.max_frames_per_sec,
+                max_sample_age: port.max_sample_age,
+                max_sample_rate_hz: port.max_sample_rate,
+                newcomers_burst: port.newcomers_burst,
+                newcomers_per_hour: port.newcomers_per_hour,
+            },
             reopen_backoff_max: port.reopen_backoff_max,
         });
     }
@@ -846,6 +905,7 @@ pub fn compile(
             api,
             commit_interval,
             max_commit_readings: raw.store.max_commit_readings as usize,
+            max_nodes: raw.store.max_nodes,
             serial,
             batch_interval,
             max_batch_readings: raw.uplink.max_batch_readings as usize,

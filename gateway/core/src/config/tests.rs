@@ -221,6 +221,42 @@ fn a_commit_interval_of_zero_or_over_five_seconds_is_refused() {
 }
 
 #[test]
+fn node_link_limits_have_defaults_and_are_set_per_port() {
+    let config = parse("[[serial]]\npath = \"/dev/a\"\n[[serial]]\npath = \"/dev/b\"\nmax_sample_age = \"2h\"\nmax_sample_rate = 50\nnewcomers_burst = 0\nnewcomers_per_hour = 3\n[store]\nmax_nodes = 64\n").unwrap();
+    assert_eq!(config.serial[0].limits, crate::link::LinkLimits::default());
+    let b = config.serial[1].limits;
+    assert_eq!(b.max_sample_age, Duration::from_secs(7200));
+    assert_eq!(
+        (
+            b.max_sample_rate_hz,
+            b.newcomers_burst,
+            b.newcomers_per_hour
+        ),
+        (50, 0, 3)
+    );
+    assert_eq!(config.max_nodes, 64);
+    assert_eq!(parse("").unwrap().max_nodes, 1024);
+}
+
+#[test]
+fn node_link_limits_out_of_range_are_each_located() {
+    let text = "[store]\nmax_nodes = 0\n[[serial]]\npath = \"/dev/a\"\nmax_sample_age = \"0s\"\nmax_sample_rate = 0\nnewcomers_burst = 20000\nnewcomers_per_hour = 40000\n";
+    let errors = parse(text).unwrap_err().0;
+    let found: Vec<(String, Option<usize>)> =
+        errors.iter().map(|e| (e.key.clone(), e.line)).collect();
+    assert_eq!(
+        found,
+        vec![
+            ("store.max_nodes".into(), Some(2)),
+            ("serial[0].max_sample_age".into(), Some(5)),
+            ("serial[0].max_sample_rate".into(), Some(6)),
+            ("serial[0].newcomers_burst".into(), Some(7)),
+            ("serial[0].newcomers_per_hour".into(), Some(8)),
+        ]
+    );
+}
+
+#[test]
 fn the_gateway_id_defaults_to_the_host_name_cut_to_a_safe_alphabet() {
     assert_eq!(parse("").unwrap().gateway_id, "test-hostlocal");
 }

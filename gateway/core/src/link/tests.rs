@@ -1,5 +1,6 @@
-use outpost_proto::{ChannelId, Enroll, FwVersion, Reading, Telemetry};
+use outpost_proto::{ChannelId, Enroll, FwVersion, Reading, ResetReason, Telemetry};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -25,10 +26,14 @@ fn frame(m: &Message) -> Vec<u8> {
 }
 
 fn telemetry(seq: u32, window_start: u32) -> Vec<u8> {
+    telemetry_aged(seq, window_start, 250)
+}
+
+fn telemetry_aged(seq: u32, window_start: u32, age_ms: u32) -> Vec<u8> {
     frame(&Message::Telemetry(Telemetry {
         seq,
         window_start,
-        age_ms: 250,
+        age_ms,
         readings: [Reading {
             channel: ChannelId::SEQ,
             value: seq as i32,
@@ -72,9 +77,10 @@ fn attached(ack_upto: u32) -> PortSession {
     ));
     s.handle_registered(
         &hello(7),
-        Some(Registered {
+        Ok(Registered {
             node_id: 42,
             ack_upto,
+            newcomer: false,
         }),
     );
     assert_eq!(
@@ -225,7 +231,7 @@ fn a_refused_node_gets_no_accept() {
     })));
     s.handle_bytes(Millis(0), 0, &bytes);
     actions(&mut s);
-    s.handle_registered(&hello(7), None);
+    s.handle_registered(&hello(7), Err(Refusal::KeyMismatch));
     assert!(sent(&mut s).is_empty());
     s.handle_bytes(Millis(10), 0, &telemetry(1, 1));
     assert!(actions(&mut s).is_empty());
@@ -251,5 +257,513 @@ proptest! {
         }
         let expected: Vec<u32> = (1..=stored.len() as u32).collect();
         prop_assert_eq!(stored, expected);
+    }
+}
+
+fn health(uptime_s: u32) -> Vec<u8> {
+    frame(&Message::Health(Health {
+        uptime_s,
+        reset_reason: ResetReason::PowerOn,
+        fw: FwVersion {
+            major: 1,
+            minor: 0,
+            patch: 0,
+        },
+        stack_free_min: 1000,
+        rx_frames: 0,
+        rx_errors: 0,
+        tx_frames: 0,
+        retransmits: 0,
+        dropped_samples: 0,
+        chip_temp_centi: 2500,
+    }))
+}
+
+fn hello_enroll(uid: [u8; 8], boot_id: u32, key: u8) -> Vec<u8> {
+    let mut bytes = frame(&Message::Hello(Hello {
+        uid,
+        hw_rev: 66,
+        ..hello(boot_id)
+    }));
+    bytes.extend(frame(&Message::Enroll(Enroll {
+        uid,
+        public_key: [key; 32],
+    })));
+    bytes
+}
+
+/// The attached node, its boot, handed over, committed, last capture.
+type LinkState = (i64, u32, Option<u32>, Option<u32>, Option<Millis>);
+
+/// The attached node's link state, as a refused frame must leave it.
+fn link_state(s: &PortSession) -> Option<LinkState> {
+    s.node.as_ref().map(|n| {
+        (
+            n.node_id,
+            n.boot_id,
+            n.handed_over,
+            n.committed,
+            n.last_capture,
+        )
+    })
+}
+
+fn ingested(actions: &[Action]) -> Vec<&Sample> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Ingest { samples, .. } => Some(samples.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn an_impostors_refused_enroll_leaves_the_attached_node_on_the_line() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(10), 0, &telemetry(1, 1));
+    actions(&mut s);
+    let before = link_state(&s);
+    // The victim's uid, another boot, another key.
+    s.handle_bytes(Millis(20), 0, &hello_enroll([9; 8], 99, 0xee));
+    let got = actions(&mut s);
+    let [Action::Register { hello: h, .. }] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    s.handle_registered(h, Err(Refusal::KeyMismatch));
+    assert_eq!(
+        link_state(&s),
+        before,
+        "a refused ENROLL changes no session state"
+    );
+    assert_eq!(s.counters().refused, 1);
+    assert!(sent(&mut s).is_empty(), "no ACCEPT for the impostor");
+    // The real node goes on, unaware.
+    s.handle_bytes(Millis(30), 0, &telemetry(2, 1));
+    let got = actions(&mut s);
+    assert!(
+        matches!(got.as_slice(), [Action::Ingest { node_id: 42, boot_id: 7, samples }] if samples[0].seq == 2),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_sample_claiming_to_be_older_than_its_node_is_clamped_to_the_nodes_uptime_and_counted() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(1000), 0, &health(60));
+    let wall = 1_800_000_000_000;
+    s.handle_bytes(Millis(3000), wall, &telemetry_aged(1, 1, u32::MAX));
+    let got = actions(&mut s);
+    let samples = ingested(&got);
+    assert_eq!(samples.len(), 1, "the reading is kept: {got:?}");
+    // Uptime 60 s at t=1 s, so 62 s at t=3 s, and a second of slack.
+    assert_eq!(samples[0].ts_ms, wall - 63_000);
+    assert_eq!(s.counters().ages_clamped, 1);
+    assert!(got.iter().any(|a| matches!(
+        a,
+        Action::Anomalies {
+            node_id: 42,
+            ages_clamped: 1,
+            gaps_refused: 0
+        }
+    )));
+    // A plausible age is taken as it is.
+    s.handle_bytes(Millis(4000), wall, &telemetry_aged(2, 1, 5_000));
+    assert_eq!(ingested(&actions(&mut s))[0].ts_ms, wall - 5_000);
+    assert_eq!(s.counters().ages_clamped, 1);
+}
+
+#[test]
+fn without_an_uptime_the_age_is_bounded_by_max_sample_age() {
+    let mut s = attached(0);
+    let wall = 1_800_000_000_000;
+    s.handle_bytes(Millis(3000), wall, &telemetry_aged(1, 1, u32::MAX));
+    let max = LinkLimits::default().max_sample_age.as_millis() as i64;
+    assert_eq!(ingested(&actions(&mut s))[0].ts_ms, wall - max);
+    assert_eq!(s.counters().ages_clamped, 1);
+}
+
+#[test]
+fn a_forged_gap_is_refused_counted_and_the_nodes_next_sample_still_follows() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(0), 0, &health(10));
+    for seq in 1..=3 {
+        s.handle_bytes(Millis(u64::from(seq) * 100), 0, &telemetry(seq, 1));
+    }
+    actions(&mut s);
+    let before = link_state(&s);
+    s.handle_bytes(Millis(400), 0, &telemetry_aged(0xFFFF_FFF0, 0xFFFF_FFF0, 0));
+    let got = actions(&mut s);
+    assert!(ingested(&got).is_empty(), "{got:?}");
+    assert_eq!(
+        link_state(&s),
+        before,
+        "a refused sample changes no session state"
+    );
+    assert_eq!(s.counters().gaps_refused, 1);
+    assert!(got.iter().any(|a| matches!(
+        a,
+        Action::Anomalies {
+            gaps_refused: 1,
+            ..
+        }
+    )));
+    s.handle_bytes(Millis(500), 0, &telemetry(4, 1));
+    let got = actions(&mut s);
+    assert_eq!(
+        ingested(&got).iter().map(|s| s.seq).collect::<Vec<_>>(),
+        vec![4]
+    );
+}
+
+#[test]
+fn a_real_ring_overflow_is_admitted_as_a_gap() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(0), 0, &health(1));
+    s.handle_bytes(Millis(100), 0, &telemetry_aged(1, 1, 0));
+    // 100 s later at 10 Hz: about 1000 samples taken, 976 of them lost to a 24-sample ring.
+    s.handle_bytes(Millis(100_100), 0, &telemetry_aged(978, 978, 2_400));
+    let got = actions(&mut s);
+    assert_eq!(
+        ingested(&got).iter().map(|s| s.seq).collect::<Vec<_>>(),
+        vec![1, 978]
+    );
+    assert_eq!(s.counters().gaps_refused, 0);
+}
+
+#[test]
+fn newcomers_beyond_the_ports_budget_are_refused_and_the_budget_refills() {
+    let limits = LinkLimits {
+        newcomers_burst: 2,
+        newcomers_per_hour: 60,
+        ..LinkLimits::default()
+    };
+    let mut s = PortSession::with_limits("p", limits, Millis(0));
+    let mut allowed = Vec::new();
+    let mut now = Millis(0);
+    for uid in 1..=4u8 {
+        now = now + 10;
+        s.handle_bytes(now, 0, &hello_enroll([uid; 8], u32::from(uid), uid));
+        let got = actions(&mut s);
+        let [
+            Action::Register {
+                hello: h,
+                newcomer_allowed,
+                ..
+            },
+        ] = got.as_slice()
+        else {
+            panic!("{got:?}")
+        };
+        allowed.push(*newcomer_allowed);
+        let answer = if *newcomer_allowed {
+            Ok(Registered {
+                node_id: i64::from(uid),
+                ack_upto: 0,
+                newcomer: true,
+            })
+        } else {
+            Err(Refusal::NewcomerLimited)
+        };
+        s.handle_registered(h, answer);
+    }
+    assert_eq!(allowed, vec![true, true, false, false]);
+    assert_eq!(s.counters().newcomers_refused, 2);
+    assert!(s.refusing_newcomers(now));
+    assert!(!s.refusing_newcomers(now + REFUSING_FOR));
+    // A minute later (60 an hour) there is room for one more.
+    now = now + 60_000;
+    s.handle_bytes(now, 0, &hello_enroll([5; 8], 5, 5));
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::Register {
+            newcomer_allowed: true,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn the_enrolment_rule_refuses_before_anything_is_written() {
+    let key = [1; 32];
+    assert_eq!(enrolment(Some(&key), &key, false, 10, 1), Ok(Enrol::Known));
+    assert_eq!(
+        enrolment(Some(&key), &[2; 32], true, 0, 10),
+        Err(Refusal::KeyMismatch)
+    );
+    assert_eq!(
+        enrolment(None, &key, false, 0, 10),
+        Err(Refusal::NewcomerLimited)
+    );
+    assert_eq!(
+        enrolment(None, &key, true, 10, 10),
+        Err(Refusal::RegistryFull)
+    );
+    assert_eq!(enrolment(None, &key, true, 9, 10), Ok(Enrol::Newcomer));
+}
+
+/// Something on the line: the real node's next sample, a real ring overflow, or a hostile
+/// writer's frame.
+#[derive(Debug, Clone)]
+enum Op {
+    /// The node takes a sample after `dt` ms (at most 10 Hz) and sends it.
+    Sample { dt: u16, age: u16 },
+    /// The node's ring overflowed: `lost` samples taken over at least `lost` × 100 ms are gone.
+    Overflow { lost: u16 },
+    /// A forged TELEMETRY.
+    Forged {
+        seq: u32,
+        window_start: u32,
+        age_ms: u32,
+    },
+    /// A forged HELLO + ENROLL: the victim's uid or another, some key.
+    Enrol {
+        victim: bool,
+        uid: u8,
+        key: u8,
+        boot: u32,
+    },
+    /// The store commits what it was handed.
+    Commit,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (100u16..2000, 0u16..100).prop_map(|(dt, age)| Op::Sample { dt, age }),
+        1 => (1u16..500).prop_map(|lost| Op::Overflow { lost }),
+        2 => (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(seq, window_start, age_ms)| Op::Forged { seq, window_start, age_ms }),
+        1 => (0u32..4).prop_map(|d| Op::Forged { seq: d, window_start: d, age_ms: 0 }),
+        // A gap claim: seq = window_start, anywhere.
+        2 => (any::<u32>(), any::<u32>()).prop_map(|(x, age_ms)| Op::Forged { seq: x, window_start: x, age_ms }),
+        1 => (any::<bool>(), 1u8..5, 0u8..3, 0u32..3).prop_map(|(victim, uid, key, boot)| Op::Enrol { victim, uid, key, boot }),
+        2 => Just(Op::Commit),
+    ]
+}
+
+/// The store's side, as `io::store` does it: the enrolment rule over a registry, and the
+/// admission rule with each sample's own bound.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Registry {
+    /// uid → (key, hw_rev, node id).
+    rows: BTreeMap<[u8; 8], ([u8; 32], u8, i64)>,
+}
+
+struct World {
+    session: PortSession,
+    registry: Registry,
+    last: BTreeMap<(i64, u32), u32>,
+    lost: BTreeMap<(i64, u32), u64>,
+    /// The highest seq the session handed to the store, per boot.
+    handed: BTreeMap<(i64, u32), u32>,
+    in_flight: Vec<Action>,
+    now: Millis,
+}
+
+impl World {
+    const MAX_NODES: u64 = 3;
+
+    fn new(uptime_s: u32) -> World {
+        let mut registry = Registry::default();
+        registry.rows.insert([9; 8], ([1; 32], 1, 42));
+        let mut session = attached(0);
+        session.handle_bytes(Millis(0), 0, &health(uptime_s));
+        let mut world = World {
+            session,
+            registry,
+            last: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            handed: BTreeMap::new(),
+            in_flight: Vec::new(),
+            now: Millis(0),
+        };
+        world.pump();
+        world
+    }
+
+    /// Carries out the session's actions: registrations at once, ingests at the next commit.
+    fn pump(&mut self) {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Register {
+                    hello,
+                    public_key,
+                    newcomer_allowed,
+                } => {
+                    let pinned = self.registry.rows.get(&hello.uid).map(|r| r.0);
+                    let answer = enrolment(
+                        pinned.as_ref(),
+                        &public_key,
+                        newcomer_allowed,
+                        self.registry.rows.len() as u64,
+                        Self::MAX_NODES,
+                    )
+                    .map(|enrol| {
+                        let next = self.registry.rows.len() as i64 + 100;
+                        let row = self.registry.rows.entry(hello.uid).or_insert((
+                            public_key,
+                            hello.hw_rev,
+                            next,
+                        ));
+                        row.1 = hello.hw_rev;
+                        let node_id = row.2;
+                        Registered {
+                            node_id,
+                            ack_upto: self
+                                .last
+                                .get(&(node_id, hello.boot_id))
+                                .copied()
+                                .unwrap_or(0),
+                            newcomer: enrol == Enrol::Newcomer,
+                        }
+                    });
+                    self.session.handle_registered(&hello, answer);
+                }
+                Action::Ingest {
+                    node_id,
+                    boot_id,
+                    samples,
+                } => {
+                    let handed = self.handed.entry((node_id, boot_id)).or_default();
+                    *handed = samples.iter().map(|s| s.seq).fold(*handed, u32::max);
+                    self.in_flight.push(Action::Ingest {
+                        node_id,
+                        boot_id,
+                        samples,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn commit(&mut self) {
+        for action in std::mem::take(&mut self.in_flight) {
+            let Action::Ingest {
+                node_id,
+                boot_id,
+                samples,
+            } = action
+            else {
+                continue;
+            };
+            let key = (node_id, boot_id);
+            let mut last = self.last.get(&key).copied();
+            for sample in &samples {
+                match admit_within(last, sample.seq, sample.window_start, sample.max_lost) {
+                    Admission::Next => {}
+                    Admission::AfterGap { lost } => {
+                        *self.lost.entry(key).or_default() += u64::from(lost);
+                    }
+                    Admission::Stale | Admission::Implausible { .. } => continue,
+                }
+                last = Some(sample.seq);
+            }
+            if let Some(last) = last {
+                self.last.insert(key, last);
+                self.session.handle_committed(node_id, boot_id, last, 0);
+            }
+        }
+    }
+
+    fn refusals(&self) -> u64 {
+        let c = self.session.counters();
+        c.refused + c.newcomers_refused + c.gaps_refused
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever a hostile writer puts on the line among the real node's frames: every frame the
+    /// gateway refuses (an enrolment, a gap) leaves the session and the registry as they were,
+    /// and no boot is booked more lost samples than the node can have taken in its life.
+    #[test]
+    fn refused_frames_change_nothing_and_losses_stay_physically_possible(
+        uptime_s in 1u32..100_000,
+        ops in proptest::collection::vec(op(), 0..120),
+    ) {
+        let count = ops.len() as u64;
+        let mut w = World::new(uptime_s);
+        let rate = u64::from(LinkLimits::default().max_sample_rate_hz);
+        let mut seq = 0u32;
+        for op in ops {
+            let before = (link_state(&w.session), w.registry.clone(), w.refusals());
+            match op {
+                Op::Sample { dt, age } => {
+                    w.now = w.now + u64::from(dt);
+                    seq += 1;
+                    let bytes = telemetry_aged(seq, seq, u32::from(age).min(dt.into()));
+                    w.session.handle_bytes(w.now, 0, &bytes);
+                }
+                Op::Overflow { lost } => {
+                    w.now = w.now + u64::from(lost) * 100 + 100;
+                    seq += u32::from(lost) + 1;
+                    w.session.handle_bytes(w.now, 0, &telemetry_aged(seq, seq, 0));
+                }
+                Op::Forged { seq, window_start, age_ms } => {
+                    w.session.handle_bytes(w.now, 0, &telemetry_aged(seq, window_start, age_ms));
+                }
+                Op::Enrol { victim, uid, key, boot } => {
+                    let uid = if victim { [9; 8] } else { [uid; 8] };
+                    w.session.handle_bytes(w.now, 0, &hello_enroll(uid, boot, key));
+                }
+                Op::Commit => w.commit(),
+            }
+            w.pump();
+            if w.refusals() > before.2 {
+                prop_assert_eq!(&link_state(&w.session), &before.0, "a refused frame changed the session");
+                prop_assert_eq!(&w.registry, &before.1, "a refused frame changed the registry");
+            }
+        }
+        w.commit();
+        // The node (42, boot 7) reported booting uptime_s before t=0: it cannot have taken
+        // more samples than that time allows at the fastest rate (one second of slack for the
+        // uptime's rounding). (A boot that never reported its uptime is bounded by
+        // max_sample_age per gap instead.)
+        let life_ms = u64::from(uptime_s) * 1000 + w.now.0 + SLACK_MS;
+        let possible = life_ms * rate / 1000 + 1;
+        let lost = w.lost.get(&(42, 7)).copied().unwrap_or(0);
+        prop_assert!(lost <= possible, "{} lost, at most {} possible", lost, possible);
+        // The session itself hands over no seq beyond that either (each frame may add one:
+        // a forged successor is indistinguishable from the real one without authentication).
+        let handed = u64::from(w.handed.get(&(42, 7)).copied().unwrap_or(0));
+        prop_assert!(handed <= possible + count, "seq {} handed over, at most {} possible", handed, possible + count);
+    }
+
+    /// A real node's gaps (ring overflows) are never taken for forged ones.
+    #[test]
+    fn a_real_nodes_gaps_are_never_refused(
+        uptime_s in 1u32..100_000,
+        ops in proptest::collection::vec(prop_oneof![
+            3 => (100u16..2000, 0u16..100).prop_map(|(dt, age)| Op::Sample { dt, age }),
+            1 => (1u16..500).prop_map(|lost| Op::Overflow { lost }),
+            1 => Just(Op::Commit),
+        ], 0..100),
+    ) {
+        let mut w = World::new(uptime_s);
+        let mut seq = 0u32;
+        let mut expected_lost = 0u64;
+        for op in ops {
+            match op {
+                Op::Sample { dt, age } => {
+                    w.now = w.now + u64::from(dt);
+                    seq += 1;
+                    w.session.handle_bytes(w.now, 0, &telemetry_aged(seq, 1, u32::from(age).min(dt.into())));
+                }
+                Op::Overflow { lost } => {
+                    w.now = w.now + u64::from(lost) * 100 + 100;
+                    seq += u32::from(lost) + 1;
+                    expected_lost += u64::from(lost);
+                    w.session.handle_bytes(w.now, 0, &telemetry_aged(seq, seq, 0));
+                }
+                _ => w.commit(),
+            }
+            w.pump();
+        }
+        w.commit();
+        prop_assert_eq!(w.session.counters().gaps_refused, 0);
+        prop_assert_eq!(w.lost.get(&(42, 7)).copied().unwrap_or(0), expected_lost);
+        prop_assert_eq!(w.last.get(&(42, 7)).copied().unwrap_or(0), seq);
     }
 }

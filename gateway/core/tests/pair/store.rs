@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use outpost_core::link::{Action, Admission, Registered, Sample, admit};
+use outpost_core::link::{
+    Action, Admission, Enrol, Refusal, Registered, Sample, admit_within, enrolment,
+};
 use outpost_proto::{Hello, Millis, Reading};
 
 /// How the disk and the writer behave.
@@ -37,10 +39,10 @@ const RELAXED_WINDOW_MS: u64 = 1000;
 /// The store's answer to the port session, as `store::writer::StoreReply` carries it.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// `Ok(None)`: the key differs from the pinned one. `Err`: the commit failed.
+    /// `Ok(Err(_))`: refused (the key differs from the pinned one). `Err`: the commit failed.
     Registered {
         hello: Hello,
-        result: Result<Option<Registered>, ()>,
+        result: Result<Result<Registered, Refusal>, ()>,
     },
     Committed {
         node_id: i64,
@@ -164,7 +166,7 @@ impl ModelStore {
                 self.disk.commit_interval_ms,
                 samples.iter().map(|s| s.readings.len()).sum(),
             ),
-            Action::Health { .. } | Action::LinkErrors { .. } => {
+            Action::Health { .. } | Action::LinkErrors { .. } | Action::Anomalies { .. } => {
                 (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1)
             }
         };
@@ -240,21 +242,40 @@ impl ModelStore {
         let mut replies = Vec::new();
         for command in commands {
             match command {
-                Action::Register { hello, public_key } => {
+                Action::Register {
+                    hello,
+                    public_key,
+                    newcomer_allowed,
+                } => {
                     self.registrations += 1;
                     let next_id = self.nodes.len() as i64 + 1;
-                    let node_id = *self.nodes.entry(hello.uid).or_insert(next_id);
-                    let pinned = *self.keys.entry(node_id).or_insert(public_key);
-                    let result = if pinned == public_key {
-                        let ack_upto = self
-                            .last_seq
-                            .get(&(node_id, hello.boot_id))
-                            .copied()
-                            .unwrap_or(0);
-                        Some(Registered { node_id, ack_upto })
-                    } else {
-                        self.refusals += 1;
-                        None
+                    let known = self.nodes.get(&hello.uid).copied();
+                    let pinned = known.and_then(|id| self.keys.get(&id));
+                    let result = match enrolment(
+                        pinned,
+                        &public_key,
+                        newcomer_allowed,
+                        self.nodes.len() as u64,
+                        u64::MAX,
+                    ) {
+                        Ok(enrol) => {
+                            let node_id = *self.nodes.entry(hello.uid).or_insert(next_id);
+                            self.keys.entry(node_id).or_insert(public_key);
+                            let ack_upto = self
+                                .last_seq
+                                .get(&(node_id, hello.boot_id))
+                                .copied()
+                                .unwrap_or(0);
+                            Ok(Registered {
+                                node_id,
+                                ack_upto,
+                                newcomer: enrol == Enrol::Newcomer,
+                            })
+                        }
+                        Err(refusal) => {
+                            self.refusals += 1;
+                            Err(refusal)
+                        }
                     };
                     replies.push(Reply::Registered {
                         hello,
@@ -274,7 +295,7 @@ impl ModelStore {
                     });
                 }
                 Action::Health { .. } => self.health_reports += 1,
-                Action::LinkErrors { .. } => {}
+                Action::LinkErrors { .. } | Action::Anomalies { .. } => {}
             }
         }
         replies
@@ -286,8 +307,8 @@ impl ModelStore {
         let mut last = self.last_seq.get(&key).copied();
         let mut duplicates = 0;
         for sample in samples {
-            match admit(last, sample.seq, sample.window_start) {
-                Admission::Stale => {
+            match admit_within(last, sample.seq, sample.window_start, sample.max_lost) {
+                Admission::Stale | Admission::Implausible { .. } => {
                     duplicates += 1;
                     continue;
                 }
@@ -322,6 +343,6 @@ fn failure(action: Action) -> Option<Reply> {
             boot_id,
             result: Err(()),
         }),
-        Action::Health { .. } | Action::LinkErrors { .. } => None,
+        Action::Health { .. } | Action::LinkErrors { .. } | Action::Anomalies { .. } => None,
     }
 }

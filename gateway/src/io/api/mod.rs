@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::io::store::outbox::{BatchInfo, OutboxTotals};
 use crate::io::store::writer::{AckReply, StoreCommand};
-use crate::io::store::{NodeRow, Reader, Readers, StoreError};
+use crate::io::store::{NODES_PAGE, NodePage, Reader, Readers, StoreError};
 
 pub mod auth;
 pub mod upload;
@@ -154,8 +154,35 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
     }))
 }
 
-async fn nodes(State(state): State<ApiState>) -> Result<Json<Vec<NodeRow>>, ApiError> {
-    Ok(Json(read_store(&state, Reader::nodes).await?))
+/// `GET /api/v1/nodes?limit=N&after=UID`: one page of the registry in uid order, and the
+/// cursor of the next (`next`, absent on the last page).
+#[derive(Debug, serde::Deserialize)]
+struct NodeQuery {
+    after: Option<String>,
+    #[serde(default = "default_node_limit")]
+    limit: usize,
+}
+
+fn default_node_limit() -> usize {
+    NODES_PAGE
+}
+
+async fn nodes(
+    State(state): State<ApiState>,
+    Query(query): Query<NodeQuery>,
+) -> Result<Json<NodePage>, ApiError> {
+    // A uid is 16 hex digits; a longer cursor is no uid and would only cost a bigger query.
+    if query.after.as_ref().is_some_and(|a| a.len() > 64) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`after` must be a node uid".into(),
+        ));
+    }
+    let page = read_store(&state, move |r| {
+        r.node_page(query.after.as_deref(), query.limit)
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 /// `GET /api/v1/modbus`: every configured device, in config order.

@@ -17,7 +17,9 @@ use outpost_proto::{Health, Hello};
 use tokio::sync::{mpsc, oneshot};
 
 use super::outbox::{AckError, Acked};
-use super::{Enrolment, Ingested, Registered, Sample, SeriesReading, Store, StoreError, Tx};
+use outpost_core::link::Refusal;
+
+use super::{Ingested, Registered, Sample, SeriesReading, Store, StoreError, Tx};
 
 /// Work for the store.
 #[derive(Debug)]
@@ -26,6 +28,8 @@ pub enum StoreCommand {
         port: String,
         hello: Hello,
         public_key: [u8; 32],
+        /// The port's newcomer budget has room for a uid never enrolled.
+        newcomer_allowed: bool,
         now_ms: i64,
         reply: mpsc::UnboundedSender<StoreReply>,
     },
@@ -53,6 +57,12 @@ pub enum StoreCommand {
         node_id: i64,
         count: u32,
     },
+    /// Anomalies on a node's line (see `outpost_core::link::PortCounters`).
+    Anomalies {
+        node_id: i64,
+        ages_clamped: u32,
+        gaps_refused: u32,
+    },
     /// The cloud acknowledged every batch up to `upto`.
     AckBatches {
         upto: u64,
@@ -70,10 +80,10 @@ pub enum StoreCommand {
 /// The store's answer to a port task.
 #[derive(Debug)]
 pub enum StoreReply {
-    /// `Ok(None)`: the node's key differs from the pinned one; it is refused.
+    /// `Ok(Err(_))`: the node is refused, and nothing was written.
     Registered {
         hello: Hello,
-        result: Result<Option<Registered>, Arc<StoreError>>,
+        result: Result<Result<Registered, Refusal>, Arc<StoreError>>,
     },
     Committed {
         node_id: i64,
@@ -100,6 +110,7 @@ impl StoreCommand {
                 port,
                 hello,
                 public_key,
+                newcomer_allowed,
                 now_ms,
                 reply,
             } => job(
@@ -107,6 +118,7 @@ impl StoreCommand {
                     port,
                     hello,
                     public_key,
+                    newcomer_allowed,
                     now_ms,
                 },
                 Reply::Port(reply),
@@ -153,6 +165,18 @@ impl StoreCommand {
             StoreCommand::LinkErrors { node_id, count } => {
                 job(LinkErrors { node_id, count }, Reply::Nobody)
             }
+            StoreCommand::Anomalies {
+                node_id,
+                ages_clamped,
+                gaps_refused,
+            } => job(
+                Anomalies {
+                    node_id,
+                    ages_clamped,
+                    gaps_refused,
+                },
+                Reply::Nobody,
+            ),
             StoreCommand::AckBatches { upto, reply } => {
                 job(AckBatches { upto }, Reply::Once(reply))
             }
@@ -233,23 +257,26 @@ struct Register {
     port: String,
     hello: Hello,
     public_key: [u8; 32],
+    newcomer_allowed: bool,
     now_ms: i64,
 }
 
 impl Request for Register {
-    /// `None`: the key differs from the pinned one.
-    type Outcome = Option<Registered>;
+    /// `Err`: refused, nothing written.
+    type Outcome = Result<Registered, Refusal>;
     type Answer = StoreReply;
 
-    fn apply(&self, tx: &mut Tx<'_>) -> Result<Option<Registered>, StoreError> {
-        let registered = tx.register(self.now_ms, &self.port, &self.hello)?;
-        Ok(match tx.enroll(registered.node_id, &self.public_key)? {
-            Enrolment::KeyMismatch => None,
-            Enrolment::Pinned | Enrolment::Known => Some(registered),
-        })
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Result<Registered, Refusal>, StoreError> {
+        tx.register(
+            self.now_ms,
+            &self.port,
+            &self.hello,
+            &self.public_key,
+            self.newcomer_allowed,
+        )
     }
 
-    fn answer(self, result: Result<Option<Registered>, Arc<StoreError>>) -> StoreReply {
+    fn answer(self, result: Result<Result<Registered, Refusal>, Arc<StoreError>>) -> StoreReply {
         StoreReply::Registered {
             hello: self.hello,
             result,
@@ -343,6 +370,23 @@ impl Request for LinkErrors {
 
     fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         tx.link_errors(self.node_id, self.count)
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+struct Anomalies {
+    node_id: i64,
+    ages_clamped: u32,
+    gaps_refused: u32,
+}
+
+impl Request for Anomalies {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.anomalies(self.node_id, self.ages_clamped, self.gaps_refused)
     }
 
     fn answer(self, _: Result<(), Arc<StoreError>>) {}

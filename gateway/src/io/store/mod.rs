@@ -18,6 +18,12 @@
 //!    nothing; nodes keep their samples and resend them, and the store retries on the next batch.
 //!    Device readings have no one to resend them: a failed commit loses them, and the device's
 //!    next poll brings fresh values.
+//! 5. A refused enrolment ([`outpost_core::link::enrolment`]: another key for an enrolled uid, a
+//!    newcomer over its port's budget or over `store.max_nodes`) writes nothing: the registry has
+//!    a row only for nodes it accepted, and a refused frame never changes one.
+//! 6. Memory does not grow with the nodes ever heard: the cache of dedup points holds at most
+//!    `max_nodes` `(node, boot)`s, the least recently used dropped first; a dropped one is read
+//!    back from `node_sessions` on its next sample, so nothing is lost or stored twice.
 //!
 //! Writes happen on one connection owned by the writer task ([`writer`]), which applies whatever
 //! is queued within `commit_interval` in one transaction (group commit) and answers each command
@@ -41,7 +47,7 @@ use outpost_proto::{Health, Hello};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use outpost_core::link::{Admission, admit};
+use outpost_core::link::{Admission, Enrol, Refusal, admit_within, enrolment};
 pub use outpost_core::link::{Registered, Sample};
 pub use readers::Readers;
 pub use series::SeriesReading;
@@ -78,16 +84,8 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Outcome of an enrolment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Enrolment {
-    /// First key seen for this node: now pinned.
-    Pinned,
-    /// Same key as pinned.
-    Known,
-    /// A different key than the pinned one: an impostor or a replaced board; refused.
-    KeyMismatch,
-}
+/// Nodes the registry holds at most unless configured (`store.max_nodes`).
+pub const DEFAULT_MAX_NODES: u64 = 1024;
 
 /// What one ingest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +97,8 @@ pub struct Ingested {
     pub readings: u64,
     pub duplicates: u32,
     pub lost: u32,
+    /// Samples refused for claiming a gap the node cannot have (see `Sample::max_lost`).
+    pub implausible: u32,
 }
 
 /// The write side of the store. One per file.
@@ -107,9 +107,52 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     /// Cache of `node_sessions.last_seq`; `None` where the session is known to have no samples.
-    sessions: HashMap<(i64, u32), Option<u32>>,
+    sessions: Sessions,
     /// Cache of the `series` table.
     series: SeriesCache,
+    /// `store.max_nodes`: the registry's cap on enrolled nodes, and the dedup cache's size.
+    max_nodes: u64,
+}
+
+/// The cache of dedup points (`node_sessions.last_seq`) by `(node, boot)`, bounded: past
+/// `cap` entries the least recently used is dropped (it is read back from the table when its
+/// node sends again). `None`: the boot is known to have no samples.
+#[derive(Debug, Default)]
+struct Sessions {
+    cap: usize,
+    tick: u64,
+    entries: HashMap<(i64, u32), (Option<u32>, u64)>,
+}
+
+impl Sessions {
+    fn get(&mut self, key: (i64, u32)) -> Option<Option<u32>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(&key).map(|(last, used)| {
+            *used = tick;
+            *last
+        })
+    }
+
+    fn insert(&mut self, key: (i64, u32), last: Option<u32>) {
+        self.tick += 1;
+        self.entries.insert(key, (last, self.tick));
+        if self.entries.len() > self.cap.max(1) {
+            // O(n) over at most `cap` + 1 entries, only when full.
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
 }
 
 /// Opens (creating if needed) a store, applying pending migrations.
@@ -130,9 +173,26 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_owned(),
-            sessions: HashMap::new(),
+            sessions: Sessions {
+                cap: DEFAULT_MAX_NODES as usize,
+                ..Sessions::default()
+            },
             series: SeriesCache::default(),
+            max_nodes: DEFAULT_MAX_NODES,
         })
+    }
+
+    /// Sets `store.max_nodes`: the most nodes the registry enrols, and the most `(node, boot)`
+    /// dedup points kept in memory.
+    pub fn set_max_nodes(&mut self, max_nodes: u64) {
+        self.max_nodes = max_nodes;
+        self.sessions.cap = usize::try_from(max_nodes).unwrap_or(usize::MAX);
+    }
+
+    /// `(node, boot)` dedup points held in memory now.
+    #[must_use]
+    pub fn cached_sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     #[must_use]
@@ -153,6 +213,7 @@ impl Store {
                 tx,
                 sessions: &mut sessions,
                 series: &mut series,
+                max_nodes: self.max_nodes,
             };
             match f(&mut handle) {
                 Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
@@ -162,6 +223,8 @@ impl Store {
         if result.is_ok() {
             self.sessions = sessions;
             self.series = series;
+        } else {
+            self.sessions.cap = sessions.cap;
         } // else the transaction rolled back: forget the cached positions it may have advanced,
         // and the series rows it may have created
 
@@ -178,58 +241,75 @@ impl Store {
 #[derive(Debug)]
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
-    sessions: &'a mut HashMap<(i64, u32), Option<u32>>,
+    sessions: &'a mut Sessions,
     series: &'a mut SeriesCache,
+    max_nodes: u64,
 }
 
 impl Tx<'_> {
-    /// Records a HELLO: creates or updates the node, returns where its boot stands.
+    /// Records a HELLO + ENROLL, if [`enrolment`] accepts it: updates the row of a known node
+    /// (its key is the pinned one) or writes a newcomer's with its key pinned, and returns where
+    /// its boot stands. A refusal writes nothing.
     pub fn register(
         &mut self,
         now_ms: i64,
         port: &str,
         hello: &Hello,
-    ) -> Result<Registered, StoreError> {
+        public_key: &[u8; 32],
+        newcomer_allowed: bool,
+    ) -> Result<Result<Registered, Refusal>, StoreError> {
         let uid = outpost_core::hex::encode(&hello.uid);
+        let pinned: Option<Option<Vec<u8>>> = self
+            .tx
+            .query_row(
+                "SELECT public_key FROM nodes WHERE uid = ?1",
+                [&uid],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let pinned: Option<[u8; 32]> = pinned
+            .flatten()
+            .map(|key| key.as_slice().try_into().unwrap_or([0; 32]));
+        let enrolled = if pinned.is_none() {
+            self.tx.query_row(
+                "SELECT count(*) FROM nodes WHERE public_key IS NOT NULL",
+                [],
+                |row| row.get(0),
+            )?
+        } else {
+            0
+        };
+        let enrol = match enrolment(
+            pinned.as_ref(),
+            public_key,
+            newcomer_allowed,
+            enrolled,
+            self.max_nodes,
+        ) {
+            Ok(enrol) => enrol,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         let channels: Vec<String> = hello.channels.iter().map(|c| c.0.to_string()).collect();
         let node_id: i64 = self.tx.query_row(
-            "INSERT INTO nodes (uid, hw_rev, fw_version, lot, channels, port, boot_id, first_seen_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+            "INSERT INTO nodes (uid, hw_rev, fw_version, lot, channels, port, boot_id, first_seen_ms, last_seen_ms, public_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
              ON CONFLICT (uid) DO UPDATE SET hw_rev = ?2, fw_version = ?3, lot = ?4, channels = ?5,
-                 port = ?6, boot_id = ?7, last_seen_ms = ?8
+                 port = ?6, boot_id = ?7, last_seen_ms = ?8, public_key = ?9
              RETURNING id",
-            params![uid, hello.hw_rev, hello.fw.to_string(), hello.lot.as_str(), channels.join(","), port, hello.boot_id, now_ms],
+            params![uid, hello.hw_rev, hello.fw.to_string(), hello.lot.as_str(), channels.join(","), port,
+                hello.boot_id, now_ms, public_key.as_slice()],
             |row| row.get(0),
         )?;
         let last = self.last_seq(node_id, hello.boot_id)?;
-        Ok(Registered {
+        Ok(Ok(Registered {
             node_id,
             ack_upto: last.unwrap_or(0),
-        })
-    }
-
-    /// Pins a node's public key on first enrolment; refuses a different one later.
-    pub fn enroll(&mut self, node_id: i64, public_key: &[u8; 32]) -> Result<Enrolment, StoreError> {
-        let pinned: Option<Vec<u8>> = self.tx.query_row(
-            "SELECT public_key FROM nodes WHERE id = ?1",
-            [node_id],
-            |row| row.get(0),
-        )?;
-        Ok(match pinned {
-            Some(key) if key == public_key => Enrolment::Known,
-            Some(_) => Enrolment::KeyMismatch,
-            None => {
-                self.tx.execute(
-                    "UPDATE nodes SET public_key = ?2 WHERE id = ?1",
-                    params![node_id, public_key.as_slice()],
-                )?;
-                Enrolment::Pinned
-            }
-        })
+            newcomer: enrol == Enrol::Newcomer,
+        }))
     }
 
     fn last_seq(&mut self, node_id: i64, boot_id: u32) -> Result<Option<u32>, StoreError> {
-        if let Some(&known) = self.sessions.get(&(node_id, boot_id)) {
+        if let Some(known) = self.sessions.get((node_id, boot_id)) {
             return Ok(known);
         }
         let last: Option<u32> = self
@@ -261,9 +341,13 @@ impl Tx<'_> {
                 "INSERT INTO readings (series_id, ts_ms, value, node_id, boot_id, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for sample in samples {
-                match admit(last, sample.seq, sample.window_start) {
+                match admit_within(last, sample.seq, sample.window_start, sample.max_lost) {
                     Admission::Stale => {
                         out.duplicates += 1;
+                        continue;
+                    }
+                    Admission::Implausible { .. } => {
+                        out.implausible += 1;
                         continue;
                     }
                     Admission::Next => {}
@@ -293,8 +377,8 @@ impl Tx<'_> {
             )?;
             self.tx.execute(
                 "UPDATE nodes SET readings_received = readings_received + ?2, samples_lost = samples_lost + ?3,
-                     last_seen_ms = max(last_seen_ms, ?4) WHERE id = ?1",
-                params![node_id, readings, out.lost, now_ms],
+                     gaps_refused = gaps_refused + ?5, last_seen_ms = max(last_seen_ms, ?4) WHERE id = ?1",
+                params![node_id, readings, out.lost, now_ms, out.implausible],
             )?;
             self.sessions.insert((node_id, boot_id), Some(last));
         }
@@ -360,6 +444,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Adds to a node's counts of anomalies on its line (see `outpost_core::link::PortCounters`).
+    pub fn anomalies(
+        &mut self,
+        node_id: i64,
+        ages_clamped: u32,
+        gaps_refused: u32,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE nodes SET ages_clamped = ages_clamped + ?2, gaps_refused = gaps_refused + ?3 WHERE id = ?1",
+            params![node_id, ages_clamped, gaps_refused],
+        )?;
+        Ok(())
+    }
+
     /// Adds to the count of frames the gateway dropped on a node's line.
     pub fn link_errors(&mut self, node_id: i64, errors: u32) -> Result<(), StoreError> {
         self.tx.execute(
@@ -409,7 +507,29 @@ pub struct NodeRow {
     pub readings_received: u64,
     pub samples_lost: u64,
     pub link_errors: LinkErrors,
+    pub anomalies: Anomalies,
 }
+
+/// What a node's line carried that no node can have sent: forged or corrupt frames.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Anomalies {
+    /// Samples claiming an age beyond what is possible; stored with the age clamped.
+    pub ages_clamped: u64,
+    /// Samples claiming a gap larger than the node can have taken; dropped.
+    pub gaps_refused: u64,
+}
+
+/// One page of the registry, in uid order (`GET /api/v1/nodes`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodePage {
+    pub nodes: Vec<NodeRow>,
+    /// The uid to pass as `after` for the next page; `None` on the last one.
+    pub next: Option<String>,
+}
+
+/// Nodes on one page unless asked otherwise, and at most.
+pub const NODES_PAGE: usize = 100;
+pub const NODES_PAGE_MAX: usize = 500;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct LinkErrors {
@@ -449,13 +569,35 @@ impl Reader {
         })
     }
 
+    /// Every node, in uid order.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        self.nodes_after(None, usize::MAX)
+    }
+
+    /// At most `limit` nodes (capped at [`NODES_PAGE_MAX`]) with a uid after `after`, in uid
+    /// order, and the cursor of the next page.
+    pub fn node_page(&self, after: Option<&str>, limit: usize) -> Result<NodePage, StoreError> {
+        let limit = limit.clamp(1, NODES_PAGE_MAX);
+        // One more than asked: whether there is a next page.
+        let mut nodes = self.nodes_after(after, limit + 1)?;
+        let next = if nodes.len() > limit {
+            nodes.truncate(limit);
+            nodes.last().map(|n| n.uid.clone())
+        } else {
+            None
+        };
+        Ok(NodePage { nodes, next })
+    }
+
+    fn nodes_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<NodeRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT uid, hw_rev, fw_version, lot, channels, port, public_key IS NOT NULL, first_seen_ms, last_seen_ms,
-                    uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors
-             FROM nodes ORDER BY uid",
+                    uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors,
+                    ages_clamped, gaps_refused
+             FROM nodes WHERE uid > ?1 ORDER BY uid LIMIT ?2",
         )?;
-        let rows = stmt.query_map([], |row| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after.unwrap_or(""), limit], |row| {
             let channels: String = row.get(4)?;
             Ok(NodeRow {
                 uid: row.get(0)?,
@@ -478,6 +620,10 @@ impl Reader {
                 link_errors: LinkErrors {
                     gateway_rx: row.get(13)?,
                     node_rx: row.get(14)?,
+                },
+                anomalies: Anomalies {
+                    ages_clamped: row.get(15)?,
+                    gaps_refused: row.get(16)?,
                 },
             })
         })?;

@@ -139,6 +139,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     -- Device readings stored, for the status page (nodes count theirs in nodes.readings_received).
     INSERT INTO meta (key, value) VALUES ('readings.devices', '0');
     ",
+    // 5: anomalies per node (frames no node can have sent), and no rows for uids never enrolled.
+    // Until now a HELLO wrote its row before the key check; a row without a key is a uid the
+    // gateway never accepted (the ENROLL was refused or never came), with nothing referring to it.
+    "
+    ALTER TABLE nodes ADD COLUMN ages_clamped INTEGER NOT NULL DEFAULT 0; -- age claims clamped
+    ALTER TABLE nodes ADD COLUMN gaps_refused INTEGER NOT NULL DEFAULT 0; -- gap claims refused
+    DELETE FROM nodes
+        WHERE public_key IS NULL AND readings_received = 0
+          AND id NOT IN (SELECT node_id FROM node_sessions)
+          AND id NOT IN (SELECT node_id FROM health);
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

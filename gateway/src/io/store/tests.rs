@@ -24,6 +24,7 @@ fn sample(seq: u32, window_start: u32) -> Sample {
         seq,
         window_start,
         ts_ms: 1_700_000_000_000 + i64::from(seq) * 1000,
+        max_lost: u32::MAX,
         readings: [
             Reading {
                 channel: ChannelId::TEMPERATURE,
@@ -37,6 +38,18 @@ fn sample(seq: u32, window_start: u32) -> Sample {
         .into_iter()
         .collect(),
     }
+}
+
+/// Enrols `hello` as a newcomer with a fixed key: the node as the store accepts it.
+fn register(
+    tx: &mut Tx<'_>,
+    now_ms: i64,
+    port: &str,
+    hello: &Hello,
+) -> Result<Registered, StoreError> {
+    Ok(tx
+        .register(now_ms, port, hello, &[7; 32], true)?
+        .expect("a newcomer with room is accepted"))
 }
 
 fn seqs(path: &Path, node_id: i64) -> Vec<u32> {
@@ -56,7 +69,7 @@ fn samples_are_admitted_in_order_and_retransmissions_are_dropped() {
     let path = dir.path().join("outpost.db");
     let mut store = Store::open(&path).unwrap();
     let node = store
-        .transaction(|tx| tx.register(0, "/dev/ttyACM0", &hello(1, 77)))
+        .transaction(|tx| register(tx, 0, "/dev/ttyACM0", &hello(1, 77)))
         .unwrap();
     assert_eq!(node.ack_upto, 0);
 
@@ -89,7 +102,7 @@ fn a_gap_the_node_reports_is_counted_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
     let node = store
-        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
         .unwrap();
     store
         .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1)], 0))
@@ -110,7 +123,7 @@ fn the_dedup_point_survives_reopening_and_a_new_boot_starts_fresh() {
     {
         let mut store = Store::open(&path).unwrap();
         let node = store
-            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
             .unwrap();
         store
             .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(1, 1), sample(2, 1)], 0))
@@ -118,11 +131,11 @@ fn the_dedup_point_survives_reopening_and_a_new_boot_starts_fresh() {
     }
     let mut store = Store::open(&path).unwrap();
     let again = store
-        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
         .unwrap();
     assert_eq!(again.ack_upto, 2);
     let rebooted = store
-        .transaction(|tx| tx.register(0, "p", &hello(1, 6)))
+        .transaction(|tx| register(tx, 0, "p", &hello(1, 6)))
         .unwrap();
     assert_eq!((rebooted.node_id, rebooted.ack_upto), (again.node_id, 0));
 }
@@ -133,7 +146,7 @@ fn a_failed_transaction_commits_nothing_and_forgets_its_positions() {
     let path = dir.path().join("s.db");
     let mut store = Store::open(&path).unwrap();
     let node = store
-        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+        .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
         .unwrap();
     let failed: Result<(), _> = store.transaction(|tx| {
         tx.ingest(node.node_id, 5, &[sample(1, 1)], 0)?;
@@ -148,30 +161,144 @@ fn a_failed_transaction_commits_nothing_and_forgets_its_positions() {
 }
 
 #[test]
-fn a_different_key_for_a_pinned_node_is_refused() {
+fn a_different_key_for_a_pinned_node_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
-    let node = store
-        .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+    let first = store
+        .transaction(|tx| tx.register(10, "p", &hello(1, 5), &[7; 32], true))
+        .unwrap()
         .unwrap();
+    assert!(first.newcomer);
+    let again = store
+        .transaction(|tx| tx.register(20, "p", &hello(1, 6), &[7; 32], false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.node_id, first.node_id);
+    assert!(!again.newcomer, "a known node needs no newcomer budget");
+    let before = store.reader().unwrap().nodes().unwrap();
+
+    // An impostor: the victim's uid, another key, and everything else different.
+    let mut forged = hello(1, 99);
+    forged.hw_rev = 9;
+    forged.lot = heapless::String::try_from("EVIL").unwrap();
+    forged.channels = [ChannelId::PRESSURE].into_iter().collect();
     assert_eq!(
         store
-            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
+            .transaction(|tx| tx.register(30, "/dev/evil", &forged, &[8; 32], true))
             .unwrap(),
-        Enrolment::Pinned
+        Err(Refusal::KeyMismatch)
     );
     assert_eq!(
-        store
-            .transaction(|tx| tx.enroll(node.node_id, &[7; 32]))
-            .unwrap(),
-        Enrolment::Known
+        store.reader().unwrap().nodes().unwrap(),
+        before,
+        "a refused enrolment must not touch the victim's row"
     );
+}
+
+#[test]
+fn newcomers_are_written_only_when_accepted_and_never_beyond_max_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    store.set_max_nodes(2);
     assert_eq!(
         store
-            .transaction(|tx| tx.enroll(node.node_id, &[8; 32]))
+            .transaction(|tx| tx.register(0, "p", &hello(1, 5), &[1; 32], false))
             .unwrap(),
-        Enrolment::KeyMismatch
+        Err(Refusal::NewcomerLimited)
     );
+    assert!(
+        store.reader().unwrap().nodes().unwrap().is_empty(),
+        "no row for a refused uid"
+    );
+    for uid in [1, 2] {
+        store
+            .transaction(|tx| tx.register(0, "p", &hello(uid, 5), &[uid; 32], true))
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .transaction(|tx| tx.register(0, "p", &hello(3, 5), &[3; 32], true))
+            .unwrap(),
+        Err(Refusal::RegistryFull)
+    );
+    // Full, but the site's own nodes still come back.
+    store
+        .transaction(|tx| tx.register(0, "p", &hello(2, 6), &[2; 32], false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.reader().unwrap().nodes().unwrap().len(), 2);
+}
+
+#[test]
+fn the_registry_is_read_in_pages_with_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    for uid in 1..=5 {
+        store
+            .transaction(|tx| tx.register(0, "p", &hello(uid, 5), &[uid; 32], true))
+            .unwrap()
+            .unwrap();
+    }
+    let reader = store.reader().unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = reader.node_page(after.as_deref(), 2).unwrap();
+        assert!(page.nodes.len() <= 2);
+        seen.extend(page.nodes.iter().map(|n| n.uid.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let all: Vec<String> = reader.nodes().unwrap().into_iter().map(|n| n.uid).collect();
+    assert_eq!(seen, all);
+    assert_eq!(seen.len(), 5);
+    assert_eq!(
+        reader.node_page(None, 1_000_000).unwrap().nodes.len(),
+        5,
+        "a huge limit is capped, not refused"
+    );
+}
+
+#[test]
+fn the_dedup_cache_is_bounded_and_a_dropped_entry_is_read_back_without_loss_or_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    store.set_max_nodes(2);
+    let mut ids = Vec::new();
+    for uid in 1..=2u8 {
+        ids.push(
+            store
+                .transaction(|tx| register(tx, 0, "p", &hello(uid, 5)))
+                .unwrap()
+                .node_id,
+        );
+    }
+    // Two nodes with two boots each: four dedup points, in a cache of two.
+    for seq in 1..=20u32 {
+        for &node in &ids {
+            for boot in [5, 6] {
+                // Every sample twice: the second is a retransmission.
+                for _ in 0..2 {
+                    store
+                        .transaction(|tx| tx.ingest(node, boot, &[sample(seq, 1)], 0))
+                        .unwrap();
+                }
+                assert!(store.cached_sessions() <= 2);
+            }
+        }
+    }
+    for &node in &ids {
+        let stored = seqs(&path, node);
+        let expected: Vec<u32> = (1..=20).flat_map(|s| [s, s]).collect();
+        assert_eq!(
+            stored, expected,
+            "boots 5 and 6 interleaved, each once per seq"
+        );
+    }
 }
 
 #[test]
@@ -179,7 +306,7 @@ fn health_updates_the_registry_row() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
     let node = store
-        .transaction(|tx| tx.register(10, "p", &hello(0xab, 5)))
+        .transaction(|tx| register(tx, 10, "p", &hello(0xab, 5)))
         .unwrap();
     let h = Health {
         uptime_s: 3600,
@@ -241,7 +368,7 @@ mod outbox {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let node = store
-            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
             .unwrap();
         let samples: Vec<Sample> = (1..=n).map(|s| sample(s, 1)).collect();
         store
@@ -325,7 +452,7 @@ mod outbox {
             .transaction(|tx| tx.ack_batches(3).map_err(|_| StoreError::DiskFull))
             .unwrap();
         let node = store
-            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
             .unwrap();
         store
             .transaction(|tx| tx.ingest(node.node_id, 5, &[sample(31, 1)], 0))
@@ -542,7 +669,7 @@ mod series {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let node = store
-            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
             .unwrap();
         store
             .transaction(|tx| {
@@ -819,7 +946,7 @@ mod series {
 
         // The nodes go on where they were: same dedup point, same series, ids after the old ones.
         let node = store
-            .transaction(|tx| tx.register(0, "p", &hello(1, 5)))
+            .transaction(|tx| register(tx, 0, "p", &hello(1, 5)))
             .unwrap();
         assert_eq!((node.node_id, node.ack_upto), (1, 2));
         store
@@ -928,12 +1055,16 @@ mod commands {
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let (a, b) = store
             .transaction(|tx| {
-                let a = tx.register(0, "/dev/ttyACM0", &hello(1, 5))?.node_id;
-                tx.enroll(a, &KEY_A)?;
+                let a = tx
+                    .register(0, "/dev/ttyACM0", &hello(1, 5), &KEY_A, true)?
+                    .unwrap()
+                    .node_id;
                 tx.ingest(a, 5, &[sample(1, 1), sample(2, 1)], 0)?;
                 tx.seal_batch("gw", 0, 100, None)?;
-                let b = tx.register(0, "/dev/ttyACM1", &hello(2, 9))?.node_id;
-                tx.enroll(b, &KEY_B)?;
+                let b = tx
+                    .register(0, "/dev/ttyACM1", &hello(2, 9), &KEY_B, true)?
+                    .unwrap()
+                    .node_id;
                 Ok((a, b))
             })
             .unwrap();
@@ -964,6 +1095,7 @@ mod commands {
                 port: "/dev/ttyACM0".to_owned(),
                 hello: hello(1, 5),
                 public_key: KEY_A,
+                newcomer_allowed: false,
                 now_ms: 10,
                 reply: port_a.clone(),
             },
@@ -996,6 +1128,7 @@ mod commands {
                 port: "/dev/ttyACM1".to_owned(),
                 hello: hello(2, 9),
                 public_key: [0xc; 32],
+                newcomer_allowed: true,
                 now_ms: 13,
                 reply: port_b.clone(),
             },
@@ -1048,7 +1181,7 @@ mod commands {
         let [
             StoreReply::Registered {
                 hello: registered,
-                result: Ok(Some(node)),
+                result: Ok(Ok(node)),
             },
             StoreReply::Committed {
                 node_id,
@@ -1071,7 +1204,7 @@ mod commands {
         let [
             StoreReply::Registered {
                 hello: refused,
-                result: Ok(None),
+                result: Ok(Err(Refusal::KeyMismatch)),
             },
             StoreReply::Committed {
                 node_id,
@@ -1298,7 +1431,7 @@ mod sealer {
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         store
             .transaction(|tx| {
-                let node = tx.register(0, "p", &hello(1, 5))?.node_id;
+                let node = register(tx, 0, "p", &hello(1, 5))?.node_id;
                 let samples: Vec<Sample> = (1..=n).map(|s| sample(s, 1)).collect();
                 tx.ingest(node, 5, &samples, 0)
             })
