@@ -56,6 +56,9 @@ pub struct ListenerConfig {
 /// memory before its request reaches a handler.
 const MAX_BUF: usize = 64 * 1024;
 
+/// How long a request in flight at shutdown may take to finish (the unit's TimeoutStopSec is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// One log line per kind of trouble at most this often; the lines in between are counted.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -361,6 +364,10 @@ async fn connection(
     tokio::pin!(conn);
     let config = &shared.config;
     let mut draining = false;
+    // Shutdown lets a request in flight finish, but not a stalled one (an upload whose client
+    // stopped sending) for the whole request time-out: the service manager would kill us first.
+    let drain_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_deadline);
     let how = loop {
         let (deadline, _) = activity.deadline(config);
         tokio::select! {
@@ -374,7 +381,9 @@ async fn connection(
                 }
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+                drain_deadline.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
             }
+            () = &mut drain_deadline, if draining => break Closed::Normally,
             () = tokio::time::sleep_until(deadline) => {
                 // A request may have begun or ended since: look again before closing.
                 if let (due, Some(how)) = activity.deadline(config) {
