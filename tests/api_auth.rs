@@ -28,6 +28,12 @@ fn start(api: &str, extra: &str) -> Site {
     let dropins = site.dir.path().join("outpost.d");
     std::fs::create_dir_all(&dropins).unwrap();
     std::fs::write(dropins.join("50-api.toml"), format!("[api]\n{api}")).unwrap();
+    spawn_gateway(&mut site);
+    site
+}
+
+/// Starts (or restarts) the site's gateway and waits for its API.
+fn spawn_gateway(site: &mut Site) {
     let mut cmd = Command::new(bin("outpost"));
     cmd.arg("run").arg("--config").arg(site.config_path());
     site.gateway = Some(Proc::spawn("gateway", &mut cmd).unwrap());
@@ -36,7 +42,6 @@ fn start(api: &str, extra: &str) -> Site {
         http(api, "GET", "/api/v1/status", None, None).ok()
     })
     .unwrap();
-    site
 }
 
 /// A gateway that takes uploads (and pull, with another token).
@@ -439,6 +444,35 @@ fn an_upload_is_streamed_to_a_hidden_file_and_a_cut_off_one_leaves_nothing() {
         std::fs::read(dir.join("outpost_9.9.9_amd64.deb")).unwrap(),
         b"package"
     );
+}
+
+#[test]
+fn an_upload_cut_off_by_a_crash_leaves_nothing_after_the_restart() {
+    let mut site = start_uploads();
+    let dir = spool(&site);
+    let mut stream = connect(site.api, None);
+    send_head(
+        &mut stream,
+        "PUT",
+        "/api/v1/updates/outpost_9.9.9_amd64.deb",
+        Some(UPLOAD),
+        Some(8 * MIB),
+    );
+    stream.write_all(&vec![7u8; MIB as usize]).unwrap();
+    wait_for(Duration::from_secs(10), "the upload in progress", || {
+        (!spool_names(&dir).is_empty()).then_some(())
+    })
+    .unwrap();
+    site.gateway.as_mut().unwrap().kill_hard();
+    drop(stream);
+    assert_eq!(
+        spool_names(&dir).len(),
+        1,
+        "the crash left the partial file"
+    );
+
+    spawn_gateway(&mut site);
+    assert!(spool_names(&dir).is_empty(), "{:?}", spool_names(&dir));
 }
 
 #[test]

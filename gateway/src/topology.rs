@@ -201,7 +201,12 @@ pub async fn run(
         upload_slots: api::upload::slots(),
         meter,
         dictionaries: dictionaries::dir(&config.data_dir),
-        updates: crate::io::update::incoming::incoming_dir(&config.data_dir),
+        updates: {
+            let dir = crate::io::update::incoming::incoming_dir(&config.data_dir);
+            // Uploads cut off by a crash left their temporary files.
+            crate::io::update::incoming::remove_partials(&dir);
+            dir
+        },
         update_state: PathBuf::from(crate::io::update::STATE_DIR),
         store_tx,
     };

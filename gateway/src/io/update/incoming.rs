@@ -58,6 +58,23 @@ pub fn store(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError
     incoming.finish()
 }
 
+/// Removes the temporary files of uploads a crash or a power cut interrupted (the daemon
+/// removes its own otherwise); run at start, before uploads are taken. Returns how many.
+pub fn remove_partials(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with('.') && name.ends_with(".partial")
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Tells concurrent uploads' temporary files apart.
 static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
 
@@ -213,6 +230,19 @@ mod tests {
         let path = incoming.finish().unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"packag");
         assert_eq!(listing(dir.path()), ["a_1_arm64.deb"]);
+    }
+
+    #[test]
+    fn partials_left_by_a_crash_are_removed_and_artifacts_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incoming = Incoming::create(dir.path(), "a.deb", 10).unwrap();
+        incoming.write(b"12345").unwrap();
+        std::mem::forget(incoming); // a crash: no drop
+        store(dir.path(), "b.deb", b"whole").unwrap();
+        assert_eq!(listing(dir.path()).len(), 2);
+        assert_eq!(remove_partials(dir.path()), 1);
+        assert_eq!(listing(dir.path()), ["b.deb"]);
+        assert_eq!(remove_partials(&dir.path().join("missing")), 0);
     }
 
     #[test]
