@@ -381,6 +381,9 @@ fn plan<H: Host>(
         Ok(previous) => previous,
         Err(reason) => return refuse(refusal, reason),
     };
+    if let Err(reason) = raise_floor(host, state, &manifest.validity.floor) {
+        return refuse(refusal, reason);
+    }
     // The manifest goes beside the copy, for `current/` once confirmed.
     let sig = sig_path(&taken.copy);
     if let Err(e) = std::fs::write(&sig, &taken.manifest) {
@@ -397,8 +400,8 @@ fn plan<H: Host>(
 
 /// Anti-rollback: a version below the floor kept from earlier manifests is refused, even when it
 /// is newer than the installed one (a superseded 1.2 replayed to a unit still on 1.1 after 1.3
-/// was verified there); a manifest's own floor must not be above its version; and a verified
-/// manifest's floor raises the kept one (it never goes down).
+/// was planned there); a manifest's own floor must not be above its version. Raising the kept
+/// floor is [`raise_floor`]'s, once every check passed.
 fn hold_to_floor<H: Host>(
     host: &mut H,
     state: &StateDir,
@@ -419,6 +422,14 @@ fn hold_to_floor<H: Host>(
             ));
         }
     }
+    Ok(())
+}
+
+/// Raises the kept floor to a planned manifest's `floor` (never lowers it). Done once every
+/// check passed, right before the install: an artifact refused for this unit's own reasons (no
+/// package to roll back to) leaves the floor where it was.
+fn raise_floor<H: Host>(host: &mut H, state: &StateDir, floor: &str) -> Result<(), String> {
+    let kept = state.floor()?;
     if kept
         .as_deref()
         .is_none_or(|kept| host.is_newer(floor, kept))
