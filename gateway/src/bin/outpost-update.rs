@@ -117,19 +117,36 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             deadline,
             settle,
         } => {
+            let mut unusable_config = None;
             let (spool, api) = match (spool, api) {
                 (Some(spool), Some(api)) => (spool, api),
-                (spool, api) => {
-                    let config = config_files::load(&config)
-                        .map_err(anyhow::Error::new)
-                        .with_context(|| format!("cannot read {}", config.display()))?;
-                    (
+                (spool, api) => match config_files::load(&config) {
+                    Ok(config) => (
                         spool.unwrap_or_else(|| {
                             outpost::io::update::incoming::incoming_dir(&config.data_dir)
                         }),
                         api.unwrap_or(config.api_listen),
-                    )
-                }
+                    ),
+                    // Nothing is installed, but every artifact is refused with a report and
+                    // taken out of the spool the path unit watches (the packaged one).
+                    Err(errors) => {
+                        let why = format!("{}: {errors}", config.display());
+                        tracing::error!(message = "The gateway's configuration cannot be used; refusing every update.", %why);
+                        unusable_config = Some(why);
+                        let defaults = outpost_core::config::RawGateway::default();
+                        (
+                            spool.unwrap_or_else(|| {
+                                outpost::io::update::incoming::incoming_dir(&defaults.data_dir)
+                            }),
+                            api.unwrap_or_else(|| {
+                                outpost_core::config::RawApi::default()
+                                    .listen
+                                    .parse()
+                                    .expect("the default listen address parses")
+                            }),
+                        )
+                    }
+                },
             };
             let settings = Settings {
                 spool,
@@ -141,6 +158,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                     settle,
                     ..AgentConfig::default()
                 },
+                unusable_config,
             };
             let dpkg_log = settings.state_dir.join("work").join("dpkg.log");
             let mut system = System::new(&service, api, dpkg_log);
@@ -159,6 +177,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
                 pubkeys: PathBuf::new(),
                 package: common.package,
                 agent: AgentConfig::default(),
+                unusable_config: None,
             };
             let mut system = System::new(
                 "outpost.service",

@@ -38,6 +38,10 @@ pub struct Settings {
     /// The package that updates itself.
     pub package: String,
     pub agent: AgentConfig,
+    /// Why the gateway's configuration cannot be used (`outpost-update apply` then works on the
+    /// packaged spool path): every artifact is refused with this reason, so the refusal is
+    /// reported and the path unit is not started again and again.
+    pub unusable_config: Option<String>,
 }
 
 /// A package's control fields, as `dpkg-deb -f` reads them.
@@ -264,9 +268,18 @@ pub fn apply<H: Host>(settings: &Settings, host: &mut H) -> anyhow::Result<Vec<U
         );
         let file = sig.strip_suffix(SIG_SUFFIX).unwrap_or(&sig).to_owned();
         tracing::info!(message = "Update artifact taken from the spool.", %file);
-        let verified = match taken {
-            Ok(taken) => plan(settings, host, &state, taken, now_unix_ms),
-            Err(reason) => Err(Refusal {
+        let verified = match (taken, &settings.unusable_config) {
+            (Ok(taken), None) => plan(settings, host, &state, taken, now_unix_ms),
+            (Ok(_), Some(why)) => Err(Refusal {
+                file,
+                from_version: host.installed_version(&settings.package),
+                to_version: None,
+                reason: format!(
+                    "the gateway's configuration cannot be used ({why}): fix it (outpost check), \
+                     then upload the update again"
+                ),
+            }),
+            (Err(reason), _) => Err(Refusal {
                 file,
                 from_version: None,
                 to_version: None,

@@ -197,6 +197,7 @@ impl Site {
                 settle: Duration::from_secs(3),
                 probe_interval: Duration::from_secs(1),
             },
+            unusable_config: None,
         };
         Site {
             _dir: dir,
@@ -584,4 +585,32 @@ fn a_symlinked_spool_is_refused_with_a_report_and_moved_aside() {
     assert!(host.log.is_empty(), "{:?}", host.log);
     // The next run finds no spool: nothing to do, no error.
     assert!(apply(&site.settings, &mut host).unwrap().is_empty());
+}
+
+#[test]
+fn with_an_unusable_configuration_every_artifact_is_refused_reported_and_taken_away() {
+    // A configuration the agent cannot load (here, a key file others can read) must not leave
+    // the .sig in the spool without a report: the path unit would start the agent again and
+    // again, and nobody would learn why nothing is installed.
+    let mut site = Site::new();
+    site.settings.unusable_config = Some("uplink.mqtt.key_file: mode 0644".into());
+    let mut host = FakeHost::new("0.1.0-1");
+    let file = site.drop("0.2.0-1", Behaviour::Healthy);
+    let report = only(apply(&site.settings, &mut host).unwrap());
+    assert_eq!(report.outcome, Outcome::Refused, "{report:#?}");
+    assert_eq!(report.file, file);
+    let reason = report.reason.clone().unwrap();
+    assert!(
+        reason.contains("configuration cannot be used") && reason.contains("mode 0644"),
+        "{reason}"
+    );
+    assert_eq!(last_report_in(&site), Some(report));
+    assert!(
+        std::fs::read_dir(&site.settings.spool)
+            .unwrap()
+            .next()
+            .is_none(),
+        "the spool is empty"
+    );
+    assert!(host.log.is_empty(), "nothing installed: {:?}", host.log);
 }
