@@ -147,27 +147,7 @@ fn idle_flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..n {
-            tasks.push(tokio::spawn(async move {
-                let socket = tokio::net::TcpSocket::new_v4().ok()?;
-                socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
-                let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
-                    .await
-                    .ok()?
-                    .ok()?;
-                stream.into_std().ok()
-            }));
-        }
-        let mut streams = Vec::new();
-        for task in tasks {
-            if let Ok(Some(stream)) = task.await {
-                streams.push(stream);
-            }
-        }
-        streams
-    })
+    runtime.block_on(outpost_e2e::idle_flood(addr, n))
 }
 
 /// How many of `streams` the daemon closed (EOF or reset), after waiting a little.

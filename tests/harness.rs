@@ -392,3 +392,27 @@ pub fn halt_container(nspawn: &mut std::process::Child) {
     let _ = nspawn.kill();
     let _ = nspawn.wait();
 }
+
+/// `n` TCP connections to `addr` from 127.0.0.2 that never send a byte, opened concurrently
+/// (those never accepted time out after 10 s and are not returned): a hostile client's flood.
+pub async fn idle_flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+            let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            stream.into_std().ok()
+        }));
+    }
+    let mut streams = Vec::new();
+    for task in tasks {
+        if let Ok(Some(stream)) = task.await {
+            streams.push(stream);
+        }
+    }
+    streams
+}

@@ -20,7 +20,7 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use outpost_e2e::{Proc, Site, bin, wait_for};
+use outpost_e2e::{Proc, Site, bin, idle_flood, wait_for};
 
 const IDLE: usize = 2000;
 
@@ -183,27 +183,4 @@ fn raise_own_limit() {
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-}
-
-/// `n` connections from 127.0.0.2 that never send a byte.
-async fn idle_flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        tasks.push(tokio::spawn(async move {
-            let socket = tokio::net::TcpSocket::new_v4().ok()?;
-            socket.bind("127.0.0.2:0".parse().unwrap()).ok()?;
-            let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
-                .await
-                .ok()?
-                .ok()?;
-            stream.into_std().ok()
-        }));
-    }
-    let mut streams = Vec::new();
-    for task in tasks {
-        if let Ok(Some(stream)) = task.await {
-            streams.push(stream);
-        }
-    }
-    streams
 }
