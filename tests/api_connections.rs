@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,20 +33,7 @@ impl Gateway {
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         if let Some((soft, hard)) = limit {
-            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: soft,
-                        rlim_max: hard,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            outpost_e2e::limit_open_files(&mut cmd, soft, hard);
         }
         let proc = Proc::spawn("gateway", &mut cmd).unwrap();
         let gateway = Gateway {
@@ -124,24 +110,10 @@ fn request(addr: SocketAddr, line: &str, host: Option<&str>, extra: &str) -> (u1
     (status, body)
 }
 
-/// The test process holds thousands of sockets.
-fn raise_own_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
 /// `n` connections from 127.0.0.2 that never send a byte, opened concurrently (those the
 /// daemon never accepts time out after 10 s and are not returned).
 fn idle_flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    raise_own_limit();
+    outpost_e2e::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -416,3 +416,37 @@ pub async fn idle_flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     }
     streams
 }
+
+/// Raises this test process's soft open-file limit to its hard limit (a flood holds thousands
+/// of sockets).
+pub fn raise_open_file_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// Starts `command` with this open-file limit (what a unit's `LimitNOFILE=` does).
+pub fn limit_open_files(command: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}

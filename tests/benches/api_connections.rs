@@ -16,7 +16,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(50);
-    raise_own_limit();
+    outpost_e2e::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -94,20 +93,7 @@ fn start(api: &str) -> (Site, Proc) {
         .env("NO_COLOR", "1")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log));
-    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 4096,
-                rlim_max: 4096,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    outpost_e2e::limit_open_files(&mut cmd, 4096, 4096);
     let proc = Proc::spawn("gateway", &mut cmd).unwrap();
     wait_for(Duration::from_secs(30), "the gateway's API", || {
         fresh_status(site.api).ok()
@@ -170,17 +156,4 @@ fn get(addr: SocketAddr) -> std::io::Result<String> {
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     Ok(String::from_utf8_lossy(&response).into_owned())
-}
-
-fn raise_own_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
 }
