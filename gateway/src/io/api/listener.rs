@@ -452,14 +452,7 @@ async fn handle(
 }
 
 fn error(status: StatusCode, message: String) -> Response<Body> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    super::auth::refusal(status, None, message)
 }
 
 /// A request in flight on a connection, until its handler's answer is ready (or it is dropped).
