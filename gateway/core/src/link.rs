@@ -16,13 +16,13 @@
 //! [`enrolment`]: the store applies it before it writes anything, so a refused ENROLL changes
 //! neither the registry nor the session.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::{
-    Accept, Ack, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis,
-    encode_frame,
+    Accept, Ack, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis, Nack,
+    Telemetry, WINDOW, encode_frame,
 };
 
 /// A sample as the gateway received it, stamped with wall-clock time.
@@ -145,10 +145,25 @@ pub fn admit_within(last: Option<u32>, seq: u32, window_start: u32, max_lost: u3
     }
 }
 
+/// Bytes on the line of the smallest frame a node sends (a TELEMETRY without readings: 15
+/// message bytes, CRC, COBS code and two delimiters).
+pub const SMALLEST_NODE_FRAME: u32 = 22;
+
+/// The most frames a node can send per second on a UART at `baud` (8N1: ten bits a byte), all of
+/// them the smallest there is. The default frame limit: a node on a real UART is never held back
+/// by it, so catching up after an outage has the whole line; a transport faster than its nominal
+/// baud (USB CDC, a pty) is held to it.
+#[must_use]
+pub fn line_frame_capacity(baud: u32) -> u32 {
+    (baud / 10 / SMALLEST_NODE_FRAME).max(1)
+}
+
 /// What a frame on one port may claim, and who may join through it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkLimits {
-    /// Frames per second a node may send; the excess is dropped unacknowledged.
+    /// Frames per second a node may send; the excess is dropped unacknowledged. The frame after
+    /// a dropped one is held and the node asked for the missing one at once (NACK), so a dropped
+    /// frame costs one resend, not a retransmit timeout.
     pub max_frames_per_sec: u32,
     /// The oldest a sample may claim to be when it arrives (`age_ms`). The bound is the node's
     /// uptime as it last reported it (HEALTH, sent at every ACCEPT) when known, and this in any
@@ -169,7 +184,7 @@ pub struct LinkLimits {
 impl Default for LinkLimits {
     fn default() -> Self {
         LinkLimits {
-            max_frames_per_sec: 200,
+            max_frames_per_sec: line_frame_capacity(115_200),
             max_sample_age: Duration::from_secs(7 * 24 * 3600),
             max_sample_rate_hz: 1000,
             newcomers_burst: 4,
@@ -183,6 +198,10 @@ const SLACK_MS: u64 = 1000;
 
 /// How often a kind of anomaly is logged per port at most; the count in between is in the line.
 const LOG_EVERY: u64 = 10_000;
+
+/// How soon the gateway asks again for the same missing sample when later ones keep arriving
+/// (the NACK or the resend was lost too); the node's retransmit timer repairs the rest.
+const NACK_REPEAT_MS: u64 = 250;
 
 /// How long after the last refused newcomer a port still counts as refusing newcomers (the
 /// `newcomers_refused` alert).
@@ -227,6 +246,10 @@ pub struct PortCounters {
     pub rate_limited: u64,
     /// Retransmitted samples dropped as already stored.
     pub duplicates: u64,
+    /// Samples that arrived after a missing one and were held until it came.
+    pub reordered: u64,
+    /// NACKs sent: a sample was missing and later ones arrived.
+    pub nacks: u64,
     /// Enrolments refused because the node's key differs from the pinned one.
     pub refused: u64,
     /// Enrolments of uids never enrolled, refused: the port's newcomer budget was spent, or the
@@ -257,6 +280,30 @@ struct Attached {
     /// Anomalies not yet reported to the store.
     ages_clamped: u32,
     gaps_refused: u32,
+    /// Frames that arrived after a missing one, by seq: at most [`WINDOW`], all within a window
+    /// of the first missing sample.
+    held: BTreeMap<u32, Arrived>,
+    /// The samples last asked for (NACK), and when.
+    nacked: Option<(u32, u32, Millis)>,
+}
+
+/// A TELEMETRY frame as it arrived: when (session and wall-clock time) and what it said.
+#[derive(Debug, Clone)]
+struct Arrived {
+    telemetry: Telemetry,
+    at: Millis,
+    wall_ms: i64,
+}
+
+/// What became of a TELEMETRY frame offered to the attached node's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    /// Handed to the store.
+    Taken,
+    /// A sample before it is missing: hold it and ask for the missing one.
+    Ahead,
+    /// Stored already, refused, or no node attached: dropped.
+    Dropped,
 }
 
 impl Attached {
@@ -585,67 +632,11 @@ impl PortSession {
                     newcomer_allowed,
                 });
             }
-            Message::Telemetry(t) => {
-                let now = self.now;
-                let Some(node) = &mut self.node else { return };
-                // How old the sample can be: not older than the node (uptime as it reported it,
-                // advanced by the time since), and never older than max_sample_age.
-                let max_age = u64::try_from(self.limits.max_sample_age.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .min(node.uptime_at(now).map_or(u64::MAX, |u| u + SLACK_MS));
-                let clamped = u64::from(t.age_ms) > max_age;
-                let age = u64::from(t.age_ms).min(max_age);
-                let capture = Millis(now.0.saturating_sub(age));
-                let max_lost = max_lost(
-                    node,
-                    capture,
-                    self.limits.max_sample_age,
-                    self.limits.max_sample_rate_hz,
-                );
-                match admit_within(node.handed_over, t.seq, t.window_start, max_lost) {
-                    Admission::Implausible { lost } => {
-                        self.counters.gaps_refused += 1;
-                        node.gaps_refused = node.gaps_refused.saturating_add(1);
-                        if let Some(unlogged) = self.log_gaps.take(now) {
-                            tracing::warn!(message = "Sample refused: it claims a gap larger than the node can have taken.",
-                                port = %self.port, seq = t.seq, window_start = t.window_start, lost, max_lost, unlogged);
-                        }
-                    }
-                    Admission::Stale => {
-                        self.counters.duplicates += 1;
-                        // An ACK was lost: say again what is committed so the node frees its ring.
-                        if let Some(committed) = node.committed.filter(|&c| t.seq <= c) {
-                            let ack = Ack {
-                                boot_id: node.boot_id,
-                                upto: committed,
-                            };
-                            if !self.transmit.contains(&Message::Ack(ack)) {
-                                self.transmit.push_back(Message::Ack(ack));
-                            }
-                        }
-                    }
-                    Admission::Next | Admission::AfterGap { .. } => {
-                        if clamped {
-                            self.counters.ages_clamped += 1;
-                            node.ages_clamped = node.ages_clamped.saturating_add(1);
-                            if let Some(unlogged) = self.log_ages.take(now) {
-                                tracing::warn!(message = "Sample claims an impossible age; stored with the age clamped.",
-                                    port = %self.port, seq = t.seq, age_ms = t.age_ms, max_age_ms = max_age, unlogged);
-                            }
-                        }
-                        node.handed_over = Some(t.seq);
-                        node.last_capture = Some(capture);
-                        let ts_ms = wall_ms.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
-                        self.pending_samples.push(Sample {
-                            seq: t.seq,
-                            window_start: t.window_start,
-                            ts_ms,
-                            max_lost,
-                            readings: t.readings,
-                        });
-                    }
-                }
-            }
+            Message::Telemetry(telemetry) => self.handle_telemetry(Arrived {
+                telemetry,
+                at: self.now,
+                wall_ms,
+            }),
             Message::Health(health) => {
                 if let Some(node) = &mut self.node {
                     node.uptime = Some((u64::from(health.uptime_s) * 1000, self.now));
@@ -659,8 +650,160 @@ impl PortSession {
                 tracing::debug!(message = "Command response.", port = %self.port, id = response.id, status = response.status);
             }
             // Gateway-to-node messages echoed back: a loop or a confused peer.
-            Message::Accept(_) | Message::Ack(_) | Message::Command(_) => {
+            Message::Accept(_) | Message::Ack(_) | Message::Nack(_) | Message::Command(_) => {
                 tracing::debug!(message = "Unexpected gateway message from node side.", port = %self.port);
+            }
+        }
+    }
+
+    /// A TELEMETRY frame: taken if it follows the last sample handed over (then any held frames
+    /// that now follow too), held if a sample before it is missing (and the node asked for that
+    /// one at once), dropped otherwise.
+    fn handle_telemetry(&mut self, arrived: Arrived) {
+        match self.offer(&arrived) {
+            Offered::Taken => self.take_held(),
+            Offered::Ahead => self.hold(arrived),
+            Offered::Dropped => {}
+        }
+    }
+
+    /// Held frames that follow the sequence now, in order.
+    fn take_held(&mut self) {
+        loop {
+            let Some(node) = &mut self.node else { return };
+            let Some(entry) = node.held.first_entry() else {
+                return;
+            };
+            if node.handed_over.is_some_and(|last| *entry.key() <= last) {
+                entry.remove();
+                self.counters.duplicates += 1;
+                continue;
+            }
+            let arrived = entry.remove();
+            if self.offer(&arrived) == Offered::Ahead {
+                // Another sample missing before it: back where it was, and ask for that one.
+                if let Some(node) = &mut self.node {
+                    node.held.insert(arrived.telemetry.seq, arrived);
+                }
+                self.ask_for_missing();
+                return;
+            }
+        }
+    }
+
+    /// Holds a frame that came after a missing one, and asks the node for the missing ones.
+    fn hold(&mut self, arrived: Arrived) {
+        let Some(node) = &mut self.node else { return };
+        let first_missing = node.handed_over.map_or(1, |last| last.wrapping_add(1));
+        let seq = arrived.telemetry.seq;
+        // A node never has more than WINDOW samples in flight from its oldest unacknowledged
+        // one, which is at or before the first missing: anything further is not worth a slot.
+        if seq.wrapping_sub(first_missing) >= WINDOW || node.held.contains_key(&seq) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        node.held.insert(seq, arrived);
+        self.counters.reordered += 1;
+        self.ask_for_missing();
+    }
+
+    /// NACKs the samples between the last one handed over and the first held, unless they were
+    /// asked for a moment ago.
+    fn ask_for_missing(&mut self) {
+        let now = self.now;
+        let Some(node) = &mut self.node else { return };
+        let first_missing = node.handed_over.map_or(1, |last| last.wrapping_add(1));
+        let Some(&first_held) = node.held.keys().next() else {
+            return;
+        };
+        let to = first_held.wrapping_sub(1);
+        // A hole inside the one asked for a moment ago is on its way already.
+        let repeat = match node.nacked {
+            Some((from, until, at)) => {
+                !(from <= first_missing && to <= until)
+                    || now.saturating_since(at) >= NACK_REPEAT_MS
+            }
+            None => true,
+        };
+        if repeat {
+            node.nacked = Some((first_missing, to, now));
+            self.counters.nacks += 1;
+            self.transmit.retain(|m| !matches!(m, Message::Nack(_)));
+            self.transmit.push_back(Message::Nack(Nack {
+                boot_id: node.boot_id,
+                from: first_missing,
+                to,
+            }));
+        }
+    }
+
+    /// Admits one TELEMETRY frame into the attached node's sequence (see [`admit_within`]),
+    /// bounding what it claims (§4.6 of docs/node-link.md).
+    fn offer(&mut self, arrived: &Arrived) -> Offered {
+        let (t, now, wall_ms) = (&arrived.telemetry, arrived.at, arrived.wall_ms);
+        let Some(node) = &mut self.node else {
+            return Offered::Dropped;
+        };
+        // How old the sample can be: not older than the node (uptime as it reported it,
+        // advanced by the time since), and never older than max_sample_age.
+        let max_age = u64::try_from(self.limits.max_sample_age.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(node.uptime_at(now).map_or(u64::MAX, |u| u + SLACK_MS));
+        let clamped = u64::from(t.age_ms) > max_age;
+        let age = u64::from(t.age_ms).min(max_age);
+        let capture = Millis(now.0.saturating_sub(age));
+        let max_lost = max_lost(
+            node,
+            capture,
+            self.limits.max_sample_age,
+            self.limits.max_sample_rate_hz,
+        );
+        match admit_within(node.handed_over, t.seq, t.window_start, max_lost) {
+            Admission::Implausible { lost } => {
+                self.counters.gaps_refused += 1;
+                node.gaps_refused = node.gaps_refused.saturating_add(1);
+                if let Some(unlogged) = self.log_gaps.take(now) {
+                    tracing::warn!(message = "Sample refused: it claims a gap larger than the node can have taken.",
+                        port = %self.port, seq = t.seq, window_start = t.window_start, lost, max_lost, unlogged);
+                }
+                Offered::Dropped
+            }
+            Admission::Stale if node.handed_over.is_none_or(|last| t.seq > last) => Offered::Ahead,
+            Admission::Stale => {
+                self.counters.duplicates += 1;
+                // An ACK was lost: say again what is committed so the node frees its ring.
+                if let Some(committed) = node.committed.filter(|&c| t.seq <= c) {
+                    let ack = Ack {
+                        boot_id: node.boot_id,
+                        upto: committed,
+                    };
+                    if !self.transmit.contains(&Message::Ack(ack)) {
+                        self.transmit.push_back(Message::Ack(ack));
+                    }
+                }
+                Offered::Dropped
+            }
+            Admission::Next | Admission::AfterGap { .. } => {
+                if clamped {
+                    self.counters.ages_clamped += 1;
+                    node.ages_clamped = node.ages_clamped.saturating_add(1);
+                    if let Some(unlogged) = self.log_ages.take(now) {
+                        tracing::warn!(message = "Sample claims an impossible age; stored with the age clamped.",
+                            port = %self.port, seq = t.seq, age_ms = t.age_ms, max_age_ms = max_age, unlogged);
+                    }
+                }
+                node.handed_over = Some(t.seq);
+                node.last_capture = Some(capture);
+                node.nacked = node.nacked.filter(|&(_, to, _)| to > t.seq);
+                let ts_ms = wall_ms.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
+                self.pending_samples.push(Sample {
+                    seq: t.seq,
+                    window_start: t.window_start,
+                    ts_ms,
+                    max_lost,
+                    readings: t.readings.clone(),
+                });
+                Offered::Taken
             }
         }
     }
@@ -718,6 +861,8 @@ impl PortSession {
             uptime: None,
             ages_clamped: 0,
             gaps_refused: 0,
+            held: BTreeMap::new(),
+            nacked: None,
         });
         self.transmit.push_back(Message::Accept(Accept {
             boot_id: hello.boot_id,

@@ -86,6 +86,7 @@ mod store;
 #[path = "pair/world.rs"]
 mod world;
 
+use outpost_core::link::LinkLimits;
 use outpost_node::{LINK_TIMEOUT, LinkState, RTO};
 use outpost_proto::Millis;
 use proptest::collection::vec;
@@ -134,7 +135,7 @@ fn event() -> impl Strategy<Value = Event> {
 
 /// The port's frame rate limit: mostly the default, sometimes one the node's traffic exceeds.
 fn rate_limit() -> impl Strategy<Value = u32> {
-    prop_oneof![3 => Just(200u32), 1 => 8u32..=60]
+    prop_oneof![3 => Just(LinkLimits::default().max_frames_per_sec), 1 => 8u32..=60]
 }
 
 /// Where the open gateway bugs are (see the ignored tests below): frames of a previous boot

@@ -8,15 +8,21 @@
 //!   (ACCEPT's `ack_upto` or ACK's `upto`, both cumulative). A full ring drops its oldest
 //!   sample; TELEMETRY's `window_start` then tells the gateway the gap is final.
 //! - While `Accepted`, held samples are sent in seq order, at most [`WINDOW`] unacknowledged.
-//!   With no ACK progress for [`RTO`], sending restarts at the oldest held sample (go-back-N).
+//! - A NACK names samples that did not arrive while later ones did: exactly those are sent
+//!   again, at once, before anything new (selective repeat).
+//! - With no ACK progress for the retransmit timeout, sending restarts at the oldest held
+//!   sample (go-back-N): the repair of last resort, for a lost NACK or a lost tail. The timeout
+//!   adapts to the round trip the node measures (RFC 6298, Karn's rule), between [`RTO_MIN`] and
+//!   [`RTO_MAX`], starting at [`RTO_MAX`] and doubling on every expiry.
 //! - Silence from the gateway for [`LINK_TIMEOUT`] while samples wait means the session is
 //!   gone (a restarted gateway ignores TELEMETRY from nodes that have not said HELLO): the node
 //!   is `Unaccepted` again and says HELLO.
 //!
 //! Why this stays simple: acknowledgements are cumulative and the ring is ordered by seq, so
-//! "what to send next" is one number (`next_send`) and "what is in flight" is the range from the
-//! oldest held sample up to it. Every loss (frame, ACK, whole session) is repaired by sending
-//! again from the oldest held sample; the gateway keeps only `seq == last + 1`, so a resend is
+//! "what to send next" is one number (`next_send`), "what is in flight" is the range from the
+//! oldest held sample up to it, and "what the gateway asked for again" is one more range
+//! (`resend`). Every loss is repaired by sending again what the gateway does not hold; it keeps
+//! only `seq == last + 1` (holding a few later frames until the gap is filled), so a resend is
 //! never stored twice.
 
 use core::time::Duration;
@@ -25,13 +31,19 @@ use heapless::{Deque, String, Vec};
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN, MAX_READINGS};
 use outpost_proto::{
     Accept, Ack, ChannelId, Command, Enroll, FrameDecoder, FwVersion, Health, Hello, LinkCounters,
-    Message, Millis, Reading, ResetReason, Response, Telemetry, encode_frame,
+    Message, Millis, Nack, Reading, ResetReason, Response, Telemetry, encode_frame,
 };
 
 /// Most TELEMETRY frames sent and not yet acknowledged.
-pub const WINDOW: u32 = 16;
-/// Retransmit timeout: frames in flight with no ACK progress for this long are sent again.
-pub const RTO: Duration = Duration::from_millis(1000);
+pub use outpost_proto::WINDOW;
+/// The longest retransmit timeout, and the first one, before any round trip is measured: frames
+/// in flight with no ACK progress for the timeout are sent again.
+pub const RTO_MAX: Duration = Duration::from_millis(1000);
+/// The shortest retransmit timeout, however fast the round trip: the gateway groups commits, and
+/// a timer shorter than a slow commit would only resend what is on its way to the disk.
+pub const RTO_MIN: Duration = Duration::from_millis(200);
+/// The retransmit timeout before any round trip is measured.
+pub const RTO: Duration = RTO_MAX;
 /// Silence from the gateway, while samples wait, after which the session counts as lost.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Control frames (HELLO, ENROLL, HEALTH, RESPONSE) queued for `poll_transmit`.
@@ -119,6 +131,52 @@ pub struct NodeCounters {
     pub retransmits: u32,
     /// Samples lost to a full ring before the gateway acknowledged them.
     pub dropped_samples: u32,
+    /// NACKs received for this boot.
+    pub nacks: u32,
+    /// Times the retransmit timer expired and everything in flight was sent again.
+    pub timeouts: u32,
+}
+
+/// The retransmit timeout, from measured round trips (RFC 6298 in whole milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RetransmitTimer {
+    /// Smoothed round trip and its mean deviation, once one was measured.
+    srtt_ms: Option<u64>,
+    rttvar_ms: u64,
+    /// The current timeout (backed off after expiries).
+    rto_ms: u64,
+}
+
+impl RetransmitTimer {
+    const MIN_MS: u64 = RTO_MIN.as_millis() as u64;
+    const MAX_MS: u64 = RTO_MAX.as_millis() as u64;
+
+    fn new() -> Self {
+        RetransmitTimer {
+            srtt_ms: None,
+            rttvar_ms: 0,
+            rto_ms: Self::MAX_MS,
+        }
+    }
+
+    /// A round trip measured on a frame sent once (Karn: never on a resent one).
+    fn measured(&mut self, rtt_ms: u64) {
+        let (srtt, rttvar) = match self.srtt_ms {
+            None => (rtt_ms, rtt_ms / 2),
+            Some(srtt) => (
+                (7 * srtt + rtt_ms) / 8,
+                (3 * self.rttvar_ms + srtt.abs_diff(rtt_ms)) / 4,
+            ),
+        };
+        self.srtt_ms = Some(srtt);
+        self.rttvar_ms = rttvar;
+        self.rto_ms = (srtt + (4 * rttvar).max(1)).clamp(Self::MIN_MS, Self::MAX_MS);
+    }
+
+    /// The timer expired: wait twice as long next time (up to the maximum).
+    fn backed_off(&mut self) {
+        self.rto_ms = (self.rto_ms * 2).min(Self::MAX_MS);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +221,11 @@ pub struct NodeLink<const RING: usize> {
     next_send: u32,
     /// Highest seq ever sent: anything at or below it is a retransmit.
     highest_sent: u32,
+    /// Samples the gateway asked for again (a NACK), sent before anything new: `from..=to`.
+    resend: Option<(u32, u32)>,
+    /// One sample sent once, being timed until an ACK covers it: its seq and when it was sent.
+    rtt_probe: Option<(u32, Millis)>,
+    timer: RetransmitTimer,
     next_hello: Millis,
     next_health: Millis,
     /// Armed while frames are in flight; reset by ACK progress.
@@ -191,6 +254,9 @@ impl<const RING: usize> NodeLink<RING> {
             next_seq: 1,
             next_send: 1,
             highest_sent: 0,
+            resend: None,
+            rtt_probe: None,
+            timer: RetransmitTimer::new(),
             next_hello: now,
             next_health: now,
             rto_at: None,
@@ -236,6 +302,13 @@ impl<const RING: usize> NodeLink<RING> {
                 // An ACK is a fact about the gateway's disk, true in any state.
                 self.acknowledge(upto);
             }
+            Message::Nack(Nack { boot_id, from, to }) if boot_id == self.boot.boot_id => {
+                self.heard();
+                self.counters.nacks = self.counters.nacks.wrapping_add(1);
+                if self.state == LinkState::Accepted {
+                    self.ask_again(from, to);
+                }
+            }
             Message::Command(command) => {
                 self.heard();
                 self.queue(Control::Response(respond(command)));
@@ -261,6 +334,7 @@ impl<const RING: usize> NodeLink<RING> {
             self.counters.dropped_samples = self.counters.dropped_samples.wrapping_add(1);
             // Frames of the dropped sample may be in flight; sending continues after it.
             self.next_send = self.next_send.max(self.oldest_seq());
+            self.clip_resend();
         }
         let sample = Sample {
             seq,
@@ -282,6 +356,7 @@ impl<const RING: usize> NodeLink<RING> {
             // and the next ACCEPT's `ack_upto` says where to resume.
             self.state = LinkState::Unaccepted;
             self.rto_at = None;
+            self.resend = None;
             self.next_hello = now;
         }
         match self.state {
@@ -298,10 +373,14 @@ impl<const RING: usize> NodeLink<RING> {
                     self.next_health = now + self.config.health_interval;
                 }
                 if self.rto_at.is_some_and(|at| now >= at) {
-                    // Go-back-N: no ACK progress for RTO, send again from the oldest held
-                    // sample. The timer is re-armed by the first frame sent.
+                    // Go-back-N: no ACK progress for the timeout, send again from the oldest
+                    // held sample. The timer is re-armed by the first frame sent, backed off.
                     self.rto_at = None;
+                    self.resend = None;
+                    self.rtt_probe = None;
                     self.next_send = self.oldest_seq();
+                    self.timer.backed_off();
+                    self.counters.timeouts = self.counters.timeouts.wrapping_add(1);
                 }
             }
         }
@@ -393,6 +472,12 @@ impl<const RING: usize> NodeLink<RING> {
         self.ring.len()
     }
 
+    /// The current retransmit timeout.
+    #[must_use]
+    pub fn retransmit_timeout(&self) -> Duration {
+        Duration::from_millis(self.timer.rto_ms)
+    }
+
     /// Seq of the oldest held sample, `None` when the ring is empty.
     #[must_use]
     pub fn oldest_held(&self) -> Option<u32> {
@@ -436,8 +521,39 @@ impl<const RING: usize> NodeLink<RING> {
         if !progress {
             return;
         }
+        if let Some((_, sent_at)) = self.rtt_probe.filter(|&(seq, _)| seq <= upto) {
+            self.timer.measured(self.now - sent_at);
+            self.rtt_probe = None;
+        }
         self.next_send = self.next_send.max(self.oldest_seq());
-        self.rto_at = (self.in_flight() > 0).then(|| self.now + RTO);
+        self.clip_resend();
+        self.rto_at = (self.in_flight() > 0).then(|| self.now + self.retransmit_timeout());
+    }
+
+    /// A NACK: send `from..=to` again, as far as they are held and were sent. Merged with a
+    /// range asked for earlier and not yet sent.
+    fn ask_again(&mut self, from: u32, to: u32) {
+        let (from, to) = match self.resend {
+            Some((f, t)) => (from.min(f), to.max(t)),
+            None => (from, to),
+        };
+        self.resend = Some((from, to));
+        self.clip_resend();
+        if self
+            .rtt_probe
+            .is_some_and(|(seq, _)| self.resend.is_some_and(|(f, t)| (f..=t).contains(&seq)))
+        {
+            self.rtt_probe = None; // it was lost: its round trip would include the NACK's
+        }
+    }
+
+    /// Keeps the resend range within what is held and was sent.
+    fn clip_resend(&mut self) {
+        let (held_from, sent_to) = (self.oldest_seq(), self.next_send.wrapping_sub(1));
+        self.resend = self
+            .resend
+            .map(|(from, to)| (from.max(held_from), to.min(sent_to)))
+            .filter(|(from, to)| from <= to);
     }
 
     fn queue(&mut self, control: Control) {
@@ -447,10 +563,30 @@ impl<const RING: usize> NodeLink<RING> {
     }
 
     fn next_telemetry(&mut self) -> Option<Message> {
-        if self.state != LinkState::Accepted || self.in_flight() >= WINDOW {
+        if self.state != LinkState::Accepted {
             return None;
         }
         let window_start = self.oldest_seq();
+        if let Some((from, to)) = self.resend {
+            // Asked for again: only these, before anything new. `clip_resend` keeps `from`
+            // held and below `next_send`.
+            self.resend = (from < to).then(|| (from + 1, to));
+            let sample = self.ring.get(usize::try_from(from - window_start).ok()?)?;
+            let telemetry = Telemetry {
+                seq: sample.seq,
+                window_start,
+                age_ms: u32::try_from(self.now - sample.taken_at).unwrap_or(u32::MAX),
+                readings: sample.readings.clone(),
+            };
+            self.counters.retransmits = self.counters.retransmits.wrapping_add(1);
+            if self.rto_at.is_none() {
+                self.rto_at = Some(self.now + self.retransmit_timeout());
+            }
+            return Some(Message::Telemetry(telemetry));
+        }
+        if self.in_flight() >= WINDOW {
+            return None;
+        }
         let index = usize::try_from(self.in_flight()).ok()?;
         let sample = self.ring.get(index)?;
         let age_ms = u32::try_from(self.now - sample.taken_at).unwrap_or(u32::MAX);
@@ -462,11 +598,13 @@ impl<const RING: usize> NodeLink<RING> {
         };
         if sample.seq <= self.highest_sent {
             self.counters.retransmits = self.counters.retransmits.wrapping_add(1);
+        } else if self.rtt_probe.is_none() {
+            self.rtt_probe = Some((sample.seq, self.now));
         }
         self.highest_sent = self.highest_sent.max(sample.seq);
         self.next_send = sample.seq.wrapping_add(1);
         if self.rto_at.is_none() {
-            self.rto_at = Some(self.now + RTO);
+            self.rto_at = Some(self.now + self.retransmit_timeout());
         }
         Some(Message::Telemetry(telemetry))
     }

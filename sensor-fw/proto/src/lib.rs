@@ -26,7 +26,7 @@ pub use frame::{FrameDecoder, FrameError, LinkCounters, encode_frame};
 pub use time::Millis;
 pub use wire::{
     Accept, Ack, ChannelId, Command, DecodeError, EncodeError, Enroll, FwVersion, Health, Hello,
-    Message, Reading, ResetReason, Response, Telemetry,
+    Message, Nack, Reading, ResetReason, Response, Telemetry, WINDOW,
 };
 
 /// Version of the message layout. A decoder rejects any other version with

@@ -20,6 +20,9 @@ pub const MAX_CHANNELS: usize = 8;
 pub const MAX_LOT_LEN: usize = 16;
 /// Longest COMMAND argument or RESPONSE body.
 pub const MAX_COMMAND_BODY: usize = 64;
+/// Most TELEMETRY frames a node has sent and not yet seen acknowledged. The gateway holds at
+/// most this many frames that arrived after a missing one (see [`Nack`]).
+pub const WINDOW: u32 = 32;
 /// Largest message on the wire (before framing): the biggest message is a full COMMAND/RESPONSE.
 pub const MAX_MESSAGE_LEN: usize = 2 + 2 + 1 + 1 + MAX_COMMAND_BODY;
 
@@ -197,6 +200,17 @@ pub struct Ack {
     pub upto: u32,
 }
 
+/// Gateway → node: the samples `from..=to` of `boot_id` did not arrive, and later ones did (the
+/// gateway holds those). The node sends exactly these again, at once, instead of waiting for its
+/// retransmit timer and sending everything after them too. A hint, not a fact about the disk:
+/// nothing is dropped from the node's ring on a NACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nack {
+    pub boot_id: u32,
+    pub from: u32,
+    pub to: u32,
+}
+
 /// Node → gateway, periodically: the node's own health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
@@ -242,6 +256,7 @@ pub enum Message {
     Health(Health),
     Command(Command),
     Response(Response),
+    Nack(Nack),
 }
 
 mod tag {
@@ -253,6 +268,7 @@ mod tag {
     pub(super) const HEALTH: u8 = 0x06;
     pub(super) const COMMAND: u8 = 0x07;
     pub(super) const RESPONSE: u8 = 0x08;
+    pub(super) const NACK: u8 = 0x09;
 }
 
 /// Why bytes are not a message. "Too short" is an error here, not "incomplete": framing has
@@ -460,6 +476,11 @@ impl Message {
                 status: r.u8()?,
                 body: r.bytes()?,
             }),
+            tag::NACK => Message::Nack(Nack {
+                boot_id: r.u32()?,
+                from: r.u32()?,
+                to: r.u32()?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -473,6 +494,7 @@ impl Message {
             Message::Hello(h) => 8 + 1 + 3 + 4 + 1 + h.lot.len() + 1 + h.channels.len(),
             Message::Enroll(_) => 8 + 32,
             Message::Accept(_) | Message::Ack(_) => 8,
+            Message::Nack(_) => 12,
             Message::Telemetry(t) => 12 + 1 + 5 * t.readings.len(),
             Message::Health(_) => 4 + 1 + 3 + 4 * 6 + 2,
             Message::Command(c) => 3 + 1 + c.args.len(),
@@ -555,6 +577,12 @@ impl Message {
                 w.put(&r.id.to_le_bytes());
                 w.u8(r.status);
                 w.counted(&r.body);
+            }
+            Message::Nack(n) => {
+                w.u8(tag::NACK);
+                w.put(&n.boot_id.to_le_bytes());
+                w.put(&n.from.to_le_bytes());
+                w.put(&n.to.to_le_bytes());
             }
         }
         debug_assert_eq!(w.at, len);

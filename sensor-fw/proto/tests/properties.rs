@@ -62,6 +62,7 @@ fn message() -> impl Strategy<Value = Message> {
             ),
         (any::<u32>(), any::<u32>())
             .prop_map(|(boot_id, upto)| Message::Ack(Ack { boot_id, upto })),
+        any::<[u32; 3]>().prop_map(|[boot_id, from, to]| Message::Nack(Nack { boot_id, from, to })),
         (any::<[u32; 7]>(), any::<u8>(), fw(), any::<i16>()).prop_map(|(v, reset, fw, t)| {
             Message::Health(Health {
                 uptime_s: v[0],
@@ -189,6 +190,32 @@ fn ack_frame_bytes_match_the_documented_layout() {
         0x01, // COBS code: no data bytes, then a zero (upto's last high byte)
         0x05, // COBS code: 4 non-zero bytes follow, frame ends
         0x62, 0x21, 0x35, 0xC5, // CRC-32/ISO-HDLC of the 10 message bytes, little-endian
+        0x00, // delimiter
+    ];
+    assert_eq!(frame, expected);
+}
+
+#[test]
+fn nack_frame_bytes_match_the_documented_layout() {
+    let m = Message::Nack(Nack {
+        boot_id: 0x0403_0201,
+        from: 0x0000_0111,
+        to: 0x0000_0118,
+    });
+    let frame = frame_of(&m);
+    let expected: &[u8] = &[
+        0x00, // delimiter
+        0x09, // COBS code: 8 non-zero bytes follow, then a zero (from's third byte)
+        0x01, // protocol version 1
+        0x09, // type: NACK
+        0x01, 0x02, 0x03, 0x04, // boot_id 0x04030201, little-endian
+        0x11, 0x01, // from 0x00000111, low bytes
+        0x01, // COBS code: no data bytes, then a zero (from's high byte)
+        0x03, // COBS code: 2 non-zero bytes follow, then a zero (to's third byte)
+        0x18, 0x01, // to 0x00000118, low bytes
+        0x01, // COBS code: no data bytes, then a zero (to's high byte)
+        0x05, // COBS code: 4 non-zero bytes follow, frame ends
+        0xBE, 0xA2, 0x3A, 0x3C, // CRC-32/ISO-HDLC of the 14 message bytes, little-endian
         0x00, // delimiter
     ];
     assert_eq!(frame, expected);

@@ -268,9 +268,11 @@ pub struct RawSerialPort {
     #[serde(default = "default_baud")]
     pub baud: u32,
     /// Frames per second a node may send before the excess is dropped unacknowledged (it is
-    /// resent later, so nothing is lost): a flooding node cannot starve the others.
-    #[serde(default = "default_max_frames_per_sec")]
-    pub max_frames_per_sec: u32,
+    /// resent, so nothing is lost): a flooding node cannot starve the others. Default: what the
+    /// line carries at `baud` ([`crate::link::line_frame_capacity`]), so only a transport
+    /// faster than its baud (USB CDC) is ever held back.
+    #[serde(default)]
+    pub max_frames_per_sec: Option<u32>,
     /// Longest wait between attempts to reopen a port that went away.
     #[serde(default = "default_reopen_backoff_max", with = "humantime_serde")]
     pub reopen_backoff_max: Duration,
@@ -292,9 +294,6 @@ pub struct RawSerialPort {
 
 fn default_baud() -> u32 {
     115_200
-}
-fn default_max_frames_per_sec() -> u32 {
-    200
 }
 fn default_reopen_backoff_max() -> Duration {
     Duration::from_secs(10)
@@ -718,7 +717,10 @@ pub fn compile(
                 format!("{} is outside 300..=4000000", port.baud),
             );
         }
-        if !(1..=10_000).contains(&port.max_frames_per_sec) {
+        let max_frames_per_sec = port
+            .max_frames_per_sec
+            .unwrap_or_else(|| crate::link::line_frame_capacity(port.baud));
+        if !(1..=10_000).contains(&max_frames_per_sec) {
             problem(
                 &key("max_frames_per_sec"),
                 "must be between 1 and 10000".into(),
@@ -748,7 +750,7 @@ pub fn compile(
             path: port.path,
             baud: port.baud,
             limits: crate::link::LinkLimits {
-                max_frames_per_sec: port.max_frames_per_sec,
+                max_frames_per_sec,
                 max_sample_age: port.max_sample_age,
                 max_sample_rate_hz: port.max_sample_rate,
                 newcomers_burst: port.newcomers_burst,

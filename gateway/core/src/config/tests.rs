@@ -239,6 +239,18 @@ fn node_link_limits_have_defaults_and_are_set_per_port() {
 }
 
 #[test]
+fn the_frame_limit_defaults_to_what_the_line_carries_at_its_baud() {
+    let config = parse("[[serial]]\npath = \"/dev/a\"\n[[serial]]\npath = \"/dev/b\"\nbaud = 921600\n[[serial]]\npath = \"/dev/c\"\nmax_frames_per_sec = 200\n").unwrap();
+    let limits: Vec<u32> = config
+        .serial
+        .iter()
+        .map(|p| p.limits.max_frames_per_sec)
+        .collect();
+    // 115200 baud carries 11520 bytes/s: 523 of the smallest node frame (22 bytes).
+    assert_eq!(limits, [523, 4189, 200]);
+}
+
+#[test]
 fn node_link_limits_out_of_range_are_each_located() {
     let text = "[store]\nmax_nodes = 0\n[[serial]]\npath = \"/dev/a\"\nmax_sample_age = \"0s\"\nmax_sample_rate = 0\nnewcomers_burst = 20000\nnewcomers_per_hour = 40000\n";
     let errors = parse(text).unwrap_err().0;

@@ -767,3 +767,128 @@ proptest! {
         prop_assert_eq!(w.last.get(&(42, 7)).copied().unwrap_or(0), seq);
     }
 }
+
+fn ingested_seqs(session: &mut PortSession) -> Vec<u32> {
+    actions(session)
+        .into_iter()
+        .flat_map(|a| match a {
+            Action::Ingest { samples, .. } => samples.into_iter().map(|s| s.seq).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn nack(from: u32, to: u32) -> Message {
+    Message::Nack(Nack {
+        boot_id: 7,
+        from,
+        to,
+    })
+}
+
+#[test]
+fn a_sample_after_a_missing_one_is_held_and_the_missing_one_asked_for_at_once() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(10), 0, &telemetry(1, 1));
+    assert_eq!(ingested_seqs(&mut s), [1]);
+    // 2 and 3 were lost; 4 and 5 arrive.
+    s.handle_bytes(Millis(20), 0, &telemetry(4, 1));
+    assert!(ingested_seqs(&mut s).is_empty(), "held, not stored out of order");
+    assert_eq!(sent(&mut s), [nack(2, 3)]);
+    s.handle_bytes(Millis(25), 0, &telemetry(5, 1));
+    assert!(sent(&mut s).is_empty(), "asked for a moment ago: not again");
+    // The node sends exactly 2 and 3 again: everything held follows them, in order.
+    s.handle_bytes(Millis(30), 0, &telemetry(2, 1));
+    assert_eq!(ingested_seqs(&mut s), [2]);
+    s.handle_bytes(Millis(31), 0, &telemetry(3, 1));
+    assert_eq!(ingested_seqs(&mut s), [3, 4, 5]);
+    let c = s.counters();
+    assert_eq!((c.reordered, c.nacks, c.duplicates), (2, 1, 0));
+}
+
+#[test]
+fn a_second_hole_behind_the_first_is_asked_for_when_the_first_is_filled() {
+    let mut s = attached(0);
+    let mut bytes = telemetry(1, 1);
+    bytes.extend(telemetry(3, 1)); // 2 lost
+    bytes.extend(telemetry(5, 1)); // 4 lost
+    s.handle_bytes(Millis(10), 0, &bytes);
+    assert_eq!(ingested_seqs(&mut s), [1]);
+    assert_eq!(sent(&mut s), [nack(2, 2)]);
+    s.handle_bytes(Millis(20), 0, &telemetry(2, 1));
+    assert_eq!(ingested_seqs(&mut s), [2, 3]);
+    assert_eq!(sent(&mut s), [nack(4, 4)]);
+    s.handle_bytes(Millis(30), 0, &telemetry(4, 1));
+    assert_eq!(ingested_seqs(&mut s), [4, 5]);
+}
+
+#[test]
+fn a_missing_sample_is_asked_for_again_only_after_a_pause() {
+    let mut s = attached(0);
+    s.handle_bytes(Millis(0), 0, &telemetry(2, 1));
+    assert_eq!(sent(&mut s), [nack(1, 1)]);
+    s.handle_bytes(Millis(NACK_REPEAT_MS - 1), 0, &telemetry(3, 1));
+    assert!(sent(&mut s).is_empty());
+    // The NACK or the resend was lost too: later frames keep coming, so ask again.
+    s.handle_bytes(Millis(NACK_REPEAT_MS), 0, &telemetry(4, 1));
+    assert_eq!(sent(&mut s), [nack(1, 1)]);
+}
+
+#[test]
+fn frames_held_are_bounded_by_the_window_and_a_resend_of_a_held_one_is_a_duplicate() {
+    let mut s = attached(0);
+    for seq in 2..=WINDOW + 10 {
+        s.handle_bytes(Millis(10), 0, &telemetry(seq, 1));
+    }
+    // 2..=WINDOW are within a window of the missing 1; beyond it nothing is held.
+    assert_eq!(s.counters().reordered, u64::from(WINDOW - 1));
+    s.handle_bytes(Millis(20), 0, &telemetry(3, 1));
+    assert_eq!(s.counters().duplicates, 10 + 1);
+    s.handle_bytes(Millis(30), 0, &telemetry(1, 1));
+    assert_eq!(ingested_seqs(&mut s), (1..=WINDOW).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_rate_limited_frame_costs_one_resend_not_the_frames_after_it() {
+    // A limit of 32 frames a second (the bucket's smallest burst), all spent by the frames
+    // before: the next one is dropped, the one after it arrives when a token has refilled.
+    let mut s = PortSession::new("p", 32, Millis(0));
+    let mut bytes = frame(&Message::Hello(hello(7)));
+    bytes.extend(frame(&Message::Enroll(Enroll {
+        uid: [9; 8],
+        public_key: [1; 32],
+    })));
+    s.handle_bytes(Millis(0), 0, &bytes);
+    actions(&mut s);
+    s.handle_registered(
+        &hello(7),
+        Ok(Registered {
+            node_id: 42,
+            ack_upto: 0,
+            newcomer: false,
+        }),
+    );
+    sent(&mut s);
+    for seq in 1..=30 {
+        s.handle_bytes(Millis(0), 0, &telemetry(seq, 1));
+    }
+    assert_eq!(ingested_seqs(&mut s), (1..=30).collect::<Vec<_>>());
+    s.handle_bytes(Millis(0), 0, &telemetry(31, 1));
+    assert_eq!(s.counters().rate_limited, 1);
+    s.handle_bytes(Millis(40), 0, &telemetry(32, 1));
+    assert_eq!(sent(&mut s), [nack(31, 31)]);
+    s.handle_bytes(Millis(80), 0, &telemetry(31, 1));
+    assert_eq!(ingested_seqs(&mut s), [31, 32]);
+}
+
+#[test]
+fn the_smallest_node_frame_is_what_the_default_limit_assumes() {
+    let empty = Message::Telemetry(Telemetry {
+        seq: u32::MAX,
+        window_start: u32::MAX,
+        age_ms: u32::MAX,
+        readings: heapless::Vec::new(),
+    });
+    assert_eq!(frame(&empty).len() as u32, SMALLEST_NODE_FRAME);
+    assert_eq!(line_frame_capacity(115_200), 523);
+}
