@@ -150,6 +150,10 @@ pub struct NodeSpec {
     pub rate_hz: f64,
     pub samples: Option<u32>,
     pub garbage_every: Option<u32>,
+    /// More `outpost-node-sim` flags (e.g. `--baud 0` for a link without a baud, `--ring N`).
+    pub sim_args: Vec<String>,
+    /// TOML lines for this node's `[[serial]]` table (e.g. `max_frames_per_sec = 200`).
+    pub port_config: String,
 }
 
 impl NodeSpec {
@@ -159,6 +163,8 @@ impl NodeSpec {
             rate_hz: 50.0,
             samples: None,
             garbage_every: None,
+            sim_args: Vec::new(),
+            port_config: String::new(),
         }
     }
 }
@@ -221,8 +227,9 @@ impl Site {
         );
         for i in 0..self.specs.len() {
             toml += &format!(
-                "\n[[serial]]\npath = \"{}\"\nreopen_backoff_max = \"1s\"\n",
-                self.link(i).display()
+                "\n[[serial]]\npath = \"{}\"\nreopen_backoff_max = \"1s\"\n{}\n",
+                self.link(i).display(),
+                self.specs[i].port_config
             );
         }
         toml += "\n";
@@ -246,6 +253,7 @@ impl Site {
         if let Some(n) = spec.garbage_every {
             cmd.args(["--inject-garbage-every", &n.to_string()]);
         }
+        cmd.args(&spec.sim_args);
         let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
         wait_for(Duration::from_secs(10), "the node's pty link", || {
             link.exists().then_some(())

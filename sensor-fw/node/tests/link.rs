@@ -494,3 +494,72 @@ fn a_late_caller_skips_missed_sampling_ticks_instead_of_bursting() {
     app.handle_timeout(Millis(6000));
     assert_eq!(app.samples_taken(), 3);
 }
+
+fn nack(from: u32, to: u32) -> Message {
+    Message::Nack(outpost_proto::Nack {
+        boot_id: BOOT_ID,
+        from,
+        to,
+    })
+}
+
+#[test]
+fn a_nack_resends_exactly_the_named_samples_before_anything_new() {
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(100)));
+    site.run_until(Millis(450));
+    site.deliver(&accept(0));
+    assert_eq!(seqs(&site.take_sent()), [1, 2, 3, 4, 5]);
+
+    site.deliver(&nack(2, 3));
+    assert_eq!(seqs(&site.take_sent()), [2, 3], "only the missing ones");
+    let counters = site.node.link().counters();
+    assert_eq!((counters.retransmits, counters.nacks), (2, 1));
+    site.run_until(Millis(500));
+    assert_eq!(seqs(&site.take_sent()), [6], "then new samples again");
+}
+
+#[test]
+fn a_nack_is_clipped_to_what_is_held_and_was_sent_and_ignored_for_another_boot() {
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(100)));
+    site.run_until(Millis(450));
+    site.deliver(&accept(0));
+    site.take_sent();
+    site.deliver(&ack(3));
+    // 1..=3 are acknowledged and gone, 6.. not sent yet: only 4 and 5 can be resent.
+    site.deliver(&nack(1, 99));
+    assert_eq!(seqs(&site.take_sent()), [4, 5]);
+    site.deliver(&Message::Nack(outpost_proto::Nack {
+        boot_id: BOOT_ID ^ 1,
+        from: 4,
+        to: 5,
+    }));
+    assert!(site.take_sent().is_empty());
+}
+
+#[test]
+fn the_retransmit_timer_follows_the_round_trip_and_backs_off_when_it_expires() {
+    use outpost_node::{RTO_MAX, RTO_MIN};
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(100)));
+    site.run_until(Millis(0));
+    site.deliver(&accept(0));
+    assert_eq!(
+        site.node.link().retransmit_timeout(),
+        RTO_MAX,
+        "nothing measured yet"
+    );
+    // Every sample acknowledged 30 ms after it was sent.
+    for i in 1..=20u32 {
+        site.run_until(Millis(u64::from(i) * 100 + 30));
+        site.deliver(&ack(i + 1));
+    }
+    assert_eq!(site.node.link().retransmit_timeout(), RTO_MIN);
+    // The gateway goes quiet: the first resend comes RTO_MIN after the last send, the next one
+    // twice as long after that.
+    site.take_sent();
+    let last_sent = 2100;
+    site.run_until(Millis(last_sent + 199));
+    assert_eq!(site.node.link().counters().timeouts, 0);
+    site.run_until(Millis(last_sent + 200));
+    assert_eq!(site.node.link().counters().timeouts, 1);
+    assert_eq!(site.node.link().retransmit_timeout(), 2 * RTO_MIN);
+}

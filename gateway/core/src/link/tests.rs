@@ -793,7 +793,10 @@ fn a_sample_after_a_missing_one_is_held_and_the_missing_one_asked_for_at_once() 
     assert_eq!(ingested_seqs(&mut s), [1]);
     // 2 and 3 were lost; 4 and 5 arrive.
     s.handle_bytes(Millis(20), 0, &telemetry(4, 1));
-    assert!(ingested_seqs(&mut s).is_empty(), "held, not stored out of order");
+    assert!(
+        ingested_seqs(&mut s).is_empty(),
+        "held, not stored out of order"
+    );
     assert_eq!(sent(&mut s), [nack(2, 3)]);
     s.handle_bytes(Millis(25), 0, &telemetry(5, 1));
     assert!(sent(&mut s).is_empty(), "asked for a moment ago: not again");

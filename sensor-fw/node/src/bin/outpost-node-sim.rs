@@ -60,6 +60,10 @@ struct Args {
     /// over-long run without delimiter onto the line, and damage the next real frame (lost, resent).
     #[arg(long, value_name = "N")]
     inject_garbage_every: Option<u32>,
+    /// The UART's baud: frames go out no faster than the line carries them (8N1). 0: as fast as
+    /// the pty takes them, like a USB CDC link.
+    #[arg(long, value_name = "N", default_value_t = 115_200)]
+    baud: u32,
 }
 
 fn channel(name: &str) -> Result<ChannelId, String> {
@@ -91,6 +95,7 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.lot.clone_from(&args.lot);
     config.hw_rev = args.hw_rev;
     config.inject_garbage_every = args.inject_garbage_every;
+    config.baud = (args.baud > 0).then_some(args.baud);
     if let Err(errors) = config.validate() {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("invalid configuration: {}", text.join("; "));

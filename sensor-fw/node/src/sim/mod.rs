@@ -79,6 +79,11 @@ pub struct SimConfig {
     pub inject_garbage_every: Option<u32>,
     /// This boot's id; `None` draws a random one from the OS, as a real node does at boot.
     pub boot_id: Option<u32>,
+    /// The UART's speed: frames go out no faster than a line at this baud (8N1, ten bits a
+    /// byte) carries them, and the node core hands out the next frame only when the line is
+    /// free, as firmware feeding a UART does. `None`: as fast as the pty takes them (a USB CDC
+    /// link).
+    pub baud: Option<u32>,
     pub reset_reason: ResetReason,
 }
 
@@ -111,6 +116,7 @@ impl SimConfig {
             inject_garbage_every: None,
             boot_id: None,
             reset_reason: ResetReason::PowerOn,
+            baud: Some(115_200),
         }
     }
 
@@ -144,6 +150,9 @@ impl SimConfig {
         }
         if self.inject_garbage_every == Some(0) {
             errors.push(SimConfigError::GarbageEvery);
+        }
+        if self.baud.is_some_and(|b| !(300..=4_000_000).contains(&b)) {
+            errors.push(SimConfigError::Baud);
         }
         if errors.is_empty() {
             Ok(())
@@ -192,6 +201,7 @@ pub enum SimConfigError {
     Ring(usize),
     Interval(&'static str),
     GarbageEvery,
+    Baud,
 }
 
 impl fmt::Display for SimConfigError {
@@ -208,6 +218,7 @@ impl fmt::Display for SimConfigError {
             SimConfigError::Ring(n) => write!(f, "ring of {n} samples; 1 to {MAX_RING}"),
             SimConfigError::Interval(name) => write!(f, "{name} must be at least 1 ms"),
             SimConfigError::GarbageEvery => f.write_str("garbage injection every 0 samples"),
+            SimConfigError::Baud => f.write_str("baud outside 300..=4000000"),
         }
     }
 }
@@ -444,6 +455,7 @@ impl Pump {
         let mut frame = [0u8; MAX_FRAME_LEN];
         let mut rx = [0u8; 1024];
         let mut wait = Duration::ZERO;
+        let mut uart = Uart::new(self.config.baud);
         loop {
             // Wait for bytes, the next timer, or stop.
             let mut fds = [
@@ -492,19 +504,25 @@ impl Pump {
                     if *left == 0 {
                         *left = *every;
                         if peer {
-                            self.line
-                                .write_or_drop(&fault::garbage_burst(&mut garbage_rng))?;
+                            let burst = fault::garbage_burst(&mut garbage_rng);
+                            uart.sent(burst.len());
+                            self.line.write_or_drop(&burst)?;
                             // Only telemetry: damaging every HELLO would keep the node out.
                             damage_next_frame = app.link().state() == LinkState::Accepted;
                         }
                     }
                 }
             }
-            // Drain every frame; with nobody listening they go into the void.
-            while let Some(len) = app.poll_transmit(&mut frame) {
+            // Drain frames as fast as the line carries them; with nobody listening they go into
+            // the void.
+            while uart.is_free() {
+                let Some(len) = app.poll_transmit(&mut frame) else {
+                    break;
+                };
                 if std::mem::take(&mut damage_next_frame) {
                     fault::damage(&mut frame[..len], &mut garbage_rng);
                 }
+                uart.sent(len);
                 if !(peer && self.line.write_or_drop(&frame[..len])?) {
                     lost = lost.wrapping_add(1);
                 }
@@ -513,6 +531,9 @@ impl Pump {
             wait = app.poll_timeout().map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis(at - now())
             });
+            if let Some(busy) = uart.busy_for() {
+                wait = wait.min(busy);
+            }
         }
     }
 
@@ -561,6 +582,52 @@ impl Pump {
             frames_lost_on_line: lost,
         };
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+/// How late a wake-up may come for frames to still go out back to back.
+const FIFO_SLACK: Duration = Duration::from_millis(2);
+
+/// The transmit side of a UART at a given baud: when the line is free for the next frame.
+#[derive(Debug)]
+struct Uart {
+    /// Time on the line per byte (8N1: ten bits); `None` for a link without a baud.
+    per_byte: Option<Duration>,
+    free_at: Instant,
+}
+
+impl Uart {
+    fn new(baud: Option<u32>) -> Self {
+        Uart {
+            per_byte: baud.map(|b| Duration::from_nanos(10_000_000_000 / u64::from(b.max(1)))),
+            free_at: Instant::now(),
+        }
+    }
+
+    fn is_free(&self) -> bool {
+        self.per_byte.is_none() || Instant::now() >= self.free_at
+    }
+
+    /// `bytes` went out: the line is busy for their time, after whatever it was still sending.
+    fn sent(&mut self, bytes: usize) {
+        if let Some(per_byte) = self.per_byte {
+            // Back to back when the line freed a moment ago (a wake-up comes a little late;
+            // a UART's FIFO would have kept sending), from now when it has been idle.
+            let now = Instant::now();
+            let start = if now <= self.free_at + FIFO_SLACK {
+                self.free_at
+            } else {
+                now
+            };
+            self.free_at = start + per_byte * u32::try_from(bytes).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// How long until the line is free, when it is busy.
+    fn busy_for(&self) -> Option<Duration> {
+        self.per_byte?;
+        let left = self.free_at.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 
