@@ -200,6 +200,7 @@ fn run(
                     ring_limit,
                     disk,
                     max_frames_per_sec: rate,
+                    line_bytes_per_sec: None,
                     first_boot_id,
                     events: events.into_iter().map(|(at, e)| (Millis(at), e)).collect(),
                     faults_until: Millis(sampling),
@@ -353,7 +354,8 @@ fn setup(every_ms: u64, sampling_ms: u64, disk: Disk) -> Setup {
         sampling_until: Millis(sampling_ms),
         ring_limit: world::RING,
         disk,
-        max_frames_per_sec: 200,
+        max_frames_per_sec: LinkLimits::default().max_frames_per_sec,
+        line_bytes_per_sec: None,
         first_boot_id: 0x5EED_0001,
         events: Vec::new(),
         faults_until: Millis(sampling_ms),
@@ -669,4 +671,136 @@ fn a_restart_of_either_end_at_any_moment_of_registration_or_commit_keeps_every_r
             }
         }
     }
+}
+
+// ---- Reliability figures (docs/BENCHMARKS.md, "Node link under faults") ----
+//
+// Virtual time on a line with a UART's capacity: exact and repeatable, so the figures are also
+// asserted. `cargo test -p outpost-core --test pair figures -- --nocapture` prints them.
+
+/// Bytes on the line of one of the pair's TELEMETRY frames (three readings).
+fn telemetry_frame_len() -> u64 {
+    let mut buf = [0u8; outpost_proto::frame::MAX_FRAME_LEN];
+    let message = outpost_proto::Message::Telemetry(outpost_proto::Telemetry {
+        seq: 1,
+        window_start: 1,
+        age_ms: 1,
+        readings: [0u8, 1, 2]
+            .iter()
+            .map(|&c| outpost_proto::Reading {
+                channel: outpost_proto::ChannelId(200 + c),
+                value: 0x0101_0101,
+            })
+            .collect(),
+    });
+    outpost_proto::encode_frame(&message, &mut buf).unwrap() as u64
+}
+
+/// A 20 Hz node on a 115200-baud line that loses 0.1 % of its bytes both ways and gets a burst
+/// of 64 bytes of noise written into a frame every 2 s, for two minutes. Go-back-N after a fixed
+/// 1 s timer resent 62 % as many frames as samples on such a line.
+#[test]
+fn figures_on_a_dirty_line_resends_cost_at_most_a_tenth_of_the_samples() {
+    let disk = healthy_disk();
+    let mut seed = 0x00D1_47E5_u64;
+    let mut bursts = 0u64;
+    let faults = ByTime {
+        fault: move |now: Millis, dir| {
+            let noise = if dir == Dir::ToGateway && now.as_u64() / 2000 > bursts {
+                bursts = now.as_u64() / 2000;
+                (0..64).map(|_| line::splitmix(&mut seed) as u8).collect()
+            } else {
+                Vec::new()
+            };
+            Fault::Dirty {
+                seed: line::splitmix(&mut seed),
+                lose_per_million: 1_000,
+                noise,
+            }
+        },
+        commit_fails: |_| false,
+    };
+    let mut setup = setup(50, 120_000, disk);
+    setup.line_bytes_per_sec = Some(11_520);
+    let mut pair = Pair::new(setup, faults);
+    assert_all_delivered(&mut pair, &disk);
+    let stored = seqs_of_current_boot(&pair).len() as f64;
+    let counters = pair.current_boot().counters;
+    let ratio = f64::from(counters.retransmits) / stored;
+    eprintln!(
+        "figure: dirty line, 20 Hz: {} samples stored, {} frames resent ({:.1} %), {} NACKs, {} timer expiries, frames hurt {:?}",
+        stored,
+        counters.retransmits,
+        100.0 * ratio,
+        pair.port_counters().nacks,
+        counters.timeouts,
+        pair.line.hurt,
+    );
+    assert!(ratio <= 0.10, "{:.1} % resent", 100.0 * ratio);
+}
+
+/// How long after a 60 s outage a node sampling at `percent` % of what its line carries takes
+/// to drain its full ring (1024 samples), beside the line's theoretical drain time; and that it
+/// loses nothing after that.
+fn catch_up(percent: u64) -> (f64, f64) {
+    let disk = healthy_disk();
+    // 250 frames a second: whole-millisecond sample periods at 50 % and 80 %.
+    let capacity = 250;
+    let every_ms = 100_000 / (capacity * percent);
+    let (outage_from, outage_to) = (10_000u64, 70_000u64);
+    let faults = ByTime {
+        fault: move |now: Millis, _| {
+            if (outage_from..outage_to).contains(&now.as_u64()) {
+                Fault::Drop
+            } else {
+                Fault::Deliver
+            }
+        },
+        commit_fails: |_| false,
+    };
+    let mut setup = setup(every_ms, outage_to + 60_000, disk);
+    setup.line_bytes_per_sec = Some(telemetry_frame_len() * capacity);
+    setup.faults_until = Millis(outage_to);
+    let mut pair = Pair::new(setup, faults);
+    pair.run_until(Millis(outage_to));
+    let held = pair.node.held() as f64;
+    assert_eq!(held as usize, world::RING, "the outage filled the ring");
+    let caught_up = pair.run_until_that(Millis(outage_to + 60_000), |p| {
+        p.node.held() <= outpost_node::WINDOW as usize
+    });
+    assert!(caught_up, "{percent} %: still {} held", pair.node.held());
+    let took = (pair.now.as_u64() - outage_to) as f64 / 1000.0;
+    let dropped = pair.node.counters().dropped_samples;
+    // Everything but the outage's overflow is stored (`check` knows which seqs were dropped).
+    settle_and_check(&mut pair, &disk).unwrap();
+    assert_eq!(
+        pair.node.counters().dropped_samples,
+        dropped,
+        "{percent} %: lost samples after catching up"
+    );
+    let rate = 1000.0 / every_ms as f64;
+    let theoretical = held / (capacity as f64 - rate);
+    eprintln!(
+        "figure: catch-up after a 60 s outage at {percent} % of the line ({rate} Hz, line {capacity} frames/s): {took:.1} s; the line drains {held} samples in {theoretical:.1} s; lost {dropped} (the outage's overflow)"
+    );
+    (took, theoretical)
+}
+
+#[test]
+fn figures_after_a_long_outage_a_node_at_half_the_line_catches_up_near_the_lines_pace() {
+    let (took, theoretical) = catch_up(50);
+    // The HELLO that finds the gateway again comes up to a second after the outage.
+    assert!(
+        took <= theoretical * 1.2 + 1.5,
+        "{took} s vs {theoretical} s"
+    );
+}
+
+#[test]
+fn figures_after_a_long_outage_a_node_at_four_fifths_of_the_line_catches_up_near_the_lines_pace() {
+    let (took, theoretical) = catch_up(80);
+    assert!(
+        took <= theoretical * 1.2 + 1.5,
+        "{took} s vs {theoretical} s"
+    );
 }

@@ -45,6 +45,22 @@ pub(crate) enum Fault {
     /// The frame arrives intact but split across two reads: two `handle_bytes` calls at the
     /// same instant.
     Split(Index),
+    /// A dirty line: each byte lost with probability `lose_per_million` / 10^6 (drawn from
+    /// `seed`), and `noise` (if any) written into the middle of the frame.
+    Dirty {
+        seed: u64,
+        lose_per_million: u32,
+        noise: Vec<u8>,
+    },
+}
+
+/// splitmix64: a tiny deterministic generator for byte-level faults.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[derive(Debug)]
@@ -69,9 +85,13 @@ impl Line {
     pub(crate) fn send(&mut self, now: Millis, dir: Dir, frame: &[u8], fault: Fault) {
         let mut reads = vec![frame.to_vec()];
         let mut arrivals = vec![now + LATENCY_MS];
-        let hurt = !matches!(
+        let mut hurt = !matches!(
             fault,
-            Fault::Deliver | Fault::Duplicate(_) | Fault::Delay(_) | Fault::Split(_)
+            Fault::Deliver
+                | Fault::Duplicate(_)
+                | Fault::Delay(_)
+                | Fault::Split(_)
+                | Fault::Dirty { .. }
         );
         match fault {
             Fault::Deliver => {}
@@ -90,6 +110,21 @@ impl Line {
             Fault::Split(at) => {
                 let tail = reads[0].split_off(at.index(frame.len()));
                 reads.push(tail);
+            }
+            Fault::Dirty {
+                mut seed,
+                lose_per_million,
+                noise,
+            } => {
+                let mut bytes = frame.to_vec();
+                if !noise.is_empty() {
+                    let middle = bytes.len() / 2;
+                    bytes.splice(middle..middle, noise);
+                }
+                let before = bytes.len();
+                bytes.retain(|_| splitmix(&mut seed) % 1_000_000 >= u64::from(lose_per_million));
+                hurt = bytes.len() != frame.len() || before != frame.len();
+                reads[0] = bytes;
             }
         }
         if hurt {

@@ -21,7 +21,7 @@ use crate::line::{Dir, Fault, Line, MAX_TRANSIT_MS};
 use crate::store::{Disk, ModelStore, Reply};
 
 /// The node's ring capacity; `Setup::ring_limit` lowers it.
-pub(crate) const RING: usize = 256;
+pub(crate) const RING: usize = 1024;
 const PORT: &str = "/dev/ttyPAIR0";
 /// Wall-clock time at virtual time zero (the gateway stamps samples with wall time).
 const WALL_EPOCH_MS: i64 = 1_767_225_600_000;
@@ -113,8 +113,12 @@ pub(crate) struct Setup {
     pub(crate) sampling_until: Millis,
     pub(crate) ring_limit: usize,
     pub(crate) disk: Disk,
-    /// `serial.max_frames_per_sec` of the port (the default is 200).
+    /// `serial.max_frames_per_sec` of the port.
     pub(crate) max_frames_per_sec: u32,
+    /// What the line carries from the node, bytes per second (a UART at `baud` carries
+    /// `baud / 10`): the node hands out its next frame only when the line is free. `None`: every
+    /// frame arrives `LATENCY_MS` after it is sent, however many there are.
+    pub(crate) line_bytes_per_sec: Option<u64>,
     pub(crate) first_boot_id: u32,
     pub(crate) events: Vec<(Millis, Event)>,
     /// The line and the disk misbehave only before this time.
@@ -185,6 +189,9 @@ pub(crate) struct Pair {
     pub(crate) tally: Tally,
     /// PAIR_TRACE set: print every frame sent, store answer and event.
     trace: bool,
+    /// When the line from the node is free for its next frame, in microseconds (see
+    /// `Setup::line_bytes_per_sec`).
+    uplink_free_us: u64,
 }
 
 impl std::fmt::Debug for Pair {
@@ -263,6 +270,7 @@ impl Pair {
             violation: None,
             tally: Tally::default(),
             trace: std::env::var_os("PAIR_TRACE").is_some(),
+            uplink_free_us: 0,
             setup,
         }
     }
@@ -297,6 +305,8 @@ impl Pair {
             self.next_sample,
             self.store.next_due(),
             self.events.front().map(|e| e.0),
+            // The line frees up for the node's next frame.
+            Some(Millis(self.uplink_free_us.div_ceil(1000))).filter(|&at| at > self.now),
         ]
         .into_iter()
         .flatten()
@@ -502,8 +512,28 @@ impl Pair {
 
     fn flush_node(&mut self) {
         let mut buf = [0u8; MAX_FRAME_LEN];
-        while let Some(len) = self.node.poll_transmit(&mut buf) {
+        let now_us = self.now.as_u64() * 1000;
+        while self.uplink_free_us <= now_us {
+            let Some(len) = self.node.poll_transmit(&mut buf) else {
+                break;
+            };
+            let Some(bytes_per_sec) = self.setup.line_bytes_per_sec else {
+                self.send(Dir::ToGateway, &buf[..len]);
+                continue;
+            };
+            // Back to back when the line freed less than a millisecond ago (the clock steps in
+            // whole milliseconds), from now when it has been idle.
+            let start = if self.uplink_free_us + 1000 > now_us {
+                self.uplink_free_us
+            } else {
+                now_us
+            };
+            self.uplink_free_us = start + len as u64 * 1_000_000 / bytes_per_sec;
+            // The frame is on the line until its last byte is: it arrives LATENCY_MS after.
+            let sent_at = self.now;
+            self.now = Millis(self.uplink_free_us.div_ceil(1000)).max(sent_at);
             self.send(Dir::ToGateway, &buf[..len]);
+            self.now = sent_at;
         }
     }
 
@@ -713,5 +743,7 @@ fn add_counters(sum: &mut PortCounters, c: PortCounters) {
     sum.discarded_bytes += c.discarded_bytes;
     sum.rate_limited += c.rate_limited;
     sum.duplicates += c.duplicates;
+    sum.reordered += c.reordered;
+    sum.nacks += c.nacks;
     sum.refused += c.refused;
 }
