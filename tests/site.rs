@@ -125,9 +125,10 @@ fn garbage_on_one_line_is_survived_and_the_other_nodes_are_unaffected() {
     let status = site.get("/api/v1/status").unwrap();
     let noisy = &status["ports"][0];
     assert!(noisy["frame_errors"].as_u64().unwrap() > 0, "{noisy}");
-    // Damaged real frames were resent (go-back-N) and the resent copies of samples already
-    // stored were recognised and dropped.
-    assert!(noisy["duplicates"].as_u64().unwrap() > 0, "{noisy}");
+    // Damaged real frames were asked for again at once (NACK), and the frames that came after
+    // each were held until it did, not dropped and resent.
+    assert!(noisy["nacks"].as_u64().unwrap() > 0, "{noisy}");
+    assert!(noisy["reordered"].as_u64().unwrap() > 0, "{noisy}");
 }
 
 #[test]
