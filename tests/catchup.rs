@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_e2e::{NodeSpec, Site, wait_for};
+use outpost_e2e::{NodeSpec, Site, latest_health, newest_reading_ms, unix_ms, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const RATE_HZ: f64 = 200.0;
@@ -16,34 +16,9 @@ const RING: f64 = 1024.0;
 
 /// The newest stored sample's timestamp, and the node's latest reported `dropped_samples`.
 fn newest_and_dropped(site: &Site) -> (i64, i64) {
-    let conn = rusqlite::Connection::open_with_flags(
-        site.store_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let newest: i64 = conn
-        .query_row(
-            "SELECT coalesce(max(ts_ms), 0) FROM readings WHERE channel = 4",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let dropped: i64 = conn
-        .query_row(
-            "SELECT coalesce((SELECT dropped_samples FROM health ORDER BY ts_ms DESC, rowid DESC LIMIT 1), 0)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    (newest, dropped)
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    let newest = newest_reading_ms(&site.store_path()).unwrap();
+    let health = latest_health(&site.store_path(), &site.specs[0].uid).unwrap();
+    (newest, health.map_or(0, |h| h.dropped_samples))
 }
 
 #[test]

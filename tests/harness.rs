@@ -458,3 +458,53 @@ pub fn limit_open_files(command: &mut Command, soft: u64, hard: u64) {
         });
     }
 }
+
+/// The newest stored `seq` reading's timestamp (Unix ms), 0 when none.
+pub fn newest_reading_ms(store: &Path) -> Result<i64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn.query_row(
+        "SELECT coalesce(max(ts_ms), 0) FROM readings WHERE channel = 4",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// A node's latest HEALTH report as stored: when it arrived, and its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthRow {
+    pub ts_ms: i64,
+    pub retransmits: i64,
+    pub dropped_samples: i64,
+}
+
+/// The latest HEALTH of the node `uid`, if it sent one.
+pub fn latest_health(store: &Path, uid: &str) -> Result<Option<HealthRow>> {
+    use rusqlite::OptionalExtension;
+    let conn =
+        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn
+        .query_row(
+            "SELECT h.ts_ms, h.retransmits, h.dropped_samples FROM health h
+             JOIN nodes n ON n.id = h.node_id WHERE n.uid = ?1
+             ORDER BY h.ts_ms DESC, h.rowid DESC LIMIT 1",
+            [uid],
+            |r| {
+                Ok(HealthRow {
+                    ts_ms: r.get(0)?,
+                    retransmits: r.get(1)?,
+                    dropped_samples: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Unix time now, in milliseconds.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

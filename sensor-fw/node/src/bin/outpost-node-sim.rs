@@ -64,6 +64,10 @@ struct Args {
     /// the pty takes them, like a USB CDC link.
     #[arg(long, value_name = "N", default_value_t = 115_200)]
     baud: u32,
+    /// Fault injection: a dirty line that loses each byte, both ways, with this probability in
+    /// millionths (1000 = 0.1 %).
+    #[arg(long, value_name = "PPM", default_value_t = 0)]
+    line_loss: u32,
 }
 
 fn channel(name: &str) -> Result<ChannelId, String> {
@@ -96,6 +100,7 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.hw_rev = args.hw_rev;
     config.inject_garbage_every = args.inject_garbage_every;
     config.baud = (args.baud > 0).then_some(args.baud);
+    config.line_loss_per_million = args.line_loss;
     if let Err(errors) = config.validate() {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("invalid configuration: {}", text.join("; "));

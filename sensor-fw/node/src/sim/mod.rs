@@ -35,7 +35,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN};
 use outpost_proto::{ChannelId, FwVersion, LinkCounters, Millis, ResetReason};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::SmallRng;
 
 use self::line::{Line, ReadOutcome};
@@ -79,6 +79,8 @@ pub struct SimConfig {
     pub inject_garbage_every: Option<u32>,
     /// This boot's id; `None` draws a random one from the OS, as a real node does at boot.
     pub boot_id: Option<u32>,
+    /// A dirty line: each byte, both ways, is lost with this probability in millionths.
+    pub line_loss_per_million: u32,
     /// The UART's speed: frames go out no faster than a line at this baud (8N1, ten bits a
     /// byte) carries them, and the node core hands out the next frame only when the line is
     /// free, as firmware feeding a UART does. `None`: as fast as the pty takes them (a USB CDC
@@ -115,6 +117,7 @@ impl SimConfig {
             hw_rev: 1,
             inject_garbage_every: None,
             boot_id: None,
+            line_loss_per_million: 0,
             reset_reason: ResetReason::PowerOn,
             baud: Some(115_200),
         }
@@ -150,6 +153,9 @@ impl SimConfig {
         }
         if self.inject_garbage_every == Some(0) {
             errors.push(SimConfigError::GarbageEvery);
+        }
+        if self.line_loss_per_million >= 1_000_000 {
+            errors.push(SimConfigError::LineLoss);
         }
         if self.baud.is_some_and(|b| !(300..=4_000_000).contains(&b)) {
             errors.push(SimConfigError::Baud);
@@ -202,6 +208,7 @@ pub enum SimConfigError {
     Interval(&'static str),
     GarbageEvery,
     Baud,
+    LineLoss,
 }
 
 impl fmt::Display for SimConfigError {
@@ -219,6 +226,7 @@ impl fmt::Display for SimConfigError {
             SimConfigError::Interval(name) => write!(f, "{name} must be at least 1 ms"),
             SimConfigError::GarbageEvery => f.write_str("garbage injection every 0 samples"),
             SimConfigError::Baud => f.write_str("baud outside 300..=4000000"),
+            SimConfigError::LineLoss => f.write_str("line loss of a million per million or more"),
         }
     }
 }
@@ -456,6 +464,13 @@ impl Pump {
         let mut rx = [0u8; 1024];
         let mut wait = Duration::ZERO;
         let mut uart = Uart::new(self.config.baud);
+        let mut loss_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(2));
+        let loss = self.config.line_loss_per_million;
+        let mut lose = move |bytes: &mut Vec<u8>| {
+            if loss > 0 {
+                bytes.retain(|_| loss_rng.random_range(0..1_000_000) >= loss);
+            }
+        };
         loop {
             // Wait for bytes, the next timer, or stop.
             let mut fds = [
@@ -476,6 +491,11 @@ impl Pump {
                 loop {
                     match self.line.read(&mut rx)? {
                         ReadOutcome::Data(0) => break,
+                        ReadOutcome::Data(n) if loss > 0 => {
+                            let mut bytes = rx[..n].to_vec();
+                            lose(&mut bytes);
+                            app.handle_bytes(now(), &bytes);
+                        }
                         ReadOutcome::Data(n) => app.handle_bytes(now(), &rx[..n]),
                         ReadOutcome::NoPeer => {
                             peer = false;
@@ -523,7 +543,9 @@ impl Pump {
                     fault::damage(&mut frame[..len], &mut garbage_rng);
                 }
                 uart.sent(len);
-                if !(peer && self.line.write_or_drop(&frame[..len])?) {
+                let mut bytes = frame[..len].to_vec();
+                lose(&mut bytes);
+                if !(peer && self.line.write_or_drop(&bytes)?) {
                     lost = lost.wrapping_add(1);
                 }
             }
