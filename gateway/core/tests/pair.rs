@@ -107,6 +107,9 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => any::<Index>().prop_map(Fault::Truncate),
         1 => vec(any::<u8>(), 1..24).prop_map(Fault::Noise),
         1 => any::<Index>().prop_map(Fault::Split),
+        1 => (any::<u64>(), 0u32..=50_000, vec(any::<u8>(), 0..=64)).prop_map(
+            |(seed, lose_per_million, noise)| Fault::Dirty { seed, lose_per_million, noise }
+        ),
     ]
 }
 
@@ -174,10 +177,12 @@ fn run(
         disk(corners.slowest_fsync_ms),
         rate_limit(),
         any::<u32>(),
+        // Mostly a line as fast as needed, sometimes a UART from 9600 to 115200 baud.
+        prop_oneof![2 => Just(None), 1 => (960u64..=11_520).prop_map(Some)],
     )
-        .prop_flat_map(|(every, sampling, ring_limit, disk, rate, boot_id)| {
+        .prop_flat_map(|(every, sampling, ring_limit, disk, rate, boot_id, line)| {
             (
-                Just((every, sampling, ring_limit, disk, rate, boot_id)),
+                Just((every, sampling, ring_limit, disk, rate, boot_id, line)),
                 vec((0..sampling, event()), 0..=4),
                 // Up to 200 faults per direction, a fault every 8 frames on average.
                 vec((0u32..16, fault()), 0..200),
@@ -188,7 +193,7 @@ fn run(
         })
         .prop_map(
             move |(
-                (every, sampling, ring_limit, disk, rate, first_boot_id),
+                (every, sampling, ring_limit, disk, rate, first_boot_id, line_bytes_per_sec),
                 events,
                 up,
                 down,
@@ -200,7 +205,7 @@ fn run(
                     ring_limit,
                     disk,
                     max_frames_per_sec: rate,
-                    line_bytes_per_sec: None,
+                    line_bytes_per_sec,
                     first_boot_id,
                     events: events.into_iter().map(|(at, e)| (Millis(at), e)).collect(),
                     faults_until: Millis(sampling),

@@ -35,8 +35,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN};
 use outpost_proto::{ChannelId, FwVersion, LinkCounters, Millis, ResetReason};
-use rand::{Rng, SeedableRng};
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use self::line::{Line, ReadOutcome};
 pub use self::sensors::{SimBank, SimSht3x};
