@@ -443,6 +443,9 @@ pub struct PortSession {
     log_refusals: LogLimit,
     log_ages: LogLimit,
     log_gaps: LogLimit,
+    log_garbage: LogLimit,
+    /// Frames dropped for garbage since the last log line about it.
+    garbage_unlogged: u64,
 }
 
 impl PortSession {
@@ -487,6 +490,8 @@ impl PortSession {
             log_refusals: LogLimit::default(),
             log_ages: LogLimit::default(),
             log_gaps: LogLimit::default(),
+            log_garbage: LogLimit::default(),
+            garbage_unlogged: 0,
         };
         session.rate.tokens = session.rate.burst();
         session
@@ -574,7 +579,13 @@ impl PortSession {
         );
         self.counted = now;
         if new_errors > 0 {
-            tracing::info!(message = "Garbage on serial line.", port = %self.port, frames_dropped = new_errors);
+            // A noisy line drops frames all day: one line per LOG_EVERY with the count, not one
+            // per frame (journald on an SD card).
+            self.garbage_unlogged += u64::from(new_errors);
+            if self.log_garbage.take(self.now).is_some() {
+                tracing::info!(message = "Garbage on serial line.", port = %self.port,
+                    frames_dropped = std::mem::take(&mut self.garbage_unlogged));
+            }
             if let Some(node) = &self.node {
                 self.actions.push_back(Action::LinkErrors {
                     node_id: node.node_id,
