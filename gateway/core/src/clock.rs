@@ -13,17 +13,22 @@
 //!
 //! Two questions, both must be yes:
 //!
-//! 1. **Has it been synchronised?** The kernel says so (`adjtimex`: `STA_UNSYNC` clear, no
-//!    `TIME_ERROR`; `ntpd`, `chrony` and `systemd-timesyncd` keep that flag), or this process saw
-//!    it step (a time service set it), or an earlier run of the daemon in this same kernel boot
-//!    had it trusted (a restart of the daemon, not of the machine). Where the kernel's flag is
-//!    not kept (time set by `date` from a script) or cannot be had, the step is the evidence:
-//!    [`ClockConfig::kernel_flag`] off.
-//! 2. **Is it plausible?** Never before the floor (the build date): a clock before the software
+//! 1. **Is it plausible?** Never before the floor (the build date): a clock before the software
 //!    running on it was built is wrong. And never more than [`ClockConfig::step_tolerance_ms`]
 //!    before the latest wall time this gateway ever trusted (kept in the store), unless the
 //!    kernel says it is synchronised: so a clock that goes back to the past (fake-hwclock's
-//!    time, a bad time source) is not trusted until it is back in the present.
+//!    time after a crash, a bad time source) is not trusted until it is back in the present.
+//! 2. **Has it been synchronised?** Asked as [`ClockConfig::trust`] says:
+//!    - [`Trust::Plausible`]: not asked. For machines whose clock is right from boot (an RTC, a
+//!      VM) whether or not a time service keeps the kernel's flag.
+//!    - [`Trust::Synchronised`]: the kernel says so (`adjtimex`: `STA_UNSYNC` clear, no
+//!      `TIME_ERROR`; `systemd-timesyncd`, `chrony` and `ntpd` keep that flag), or this process
+//!      saw the clock step (a time service set it), or an earlier run of the daemon in this
+//!      same kernel boot had it trusted (a restart of the daemon, not of the machine). For a
+//!      Raspberry Pi without RTC: fake-hwclock's time, plausible after a clean shutdown, waits
+//!      for the time service.
+//!    - [`Trust::Step`]: as `Synchronised` without the kernel's word, where the time is set by
+//!      `date` (a script, a GPS receiver) and nobody keeps the flag.
 //!
 //! # Invariants
 //!
@@ -52,13 +57,25 @@ pub enum KernelSync {
     Unknown,
 }
 
+/// What shows the wall clock was synchronised (`clock.trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// Nothing needed: a plausible clock is trusted.
+    Plausible,
+    /// The kernel's flag, a step seen, or an earlier run in this kernel boot.
+    Synchronised,
+    /// A step seen, or an earlier run in this kernel boot.
+    Step,
+}
+
 /// The clock policy's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockConfig {
     /// A wall time before this (Unix ms; the build date) is never trusted.
     pub floor_ms: i64,
-    /// Whether the kernel's synchronisation flag counts as evidence (`clock.kernel_flag`).
-    pub kernel_flag: bool,
+    /// What shows the clock was synchronised (`clock.trust`).
+    pub trust: Trust,
     /// A change of `wall − mono` larger than this between two observations is a step, and wall
     /// time this far below the high-water mark is still plausible (slew, NTP's small steps).
     pub step_tolerance_ms: i64,
@@ -74,7 +91,7 @@ impl ClockConfig {
     pub fn with_floor(floor_ms: i64) -> ClockConfig {
         ClockConfig {
             floor_ms,
-            kernel_flag: true,
+            trust: Trust::Plausible,
             step_tolerance_ms: DEFAULT_STEP_TOLERANCE_MS,
             max_hold: DEFAULT_MAX_HOLD,
         }
@@ -128,6 +145,8 @@ pub enum Basis {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Evidence {
+    /// [`Trust::Plausible`]: none asked.
+    Plausible,
     Kernel,
     Step,
     EarlierRun,
@@ -210,11 +229,14 @@ impl Clock {
     }
 
     fn kernel_says_synced(&self) -> bool {
-        self.config.kernel_flag && self.last.is_some_and(|o| o.kernel == KernelSync::Synced)
+        self.config.trust != Trust::Step
+            && self.last.is_some_and(|o| o.kernel == KernelSync::Synced)
     }
 
     fn evidence(&self) -> Option<Evidence> {
-        if self.kernel_says_synced() {
+        if self.config.trust == Trust::Plausible {
+            Some(Evidence::Plausible)
+        } else if self.kernel_says_synced() {
             Some(Evidence::Kernel)
         } else if self.step_seen {
             Some(Evidence::Step)

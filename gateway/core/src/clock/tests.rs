@@ -15,20 +15,22 @@ fn at(mono_ms: i64, wall_ms: i64, kernel: KernelSync) -> Observation {
     }
 }
 
-fn clock(kernel_flag: bool) -> Clock {
+fn clock(trust: Trust) -> Clock {
     Clock::new(
         ClockConfig {
-            kernel_flag,
+            trust,
             ..ClockConfig::with_floor(FLOOR)
         },
         Remembered::default(),
     )
 }
 
+const ALL: [Trust; 3] = [Trust::Plausible, Trust::Synchronised, Trust::Step];
+
 #[test]
 fn a_cold_boot_in_1970_is_untrusted_until_the_first_sync_and_then_re_stamps_exactly() {
-    for kernel_flag in [true, false] {
-        let mut c = clock(kernel_flag);
+    for trust in ALL {
+        let mut c = clock(trust);
         // Booted 5 s ago; the clock says 1970 + 5 s; the kernel flag may even claim synced.
         assert_eq!(c.observe(at(5_000, 5_000, KernelSync::Synced)), None);
         assert!(!c.trusted());
@@ -47,7 +49,7 @@ fn a_cold_boot_in_1970_is_untrusted_until_the_first_sync_and_then_re_stamps_exac
                 by_ms: REAL - 60_000
             })
         );
-        assert!(c.trusted(), "kernel_flag {kernel_flag}: the step is the evidence");
+        assert!(c.trusted(), "{trust:?}: the step is the evidence");
         assert_eq!(c.wall_at(mono_t), REAL - 53_000);
         assert_eq!(c.basis(), Basis::Trusted);
         assert_eq!(c.high_water_ms(), REAL);
@@ -57,22 +59,42 @@ fn a_cold_boot_in_1970_is_untrusted_until_the_first_sync_and_then_re_stamps_exac
 #[test]
 fn fake_hwclock_time_after_the_floor_waits_for_the_kernel_or_a_step() {
     let yesterday = REAL - 86_400_000;
-    let mut c = clock(true);
+    let mut c = clock(Trust::Synchronised);
     c.observe(at(1_000, yesterday, KernelSync::Unsynced));
     assert!(!c.trusted(), "no evidence of a sync yet");
     c.observe(at(2_000, yesterday + 1_000, KernelSync::Synced));
     assert!(c.trusted(), "the kernel's word");
 
-    let mut c = clock(false);
+    let mut c = clock(Trust::Step);
     c.observe(at(1_000, yesterday, KernelSync::Synced));
     assert!(!c.trusted(), "the kernel flag is ignored: a step is needed");
     c.observe(at(2_000, REAL, KernelSync::Synced));
+    assert!(c.trusted());
+
+    // Plausible: after the floor and the high-water mark is enough (the limit of that mode).
+    let mut c = clock(Trust::Plausible);
+    c.observe(at(1_000, yesterday, KernelSync::Unsynced));
+    assert!(c.trusted());
+}
+
+#[test]
+fn a_plausible_clock_behind_the_high_water_mark_is_not_trusted() {
+    let mut c = Clock::new(
+        ClockConfig::with_floor(FLOOR),
+        Remembered {
+            high_water_ms: REAL,
+            boot_trusted: false,
+        },
+    );
+    c.observe(at(1_000, REAL - 3_600_000, KernelSync::Unsynced));
+    assert!(!c.trusted(), "fake-hwclock's hourly save after a crash");
+    c.observe(at(2_000, REAL + 60_000, KernelSync::Unsynced));
     assert!(c.trusted());
 }
 
 #[test]
 fn a_clock_back_in_the_past_is_not_trusted_until_it_is_back_without_the_kernels_word() {
-    let mut c = clock(false);
+    let mut c = clock(Trust::Step);
     c.observe(at(1_000, REAL - 86_400_000, KernelSync::Unknown));
     c.observe(at(2_000, REAL, KernelSync::Unknown));
     assert!(c.trusted());
@@ -92,7 +114,10 @@ fn a_clock_back_in_the_past_is_not_trusted_until_it_is_back_without_the_kernels_
 #[test]
 fn the_kernels_word_overrides_the_high_water_mark_but_never_the_floor() {
     let mut c = Clock::new(
-        ClockConfig::with_floor(FLOOR),
+        ClockConfig {
+            trust: Trust::Synchronised,
+            ..ClockConfig::with_floor(FLOOR)
+        },
         Remembered {
             high_water_ms: REAL + 86_400_000,
             boot_trusted: false,
@@ -108,7 +133,7 @@ fn the_kernels_word_overrides_the_high_water_mark_but_never_the_floor() {
 fn a_restart_in_a_boot_whose_clock_was_trusted_trusts_it_at_once() {
     let mut c = Clock::new(
         ClockConfig {
-            kernel_flag: false,
+            trust: Trust::Step,
             ..ClockConfig::with_floor(FLOOR)
         },
         Remembered {
@@ -123,7 +148,7 @@ fn a_restart_in_a_boot_whose_clock_was_trusted_trusts_it_at_once() {
 
 #[test]
 fn held_readings_are_released_after_max_hold_only_while_untrusted() {
-    let mut c = clock(true);
+    let mut c = clock(Trust::Synchronised);
     c.observe(at(0, 0, KernelSync::Unsynced));
     let hold = i64::try_from(DEFAULT_MAX_HOLD.as_millis()).unwrap();
     assert!(!c.release_due(0, hold - 1));
@@ -135,7 +160,7 @@ fn held_readings_are_released_after_max_hold_only_while_untrusted() {
 #[test]
 fn the_budget_day_never_goes_back_and_waits_for_a_trusted_day() {
     let today = Date::from_unix_ms(REAL);
-    let mut c = clock(true);
+    let mut c = clock(Trust::Synchronised);
     c.observe(at(0, 5_000, KernelSync::Unsynced));
     assert_eq!(c.budget_day(None), None);
     assert_eq!(c.budget_now(None), None);
@@ -177,13 +202,16 @@ fn moves() -> impl Strategy<Value = Vec<Move>> {
 }
 
 proptest! {
-    /// Whatever the wall clock does: nothing below the floor is ever trusted; without the
+    /// Whatever the wall clock does, in every mode: nothing below the floor is ever trusted;
+    /// a clock that never stepped, not vouched for by the kernel, is trusted only in the
+    /// plausible mode (or not at all); without the
     /// kernel's word trusted time never goes back past the tolerance; a trusted clock stamps an
     /// event of this boot at `mono + offset`, so held events re-stamped at any trusted moment
     /// land exactly where the true clock puts them if that moment's clock is true.
     #[test]
-    fn trust_follows_the_rules(moves in moves(), kernel_flag: bool, start_wall in 0i64..REAL) {
-        let mut c = clock(kernel_flag);
+    fn trust_follows_the_rules(moves in moves(), mode in 0usize..3, start_wall in 0i64..REAL) {
+        let trust = ALL[mode];
+        let mut c = clock(trust);
         let (mut mono, mut wall, mut kernel) = (1_000i64, start_wall, KernelSync::Unsynced);
         let mut trusted_max: Option<i64> = None;
         c.observe(at(mono, wall, kernel));
@@ -200,11 +228,14 @@ proptest! {
             prop_assert_eq!(step.is_some(), moved.abs() > DEFAULT_STEP_TOLERANCE_MS);
             if c.trusted() {
                 prop_assert!(wall >= FLOOR);
-                let kernel_word = kernel_flag && kernel == KernelSync::Synced;
+                let kernel_word = trust != Trust::Step && kernel == KernelSync::Synced;
                 if let (Some(max), false) = (trusted_max, kernel_word) {
                     prop_assert!(wall >= max - DEFAULT_STEP_TOLERANCE_MS);
                 }
                 prop_assert_eq!(c.basis(), Basis::Trusted);
+                if trust != Trust::Plausible && !kernel_word {
+                    prop_assert!(c.status().steps > 0 || trusted_max.is_some());
+                }
                 trusted_max = Some(trusted_max.map_or(wall, |m: i64| m.max(wall)));
             } else {
                 prop_assert_eq!(c.basis(), Basis::Untrusted { offset_ms: wall - mono });

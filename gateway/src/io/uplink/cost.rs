@@ -11,6 +11,7 @@ use super::meter::Meter;
 use crate::io::store::Readers;
 use crate::io::store::writer::StoreCommand;
 use crate::io::telemetry::TelemetryHub;
+use crate::io::wall_clock::WallClock;
 use outpost_core::budget::{self, Date, Projection};
 use outpost_core::telemetry::{CostStatus, Event};
 
@@ -32,6 +33,7 @@ pub async fn run(
     readers: Readers,
     store_tx: mpsc::Sender<StoreCommand>,
     interval_tx: watch::Sender<Duration>,
+    clock: WallClock,
     telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
@@ -42,15 +44,24 @@ pub async fn run(
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = crate::io::wall_clock::unix_ms();
-        let date = Date::from_unix_ms(now);
+        // The day to count on: today by a trusted clock, never a day before the ledger's last
+        // (a clock in the past must not open an old month); while the clock is untrusted, the
+        // ledger's last day, or none yet: then the traffic is counted once a day is known.
+        let _ = clock.now();
+        let last_day = readers
+            .read(|r| r.last_usage_day())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|day| Date::from_key(&day));
+        let (date, now) = clock.with(|c| (c.budget_day(last_day), c.budget_now(last_day)));
         let total = (meter.sent(), meter.received(), meter.delivered());
         let delta = (
             total.0 - counted.0,
             total.1 - counted.1,
             total.2 - counted.2,
         );
-        if delta != (0, 0, 0) {
+        if let (Some(date), true) = (date, delta != (0, 0, 0)) {
             let command = StoreCommand::RecordUsage {
                 day: date.key(),
                 sent: delta.0,
@@ -64,6 +75,11 @@ pub async fn run(
         if stopping {
             break;
         }
+        // Projected only at a trusted time on the ledger's latest day or after; otherwise the
+        // interval stays as last decided.
+        let (Some(date), Some(now)) = (date, now) else {
+            continue;
+        };
         let (day, month) = (date.key(), date.month_prefix());
         let usage = readers.read(move |r| r.usage(&day, &month)).await;
         let Ok(usage) = usage else {
