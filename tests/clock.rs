@@ -191,7 +191,7 @@ fn assert_sealed_in_order(store: &Path, nodes: &[NodeSpec], from_ms: i64, to_ms:
             b.last_ts_ms
         );
         assert!(
-            b.first_ts_ms >= newest_first - slack_ms,
+            b.first_ts_ms >= newest_first.saturating_sub(slack_ms),
             "batch {} starts at {}, before batch {}'s start {newest_first}",
             b.seq,
             b.first_ts_ms,
