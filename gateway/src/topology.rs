@@ -125,6 +125,7 @@ pub async fn run(
         monthly_budget_bytes: config.monthly_budget_bytes,
         batch_interval: config.batch_interval,
         max_batch_interval: config.max_batch_interval,
+        clock: clock.clone(),
     };
     let cost_task = tokio::spawn(cost::run(
         cost_config,
@@ -132,7 +133,6 @@ pub async fn run(
         readers.clone(),
         store_tx.clone(),
         interval_tx,
-        clock.clone(),
         telemetry.clone(),
         shutdown.clone(),
     ));

@@ -42,7 +42,9 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    i64::from(ts.tv_sec) * 1000 + i64::from(ts.tv_nsec) / 1_000_000
+    #[allow(clippy::useless_conversion)] // time_t and c_long are 32-bit on armhf
+    let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    sec * 1000 + nsec / 1_000_000
 }
 
 /// What the kernel says of the wall clock's synchronisation: `adjtimex` with no change asked

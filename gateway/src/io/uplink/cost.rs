@@ -19,11 +19,13 @@ use outpost_core::telemetry::{CostStatus, Event};
 const TALLY_EVERY: Duration = Duration::from_secs(10);
 
 /// The budget policy's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CostConfig {
     pub monthly_budget_bytes: u64,
     pub batch_interval: Duration,
     pub max_batch_interval: Duration,
+    /// Which day traffic counts on (`outpost_core::clock::Clock::budget_day`).
+    pub clock: WallClock,
 }
 
 /// Runs until `shutdown`, then records the last tally.
@@ -33,10 +35,10 @@ pub async fn run(
     readers: Readers,
     store_tx: mpsc::Sender<StoreCommand>,
     interval_tx: watch::Sender<Duration>,
-    clock: WallClock,
     telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
+    let clock = config.clock.clone();
     let mut counted = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(TALLY_EVERY);
     loop {
