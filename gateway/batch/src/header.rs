@@ -91,6 +91,8 @@ pub struct BatchHeader {
     pub version: u8,
     /// Header flag [`crate::FLAG_UNSYNCHRONISED`]: the timestamps come from a wall clock that was
     /// never synchronised. Their order and spacing are right; their absolute time is not.
+    /// In JSON only when set, so an unflagged header prints as before the flag existed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unsynchronised: bool,
     pub gateway_id: GatewayId,
     /// The gateway's batch sequence number.
