@@ -270,6 +270,9 @@ fn a_cold_boot_in_1970_holds_readings_and_stamps_them_exactly_after_the_first_sy
         times.values().flatten().all(|&(_, ts)| ts < SANE_MS),
         "held readings carry the 1970 clock's time until re-stamped"
     );
+    let status = site.get("/api/v1/status").unwrap();
+    assert_eq!(status["clock"]["trusted"], false, "{}", status["clock"]);
+    assert!(status["clock"]["held_readings"].as_u64().unwrap() > 0);
 
     // The first time sync: the clock jumps to the real time.
     clock.real();
@@ -282,6 +285,10 @@ fn a_cold_boot_in_1970_holds_readings_and_stamps_them_exactly_after_the_first_sy
         },
     )
     .unwrap();
+    let status = site.get("/api/v1/status").unwrap();
+    assert_eq!(status["clock"]["trusted"], true, "{}", status["clock"]);
+    assert_eq!(status["clock"]["held_readings"], 0);
+    assert!(status["clock"]["steps"].as_u64().unwrap() >= 1);
     // Some more, then a clean stop (which seals nothing more; the store is read as it is).
     let before = site.stored_seqs().unwrap()[0].1.len();
     site.wait_for_samples(before + 30, Duration::from_secs(30))

@@ -118,3 +118,15 @@ impl Tx<'_> {
         Ok(held.readings)
     }
 }
+
+impl super::Reader {
+    /// Readings held for a trusted clock now (for the status page).
+    pub fn held_readings(&self) -> Result<u64, StoreError> {
+        let after = held_after(&self.conn)?;
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM readings WHERE id > ?1 AND clock IS NOT NULL",
+            [after],
+            |r| r.get(0),
+        )?)
+    }
+}
