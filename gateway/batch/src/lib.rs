@@ -57,8 +57,8 @@ pub const MAGIC: [u8; 4] = *b"OPBT";
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Header flag (byte 5, bit 0): every timestamp in the batch was taken from the gateway's wall
-/// clock while it was not synchronised, in a kernel boot that never had it synchronised, so it
-/// could not be corrected. Order and spacing are right, absolute time is not.
+/// clock while it was not synchronised, and could not be corrected (its kernel boot ended, or it
+/// waited the gateway's `clock.max_hold`). Order and spacing are right, absolute time is not.
 pub const FLAG_UNSYNCHRONISED: u8 = 0x01;
 /// Every header flag this crate knows; a decoder rejects any other.
 pub const KNOWN_FLAGS: u8 = FLAG_UNSYNCHRONISED;
