@@ -31,6 +31,8 @@ use crate::io::uplink::cost::{self, CostConfig};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkIo};
+use crate::io::wall_clock::WallClock;
+use outpost_core::clock::ClockConfig;
 use outpost_core::config::Config;
 use outpost_core::config::modbus::Transport;
 use outpost_core::modbus::plan::CostModel;
@@ -59,6 +61,25 @@ pub async fn run(
     let mut store =
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
     store.set_max_nodes(config.max_nodes);
+    // The wall clock's judge, with what the store remembers of earlier runs (outpost_core::clock):
+    // every reading's time goes through it.
+    let boot_id = crate::io::wall_clock::kernel_boot_id();
+    let remembered = store
+        .transaction(|tx| tx.begin_boot(&boot_id))
+        .with_context(|| {
+            format!(
+                "cannot read the clock's state from store {}",
+                path.display()
+            )
+        })?;
+    let clock = WallClock::new(
+        ClockConfig {
+            trust: config.clock_trust,
+            max_hold: config.clock_max_hold,
+            ..ClockConfig::with_floor(crate::io::wall_clock::BUILD_FLOOR_MS)
+        },
+        remembered,
+    );
 
     // The newest sealed batch, so the uplink wakes for new batches instead of looking for them.
     let outbox = store.reader().and_then(|r| r.outbox()).unwrap_or_default();
@@ -87,6 +108,7 @@ pub async fn run(
         dictionary: dictionaries::load_active(&dictionaries::dir(&config.data_dir))
             .context("cannot load the active batch dictionary")?,
         sealed: sealed_tx,
+        clock: clock.clone(),
     };
     let (interval_tx, interval_rx) = watch::channel(config.batch_interval);
     let writer = tokio::spawn(writer::run(
@@ -103,6 +125,7 @@ pub async fn run(
         monthly_budget_bytes: config.monthly_budget_bytes,
         batch_interval: config.batch_interval,
         max_batch_interval: config.max_batch_interval,
+        clock: clock.clone(),
     };
     let cost_task = tokio::spawn(cost::run(
         cost_config,
@@ -120,13 +143,15 @@ pub async fn run(
             index,
             port.clone(),
             store_tx.clone(),
+            clock.clone(),
             telemetry.clone(),
             shutdown.clone(),
         )));
     }
 
     // Kept for the whole run: remote commands write points through it.
-    let (_modbus_writer, modbus_tasks) = spawn_modbus(&config, &telemetry, &store_tx, &shutdown);
+    let (_modbus_writer, modbus_tasks) =
+        spawn_modbus(&config, &telemetry, &store_tx, &clock, &shutdown);
 
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
@@ -209,6 +234,7 @@ pub async fn run(
         },
         update_state: PathBuf::from(crate::io::update::STATE_DIR),
         store_tx,
+        clock,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())
@@ -231,6 +257,7 @@ fn spawn_modbus(
     config: &Config,
     telemetry: &TelemetryHub,
     store_tx: &mpsc::Sender<StoreCommand>,
+    clock: &WallClock,
     shutdown: &CancellationToken,
 ) -> (ModbusWriter, Vec<tokio::task::JoinHandle<()>>) {
     let mut writer = ModbusWriter::default();
@@ -257,6 +284,7 @@ fn spawn_modbus(
                     store_tx.clone(),
                     writes,
                     first_poll_in,
+                    clock.clone(),
                     shutdown.clone(),
                 )));
             }
@@ -279,6 +307,7 @@ fn spawn_modbus(
             devices,
             store_tx.clone(),
             writes,
+            clock.clone(),
             shutdown.clone(),
         )));
     }

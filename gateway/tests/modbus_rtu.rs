@@ -249,6 +249,7 @@ async fn run_for(
         runtimes,
         store_tx,
         writes,
+        outpost::io::wall_clock::WallClock::assume_synchronised(),
         shutdown.clone(),
     ));
     let started = Instant::now();

@@ -596,6 +596,7 @@ impl Model {
                     last_ts_ms: rows.iter().map(|r| r.ts_ms).max().unwrap(),
                     reading_count: rows.len() as u64,
                     dictionary_id: 0,
+                    unsynchronised: false,
                 }
             })
             .collect()

@@ -44,6 +44,8 @@ pub struct BatchBuilder {
     /// Upper bound of the raw body in bits, without presence bitmaps (`raw_body_bound` adds them).
     /// Bits, so a float stream's 1-bit codes are not rounded up one by one.
     raw_bound_bits: u64,
+    /// Header flags ([`crate::FLAG_UNSYNCHRONISED`]).
+    flags: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +112,20 @@ impl BatchBuilder {
             first_ts_ms: i64::MAX,
             last_ts_ms: i64::MIN,
             raw_bound_bits: 8 * COUNT_VARINT_LEN as u64,
+            flags: 0,
         }
+    }
+
+    /// Marks the batch's timestamps as taken from a wall clock that was never synchronised
+    /// (header flag [`crate::FLAG_UNSYNCHRONISED`], `docs/batch-format.md` §2).
+    #[must_use]
+    pub fn unsynchronised(mut self, unsynchronised: bool) -> BatchBuilder {
+        if unsynchronised {
+            self.flags |= crate::FLAG_UNSYNCHRONISED;
+        } else {
+            self.flags &= !crate::FLAG_UNSYNCHRONISED;
+        }
+        self
     }
 
     #[must_use]
@@ -229,6 +244,7 @@ impl BatchBuilder {
         Ok(header::emit(
             &HeaderFields {
                 gateway_id: &self.gateway_id,
+                flags: self.flags,
                 seq: self.seq,
                 first_ts_ms: self.first_ts_ms,
                 last_ts_ms: self.last_ts_ms,

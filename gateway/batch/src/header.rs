@@ -89,6 +89,11 @@ impl fmt::Display for GatewayId {
 pub struct BatchHeader {
     /// Format version; this crate writes and reads [`FORMAT_VERSION`].
     pub version: u8,
+    /// Header flag [`crate::FLAG_UNSYNCHRONISED`]: the timestamps come from a wall clock that was
+    /// never synchronised. Their order and spacing are right; their absolute time is not.
+    /// In JSON only when set, so an unflagged header prints as before the flag existed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unsynchronised: bool,
     pub gateway_id: GatewayId,
     /// The gateway's batch sequence number.
     pub seq: u64,
@@ -118,6 +123,7 @@ impl BatchHeader {
 /// The header fields the encoder fills in.
 pub(crate) struct HeaderFields<'a> {
     pub(crate) gateway_id: &'a GatewayId,
+    pub(crate) flags: u8,
     pub(crate) seq: u64,
     pub(crate) first_ts_ms: i64,
     pub(crate) last_ts_ms: i64,
@@ -132,7 +138,7 @@ pub(crate) fn emit(fields: &HeaderFields<'_>, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header_len(id.len()) + body.len() + CRC_LEN);
     out.extend_from_slice(&MAGIC);
     out.push(FORMAT_VERSION);
-    out.push(0); // flags: none defined in version 1
+    out.push(fields.flags);
     out.push(id.len() as u8); // GatewayId guarantees 1..=64
     out.extend_from_slice(id);
     out.extend_from_slice(&fields.seq.to_le_bytes());
@@ -223,7 +229,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
 
     // The bytes are as the encoder wrote them; now check that what it wrote is a valid header.
     let invalid = |problem| Err(DecodeError::InvalidHeader(problem));
-    if flags != 0 {
+    if flags & !crate::KNOWN_FLAGS != 0 {
         return invalid("reserved flags are set");
     }
     let Ok(id) = std::str::from_utf8(&bytes[PREFIX_LEN..PREFIX_LEN + id_len]) else {
@@ -243,6 +249,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
     }
     Ok(BatchHeader {
         version,
+        unsynchronised: flags & crate::FLAG_UNSYNCHRONISED != 0,
         gateway_id,
         seq,
         first_ts_ms,

@@ -56,6 +56,13 @@ pub const MAGIC: [u8; 4] = *b"OPBT";
 /// [`DecodeError::UnsupportedVersion`] rather than guessing.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// Header flag (byte 5, bit 0): every timestamp in the batch was taken from the gateway's wall
+/// clock while it was not synchronised, and could not be corrected (its kernel boot ended, or it
+/// waited the gateway's `clock.max_hold`). Order and spacing are right, absolute time is not.
+pub const FLAG_UNSYNCHRONISED: u8 = 0x01;
+/// Every header flag this crate knows; a decoder rejects any other.
+pub const KNOWN_FLAGS: u8 = FLAG_UNSYNCHRONISED;
+
 /// Most readings in one batch. A gateway with 32 nodes × 4 channels at 10 Hz fills it in 13
 /// minutes. It bounds the decoder's memory: 16 bytes per reading for the decoded columns (a
 /// timestamp per sample, a value per reading), plus the decompressed body.

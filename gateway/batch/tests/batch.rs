@@ -577,3 +577,26 @@ fn bytes_that_are_not_a_dictionary_are_refused() {
         Err(DictionaryError::ZeroId)
     ));
 }
+
+#[test]
+fn the_unsynchronised_flag_round_trips_and_unknown_flags_are_refused() {
+    let readings = node_readings(NODE_A, 5);
+    let plain = build(&readings).seal(None).unwrap();
+    assert_eq!(plain[5], 0);
+    assert!(!decode(&plain, &none()).unwrap().header().unsynchronised);
+    let marked = build(&readings).unsynchronised(true).seal(None).unwrap();
+    assert_eq!(marked[5], outpost_batch::FLAG_UNSYNCHRONISED);
+    let decoded = decode(&marked, &none()).unwrap();
+    assert!(decoded.header().unsynchronised);
+    assert_eq!(series_of(&decoded), series_pushed(&readings));
+    // Only the flag byte differs (and the CRC over it).
+    assert_eq!(plain.len(), marked.len());
+    let differ: Vec<usize> = (0..plain.len())
+        .filter(|&i| plain[i] != marked[i])
+        .collect();
+    assert!(differ[0] == 5 && differ[1..].iter().all(|&i| i >= plain.len() - 4));
+    let mut unknown = marked.clone();
+    unknown[5] = 0x02;
+    fix_crc(&mut unknown);
+    assert!(decode(&unknown, &none()).is_err());
+}

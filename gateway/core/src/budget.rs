@@ -50,6 +50,21 @@ impl Date {
         format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
     }
 
+    /// The date of a `YYYY-MM-DD` key; `None` if it is not one.
+    #[must_use]
+    pub fn from_key(key: &str) -> Option<Date> {
+        let mut parts = key.split('-');
+        let date = Date {
+            year: parts.next()?.parse().ok()?,
+            month: parts.next()?.parse().ok()?,
+            day: parts.next()?.parse().ok()?,
+        };
+        (parts.next().is_none()
+            && (1..=12).contains(&date.month)
+            && (1..=date.days_in_month()).contains(&date.day))
+        .then_some(date)
+    }
+
     /// `YYYY-MM-`, the prefix of every day of the month.
     #[must_use]
     pub fn month_prefix(self) -> String {
@@ -124,6 +139,10 @@ mod tests {
         assert_eq!(Date::from_unix_ms(1_709_208_000_000).days_in_month(), 29);
         // 2026-11-27T14:00Z
         assert_eq!(Date::from_unix_ms(1_795_788_000_000).key(), "2026-11-27");
+        let d = Date::from_unix_ms(1_795_788_000_000);
+        assert_eq!(Date::from_key(&d.key()), Some(d));
+        assert_eq!(Date::from_key("2026-02-30"), None);
+        assert_eq!(Date::from_key("2026-11"), None);
         assert_eq!(
             Date {
                 year: 2100,

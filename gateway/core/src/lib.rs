@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod batcher;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod hex;
 pub mod link;

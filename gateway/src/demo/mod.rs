@@ -93,6 +93,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         mqtt: None,
         log_level: "info".into(),
         modbus: ModbusConfig::default(),
+        clock_trust: outpost_core::clock::Trust::Plausible,
+        clock_max_hold: outpost_core::clock::DEFAULT_MAX_HOLD,
         warnings: Vec::new(),
     };
     let mut config = config;

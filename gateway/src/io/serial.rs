@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::io::store::writer::{StoreCommand, StoreReply};
 use crate::io::telemetry::TelemetryHub;
+use crate::io::wall_clock::{self, WallClock};
 use outpost_core::config::SerialPort;
 use outpost_core::link::{Action, PortSession};
 use outpost_core::telemetry::{AlertKey, AlertKind, Event};
@@ -27,6 +28,7 @@ pub async fn run(
     index: usize,
     config: SerialPort,
     store: mpsc::Sender<StoreCommand>,
+    clock: WallClock,
     telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
@@ -82,7 +84,9 @@ pub async fn run(
                 () = shutdown.cancelled() => return,
                 read = port.read(&mut buf) => match read {
                     Ok(0) => break "end of file".to_owned(),
-                    Ok(n) => session.handle_bytes(now(), crate::io::wall_clock::unix_ms(), &buf[..n]),
+                    // The session stamps samples on the monotonic axis (CLOCK_BOOTTIME);
+                    // `command_for` turns them into wall time through the clock's judge.
+                    Ok(n) => session.handle_bytes(now(), wall_clock::boottime_ms(), &buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
                     Err(e) => break e.to_string(),
                 },
@@ -91,7 +95,7 @@ pub async fn run(
             }
             // Carry out what the session asked for.
             while let Some(action) = session.poll_action() {
-                let command = command_for(action, &path, &reply_tx);
+                let command = command_for(action, &path, &reply_tx, &clock);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     sent = store.send(command) => if sent.is_err() { return },
@@ -154,8 +158,10 @@ fn command_for(
     action: Action,
     port: &str,
     reply: &mpsc::UnboundedSender<StoreReply>,
+    clock: &WallClock,
 ) -> StoreCommand {
-    let now_ms = crate::io::wall_clock::unix_ms();
+    let stamp = clock.now();
+    let now_ms = stamp.wall_ms;
     match action {
         Action::Register {
             hello,
@@ -172,11 +178,19 @@ fn command_for(
         Action::Ingest {
             node_id,
             boot_id,
-            samples,
+            mut samples,
         } => StoreCommand::Ingest {
             node_id,
             boot_id,
-            samples,
+            samples: {
+                // From the monotonic axis to wall time: exact if the clock is trusted now, else
+                // held with its monotonic time (basis) for the store to re-stamp.
+                for sample in &mut samples {
+                    sample.ts_ms = stamp.wall_at(sample.ts_ms);
+                }
+                samples
+            },
+            basis: stamp.basis,
             now_ms,
             reply: reply.clone(),
         },

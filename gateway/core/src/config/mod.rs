@@ -46,6 +46,33 @@ pub struct RawConfig {
     /// Modbus RTU buses and RTU/TCP devices.
     #[serde(default)]
     pub modbus: modbus::RawModbus,
+    /// When the wall clock may stamp readings (`outpost_core::clock`).
+    #[serde(default)]
+    pub clock: RawClock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClock {
+    /// What shows the clock was synchronised before readings are stamped with it: `plausible`
+    /// (nothing: a clock after the build date and the latest trusted time is trusted; an RTC or a
+    /// VM), `synchronised` (the kernel's flag, kept by timesyncd, chrony and ntpd, or a step of
+    /// the clock seen by the daemon; a Raspberry Pi without RTC), `step` (only a step: time set
+    /// by `date`).
+    pub trust: crate::clock::Trust,
+    /// How long readings taken while the clock is not trusted wait for it to be, to get their
+    /// exact time; after that they are sealed marked unsynchronised.
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
+}
+
+impl Default for RawClock {
+    fn default() -> Self {
+        RawClock {
+            trust: crate::clock::Trust::Plausible,
+            max_hold: crate::clock::DEFAULT_MAX_HOLD,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +379,10 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub log_level: String,
     pub modbus: modbus::ModbusConfig,
+    /// `clock.trust`.
+    pub clock_trust: crate::clock::Trust,
+    /// `clock.max_hold`.
+    pub clock_max_hold: Duration,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -899,6 +930,10 @@ pub fn compile(
         );
     }
 
+    if raw.clock.max_hold < Duration::from_secs(1) {
+        problem("clock.max_hold", "must be at least 1s".into());
+    }
+
     if problems.is_empty() {
         Ok(Config {
             gateway_id,
@@ -920,6 +955,8 @@ pub fn compile(
             mqtt,
             log_level: raw.log.level,
             modbus,
+            clock_trust: raw.clock.trust,
+            clock_max_hold: raw.clock.max_hold,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {

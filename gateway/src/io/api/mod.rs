@@ -63,6 +63,8 @@ pub struct ApiState {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Where the root update agent leaves its report.
     pub update_state: PathBuf,
+    /// The wall clock's judge: whether readings get their wall time now.
+    pub clock: crate::io::wall_clock::WallClock,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +86,16 @@ struct Status {
     update: Option<crate::io::update::report::UpdateReport>,
     /// Failed and throttled authentications.
     auth: AuthCounters,
+    /// Whether the wall clock stamps readings now, and the readings held until it does.
+    clock: ClockBoard,
+}
+
+#[derive(Debug, Serialize)]
+struct ClockBoard {
+    #[serde(flatten)]
+    status: outpost_core::clock::ClockStatus,
+    /// Readings stored with their monotonic time, waiting for a trusted clock.
+    held_readings: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,8 +132,11 @@ async fn read_store<T: Send + 'static>(
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {
-    let (totals, size_bytes, outbox) =
-        read_store(&state, |r| Ok((r.totals()?, r.size_bytes(), r.outbox()?))).await?;
+    let (totals, size_bytes, outbox, held) = read_store(&state, |r| {
+        Ok((r.totals()?, r.size_bytes(), r.outbox()?, r.held_readings()?))
+    })
+    .await?;
+    let _ = state.clock.now();
     let snapshot = state.telemetry.snapshot();
     let modbus = snapshot.modbus_summary();
     Ok(Json(Status {
@@ -144,6 +159,10 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         api: snapshot.api,
         update: crate::io::update::last_report(&state.update_state),
         auth: snapshot.auth,
+        clock: ClockBoard {
+            status: state.clock.status(),
+            held_readings: held,
+        },
     }))
 }
 

@@ -23,7 +23,7 @@ use super::{PollOutcome, TransportError, WriteError};
 use crate::io::store::SeriesReading;
 use crate::io::store::writer::StoreCommand;
 use crate::io::telemetry::TelemetryHub;
-use crate::io::wall_clock;
+use crate::io::wall_clock::{self, WallClock};
 use outpost_core::config::modbus::{DeviceConfig, Transport};
 use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState};
 use outpost_core::modbus::map::{Point, RegisterMap};
@@ -302,6 +302,7 @@ pub async fn run_tcp_device(
     store_tx: mpsc::Sender<StoreCommand>,
     mut writes: mpsc::Receiver<WriteCommand>,
     first_poll_in: Duration,
+    clock: WallClock,
     shutdown: CancellationToken,
 ) {
     let Transport::Tcp(addr) = device.config.transport else {
@@ -319,7 +320,9 @@ pub async fn run_tcp_device(
             }
             () = tokio::time::sleep_until(next_poll) => {}
         }
-        let started = wall_clock::unix_millis();
+        // The readings' time: trusted wall time, or held with its monotonic time.
+        let stamp = clock.now();
+        let started = Millis(u64::try_from(stamp.wall_ms).unwrap_or(0));
         let polled_at = tokio::time::Instant::now();
         let outcome = client
             .poll(
@@ -335,7 +338,8 @@ pub async fn run_tcp_device(
         if !readings.is_empty() {
             let command = StoreCommand::DeviceReadings {
                 source: device.config.name.clone(),
-                ts_ms: i64::try_from(started.as_u64()).unwrap_or(i64::MAX),
+                ts_ms: stamp.wall_ms,
+                basis: stamp.basis,
                 readings,
             };
             if store_tx.send(command).await.is_err() {

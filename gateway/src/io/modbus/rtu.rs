@@ -26,12 +26,13 @@ use tokio_util::sync::CancellationToken;
 use super::poller::{self, DeviceRuntime, WriteCommand, WriteFailure};
 use super::{PollOutcome, RequestOutcome, TransportError, WriteError, point_readings};
 use crate::io::store::writer::StoreCommand;
-use crate::io::wall_clock;
+use crate::io::wall_clock::{self, WallClock};
 use outpost_core::config::modbus::BusConfig;
 use outpost_core::modbus::rtu::{
     self as codec, LineTiming, Parity, Progress, ResponseDecoder, RtuError, RtuRequest, RtuResponse,
 };
 use outpost_core::modbus::value::{self, Value};
+use outpost_proto::Millis;
 
 /// The longest a stream of stray bytes may delay the next request: a babbling device must not
 /// stall the bus.
@@ -312,6 +313,7 @@ pub async fn run_bus(
     mut devices: Vec<DeviceRuntime>,
     store_tx: mpsc::Sender<StoreCommand>,
     mut writes: mpsc::Receiver<WriteCommand>,
+    clock: WallClock,
     shutdown: CancellationToken,
 ) {
     let mut line = match RtuLine::new(&bus) {
@@ -354,7 +356,9 @@ pub async fn run_bus(
             () = tokio::time::sleep_until(at) => {}
         }
         let device = &mut devices[next];
-        let started = wall_clock::unix_millis();
+        // The readings' time: trusted wall time, or held with its monotonic time.
+        let stamp = clock.now();
+        let started = Millis(u64::try_from(stamp.wall_ms).unwrap_or(0));
         let polled_at = Instant::now();
         let outcome = poll(&mut line, device).await;
         let (readings, delay) = device.finish_poll(started, wall_clock::unix_millis(), &outcome);
@@ -362,7 +366,8 @@ pub async fn run_bus(
         if !readings.is_empty() {
             let command = StoreCommand::DeviceReadings {
                 source: device.config.name.clone(),
-                ts_ms: i64::try_from(started.as_u64()).unwrap_or(i64::MAX),
+                ts_ms: stamp.wall_ms,
+                basis: stamp.basis,
                 readings,
             };
             if store_tx.send(command).await.is_err() {

@@ -17,6 +17,7 @@ use outpost_proto::{Health, Hello};
 use tokio::sync::{mpsc, oneshot};
 
 use super::outbox::{AckError, Acked};
+use outpost_core::clock::Basis;
 use outpost_core::link::Refusal;
 
 use super::{Ingested, Registered, Sample, SeriesReading, Store, StoreError, Tx};
@@ -33,10 +34,12 @@ pub enum StoreCommand {
         now_ms: i64,
         reply: mpsc::UnboundedSender<StoreReply>,
     },
+    /// Samples of one boot of one node, their `ts_ms` stamped on `basis`.
     Ingest {
         node_id: i64,
         boot_id: u32,
         samples: Vec<Sample>,
+        basis: Basis,
         now_ms: i64,
         reply: mpsc::UnboundedSender<StoreReply>,
     },
@@ -46,6 +49,8 @@ pub enum StoreCommand {
     DeviceReadings {
         source: String,
         ts_ms: i64,
+        /// Whether `ts_ms` is trusted wall time (`outpost_core::clock`).
+        basis: Basis,
         readings: Vec<SeriesReading>,
     },
     Health {
@@ -127,6 +132,7 @@ impl StoreCommand {
                 node_id,
                 boot_id,
                 samples,
+                basis,
                 now_ms,
                 reply,
             } => job(
@@ -134,6 +140,7 @@ impl StoreCommand {
                     node_id,
                     boot_id,
                     samples,
+                    basis,
                     now_ms,
                 },
                 Reply::Port(reply),
@@ -141,11 +148,13 @@ impl StoreCommand {
             StoreCommand::DeviceReadings {
                 source,
                 ts_ms,
+                basis,
                 readings,
             } => job(
                 DeviceReadings {
                     source,
                     ts_ms,
+                    basis,
                     readings,
                 },
                 Reply::Nobody,
@@ -288,6 +297,7 @@ struct Ingest {
     node_id: i64,
     boot_id: u32,
     samples: Vec<Sample>,
+    basis: Basis,
     now_ms: i64,
 }
 
@@ -296,7 +306,13 @@ impl Request for Ingest {
     type Answer = StoreReply;
 
     fn apply(&self, tx: &mut Tx<'_>) -> Result<Ingested, StoreError> {
-        tx.ingest(self.node_id, self.boot_id, &self.samples, self.now_ms)
+        tx.ingest_at(
+            self.node_id,
+            self.boot_id,
+            &self.samples,
+            self.now_ms,
+            self.basis,
+        )
     }
 
     fn readings(&self) -> usize {
@@ -319,6 +335,7 @@ impl Request for Ingest {
 struct DeviceReadings {
     source: String,
     ts_ms: i64,
+    basis: Basis,
     readings: Vec<SeriesReading>,
 }
 
@@ -328,7 +345,7 @@ impl Request for DeviceReadings {
     type Answer = ();
 
     fn apply(&self, tx: &mut Tx<'_>) -> Result<u64, StoreError> {
-        tx.ingest_series(&self.source, self.ts_ms, &self.readings)
+        tx.ingest_series_at(&self.source, self.ts_ms, &self.readings, self.basis)
     }
 
     fn readings(&self) -> usize {

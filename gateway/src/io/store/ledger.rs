@@ -60,4 +60,12 @@ impl Reader {
             readings_month,
         })
     }
+
+    /// The latest day the ledger holds (`YYYY-MM-DD`), if any: the data budget never counts on
+    /// an earlier one, whatever the wall clock says.
+    pub fn last_usage_day(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(day) FROM uplink_usage", [], |r| r.get(0))?)
+    }
 }

@@ -31,6 +31,7 @@
 //! the outbox ([`outbox`]). The uplink's usage ledger is [`ledger`]. Readers open their own
 //! connections; WAL lets them run beside the writer.
 
+mod clock;
 mod command;
 pub mod ledger;
 pub mod outbox;
@@ -47,6 +48,8 @@ use outpost_proto::{Health, Hello};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
+pub use clock::Held;
+use outpost_core::clock::Basis;
 use outpost_core::link::{Admission, Enrol, Refusal, admit_within, enrolment};
 pub use outpost_core::link::{Registered, Sample};
 pub use readers::Readers;
@@ -332,13 +335,26 @@ impl Tx<'_> {
         samples: &[Sample],
         now_ms: i64,
     ) -> Result<Ingested, StoreError> {
+        self.ingest_at(node_id, boot_id, samples, now_ms, Basis::Trusted)
+    }
+
+    /// [`Tx::ingest`] of samples stamped on `basis`: untrusted ones keep their monotonic time
+    /// (`readings.clock`) to be re-stamped (migration 6).
+    pub fn ingest_at(
+        &mut self,
+        node_id: i64,
+        boot_id: u32,
+        samples: &[Sample],
+        now_ms: i64,
+        basis: Basis,
+    ) -> Result<Ingested, StoreError> {
         let mut last = self.last_seq(node_id, boot_id)?;
         let mut out = Ingested::default();
         let mut readings = 0u64;
         {
             let mut series = self.series.node(node_id);
             let mut insert = self.tx.prepare_cached(
-                "INSERT INTO readings (series_id, ts_ms, value, node_id, boot_id, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO readings (series_id, ts_ms, value, node_id, boot_id, channel, clock) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for sample in samples {
                 match admit_within(last, sample.seq, sample.window_start, sample.max_lost) {
@@ -360,7 +376,8 @@ impl Tx<'_> {
                         r.value,
                         node_id,
                         boot_id,
-                        r.channel.0
+                        r.channel.0,
+                        clock::mono_column(basis, sample.ts_ms)
                     ])?;
                 }
                 readings += sample.readings.len() as u64;
@@ -399,15 +416,31 @@ impl Tx<'_> {
         ts_ms: i64,
         readings: &[SeriesReading],
     ) -> Result<u64, StoreError> {
+        self.ingest_series_at(source, ts_ms, readings, Basis::Trusted)
+    }
+
+    /// [`Tx::ingest_series`] of readings stamped on `basis` (see [`Tx::ingest_at`]).
+    pub fn ingest_series_at(
+        &mut self,
+        source: &str,
+        ts_ms: i64,
+        readings: &[SeriesReading],
+        basis: Basis,
+    ) -> Result<u64, StoreError> {
         let mut stored = 0u64;
         if series::name_fits(source) {
             let mut series = self.series.device(source);
             let mut insert = self.tx.prepare_cached(
-                "INSERT INTO readings (series_id, ts_ms, value) VALUES (?1, ?2, ?3)",
+                "INSERT INTO readings (series_id, ts_ms, value, clock) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for r in readings.iter().filter(|r| series::name_fits(&r.channel)) {
                 let id = series.id(&self.tx, &r.channel, r.value.kind())?;
-                insert.execute(params![id, ts_ms, StoredValue(r.value)])?;
+                insert.execute(params![
+                    id,
+                    ts_ms,
+                    StoredValue(r.value),
+                    clock::mono_column(basis, ts_ms)
+                ])?;
                 stored += 1;
             }
         }

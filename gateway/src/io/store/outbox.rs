@@ -12,6 +12,9 @@
 //!    more than `buffer.max_bytes`: then the oldest go first, counted in `batches.dropped`.
 //! 5. `batches.acked_upto` never decreases, and an acknowledgement past the newest sealed batch
 //!    is refused: the cloud cannot acknowledge what it cannot have received.
+//! 7. A batch holds only readings with trusted timestamps, or only readings whose timestamps
+//!    are final but unsynchronised (header flag `FLAG_UNSYNCHRONISED`); sealing stops before a
+//!    reading still held for a trusted clock (`clock.rs`), so readings are sealed in id order.
 //! 6. Sealing never fails for what the readings are: a batch holds one kind of value per
 //!    (source, channel), so a batch ends before the first reading that would bring a second kind
 //!    (a device point whose kind a config edit changed), and that reading opens the next batch.
@@ -32,6 +35,8 @@ pub struct BatchInfo {
     pub last_ts_ms: i64,
     pub reading_count: u64,
     pub dictionary_id: u32,
+    /// The batch's timestamps come from a clock never synchronised (header flag).
+    pub unsynchronised: bool,
 }
 
 /// What sealing did.
@@ -82,7 +87,7 @@ pub struct Acked {
     pub readings: u64,
 }
 
-fn meta_u64(tx: &rusqlite::Connection, key: &str) -> Result<u64, StoreError> {
+pub(super) fn meta_u64(tx: &rusqlite::Connection, key: &str) -> Result<u64, StoreError> {
     let value: String =
         tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))?;
     value
@@ -90,7 +95,7 @@ fn meta_u64(tx: &rusqlite::Connection, key: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("meta {key} = {value:?} is not a number")))
 }
 
-fn set_meta(tx: &rusqlite::Connection, key: &str, value: u64) -> Result<(), StoreError> {
+pub(super) fn set_meta(tx: &rusqlite::Connection, key: &str, value: u64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE meta SET value = ?2 WHERE key = ?1",
         params![key, value.to_string()],
@@ -107,10 +112,13 @@ pub struct BatchRow {
     pub channel: String,
     pub ts_ms: i64,
     pub value: Value,
+    /// `readings.clock` is set: the timestamp is not trusted wall time (held or final, by id).
+    pub untrusted: bool,
 }
 
 /// The columns [`batch_row`] reads, from `readings r JOIN series s`.
-const BATCH_ROW_COLUMNS: &str = "r.id, s.source, s.channel, s.exp, r.ts_ms, r.value";
+const BATCH_ROW_COLUMNS: &str =
+    "r.id, s.source, s.channel, s.exp, r.ts_ms, r.value, r.clock IS NOT NULL";
 
 fn batch_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
     let stored = row.get_ref(5)?;
@@ -123,6 +131,7 @@ fn batch_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
         channel: row.get(2)?,
         ts_ms: row.get(4)?,
         value,
+        untrusted: row.get(6)?,
     })
 }
 
@@ -142,7 +151,8 @@ fn rows_after(
 
 /// Seals the longest prefix of `rows` one batch can hold into batch bytes; returns them and the
 /// number of rows they hold, at least one. The prefix ends before the first row whose series
-/// already holds another kind of value in it (invariant 6). The one place readings become a
+/// already holds another kind of value in it (invariant 6), and before the first row whose
+/// timestamp is trusted if the first one's is not, or the other way round (invariant 7). The one place readings become a
 /// batch, so the outbox and dictionary training see the same bodies.
 pub fn build_batch(
     gateway_id: &str,
@@ -150,9 +160,14 @@ pub fn build_batch(
     rows: &[BatchRow],
     dictionary: Option<&Dictionary>,
 ) -> Result<(Vec<u8>, usize), Box<dyn std::error::Error + Send + Sync>> {
-    let mut builder = BatchBuilder::new(GatewayId::new(gateway_id)?, seq);
+    let unsynchronised = rows.first().is_some_and(|row| row.untrusted);
+    let mut builder =
+        BatchBuilder::new(GatewayId::new(gateway_id)?, seq).unsynchronised(unsynchronised);
     let mut taken = 0;
     for row in rows {
+        if row.untrusted != unsynchronised {
+            break;
+        }
         match builder.push(&row.source, &row.channel, row.ts_ms, row.value) {
             Ok(()) => taken += 1,
             Err(PushError::KindMismatch { .. }) => break,
@@ -173,7 +188,15 @@ impl Tx<'_> {
         dictionary: Option<&Dictionary>,
     ) -> Result<Option<Sealed>, StoreError> {
         let after = meta_u64(&self.tx, "batches.last_reading_id")?;
-        let readings = rows_after(&self.tx, after, max_readings)?;
+        let mut readings = rows_after(&self.tx, after, max_readings)?;
+        // Held readings wait for a trusted clock, and everything after them with them.
+        let final_upto = meta_u64(&self.tx, "clock.final_upto")?;
+        if let Some(held) = readings
+            .iter()
+            .position(|r| r.untrusted && r.id > final_upto)
+        {
+            readings.truncate(held);
+        }
         let Some(first) = readings.first() else {
             return Ok(None);
         };
@@ -194,7 +217,7 @@ impl Tx<'_> {
         let header = outpost_batch::read_header(&bytes).map_err(|e| cannot(&e))?;
         self.tx.execute(
             "UPDATE batches SET last_reading_id = ?2, first_ts_ms = ?3, last_ts_ms = ?4, reading_count = ?5,
-                 dictionary_id = ?6, size_bytes = ?7, bytes = ?8 WHERE seq = ?1",
+                 dictionary_id = ?6, size_bytes = ?7, bytes = ?8, unsynchronised = ?9 WHERE seq = ?1",
             params![
                 seq,
                 last_id,
@@ -203,7 +226,8 @@ impl Tx<'_> {
                 header.reading_count,
                 header.dictionary_id.map_or(0, std::num::NonZeroU32::get),
                 bytes.len() as u64,
-                bytes
+                bytes,
+                header.unsynchronised
             ],
         )?;
         set_meta(&self.tx, "batches.last_reading_id", last_id)?;
@@ -349,7 +373,7 @@ impl Reader {
     /// Up to `limit` batches with `seq > after`, oldest first.
     pub fn batches_after(&self, after: u64, limit: u64) -> Result<Vec<BatchInfo>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, size_bytes, first_ts_ms, last_ts_ms, reading_count, dictionary_id FROM batches
+            "SELECT seq, size_bytes, first_ts_ms, last_ts_ms, reading_count, dictionary_id, unsynchronised FROM batches
              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit], |r| {
@@ -360,6 +384,7 @@ impl Reader {
                 last_ts_ms: r.get(3)?,
                 reading_count: r.get(4)?,
                 dictionary_id: r.get(5)?,
+                unsynchronised: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -150,6 +150,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
           AND id NOT IN (SELECT node_id FROM node_sessions)
           AND id NOT IN (SELECT node_id FROM health);
     ",
+    // 6: readings stamped while the wall clock was not trusted (`outpost_core::clock`).
+    // `readings.clock` is NULL where `ts_ms` is trusted wall time; otherwise it is the reading's
+    // CLOCK_BOOTTIME ms, and `ts_ms` the untrusted clock's time for it. Such a reading with
+    // `id > clock.final_upto` is held out of batches until the clock is trusted (then `ts_ms` is
+    // rewritten from `clock` and `clock` cleared); one with `id <= clock.final_upto` is final (its
+    // kernel boot ended, or it waited `clock.max_hold`) and is sealed marked unsynchronised.
+    "
+    ALTER TABLE readings ADD COLUMN clock INTEGER;
+    ALTER TABLE batches ADD COLUMN unsynchronised INTEGER NOT NULL DEFAULT 0;
+    INSERT INTO meta (key, value) VALUES ('clock.boot_id', ''),          -- kernel boot of the last run
+                                         ('clock.boot_trusted', '0'),    -- it had the clock trusted
+                                         ('clock.high_water_ms', '0'),   -- latest wall time trusted
+                                         ('clock.final_upto', '0');      -- held readings made final
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

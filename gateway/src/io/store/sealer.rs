@@ -9,9 +9,11 @@
 
 use outpost_batch::Dictionary;
 
+use super::Held;
 use super::outbox::Dropped;
 use super::writer::WriterConfig;
 use super::{Store, StoreError};
+use crate::io::wall_clock::WallClock;
 
 /// What sealing needs to know; nothing else.
 #[derive(Debug, Clone)]
@@ -34,6 +36,12 @@ pub(super) struct Round {
     pub(super) dropped: Dropped,
     /// Readings still unsealed after the round.
     pub(super) left: u64,
+    /// Of those, readings held for a trusted clock (`clock.rs`).
+    pub(super) held: Held,
+    /// Held readings given their exact time this round.
+    pub(super) restamped: u64,
+    /// Held readings made final (sealed marked unsynchronised) this round.
+    pub(super) released: u64,
 }
 
 impl Sealer {
@@ -46,10 +54,28 @@ impl Sealer {
         }
     }
 
-    /// Seals every unsealed reading into batches of at most `max_batch_readings`, stamped
-    /// `now_ms`, then enforces the cap; all in one transaction.
-    pub(super) fn round(&self, store: &mut Store, now_ms: i64) -> Result<Round, StoreError> {
+    /// Settles the readings held for a trusted clock (re-stamps them if `clock` is trusted now,
+    /// makes them final if they waited `clock.max_hold`), seals every unsealed reading not held
+    /// into batches of at most `max_batch_readings`, stamped `now_ms`, then enforces the cap; all
+    /// in one transaction.
+    pub(super) fn round(
+        &self,
+        store: &mut Store,
+        now_ms: i64,
+        clock: &WallClock,
+    ) -> Result<Round, StoreError> {
         store.transaction(|tx| {
+            let (mut restamped, mut released) = (0, 0);
+            let held = tx.held()?;
+            let now = clock.now();
+            if now.trusted() {
+                // Also remembers the trusted time (the high-water mark), held readings or not.
+                restamped = tx.restamp_held(now.wall_ms - now.mono_ms, now.wall_ms)?;
+            } else if let Some(oldest) = held.oldest_mono_ms {
+                if clock.with(|c| c.release_due(oldest, now.mono_ms)) {
+                    released = tx.release_held()?;
+                }
+            }
             let (mut sealed, mut newest) = (0, None);
             while let Some(batch) = tx.seal_batch(
                 &self.gateway_id,
@@ -66,6 +92,9 @@ impl Sealer {
                 newest,
                 dropped,
                 left: tx.unsealed_readings()?,
+                held: tx.held()?,
+                restamped,
+                released,
             })
         })
     }

@@ -1,6 +1,7 @@
 use outpost_proto::{ChannelId, FwVersion, Reading, ResetReason};
 
 use super::*;
+use crate::io::wall_clock::WallClock;
 
 fn hello(uid: u8, boot_id: u32) -> Hello {
     Hello {
@@ -999,6 +1000,7 @@ mod writer {
             buffer_max_bytes: 1 << 20,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         };
         for (i, value) in [Value::integer(1), Value::float(1.5), Value::float(2.5)]
             .into_iter()
@@ -1006,6 +1008,7 @@ mod writer {
         {
             commands_tx
                 .send(StoreCommand::DeviceReadings {
+                    basis: outpost_core::clock::Basis::Trusted,
                     source: "meter-1".to_owned(),
                     ts_ms: 1000 * i as i64,
                     readings: vec![SeriesReading {
@@ -1104,6 +1107,7 @@ mod commands {
                 reply: ack,
             },
             StoreCommand::Ingest {
+                basis: outpost_core::clock::Basis::Trusted,
                 node_id: a,
                 boot_id: 5,
                 samples: vec![sample(3, 1), sample(4, 1)],
@@ -1111,6 +1115,7 @@ mod commands {
                 reply: port_a,
             },
             StoreCommand::DeviceReadings {
+                basis: outpost_core::clock::Basis::Trusted,
                 source: "meter-1".to_owned(),
                 ts_ms: 12,
                 readings: vec![
@@ -1137,6 +1142,7 @@ mod commands {
                 reply: hung_up,
             },
             StoreCommand::Ingest {
+                basis: outpost_core::clock::Basis::Trusted,
                 node_id: b,
                 boot_id: 9,
                 samples: vec![sample(1, 1)],
@@ -1380,6 +1386,7 @@ mod commands {
             buffer_max_bytes: 1 << 20,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         };
         let (commands, mut callers) = interleaved(a, b);
         for command in commands {
@@ -1422,6 +1429,7 @@ mod sealer {
             buffer_max_bytes,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         })
     }
 
@@ -1448,14 +1456,19 @@ mod sealer {
     #[test]
     fn a_round_seals_everything_due_in_batches_of_at_most_max_batch_readings() {
         let (_dir, mut store) = unsealed(30); // 60 readings: a backlog after downtime
-        let round = sealer("gw", 25, 1 << 20).round(&mut store, 0).unwrap();
+        let round = sealer("gw", 25, 1 << 20)
+            .round(&mut store, 0, &WallClock::assume_synchronised())
+            .unwrap();
         assert_eq!(
             round,
             Round {
                 sealed: 3,
                 newest: Some(3),
                 dropped: Dropped::default(),
-                left: 0
+                left: 0,
+                held: crate::io::store::Held::default(),
+                restamped: 0,
+                released: 0,
             }
         );
         assert_eq!(readings_per_batch(&store), [25, 25, 10]);
@@ -1464,7 +1477,9 @@ mod sealer {
             None,
             "nothing dropped, nothing to say"
         );
-        let again = sealer("gw", 25, 1 << 20).round(&mut store, 0).unwrap();
+        let again = sealer("gw", 25, 1 << 20)
+            .round(&mut store, 0, &WallClock::assume_synchronised())
+            .unwrap();
         assert_eq!((again.sealed, again.left), (0, 0), "nothing left to seal");
     }
 
@@ -1474,11 +1489,15 @@ mod sealer {
         // Room for the newest of the three batches only: its size, from an identical store.
         let newest = {
             let (_dir, mut probe) = unsealed(30);
-            sealer("gw", 20, 1 << 20).round(&mut probe, 0).unwrap();
+            sealer("gw", 20, 1 << 20)
+                .round(&mut probe, 0, &WallClock::assume_synchronised())
+                .unwrap();
             let reader = probe.reader().unwrap();
             reader.batches_after(2, 1).unwrap()[0].size_bytes
         };
-        let round = sealer("gw", 20, newest).round(&mut store, 0).unwrap();
+        let round = sealer("gw", 20, newest)
+            .round(&mut store, 0, &WallClock::assume_synchronised())
+            .unwrap();
         assert_eq!(round.sealed, 3);
         assert_eq!(
             round.dropped,
@@ -1508,6 +1527,9 @@ mod sealer {
                 readings: 20,
             },
             left: 0,
+            held: crate::io::store::Held::default(),
+            restamped: 0,
+            released: 0,
         };
         record_round(&telemetry, &Ok(full), 1000);
         record_round(
@@ -1564,7 +1586,8 @@ mod sealer {
     fn a_failed_round_seals_nothing_and_shows_its_error() {
         let (_dir, mut store) = unsealed(5);
         // An empty gateway id (the config check refuses one) cannot head a batch.
-        let failed = sealer("", 100, 1 << 20).round(&mut store, 0);
+        let failed =
+            sealer("", 100, 1 << 20).round(&mut store, 0, &WallClock::assume_synchronised());
         assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
         let outbox = store.reader().unwrap().outbox().unwrap();
         assert_eq!((outbox.batches, outbox.unsealed_readings), (0, 10));
@@ -1580,5 +1603,238 @@ mod sealer {
                 .contains("cannot seal batch 1")
         );
         assert!(snapshot.alerts.is_empty());
+    }
+}
+
+/// Readings stamped while the wall clock was not trusted (`clock.rs`, migration 6).
+mod clock {
+    use super::*;
+    use crate::io::store::sealer::Sealer;
+    use crate::io::store::writer::WriterConfig;
+    use outpost_core::clock::{Basis, ClockConfig, Remembered};
+
+    fn sealer() -> Sealer {
+        Sealer::new(&WriterConfig {
+            gateway_id: "gw".to_owned(),
+            commit_interval: std::time::Duration::ZERO,
+            max_commit_readings: 1000,
+            batch_interval: std::time::Duration::ZERO,
+            max_batch_readings: 1000,
+            buffer_max_bytes: 1 << 30,
+            dictionary: None,
+            sealed: tokio::sync::watch::channel(0).0,
+            clock: WallClock::assume_synchronised(),
+        })
+    }
+
+    /// A clock that is never trusted (its floor is the end of time), holding for `max_hold`.
+    fn never_trusted(max_hold: std::time::Duration) -> WallClock {
+        WallClock::new(
+            ClockConfig {
+                max_hold,
+                ..ClockConfig::with_floor(i64::MAX)
+            },
+            Remembered::default(),
+        )
+    }
+
+    /// (ts_ms, clock, seq) of a node's readings of `seq`, in id order.
+    fn rows(path: &Path) -> Vec<(i64, Option<i64>, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT ts_ms, clock, value FROM readings WHERE channel = 4 ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Every sealed batch: (seq, unsynchronised flag, seq values of the node).
+    fn batches(store: &Store) -> Vec<(u64, bool, Vec<i64>)> {
+        let reader = store.reader().unwrap();
+        reader
+            .batches_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|info| {
+                let bytes = reader.batch_bytes(info.seq).unwrap().unwrap();
+                let batch =
+                    outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
+                assert_eq!(batch.header().unsynchronised, info.unsynchronised);
+                let seqs = batch
+                    .readings()
+                    .filter(|r| r.channel == "seq")
+                    .map(|r| match r.value {
+                        outpost_batch::Value::Decimal { raw, .. } => raw,
+                        outpost_batch::Value::Float(f) => f as i64,
+                    })
+                    .collect();
+                (info.seq, info.unsynchronised, seqs)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_readings_wait_in_order_and_get_their_exact_time_once_the_clock_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let remembered = store.transaction(|tx| tx.begin_boot("boot-a")).unwrap();
+        assert_eq!(remembered, Remembered::default());
+        let node = store
+            .transaction(|tx| register(tx, 0, "/dev/ttyACM0", &hello(1, 7)))
+            .unwrap()
+            .node_id;
+        // Samples 1-2 stamped by a trusted clock; 3-5 by one in 1970 (offset: wall − mono).
+        let offset_1970 = -1_000_000;
+        // Taken ten seconds ago on the monotonic axis (so well within the hold).
+        let base = crate::io::wall_clock::boottime_ms() - 10_000;
+        store
+            .transaction(|tx| tx.ingest(node, 7, &[sample(1, 1), sample(2, 1)], 0))
+            .unwrap();
+        let held: Vec<Sample> = (3..=5)
+            .map(|s| Sample {
+                ts_ms: base + i64::from(s) * 1000 + offset_1970,
+                ..sample(s, 1)
+            })
+            .collect();
+        store
+            .transaction(|tx| {
+                tx.ingest_at(
+                    node,
+                    7,
+                    &held,
+                    0,
+                    Basis::Untrusted {
+                        offset_ms: offset_1970,
+                    },
+                )
+            })
+            .unwrap();
+
+        // Untrusted: 1-2 are sealed, 3-5 wait.
+        let untrusted = never_trusted(std::time::Duration::from_secs(3600));
+        let round = sealer().round(&mut store, 0, &untrusted).unwrap();
+        assert_eq!(
+            (round.sealed, round.held.readings, round.released),
+            (1, 6, 0)
+        );
+        assert_eq!(batches(&store), vec![(1, false, vec![1, 2])]);
+        // A restart in the same kernel boot keeps them held.
+        store.transaction(|tx| tx.begin_boot("boot-a")).unwrap();
+        let round = sealer().round(&mut store, 0, &untrusted).unwrap();
+        assert_eq!((round.sealed, round.held.readings), (0, 6));
+
+        // Trusted: each gets mono + (wall − mono) of now, exactly.
+        let trusted = WallClock::assume_synchronised();
+        let before = wall_clock_offset();
+        let round = sealer().round(&mut store, 0, &trusted).unwrap();
+        let after = wall_clock_offset();
+        assert_eq!(
+            (round.sealed, round.restamped, round.held.readings),
+            (1, 6, 0)
+        );
+        for (ts, clock, seq) in rows(&path).into_iter().skip(2) {
+            assert_eq!(clock, None);
+            let mono = base + seq * 1000;
+            assert!(
+                (mono + before.min(after) - 5..=mono + before.max(after) + 5).contains(&ts),
+                "seq {seq}: {ts}"
+            );
+        }
+        assert_eq!(
+            batches(&store),
+            vec![(1, false, vec![1, 2]), (2, false, vec![3, 4, 5])]
+        );
+        // The trusted time is remembered.
+        let remembered = store.transaction(|tx| tx.begin_boot("boot-a")).unwrap();
+        assert!(remembered.boot_trusted && remembered.high_water_ms > 1_700_000_000_000);
+    }
+
+    fn wall_clock_offset() -> i64 {
+        crate::io::wall_clock::unix_ms() - crate::io::wall_clock::boottime_ms()
+    }
+
+    #[test]
+    fn readings_of_a_boot_that_never_had_a_trusted_clock_are_sealed_marked_and_never_mixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store.transaction(|tx| tx.begin_boot("boot-a")).unwrap();
+        let node = store
+            .transaction(|tx| register(tx, 0, "/dev/ttyACM0", &hello(1, 7)))
+            .unwrap()
+            .node_id;
+        let untrusted = Basis::Untrusted { offset_ms: 5 };
+        store
+            .transaction(|tx| tx.ingest_at(node, 7, &[sample(1, 1), sample(2, 1)], 0, untrusted))
+            .unwrap();
+        // The machine reboots; the clock is still not trusted.
+        let remembered = store.transaction(|tx| tx.begin_boot("boot-b")).unwrap();
+        assert!(!remembered.boot_trusted);
+        store
+            .transaction(|tx| tx.ingest_at(node, 7, &[sample(3, 1)], 0, untrusted))
+            .unwrap();
+        let clock = never_trusted(std::time::Duration::from_secs(3600));
+        let round = sealer().round(&mut store, 0, &clock).unwrap();
+        assert_eq!((round.sealed, round.held.readings), (1, 2));
+        assert_eq!(batches(&store), vec![(1, true, vec![1, 2])]);
+        // Their time is what the unsynchronised clock said.
+        assert_eq!(rows(&path)[0].0, sample(1, 1).ts_ms);
+
+        // Then the clock is trusted: 3 is re-stamped and sealed apart, unmarked.
+        store
+            .transaction(|tx| tx.ingest(node, 7, &[sample(4, 1)], 0))
+            .unwrap();
+        let round = sealer()
+            .round(&mut store, 0, &WallClock::assume_synchronised())
+            .unwrap();
+        assert_eq!((round.sealed, round.restamped), (1, 2));
+        assert_eq!(
+            batches(&store),
+            vec![(1, true, vec![1, 2]), (2, false, vec![3, 4])]
+        );
+    }
+
+    #[test]
+    fn held_readings_are_sealed_marked_after_max_hold_without_a_trusted_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store.transaction(|tx| tx.begin_boot("boot-a")).unwrap();
+        let node = store
+            .transaction(|tx| register(tx, 0, "/dev/ttyACM0", &hello(1, 7)))
+            .unwrap()
+            .node_id;
+        // Taken just now on the monotonic axis.
+        let s = sample(1, 1);
+        let basis = Basis::Untrusted {
+            offset_ms: s.ts_ms - crate::io::wall_clock::boottime_ms(),
+        };
+        store
+            .transaction(|tx| tx.ingest_at(node, 7, &[s], 0, basis))
+            .unwrap();
+        let round = sealer()
+            .round(
+                &mut store,
+                0,
+                &never_trusted(std::time::Duration::from_secs(3600)),
+            )
+            .unwrap();
+        assert_eq!((round.sealed, round.released), (0, 0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let round = sealer()
+            .round(
+                &mut store,
+                0,
+                &never_trusted(std::time::Duration::from_millis(10)),
+            )
+            .unwrap();
+        assert_eq!(
+            (round.sealed, round.released, round.held.readings),
+            (1, 2, 0)
+        );
+        assert_eq!(batches(&store), vec![(1, true, vec![1])]);
     }
 }

@@ -96,6 +96,8 @@ pub struct WriterConfig {
     pub dictionary: Option<outpost_batch::Dictionary>,
     /// Where the newest sealed batch's sequence number is announced.
     pub sealed: tokio::sync::watch::Sender<u64>,
+    /// Judges the wall clock for the sealing rounds (re-stamp or release held readings).
+    pub clock: crate::io::wall_clock::WallClock,
 }
 
 /// Runs `f` on the store on a blocking thread, handing the store back.
@@ -164,13 +166,32 @@ pub async fn run(
         let due_at = now();
         if batcher.poll_seal(due_at) {
             let sealer = Arc::clone(&sealer);
+            let clock = config.clock.clone();
             let (returned, round) = blocking(store, move |s| {
-                sealer.round(s, crate::io::wall_clock::unix_ms())
+                sealer.round(s, crate::io::wall_clock::unix_ms(), &clock)
             })
             .await;
             store = returned;
+            if let Ok(round) = &round {
+                if round.restamped > 0 {
+                    tracing::info!(
+                        message = "Readings held for a trusted clock got their exact time.",
+                        readings = round.restamped
+                    );
+                }
+                if round.released > 0 {
+                    tracing::warn!(
+                        message = "Readings held for a trusted clock waited clock.max_hold; sealed marked unsynchronised.",
+                        readings = round.released
+                    );
+                }
+            }
             // A failed round is retried at the next window; its readings stay unsealed meanwhile.
-            let left = round.as_ref().map_or(1, |round| round.left);
+            // Held readings do not count towards a full batch: they wait for the clock, and the
+            // next window looks at them again.
+            let left = round
+                .as_ref()
+                .map_or(1, |round| round.left - round.held.readings.min(round.left));
             batcher.handle_sealed(due_at, left);
             if let Some(newest) = round.as_ref().ok().and_then(|round| round.newest) {
                 config.sealed.send_replace(newest);

@@ -11,6 +11,7 @@ use super::meter::Meter;
 use crate::io::store::Readers;
 use crate::io::store::writer::StoreCommand;
 use crate::io::telemetry::TelemetryHub;
+use crate::io::wall_clock::WallClock;
 use outpost_core::budget::{self, Date, Projection};
 use outpost_core::telemetry::{CostStatus, Event};
 
@@ -18,11 +19,13 @@ use outpost_core::telemetry::{CostStatus, Event};
 const TALLY_EVERY: Duration = Duration::from_secs(10);
 
 /// The budget policy's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CostConfig {
     pub monthly_budget_bytes: u64,
     pub batch_interval: Duration,
     pub max_batch_interval: Duration,
+    /// Which day traffic counts on (`outpost_core::clock::Clock::budget_day`).
+    pub clock: WallClock,
 }
 
 /// Runs until `shutdown`, then records the last tally.
@@ -35,6 +38,7 @@ pub async fn run(
     telemetry: TelemetryHub,
     shutdown: CancellationToken,
 ) {
+    let clock = config.clock.clone();
     let mut counted = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(TALLY_EVERY);
     loop {
@@ -42,15 +46,24 @@ pub async fn run(
             () = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let now = crate::io::wall_clock::unix_ms();
-        let date = Date::from_unix_ms(now);
+        // The day to count on: today by a trusted clock, never a day before the ledger's last
+        // (a clock in the past must not open an old month); while the clock is untrusted, the
+        // ledger's last day, or none yet: then the traffic is counted once a day is known.
+        let _ = clock.now();
+        let last_day = readers
+            .read(|r| r.last_usage_day())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|day| Date::from_key(&day));
+        let (date, now) = clock.with(|c| (c.budget_day(last_day), c.budget_now(last_day)));
         let total = (meter.sent(), meter.received(), meter.delivered());
         let delta = (
             total.0 - counted.0,
             total.1 - counted.1,
             total.2 - counted.2,
         );
-        if delta != (0, 0, 0) {
+        if let (Some(date), true) = (date, delta != (0, 0, 0)) {
             let command = StoreCommand::RecordUsage {
                 day: date.key(),
                 sent: delta.0,
@@ -64,6 +77,11 @@ pub async fn run(
         if stopping {
             break;
         }
+        // Projected only at a trusted time on the ledger's latest day or after; otherwise the
+        // interval stays as last decided.
+        let (Some(date), Some(now)) = (date, now) else {
+            continue;
+        };
         let (day, month) = (date.key(), date.month_prefix());
         let usage = readers.read(move |r| r.usage(&day, &month)).await;
         let Ok(usage) = usage else {
