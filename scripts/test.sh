@@ -19,8 +19,9 @@ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosq
 # cross C toolchain for the arm64 cross build, qemu-user to run the arm64 binary, lintian,
 # debootstrap and systemd-nspawn for the install test in a booted root, man for
 # `systemd-analyze verify` (it checks the unit's Documentation=).
+# libfaketime for tests/clock.rs (a gateway without RTC: the clock starts in 1970 and jumps).
 for package in rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-    qemu-user-static lintian systemd-container debootstrap man-db; do
+    qemu-user-static lintian systemd-container debootstrap man-db faketime libfaketime; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$' ||
         missing+=("$package")
 done
