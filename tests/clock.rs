@@ -1,7 +1,7 @@
 //! End-to-end: a gateway without a real-time clock. The real `outpost run` runs under libfaketime
 //! (Debian's `libfaketime`): its wall clock starts in 1970 or in the past and jumps at run time
 //! (the timestamp file is re-read on every call), while CLOCK_MONOTONIC and CLOCK_BOOTTIME stay
-//! real. Simulated nodes stream throughout. What must hold (docs/reliability-clock.md):
+//! real. Simulated nodes stream throughout. What must hold (docs/reliability.md, "Time"):
 //! readings taken before the clock is trusted are held, then stamped with their real time; every
 //! sample is stored and sealed exactly once, batches in order; the data budget counts no traffic
 //! on a day the clock only pretended it was.
