@@ -700,3 +700,24 @@ fn relay_pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &
         let _ = to.shutdown(Shutdown::Both);
     }
 }
+
+impl Cloud {
+    /// The messages received after the first `start`, in arrival order (a long run reads only
+    /// what is new instead of copying everything received so far).
+    pub fn messages_since(&self, start: usize) -> Vec<Message> {
+        let state = self.state.lock().unwrap();
+        state.messages.get(start..).unwrap_or_default().to_vec()
+    }
+
+    /// The last connection error the cloud's client saw, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.lock().unwrap().last_error.clone()
+    }
+}
+
+impl Broker {
+    /// The PID of the running mosquitto, if it runs.
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+}
