@@ -105,6 +105,7 @@ pub async fn run(
         batch_interval: config.batch_interval,
         max_batch_readings: config.max_batch_readings,
         buffer_max_bytes: config.buffer_max_bytes,
+        keep_readings: config.keep_readings,
         dictionary: dictionaries::load_active(&dictionaries::dir(&config.data_dir))
             .context("cannot load the active batch dictionary")?,
         sealed: sealed_tx,

@@ -90,6 +90,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         upload_token: None,
         technician_token: None,
         buffer_max_bytes: 64 * 1024 * 1024,
+        keep_readings: 100_000,
         mqtt: None,
         log_level: "info".into(),
         modbus: ModbusConfig::default(),

@@ -275,6 +275,10 @@ pub struct RawStore {
     /// Most nodes the registry enrols; a newcomer beyond it is refused (and alerted). Also the
     /// most per-node dedup points the writer keeps in memory.
     pub max_nodes: u64,
+    /// Readings kept on the gateway after the cloud has them (their batch acknowledged, or
+    /// dropped from a full outbox): the newest this many, for local inspection; older ones are
+    /// deleted, so the store stays the size of what is still on its way.
+    pub keep_readings: u64,
 }
 
 impl Default for RawStore {
@@ -283,6 +287,7 @@ impl Default for RawStore {
             commit_interval: Duration::from_millis(20),
             max_commit_readings: 8192,
             max_nodes: 1024,
+            keep_readings: 100_000,
         }
     }
 }
@@ -364,6 +369,8 @@ pub struct Config {
     pub max_commit_readings: usize,
     /// `store.max_nodes`.
     pub max_nodes: u64,
+    /// `store.keep_readings`.
+    pub keep_readings: u64,
     pub serial: Vec<SerialPort>,
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
@@ -725,6 +732,12 @@ pub fn compile(
             "must be between 64 and 1000000".into(),
         );
     }
+    if !(1_000..=100_000_000).contains(&raw.store.keep_readings) {
+        problem(
+            "store.keep_readings",
+            "must be between 1000 and 100000000".into(),
+        );
+    }
     if !(1..=1_000_000).contains(&raw.store.max_nodes) {
         problem("store.max_nodes", "must be between 1 and 1000000".into());
     }
@@ -943,6 +956,7 @@ pub fn compile(
             commit_interval,
             max_commit_readings: raw.store.max_commit_readings as usize,
             max_nodes: raw.store.max_nodes,
+            keep_readings: raw.store.keep_readings,
             serial,
             batch_interval,
             max_batch_readings: raw.uplink.max_batch_readings as usize,

@@ -258,6 +258,7 @@ impl Tx<'_> {
             let Some((seq, size, readings)) = oldest else {
                 break;
             };
+            self.release_readings_of_batches(seq)?;
             self.tx
                 .execute("DELETE FROM batches WHERE seq = ?1", [seq])?;
             total -= size;
@@ -296,6 +297,7 @@ impl Tx<'_> {
                 |r| r.get(0),
             )
             .map_err(StoreError::from)?;
+        self.release_readings_of_batches(upto)?;
         let deleted = self
             .tx
             .execute("DELETE FROM batches WHERE seq <= ?1", [upto])
@@ -307,11 +309,55 @@ impl Tx<'_> {
         })
     }
 
+    /// The readings of the batches up to `seq` leave the outbox (acknowledged or dropped): they
+    /// may be deleted ([`Tx::prune_readings`]).
+    fn release_readings_of_batches(&mut self, seq: u64) -> Result<(), StoreError> {
+        let newest: Option<u64> = self.tx.query_row(
+            "SELECT max(last_reading_id) FROM batches WHERE seq <= ?1",
+            [seq],
+            |r| r.get(0),
+        )?;
+        if let Some(newest) = newest {
+            let released = meta_u64(&self.tx, "readings.released_upto")?.max(newest);
+            set_meta(&self.tx, "readings.released_upto", released)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes released readings (see [`Tx::ack_batches`], [`Tx::enforce_buffer`]), oldest first
+    /// and at most `PRUNE_CHUNK` per call so a transaction stays short, always keeping the newest
+    /// `keep` readings for local inspection. Returns how many were deleted.
+    pub fn prune_readings(&mut self, keep: u64) -> Result<u64, StoreError> {
+        let released = meta_u64(&self.tx, "readings.released_upto")?;
+        let (oldest, newest): (Option<u64>, Option<u64>) =
+            self.tx
+                .query_row("SELECT min(id), max(id) FROM readings", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        let (Some(oldest), Some(newest)) = (oldest, newest) else {
+            return Ok(0);
+        };
+        // Never the newest reading: its id must not be reused.
+        let upto = released
+            .min(newest.saturating_sub(keep.max(1)))
+            .min(oldest.saturating_add(PRUNE_CHUNK - 1));
+        if upto < oldest {
+            return Ok(0);
+        }
+        let deleted = self
+            .tx
+            .execute("DELETE FROM readings WHERE id <= ?1", [upto])?;
+        Ok(deleted as u64)
+    }
+
     /// Committed readings not yet in a batch.
     pub fn unsealed_readings(&mut self) -> Result<u64, StoreError> {
         unsealed(&self.tx)
     }
 }
+
+/// Most readings deleted in one transaction by [`Tx::prune_readings`].
+const PRUNE_CHUNK: u64 = 20_000;
 
 fn unsealed(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
     let after = meta_u64(conn, "batches.last_reading_id")?;

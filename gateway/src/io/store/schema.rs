@@ -164,6 +164,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
                                          ('clock.high_water_ms', '0'),   -- latest wall time trusted
                                          ('clock.final_upto', '0');      -- held readings made final
     ",
+    // 7: readings the cloud has (their batch acknowledged) or will never get (their batch dropped
+    // from a full outbox) are released for deletion: `readings.released_upto` is the newest such
+    // reading id. Before this version nothing was deleted: every sealed reading not in a batch
+    // still in the outbox is released now.
+    "
+    INSERT INTO meta (key, value) VALUES ('readings.released_upto',
+        coalesce((SELECT min(first_reading_id) - 1 FROM batches),
+                 (SELECT value FROM meta WHERE key = 'batches.last_reading_id'), '0'));
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

@@ -21,6 +21,7 @@ pub(super) struct Sealer {
     gateway_id: String,
     max_batch_readings: usize,
     buffer_max_bytes: u64,
+    keep_readings: u64,
     /// The trained dictionary new batches are sealed with.
     dictionary: Option<Dictionary>,
 }
@@ -42,6 +43,8 @@ pub(super) struct Round {
     pub(super) restamped: u64,
     /// Held readings made final (sealed marked unsynchronised) this round.
     pub(super) released: u64,
+    /// Readings the cloud has, deleted this round (`store.keep_readings`).
+    pub(super) pruned: u64,
 }
 
 impl Sealer {
@@ -50,6 +53,7 @@ impl Sealer {
             gateway_id: config.gateway_id.clone(),
             max_batch_readings: config.max_batch_readings,
             buffer_max_bytes: config.buffer_max_bytes,
+            keep_readings: config.keep_readings,
             dictionary: config.dictionary.clone(),
         }
     }
@@ -87,7 +91,9 @@ impl Sealer {
                 newest = Some(batch.seq);
             }
             let dropped = tx.enforce_buffer(self.buffer_max_bytes)?;
+            let pruned = tx.prune_readings(self.keep_readings)?;
             Ok(Round {
+                pruned,
                 sealed,
                 newest,
                 dropped,

@@ -998,6 +998,7 @@ mod writer {
             batch_interval: Duration::ZERO,
             max_batch_readings: 1000,
             buffer_max_bytes: 1 << 20,
+            keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
@@ -1384,6 +1385,7 @@ mod commands {
             batch_interval: Duration::from_secs(3600),
             max_batch_readings: 1000,
             buffer_max_bytes: 1 << 20,
+            keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
@@ -1420,17 +1422,30 @@ mod sealer {
     }
 
     fn sealer(gateway_id: &str, max_batch_readings: usize, buffer_max_bytes: u64) -> Sealer {
-        Sealer::new(&WriterConfig {
+        Sealer::new(&writer_config(
+            gateway_id,
+            max_batch_readings,
+            buffer_max_bytes,
+        ))
+    }
+
+    fn writer_config(
+        gateway_id: &str,
+        max_batch_readings: usize,
+        buffer_max_bytes: u64,
+    ) -> WriterConfig {
+        WriterConfig {
             gateway_id: gateway_id.to_owned(),
             commit_interval: std::time::Duration::ZERO,
             max_commit_readings: 1000,
             batch_interval: std::time::Duration::ZERO,
             max_batch_readings,
             buffer_max_bytes,
+            keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
-        })
+        }
     }
 
     /// A store holding `n` committed samples of one node (2 readings each), none sealed.
@@ -1445,6 +1460,70 @@ mod sealer {
             })
             .unwrap();
         (dir, store)
+    }
+
+    fn readings_left(dir: &tempfile::TempDir) -> (u64, u64) {
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        conn.query_row(
+            "SELECT count(*), coalesce(min(id), 0) FROM readings",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    fn keeping(keep_readings: u64, buffer_max_bytes: u64) -> Sealer {
+        Sealer::new(&WriterConfig {
+            keep_readings,
+            ..writer_config("gw", 500, buffer_max_bytes)
+        })
+    }
+
+    #[test]
+    fn readings_the_cloud_has_are_deleted_but_the_newest_kept_and_nothing_unacknowledged() {
+        let (dir, mut store) = unsealed(1500); // 3000 readings
+        let clock = WallClock::assume_synchronised();
+        let round = keeping(1000, 1 << 30).round(&mut store, 0, &clock).unwrap();
+        assert_eq!(
+            (round.sealed, round.pruned),
+            (6, 0),
+            "nothing acknowledged yet"
+        );
+        assert_eq!(readings_left(&dir).0, 3000);
+        store
+            .transaction(|tx| tx.ack_batches(4).map_err(|_| StoreError::DiskFull))
+            .unwrap();
+        // 2000 readings acknowledged; the newest 1000 are kept whatever their state.
+        let round = keeping(1000, 1 << 30).round(&mut store, 0, &clock).unwrap();
+        assert_eq!(round.pruned, 2000);
+        assert_eq!(readings_left(&dir), (1000, 2001));
+        // The rest acknowledged: still the newest 1000 kept.
+        store
+            .transaction(|tx| tx.ack_batches(6).map_err(|_| StoreError::DiskFull))
+            .unwrap();
+        let round = keeping(1000, 1 << 30).round(&mut store, 0, &clock).unwrap();
+        assert_eq!(round.pruned, 0);
+        // Batches not yet acknowledged are never pruned, whatever `keep` says.
+        let (dir, mut store) = unsealed(1500);
+        keeping(1000, 1 << 30).round(&mut store, 0, &clock).unwrap();
+        store
+            .transaction(|tx| tx.ack_batches(1).map_err(|_| StoreError::DiskFull))
+            .unwrap();
+        let round = keeping(1000, 1 << 30).round(&mut store, 0, &clock).unwrap();
+        assert_eq!(round.pruned, 500);
+        assert_eq!(readings_left(&dir), (2500, 501));
+    }
+
+    #[test]
+    fn readings_of_batches_dropped_from_a_full_outbox_are_deleted_too() {
+        let (dir, mut store) = unsealed(1500);
+        let clock = WallClock::assume_synchronised();
+        // An outbox with room for no batch at all: every batch sealed is dropped at once, and
+        // its readings will never reach the cloud.
+        let round = keeping(1000, 1).round(&mut store, 0, &clock).unwrap();
+        assert_eq!((round.dropped.batches, round.dropped.readings), (6, 3000));
+        assert_eq!(round.pruned, 2000, "all but the newest 1000");
+        assert_eq!(readings_left(&dir), (1000, 2001));
     }
 
     fn readings_per_batch(store: &Store) -> Vec<u64> {
@@ -1469,6 +1548,7 @@ mod sealer {
                 held: crate::io::store::Held::default(),
                 restamped: 0,
                 released: 0,
+                pruned: 0,
             }
         );
         assert_eq!(readings_per_batch(&store), [25, 25, 10]);
@@ -1530,6 +1610,7 @@ mod sealer {
             held: crate::io::store::Held::default(),
             restamped: 0,
             released: 0,
+            pruned: 0,
         };
         record_round(&telemetry, &Ok(full), 1000);
         record_round(
@@ -1621,6 +1702,7 @@ mod clock {
             batch_interval: std::time::Duration::ZERO,
             max_batch_readings: 1000,
             buffer_max_bytes: 1 << 30,
+            keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
             clock: WallClock::assume_synchronised(),

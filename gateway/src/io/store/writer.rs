@@ -92,6 +92,8 @@ pub struct WriterConfig {
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
     pub buffer_max_bytes: u64,
+    /// Readings kept after the cloud has them (`store.keep_readings`).
+    pub keep_readings: u64,
     /// The trained dictionary new batches are sealed with.
     pub dictionary: Option<outpost_batch::Dictionary>,
     /// Where the newest sealed batch's sequence number is announced.
