@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    CloudView, broker_and_cloud, median_max, mqtt_config, spawn_node_logged, stop_node,
-    stored_readings,
+    CloudView, broker_and_cloud, median_max, mqtt_config, sealed_readings, spawn_node_logged,
+    stop_node,
 };
 use outpost_e2e::broker::Cloud;
 use outpost_e2e::{NodeSpec, Site, assert_contiguous, wait_for};
@@ -186,7 +186,12 @@ fn the_broker_down_20_s_of_every_minute_for_10_minutes_costs_nothing_and_each_re
     view.assert_exactly_once_in_order();
     let mut received = view.readings();
     received.sort();
-    let stored = stored_readings(&site.store_path()).unwrap();
+    let stored = sealed_readings(&site.store_path()).unwrap();
+    assert_eq!(
+        common::unsealed_readings(&site.store_path()).unwrap(),
+        (0, 0),
+        "readings left unsealed"
+    );
     assert_eq!(
         received.len(),
         stored.len(),
