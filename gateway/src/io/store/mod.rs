@@ -61,7 +61,10 @@ use series::{SeriesCache, StoredValue};
 pub enum StoreError {
     #[error("the disk holding the store is full")]
     DiskFull,
-    #[error("the store is read-only (file system mounted read-only, or no permission)")]
+    #[error(
+        "the store is read-only (its file system is mounted read-only or was turned read-only by \
+         the kernel after a disk error, or its files are not writable)"
+    )]
     ReadOnly,
     #[error("the store file is corrupt: {0}")]
     Corrupt(String),
@@ -231,7 +234,35 @@ impl Store {
         } // else the transaction rolled back: forget the cached positions it may have advanced,
         // and the series rows it may have created
 
-        result
+        result.map_err(|e| self.explain(e))
+    }
+
+    /// SQLite reports a write the file system refused on a file it holds open as a plain
+    /// "disk I/O error" (a file system the kernel turned read-only after a media error, e.g.
+    /// ext4 `errors=remount-ro` on an SD card, or a full one under the WAL): the store's folder
+    /// says which, by trying to create a file in it.
+    fn explain(&self, error: StoreError) -> StoreError {
+        let StoreError::Sqlite(e) = &error else {
+            return error;
+        };
+        if e.sqlite_error_code() != Some(rusqlite::ErrorCode::SystemIoFailure) {
+            return error;
+        }
+        let probe = self.path.with_file_name(".outpost-write-probe");
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&probe);
+        match created {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                error
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly,
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
+            Err(_) => error,
+        }
     }
 
     /// A separate connection for readers (the API).
