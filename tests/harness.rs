@@ -233,6 +233,11 @@ impl Site {
             );
         }
         toml += "\n";
+        if !self.extra_config.contains("[store]") {
+            // The tests read the store as the record of what arrived: keep every reading (the
+            // gateway deletes readings the cloud has beyond the newest 100000 by default).
+            toml += "[store]\nkeep_readings = 100000000\n\n";
+        }
         toml += &self.extra_config;
         std::fs::write(self.config_path(), toml)?;
         Ok(())

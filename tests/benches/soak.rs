@@ -142,8 +142,9 @@ fn soak(minutes: f64) -> Report {
         .collect();
 
     let files = pki.client(GATEWAY).unwrap();
+    // The gateway's default: readings the cloud has are deleted beyond the newest 100000.
     let mut config = format!(
-        "[uplink]\nbatch_interval = \"10s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\nresend_after = \"20s\"\n",
+        "[store]\nkeep_readings = 100000\n\n[uplink]\nbatch_interval = \"10s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\nresend_after = \"20s\"\n",
         broker.port(),
         files.ca.display(),
         files.cert.display(),
