@@ -57,4 +57,19 @@ cargo build -p outpost-proto -p outpost-node --no-default-features --locked
 # clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
 packaging/build-deb.sh --arch amd64
 packaging/build-deb.sh --arch arm64
-cargo test --workspace --locked
+# The broker-flapping suite takes 10 minutes of mostly waiting: it runs beside the rest (its own
+# broker, ports and files), from its test binary so the two runs never wait on cargo's lock.
+cargo test --workspace --locked --no-run
+flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --message-format=json \
+    2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep flapping | tail -n1)
+(cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
+flapping=$!
+status=0
+cargo test --workspace --locked || status=$?
+if ! wait "$flapping"; then
+    echo "test.sh: the broker-flapping suite failed:" >&2
+    tail -n 60 target/flapping.log >&2
+    status=1
+fi
+grep -h '^figure:' target/flapping.log || true
+exit "$status"
