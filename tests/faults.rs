@@ -23,8 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    CloudView, Rng, broker_and_cloud, device_reading_counts, duplicate_device_readings, median_max,
-    mqtt_config, sealed_readings, spawn_node_logged, stop_node, unsealed_readings,
+    CloudView, Rng, assert_cloud_has_exactly_what_was_sealed, broker_and_cloud,
+    device_reading_counts, duplicate_device_readings, median_max, mqtt_config, spawn_node_logged,
+    stop_node,
 };
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -196,29 +197,8 @@ fn fifty_sigkills_under_load_lose_and_duplicate_nothing() {
     );
     let devices = device_reading_counts(&store).unwrap();
     assert_eq!(devices.len(), 2, "{devices:?}");
-    // The cloud: batches 1..n, first arrived in order, byte-identical when resent, no reading in
-    // two; together exactly what the store holds, all of it sealed.
-    view.assert_exactly_once_in_order();
-    let mut received = view.readings();
-    received.sort();
-    let stored = sealed_readings(&store).unwrap();
-    assert_eq!(
-        unsealed_readings(&store).unwrap(),
-        (0, 0),
-        "readings left unsealed"
-    );
-    assert_eq!(
-        received.len(),
-        stored.len(),
-        "readings at the cloud vs sealed in the store"
-    );
-    assert!(
-        received == stored,
-        "the cloud's readings differ from the store's"
-    );
-    for (uid, s) in view.node_seqs() {
-        assert_contiguous(&uid, &s, 1);
-    }
+    // The cloud: exactly what the store sealed, once each, in order.
+    assert_cloud_has_exactly_what_was_sealed(&view, &store);
 
     let (median, max) = median_max(&to_api);
     let per_node: Vec<usize> = seqs.iter().map(|(_, s)| s.len()).collect();

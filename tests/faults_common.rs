@@ -348,3 +348,30 @@ pub fn median_max(values: &[Duration]) -> (Duration, Duration) {
         sorted.last().copied().unwrap_or_default(),
     )
 }
+
+/// The cloud got batches 1..n, first arrivals in order, byte-identical when resent, no reading
+/// in two; together exactly what the store sealed, with nothing left unsealed; each node's `seq`
+/// at the cloud contiguous from 1.
+pub fn assert_cloud_has_exactly_what_was_sealed(view: &CloudView, store: &Path) {
+    view.assert_exactly_once_in_order();
+    let mut received = view.readings();
+    received.sort();
+    let stored = sealed_readings(store).unwrap();
+    assert_eq!(
+        unsealed_readings(store).unwrap(),
+        (0, 0),
+        "readings left unsealed"
+    );
+    assert_eq!(
+        received.len(),
+        stored.len(),
+        "readings at the cloud vs sealed in the store"
+    );
+    assert!(
+        received == stored,
+        "the cloud's readings differ from the store's"
+    );
+    for (uid, s) in view.node_seqs() {
+        outpost_e2e::assert_contiguous(&uid, &s, 1);
+    }
+}

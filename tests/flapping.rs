@@ -12,10 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    CloudView, broker_and_cloud, median_max, mqtt_config, sealed_readings, spawn_node_logged,
-    stop_node,
-};
+use common::{CloudView, broker_and_cloud, median_max, mqtt_config, spawn_node_logged, stop_node};
 use outpost_e2e::broker::Cloud;
 use outpost_e2e::{NodeSpec, Site, assert_contiguous, wait_for};
 
@@ -184,27 +181,7 @@ fn the_broker_down_20_s_of_every_minute_for_10_minutes_costs_nothing_and_each_re
         assert_contiguous(uid, s, report.acknowledged() as usize);
     }
     let view = &watch.view;
-    view.assert_exactly_once_in_order();
-    let mut received = view.readings();
-    received.sort();
-    let stored = sealed_readings(&site.store_path()).unwrap();
-    assert_eq!(
-        common::unsealed_readings(&site.store_path()).unwrap(),
-        (0, 0),
-        "readings left unsealed"
-    );
-    assert_eq!(
-        received.len(),
-        stored.len(),
-        "readings at the cloud vs in the store"
-    );
-    assert!(
-        received == stored,
-        "the cloud's readings differ from the store's"
-    );
-    for (uid, s) in view.node_seqs() {
-        assert_contiguous(&uid, &s, 1);
-    }
+    common::assert_cloud_has_exactly_what_was_sealed(view, &site.store_path());
 
     let (noticed_median, noticed_max) = median_max(&noticed);
     let (reconnect_median, reconnect_max) = median_max(&reconnect);
