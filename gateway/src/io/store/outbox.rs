@@ -325,9 +325,9 @@ impl Tx<'_> {
     }
 
     /// Deletes released readings (see [`Tx::ack_batches`], [`Tx::enforce_buffer`]), oldest first
-    /// and at most `PRUNE_CHUNK` per call so a transaction stays short, always keeping the newest
-    /// `keep` readings for local inspection. Returns how many were deleted.
-    pub fn prune_readings(&mut self, keep: u64) -> Result<u64, StoreError> {
+    /// and at most `limit` (and [`PRUNE_CHUNK`]) per call so a transaction stays short, always
+    /// keeping the newest `keep` readings for local inspection. Returns how many were deleted.
+    pub fn prune_readings(&mut self, keep: u64, limit: u64) -> Result<u64, StoreError> {
         let released = meta_u64(&self.tx, "readings.released_upto")?;
         let (oldest, newest): (Option<u64>, Option<u64>) =
             self.tx
@@ -340,7 +340,7 @@ impl Tx<'_> {
         // Never the newest reading: its id must not be reused.
         let upto = released
             .min(newest.saturating_sub(keep.max(1)))
-            .min(oldest.saturating_add(PRUNE_CHUNK - 1));
+            .min(oldest.saturating_add(limit.max(PRUNE_CHUNK) - 1));
         if upto < oldest {
             return Ok(0);
         }
@@ -356,8 +356,9 @@ impl Tx<'_> {
     }
 }
 
-/// Most readings deleted in one transaction by [`Tx::prune_readings`].
-const PRUNE_CHUNK: u64 = 20_000;
+/// Readings [`Tx::prune_readings`] may always delete in one transaction, however little the
+/// round sealed.
+pub const PRUNE_CHUNK: u64 = 20_000;
 
 fn unsealed(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
     let after = meta_u64(conn, "batches.last_reading_id")?;

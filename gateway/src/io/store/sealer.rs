@@ -80,7 +80,7 @@ impl Sealer {
                     released = tx.release_held()?;
                 }
             }
-            let (mut sealed, mut newest) = (0, None);
+            let (mut sealed, mut newest, mut readings) = (0, None, 0);
             while let Some(batch) = tx.seal_batch(
                 &self.gateway_id,
                 now_ms,
@@ -89,9 +89,12 @@ impl Sealer {
             )? {
                 sealed += 1;
                 newest = Some(batch.seq);
+                readings += batch.readings;
             }
             let dropped = tx.enforce_buffer(self.buffer_max_bytes)?;
-            let pruned = tx.prune_readings(self.keep_readings)?;
+            // Twice what this round sealed: deletion outpaces ingest, and its transaction stays
+            // in proportion to the round's own work.
+            let pruned = tx.prune_readings(self.keep_readings, 2 * readings)?;
             Ok(Round {
                 pruned,
                 sealed,
