@@ -81,9 +81,10 @@ pub struct RawDevice {
     pub unit: u8,
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How long to wait for each answer.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    /// How long to wait for each answer. Default: 500 ms, or half the poll interval when that is
+    /// shorter, so a device polled every second needs no `timeout` of its own.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     /// How many times an unanswered request is sent again within one poll.
     #[serde(default = "default_retries")]
     pub retries: u8,
@@ -95,8 +96,11 @@ fn default_unit() -> u8 {
 fn default_poll_interval() -> Duration {
     Duration::from_secs(10)
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(1)
+/// The answer timeout of a device whose config names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn default_timeout(poll_interval: Duration) -> Duration {
+    DEFAULT_TIMEOUT.min(poll_interval / 2)
 }
 fn default_retries() -> u8 {
     1
@@ -297,7 +301,10 @@ pub(super) fn compile(
             }
             Some(Transport::Tcp(_)) | None => {}
         }
-        let (poll_interval, timeout) = (device.poll_interval, device.timeout);
+        let poll_interval = device.poll_interval;
+        let timeout = device
+            .timeout
+            .unwrap_or_else(|| default_timeout(poll_interval));
         if !(Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&poll_interval) {
             problem(
                 &key("poll_interval"),

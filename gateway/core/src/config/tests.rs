@@ -426,6 +426,11 @@ fn modbus_buses_and_devices_compile_with_their_maps() {
     assert_eq!(m.devices[0].transport, Transport::Rtu(0));
     assert_eq!(m.devices[1].poll_interval, Duration::from_secs(2));
     assert_eq!(m.devices[1].timeout, Duration::from_millis(300));
+    assert_eq!(
+        m.devices[0].timeout,
+        crate::config::modbus::DEFAULT_TIMEOUT,
+        "no timeout in the file: the documented default"
+    );
     assert_eq!(m.devices[1].retries, 0);
     assert_eq!(
         m.devices[2].transport,
@@ -813,5 +818,24 @@ fn api_connection_settings_have_defaults_and_nonsense_is_located() {
         (e.key.as_str(), e.line),
         ("api.header_timeout", Some(2)),
         "{e}"
+    );
+}
+
+#[test]
+fn a_device_polled_every_second_needs_no_timeout_of_its_own() {
+    // With the old default (1 s) this failed `outpost check`: "must be shorter than
+    // poll_interval", at a key the file does not have.
+    let site = MODBUS_SITE.replace("unit = 1\n", "unit = 1\npoll_interval = \"1s\"\n");
+    let fast = site.replace(
+        "unit = 1\npoll_interval = \"1s\"\n",
+        "unit = 1\npoll_interval = \"200ms\"\n",
+    );
+    let config = parse_in_repo(&site).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.modbus.devices[0].timeout, Duration::from_millis(500));
+    let config = parse_in_repo(&fast).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.modbus.devices[0].timeout,
+        Duration::from_millis(100),
+        "half the poll interval when that is shorter"
     );
 }
