@@ -44,7 +44,8 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn workspace_dir() -> PathBuf {
+/// The workspace's root (this crate is `tests/` inside it).
+pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the workspace")

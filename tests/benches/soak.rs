@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use outpost::demo::meter;
 use outpost_e2e::broker::{Broker, Cloud, Pki};
-use outpost_e2e::{NodeSpec, Site, raise_open_file_limit, wait_for};
+use outpost_e2e::{NodeSpec, Site, raise_open_file_limit, wait_for, workspace_dir};
 use plotters::prelude::*;
 use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
@@ -809,13 +809,6 @@ fn encode_png(rgb: &[u8], width: u32, height: u32) -> Vec<u8> {
     chunk(&mut out, b"IDAT", &z.finish().unwrap());
     chunk(&mut out, b"IEND", &[]);
     out
-}
-
-fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
 }
 
 /// target/, from this executable's path (target/release/deps/soak-…).

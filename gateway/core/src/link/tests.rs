@@ -64,7 +64,12 @@ fn actions(session: &mut PortSession) -> Vec<Action> {
 
 /// A session with node 42, boot 7 attached, resuming after `ack_upto`.
 fn attached(ack_upto: u32) -> PortSession {
-    let mut s = PortSession::new("/dev/ttyACM0", 1000, Millis(0));
+    attached_limited(1000, ack_upto)
+}
+
+/// [`attached`] on a port limited to `max_frames_per_sec` (HELLO and ENROLL took two frames).
+fn attached_limited(max_frames_per_sec: u32, ack_upto: u32) -> PortSession {
+    let mut s = PortSession::new("/dev/ttyACM0", max_frames_per_sec, Millis(0));
     let mut bytes = frame(&Message::Hello(hello(7)));
     bytes.extend(frame(&Message::Enroll(Enroll {
         uid: [9; 8],
@@ -854,24 +859,9 @@ fn frames_held_are_bounded_by_the_window_and_a_resend_of_a_held_one_is_a_duplica
 #[test]
 fn a_rate_limited_frame_costs_one_resend_not_the_frames_after_it() {
     // A limit of 32 frames a second (the bucket's smallest burst), all spent by the frames
-    // before: the next one is dropped, the one after it arrives when a token has refilled.
-    let mut s = PortSession::new("p", 32, Millis(0));
-    let mut bytes = frame(&Message::Hello(hello(7)));
-    bytes.extend(frame(&Message::Enroll(Enroll {
-        uid: [9; 8],
-        public_key: [1; 32],
-    })));
-    s.handle_bytes(Millis(0), 0, &bytes);
-    actions(&mut s);
-    s.handle_registered(
-        &hello(7),
-        Ok(Registered {
-            node_id: 42,
-            ack_upto: 0,
-            newcomer: false,
-        }),
-    );
-    sent(&mut s);
+    // before (HELLO and ENROLL included): the next one is dropped, the one after it arrives
+    // when a token has refilled.
+    let mut s = attached_limited(32, 0);
     for seq in 1..=30 {
         s.handle_bytes(Millis(0), 0, &telemetry(seq, 1));
     }

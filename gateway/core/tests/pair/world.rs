@@ -484,6 +484,12 @@ impl Pair {
     }
 
     fn send(&mut self, dir: Dir, frame: &[u8]) {
+        self.send_until(dir, frame, self.now);
+    }
+
+    /// Sends a frame that is on the line until `last_byte_at` (later than now on a line with a
+    /// capacity): it arrives `LATENCY_MS` after that.
+    fn send_until(&mut self, dir: Dir, frame: &[u8], last_byte_at: Millis) {
         let mut decoder = FrameDecoder::new();
         for message in frame.iter().filter_map(|&b| decoder.push(b)) {
             match message {
@@ -507,7 +513,7 @@ impl Pair {
                 eprintln!("{:>7} {dir:?} {message:?} {fault:?}", self.now.as_u64());
             }
         }
-        self.line.send(self.now, dir, frame, fault);
+        self.line.send(last_byte_at, dir, frame, fault);
     }
 
     fn flush_node(&mut self) {
@@ -529,11 +535,8 @@ impl Pair {
                 now_us
             };
             self.uplink_free_us = start + len as u64 * 1_000_000 / bytes_per_sec;
-            // The frame is on the line until its last byte is: it arrives LATENCY_MS after.
-            let sent_at = self.now;
-            self.now = Millis(self.uplink_free_us.div_ceil(1000)).max(sent_at);
-            self.send(Dir::ToGateway, &buf[..len]);
-            self.now = sent_at;
+            let last_byte_at = Millis(self.uplink_free_us.div_ceil(1000)).max(self.now);
+            self.send_until(Dir::ToGateway, &buf[..len], last_byte_at);
         }
     }
 
