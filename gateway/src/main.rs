@@ -331,6 +331,7 @@ fn shutdown_on_signal() -> CancellationToken {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    outpost::io::allocator::tune();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // The store writer holds one for good; SQLite readers and file work share the rest

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,10 @@ use outpost_e2e::{NodeSpec, Site, raise_open_file_limit, wait_for, workspace_dir
 use plotters::prelude::*;
 use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
+
+#[path = "plot.rs"]
+mod plot;
+use plot::{encode_png, load_font, target_dir};
 
 const GATEWAY: &str = "e2e-site"; // the Site's gateway.id
 const NODES: usize = 64;
@@ -766,56 +769,4 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     if sxx == 0.0 { 0.0 } else { sxy / sxx }
-}
-
-/// Registers a system sans-serif font for the plot's text; false (a plot without text) if none.
-fn load_font() -> bool {
-    const CANDIDATES: [&str; 3] = [
-        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-        "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    ];
-    CANDIDATES.iter().any(|path| {
-        std::fs::read(path).is_ok_and(|bytes| {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        })
-    })
-}
-
-/// An 8-bit RGB PNG: signature, IHDR, one zlib IDAT (filter 0 on every row), IEND.
-fn encode_png(rgb: &[u8], width: u32, height: u32) -> Vec<u8> {
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut digest = CRC.digest();
-        digest.update(kind);
-        digest.update(data);
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        out.extend_from_slice(&digest.finalize().to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, adaptive, no interlace
-    chunk(&mut out, b"IHDR", &ihdr);
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    for row in rgb.chunks(width as usize * 3) {
-        z.write_all(&[0]).unwrap();
-        z.write_all(row).unwrap();
-    }
-    chunk(&mut out, b"IDAT", &z.finish().unwrap());
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// target/, from this executable's path (target/release/deps/soak-…).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
-    exe.ancestors()
-        .nth(3)
-        .expect("target/release/deps layout")
-        .to_owned()
 }

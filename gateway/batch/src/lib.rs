@@ -79,3 +79,8 @@ pub const MAX_NAME_LEN: usize = 255;
 /// The zstd level of every batch (see `docs/BENCHMARKS.md` for why this one). Part of the
 /// determinism promise: changing it changes sealed bytes, never their meaning.
 pub const ZSTD_LEVEL: i32 = 19;
+
+/// The zstd window of every batch, as a power of two (128 KiB): what level 19 would choose for
+/// a body of that size. Bounds the compressor's memory for larger bodies (its hash and chain
+/// tables are half the window each); part of the determinism promise like [`ZSTD_LEVEL`].
+pub const ZSTD_WINDOW_LOG: u32 = 17;

@@ -169,6 +169,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // FULL: a commit is on stable storage when it returns; the ACK to the node depends on it.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // 1 MiB of page cache (SQLite's default is 2 MiB a connection): the writer's working set is
+    // the right edge of append-only tables and their indexes, and memory is the budget here.
+    conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
 
@@ -627,6 +630,8 @@ impl Reader {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Readers answer small queries (the outbox's next batches, the status page's rows).
+        conn.pragma_update(None, "cache_size", -512)?;
         Ok(Reader {
             conn,
             path: path.to_owned(),

@@ -103,7 +103,7 @@ pub(super) fn set_meta(tx: &rusqlite::Connection, key: &str, value: u64) -> Resu
     Ok(())
 }
 
-/// A reading as a batch takes it.
+/// A reading as a batch takes it, owned (dictionary training groups them by window).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchRow {
     /// `readings.id`.
@@ -116,65 +116,153 @@ pub struct BatchRow {
     pub untrusted: bool,
 }
 
-/// The columns [`batch_row`] reads, from `readings r JOIN series s`.
+/// A reading as a batch takes it, borrowed from the statement's current row: sealing streams
+/// rows into the builder, so a batch of 100,000 readings never holds 100,000 names at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowRef<'a> {
+    pub id: u64,
+    pub source: &'a str,
+    pub channel: &'a str,
+    pub ts_ms: i64,
+    pub value: Value,
+    pub untrusted: bool,
+}
+
+impl BatchRow {
+    fn as_ref(&self) -> RowRef<'_> {
+        RowRef {
+            id: self.id,
+            source: &self.source,
+            channel: &self.channel,
+            ts_ms: self.ts_ms,
+            value: self.value,
+            untrusted: self.untrusted,
+        }
+    }
+}
+
+/// Rows in id order, one at a time (a lending iterator: each row borrows from the source).
+pub trait Rows {
+    fn next_row(&mut self) -> Result<Option<RowRef<'_>>, StoreError>;
+}
+
+impl Rows for std::slice::Iter<'_, BatchRow> {
+    fn next_row(&mut self) -> Result<Option<RowRef<'_>>, StoreError> {
+        Ok(self.next().map(BatchRow::as_ref))
+    }
+}
+
+impl Rows for rusqlite::Rows<'_> {
+    fn next_row(&mut self) -> Result<Option<RowRef<'_>>, StoreError> {
+        match self.next()? {
+            Some(row) => Ok(Some(batch_row_ref(row)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The columns [`batch_row_ref`] reads, from `readings r JOIN series s`.
 const BATCH_ROW_COLUMNS: &str =
     "r.id, s.source, s.channel, s.exp, r.ts_ms, r.value, r.clock IS NOT NULL";
 
-fn batch_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
+fn batch_row_ref<'a>(row: &'a rusqlite::Row<'_>) -> rusqlite::Result<RowRef<'a>> {
     let stored = row.get_ref(5)?;
     let value = stored_value(row.get(3)?, stored).map_err(|why| {
         rusqlite::Error::FromSqlConversionFailure(5, stored.data_type(), why.into())
     })?;
-    Ok(BatchRow {
+    let text = |i: usize| -> rusqlite::Result<&'a str> {
+        row.get_ref(i)?.as_str().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        })
+    };
+    Ok(RowRef {
         id: row.get(0)?,
-        source: row.get(1)?,
-        channel: row.get(2)?,
+        source: text(1)?,
+        channel: text(2)?,
         ts_ms: row.get(4)?,
         value,
         untrusted: row.get(6)?,
     })
 }
 
-/// Up to `limit` readings with `id > after`, in id order.
-fn rows_after(
-    conn: &rusqlite::Connection,
-    after: u64,
-    limit: usize,
-) -> Result<Vec<BatchRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {BATCH_ROW_COLUMNS} FROM readings r JOIN series s ON s.id = r.series_id
-         WHERE r.id > ?1 ORDER BY r.id LIMIT ?2"
-    ))?;
-    let rows = stmt.query_map(params![after, limit as u64], batch_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+impl RowRef<'_> {
+    fn to_owned_row(self) -> BatchRow {
+        BatchRow {
+            id: self.id,
+            source: self.source.to_owned(),
+            channel: self.channel.to_owned(),
+            ts_ms: self.ts_ms,
+            value: self.value,
+            untrusted: self.untrusted,
+        }
+    }
 }
 
-/// Seals the longest prefix of `rows` one batch can hold into batch bytes; returns them and the
-/// number of rows they hold, at least one. The prefix ends before the first row whose series
-/// already holds another kind of value in it (invariant 6), and before the first row whose
-/// timestamp is trusted if the first one's is not, or the other way round (invariant 7). The one place readings become a
-/// batch, so the outbox and dictionary training see the same bodies.
+/// Rows up to (not including) the first one still held for a trusted clock: held readings wait,
+/// and everything after them with them (invariant 7).
+struct UntilHeld<R> {
+    rows: R,
+    final_upto: u64,
+}
+
+impl<R: Rows> Rows for UntilHeld<R> {
+    fn next_row(&mut self) -> Result<Option<RowRef<'_>>, StoreError> {
+        let final_upto = self.final_upto;
+        Ok(self
+            .rows
+            .next_row()?
+            .filter(|r| !(r.untrusted && r.id > final_upto)))
+    }
+}
+
+/// A sealed batch and the rows it holds.
+#[derive(Debug)]
+pub struct Built {
+    pub bytes: Vec<u8>,
+    pub taken: usize,
+    pub first_id: u64,
+    pub last_id: u64,
+}
+
+/// Seals the longest prefix of `rows` one batch can hold into batch bytes; `None` if `rows` has
+/// none. The prefix ends before the first row whose series already holds another kind of value
+/// in it (invariant 6), and before the first row whose timestamp is trusted if the first one's
+/// is not, or the other way round (invariant 7); that row is read but not taken. The one place
+/// readings become a batch, so the outbox and dictionary training see the same bodies.
 pub fn build_batch(
     gateway_id: &str,
     seq: u64,
-    rows: &[BatchRow],
+    rows: &mut dyn Rows,
     dictionary: Option<&Dictionary>,
-) -> Result<(Vec<u8>, usize), Box<dyn std::error::Error + Send + Sync>> {
-    let unsynchronised = rows.first().is_some_and(|row| row.untrusted);
+) -> Result<Option<Built>, Box<dyn std::error::Error + Send + Sync>> {
+    let Some(first) = rows.next_row()? else {
+        return Ok(None);
+    };
+    let unsynchronised = first.untrusted;
+    let (first_id, mut last_id) = (first.id, first.id);
     let mut builder =
         BatchBuilder::new(GatewayId::new(gateway_id)?, seq).unsynchronised(unsynchronised);
-    let mut taken = 0;
-    for row in rows {
+    builder.push(first.source, first.channel, first.ts_ms, first.value)?;
+    let mut taken = 1;
+    while let Some(row) = rows.next_row()? {
         if row.untrusted != unsynchronised {
             break;
         }
-        match builder.push(&row.source, &row.channel, row.ts_ms, row.value) {
-            Ok(()) => taken += 1,
+        match builder.push(row.source, row.channel, row.ts_ms, row.value) {
+            Ok(()) => {
+                taken += 1;
+                last_id = row.id;
+            }
             Err(PushError::KindMismatch { .. }) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((builder.seal(dictionary)?, taken))
+    Ok(Some(Built {
+        bytes: builder.seal(dictionary)?,
+        taken,
+        first_id,
+        last_id,
+    }))
 }
 
 impl Tx<'_> {
@@ -188,36 +276,42 @@ impl Tx<'_> {
         dictionary: Option<&Dictionary>,
     ) -> Result<Option<Sealed>, StoreError> {
         let after = meta_u64(&self.tx, "batches.last_reading_id")?;
-        let mut readings = rows_after(&self.tx, after, max_readings)?;
-        // Held readings wait for a trusted clock, and everything after them with them.
         let final_upto = meta_u64(&self.tx, "clock.final_upto")?;
-        if let Some(held) = readings
-            .iter()
-            .position(|r| r.untrusted && r.id > final_upto)
-        {
-            readings.truncate(held);
-        }
-        let Some(first) = readings.first() else {
+        // The sequence number AUTOINCREMENT gives the row written below, so the batch carries it.
+        let seq: u64 = self.tx.query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'batches'), 0) + 1",
+            [],
+            |r| r.get(0),
+        )?;
+        let built = {
+            let mut stmt = self.tx.prepare_cached(&format!(
+                "SELECT {BATCH_ROW_COLUMNS} FROM readings r JOIN series s ON s.id = r.series_id
+                 WHERE r.id > ?1 ORDER BY r.id LIMIT ?2"
+            ))?;
+            let mut rows = UntilHeld {
+                rows: stmt.query(params![after, max_readings as u64])?,
+                final_upto,
+            };
+            build_batch(gateway_id, seq, &mut rows, dictionary)
+                .map_err(|e| StoreError::Corrupt(format!("cannot seal batch {seq}: {e}")))?
+        };
+        let Some(Built {
+            bytes,
+            taken,
+            first_id,
+            last_id,
+        }) = built
+        else {
             return Ok(None);
         };
-
-        // The row first, so the batch carries its own sequence number.
-        self.tx.execute(
-            "INSERT INTO batches (first_reading_id, last_reading_id, first_ts_ms, last_ts_ms, reading_count,
-                 dictionary_id, sealed_ms, size_bytes, bytes) VALUES (?1, ?1, 0, 0, 0, 0, ?2, 0, x'')",
-            params![first.id, now_ms],
-        )?;
-        let seq = u64::try_from(self.tx.last_insert_rowid()).unwrap_or_default();
         let cannot = |e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("cannot seal batch {seq}: {e}"))
         };
-        let (bytes, taken) =
-            build_batch(gateway_id, seq, &readings, dictionary).map_err(|e| cannot(&e))?;
-        let last_id = readings[taken - 1].id;
         let header = outpost_batch::read_header(&bytes).map_err(|e| cannot(&e))?;
         self.tx.execute(
-            "UPDATE batches SET last_reading_id = ?2, first_ts_ms = ?3, last_ts_ms = ?4, reading_count = ?5,
-                 dictionary_id = ?6, size_bytes = ?7, bytes = ?8, unsynchronised = ?9 WHERE seq = ?1",
+            "INSERT INTO batches (seq, first_reading_id, last_reading_id, first_ts_ms, last_ts_ms,
+                 reading_count, dictionary_id, sealed_ms, size_bytes, bytes, unsynchronised)
+                 VALUES (?1, ?10, ?2, ?3, ?4, ?5, ?6, ?11, ?7, ?8, ?9)",
             params![
                 seq,
                 last_id,
@@ -227,7 +321,9 @@ impl Tx<'_> {
                 header.dictionary_id.map_or(0, std::num::NonZeroU32::get),
                 bytes.len() as u64,
                 bytes,
-                header.unsynchronised
+                header.unsynchronised,
+                first_id,
+                now_ms
             ],
         )?;
         set_meta(&self.tx, "batches.last_reading_id", last_id)?;
@@ -389,11 +485,11 @@ impl Reader {
             "SELECT {BATCH_ROW_COLUMNS} FROM readings r JOIN series s ON s.id = r.series_id
              WHERE r.ts_ms > ?1 ORDER BY r.id"
         ))?;
-        let rows = stmt.query_map([from], batch_row)?;
+        let mut rows = stmt.query([from])?;
         let mut windows_rows: std::collections::BTreeMap<i64, Vec<BatchRow>> =
             std::collections::BTreeMap::new();
-        for row in rows {
-            let row = row?;
+        while let Some(row) = rows.next_row()? {
+            let row = row.to_owned_row();
             windows_rows
                 .entry((row.ts_ms - from) / window_ms)
                 .or_default()
@@ -404,14 +500,15 @@ impl Reader {
         for rows in windows_rows.values() {
             // A window whose series changed kind gives more than one body, as sealing would.
             let mut rest = rows.as_slice();
-            while !rest.is_empty() {
-                let (bytes, taken) = build_batch(gateway_id, bodies.len() as u64 + 1, rest, None)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            while let Some(built) =
+                build_batch(gateway_id, bodies.len() as u64 + 1, &mut rest.iter(), None)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            {
                 bodies.push(
-                    outpost_batch::raw_body(&bytes, &no_dictionaries)
+                    outpost_batch::raw_body(&built.bytes, &no_dictionaries)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 );
-                rest = &rest[taken..];
+                rest = &rest[built.taken..];
             }
         }
         Ok(bodies)

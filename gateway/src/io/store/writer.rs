@@ -170,7 +170,10 @@ pub async fn run(
             let sealer = Arc::clone(&sealer);
             let clock = config.clock.clone();
             let (returned, round) = blocking(store, move |s| {
-                sealer.round(s, crate::io::wall_clock::unix_ms(), &clock)
+                let round = sealer.round(s, crate::io::wall_clock::unix_ms(), &clock);
+                // A seal's columns and compressor are free now: give their pages back.
+                crate::io::allocator::release_free_memory();
+                round
             })
             .await;
             store = returned;
