@@ -10,7 +10,7 @@
 //! ModbusWriter::write(device, point, value) ─► the device's task, between two polls
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use outpost_core::config::modbus::{DeviceConfig, Transport};
 use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState};
 use outpost_core::modbus::map::{Point, RegisterMap};
 use outpost_core::modbus::plan::{CostModel, ReadPlan};
-use outpost_core::modbus::value::Value;
+use outpost_core::modbus::value::{self, Value};
 use outpost_core::telemetry::{DeviceStatus, Event, PointValue, Polled};
 
 /// Writes queued to one device (or bus) before callers wait.
@@ -42,6 +42,9 @@ pub struct DeviceRuntime {
     pub health: DeviceHealth,
     /// Index of this device in telemetry's device list.
     slot: usize,
+    /// Decimal points that have read as a float (a 64-bit raw past the decimal's range):
+    /// logged once each.
+    float_fallbacks: HashSet<usize>,
     telemetry: TelemetryHub,
 }
 
@@ -84,6 +87,7 @@ impl DeviceRuntime {
             plan,
             health,
             slot,
+            float_fallbacks: HashSet::new(),
             telemetry: telemetry.clone(),
         }
     }
@@ -129,6 +133,17 @@ impl DeviceRuntime {
         for reading in &outcome.readings {
             match &reading.value {
                 Ok(value) => {
+                    if let (Value::Float(_), Some(point)) = (value, map.points().get(reading.point))
+                    {
+                        if value::decimal_scaling(point).is_some()
+                            && self.float_fallbacks.insert(reading.point)
+                        {
+                            tracing::warn!(
+                                message = "Modbus reading past the range of its decimal; sent as a float (logged once per point).",
+                                device = %self.config.name, point = %point.name,
+                            );
+                        }
+                    }
                     if let Some(v) = to_batch_value(value) {
                         readings.push(SeriesReading {
                             channel: reading.name.clone(),
@@ -196,6 +211,7 @@ fn to_batch_value(value: &Value) -> Option<outpost_batch::Value> {
             // Above 2^63 only a float can carry it; it keeps 53 bits.
             Err(_) => outpost_batch::Value::Float(*u as f64),
         },
+        Value::Decimal { mantissa, exp } => outpost_batch::Value::decimal(*mantissa, *exp),
         Value::Float(f) => outpost_batch::Value::Float(*f),
         Value::Text(_) => return None,
     })
@@ -208,6 +224,13 @@ fn to_json(value: &Value) -> serde_json::Value {
         Value::Uint(u) => (*u).into(),
         Value::Float(f) => {
             serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        // The nearest f64 of the exact decimal, which JSON prints as the decimal's own digits
+        // (`44.9`) up to 15 significant digits: every 16- and 32-bit register at any catalogue
+        // scale. The batch carries every decimal exactly.
+        Value::Decimal { mantissa, exp } => {
+            let nearest = value::decimal_to_f64(i128::from(*mantissa), i32::from(*exp));
+            serde_json::Number::from_f64(nearest).map_or(serde_json::Value::Null, Into::into)
         }
         Value::Text(t) => t.clone().into(),
     }
