@@ -384,3 +384,71 @@ async fn write_point(
         Err(code) => Err(WriteFailure::Exception(code)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_core::modbus::map::parse_map;
+    use outpost_core::modbus::value::{Raw, decode};
+
+    /// Sealed bytes of a 60 s batch of 10 devices × 10 holding registers polled every second,
+    /// each reading converted as the poller converts it (`convert`), the registers following a
+    /// random walk (the same for every map).
+    fn batch_bytes(
+        map_extra: &str,
+        convert: impl Fn(&Point, &[u16]) -> outpost_batch::Value,
+    ) -> usize {
+        let text: String = (0..10)
+            .map(|i| {
+                format!(
+                    "[[point]]\nname = \"r{i}\"\ntable = \"holding\"\naddress = {i}\ntype = \"u16\"\n{map_extra}"
+                )
+            })
+            .collect();
+        let map = parse_map(std::path::Path::new("bench.toml"), &text).unwrap();
+        let mut builder =
+            outpost_batch::BatchBuilder::new(outpost_batch::GatewayId::new("gw").unwrap(), 1);
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut registers: Vec<[u16; 10]> = (0..10u16)
+            .map(|d| std::array::from_fn(|i| 2300 + 37 * i as u16 + 11 * d))
+            .collect();
+        for second in 0..60i64 {
+            for (d, regs) in registers.iter_mut().enumerate() {
+                for (point, reg) in map.points().iter().zip(regs.iter_mut()) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *reg = reg.wrapping_add((x % 11) as u16).wrapping_sub(5);
+                    builder
+                        .push(
+                            &format!("device-{d}"),
+                            &point.name,
+                            1_700_000_000_000 + second * 1000,
+                            convert(point, &[*reg]),
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        builder.seal(None).unwrap().len()
+    }
+
+    fn as_the_poller_does(point: &Point, words: &[u16]) -> outpost_batch::Value {
+        to_batch_value(&decode(point, Raw::Registers(words)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn registers_in_tenths_cost_the_bytes_of_the_same_registers_unscaled() {
+        let unscaled = batch_bytes("", as_the_poller_does);
+        let tenths = batch_bytes("scale = 0.1\n", as_the_poller_does);
+        // What scaling in f64 cost: Gorilla floats of raw × 0.1.
+        let floats = batch_bytes("scale = 0.1\n", |_, words| {
+            outpost_batch::Value::Float(f64::from(words[0]) * 0.1)
+        });
+        eprintln!(
+            "60 s batch, 10 devices × 10 u16 registers at 1 s: unscaled {unscaled} B, scale 0.1 as decimals {tenths} B, scale 0.1 as f64 {floats} B"
+        );
+        assert!(tenths <= unscaled + unscaled / 50, "{tenths} vs {unscaled}");
+        assert!(floats > 2 * unscaled, "{floats} vs {unscaled}");
+    }
+}
