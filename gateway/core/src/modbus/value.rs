@@ -24,8 +24,8 @@
 //! `f64` it would be 44.900000000000006. Every reading of a point has the point's one exponent,
 //! so a series stays one decimal kind. Float points (f32, f64) stay floats (`raw × scale +
 //! offset` in `f64`), and so does a scaled integer point whose scale and offset have no decimal
-//! form within the limits ([`DecimalScaling::of`], checked when the map is loaded), or a 64-bit
-//! reading whose scaled mantissa passes `i64` (rounded once from the exact value).
+//! form within the limits ([`decimal_scaling`]: decided by the map alone, never by a reading),
+//! or a 64-bit reading whose scaled mantissa passes `i64` (rounded once from the exact value).
 //!
 //! Writes are decided exactly too: a requested float is the decimal of its shortest text (44.9
 //! asks for 44.9), and it is written only when some raw integer gives exactly that value.
