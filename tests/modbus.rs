@@ -20,6 +20,13 @@ fn catalogue(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// `/api/v1/modbus` as the text it is sent as.
+fn modbus_text(site: &Site) -> String {
+    let (status, body) = http(site.api, "GET", "/api/v1/modbus", None, None).unwrap();
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
 /// The device called `name` on `/api/v1/modbus`.
 fn device(devices: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
     devices
@@ -238,8 +245,13 @@ fn an_rtu_bus_is_polled_by_the_daemon_and_its_line_faults_show_on_the_status_pag
         one["health"]["crc_errors"], 0,
         "the other unit is untouched: {one:#}"
     );
-    let volts = one["values"]["voltage"]["value"].as_f64().unwrap();
-    assert!((volts - 229.1).abs() < 1e-9, "{volts}");
+    // 2291 at scale 0.1: exactly 229.1 (in f64, 229.10000000000002), in the response's own
+    // text (serde_json's default parser is not correctly rounded: it would read either as 229.1).
+    assert!(
+        modbus_text(&site).contains("\"voltage\":{\"value\":229.1,"),
+        "{}",
+        modbus_text(&site)
+    );
     assert_eq!(one["values"]["energy"]["value"], 0x1234_5678);
     assert_eq!(
         peer.bus().early_requests,
@@ -248,4 +260,123 @@ fn an_rtu_bus_is_polled_by_the_daemon_and_its_line_faults_show_on_the_status_pag
     );
     site.gateway.take();
     let _ = std::fs::remove_file(map);
+}
+
+#[test]
+fn a_register_in_tenths_reaches_the_api_and_the_cloud_as_the_exact_decimal() {
+    use outpost_e2e::modbus_peer::{Bank, PeerConfig, RtuPeer};
+    // 449 at scale 0.1 is 44.9; in f64, 449 × 0.1 is 44.900000000000006. The energy counter in
+    // hundredths of a kWh, and a temperature with an offset, likewise.
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("tenths.toml");
+    std::fs::write(
+        &map,
+        "[[point]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\nscale = 0.1\nunit = \"V\"\n\
+         [[point]]\nname = \"energy\"\ntable = \"input\"\naddress = 1\ntype = \"u32\"\nscale = 0.01\nunit = \"kWh\"\n\
+         [[point]]\nname = \"temperature\"\ntable = \"input\"\naddress = 3\ntype = \"i16\"\nscale = 0.1\noffset = -40\nunit = \"°C\"\n",
+    )
+    .unwrap();
+    let mut bank = Bank::default();
+    // energy 123456789 = 0x075B_CD15 (1234567.89 kWh); temperature 603 − 400 tenths = 20.3 °C.
+    bank.input
+        .extend([(0, 449), (1, 0x075B), (2, 0xCD15), (3, 603)]);
+    let peer = RtuPeer::start(PeerConfig {
+        units: BTreeMap::from([(1u8, bank)]),
+        baud: Some(19_200),
+        ..PeerConfig::default()
+    })
+    .unwrap();
+    let extra = format!(
+        "[uplink]\nbatch_interval = \"1s\"\n[uplink.pull]\ntoken = \"{TOKEN}\"\n\n\
+         [[modbus.bus]]\npath = \"{}\"\nbaud = 19200\n\n\
+         [[modbus.device]]\nname = \"meter\"\nmap = \"{}\"\ntransport = \"rtu\"\nbus = \"{}\"\npoll_interval = \"300ms\"\n",
+        peer.path().display(),
+        map.display(),
+        peer.path().display()
+    );
+    let mut site = Site::with_config(Vec::new(), &extra).unwrap();
+    site.start_gateway().unwrap();
+
+    // The local API: the values as JSON numbers whose text is the decimal's.
+    let meter = wait_for(Duration::from_secs(30), "the meter polled", || {
+        let d = device(&site.get("/api/v1/modbus").ok()?, "meter")?;
+        (d["health"]["polls"].as_u64()? >= 2).then_some(d)
+    })
+    .unwrap();
+    assert_eq!(meter["values"]["voltage"]["unit"], "V");
+    // The response's own text (a JSON parser may round 44.900000000000006 to 44.9 on reading).
+    let text = modbus_text(&site);
+    for (name, value) in [
+        ("voltage", "44.9"),
+        ("energy", "1234567.89"),
+        ("temperature", "20.3"),
+    ] {
+        assert!(
+            text.contains(&format!("\"{name}\":{{\"value\":{value},")),
+            "{name}: {text}"
+        );
+    }
+
+    // The cloud's side: decimal columns, and `outpost batch decode` prints the decimals.
+    let lines = wait_for(Duration::from_secs(30), "a pulled batch", || {
+        let (status, body) = http(
+            site.api,
+            "GET",
+            "/api/v1/batches?after=0",
+            Some(TOKEN),
+            None,
+        )
+        .ok()?;
+        assert_eq!(status, 200);
+        let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let seq = index["batches"].as_array()?.first()?["seq"].as_u64()?;
+        let (_, bytes) = http(
+            site.api,
+            "GET",
+            &format!("/api/v1/batches/{seq}"),
+            Some(TOKEN),
+            None,
+        )
+        .ok()?;
+        let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
+        for r in batch.readings() {
+            let expected = match r.channel {
+                "voltage" => outpost_batch::Value::decimal(449, -1),
+                "energy" => outpost_batch::Value::decimal(123_456_789, -2),
+                "temperature" => outpost_batch::Value::decimal(203, -1),
+                other => panic!("unexpected channel {other}"),
+            };
+            assert_eq!(r.value, expected, "{}: a decimal column", r.channel);
+        }
+        let file = dir.path().join(format!("batch-{seq}.bin"));
+        std::fs::write(&file, &bytes).unwrap();
+        let out = Command::new(bin("outpost"))
+            .args(["batch", "decode"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Some(String::from_utf8(out.stdout).unwrap())
+    })
+    .unwrap();
+    let readings: Vec<&str> = lines.lines().skip(1).collect();
+    assert!(!readings.is_empty(), "{lines}");
+    for (channel, text) in [
+        ("voltage", "44.9"),
+        ("energy", "1234567.89"),
+        ("temperature", "20.3"),
+    ] {
+        let of_channel: Vec<&&str> = readings
+            .iter()
+            .filter(|l| l.contains(&format!("\"channel\":\"{channel}\"")))
+            .collect();
+        assert!(!of_channel.is_empty(), "{channel}: {lines}");
+        for line in of_channel {
+            assert!(
+                line.ends_with(&format!("\"value\":{text}}}")),
+                "{channel}: {line}"
+            );
+        }
+    }
+    site.gateway.take();
 }

@@ -136,7 +136,14 @@ async fn a_sparse_map_is_read_with_the_minimal_number_of_requests() {
             ("a".into(), Value::Uint(1)),
             ("b".into(), Value::Uint(2)),
             ("c".into(), Value::Uint(3)),
-            ("d".into(), Value::Float(-7.0 * 0.5 + 10.0)),
+            // -7 × 0.5 + 10, exactly: 65 tenths.
+            (
+                "d".into(),
+                Value::Decimal {
+                    mantissa: 65,
+                    exp: -1
+                }
+            ),
         ])
     );
     // a and b share a read across the two-register gap; c is too far; d is another table.

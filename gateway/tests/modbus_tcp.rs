@@ -237,7 +237,14 @@ async fn an_exception_on_one_request_is_counted_and_the_other_points_still_decod
         values(&outcome),
         BTreeMap::from([
             ("near".into(), Value::Uint(5)),
-            ("volts".into(), Value::Float(2301.0 * 0.1)),
+            // 230.1 exactly (2301.0 * 0.1 in f64 is 230.10000000000002).
+            (
+                "volts".into(),
+                Value::Decimal {
+                    mantissa: 2301,
+                    exp: -1
+                }
+            ),
         ])
     );
     let exceptions: Vec<_> = outcome

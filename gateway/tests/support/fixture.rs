@@ -152,35 +152,37 @@ pub fn full_device() -> (String, Image, BTreeMap<String, Value>) {
         }
         assert_eq!(address, 96, "24 registers per order");
     }
-    // Scaled input registers, after the 96 above.
-    let scaled: [(&str, &str, &str, Vec<u16>, f64); 4] = [
+    // Scaled input registers, after the 96 above: integers read as exact decimals (in f64,
+    // 123456789 × 0.01 would be 1234567.8900000001), a float stays a float.
+    let decimal = |mantissa, exp| Value::Decimal { mantissa, exp };
+    let scaled: [(&str, &str, &str, Vec<u16>, Value); 4] = [
         (
             "temperature",
             "i16",
             "scale = 0.1\n",
             vec![u16::from_be_bytes((-405i16).to_be_bytes())],
-            f64::from(-405i16) * 0.1,
+            decimal(-405, -1),
         ),
         (
             "energy",
             "u32",
             "scale = 0.01\nword_order = \"little\"\n",
             vec![0xCD15, 0x075B], // 123456789 = 0x075BCD15, low word first
-            123_456_789.0 * 0.01,
+            decimal(123_456_789, -2),
         ),
         (
             "level",
             "u16",
             "scale = 0.5\noffset = -40.0\n",
             vec![1000],
-            1000.0 * 0.5 + -40.0,
+            decimal(4600, -1), // 1000 × 5 − 400 tenths: 460
         ),
         (
             "flow",
             "f32",
             "scale = 2.0\noffset = 1.0\n",
             wire(&12.5f32.to_be_bytes(), ORDERS[0], false),
-            f64::from(12.5f32) * 2.0 + 1.0,
+            Value::Float(f64::from(12.5f32) * 2.0 + 1.0),
         ),
     ];
     let mut address = 96u16;
@@ -196,7 +198,7 @@ pub fn full_device() -> (String, Image, BTreeMap<String, Value>) {
             bank.input.insert(address, w);
             address += 1;
         }
-        expected.insert(name.to_owned(), Value::Float(value));
+        expected.insert(name.to_owned(), value);
     }
     // Writable holding registers after the 96 ordered ones.
     point(

@@ -29,7 +29,9 @@ use serde::Deserialize;
 
 use super::Environment;
 use crate::modbus::map::{self, RegisterMap};
+use crate::modbus::plan::{CostModel, ReadPlan};
 pub use crate::modbus::rtu::Parity;
+use crate::modbus::rtu::{LineTiming, RtuRequest, response_len};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,11 +78,12 @@ pub struct RawDevice {
     pub bus: Option<PathBuf>,
     /// For `tcp`: `ip:port` (502 is the Modbus port).
     pub address: Option<String>,
-    /// The unit (slave) id: 1 to 247 on a bus; on TCP usually 1 or 255.
-    #[serde(default = "default_unit")]
-    pub unit: u8,
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    pub poll_interval: Duration,
+    /// The unit (slave) id: 1 to 247 on a bus; on TCP usually 1 or 255. Default 1.
+    #[serde(default)]
+    pub unit: Option<u8>,
+    /// How often the device is polled. Default 10 s.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
     /// How long to wait for each answer. Default: 500 ms, or half the poll interval when that is
     /// shorter, so a device polled every second needs no `timeout` of its own.
     #[serde(default, with = "humantime_serde")]
@@ -90,14 +93,28 @@ pub struct RawDevice {
     pub retries: u8,
 }
 
-fn default_unit() -> u8 {
-    1
-}
-fn default_poll_interval() -> Duration {
-    Duration::from_secs(10)
-}
+/// The unit id of a device whose config names none.
+pub const DEFAULT_UNIT: u8 = 1;
+/// The poll interval of a device whose config names none.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 /// The answer timeout of a device whose config names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the longest answer to one of `map`'s reads takes on `bus`'s line (its frame on the
+/// wire, rounded up to the millisecond), with that read's registers (or bits) and the baud.
+fn longest_answer(map: &RegisterMap, bus: &BusConfig) -> Option<(Duration, u16, u32)> {
+    let timing = LineTiming::new(bus.baud, bus.parity, bus.stop_bits).ok()?;
+    ReadPlan::for_map(map, &CostModel::RTU)
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let request = RtuRequest::read(r.table(), r.start(), r.quantity()).ok()?;
+            let on_wire = timing.frame_time(response_len(&request));
+            let millis = u64::try_from(on_wire.as_micros().div_ceil(1000)).ok()?;
+            Some((Duration::from_millis(millis), r.quantity(), bus.baud))
+        })
+        .max_by_key(|&(time, ..)| time)
+}
 
 fn default_timeout(poll_interval: Duration) -> Duration {
     DEFAULT_TIMEOUT.min(poll_interval / 2)
@@ -270,20 +287,27 @@ pub(super) fn compile(
                 None
             }
         };
+        // A problem a default causes says so: its key is not in the file, so the line is the
+        // device's header, and the message names the default and its value.
+        let unit = device.unit.unwrap_or(DEFAULT_UNIT);
+        let unit_shown = if device.unit.is_some() {
+            format!("unit {unit}")
+        } else {
+            format!("unit {unit} (the default: this device has no `unit`)")
+        };
         match transport {
             Some(Transport::Rtu(bus)) => {
                 // Modbus over Serial Line v1.02 §2.2: 0 is broadcast, 248–255 reserved.
-                if !(1..=247).contains(&device.unit) {
+                if !(1..=247).contains(&unit) {
                     problem(
                         &key("unit"),
-                        format!("{} is outside 1..=247 on a serial bus", device.unit),
+                        format!("{unit} is outside 1..=247 on a serial bus"),
                     );
-                } else if !units.insert((bus, device.unit)) {
+                } else if !units.insert((bus, unit)) {
                     problem(
                         &key("unit"),
                         format!(
-                            "unit {} is used twice on bus `{}`",
-                            device.unit,
+                            "{unit_shown} is used twice on bus `{}`",
                             buses[bus].path.display()
                         ),
                     );
@@ -292,30 +316,54 @@ pub(super) fn compile(
             Some(Transport::Tcp(addr))
                 if devices
                     .iter()
-                    .any(|d| d.transport == Transport::Tcp(addr) && d.unit == device.unit) =>
+                    .any(|d| d.transport == Transport::Tcp(addr) && d.unit == unit) =>
             {
                 problem(
                     &key("unit"),
-                    format!("unit {} at {addr} is polled twice", device.unit),
+                    format!("{unit_shown} at {addr} is polled twice"),
                 );
             }
             Some(Transport::Tcp(_)) | None => {}
         }
-        let poll_interval = device.poll_interval;
+        let poll_interval = device.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
         let timeout = device
             .timeout
             .unwrap_or_else(|| default_timeout(poll_interval));
-        if !(Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&poll_interval) {
+        let poll_ok =
+            (Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&poll_interval);
+        if !poll_ok {
             problem(
                 &key("poll_interval"),
                 "must be between 100ms and 24h".into(),
             );
         }
-        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout) {
-            problem(&key("timeout"), "must be between 10ms and 60s".into());
-        } else if timeout >= poll_interval {
-            problem(&key("timeout"), "must be shorter than poll_interval".into());
-        }
+        // The default timeout is half a valid poll interval at most and 50 ms at least, so it
+        // only leaves its range with a poll interval already refused above.
+        let timeout_ok = match device.timeout {
+            None => poll_ok,
+            Some(_)
+                if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&timeout) =>
+            {
+                problem(&key("timeout"), "must be between 10ms and 60s".into());
+                false
+            }
+            Some(_) if timeout >= poll_interval => {
+                let default = if device.poll_interval.is_none() {
+                    format!(
+                        " (the default, {})",
+                        humantime::format_duration(DEFAULT_POLL_INTERVAL)
+                    )
+                } else {
+                    String::new()
+                };
+                problem(
+                    &key("timeout"),
+                    format!("must be shorter than poll_interval{default}"),
+                );
+                false
+            }
+            Some(_) => true,
+        };
         if device.retries > 5 {
             problem(&key("retries"), "must be between 0 and 5".into());
         }
@@ -337,11 +385,45 @@ pub(super) fn compile(
                 None
             }
         };
+        if let (Some(Transport::Rtu(bus)), Some(map), true) = (&transport, &map, timeout_ok) {
+            if let Some((answer, registers, baud)) = longest_answer(map, &buses[*bus]) {
+                if timeout <= answer {
+                    let (at, what) = match (device.timeout, device.poll_interval) {
+                        (Some(_), _) => (
+                            key("timeout"),
+                            format!("{}", humantime::format_duration(timeout)),
+                        ),
+                        // The default follows poll_interval: that is the key to change.
+                        (None, Some(_)) => (
+                            key("poll_interval"),
+                            format!(
+                                "the default timeout, {} (half of poll_interval),",
+                                humantime::format_duration(timeout)
+                            ),
+                        ),
+                        (None, None) => (
+                            key("timeout"),
+                            format!(
+                                "the default timeout, {},",
+                                humantime::format_duration(timeout)
+                            ),
+                        ),
+                    };
+                    problem(
+                        &at,
+                        format!(
+                            "{what} is not longer than the {} the device's longest answer ({registers} registers) takes on the line at {baud} baud: no poll could succeed; set a longer `timeout` (and a `poll_interval` above it)",
+                            humantime::format_duration(answer)
+                        ),
+                    );
+                }
+            }
+        }
         if let (Some(transport), Some(map)) = (transport, map) {
             devices.push(DeviceConfig {
                 name: device.name,
                 transport,
-                unit: device.unit,
+                unit,
                 poll_interval,
                 timeout,
                 retries: device.retries,

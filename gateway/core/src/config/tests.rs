@@ -839,3 +839,106 @@ fn a_device_polled_every_second_needs_no_timeout_of_its_own() {
         "half the poll interval when that is shorter"
     );
 }
+
+/// `(key, line, message)` of every problem in `text`, with the catalogue at hand.
+fn modbus_problems(text: &str) -> Vec<(String, Option<usize>, String)> {
+    parse_in_repo(text)
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| (e.key, e.line, e.message))
+        .collect()
+}
+
+#[test]
+fn a_poll_interval_too_short_is_one_problem_at_its_key_not_also_one_at_a_default_timeout() {
+    // The default timeout (half of 10 ms) was refused too, at `timeout`, a key the file lacks.
+    let errors = modbus_problems(
+        "[[modbus.device]]\nname = \"m\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\npoll_interval = \"10ms\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].0.as_str(), errors[0].1),
+        ("modbus.device[0].poll_interval", Some(6))
+    );
+    // 100 ms, the shortest allowed, is fine on its own: the timeout is 50 ms.
+    let config = parse_in_repo(
+        "[[modbus.device]]\nname = \"m\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\npoll_interval = \"100ms\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.modbus.devices[0].timeout, Duration::from_millis(50));
+}
+
+#[test]
+fn a_timeout_against_the_default_poll_interval_names_that_default() {
+    let errors = modbus_problems(
+        "[[modbus.device]]\nname = \"m\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\ntimeout = \"20s\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (key, line, message) = &errors[0];
+    assert_eq!((key.as_str(), *line), ("modbus.device[0].timeout", Some(6)));
+    assert!(
+        message.contains("poll_interval (the default, 10s)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn two_devices_on_a_bus_both_left_at_the_default_unit_are_told_it_is_the_default() {
+    let errors = modbus_problems(
+        "[[modbus.bus]]\npath = \"/dev/ttyUSB0\"\n\n\
+         [[modbus.device]]\nname = \"a\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"rtu\"\nbus = \"/dev/ttyUSB0\"\n\n\
+         [[modbus.device]]\nname = \"b\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"rtu\"\nbus = \"/dev/ttyUSB0\"\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (key, line, message) = &errors[0];
+    // No `unit` key in the file: the line is the device's header.
+    assert_eq!((key.as_str(), *line), ("modbus.device[1].unit", Some(10)));
+    assert!(
+        message.contains("unit 1 (the default: this device has no `unit`) is used twice"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_timeout_shorter_than_the_answer_takes_on_the_line_is_refused_and_a_default_one_says_so() {
+    // The SDM630 map is one read of 72 registers: a 149-byte answer, 171 ms at 9600 baud 8E1
+    // (the bus's default baud). Polled every 200 ms, the default timeout is 100 ms: no poll
+    // could ever succeed. Before, `outpost check` accepted it.
+    let site = |device_keys: &str| {
+        format!(
+            "[[modbus.bus]]\npath = \"/dev/ttyUSB0\"\n\n\
+             [[modbus.device]]\nname = \"a\"\nmap = \"devices/eastron-sdm630.toml\"\ntransport = \"rtu\"\nbus = \"/dev/ttyUSB0\"\n{device_keys}"
+        )
+    };
+    let errors = modbus_problems(&site("poll_interval = \"200ms\"\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (key, line, message) = &errors[0];
+    assert_eq!(
+        (key.as_str(), *line),
+        ("modbus.device[0].poll_interval", Some(9)),
+        "the default timeout follows poll_interval: that key is in the file"
+    );
+    assert!(
+        message.contains("the default timeout, 100ms (half of poll_interval),")
+            && message.contains("171ms")
+            && message.contains("72 registers")
+            && message.contains("9600 baud"),
+        "{message}"
+    );
+    // A timeout of its own, too short: located at it.
+    let errors = modbus_problems(&site("timeout = \"150ms\"\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].0.as_str(), errors[0].1),
+        ("modbus.device[0].timeout", Some(9))
+    );
+    // At 19200 baud the answer takes 86 ms: the same 100 ms default is enough.
+    let fast = site("poll_interval = \"200ms\"\n").replace(
+        "path = \"/dev/ttyUSB0\"\n\n",
+        "path = \"/dev/ttyUSB0\"\nbaud = 19200\n\n",
+    );
+    parse_in_repo(&fast).unwrap_or_else(|e| panic!("{e}"));
+    // And the documented defaults (10 s polls, 500 ms timeout) are fine at 9600 baud.
+    parse_in_repo(&site("")).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -15,10 +15,20 @@
 //! swap the two characters of a register) but not the word order: their registers are text in
 //! address order.
 //!
-//! Scaling: the reading is `raw × scale + offset` as `f64`, except for an unscaled point (scale
-//! 1, offset 0), whose integers stay exact as [`Value::Int`] or [`Value::Uint`]. A u64 energy
-//! counter in Wh passes 2^53 (where `f64` stops counting in ones) long before it wraps, and a
-//! reading that silently loses its last digits is worse than one that needs a wider type.
+//! Scaling: an unscaled integer point (scale 1, offset 0) reads as [`Value::Int`] or
+//! [`Value::Uint`], exactly. A scaled integer point reads as an exact decimal,
+//! [`Value::Decimal`]: the map's `scale` and `offset` are taken as the decimals they were written
+//! as (the shortest decimal text that reads back as the same `f64`: `0.1` is 1 × 10⁻¹, not
+//! 0.1000000000000000055511…), and `raw × scale + offset` is computed in integers at their common
+//! exponent ([`DecimalScaling`]). So raw 449 at scale 0.1 is 449 × 10⁻¹, which prints `44.9`; in
+//! `f64` it would be 44.900000000000006. Every reading of a point has the point's one exponent,
+//! so a series stays one decimal kind. Float points (f32, f64) stay floats (`raw × scale +
+//! offset` in `f64`), and so does a scaled integer point whose scale and offset have no decimal
+//! form within the limits ([`decimal_scaling`]: decided by the map alone, never by a reading),
+//! or a 64-bit reading whose scaled mantissa passes `i64` (rounded once from the exact value).
+//!
+//! Writes are decided exactly too: a requested float is the decimal of its shortest text (44.9
+//! asks for 44.9), and it is written only when some raw integer gives exactly that value.
 
 use crate::modbus::map::{DataType, Order, Point};
 
@@ -30,7 +40,13 @@ pub enum Value {
     Int(i64),
     /// An unscaled u16/u32/u64.
     Uint(u64),
-    /// A float point, or any scaled one.
+    /// A scaled integer point's reading, exactly: `mantissa × 10^exp`, `exp` the point's own
+    /// ([`DecimalScaling::exp`]). A request may use any exponent.
+    Decimal {
+        mantissa: i64,
+        exp: i8,
+    },
+    /// A float point, or a scaled integer point without a decimal form (see the module docs).
     Float(f64),
     Text(String),
 }
@@ -126,24 +142,197 @@ pub fn decode(point: &Point, raw: Raw<'_>) -> Result<Value, DecodeError> {
                 return Ok(Value::Text(text(point.byte_order, words)));
             }
             let bytes = number_bytes(point, words);
-            let unscaled = point.is_unscaled();
-            let value = match point.data_type {
-                DataType::U16 => integer(u64::from(u16::from_be_bytes(take(&bytes))), unscaled),
-                DataType::U32 => integer(u64::from(u32::from_be_bytes(take(&bytes))), unscaled),
-                DataType::U64 => integer(u64::from_be_bytes(take(&bytes)), unscaled),
-                DataType::I16 => signed(i64::from(i16::from_be_bytes(take(&bytes))), unscaled),
-                DataType::I32 => signed(i64::from(i32::from_be_bytes(take(&bytes))), unscaled),
-                DataType::I64 => signed(i64::from_be_bytes(take(&bytes)), unscaled),
-                DataType::F32 => Value::Float(f64::from(f32::from_be_bytes(take(&bytes)))),
-                DataType::F64 => Value::Float(f64::from_be_bytes(take(&bytes))),
+            let raw = match point.data_type {
+                DataType::U16 => i128::from(u16::from_be_bytes(take(&bytes))),
+                DataType::U32 => i128::from(u32::from_be_bytes(take(&bytes))),
+                DataType::U64 => i128::from(u64::from_be_bytes(take(&bytes))),
+                DataType::I16 => i128::from(i16::from_be_bytes(take(&bytes))),
+                DataType::I32 => i128::from(i32::from_be_bytes(take(&bytes))),
+                DataType::I64 => i128::from(i64::from_be_bytes(take(&bytes))),
+                DataType::F32 => {
+                    let raw = f64::from(f32::from_be_bytes(take(&bytes)));
+                    return Ok(Value::Float(float_scaled(point, raw)));
+                }
+                DataType::F64 => {
+                    let raw = f64::from_be_bytes(take(&bytes));
+                    return Ok(Value::Float(float_scaled(point, raw)));
+                }
                 DataType::Bool | DataType::String { .. } => unreachable!("handled above"),
             };
-            Ok(match value {
-                Value::Float(raw) if !unscaled => Value::Float(raw * point.scale + point.offset),
-                Value::Float(raw) => Value::Float(raw),
-                other => other,
-            })
+            Ok(integer_reading(point, raw))
         }
+    }
+}
+
+/// A float point's reading: scaled in `f64` unless the point is unscaled.
+fn float_scaled(point: &Point, raw: f64) -> f64 {
+    if point.is_unscaled() {
+        raw
+    } else {
+        raw * point.scale + point.offset
+    }
+}
+
+/// An integer point's reading from its raw integer (see the module docs).
+fn integer_reading(point: &Point, raw: i128) -> Value {
+    if point.is_unscaled() {
+        return match (i64::try_from(raw), u64::try_from(raw)) {
+            (_, Ok(u))
+                if matches!(
+                    point.data_type,
+                    DataType::U16 | DataType::U32 | DataType::U64
+                ) =>
+            {
+                Value::Uint(u)
+            }
+            (Ok(i), _) => Value::Int(i),
+            // Unreachable for the six integer types: their raw values fit one or the other.
+            _ => Value::Float(raw as f64),
+        };
+    }
+    match decimal_scaling(point) {
+        Some(scaling) => match scaling.mantissa(raw) {
+            Some(mantissa) => Value::Decimal {
+                mantissa,
+                exp: scaling.exp,
+            },
+            // Only a 64-bit raw gets here: the exact value, rounded once.
+            None => Value::Float(scaling.to_f64(raw)),
+        },
+        #[allow(clippy::cast_precision_loss)] // no decimal form: a float reading by definition
+        None => Value::Float(raw as f64 * point.scale + point.offset),
+    }
+}
+
+/// The exact arithmetic of `point`'s readings, when it is a scaled integer point with one:
+/// its scale and offset have a [`DecimalScaling::of`], and every raw value of a 16- or 32-bit
+/// type gives a mantissa inside `i64` (so such a point's readings are all decimals, or all
+/// floats, never a mix). A 64-bit point is decimal up to the raw values whose mantissa passes
+/// `i64`; those few read as floats.
+#[must_use]
+pub fn decimal_scaling(point: &Point) -> Option<DecimalScaling> {
+    let (min, max) = match point.data_type {
+        DataType::U16 => (0, i128::from(u16::MAX)),
+        DataType::I16 => (i128::from(i16::MIN), i128::from(i16::MAX)),
+        DataType::U32 => (0, i128::from(u32::MAX)),
+        DataType::I32 => (i128::from(i32::MIN), i128::from(i32::MAX)),
+        DataType::U64 | DataType::I64 => (0, 0),
+        DataType::Bool | DataType::F32 | DataType::F64 | DataType::String { .. } => return None,
+    };
+    if point.is_unscaled() {
+        return None;
+    }
+    let scaling = DecimalScaling::of(point.scale, point.offset)?;
+    (scaling.mantissa(min).is_some() && scaling.mantissa(max).is_some()).then_some(scaling)
+}
+
+/// The exact arithmetic of a scaled integer point: reading = `(raw × scale + offset) × 10^exp`.
+///
+/// `scale` and `offset` are the map's values as integers at their common exponent `exp` (the
+/// smaller of the two exponents): scale 0.1 with offset −40 is `scale 1, offset −400, exp −1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecimalScaling {
+    pub scale: i64,
+    pub offset: i64,
+    pub exp: i8,
+}
+
+/// The largest scale or offset mantissa a [`DecimalScaling`] takes (10^18: any 17-digit
+/// shortest decimal, with a digit to spare for the common exponent).
+const MAX_MANTISSA: i128 = 1_000_000_000_000_000_000;
+
+impl DecimalScaling {
+    /// The decimal form of `raw × scale + offset`, or `None` when the scale or offset is not
+    /// finite, the common exponent is outside the batch format's −128..=127, or a mantissa at the
+    /// common exponent passes 10^18 (scale 1e20 with offset 0.5, say). The map compiler refuses
+    /// non-finite values; the others make a float point ([`decimal_scaling`] adds the
+    /// rule on the raw range).
+    #[must_use]
+    pub fn of(scale: f64, offset: f64) -> Option<DecimalScaling> {
+        let (sm, se) = shortest_decimal(scale)?;
+        let (om, oe) = shortest_decimal(offset)?;
+        let exp = if om == 0 { se } else { se.min(oe) };
+        let exp8 = i8::try_from(exp).ok()?;
+        let at = |m: i64, e: i32| -> Option<i64> {
+            let m = i128::from(m).checked_mul(pow10(e - exp)?)?;
+            (m.abs() <= MAX_MANTISSA).then(|| i64::try_from(m).ok())?
+        };
+        Some(DecimalScaling {
+            scale: at(sm, se)?,
+            offset: if om == 0 { 0 } else { at(om, oe)? },
+            exp: exp8,
+        })
+    }
+
+    /// `raw × scale + offset`, the reading's mantissa, when it fits an `i64`.
+    #[must_use]
+    pub fn mantissa(&self, raw: i128) -> Option<i64> {
+        let m = raw
+            .checked_mul(i128::from(self.scale))?
+            .checked_add(i128::from(self.offset))?;
+        i64::try_from(m).ok()
+    }
+
+    /// The reading of `raw` as the nearest `f64` of its exact value (for a mantissa past `i64`).
+    #[must_use]
+    pub fn to_f64(&self, raw: i128) -> f64 {
+        match raw
+            .checked_mul(i128::from(self.scale))
+            .and_then(|m| m.checked_add(i128::from(self.offset)))
+        {
+            Some(m) => decimal_to_f64(m, i32::from(self.exp)),
+            #[allow(clippy::cast_precision_loss)] // beyond i128: rounding is all there is
+            None => {
+                (raw as f64 * self.scale as f64 + self.offset as f64)
+                    * 10f64.powi(i32::from(self.exp))
+            }
+        }
+    }
+}
+
+/// The shortest decimal that reads back as `v`: `(mantissa, exponent)`, the mantissa without
+/// trailing zeros (at most 17 digits); `(0, 0)` for zero; `None` for NaN and infinities.
+///
+/// Rust's `{:e}` formatting prints exactly these digits (the shortest round-trip form).
+#[must_use]
+pub fn shortest_decimal(v: f64) -> Option<(i64, i32)> {
+    if !v.is_finite() {
+        return None;
+    }
+    if v == 0.0 {
+        return Some((0, 0));
+    }
+    let text = format!("{v:e}");
+    let (digits, exp) = text.split_once('e')?;
+    let exp: i32 = exp.parse().ok()?;
+    let (negative, digits) = match digits.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, digits),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let mantissa: i64 = format!("{int}{frac}").parse().ok()?;
+    let exp = exp - i32::try_from(frac.len()).ok()?;
+    Some((if negative { -mantissa } else { mantissa }, exp))
+}
+
+/// 10^e as an `i128`, for 0 ≤ e ≤ 38.
+fn pow10(e: i32) -> Option<i128> {
+    10i128.checked_pow(u32::try_from(e).ok()?)
+}
+
+/// `m × 10^e`, correctly rounded to the nearest `f64` (by Rust's decimal parser).
+#[must_use]
+pub fn decimal_to_f64(m: i128, e: i32) -> f64 {
+    format!("{m}e{e}").parse().unwrap_or(f64::NAN)
+}
+
+/// `n / d` rounded to the nearest integer, halves away from zero (`d != 0`).
+fn round_div(n: i128, d: i128) -> i128 {
+    let (q, r) = (n / d, n % d);
+    if 2 * r.unsigned_abs() >= d.unsigned_abs() {
+        if (n < 0) == (d < 0) { q + 1 } else { q - 1 }
+    } else {
+        q
     }
 }
 
@@ -157,25 +346,6 @@ fn wrong_length(point: &Point, got: usize) -> DecodeError {
         } else {
             "registers"
         },
-    }
-}
-
-/// Unscaled integers stay exact; scaled ones go through `f64` (the caller applies the scale).
-fn integer(raw: u64, unscaled: bool) -> Value {
-    if unscaled {
-        Value::Uint(raw)
-    } else {
-        #[allow(clippy::cast_precision_loss)] // scaled readings are f64 by definition
-        Value::Float(raw as f64)
-    }
-}
-
-fn signed(raw: i64, unscaled: bool) -> Value {
-    if unscaled {
-        Value::Int(raw)
-    } else {
-        #[allow(clippy::cast_precision_loss)] // scaled readings are f64 by definition
-        Value::Float(raw as f64)
     }
 }
 
@@ -297,28 +467,23 @@ fn number_to_bytes(
         min,
         max,
     };
-    // Exact integer paths first: an unscaled integer point takes an integer request as is.
-    if point.is_unscaled() {
-        let as_i128 = match value {
-            Value::Int(i) => Some(i128::from(*i)),
-            Value::Uint(u) => Some(i128::from(*u)),
-            #[allow(clippy::cast_possible_truncation)] // checked to be integral and in range below
-            Value::Float(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(64) => Some(*f as i128),
-            _ => None,
-        };
-        if let Some(raw) = as_i128 {
-            if let Some(bytes) = integer_bytes(data_type, raw) {
-                return Ok(bytes);
-            }
-        }
-    }
-    #[allow(clippy::cast_precision_loss)] // requests beyond 2^53 only reach here when scaled
-    let requested = match value {
-        Value::Int(i) => *i as f64,
-        Value::Uint(u) => *u as f64,
-        Value::Float(f) => *f,
-        Value::Bool(_) | Value::Text(_) => unreachable!("checked by encode"),
+    // Integer points with an exact form (unscaled, or a decimal scaling) are decided exactly.
+    let integer = !matches!(data_type, DataType::F32 | DataType::F64);
+    let exact = if !integer {
+        None
+    } else if point.is_unscaled() {
+        Some(DecimalScaling {
+            scale: 1,
+            offset: 0,
+            exp: 0,
+        })
+    } else {
+        decimal_scaling(point)
     };
+    if let Some(scaling) = exact {
+        return exact_integer(point, data_type, scaling, value);
+    }
+    let requested = requested_f64(value);
     let raw = (requested - point.offset) / point.scale;
     match data_type {
         DataType::F32 => {
@@ -336,6 +501,7 @@ fn number_to_bytes(
             Ok(raw.to_be_bytes().to_vec())
         }
         _ => {
+            // A scaled integer point without a decimal form (see the module docs): in `f64`.
             let (min, max) = integer_range(data_type);
             let rounded = raw.round();
             if !rounded.is_finite() || rounded < min || rounded > max {
@@ -343,8 +509,6 @@ fn number_to_bytes(
                 return Err(out_of_range(requested, lo, hi));
             }
             let nearest = rounded * point.scale + point.offset;
-            // Round-trip: the registers must read back as the value asked for (to within f64
-            // rounding of the scale arithmetic, not to within a scale step).
             if (nearest - requested).abs() > 1e-9 * requested.abs().max(1.0) {
                 return Err(EncodeError::NotRepresentable {
                     point: point.name.clone(),
@@ -356,6 +520,112 @@ fn number_to_bytes(
             integer_bytes(data_type, rounded as i128)
                 .ok_or_else(|| out_of_range(requested, min, max))
         }
+    }
+}
+
+/// The requested value as an `f64` (decimals rounded once).
+fn requested_f64(value: &Value) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // a float point or a float-scaled one: f64 by definition
+    match value {
+        Value::Int(i) => *i as f64,
+        Value::Uint(u) => *u as f64,
+        Value::Float(f) => *f,
+        Value::Decimal { mantissa, exp } => decimal_to_f64(i128::from(*mantissa), i32::from(*exp)),
+        Value::Bool(_) | Value::Text(_) => unreachable!("checked by encode"),
+    }
+}
+
+/// The requested value as an exact decimal `(mantissa, exp)` with no trailing zeros in the
+/// mantissa (`(0, 0)` for zero): a float is the decimal of its shortest text.
+fn requested_decimal(value: &Value) -> Option<(i128, i32)> {
+    let (mut m, mut e) = match value {
+        Value::Int(i) => (i128::from(*i), 0),
+        Value::Uint(u) => (i128::from(*u), 0),
+        Value::Decimal { mantissa, exp } => (i128::from(*mantissa), i32::from(*exp)),
+        Value::Float(f) => {
+            let (m, e) = shortest_decimal(*f)?;
+            (i128::from(m), e)
+        }
+        Value::Bool(_) | Value::Text(_) => unreachable!("checked by encode"),
+    };
+    if m == 0 {
+        return Some((0, 0));
+    }
+    while m % 10 == 0 {
+        m /= 10;
+        e += 1;
+    }
+    Some((m, e))
+}
+
+/// The raw integer that reads exactly as `value` through `scaling`, in integer arithmetic:
+/// `(raw × scale + offset) × 10^exp = m × 10^e`.
+fn exact_integer(
+    point: &Point,
+    data_type: DataType,
+    scaling: DecimalScaling,
+    value: &Value,
+) -> Result<Vec<u8>, EncodeError> {
+    let (min, max) = integer_limits(data_type);
+    let reading = |raw: i128| {
+        let m = raw * i128::from(scaling.scale) + i128::from(scaling.offset);
+        decimal_to_f64(m, i32::from(scaling.exp))
+    };
+    let (lo, hi) = {
+        let (a, b) = (reading(min), reading(max));
+        (a.min(b), a.max(b))
+    };
+    let requested = requested_f64(value);
+    let out_of_range = || EncodeError::OutOfRange {
+        point: point.name.clone(),
+        data_type,
+        value: requested,
+        min: lo,
+        max: hi,
+    };
+    let (m, e) = requested_decimal(value).ok_or_else(out_of_range)?;
+    let (scale, offset, exp) = (
+        i128::from(scaling.scale),
+        i128::from(scaling.offset),
+        i32::from(scaling.exp),
+    );
+    // The requested value in units of 10^exp: exact when e ≥ exp (or zero); otherwise it has
+    // digits below the point's last one and only its nearest step is known.
+    let (units, exact) = if m == 0 || e >= exp {
+        let units = pow10(e - exp)
+            .and_then(|p| m.checked_mul(p))
+            .ok_or_else(out_of_range)?;
+        (units, true)
+    } else {
+        // |m| < 10^19, so past 10^20 the nearest step is 0.
+        let units = pow10(exp - e).map_or(0, |p| round_div(m, p));
+        (units, false)
+    };
+    let n = units.checked_sub(offset).ok_or_else(out_of_range)?;
+    let raw = round_div(n, scale);
+    if raw < min || raw > max {
+        return Err(out_of_range());
+    }
+    if !exact || n % scale != 0 {
+        return Err(EncodeError::NotRepresentable {
+            point: point.name.clone(),
+            value: requested,
+            nearest: reading(raw),
+        });
+    }
+    integer_bytes(data_type, raw).ok_or_else(out_of_range)
+}
+
+/// The raw range of an integer type.
+fn integer_limits(data_type: DataType) -> (i128, i128) {
+    match data_type {
+        DataType::U16 => (0, i128::from(u16::MAX)),
+        DataType::I16 => (i128::from(i16::MIN), i128::from(i16::MAX)),
+        DataType::U32 => (0, i128::from(u32::MAX)),
+        DataType::I32 => (i128::from(i32::MIN), i128::from(i32::MAX)),
+        DataType::U64 => (0, i128::from(u64::MAX)),
+        DataType::I64 => (i128::from(i64::MIN), i128::from(i64::MAX)),
+        _ => (0, 0),
     }
 }
 
@@ -518,10 +788,194 @@ mod tests {
         let mut p = point(DataType::U16, Big, Big);
         p.scale = 0.1;
         p.offset = -40.0;
-        let Value::Float(t) = read(&p, &[0x0259]) else {
-            panic!("a scaled point reads as a float")
-        };
-        assert!((t - 20.1).abs() < 1e-9, "{t}");
+        assert_eq!(
+            read(&p, &[0x0259]),
+            Value::Decimal {
+                mantissa: 201,
+                exp: -1
+            }
+        );
+    }
+
+    /// The value as the batch prints it.
+    fn text(value: &Value) -> String {
+        match *value {
+            Value::Decimal { mantissa, exp } => {
+                outpost_batch::Value::decimal(mantissa, exp).to_string()
+            }
+            ref other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_register_in_tenths_reads_as_the_decimal_the_device_meant() {
+        // 449 × 0.1 in f64 is 44.900000000000006; the device meant 44.9.
+        let mut p = point(DataType::U16, Big, Big);
+        p.scale = 0.1;
+        let v = read(&p, &[449]);
+        assert_eq!(
+            v,
+            Value::Decimal {
+                mantissa: 449,
+                exp: -1
+            }
+        );
+        assert_eq!(text(&v), "44.9");
+        // Every reading of the point keeps the point's exponent: 450 is 450 × 10⁻¹ (prints 45).
+        assert_eq!(
+            read(&p, &[450]),
+            Value::Decimal {
+                mantissa: 450,
+                exp: -1
+            }
+        );
+        assert_eq!(text(&read(&p, &[450])), "45");
+        // A scale that is no power of ten, and one above one.
+        p.scale = 0.5;
+        assert_eq!(text(&read(&p, &[7])), "3.5");
+        p.scale = 1000.0;
+        p.offset = 0.25;
+        assert_eq!(text(&read(&p, &[3])), "3000.25");
+        // A signed register with a negative scale.
+        let mut q = point(DataType::I32, Big, Big);
+        q.scale = -0.01;
+        assert_eq!(text(&read(&q, &[0xFFFF, 0xFFFE])), "0.02");
+    }
+
+    #[test]
+    fn floats_stay_floats_and_a_scale_without_a_decimal_form_reads_as_a_float() {
+        let mut p = point(DataType::F32, Big, Big);
+        p.scale = 0.1;
+        assert!(matches!(read(&p, &[0x4366, 0x8000]), Value::Float(_)));
+        // 1e-200 has no exponent inside the batch format's −128..=127.
+        let mut q = point(DataType::U16, Big, Big);
+        q.scale = 1e-200;
+        assert_eq!(decimal_scaling(&q), None);
+        assert!(matches!(read(&q, &[3]), Value::Float(_)));
+        // 14 significant digits of scale on a u32: 4294967295 × 12345678901234 passes i64, so
+        // the whole point is a float (never a mix of the two in one series).
+        let mut r = point(DataType::U32, Big, Big);
+        r.scale = 1.234_567_890_123_4;
+        assert_eq!(decimal_scaling(&r), None);
+        // On a u16 it fits: a decimal.
+        r.data_type = DataType::U16;
+        assert!(decimal_scaling(&r).is_some());
+    }
+
+    #[test]
+    fn a_64_bit_reading_past_the_decimal_range_is_a_float_of_its_exact_value() {
+        let mut p = point(DataType::U64, Big, Big);
+        p.scale = 0.01;
+        // 2^63 - 1 fits: a decimal.
+        assert_eq!(
+            read(&p, &[0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]),
+            Value::Decimal {
+                mantissa: i64::MAX,
+                exp: -2
+            }
+        );
+        // 2^63 does not: the nearest f64 of 92233720368547758.08.
+        assert_eq!(
+            read(&p, &[0x8000, 0, 0, 0]),
+            Value::Float(92_233_720_368_547_758.08)
+        );
+    }
+
+    #[test]
+    fn the_shortest_decimal_of_an_f64_is_what_was_written() {
+        assert_eq!(shortest_decimal(0.1), Some((1, -1)));
+        assert_eq!(shortest_decimal(44.9), Some((449, -1)));
+        assert_eq!(shortest_decimal(-40.0), Some((-4, 1)));
+        assert_eq!(shortest_decimal(1000.0), Some((1, 3)));
+        assert_eq!(shortest_decimal(0.0), Some((0, 0)));
+        assert_eq!(
+            shortest_decimal(0.1 + 0.2),
+            Some((30_000_000_000_000_004, -17))
+        );
+        assert_eq!(shortest_decimal(5e-324), Some((5, -324)));
+        assert_eq!(shortest_decimal(f64::NAN), None);
+        assert_eq!(
+            DecimalScaling::of(0.1, -40.0),
+            Some(DecimalScaling {
+                scale: 1,
+                offset: -400,
+                exp: -1
+            })
+        );
+        // Common exponent −1: 1000 is 10000 × 10⁻¹.
+        assert_eq!(
+            DecimalScaling::of(1000.0, 0.5),
+            Some(DecimalScaling {
+                scale: 10_000,
+                offset: 5,
+                exp: -1
+            })
+        );
+        // 1e20 at the exponent of 0.5 is 10^21: past the mantissa limit.
+        assert_eq!(DecimalScaling::of(1e20, 0.5), None);
+        assert_eq!(DecimalScaling::of(1e-200, 0.0), None);
+    }
+
+    #[test]
+    fn a_write_to_a_scaled_point_is_decided_exactly() {
+        let mut p = point(DataType::U16, Big, Big);
+        p.scale = 0.1;
+        assert_eq!(
+            encode(&p, &Value::Float(44.9)),
+            Ok(Encoded::Registers(vec![449]))
+        );
+        assert_eq!(
+            encode(
+                &p,
+                &Value::Decimal {
+                    mantissa: 4490,
+                    exp: -2
+                }
+            ),
+            Ok(Encoded::Registers(vec![449]))
+        );
+        assert_eq!(
+            encode(&p, &Value::Uint(45)),
+            Ok(Encoded::Registers(vec![450]))
+        );
+        // 2301 × 0.1 computed in f64 is 230.10000000000002: a different number, refused, with the
+        // step it is nearest to.
+        assert_eq!(
+            encode(&p, &Value::Float(2301.0 * 0.1)),
+            Err(EncodeError::NotRepresentable {
+                point: "p".into(),
+                value: 230.100_000_000_000_02,
+                nearest: 230.1
+            })
+        );
+        assert!(matches!(
+            encode(&p, &Value::Float(44.95)),
+            Err(EncodeError::NotRepresentable { nearest, .. }) if nearest == 45.0
+        ));
+        // One step past the top of a u16 in tenths, and a negative value.
+        assert!(matches!(
+            encode(&p, &Value::Float(6553.6)),
+            Err(EncodeError::OutOfRange { max, .. }) if max == 6553.5
+        ));
+        assert!(matches!(
+            encode(&p, &Value::Float(-0.1)),
+            Err(EncodeError::OutOfRange { min, .. }) if min == 0.0
+        ));
+        // With an offset: −40 °C + raw × 0.1.
+        p.offset = -40.0;
+        assert_eq!(
+            encode(&p, &Value::Float(20.1)),
+            Ok(Encoded::Registers(vec![601]))
+        );
+        // A tiny or huge request never overflows the arithmetic.
+        assert!(matches!(
+            encode(&p, &Value::Float(1e-300)),
+            Err(EncodeError::NotRepresentable { .. })
+        ));
+        assert!(matches!(
+            encode(&p, &Value::Float(1e300)),
+            Err(EncodeError::OutOfRange { .. })
+        ));
     }
 
     #[test]
@@ -700,6 +1154,65 @@ mod tests {
                         panic!("registers expected")
                     };
                     prop_assert_eq!(decode(&p, Raw::Registers(&words)).unwrap(), value);
+                }
+            }
+
+            /// For any raw integer of any integer type and any decimal scale and offset of up
+            /// to 6 digits at exponents −6..=2, the reading is the exact `raw × scale + offset`
+            /// (checked in i128 at the common exponent), and writing it back gives the same raw.
+            #[test]
+            fn a_scaled_integer_reads_as_its_exact_decimal_and_writes_back_to_its_raw(
+                (w, b) in orders(),
+                type_index in 0usize..6,
+                raw in any::<i64>(),
+                sm in (-999_999i64..=999_999).prop_filter("non-zero", |m| *m != 0),
+                se in -6i32..=2,
+                om in -999_999i64..=999_999,
+                oe in -6i32..=2,
+            ) {
+                let data_type = [DataType::U16, DataType::I16, DataType::U32, DataType::I32, DataType::U64, DataType::I64][type_index];
+                let (min, max) = integer_limits(data_type);
+                let raw = i128::from(raw).clamp(min, max);
+                let mut p = point(data_type, w, b);
+                p.scale = decimal_to_f64(i128::from(sm), se);
+                p.offset = decimal_to_f64(i128::from(om), oe);
+                prop_assume!(!p.is_unscaled());
+                let bytes = integer_bytes(data_type, raw).unwrap();
+                let words = number_words(&p, &bytes);
+                let value = decode(&p, Raw::Registers(&words)).unwrap();
+                // The exact value at the exponent e = min(se, oe): raw × sm × 10^(se−e) + om × 10^(oe−e).
+                let e = se.min(oe);
+                let exact = raw * i128::from(sm) * 10i128.pow((se - e) as u32)
+                    + i128::from(om) * 10i128.pow((oe - e) as u32);
+                match value {
+                    Value::Decimal { mantissa, exp } => {
+                        // mantissa × 10^exp == exact × 10^e
+                        let exp = i32::from(exp);
+                        let (lhs, rhs) = if exp >= e {
+                            (i128::from(mantissa) * 10i128.pow((exp - e) as u32), exact)
+                        } else {
+                            (i128::from(mantissa), exact * 10i128.pow((e - exp) as u32))
+                        };
+                        prop_assert_eq!(lhs, rhs);
+                        p.writable = true;
+                        let back = encode(&p, &value).unwrap();
+                        prop_assert_eq!(back, Encoded::Registers(words.clone()));
+                    }
+                    Value::Float(f) if decimal_scaling(&p).is_some() => {
+                        // Only a 64-bit raw past the mantissa range, as the nearest f64.
+                        prop_assert!(matches!(data_type, DataType::U64 | DataType::I64), "{value:?}");
+                        prop_assert!(i64::try_from(exact).is_err());
+                        prop_assert_eq!(f, decimal_to_f64(exact, e));
+                    }
+                    Value::Float(_) => {
+                        // A float point: a 16- or 32-bit type some raw value of which (an
+                        // extreme) has no mantissa inside i64 at this scale.
+                        prop_assert!(!matches!(data_type, DataType::U64 | DataType::I64));
+                        let at = |raw: i128| raw * i128::from(sm) * 10i128.pow((se - e) as u32)
+                            + i128::from(om) * 10i128.pow((oe - e) as u32);
+                        prop_assert!(i64::try_from(at(min)).is_err() || i64::try_from(at(max)).is_err());
+                    }
+                    other => prop_assert!(false, "{other:?}"),
                 }
             }
 
