@@ -839,3 +839,31 @@ fn a_device_polled_every_second_needs_no_timeout_of_its_own() {
         "half the poll interval when that is shorter"
     );
 }
+
+#[test]
+fn the_batch_interval_floor_defaults_to_10s_or_batch_interval_and_must_not_exceed_it() {
+    let config = parse("").unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(10));
+    assert_eq!(config.priority_min_interval, Duration::from_secs(30));
+    let config = parse("[uplink]\nbatch_interval = \"4s\"\n").unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(4));
+    let config = parse(
+        "[uplink]\nmin_batch_interval = \"2s\"\npriority_min_interval = \"1m\"\nmonthly_budget_bytes = 1000000\n",
+    )
+    .unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(2));
+    assert_eq!(config.priority_min_interval, Duration::from_secs(60));
+    let e = only_error("[uplink]\nbatch_interval = \"30s\"\nmin_batch_interval = \"45s\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("uplink.min_batch_interval", Some(3)),
+        "{e}"
+    );
+    assert!(e.message.contains("batch_interval"), "{e}");
+    let e = only_error("[uplink]\npriority_min_interval = \"0s\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("uplink.priority_min_interval", Some(2)),
+        "{e}"
+    );
+}
