@@ -90,7 +90,8 @@ pub struct RawUplink {
     /// Uplink bytes a month (both directions, TLS and MQTT included); 0 for no budget. With
     /// one, the batch interval is paced between `min_batch_interval` and `max_batch_interval`.
     pub monthly_budget_bytes: u64,
-    /// The longest the data budget may stretch the batch interval.
+    /// The longest the data budget's pacer may make the batch interval, while the month's
+    /// traffic is over the budget's pace.
     #[serde(with = "humantime_serde")]
     pub max_batch_interval: Duration,
     /// The least time between two batches sealed early for a priority reading (a Modbus point
