@@ -867,3 +867,33 @@ fn the_batch_interval_floor_defaults_to_10s_or_batch_interval_and_must_not_excee
         "{e}"
     );
 }
+
+#[test]
+fn a_device_may_mark_points_of_its_map_priority_and_an_unknown_one_is_located() {
+    let site = MODBUS_SITE.replace(
+        "unit = 1\n",
+        "unit = 1\npriority = [\"frequency\", \"l1_voltage\"]\n",
+    );
+    let config = parse_in_repo(&site).unwrap_or_else(|e| panic!("{e}"));
+    let map = &config.modbus.devices[0].map;
+    let index = |name: &str| map.points().iter().position(|p| p.name == name).unwrap();
+    assert!(map.is_priority(index("frequency")));
+    assert!(map.is_priority(index("l1_voltage")));
+    assert!(!map.is_priority(index("l2_voltage")));
+    // Another device on the same catalogue map is not affected.
+    assert!(!config.modbus.devices[1].map.is_priority(0));
+    let site = MODBUS_SITE.replace("unit = 1\n", "unit = 1\npriority = [\"alarm\"]\n");
+    let errors = parse_in_repo(&site).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("modbus.device[0].priority", Some(12)),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].message.contains("no point `alarm`"),
+        "{}",
+        errors[0]
+    );
+}

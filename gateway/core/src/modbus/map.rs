@@ -333,6 +333,29 @@ impl RegisterMap {
     pub fn is_priority(&self, index: usize) -> bool {
         self.priority.get(index).copied().unwrap_or(false)
     }
+
+    /// The map with the points called `names` marked `priority` too (a device's own list, for a
+    /// catalogue map); `Err` names each one that is not a point of the map, or is a string.
+    pub fn with_priority(&self, names: &[String]) -> Result<RegisterMap, Vec<String>> {
+        let mut map = self.clone();
+        let mut problems = Vec::new();
+        for name in names {
+            match self.points.iter().position(|p| &p.name == name) {
+                Some(i) if matches!(self.points[i].data_type, DataType::String { .. }) => {
+                    problems.push(format!(
+                        "`{name}` is a string: shown on the status page, never batched"
+                    ));
+                }
+                Some(i) => map.priority[i] = true,
+                None => problems.push(format!("the map has no point `{name}`")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(map)
+        } else {
+            Err(problems)
+        }
+    }
 }
 
 /// Stage two: checks every point and every pair of points, collecting all problems.
