@@ -32,6 +32,7 @@ use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkIo};
 use crate::io::wall_clock::WallClock;
+use outpost_core::budget::Pacing;
 use outpost_core::clock::ClockConfig;
 use outpost_core::config::Config;
 use outpost_core::config::modbus::Transport;
@@ -104,6 +105,7 @@ pub async fn run(
         max_commit_readings: config.max_commit_readings,
         batch_interval: config.batch_interval,
         max_batch_readings: config.max_batch_readings,
+        priority_min_interval: config.priority_min_interval,
         buffer_max_bytes: config.buffer_max_bytes,
         keep_readings: config.keep_readings,
         dictionary: dictionaries::load_active(&dictionaries::dir(&config.data_dir))
@@ -123,9 +125,12 @@ pub async fn run(
     // Read connections for the API, the cost meter and the uplink, opened once and reused.
     let readers = Readers::new(&path);
     let cost_config = CostConfig {
-        monthly_budget_bytes: config.monthly_budget_bytes,
-        batch_interval: config.batch_interval,
-        max_batch_interval: config.max_batch_interval,
+        pacing: Pacing {
+            budget: config.monthly_budget_bytes,
+            floor: config.min_batch_interval,
+            target: config.batch_interval,
+            ceiling: config.max_batch_interval,
+        },
         clock: clock.clone(),
     };
     let cost_task = tokio::spawn(cost::run(

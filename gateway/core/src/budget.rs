@@ -1,11 +1,13 @@
-//! The data budget: what the month's uplink traffic is heading for, and how far to stretch the
-//! batch interval so it stays within `uplink.monthly_budget_bytes`. IO-free: usage and time in,
-//! an interval out.
+//! The data budget: what the month's uplink traffic is heading for, and how long to make
+//! batches so it stays within `uplink.monthly_budget_bytes` while readings reach the cloud as
+//! soon as the budget allows. IO-free: usage and time in, an interval out.
 //!
-//! Stretching works because most of the per-batch cost is fixed (MQTT and TLS framing, the batch
-//! header, the acknowledgement, and the compressor's start-up cost on a small body): fewer, larger
-//! batches cost fewer bytes per reading. Alerts do not go through batches, so they are never
-//! delayed by it.
+//! The interval works on the budget because most of the per-batch cost is fixed (MQTT and TLS
+//! framing, the batch header, the acknowledgement, and the compressor's start-up cost on a small
+//! body): fewer, larger batches cost fewer bytes per reading; more, smaller ones bring readings
+//! sooner. The [`Pacer`] moves it between `uplink.min_batch_interval` and
+//! `uplink.max_batch_interval` by the month's [`pace`]; without a budget it stays
+//! `uplink.batch_interval`. Alerts do not go through batches, so they are never delayed by it.
 
 use std::time::Duration;
 
@@ -100,20 +102,153 @@ pub fn project(now_ms: i64, bytes_today: u64, bytes_month: u64, budget: u64) -> 
     }
 }
 
-/// The batch interval that keeps the projection within budget: `base` while it fits, stretched
-/// in proportion to the overshoot otherwise, never beyond `max`.
+/// The batch interval's bounds: `uplink.min_batch_interval` ≤ `uplink.batch_interval` ≤
+/// `uplink.max_batch_interval`, and the budget they are paced by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Bytes a month; 0: no budget, and the interval is always `target`.
+    pub budget: u64,
+    /// The shortest interval, taken while the month's traffic is well under its budget's pace.
+    pub floor: Duration,
+    /// The interval at start, and always without a budget.
+    pub target: Duration,
+    /// The longest interval, taken while it is over.
+    pub ceiling: Duration,
+}
+
+/// The share of what is left of the budget the pacer aims to spend; the rest is a margin for
+/// what its model does not foresee (a reconnection's handshake, a backlog after an outage).
+pub const AIM: f64 = 0.9;
+
+/// A shorter interval is taken only when it is at most this share of the current one: the
+/// hysteresis that keeps the choice still while the pace moves a little. A longer one is taken
+/// at once (the budget comes first).
+pub const SHORTEN_BELOW: f64 = 0.8;
+
+/// The pacer measures the traffic at one interval for at least this long, and at least
+/// [`DWELL_BATCHES`] of its batches, before it chooses again.
+pub const MIN_DWELL: Duration = Duration::from_secs(10 * 60);
+/// See [`MIN_DWELL`].
+pub const DWELL_BATCHES: u32 = 4;
+
+/// The month's pace: the uplink's byte rate now over the rate that would spend exactly what is
+/// left of `budget` by the end of the month at `now_ms` (Unix ms, trusted). Above 1 the month
+/// heads over budget; `f64::INFINITY` once nothing is left.
 #[must_use]
-pub fn batch_interval(projection: &Projection, base: Duration, max: Duration) -> Duration {
-    if projection.budget == 0 || projection.projected_month <= projection.budget {
-        return base;
+pub fn pace(rate_bytes_per_s: f64, now_ms: i64, bytes_month: u64, budget: u64) -> f64 {
+    let date = Date::from_unix_ms(now_ms);
+    let ms_into_month = i64::from(date.day - 1) * 86_400_000 + now_ms.rem_euclid(86_400_000);
+    let remaining_s =
+        ((i64::from(date.days_in_month()) * 86_400_000 - ms_into_month).max(1_000)) as f64 / 1000.0;
+    let left = budget.saturating_sub(bytes_month) as f64;
+    let allowed = left / remaining_s;
+    if allowed <= 0.0 {
+        return f64::INFINITY;
     }
-    let overshoot = projection.projected_month as f64 / projection.budget as f64;
-    base.mul_f64(overshoot).clamp(base, max.max(base))
+    rate_bytes_per_s.max(0.0) / allowed
+}
+
+/// The interval to use next, from the current one and the month's [`pace`] at it.
+///
+/// The model: the traffic's rate is inversely proportional to the interval (as if all of it
+/// were per-batch overhead). That overstates what a shorter interval costs (the readings cost
+/// the same however they are batched), so each step towards the floor spends at most what is
+/// left, and the next measurement finds room for another: the choice closes in on the shortest
+/// affordable interval from the safe side, without oscillating. Over pace, it lengthens at
+/// once; under, it shortens only by a step of at least `1 - SHORTEN_BELOW` (hysteresis).
+///
+/// Properties (tested): always within `floor..=ceiling`; `target` without a budget;
+/// non-decreasing in `pace`; by the model, the month's projected bytes at the chosen interval
+/// stay within the budget whenever the ceiling's would.
+#[must_use]
+pub fn paced_interval(current: Duration, pace: f64, pacing: &Pacing) -> Duration {
+    let (floor, ceiling) = (pacing.floor, pacing.ceiling.max(pacing.floor));
+    if pacing.budget == 0 {
+        return pacing.target.clamp(floor, ceiling);
+    }
+    let current = current.clamp(floor, ceiling);
+    if pace.is_nan() {
+        return current;
+    }
+    let wanted_s = (current.as_secs_f64() * pace / AIM).min(ceiling.as_secs_f64());
+    let wanted = Duration::from_secs_f64(wanted_s.max(0.0)).clamp(floor, ceiling);
+    if wanted > current || wanted <= current.mul_f64(SHORTEN_BELOW) {
+        wanted
+    } else {
+        current
+    }
+}
+
+/// The pacer: measures the uplink's traffic at the interval in force and, every
+/// [`MIN_DWELL`] (or [`DWELL_BATCHES`] batches, if longer), chooses the next by
+/// [`paced_interval`]. IO-free: the meter's count, monotonic and wall time in; the interval out.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    pacing: Pacing,
+    current: Duration,
+    /// Where the measurement at the current interval began: monotonic ms, metered bytes.
+    window: Option<(u64, u64)>,
+}
+
+impl Pacer {
+    /// Starts at `pacing.target`.
+    #[must_use]
+    pub fn new(pacing: Pacing) -> Pacer {
+        let current = pacing
+            .target
+            .clamp(pacing.floor, pacing.ceiling.max(pacing.floor));
+        Pacer {
+            pacing,
+            current,
+            window: None,
+        }
+    }
+
+    #[must_use]
+    pub fn interval(&self) -> Duration {
+        self.current
+    }
+
+    /// At monotonic time `mono_ms` the uplink's meter has counted `metered` bytes (both
+    /// directions, since start); `month` is the trusted wall time (Unix ms) and the bytes the
+    /// month has used, `None` while the clock is not trusted. Returns the interval to use.
+    ///
+    /// A window in which nothing crossed the uplink (it is down, or nobody pulls) says nothing
+    /// about the cost of batches: the interval stays.
+    pub fn handle_usage(
+        &mut self,
+        mono_ms: u64,
+        metered: u64,
+        month: Option<(i64, u64)>,
+    ) -> Duration {
+        if self.pacing.budget == 0 {
+            return self.current;
+        }
+        let (start_ms, start_bytes) = *self.window.get_or_insert((mono_ms, metered));
+        let elapsed_ms = mono_ms.saturating_sub(start_ms);
+        let dwell = MIN_DWELL.max(self.current * DWELL_BATCHES);
+        if u128::from(elapsed_ms) < dwell.as_millis() {
+            return self.current;
+        }
+        self.window = Some((mono_ms, metered));
+        let bytes = metered.saturating_sub(start_bytes);
+        let Some((now_ms, bytes_month)) = month else {
+            return self.current;
+        };
+        if bytes == 0 {
+            return self.current;
+        }
+        let rate = bytes as f64 * 1000.0 / elapsed_ms as f64;
+        let pace = pace(rate, now_ms, bytes_month, self.pacing.budget);
+        self.current = paced_interval(self.current, pace, &self.pacing);
+        self.current
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const DAY: i64 = 86_400_000;
 
@@ -163,31 +298,199 @@ mod tests {
         assert_eq!(p.projected_month, 30_000);
     }
 
+    const PACING: Pacing = Pacing {
+        budget: 1_000_000_000,
+        floor: Duration::from_secs(5),
+        target: Duration::from_secs(60),
+        ceiling: Duration::from_secs(900),
+    };
+
     #[test]
-    fn within_budget_the_interval_stays_and_over_it_stretches_up_to_the_cap() {
-        let base = Duration::from_secs(60);
-        let max = Duration::from_secs(600);
-        let fits = Projection {
-            bytes_today: 0,
-            bytes_month: 0,
-            projected_month: 900,
-            budget: 1000,
-        };
-        assert_eq!(batch_interval(&fits, base, max), base);
-        let over = Projection {
-            projected_month: 2000,
-            ..fits
-        };
-        assert_eq!(batch_interval(&over, base, max), Duration::from_secs(120));
-        let far_over = Projection {
-            projected_month: 100_000,
-            ..fits
-        };
-        assert_eq!(batch_interval(&far_over, base, max), max);
-        let no_budget = Projection {
+    fn without_a_budget_the_interval_is_batch_interval_whatever_the_pace() {
+        let pacing = Pacing {
             budget: 0,
-            ..far_over
+            ..PACING
         };
-        assert_eq!(batch_interval(&no_budget, base, max), base);
+        for pace in [0.0, 0.5, 2.0, f64::INFINITY] {
+            assert_eq!(
+                paced_interval(Duration::from_secs(5), pace, &pacing),
+                pacing.target
+            );
+        }
+        let mut pacer = Pacer::new(pacing);
+        let hour = 3_600_000;
+        assert_eq!(
+            pacer.handle_usage(hour, 1, Some((1_795_788_000_000, 0))),
+            pacing.target
+        );
+        assert_eq!(
+            pacer.handle_usage(2 * hour, 2, Some((1_795_788_000_000, 0))),
+            pacing.target
+        );
+    }
+
+    #[test]
+    fn under_pace_batches_get_shorter_over_it_longer_and_near_it_they_stay() {
+        let current = Duration::from_secs(60);
+        // A tenth of the pace: 60 s × 0.1 / 0.9.
+        assert_eq!(
+            paced_interval(current, 0.1, &PACING).as_millis(),
+            Duration::from_secs_f64(60.0 * 0.1 / AIM).as_millis()
+        );
+        assert_eq!(paced_interval(current, 0.01, &PACING), PACING.floor);
+        // Twice the pace: stretched at once.
+        assert_eq!(
+            paced_interval(current, 1.8, &PACING),
+            Duration::from_secs(120)
+        );
+        assert_eq!(paced_interval(current, 1000.0, &PACING), PACING.ceiling);
+        assert_eq!(
+            paced_interval(current, f64::INFINITY, &PACING),
+            PACING.ceiling
+        );
+        // Just under the aim: not worth a change.
+        assert_eq!(paced_interval(current, 0.85, &PACING), current);
+        assert_eq!(paced_interval(current, AIM, &PACING), current);
+    }
+
+    #[test]
+    fn the_pace_is_the_rate_now_over_what_the_rest_of_the_month_allows() {
+        // 2026-11-16T00:00Z: 15 days of 30 left; half of 2.592 GB used: 1.296 GB over 1.296 Ms
+        // allows 1000 B/s.
+        let now = 1_795_788_000_000 - 11 * DAY - 14 * 3_600_000;
+        let p = pace(500.0, now, 1_296_000_000, 2_592_000_000);
+        assert!((p - 0.5).abs() < 1e-9, "{p}");
+        assert_eq!(pace(1.0, now, 3_000_000_000, 2_592_000_000), f64::INFINITY);
+    }
+
+    #[test]
+    fn the_pacer_measures_a_whole_dwell_before_it_chooses_and_holds_without_traffic() {
+        let now = 1_795_788_000_000 - 11 * DAY - 14 * 3_600_000;
+        let mut pacer = Pacer::new(PACING);
+        let dwell = MIN_DWELL.max(PACING.target * DWELL_BATCHES).as_millis() as u64;
+        assert_eq!(pacer.handle_usage(0, 0, Some((now, 0))), PACING.target);
+        // 100 B/s where 386 B/s would do (half of 1 GB left for 15 days): not before the dwell
+        // is over.
+        assert_eq!(
+            pacer.handle_usage(dwell - 1, (dwell - 1) / 10, Some((now, 0))),
+            PACING.target
+        );
+        let month = Some((now, 500_000_000));
+        let shorter = pacer.handle_usage(dwell, dwell / 10, month);
+        assert!(shorter < PACING.target, "{shorter:?}");
+        // A window with no traffic at all (the uplink down) changes nothing.
+        let dwell2 = MIN_DWELL.max(shorter * DWELL_BATCHES).as_millis() as u64;
+        assert_eq!(
+            pacer.handle_usage(dwell + dwell2, dwell / 10, month),
+            shorter
+        );
+        // Nor does an untrusted clock.
+        assert_eq!(
+            pacer.handle_usage(dwell + 2 * dwell2, dwell / 10 + 1_000_000, None),
+            shorter
+        );
+    }
+
+    #[test]
+    fn a_site_paced_by_the_model_settles_without_oscillating_and_within_budget() {
+        // A site whose traffic is 2 B/s of readings plus 400 B a batch, with a budget that
+        // allows 10 B/s: the interval settles near 400 / (0.9 × 10 − 2) ≈ 57 s, from above or
+        // below, and never swings back.
+        let now = 1_795_788_000_000 - 11 * DAY - 14 * 3_600_000;
+        let budget = 25_920_000; // 10 B/s over 30 days
+        for start in [
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Duration::from_secs(900),
+        ] {
+            let pacing = Pacing {
+                budget,
+                floor: Duration::from_secs(1),
+                target: start,
+                ceiling: Duration::from_secs(900),
+            };
+            let mut pacer = Pacer::new(pacing);
+            let (mut mono, mut metered) = (0u64, 0u64);
+            pacer.handle_usage(mono, metered, Some((now, budget / 2)));
+            let mut seen = vec![pacer.interval()];
+            for _ in 0..40 {
+                let dwell = MIN_DWELL.max(pacer.interval() * DWELL_BATCHES).as_millis() as u64;
+                let rate = 2.0 + 400.0 / pacer.interval().as_secs_f64();
+                mono += dwell;
+                metered += (rate * dwell as f64 / 1000.0) as u64;
+                seen.push(pacer.handle_usage(mono, metered, Some((now, budget / 2))));
+            }
+            let last = *seen.last().unwrap();
+            let rate = 2.0 + 400.0 / last.as_secs_f64();
+            assert!(rate <= 10.0, "{start:?}: settled at {last:?}, {rate} B/s");
+            assert!(
+                last < Duration::from_secs(80),
+                "{start:?}: settled at {last:?}"
+            );
+            // Monotone: one direction of travel, no swing back.
+            let rising = seen.windows(2).all(|w| w[0] <= w[1]);
+            let falling = seen.windows(2).all(|w| w[0] >= w[1]);
+            assert!(rising || falling, "{start:?}: {seen:?}");
+        }
+    }
+
+    fn pacing() -> impl Strategy<Value = Pacing> {
+        (1u64..10_000_000_000, 1u64..600, 0u64..600, 0u64..86_400).prop_map(
+            |(budget, floor, up, up2)| {
+                let floor = Duration::from_secs(floor);
+                let target = floor + Duration::from_secs(up);
+                Pacing {
+                    budget,
+                    floor,
+                    target,
+                    ceiling: target + Duration::from_secs(up2),
+                }
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn the_interval_stays_within_floor_and_ceiling(
+            pacing in pacing(), current_s in 0u64..100_000, pace in 0.0f64..1e6,
+        ) {
+            let chosen = paced_interval(Duration::from_secs(current_s), pace, &pacing);
+            prop_assert!(pacing.floor <= chosen && chosen <= pacing.ceiling, "{chosen:?}");
+        }
+
+        #[test]
+        fn a_faster_pace_never_shortens_the_interval(
+            pacing in pacing(), current_s in 0u64..100_000, a in 0.0f64..100.0, b in 0.0f64..100.0,
+        ) {
+            let current = Duration::from_secs(current_s);
+            let (slow, fast) = (a.min(b), a.max(b));
+            prop_assert!(paced_interval(current, slow, &pacing) <= paced_interval(current, fast, &pacing));
+        }
+
+        /// By the model (traffic ∝ 1 / interval, measured at `current`): the month's projection
+        /// at the chosen interval is within budget whenever the ceiling's is.
+        #[test]
+        fn the_projected_month_stays_within_budget_when_the_ceiling_would(
+            pacing in pacing(),
+            current_s in 1u64..100_000,
+            rate in 0.0f64..100_000.0,
+            day_ms in 0i64..(30 * DAY),
+            used_share in 0.0f64..1.2,
+        ) {
+            let now = 1_793_491_200_000 + day_ms; // 2026-11-01T00:00Z + up to 30 days
+            let used = (pacing.budget as f64 * used_share) as u64;
+            let current = Duration::from_secs(current_s).clamp(pacing.floor, pacing.ceiling);
+            let p = pace(rate, now, used, pacing.budget);
+            let chosen = paced_interval(current, p, &pacing);
+            let remaining_s = ((30 * DAY - day_ms).max(1000)) as f64 / 1000.0;
+            let projected = |interval: Duration| {
+                used as f64 + rate * current.as_secs_f64() / interval.as_secs_f64() * remaining_s
+            };
+            let budget = pacing.budget as f64;
+            if projected(pacing.ceiling) <= budget {
+                prop_assert!(projected(chosen) <= budget * (1.0 + 1e-9) + 1.0,
+                    "chosen {chosen:?} projects {} over {budget}", projected(chosen));
+            }
+        }
     }
 }

@@ -10,8 +10,9 @@
 //! - [`listener`]: the local API's connection cap and the `Host:` names it answers;
 //! - [`link`]: the gateway's end of the node link on one serial port, and the admission rule
 //!   that keeps the store free of gaps and duplicates;
-//! - [`batcher`] and [`budget`]: when to seal a batch, and how far to stretch the interval so the
-//!   month's traffic stays within its budget;
+//! - [`batcher`] and [`budget`]: when to seal a batch (the first of a run and a priority reading
+//!   early), and how long to make the interval so readings arrive as soon as the month's budget
+//!   allows and its traffic stays within it;
 //! - [`uplink`]: the MQTT uplink session (probe, flow control, resend, acknowledgements);
 //! - [`modbus`]: register maps, value codecs, read planning, RTU framing and device health;
 //! - [`telemetry`]: the gateway's status, counters and alerts, one snapshot for every reader;

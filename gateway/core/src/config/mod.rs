@@ -78,17 +78,26 @@ impl Default for RawClock {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUplink {
-    /// How long readings gather before they are sealed into a batch.
+    /// How long readings gather before they are sealed into a batch; without a budget, always.
     #[serde(with = "humantime_serde")]
     pub batch_interval: Duration,
+    /// The shortest the data budget's pacer may make the batch interval, while the month's
+    /// traffic is well under the budget's pace. Default: 10 s, or `batch_interval` if shorter.
+    #[serde(default, with = "humantime_serde")]
+    pub min_batch_interval: Option<Duration>,
     /// Most readings in one batch; a backlog becomes several batches.
     pub max_batch_readings: u32,
-    /// Uplink bytes a month (both directions, TLS and MQTT included); 0 for no budget. When the
-    /// month is projected over it, batches stretch up to `max_batch_interval`.
+    /// Uplink bytes a month (both directions, TLS and MQTT included); 0 for no budget. With
+    /// one, the batch interval is paced between `min_batch_interval` and `max_batch_interval`.
     pub monthly_budget_bytes: u64,
-    /// The longest the data budget may stretch the batch interval.
+    /// The longest the data budget's pacer may make the batch interval, while the month's
+    /// traffic is over the budget's pace.
     #[serde(with = "humantime_serde")]
     pub max_batch_interval: Duration,
+    /// The least time between two batches sealed early for a priority reading (a Modbus point
+    /// marked `priority`): a chattering point costs at most one extra batch this often.
+    #[serde(with = "humantime_serde")]
+    pub priority_min_interval: Duration,
     /// HTTP pull: the cloud fetches sealed batches from the local API.
     pub pull: RawPull,
     /// MQTT push over TLS; off when absent.
@@ -120,6 +129,11 @@ pub struct RawMqtt {
     pub resend_after: Duration,
 }
 
+/// `uplink.min_batch_interval` when not set: this, or `batch_interval` if shorter.
+pub const DEFAULT_MIN_BATCH_INTERVAL: Duration = Duration::from_secs(10);
+/// `uplink.priority_min_interval` when not set.
+pub const DEFAULT_PRIORITY_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
 fn default_keepalive() -> Duration {
     Duration::from_secs(120)
 }
@@ -138,8 +152,10 @@ impl Default for RawUplink {
         RawUplink {
             batch_interval: Duration::from_secs(60),
             max_batch_readings: 100_000,
+            min_batch_interval: None,
             monthly_budget_bytes: 0,
             max_batch_interval: Duration::from_secs(15 * 60),
+            priority_min_interval: DEFAULT_PRIORITY_MIN_INTERVAL,
             pull: RawPull::default(),
             mqtt: None,
         }
@@ -373,9 +389,13 @@ pub struct Config {
     pub keep_readings: u64,
     pub serial: Vec<SerialPort>,
     pub batch_interval: Duration,
+    /// `uplink.min_batch_interval` (its default applied).
+    pub min_batch_interval: Duration,
     pub max_batch_readings: usize,
     pub monthly_budget_bytes: u64,
     pub max_batch_interval: Duration,
+    /// `uplink.priority_min_interval`.
+    pub priority_min_interval: Duration,
     /// The HTTP pull bearer token; `None` turns the batch endpoints off.
     pub pull_token: Option<String>,
     /// The update upload bearer token; `None` turns uploads off.
@@ -815,6 +835,28 @@ pub fn compile(
             "must not be shorter than uplink.batch_interval".into(),
         );
     }
+    let min_batch_interval = match raw.uplink.min_batch_interval {
+        Some(min) => {
+            if min < Duration::from_secs(1) {
+                problem("uplink.min_batch_interval", "must be at least 1s".into());
+            } else if min > batch_interval {
+                problem(
+                    "uplink.min_batch_interval",
+                    "must not be longer than uplink.batch_interval".into(),
+                );
+            }
+            min
+        }
+        None => DEFAULT_MIN_BATCH_INTERVAL.min(batch_interval),
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+        .contains(&raw.uplink.priority_min_interval)
+    {
+        problem(
+            "uplink.priority_min_interval",
+            "must be between 1s and 24h".into(),
+        );
+    }
     if !(100..=1_000_000).contains(&raw.uplink.max_batch_readings) {
         problem(
             "uplink.max_batch_readings",
@@ -959,9 +1001,11 @@ pub fn compile(
             keep_readings: raw.store.keep_readings,
             serial,
             batch_interval,
+            min_batch_interval,
             max_batch_readings: raw.uplink.max_batch_readings as usize,
             monthly_budget_bytes: raw.uplink.monthly_budget_bytes,
             max_batch_interval,
+            priority_min_interval: raw.uplink.priority_min_interval,
             pull_token,
             upload_token,
             technician_token,

@@ -17,6 +17,7 @@
 //! poll_interval = "10s"
 //! timeout = "500ms"
 //! retries = 1
+//! priority = ["alarm"]           # points sent at once when they change (besides the map's own)
 //! ```
 
 use std::collections::HashSet;
@@ -91,6 +92,10 @@ pub struct RawDevice {
     /// How many times an unanswered request is sent again within one poll.
     #[serde(default = "default_retries")]
     pub retries: u8,
+    /// Points of its map sent at once when their value changes, besides those the map marks
+    /// `priority` (docs/modbus.md).
+    #[serde(default)]
+    pub priority: Vec<String>,
 }
 
 /// The unit id of a device whose config names none.
@@ -419,6 +424,16 @@ pub(super) fn compile(
                 }
             }
         }
+        let map = match map {
+            Some(map) if !device.priority.is_empty() => match map.with_priority(&device.priority) {
+                Ok(map) => Some(Arc::new(map)),
+                Err(unknown) => {
+                    problem(&key("priority"), unknown.join("; "));
+                    None
+                }
+            },
+            map => map,
+        };
         if let (Some(transport), Some(map)) = (transport, map) {
             devices.push(DeviceConfig {
                 name: device.name,

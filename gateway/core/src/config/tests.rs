@@ -942,3 +942,61 @@ fn a_timeout_shorter_than_the_answer_takes_on_the_line_is_refused_and_a_default_
     // And the documented defaults (10 s polls, 500 ms timeout) are fine at 9600 baud.
     parse_in_repo(&site("")).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn the_batch_interval_floor_defaults_to_10s_or_batch_interval_and_must_not_exceed_it() {
+    let config = parse("").unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(10));
+    assert_eq!(config.priority_min_interval, Duration::from_secs(30));
+    let config = parse("[uplink]\nbatch_interval = \"4s\"\n").unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(4));
+    let config = parse(
+        "[uplink]\nmin_batch_interval = \"2s\"\npriority_min_interval = \"1m\"\nmonthly_budget_bytes = 1000000\n",
+    )
+    .unwrap();
+    assert_eq!(config.min_batch_interval, Duration::from_secs(2));
+    assert_eq!(config.priority_min_interval, Duration::from_secs(60));
+    let e = only_error("[uplink]\nbatch_interval = \"30s\"\nmin_batch_interval = \"45s\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("uplink.min_batch_interval", Some(3)),
+        "{e}"
+    );
+    assert!(e.message.contains("batch_interval"), "{e}");
+    let e = only_error("[uplink]\npriority_min_interval = \"0s\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("uplink.priority_min_interval", Some(2)),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_device_may_mark_points_of_its_map_priority_and_an_unknown_one_is_located() {
+    let site = MODBUS_SITE.replace(
+        "unit = 1\n",
+        "unit = 1\npriority = [\"frequency\", \"l1_voltage\"]\n",
+    );
+    let config = parse_in_repo(&site).unwrap_or_else(|e| panic!("{e}"));
+    let map = &config.modbus.devices[0].map;
+    let index = |name: &str| map.points().iter().position(|p| p.name == name).unwrap();
+    assert!(map.is_priority(index("frequency")));
+    assert!(map.is_priority(index("l1_voltage")));
+    assert!(!map.is_priority(index("l2_voltage")));
+    // Another device on the same catalogue map is not affected.
+    assert!(!config.modbus.devices[1].map.is_priority(0));
+    let site = MODBUS_SITE.replace("unit = 1\n", "unit = 1\npriority = [\"alarm\"]\n");
+    let errors = parse_in_repo(&site).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].key.as_str(), errors[0].line),
+        ("modbus.device[0].priority", Some(12)),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].message.contains("no point `alarm`"),
+        "{}",
+        errors[0]
+    );
+}

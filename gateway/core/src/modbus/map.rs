@@ -94,6 +94,11 @@ pub struct RawPoint {
     /// Whether commands may write the point (coils and holding registers only).
     #[serde(default)]
     pub writable: bool,
+    /// Whether a change of its value is sent at once (an alarm register): the batch holding it
+    /// is sealed right after its commit, within `uplink.priority_min_interval` of the last one
+    /// sealed so.
+    #[serde(default)]
+    pub priority: bool,
 }
 
 fn default_order() -> String {
@@ -295,6 +300,8 @@ pub struct RegisterMap {
     device: DeviceInfo,
     max_read_registers: u16,
     points: Vec<Point>,
+    /// Whether each point (by index) is `priority`.
+    priority: Vec<bool>,
 }
 
 impl RegisterMap {
@@ -319,6 +326,35 @@ impl RegisterMap {
     #[must_use]
     pub fn point(&self, name: &str) -> Option<&Point> {
         self.points.iter().find(|p| p.name == name)
+    }
+
+    /// Whether point `index` is marked `priority`: a change of its value is sent at once.
+    #[must_use]
+    pub fn is_priority(&self, index: usize) -> bool {
+        self.priority.get(index).copied().unwrap_or(false)
+    }
+
+    /// The map with the points called `names` marked `priority` too (a device's own list, for a
+    /// catalogue map); `Err` names each one that is not a point of the map, or is a string.
+    pub fn with_priority(&self, names: &[String]) -> Result<RegisterMap, Vec<String>> {
+        let mut map = self.clone();
+        let mut problems = Vec::new();
+        for name in names {
+            match self.points.iter().position(|p| &p.name == name) {
+                Some(i) if matches!(self.points[i].data_type, DataType::String { .. }) => {
+                    problems.push(format!(
+                        "`{name}` is a string: shown on the status page, never batched"
+                    ));
+                }
+                Some(i) => map.priority[i] = true,
+                None => problems.push(format!("the map has no point `{name}`")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(map)
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -543,6 +579,18 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
         );
     }
 
+    for (i, p) in raw.point.iter().enumerate() {
+        if p.priority && p.data_type == "string" {
+            problem(
+                format!("point[{i}].priority"),
+                format!(
+                    "point `{}`: a string is shown on the status page, never batched; it cannot be priority",
+                    p.name
+                ),
+            );
+        }
+    }
+
     if problems.is_empty() {
         Ok(RegisterMap {
             device: DeviceInfo {
@@ -551,6 +599,7 @@ pub fn compile(raw: RawMap) -> Result<RegisterMap, Vec<Problem>> {
                 documentation: raw_device.documentation,
             },
             max_read_registers,
+            priority: raw.point.iter().map(|p| p.priority).collect(),
             points,
         })
     } else {

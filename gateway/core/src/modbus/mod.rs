@@ -13,7 +13,8 @@
 //! - [`rtu`]: Modbus RTU framing for the serial bus adapter: request ADUs, a response decoder
 //!   that reports CRC, header and garbage errors apart, and the line's t1.5/t3.5 timing;
 //! - [`health`]: per-device counters, back-off and the offline decision, from each poll's
-//!   [`health::PollSummary`].
+//!   [`health::PollSummary`];
+//! - [`priority`]: which readings of a poll are sent at once (a `priority` point's change).
 //!
 //! The adapter's loop, per device:
 //!
@@ -43,6 +44,7 @@
 pub mod health;
 pub mod map;
 pub mod plan;
+pub mod priority;
 pub mod rtu;
 pub mod value;
 

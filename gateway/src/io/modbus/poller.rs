@@ -6,6 +6,7 @@
 //! config ─► DeviceRuntime (map, plan, health) ─┬─ run_tcp_device (one task per TCP device)
 //!                                             └─ rtu::run_bus (one task per RS-485 line)
 //! each poll: PollOutcome ─► DeviceRuntime::finish_poll ─► StoreCommand::DeviceReadings ─► writer
+//!                                                      │   (priority: a priority point changed)
 //!                                                      └─► telemetry: Event::Polled
 //! ModbusWriter::write(device, point, value) ─► the device's task, between two polls
 //! ```
@@ -28,6 +29,7 @@ use outpost_core::config::modbus::{DeviceConfig, Transport};
 use outpost_core::modbus::health::{DeviceHealth, HealthPolicy, LinkState};
 use outpost_core::modbus::map::{Point, RegisterMap};
 use outpost_core::modbus::plan::{CostModel, ReadPlan};
+use outpost_core::modbus::priority::PriorityWatch;
 use outpost_core::modbus::value::{self, Value};
 use outpost_core::telemetry::{DeviceStatus, Event, PointValue, Polled};
 
@@ -40,6 +42,8 @@ pub struct DeviceRuntime {
     pub config: DeviceConfig,
     pub plan: ReadPlan,
     pub health: DeviceHealth,
+    /// The last values of its `priority` points.
+    priority: PriorityWatch,
     /// Index of this device in telemetry's device list.
     slot: usize,
     /// Decimal points that have read as a float (a 64-bit raw past the decimal's range):
@@ -83,6 +87,7 @@ impl DeviceRuntime {
         telemetry.record(Event::DeviceAdded(Box::new(status)));
         let slot = telemetry.with(|t| t.devices().len()) - 1;
         DeviceRuntime {
+            priority: PriorityWatch::new(&config.map),
             config,
             plan,
             health,
@@ -117,13 +122,14 @@ impl DeviceRuntime {
     }
 
     /// Counts a poll that started at `started` (its readings' timestamp) and ended at `now`;
-    /// returns the readings for the store and when to poll next.
+    /// returns the readings for the store, when to poll next, and whether a `priority` point
+    /// changed (the readings are then sent at once).
     pub fn finish_poll(
         &mut self,
         started: Millis,
         now: Millis,
         outcome: &PollOutcome,
-    ) -> (Vec<SeriesReading>, Duration) {
+    ) -> (Vec<SeriesReading>, Duration, bool) {
         let was = self.health.state();
         let decision = self.health.handle_poll_result(now, &outcome.summary());
         let map = Arc::clone(&self.config.map);
@@ -168,6 +174,13 @@ impl DeviceRuntime {
                 Err(e) => last_error = Some(e.to_string()),
             }
         }
+        let priority = self.priority.handle_poll(
+            &map,
+            outcome
+                .readings
+                .iter()
+                .filter_map(|r| r.value.as_ref().ok().map(|v| (r.point, v))),
+        );
         let name = &self.config.name;
         match (was, self.health.state()) {
             (LinkState::Offline, LinkState::Online) => {
@@ -196,7 +209,11 @@ impl DeviceRuntime {
                 .collect(),
             error: last_error.map(|e| (e, now.as_u64())),
         })));
-        (readings, Duration::from_millis(decision.next_poll_at - now))
+        (
+            readings,
+            Duration::from_millis(decision.next_poll_at - now),
+            priority,
+        )
     }
 }
 
@@ -355,7 +372,8 @@ pub async fn run_tcp_device(
                 device.config.retries,
             )
             .await;
-        let (readings, delay) = device.finish_poll(started, wall_clock::unix_millis(), &outcome);
+        let (readings, delay, priority) =
+            device.finish_poll(started, wall_clock::unix_millis(), &outcome);
         // From the poll's start, so a device keeps its rate however long its polls take.
         next_poll = polled_at + delay;
         if !readings.is_empty() {
@@ -364,6 +382,7 @@ pub async fn run_tcp_device(
                 ts_ms: stamp.wall_ms,
                 basis: stamp.basis,
                 readings,
+                priority,
             };
             if store_tx.send(command).await.is_err() {
                 return;

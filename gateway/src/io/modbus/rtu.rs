@@ -361,7 +361,8 @@ pub async fn run_bus(
         let started = Millis(u64::try_from(stamp.wall_ms).unwrap_or(0));
         let polled_at = Instant::now();
         let outcome = poll(&mut line, device).await;
-        let (readings, delay) = device.finish_poll(started, wall_clock::unix_millis(), &outcome);
+        let (readings, delay, priority) =
+            device.finish_poll(started, wall_clock::unix_millis(), &outcome);
         due[next] = polled_at + delay;
         if !readings.is_empty() {
             let command = StoreCommand::DeviceReadings {
@@ -369,6 +370,7 @@ pub async fn run_bus(
                 ts_ms: stamp.wall_ms,
                 basis: stamp.basis,
                 readings,
+                priority,
             };
             if store_tx.send(command).await.is_err() {
                 return;

@@ -52,6 +52,9 @@ pub enum StoreCommand {
         /// Whether `ts_ms` is trusted wall time (`outpost_core::clock`).
         basis: Basis,
         readings: Vec<SeriesReading>,
+        /// A `priority` point changed: commit within `commit_interval` and seal the batch
+        /// holding these readings at once (rate-limited by the batcher).
+        priority: bool,
     },
     Health {
         node_id: i64,
@@ -150,12 +153,14 @@ impl StoreCommand {
                 ts_ms,
                 basis,
                 readings,
+                priority,
             } => job(
                 DeviceReadings {
                     source,
                     ts_ms,
                     basis,
                     readings,
+                    priority,
                 },
                 Reply::Nobody,
             ),
@@ -258,6 +263,11 @@ pub(super) trait Request: Send + 'static {
         0
     }
 
+    /// Whether its readings are to be sealed at once (`batcher`: priority readings).
+    fn priority(&self) -> bool {
+        false
+    }
+
     /// The answer: its outcome once the transaction committed, or the transaction's error.
     fn answer(self, result: Result<Self::Outcome, Arc<StoreError>>) -> Self::Answer;
 }
@@ -337,6 +347,7 @@ struct DeviceReadings {
     ts_ms: i64,
     basis: Basis,
     readings: Vec<SeriesReading>,
+    priority: bool,
 }
 
 impl Request for DeviceReadings {
@@ -354,6 +365,10 @@ impl Request for DeviceReadings {
 
     fn committed(stored: &u64) -> u64 {
         *stored
+    }
+
+    fn priority(&self) -> bool {
+        self.priority
     }
 
     fn answer(self, _: Result<u64, Arc<StoreError>>) {}
@@ -475,6 +490,8 @@ pub(super) trait Job: Send {
     fn awaited(&self) -> bool;
     /// Readings it brings, counted against `max_commit_readings`.
     fn readings(&self) -> usize;
+    /// Whether its readings are to be sealed at once.
+    fn priority(&self) -> bool;
     /// Applies it in `tx`; on failure hands it back, unanswered, with the error.
     fn apply(self: Box<Self>, tx: &mut Tx<'_>)
     -> Result<Box<dyn Done>, (StoreError, Box<dyn Job>)>;
@@ -497,6 +514,10 @@ impl<R: Request> Job for Pending<R> {
 
     fn readings(&self) -> usize {
         self.request.readings()
+    }
+
+    fn priority(&self) -> bool {
+        self.request.priority()
     }
 
     fn apply(

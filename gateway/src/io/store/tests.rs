@@ -1001,6 +1001,7 @@ mod writer {
             keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            priority_min_interval: Duration::MAX,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         };
         for (i, value) in [Value::integer(1), Value::float(1.5), Value::float(2.5)]
@@ -1016,6 +1017,7 @@ mod writer {
                         channel: "p".to_owned(),
                         value,
                     }],
+                    priority: false,
                 })
                 .await
                 .unwrap();
@@ -1029,6 +1031,60 @@ mod writer {
         let reader = store.reader().unwrap();
         assert_eq!(reader.outbox().unwrap().unsealed_readings, 0);
         assert_eq!(reader.totals().unwrap().device_readings, 3);
+    }
+
+    /// Runs a writer with an hour's batch interval over one ordinary poll and one more, with
+    /// `priority` or not; returns the batches sealed and the readings left unsealed.
+    async fn hour_long_window_with(priority: bool) -> (u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let (commands_tx, commands) = tokio::sync::mpsc::channel(16);
+        let hour = Duration::from_secs(3600);
+        let (_interval_tx, interval) = tokio::sync::watch::channel(hour);
+        let telemetry = TelemetryHub::new(Telemetry::new(&[], false, hour));
+        let config = WriterConfig {
+            gateway_id: "gw".to_owned(),
+            commit_interval: Duration::from_millis(10),
+            max_commit_readings: 1000,
+            batch_interval: hour,
+            max_batch_readings: 1000,
+            buffer_max_bytes: 1 << 20,
+            keep_readings: 100_000,
+            dictionary: None,
+            sealed: tokio::sync::watch::channel(0).0,
+            priority_min_interval: Duration::from_secs(30),
+            clock: crate::io::wall_clock::WallClock::assume_synchronised(),
+        };
+        for (i, priority) in [false, priority].into_iter().enumerate() {
+            commands_tx
+                .send(StoreCommand::DeviceReadings {
+                    basis: outpost_core::clock::Basis::Trusted,
+                    source: "panel".to_owned(),
+                    ts_ms: 1000 * i as i64,
+                    readings: vec![SeriesReading {
+                        channel: "alarm".to_owned(),
+                        value: Value::integer(i as i64),
+                    }],
+                    priority,
+                })
+                .await
+                .unwrap();
+        }
+        drop(commands_tx);
+        let store = run(store, commands, interval, config, telemetry.clone()).await;
+        let reader = store.reader().unwrap();
+        (
+            telemetry.snapshot().store.batches_sealed,
+            reader.outbox().unwrap().unsealed_readings,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_priority_reading_is_sealed_right_after_its_commit_with_what_is_pending() {
+        // Both polls in one batch, sealed before the writer even looks for more work.
+        assert_eq!(hour_long_window_with(true).await, (1, 0));
+        // Without priority, they wait (for the first batch's second, here never reached).
+        assert_eq!(hour_long_window_with(false).await, (0, 2));
     }
 }
 
@@ -1129,6 +1185,7 @@ mod commands {
                         value: Value::float(50.01),
                     },
                 ],
+                priority: false,
             },
             StoreCommand::Register {
                 port: "/dev/ttyACM1".to_owned(),
@@ -1388,6 +1445,7 @@ mod commands {
             keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            priority_min_interval: Duration::MAX,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         };
         let (commands, mut callers) = interleaved(a, b);
@@ -1444,6 +1502,7 @@ mod sealer {
             keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            priority_min_interval: std::time::Duration::MAX,
             clock: crate::io::wall_clock::WallClock::assume_synchronised(),
         }
     }
@@ -1705,6 +1764,7 @@ mod clock {
             keep_readings: 100_000,
             dictionary: None,
             sealed: tokio::sync::watch::channel(0).0,
+            priority_min_interval: std::time::Duration::MAX,
             clock: WallClock::assume_synchronised(),
         })
     }

@@ -5,7 +5,9 @@
 //! readings alike), applies it in one transaction on a blocking thread, and only then answers
 //! each command's caller (`command.rs`: how an answer travels with its command). One fsync covers
 //! every node's samples and every device's readings of that window. Between commits, when the
-//! [`Batcher`] says a batch is due, it runs a sealing round (`sealer.rs`).
+//! [`Batcher`] says a batch is due, it runs a sealing round (`sealer.rs`): a whole batch interval
+//! after a window's first reading, soon after the first reading of the run, or right after the
+//! commit of a priority reading (at most once per `priority_min_interval`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +93,9 @@ pub struct WriterConfig {
     pub max_commit_readings: usize,
     pub batch_interval: Duration,
     pub max_batch_readings: usize,
+    /// The least time between two batches sealed early for priority readings
+    /// (`uplink.priority_min_interval`).
+    pub priority_min_interval: Duration,
     pub buffer_max_bytes: u64,
     /// Readings kept after the cloud has them (`store.keep_readings`).
     pub keep_readings: u64,
@@ -126,7 +131,8 @@ pub async fn run(
 ) -> Store {
     let started = Instant::now();
     let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut batcher = Batcher::new(config.batch_interval, config.max_batch_readings);
+    let mut batcher = Batcher::new(config.batch_interval, config.max_batch_readings)
+        .with_priority_min_interval(config.priority_min_interval);
     let sealer = Arc::new(Sealer::new(&config));
     telemetry.record(Event::BatchInterval(config.batch_interval));
     let (mut store, unsealed) =
@@ -146,7 +152,7 @@ pub async fn run(
             Ok(()) = batch_interval.changed() => {
                 let interval = *batch_interval.borrow_and_update();
                 if interval != batcher.interval() {
-                    tracing::info!(message = "Batch interval changed by the data budget.", seconds = interval.as_secs());
+                    tracing::info!(message = "Batch interval changed by the data budget's pace.", seconds = interval.as_secs_f64());
                     batcher.set_interval(interval);
                     telemetry.record(Event::BatchInterval(interval));
                 }
@@ -155,6 +161,7 @@ pub async fn run(
         };
         if let Some(first) = first {
             let jobs = collect(first, &mut commands, &config).await;
+            let priority = jobs.iter().any(|job| job.priority());
             let (returned, settled) = blocking(store, move |s| command::apply(s, jobs)).await;
             store = returned;
             record_commit(
@@ -163,7 +170,11 @@ pub async fn run(
                 crate::io::wall_clock::unix_ms(),
             );
             let committed = settled.answer();
-            batcher.handle_committed(now(), committed);
+            let at = now();
+            batcher.handle_committed(at, committed);
+            if priority && committed > 0 {
+                batcher.handle_priority(at);
+            }
         }
         let due_at = now();
         if batcher.poll_seal(due_at) {
@@ -213,14 +224,15 @@ pub async fn run(
 /// `commit_interval`. At most this much of such work is lost in a power cut.
 pub const RELAXED_COMMIT_WINDOW: Duration = Duration::from_secs(1);
 
-/// Gathers what arrives within the commit window after `first`.
+/// Gathers what arrives within the commit window after `first`; a priority reading shortens it
+/// to `commit_interval` like work someone waits for.
 async fn collect(
     first: Box<dyn Job>,
     commands: &mut mpsc::Receiver<StoreCommand>,
     config: &WriterConfig,
 ) -> Vec<Box<dyn Job>> {
     let window = |job: &dyn Job| {
-        let window = if job.awaited() {
+        let window = if job.awaited() || job.priority() {
             config.commit_interval
         } else {
             RELAXED_COMMIT_WINDOW.max(config.commit_interval)

@@ -1,8 +1,10 @@
 //! Connectivity cost: tallies the uplink's bytes per day in the store, projects the month, and
-//! tells the writer how long to make batches (see [`outpost_core::budget`]).
+//! tells the writer how long to make batches: the pace of the month's traffic against its budget
+//! chooses, between `uplink.min_batch_interval` and `uplink.max_batch_interval` (see
+//! [`outpost_core::budget::Pacer`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -12,7 +14,7 @@ use crate::io::store::Readers;
 use crate::io::store::writer::StoreCommand;
 use crate::io::telemetry::TelemetryHub;
 use crate::io::wall_clock::WallClock;
-use outpost_core::budget::{self, Date, Projection};
+use outpost_core::budget::{self, Date, Pacer, Pacing, Projection};
 use outpost_core::telemetry::{CostStatus, Event};
 
 /// How often usage is written down and the budget looked at.
@@ -21,9 +23,8 @@ const TALLY_EVERY: Duration = Duration::from_secs(10);
 /// The budget policy's settings.
 #[derive(Debug, Clone)]
 pub struct CostConfig {
-    pub monthly_budget_bytes: u64,
-    pub batch_interval: Duration,
-    pub max_batch_interval: Duration,
+    /// The budget and the batch interval's bounds.
+    pub pacing: Pacing,
     /// Which day traffic counts on (`outpost_core::clock::Clock::budget_day`).
     pub clock: WallClock,
 }
@@ -39,6 +40,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let clock = config.clock.clone();
+    let started = Instant::now();
+    let mut pacer = Pacer::new(config.pacing);
     let mut counted = (0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(TALLY_EVERY);
     loop {
@@ -79,7 +82,10 @@ pub async fn run(
         }
         // Projected only at a trusted time on the ledger's latest day or after; otherwise the
         // interval stays as last decided.
+        let mono_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let metered = total.0 + total.1;
         let (Some(date), Some(now)) = (date, now) else {
+            pacer.handle_usage(mono_ms, metered, None);
             continue;
         };
         let (day, month) = (date.key(), date.month_prefix());
@@ -91,22 +97,18 @@ pub async fn run(
             now,
             usage.bytes_today,
             usage.bytes_month,
-            config.monthly_budget_bytes,
+            config.pacing.budget,
         );
-        let interval = budget::batch_interval(
-            &projection,
-            config.batch_interval,
-            config.max_batch_interval,
-        );
+        let interval = pacer.handle_usage(mono_ms, metered, Some((now, usage.bytes_month)));
         interval_tx.send_if_modified(|current| std::mem::replace(current, interval) != interval);
         let was_over = telemetry.with(|t| t.cost().over_budget);
         let over_budget = projection.budget > 0 && projection.projected_month > projection.budget;
         if over_budget && !was_over {
             tracing::warn!(
-                message = "Uplink traffic projected over the monthly budget; batches stretched.",
+                message = "Uplink traffic projected over the monthly budget; batches paced longer.",
                 projected = projection.projected_month,
                 budget = projection.budget,
-                interval_s = interval.as_secs()
+                interval_s = interval.as_secs_f64()
             );
         }
         telemetry.record(Event::Cost(CostStatus {
