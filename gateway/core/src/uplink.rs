@@ -33,6 +33,12 @@
 //!    `online` to it; only once that comes back live (not retained) are batches and alerts
 //!    sent. Without the echo within [`PROBE_TIMEOUT`] the identity counts as refused and
 //!    everything is held, since anything sent would be silently dropped.
+//! 5. **Back soon, quietly.** A failed or lost connection is tried again after the [`Backoff`]'s
+//!    wait: about a second while the outage is recent, longer only for long ones, jittered, and
+//!    reset by a connection. The journal gets one line per change of state: [`Event::Lost`]
+//!    (with the reason) when the uplink goes down, [`Event::Connected`] (with how long it was
+//!    down) when it is back, [`Event::StillDown`] at growing intervals in between; each failed
+//!    attempt is only an [`Event::RetryFailed`] (debug).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -42,14 +48,20 @@ use serde::Serialize;
 
 use crate::config::AckMode;
 
+pub mod backoff;
+
+pub use backoff::{Backoff, BackoffPolicy};
+
 /// How long the own-status echo may take before the topics count as refused.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait before asking the store again after it could not record an acknowledgement.
 pub const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Alerts waiting for the uplink; beyond this the oldest are dropped (and counted).
 pub const MAX_QUEUED_ALERTS: usize = 64;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An outage is reported again ([`Event::StillDown`]) after this long, then after twice as long
+/// each time, up to [`STILL_DOWN_MAX`].
+pub const STILL_DOWN_FIRST: Duration = Duration::from_secs(60);
+pub const STILL_DOWN_MAX: Duration = Duration::from_secs(3600);
 
 /// The session's settings, from `[uplink.mqtt]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,36 +104,51 @@ pub enum Action {
 /// Things worth a journal line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The broker accepted the connection; `outage` is set when it follows failures.
     Connected {
         session_present: bool,
+        outage: Option<Outage>,
     },
     /// The broker would not let this identity use its topics; batches are held.
     Refused(String),
     /// The topics work again after a refusal.
     Granted,
     /// No acknowledgement progress: publishing again from the oldest unacknowledged batch.
-    Resending {
-        acked_upto: u64,
-    },
+    Resending { acked_upto: u64 },
     /// An acknowledgement covered batches this gateway has not published; it was ignored.
-    AckRefused {
-        upto: u64,
-        published_upto: u64,
-    },
+    AckRefused { upto: u64, published_upto: u64 },
     /// An acknowledgement that is not `{"upto": SEQ}`.
     AckMalformed,
     /// The store recorded an acknowledgement.
-    Acknowledged {
-        acked_upto: u64,
-    },
+    Acknowledged { acked_upto: u64 },
     /// The store refused or failed to record an acknowledgement.
-    StoreAckFailed {
-        upto: u64,
-        why: String,
+    StoreAckFailed { upto: u64, why: String },
+    /// The uplink went down (`was_up`), or the first attempt of an outage failed (at start):
+    /// the one warning of an outage.
+    Lost {
+        reason: String,
+        was_up: bool,
+        retry_in: Duration,
     },
-    Disconnected {
+    /// Another attempt failed while down (debug).
+    RetryFailed {
+        failures: u32,
+        reason: String,
+        retry_in: Duration,
+    },
+    /// Still down: said after [`STILL_DOWN_FIRST`] of an outage, then at doubling intervals.
+    StillDown {
+        down_for: Duration,
+        failures: u32,
         reason: String,
     },
+}
+
+/// How long the uplink was down, and how many attempts failed, before a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub down_for: Duration,
+    pub failures: u32,
 }
 
 /// The uplink as the status page shows it.
@@ -178,7 +205,9 @@ pub struct UplinkSession {
     store_retry_at: Option<Millis>,
     last_progress: Millis,
     reconnect_at: Option<Millis>,
-    backoff: Duration,
+    backoff: Backoff,
+    /// When to say [`Event::StillDown`] next, and the interval after that.
+    still_down: Option<(Millis, Duration)>,
     tracker: PublishTracker,
     broker_acks: ContiguousAcks,
     alerts: VecDeque<Vec<u8>>,
@@ -213,7 +242,8 @@ impl UplinkSession {
             store_retry_at: None,
             last_progress: now,
             reconnect_at: None,
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::new(BackoffPolicy::default(), 0),
+            still_down: None,
             tracker: PublishTracker::default(),
             broker_acks: ContiguousAcks::default(),
             alerts: VecDeque::new(),
@@ -224,6 +254,14 @@ impl UplinkSession {
                 ..UplinkStatus::default()
             },
         }
+    }
+
+    /// The same session with its back-off's jitter drawn from `seed` (the adapter passes a random
+    /// one, so that gateways do not retry in lockstep).
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> UplinkSession {
+        self.backoff = Backoff::new(*self.backoff.policy(), seed);
+        self
     }
 
     #[must_use]
@@ -240,13 +278,21 @@ impl UplinkSession {
 
     /// The broker accepted the connection (CONNACK).
     pub fn handle_connected(&mut self, now: Millis, session_present: bool) {
+        let outage = self.backoff.down_since().map(|since| Outage {
+            down_for: Duration::from_millis(now - since),
+            failures: self.backoff.failures(),
+        });
         self.connected = true;
         self.reconnect_at = None;
-        self.backoff = FIRST_BACKOFF;
+        self.backoff.succeeded();
+        self.still_down = None;
         self.status.connected = true;
         self.status.connects += 1;
         self.status.last_error = None;
-        self.events.push_back(Event::Connected { session_present });
+        self.events.push_back(Event::Connected {
+            session_present,
+            outage,
+        });
         if !session_present {
             // Nothing in flight survived: send again everything not acknowledged.
             self.tracker.reset();
@@ -266,17 +312,39 @@ impl UplinkSession {
     /// The connection failed or was lost; the adapter polls again at
     /// [`UplinkSession::poll_reconnect_at`].
     pub fn handle_connection_lost(&mut self, now: Millis, reason: String) {
-        if self.connected || self.status.last_error.as_deref() != Some(&reason) {
-            self.events.push_back(Event::Disconnected {
+        let first_failure = self.backoff.down_since().is_none();
+        let retry_in = self.backoff.failed(now);
+        let since = self.backoff.down_since().unwrap_or(now);
+        if first_failure {
+            self.events.push_back(Event::Lost {
                 reason: reason.clone(),
+                was_up: self.connected,
+                retry_in,
             });
+            self.still_down = Some((since + STILL_DOWN_FIRST, STILL_DOWN_FIRST));
+        } else {
+            self.events.push_back(Event::RetryFailed {
+                failures: self.backoff.failures(),
+                reason: reason.clone(),
+                retry_in,
+            });
+            if let Some((at, every)) = self.still_down
+                && now >= at
+            {
+                self.events.push_back(Event::StillDown {
+                    down_for: Duration::from_millis(now - since),
+                    failures: self.backoff.failures(),
+                    reason: reason.clone(),
+                });
+                let every = (every * 2).min(STILL_DOWN_MAX);
+                self.still_down = Some((now + every, every));
+            }
         }
         self.connected = false;
         self.batch_requested = false;
         self.status.connected = false;
         self.status.last_error = Some(reason);
-        self.reconnect_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.reconnect_at = Some(now + retry_in);
         // Publishes queued for the old connection never went out.
         self.actions
             .retain(|a| matches!(a, Action::AckStore { .. }));

@@ -477,23 +477,86 @@ fn alerts_wait_for_the_probe_and_the_oldest_are_dropped_beyond_the_bound() {
 }
 
 #[test]
-fn reconnects_back_off_from_200ms_doubling_to_30s_and_a_connection_resets_it() {
-    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+fn an_outage_is_one_lost_event_retries_within_a_second_and_one_connected_event_with_its_length() {
+    let mut site = Site::online(AckMode::EndToEnd, 4, 0);
+    site.events();
     let mut waits = Vec::new();
     for _ in 0..10 {
         site.session
             .handle_connection_lost(site.now, "refused".into());
         let at = site.session.poll_reconnect_at().unwrap();
-        waits.push((at - site.now) / 100);
+        waits.push(at - site.now);
         site.now = at;
     }
-    assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-    assert_eq!(site.events().len(), 1, "the same reason is said once");
+    assert!(
+        waits.iter().all(|&w| (100..=1000).contains(&w)),
+        "{waits:?}"
+    );
+    let events = site.events();
+    assert!(
+        matches!(&events[0], Event::Lost { reason, was_up: true, .. } if reason == "refused"),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 10, "{events:?}");
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| matches!(e, Event::RetryFailed { .. })),
+        "{events:?}"
+    );
+    let down_for = site.now - Millis::ZERO;
     site.connect(true);
     assert_eq!(site.session.poll_reconnect_at(), None);
+    assert_eq!(
+        site.events(),
+        [Event::Connected {
+            session_present: true,
+            outage: Some(Outage {
+                down_for: Duration::from_millis(down_for),
+                failures: 10
+            })
+        }]
+    );
+    // The connection reset the back-off: the next loss starts again from 200 ms.
     site.session
         .handle_connection_lost(site.now, "refused".into());
-    assert_eq!(site.session.poll_reconnect_at(), Some(site.now + 200));
+    let wait = site.session.poll_reconnect_at().unwrap() - site.now;
+    assert!((100..=200).contains(&wait), "{wait}");
+}
+
+#[test]
+fn a_gateway_that_cannot_connect_at_start_says_so_once_then_at_growing_intervals() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+    let mut still_down = Vec::new();
+    let mut lost = 0;
+    while site.now < Millis::from_secs(600) {
+        site.session
+            .handle_connection_lost(site.now, "refused".into());
+        for event in site.events() {
+            match event {
+                Event::Lost { was_up: false, .. } => lost += 1,
+                Event::StillDown { down_for, .. } => still_down.push(down_for.as_secs()),
+                Event::RetryFailed { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        site.now = site.session.poll_reconnect_at().unwrap();
+    }
+    assert_eq!(lost, 1);
+    assert_eq!(still_down.len(), 3, "{still_down:?}");
+    assert!((60..62).contains(&still_down[0]), "{still_down:?}");
+    assert!((180..200).contains(&still_down[1]), "{still_down:?}");
+    assert!((420..460).contains(&still_down[2]), "{still_down:?}");
+    // Past the recent outage, the waits grew.
+    site.session
+        .handle_connection_lost(site.now, "refused".into());
+    let wait = site.session.poll_reconnect_at().unwrap() - site.now;
+    assert!(wait > 10_000, "{wait}");
+    site.connect(false);
+    assert!(matches!(
+        site.events()[..],
+        [Event::RetryFailed { .. }, Event::Connected { outage: Some(Outage { failures, .. }), .. }] if failures > 100
+    ));
 }
 
 /// One step of a random run.

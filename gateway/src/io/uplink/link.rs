@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::meter::{Meter, Metered};
 
+/// How long a stopping link forwards the client's last bytes before it closes regardless.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -100,9 +103,11 @@ impl TlsLink {
         &self.socket_path
     }
 
-    /// Serves until `shutdown`: each accepted connection is bridged to `host:port` over TLS.
-    /// TLS and TCP failures go to `last_error` (and the log); the MQTT client then sees its
-    /// connection close and retries.
+    /// Serves until `stop`: each accepted connection is bridged to `host:port` over TLS.
+    /// TLS and TCP failures go to `last_error` (and the debug log: the MQTT adapter reports the
+    /// outage, once); the MQTT client then sees its connection close and retries. On `stop`, a
+    /// bridged connection gets [`STOP_GRACE`] to forward what the client sent last (its
+    /// goodbye) and close TLS.
     pub async fn run(
         self,
         host: String,
@@ -110,12 +115,12 @@ impl TlsLink {
         tls: Arc<rustls::ClientConfig>,
         meter: Arc<Meter>,
         last_error: Arc<Mutex<Option<String>>>,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
     ) {
         let connector = tokio_rustls::TlsConnector::from(tls);
         loop {
             let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let Ok((mut local, _)) = accepted else {
@@ -136,22 +141,29 @@ impl TlsLink {
             let mut remote = match connect.await {
                 Ok(remote) => remote,
                 Err(error) => {
-                    tracing::warn!(message = "Uplink connection failed.", %error);
+                    tracing::debug!(message = "Uplink connection failed.", %error);
                     *last_error
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
                     continue; // dropping `local` closes rumqttc's side
                 }
             };
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                result = tokio::io::copy_bidirectional(&mut local, &mut remote) => {
-                    if let Err(error) = result {
-                        tracing::info!(message = "Uplink connection closed.", %error);
-                        *last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(format!("connection to broker {host}:{port} closed: {error}"));
-                    }
-                }
+            let bridge = tokio::io::copy_bidirectional(&mut local, &mut remote);
+            tokio::pin!(bridge);
+            let result = tokio::select! {
+                result = &mut bridge => result,
+                () = stop.cancelled() => match tokio::time::timeout(STOP_GRACE, bridge).await {
+                    Ok(result) => result,
+                    Err(_) => break,
+                },
+            };
+            if let Err(error) = result {
+                tracing::debug!(message = "Uplink connection closed.", %error);
+                *last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!(
+                    "connection to broker {host}:{port} closed: {error}"
+                ));
             }
         }
         let _ = std::fs::remove_file(&self.socket_path);

@@ -5,6 +5,19 @@
 //! outbox reader (reused for every batch), and the session's timers, in one `select!`. rumqttc
 //! speaks MQTT to Outpost's own TLS link over a private Unix socket ([`super::link`]), so every
 //! byte on the broker socket is metered.
+//!
+//! rumqttc's `EventLoop::poll` is not cancel-safe while it connects: dropping it between writing
+//! CONNECT and reading CONNACK drops the half-made connection, and the next poll makes another
+//! (a second TLS handshake at every start, which is what happened while the poll was a
+//! `select!` branch that any other branch could cancel). So each poll runs to completion in a
+//! future this task owns ([`PollFuture`]), kept across `select!` rounds, and the event loop is
+//! only polled again once that future has returned it.
+//!
+//! Shutdown: this task stops on the daemon's token; the TLS link has a token of its own,
+//! cancelled only after the retained `offline` and the MQTT DISCONNECT went through it.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +28,10 @@ use outpost_core::uplink::{
     Action, Event, Queued, SessionConfig, StoreAckError, Subscription, UplinkSession,
 };
 use outpost_proto::Millis;
-use rumqttc::{AsyncClient, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    Transport,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +79,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One `EventLoop::poll`, owning the event loop until it returns: dropped only at shutdown.
+type PollFuture =
+    Pin<Box<dyn Future<Output = (EventLoop, Result<rumqttc::Event, ConnectionError>)> + Send>>;
+
+fn poll_once(mut eventloop: EventLoop) -> PollFuture {
+    Box::pin(async move {
+        let event = eventloop.poll().await;
+        (eventloop, event)
+    })
+}
+
+/// How long a clean stop may take to say `offline` and DISCONNECT.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs the MQTT uplink until `shutdown`, then says `offline` and disconnects.
 pub async fn run(
     config: MqttConfig,
@@ -87,13 +117,15 @@ pub async fn run(
     };
     let socket = link.socket_path().to_string_lossy().into_owned();
     let link_error = Arc::new(Mutex::new(None));
+    // Not the daemon's token: the link carries the goodbye after the daemon was told to stop.
+    let link_stop = CancellationToken::new();
     let link_task = tokio::spawn(link.run(
         config.host.clone(),
         config.port,
         tls,
         Arc::clone(&io.meter),
         Arc::clone(&link_error),
-        shutdown.clone(),
+        link_stop.clone(),
     ));
 
     let topics = Topics::new(&gateway_id);
@@ -109,7 +141,9 @@ pub async fn run(
             QoS::AtLeastOnce,
             true,
         ));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let mut idle = Some(eventloop);
+    let mut polling: Option<PollFuture> = None;
 
     let acked_upto = match io.readers.read(|r| r.outbox()).await {
         Ok(outbox) => outbox.acked_upto,
@@ -125,7 +159,8 @@ pub async fn run(
         max_unacked: config.max_unacked as u64,
         resend_after: config.resend_after,
     };
-    let mut session = UplinkSession::new(session_config, gateway_id.clone(), acked_upto, now());
+    let mut session = UplinkSession::new(session_config, gateway_id.clone(), acked_upto, now())
+        .with_jitter_seed(jitter_seed());
     session.handle_sealed(*io.sealed.borrow_and_update());
 
     let mut store_ack: Option<oneshot::Receiver<AckReply>> = None;
@@ -205,11 +240,17 @@ pub async fn run(
         // Named guards: the connection may be polled unless a failure's back-off is running.
         let reconnect_at = session.poll_reconnect_at().filter(|&at| at > now());
         let may_poll_connection = reconnect_at.is_none();
+        if may_poll_connection && polling.is_none() {
+            polling = idle.take().map(poll_once);
+        }
         let timeout = session.poll_timeout();
         let at = |t: Millis| tokio::time::Instant::from_std(started + Duration::from_millis(t.0));
         tokio::select! {
             () = shutdown.cancelled() => break,
-            event = eventloop.poll(), if may_poll_connection => match event {
+            (eventloop, event) = async { polling.as_mut().expect("guarded").await }, if polling.is_some() => {
+                polling = None;
+                idle = Some(eventloop);
+                match event {
                 Ok(rumqttc::Event::Incoming(Incoming::ConnAck(connack))) => {
                     session.handle_connected(now(), connack.session_present);
                 }
@@ -234,11 +275,15 @@ pub async fn run(
                     session.handle_outgoing_publish(pkid);
                 }
                 Ok(_) => {}
+                Err(_) if shutdown.is_cancelled() => {
+                    idle = None; // no new connection just to say goodbye
+                    break;
+                }
                 Err(error) => {
                     let reason = lock(&link_error).take().unwrap_or_else(|| error.to_string());
                     session.handle_connection_lost(now(), reason);
                 }
-            },
+            }},
             () = tokio::time::sleep_until(at(reconnect_at.unwrap_or(Millis::ZERO))), if !may_poll_connection => {}
             () = tokio::time::sleep_until(at(timeout.unwrap_or(Millis::ZERO))), if timeout.is_some() => {
                 session.handle_timeout(now());
@@ -263,23 +308,52 @@ pub async fn run(
             }
         }
     }
-    say_offline(&client, &mut eventloop, &topics.status).await;
+    let said = if session.is_connected() {
+        let poll = polling.or_else(|| idle.map(poll_once));
+        say_offline(&client, poll, &topics.status).await
+    } else {
+        drop(polling);
+        false
+    };
     drop(client);
-    let _ = link_task.await;
+    // rumqttc's socket is closed: the link forwards what is left, closes TLS and ends.
+    link_stop.cancel();
+    let _ = tokio::time::timeout(STOP_GRACE, link_task).await;
+    if said {
+        tracing::info!(message = "Uplink stopped: said offline and disconnected.");
+    } else {
+        tracing::info!(
+            message = "Uplink stopped while not connected; the broker's Last Will says offline."
+        );
+    }
 }
 
-/// A clean stop says so, rather than leaving the Last Will to the broker's keepalive timeout.
-async fn say_offline(client: &AsyncClient, eventloop: &mut EventLoop, status_topic: &str) {
+/// A clean stop says so (retained `offline`, then an MQTT DISCONNECT, so the broker drops the
+/// Last Will) rather than leaving it to the broker's keepalive timeout. Whether the DISCONNECT
+/// went out.
+async fn say_offline(client: &AsyncClient, poll: Option<PollFuture>, status_topic: &str) -> bool {
+    let Some(mut poll) = poll else {
+        return false;
+    };
     let _ = client.try_publish(status_topic, QoS::AtLeastOnce, true, "offline");
     let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(event) = eventloop.poll().await {
-            if matches!(event, rumqttc::Event::Outgoing(Outgoing::Disconnect)) {
-                break;
+    tokio::time::timeout(STOP_GRACE, async move {
+        loop {
+            match poll.await {
+                (_, Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect))) => return true,
+                (eventloop, Ok(_)) => poll = poll_once(eventloop),
+                (_, Err(_)) => return false,
             }
         }
     })
-    .await;
+    .await
+    .unwrap_or(false)
+}
+
+/// A seed for the back-off's jitter, different in each process.
+fn jitter_seed() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 /// Hands the session every alert that changed since `forwarded`: they go out as they are raised,
@@ -293,8 +367,22 @@ fn forward_alerts(telemetry: &TelemetryHub, forwarded: &mut u64, session: &mut U
 
 fn log_event(event: &Event, telemetry: &TelemetryHub) {
     match event {
-        Event::Connected { session_present } => {
+        Event::Connected {
+            session_present,
+            outage: None,
+        } => {
             tracing::info!(message = "Uplink connected.", session_present);
+        }
+        Event::Connected {
+            session_present,
+            outage: Some(outage),
+        } => {
+            tracing::info!(
+                message = "Uplink back.",
+                down_for = ?outage.down_for,
+                failed_attempts = outage.failures,
+                session_present
+            );
         }
         Event::Refused(why) => {
             tracing::error!(message = "Uplink refused by the broker; batches held.", reason = %why);
@@ -333,8 +421,33 @@ fn log_event(event: &Event, telemetry: &TelemetryHub) {
         Event::StoreAckFailed { upto, why } => {
             tracing::error!(message = "Cannot record the cloud's acknowledgement.", upto, %why);
         }
-        Event::Disconnected { reason } => {
-            tracing::warn!(message = "Uplink disconnected; retrying.", %reason);
+        Event::Lost {
+            reason,
+            was_up: true,
+            retry_in,
+        } => {
+            tracing::warn!(message = "Uplink lost; reconnecting.", %reason, retry_in = ?retry_in);
+        }
+        Event::Lost {
+            reason,
+            was_up: false,
+            retry_in,
+        } => {
+            tracing::warn!(message = "Uplink cannot connect; retrying.", %reason, retry_in = ?retry_in);
+        }
+        Event::RetryFailed {
+            failures,
+            reason,
+            retry_in,
+        } => {
+            tracing::debug!(message = "Uplink still down.", failures, %reason, retry_in = ?retry_in);
+        }
+        Event::StillDown {
+            down_for,
+            failures,
+            reason,
+        } => {
+            tracing::info!(message = "Uplink still down; retrying.", down_for = ?down_for, failures, %reason);
         }
     }
 }
