@@ -619,10 +619,12 @@ fn latency(minutes: f64, png: &Path) {
     let devices = Devices::start(10);
     let maps = tempfile::tempdir().unwrap();
     let map = write_map(maps.path(), true);
-    let started_ms = unix_ms();
+    bin("outpost"); // built before any gateway's clock starts
+    let mut started_ms = Vec::new();
     let gateways: Vec<Gateway> = INTERVALS
         .iter()
         .map(|secs| {
+            started_ms.push(unix_ms());
             Gateway::start(
                 &format!("i{secs}"),
                 &world.pki,
@@ -636,30 +638,23 @@ fn latency(minutes: f64, png: &Path) {
             )
         })
         .collect();
-    let first: Vec<Option<i64>> = vec![None; gateways.len()];
-    let first = Mutex::new(first);
     eprintln!("modbus_site latency: {minutes} min, intervals {INTERVALS:?} s");
     let run = Duration::from_secs_f64(minutes * 60.0);
     let t0 = Instant::now();
-    let mut sockets0 = vec![None; gateways.len()];
+    // The socket's counters as each batch reached the cloud: bytes per reading are counted
+    // from the first batch's arrival to the last one's, over the readings of the batches after
+    // the first (so the window is aligned with batches, whatever the interval).
+    let mut at_batch: Vec<Vec<(usize, (u64, u64))>> = vec![Vec::new(); gateways.len()];
     while t0.elapsed() < run {
         for (i, g) in gateways.iter().enumerate() {
-            let mut first = first.lock().unwrap();
-            if first[i].is_none() {
-                let log = world.log.lock().unwrap();
-                first[i] = log
-                    .batches
-                    .get(&g.id)
-                    .and_then(|b| b.values().next())
-                    .map(|a| a.at_ms);
-            }
-            if sockets0[i].is_none() && world.batches(&g.id) >= 1 {
-                sockets0[i] = g
-                    .socket(world.broker.port())
-                    .map(|s| (world.batches(&g.id), s));
+            let n = world.batches(&g.id);
+            if n > at_batch[i].last().map_or(0, |l| l.0) {
+                if let Some(socket) = g.socket(world.broker.port()) {
+                    at_batch[i].push((n, socket));
+                }
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(200));
     }
     println!(
         "Modbus site, 10 devices × 10 registers at 1 s, one gateway per batch interval, {minutes} min"
@@ -670,10 +665,11 @@ fn latency(minutes: f64, png: &Path) {
     );
     let log = world.log.lock().unwrap();
     let mut rows = Vec::new();
-    for ((g, secs), (first, s0)) in gateways
+    for (((g, secs), started_ms), samples) in gateways
         .iter()
         .zip(INTERVALS)
-        .zip(first.lock().unwrap().iter().zip(&sockets0))
+        .zip(&started_ms)
+        .zip(&at_batch)
     {
         let Some(batches) = log.batches.get(&g.id) else {
             println!("{secs:>8}s  no batch");
@@ -685,9 +681,16 @@ fn latency(minutes: f64, png: &Path) {
             .collect();
         lat.sort_by(f64::total_cmp);
         let (p50, p95) = (percentile(&lat, 0.5), percentile(&lat, 0.95));
-        let (ip, payload) = match (s0, g.socket(world.broker.port())) {
-            (Some((b0, (bytes0, segs0))), Some((bytes1, segs1))) if bytes1 >= *bytes0 => {
-                let n: usize = batches.values().skip(*b0).map(|a| a.readings.len()).sum();
+        let (ip, payload) = match (samples.first(), samples.last()) {
+            (Some((n0, (bytes0, segs0))), Some((n1, (bytes1, segs1))))
+                if n1 > n0 && bytes1 >= bytes0 =>
+            {
+                let n: usize = batches
+                    .values()
+                    .skip(*n0)
+                    .take(n1 - n0)
+                    .map(|a| a.readings.len())
+                    .sum();
                 (
                     (bytes1 - bytes0 + IP_TCP_HEADER * (segs1 - segs0)) as f64 / n as f64,
                     (bytes1 - bytes0) as f64 / n as f64,
@@ -695,6 +698,7 @@ fn latency(minutes: f64, png: &Path) {
             }
             _ => (f64::NAN, f64::NAN),
         };
+        let first = batches.values().next().map(|a| a.at_ms);
         let first_s = first.map_or(f64::NAN, |f| (f - started_ms) as f64 / 1e3);
         println!(
             "{:>8}s {:>8} {:>9} {p50:>9.2} {p95:>9.2} {ip:>10.3} {payload:>8.3} {first_s:>14.1}",

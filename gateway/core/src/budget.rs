@@ -224,6 +224,20 @@ impl Pacer {
         if self.pacing.budget == 0 {
             return self.current;
         }
+        // The month already projected over its budget (or spent): lengthen at once, by how far
+        // over it is, without waiting for a whole measurement: the budget comes first.
+        if let Some((now_ms, bytes_month)) = month {
+            let projected = project(now_ms, 0, bytes_month, self.pacing.budget).projected_month;
+            if projected > self.pacing.budget {
+                let over = projected as f64 / self.pacing.budget as f64;
+                let longer = paced_interval(self.current, over, &self.pacing);
+                if longer > self.current {
+                    self.current = longer;
+                    self.window = Some((mono_ms, metered));
+                    return self.current;
+                }
+            }
+        }
         let (start_ms, start_bytes) = *self.window.get_or_insert((mono_ms, metered));
         let elapsed_ms = mono_ms.saturating_sub(start_ms);
         let dwell = MIN_DWELL.max(self.current * DWELL_BATCHES);
@@ -389,6 +403,25 @@ mod tests {
             pacer.handle_usage(dwell + 2 * dwell2, dwell / 10 + 1_000_000, None),
             shorter
         );
+    }
+
+    #[test]
+    fn a_month_projected_over_its_budget_lengthens_the_interval_at_once() {
+        let now = 1_795_788_000_000 - 11 * DAY - 14 * 3_600_000;
+        let mut pacer = Pacer::new(PACING);
+        assert_eq!(pacer.handle_usage(0, 0, Some((now, 0))), PACING.target);
+        // 15 days of 30 in, 0.75 of the 1 GB spent: the month projects to 1.5 GB. Ten seconds
+        // in, no dwell waited.
+        let longer = pacer.handle_usage(10_000, 1_000, Some((now, 750_000_000)));
+        assert!(longer > PACING.target, "{longer:?}");
+        // Still over at the next tally: longer again, up to the ceiling.
+        let spent = Some((now, PACING.budget));
+        let longest = pacer.handle_usage(20_000, 2_000, spent);
+        assert!(longest > longer && longest <= PACING.ceiling, "{longest:?}");
+        for t in 3..10 {
+            pacer.handle_usage(t * 10_000, t * 1_000, spent);
+        }
+        assert_eq!(pacer.interval(), PACING.ceiling);
     }
 
     #[test]

@@ -213,7 +213,8 @@ pub struct StoreStatus {
     /// The last failure, cleared by the next successful commit.
     pub error: Option<String>,
     pub batches_sealed: u64,
-    /// Current batch interval (stretched when the data budget is at risk).
+    /// Current batch interval: `uplink.batch_interval`, or paced by the data budget between
+    /// `uplink.min_batch_interval` and `uplink.max_batch_interval` (`budget::Pacer`).
     pub batch_interval_s: u64,
 }
 
