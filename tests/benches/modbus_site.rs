@@ -648,10 +648,10 @@ fn latency(minutes: f64, png: &Path) {
     while t0.elapsed() < run {
         for (i, g) in gateways.iter().enumerate() {
             let n = world.batches(&g.id);
-            if n > at_batch[i].last().map_or(0, |l| l.0) {
-                if let Some(socket) = g.socket(world.broker.port()) {
-                    at_batch[i].push((n, socket));
-                }
+            if n > at_batch[i].last().map_or(0, |l| l.0)
+                && let Some(socket) = g.socket(world.broker.port())
+            {
+                at_batch[i].push((n, socket));
             }
         }
         std::thread::sleep(Duration::from_millis(200));
