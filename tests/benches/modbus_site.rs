@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo bench -p outpost-e2e --bench modbus_site -- bytes   [--minutes 6]
-//! cargo bench -p outpost-e2e --bench modbus_site -- latency [--minutes 12] [--png PATH]
+//! cargo bench -p outpost-e2e --bench modbus_site -- latency [--minutes 12] [--png PATH] [--intervals 1,5,60]
 //! cargo bench -p outpost-e2e --bench modbus_site -- rss     [--minutes 30] [--png PATH] [--devices 100]
 //! ```
 //!
@@ -80,7 +80,17 @@ fn main() {
     outpost_e2e::raise_open_file_limit();
     match which {
         "bytes" => bytes(minutes(6.0)),
-        "latency" => latency(minutes(12.0), &png("docs/modbus-latency.png")),
+        "latency" => {
+            let intervals: Vec<u64> = value("--intervals").map_or_else(
+                || vec![1, 5, 10, 30, 60, 120, 300],
+                |list| {
+                    list.split(',')
+                        .map(|s| s.parse().expect("--intervals 1,60,300"))
+                        .collect()
+                },
+            );
+            latency(minutes(12.0), &intervals, &png("docs/modbus-latency.png"));
+        }
         "rss" => {
             let devices = value("--devices").map_or(100, |d| d.parse().expect("--devices"));
             rss(minutes(30.0), devices, &png("docs/modbus-rss.png"));
@@ -190,6 +200,7 @@ fn write_map(dir: &Path, scaled: bool) -> PathBuf {
 struct Gateway {
     id: String,
     proc: Proc,
+    api: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -252,6 +263,7 @@ impl Gateway {
         Gateway {
             id: id.to_owned(),
             proc,
+            api,
             _dir: dir,
         }
     }
@@ -613,15 +625,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Latency and bytes per reading across batch intervals, one gateway per interval, at once.
-fn latency(minutes: f64, png: &Path) {
-    const INTERVALS: [u64; 7] = [1, 5, 10, 30, 60, 120, 300];
+fn latency(minutes: f64, intervals: &[u64], png: &Path) {
     let world = World::start();
     let devices = Devices::start(10);
     let maps = tempfile::tempdir().unwrap();
     let map = write_map(maps.path(), true);
     bin("outpost"); // built before any gateway's clock starts
     let mut started_ms = Vec::new();
-    let gateways: Vec<Gateway> = INTERVALS
+    let gateways: Vec<Gateway> = intervals
         .iter()
         .map(|secs| {
             started_ms.push(unix_ms());
@@ -638,7 +649,7 @@ fn latency(minutes: f64, png: &Path) {
             )
         })
         .collect();
-    eprintln!("modbus_site latency: {minutes} min, intervals {INTERVALS:?} s");
+    eprintln!("modbus_site latency: {minutes} min, intervals {intervals:?} s");
     let run = Duration::from_secs_f64(minutes * 60.0);
     let t0 = Instant::now();
     // The socket's counters as each batch reached the cloud: bytes per reading are counted
@@ -667,7 +678,7 @@ fn latency(minutes: f64, png: &Path) {
     let mut rows = Vec::new();
     for (((g, secs), started_ms), samples) in gateways
         .iter()
-        .zip(INTERVALS)
+        .zip(intervals.iter().copied())
         .zip(&started_ms)
         .zip(&at_batch)
     {
@@ -706,6 +717,17 @@ fn latency(minutes: f64, png: &Path) {
             batches.len(),
             lat.len()
         );
+        // Connections and publishes as the gateway counts them: a reconnect or a resend shows.
+        if let Ok(status) = http_get_json(g.api, "/api/v1/status") {
+            let u = &status["uplink"];
+            println!(
+                "{:>9} connects {}, batches published {}, metered {} B",
+                "",
+                u["connects"],
+                u["batches_published"],
+                u["bytes_sent"].as_u64().unwrap_or(0) + u["bytes_received"].as_u64().unwrap_or(0)
+            );
+        }
         rows.push((secs as f64, p50, p95, ip));
     }
     drop(log);
