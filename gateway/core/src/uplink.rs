@@ -433,11 +433,17 @@ impl UplinkSession {
         self.newest_sealed = self.newest_sealed.max(newest);
     }
 
-    /// The client took a publish the session asked for (it goes on the wire in order).
-    pub fn handle_queued(&mut self, queued: Queued) {
+    /// The client took a publish the session asked for at `now` (it goes on the wire in order).
+    pub fn handle_queued(&mut self, now: Millis, queued: Queued) {
         match queued {
             Queued::Status | Queued::Alert => self.tracker.requested(NOT_A_BATCH),
             Queued::Batch(seq) => {
+                // The resend timer runs from the oldest unacknowledged batch's publish: a batch
+                // sent after a quiet spell longer than `resend_after` (a long batch interval) is
+                // not due again the moment it leaves.
+                if self.published_upto <= self.acked_upto {
+                    self.last_progress = now;
+                }
                 self.batch_requested = false;
                 self.tracker.requested(seq);
                 self.published_upto = self.published_upto.max(seq);

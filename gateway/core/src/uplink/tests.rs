@@ -126,17 +126,17 @@ impl Site {
                     None
                 }
                 Action::PublishOnline => {
-                    self.session.handle_queued(Queued::Status);
+                    self.session.handle_queued(self.now, Queued::Status);
                     Some(Wire::Online)
                 }
                 Action::PublishAlert(alert) => {
-                    self.session.handle_queued(Queued::Alert);
+                    self.session.handle_queued(self.now, Queued::Alert);
                     Some(Wire::Alert(alert))
                 }
                 Action::PublishBatch { after } => {
                     match self.outbox.iter().copied().find(|&s| s > after) {
                         Some(seq) => {
-                            self.session.handle_queued(Queued::Batch(seq));
+                            self.session.handle_queued(self.now, Queued::Batch(seq));
                             Some(Wire::Batch(seq))
                         }
                         None => {
@@ -327,6 +327,21 @@ fn with_no_ack_progress_for_resend_after_batches_go_out_again_from_the_oldest_un
     assert_eq!(site.batches_on_wire(), [1, 2, 1, 2]);
     site.cloud_ack(1);
     assert_eq!(site.batches_on_wire(), [1, 2, 1, 2, 3]);
+}
+
+#[test]
+fn a_batch_sealed_after_a_quiet_spell_longer_than_resend_after_is_sent_once() {
+    // Batches every 6 minutes, resend_after 5: each is acknowledged, the next goes out once.
+    let mut site = Site::online(AckMode::EndToEnd, 4, 1);
+    assert_eq!(site.batches_on_wire(), [1]);
+    site.cloud_ack(1);
+    for seq in 2..=4 {
+        site.advance(RESEND + Duration::from_secs(60));
+        site.seal(seq);
+        site.advance(Duration::from_millis(100)); // the timer looks before the cloud's ack
+        site.cloud_ack(seq);
+    }
+    assert_eq!(site.batches_on_wire(), [1, 2, 3, 4]);
 }
 
 #[test]

@@ -183,7 +183,7 @@ pub async fn run(
                 }
                 Action::PublishOnline => {
                     match client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online") {
-                        Ok(()) => session.handle_queued(Queued::Status),
+                        Ok(()) => session.handle_queued(now(), Queued::Status),
                         Err(_) => session.handle_client_full(Action::PublishOnline),
                     }
                 }
@@ -194,7 +194,7 @@ pub async fn run(
                         false,
                         payload.clone(),
                     ) {
-                        Ok(()) => session.handle_queued(Queued::Alert),
+                        Ok(()) => session.handle_queued(now(), Queued::Alert),
                         Err(_) => session.handle_client_full(Action::PublishAlert(payload)),
                     }
                 }
@@ -207,7 +207,7 @@ pub async fn run(
                         Some((seq, bytes)) => {
                             match client.try_publish(&topics.batch, QoS::AtLeastOnce, false, bytes)
                             {
-                                Ok(()) => session.handle_queued(Queued::Batch(seq)),
+                                Ok(()) => session.handle_queued(now(), Queued::Batch(seq)),
                                 Err(_) => session.handle_client_full(action),
                             }
                         }
