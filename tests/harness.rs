@@ -282,6 +282,36 @@ impl Site {
         http_get_json(self.api, path)
     }
 
+    /// Every batch the cloud can pull with `token` (`[uplink.pull]`), oldest first: its seq and
+    /// its bytes; `None` while the API does not answer.
+    pub fn pulled_batches(&self, token: &str) -> Option<Vec<(u64, Vec<u8>)>> {
+        let (status, body) = http(
+            self.api,
+            "GET",
+            "/api/v1/batches?after=0",
+            Some(token),
+            None,
+        )
+        .ok()?;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let mut batches = Vec::new();
+        for info in index["batches"].as_array()? {
+            let seq = info["seq"].as_u64()?;
+            let (status, bytes) = http(
+                self.api,
+                "GET",
+                &format!("/api/v1/batches/{seq}"),
+                Some(token),
+                None,
+            )
+            .ok()?;
+            assert_eq!(status, 200, "batch {seq}");
+            batches.push((seq, bytes));
+        }
+        Some(batches)
+    }
+
     /// Every node's `seq` channel in store order, keyed by uid.
     pub fn stored_seqs(&self) -> Result<Vec<(String, Vec<i64>)>> {
         stored_seqs(&self.store_path())

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outpost_e2e::{Site, http, wait_for};
+use outpost_e2e::{Site, wait_for};
 use tokio::net::TcpListener;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
@@ -90,39 +90,12 @@ type Pulled = (u64, Vec<(String, f64)>);
 
 /// Every batch the cloud can pull.
 fn pulled(site: &Site) -> Option<Vec<Pulled>> {
-    let (status, body) = http(
-        site.api,
-        "GET",
-        "/api/v1/batches?after=0",
-        Some(TOKEN),
-        None,
-    )
-    .ok()?;
-    assert_eq!(status, 200);
-    let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
     let mut batches = Vec::new();
-    for info in index["batches"].as_array()? {
-        let seq = info["seq"].as_u64()?;
-        let (_, bytes) = http(
-            site.api,
-            "GET",
-            &format!("/api/v1/batches/{seq}"),
-            Some(TOKEN),
-            None,
-        )
-        .ok()?;
+    for (seq, bytes) in site.pulled_batches(TOKEN)? {
         let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
         let readings = batch
             .readings()
-            .map(|r| {
-                let value = match r.value {
-                    outpost_batch::Value::Decimal { raw, exp } => {
-                        raw as f64 * 10f64.powi(exp.into())
-                    }
-                    outpost_batch::Value::Float(f) => f,
-                };
-                (r.channel.to_owned(), value)
-            })
+            .map(|r| (r.channel.to_owned(), r.value.as_f64()))
             .collect();
         batches.push((seq, readings));
     }

@@ -107,27 +107,8 @@ fn a_tcp_meter_is_polled_into_the_status_page_and_the_pulled_batches() {
         Duration::from_secs(30),
         "meter readings in pulled batches",
         || {
-            let (status, body) = http(
-                site.api,
-                "GET",
-                "/api/v1/batches?after=0",
-                Some(TOKEN),
-                None,
-            )
-            .ok()?;
-            assert_eq!(status, 200);
-            let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
             by_channel.clear();
-            for info in index["batches"].as_array()? {
-                let seq = info["seq"].as_u64()?;
-                let (_, bytes) = http(
-                    site.api,
-                    "GET",
-                    &format!("/api/v1/batches/{seq}"),
-                    Some(TOKEN),
-                    None,
-                )
-                .ok()?;
+            for (_, bytes) in site.pulled_batches(TOKEN)? {
                 let batch =
                     outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
                 for r in batch.readings() {
@@ -319,25 +300,7 @@ fn a_register_in_tenths_reaches_the_api_and_the_cloud_as_the_exact_decimal() {
 
     // The cloud's side: decimal columns, and `outpost batch decode` prints the decimals.
     let lines = wait_for(Duration::from_secs(30), "a pulled batch", || {
-        let (status, body) = http(
-            site.api,
-            "GET",
-            "/api/v1/batches?after=0",
-            Some(TOKEN),
-            None,
-        )
-        .ok()?;
-        assert_eq!(status, 200);
-        let index: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let seq = index["batches"].as_array()?.first()?["seq"].as_u64()?;
-        let (_, bytes) = http(
-            site.api,
-            "GET",
-            &format!("/api/v1/batches/{seq}"),
-            Some(TOKEN),
-            None,
-        )
-        .ok()?;
+        let (seq, bytes) = site.pulled_batches(TOKEN)?.into_iter().next()?;
         let batch = outpost_batch::decode(&bytes, &outpost_batch::Dictionaries::new()).unwrap();
         for r in batch.readings() {
             let expected = match r.channel {
