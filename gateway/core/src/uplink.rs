@@ -49,6 +49,7 @@ use serde::Serialize;
 use crate::config::AckMode;
 
 pub mod backoff;
+pub mod protocol;
 
 pub use backoff::{Backoff, BackoffPolicy};
 
@@ -198,6 +199,11 @@ pub struct UplinkSession {
     client_full: bool,
     /// The broker refused a subscription on this connection: no echo makes up for it.
     subscription_refused: bool,
+    /// SUBACKs still awaited for this connection's SUBSCRIBEs.
+    subacks_awaited: u8,
+    /// The broker granted both subscriptions in the session it holds: a reconnection that
+    /// finds the session present need not subscribe again.
+    subscribed_in_session: bool,
     /// Highest acknowledgement not yet recorded by the store.
     ack_wanted: u64,
     /// An `AckStore` is out; no second one until it is answered.
@@ -237,6 +243,8 @@ impl UplinkSession {
             batch_requested: false,
             client_full: false,
             subscription_refused: false,
+            subacks_awaited: 0,
+            subscribed_in_session: false,
             ack_wanted: acked_upto,
             store_acking: false,
             store_retry_at: None,
@@ -300,9 +308,17 @@ impl UplinkSession {
         }
         self.batch_requested = false;
         self.last_progress = now;
-        self.actions.push_back(Action::Subscribe(Subscription::Ack));
-        self.actions
-            .push_back(Action::Subscribe(Subscription::Status));
+        // The broker keeps subscriptions with the session (MQTT 5's session expiry, 3.1.1's
+        // persistent session): subscribing again would only cost bytes at every reconnection.
+        // Only subscriptions whose SUBACK came back count; one in flight when the link dropped
+        // may never have reached the broker.
+        if !(session_present && self.subscribed_in_session) {
+            self.subscribed_in_session = false;
+            self.subacks_awaited = 2;
+            self.actions.push_back(Action::Subscribe(Subscription::Ack));
+            self.actions
+                .push_back(Action::Subscribe(Subscription::Status));
+        }
         self.actions.push_back(Action::PublishOnline);
         self.probe = Probe::Waiting { since: now };
         self.client_full = false;
@@ -358,6 +374,10 @@ impl UplinkSession {
 
     /// The broker answered a SUBSCRIBE; `refused` when any topic was refused.
     pub fn handle_suback(&mut self, refused: bool) {
+        if !refused && self.subacks_awaited > 0 {
+            self.subacks_awaited -= 1;
+            self.subscribed_in_session = self.subacks_awaited == 0;
+        }
         if refused {
             self.subscription_refused = true;
             let why = format!(
@@ -412,6 +432,29 @@ impl UplinkSession {
         if let Some(seq) = self.tracker.outgoing(pkid).filter(|&s| s != NOT_A_BATCH) {
             self.sent_max = self.sent_max.max(seq);
         }
+    }
+
+    /// The broker refused packet `pkid` in its PUBACK (MQTT 5, a reason code of 0x80 or more:
+    /// with Mosquitto, 0x87 when its ACL denies the topic). The publish was dropped: nothing is
+    /// acknowledged by it, and the identity counts as refused until a later connection's probe
+    /// passes, as when the echo never comes.
+    pub fn handle_puback_refused(&mut self, pkid: u16, reason: &str) {
+        let Some(seq) = self.tracker.puback(pkid) else {
+            return;
+        };
+        let what = if seq == NOT_A_BATCH {
+            "a status or alert message".to_owned()
+        } else {
+            // Dropped by the broker: it goes out again once the topics are granted.
+            self.published_upto = self.published_upto.min(self.acked_upto.max(seq - 1));
+            format!("batch {seq}")
+        };
+        let why = format!(
+            "the broker refused {what} ({reason}): this gateway's certificate does not grant topics \
+             under outpost/{id}/ (does gateway.id match the certificate's identity?)",
+            id = self.gateway_id
+        );
+        self.refuse(why);
     }
 
     /// The broker acknowledged packet `pkid` (PUBACK).

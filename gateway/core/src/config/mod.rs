@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::uplink::protocol::ProtocolSetting;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
@@ -127,6 +128,12 @@ pub struct RawMqtt {
     /// With no acknowledgement for this long, publish again from the oldest unacked batch.
     #[serde(default = "default_resend_after", with = "humantime_serde")]
     pub resend_after: Duration,
+    /// `auto` (MQTT 5, or 3.1.1 for a broker that will not take it), `5` or `3.1.1`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// MQTT 5: how long the broker keeps this gateway's session after a connection ends.
+    #[serde(default = "default_session_expiry", with = "humantime_serde")]
+    pub session_expiry: Duration,
 }
 
 /// `uplink.min_batch_interval` when not set: this, or `batch_interval` if shorter.
@@ -145,6 +152,12 @@ fn default_max_unacked() -> u32 {
 }
 fn default_resend_after() -> Duration {
     Duration::from_secs(300)
+}
+fn default_protocol() -> String {
+    "auto".into()
+}
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for RawUplink {
@@ -438,6 +451,9 @@ pub struct MqttConfig {
     pub max_unacked: usize,
     /// With no acknowledgement progress for this long, publish again from the oldest unacked.
     pub resend_after: Duration,
+    pub protocol: ProtocolSetting,
+    /// MQTT 5's session expiry interval.
+    pub session_expiry: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -941,6 +957,19 @@ pub fn compile(
                 AckMode::EndToEnd
             }
         };
+        let protocol = ProtocolSetting::parse(&m.protocol).unwrap_or_else(|| {
+            problem(
+                "uplink.mqtt.protocol",
+                format!("`{}` is not `auto`, `5` or `3.1.1`", m.protocol),
+            );
+            ProtocolSetting::Auto
+        });
+        if m.session_expiry.as_secs() > u64::from(u32::MAX) {
+            problem(
+                "uplink.mqtt.session_expiry",
+                format!("must be at most {}s (MQTT 5's limit)", u32::MAX),
+            );
+        }
         if !(1..=64).contains(&m.max_unacked) {
             problem("uplink.mqtt.max_unacked", "must be between 1 and 64".into());
         }
@@ -970,6 +999,8 @@ pub fn compile(
             ack,
             max_unacked: m.max_unacked as usize,
             resend_after,
+            protocol,
+            session_expiry: m.session_expiry,
         }
     });
     if raw.buffer.max_bytes < 64 * 1024 {

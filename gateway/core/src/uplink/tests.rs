@@ -371,6 +371,63 @@ fn a_session_the_broker_kept_is_not_sent_again() {
 }
 
 #[test]
+fn a_reconnection_to_a_kept_session_whose_subscriptions_were_granted_does_not_subscribe_again() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 1);
+    site.connect(false);
+    site.session.handle_suback(false);
+    site.session.handle_suback(false);
+    site.echo();
+    assert_eq!(site.subscriptions.len(), 2);
+    site.session.handle_connection_lost(site.now, "link".into());
+    site.connect(true);
+    assert_eq!(site.subscriptions.len(), 2, "the session holds them");
+    assert_eq!(
+        site.wire.last(),
+        Some(&(3, Wire::Online)),
+        "the probe still runs"
+    );
+    site.echo();
+    // A session the broker lost needs them again.
+    site.session
+        .handle_connection_lost(site.now, "broker restarted".into());
+    site.connect(false);
+    assert_eq!(site.subscriptions.len(), 4);
+}
+
+#[test]
+fn subscriptions_without_both_subacks_are_made_again_even_in_a_kept_session() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 1);
+    site.connect(false);
+    site.session.handle_suback(false); // the second SUBACK never came: the link dropped
+    site.session.handle_connection_lost(site.now, "link".into());
+    site.connect(true);
+    assert_eq!(site.subscriptions.len(), 4);
+}
+
+#[test]
+fn a_batch_the_broker_refuses_in_its_puback_is_not_acknowledged_and_refuses_the_identity() {
+    let mut site = Site::online(AckMode::Broker, 8, 2);
+    let (p1, p2) = (site.pkid_of(1), site.pkid_of(2));
+    site.session.handle_puback_refused(p1, "not authorized");
+    site.pump();
+    site.puback(p2);
+    assert!(
+        site.store_acks.is_empty(),
+        "batch 1 was dropped by the broker"
+    );
+    let refused = site.session.status().refused.clone().expect("refused");
+    assert!(refused.contains("batch 1 (not authorized)"), "{refused}");
+    assert!(refused.contains("outpost/gw-1/"), "{refused}");
+    // Held until a connection's probe passes; then batch 1 goes out again.
+    site.seal(3);
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+    site.session.handle_connection_lost(site.now, "link".into());
+    site.connect(true);
+    site.echo();
+    assert_eq!(site.batches_on_wire(), [1, 2, 1, 2, 3]);
+}
+
+#[test]
 fn out_of_order_pubacks_acknowledge_only_up_to_the_first_gap_in_broker_mode() {
     let mut site = Site::online(AckMode::Broker, 8, 4);
     let (p1, p2, p3, p4) = (
