@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod modbus_peer;
+pub mod mqtt_front;
 pub mod nspawn;
 
 use std::io::{Read, Write};

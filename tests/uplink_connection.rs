@@ -2,6 +2,10 @@
 //! certificates, per-identity ACL): one connection at start, back within about a second of the
 //! broker's return, one log line per change of state, and a clean stop.
 //!
+//! MQTT 5 is checked through [`MqttFront`], a TLS front that records what the gateway put on the
+//! wire (protocol level, session expiry, topic names and aliases) and can play a broker that
+//! only speaks 3.1.1.
+//!
 //! The gateway's log goes to a file in the site's directory (text, no colours), and the broker's
 //! log (`connection_messages true`) is the record of every connection the broker accepted.
 
@@ -13,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use outpost_e2e::broker::{Broker, Cloud, Pki};
+use outpost_e2e::mqtt_front::{MqttFront, Seen};
 use outpost_e2e::{NodeSpec, Proc, Site, bin, wait_for};
 
 const GATEWAY: &str = "e2e-site"; // the Site's gateway.id
@@ -31,9 +36,14 @@ fn site(broker: &Broker, pki: &Pki) -> Site {
 
 /// A site with one node whose gateway pushes every second to the broker at `port` on loopback.
 fn site_via(port: u16, pki: &Pki) -> Site {
+    site_with(port, pki, "")
+}
+
+/// [`site_via`] with more `[uplink.mqtt]` keys.
+fn site_with(port: u16, pki: &Pki, mqtt_keys: &str) -> Site {
     let files = pki.client(GATEWAY).unwrap();
     let config = format!(
-        "[uplink]\nbatch_interval = \"1s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\n",
+        "[uplink]\nbatch_interval = \"1s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\n{mqtt_keys}",
         port,
         files.ca.display(),
         files.cert.display(),
@@ -333,4 +343,203 @@ fn a_sigterm_says_offline_disconnects_cleanly_and_logs_no_warn() {
         "{}",
         lines.join("\n")
     );
+}
+
+/// The batch PUBLISHes the front saw, as (connection, topic, alias).
+fn batch_publishes(front: &MqttFront) -> Vec<(usize, String, Option<u16>)> {
+    front
+        .seen()
+        .into_iter()
+        .filter_map(|seen| match seen {
+            Seen::Publish {
+                connection,
+                topic,
+                alias,
+                ..
+            } if topic.is_empty() || topic.ends_with("/batch") => Some((connection, topic, alias)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn status_field(site: &Site, key: &str) -> serde_json::Value {
+    site.get("/api/v1/status")
+        .map(|s| s["uplink"][key].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn with_mqtt_5_batches_travel_as_a_topic_alias_and_those_replayed_after_a_drop_carry_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, broker, cloud) = setup(dir.path());
+    let front = MqttFront::start(&broker, &pki, GATEWAY).unwrap();
+    // The broker's PUBACK acknowledges: while PUBACKs are held, batches stay in flight, and
+    // rumqttc replays them on the next connection.
+    let mut site = site_with(front.port(), &pki, "ack = \"broker\"\n");
+    let log = start_gateway(&mut site);
+    let batch_topic = format!("outpost/{GATEWAY}/batch");
+    wait_for(
+        Duration::from_secs(60),
+        "three batches on the first connection",
+        || (batch_publishes(&front).len() >= 3).then_some(()),
+    )
+    .unwrap();
+    assert_eq!(status_field(&site, "protocol"), "5");
+    let first = batch_publishes(&front);
+    assert_eq!(
+        first[0],
+        (0, batch_topic.clone(), Some(1)),
+        "named and aliased once"
+    );
+    assert!(
+        first[1..].iter().all(|p| *p == (0, String::new(), Some(1))),
+        "then the alias alone: {first:?}"
+    );
+    assert!(matches!(
+        front.seen()[0],
+        Seen::Connect {
+            level: 5,
+            session_expiry: Some(3600),
+            ..
+        }
+    ));
+
+    // PUBACKs stop reaching the gateway; batches go out on the alias and stay unacknowledged.
+    front.stall_downstream(true);
+    let stalled_from = batch_publishes(&front).len();
+    wait_for(
+        Duration::from_secs(30),
+        "two batches sent while PUBACKs are held",
+        || (batch_publishes(&front).len() >= stalled_from + 2).then_some(()),
+    )
+    .unwrap();
+    front.cut();
+    front.stall_downstream(false);
+    let cloud_seen = cloud.messages().len();
+    wait_for(
+        Duration::from_secs(60),
+        "three batches on a later connection",
+        || (batch_publishes(&front).iter().filter(|p| p.0 >= 1).count() >= 3).then_some(()),
+    )
+    .unwrap();
+    wait_for_a_batch(&cloud, cloud_seen);
+
+    let publishes = batch_publishes(&front);
+    let violations = front.alias_violations();
+    assert!(
+        violations.is_empty(),
+        "a publish carried an alias its connection never defined: {violations:?}\nall: {publishes:?}\n--- broker\n{}",
+        broker.log()
+    );
+    let later = publishes.iter().find(|p| p.0 >= 1).unwrap();
+    assert_eq!(
+        later.1, batch_topic,
+        "the first batch of a new connection names its topic"
+    );
+    assert!(!broker.log().contains("protocol error"), "{}", broker.log());
+    assert_eq!(
+        front.connections(),
+        2,
+        "no reconnection loop\n{}",
+        log_lines(&log).join("\n")
+    );
+    assert!(
+        cloud
+            .messages()
+            .iter()
+            .filter(|m| m.topic.ends_with("/batch"))
+            .all(|m| m.topic == batch_topic),
+        "the broker resolved every alias for the cloud"
+    );
+}
+
+#[test]
+fn a_broker_that_only_speaks_3_1_1_gets_3_1_1_after_one_attempt_without_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, broker, cloud) = setup(dir.path());
+    let front = MqttFront::start(&broker, &pki, GATEWAY).unwrap();
+    front.refuse_v5(true);
+    let mut site = site_with(front.port(), &pki, "");
+    let log = start_gateway(&mut site);
+    wait_for_a_batch(&cloud, 0);
+    assert_eq!(status_field(&site, "protocol"), "3.1.1");
+    assert_eq!(status_field(&site, "connects"), 1);
+
+    // A dropped connection comes back in 3.1.1 at once: no second MQTT 5 attempt in this run.
+    front.cut();
+    let cloud_seen = cloud.messages().len();
+    wait_for(Duration::from_secs(30), "the second connection", || {
+        (status_field(&site, "connects") == 2).then_some(())
+    })
+    .unwrap();
+    wait_for_a_batch(&cloud, cloud_seen);
+    let seen = front.seen();
+    let connects: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Connect { .. } | Seen::RefusedV5 { .. }))
+        .collect();
+    assert!(
+        matches!(
+            connects.as_slice(),
+            [
+                Seen::RefusedV5 { connection: 0 },
+                Seen::Connect {
+                    connection: 1,
+                    level: 4,
+                    session_expiry: None
+                },
+                Seen::Connect {
+                    connection: 2,
+                    level: 4,
+                    ..
+                },
+            ]
+        ),
+        "{connects:?}"
+    );
+    assert!(
+        batch_publishes(&front).iter().all(|p| p.2.is_none()),
+        "no alias with 3.1.1"
+    );
+    let lines = log_lines(&log);
+    let fallback: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("did not take this MQTT version"))
+        .collect();
+    assert_eq!(fallback.len(), 1, "{}", lines.join("\n"));
+    assert_eq!(level_of(fallback[0]), Some("INFO"));
+    let before_cut: Vec<&String> = lines
+        .iter()
+        .take_while(|l| !l.contains("Uplink lost"))
+        .filter(|l| matches!(level_of(l), Some("WARN" | "ERROR")))
+        .collect();
+    assert!(
+        before_cut.is_empty(),
+        "a 3.1.1 broker is not an outage: {before_cut:?}"
+    );
+}
+
+#[test]
+fn a_gateway_told_to_speak_mqtt_5_does_not_fall_back_and_says_why_it_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki, broker, _cloud) = setup(dir.path());
+    let front = MqttFront::start(&broker, &pki, GATEWAY).unwrap();
+    front.refuse_v5(true);
+    let mut site = site_with(front.port(), &pki, "protocol = \"5\"\n");
+    start_gateway(&mut site);
+    wait_for(Duration::from_secs(30), "three refused attempts", || {
+        (front.connections() >= 3).then_some(())
+    })
+    .unwrap();
+    assert!(
+        front
+            .seen()
+            .iter()
+            .all(|s| matches!(s, Seen::RefusedV5 { .. })),
+        "{:?}",
+        front.seen()
+    );
+    assert_eq!(status_field(&site, "connected"), false);
+    let error = status_field(&site, "last_error");
+    assert!(error.as_str().is_some_and(|e| !e.is_empty()), "{error}");
 }

@@ -206,7 +206,7 @@ async fn publish_metered(
     let socket = link.socket_path().to_string_lossy().into_owned();
     let meter = Arc::new(Meter::default());
     let shutdown = CancellationToken::new();
-    let errors = Arc::new(std::sync::Mutex::new(None));
+    let errors = Arc::new(outpost::io::uplink::link::LinkReport::default());
     tokio::spawn(link.run(
         "127.0.0.1".into(),
         broker.port(),

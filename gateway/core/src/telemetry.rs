@@ -257,6 +257,8 @@ pub struct CostStatus {
 pub struct UplinkBoard {
     #[serde(flatten)]
     pub session: UplinkStatus,
+    /// The MQTT version of the connection that is up (`5` or `3.1.1`).
+    pub protocol: Option<&'static str>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }

@@ -96,6 +96,17 @@ pub struct ProtocolChoice {
     setting: ProtocolSetting,
     current: MqttVersion,
     settled: bool,
+    switches: u32,
+}
+
+/// The next attempt speaks another version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    pub to: MqttVersion,
+    /// The first switch of the run is tried at once: a 3.1.1 broker is not an outage. Later
+    /// ones wait for the back-off like any failed attempt (a broker that closes every
+    /// connection must not be hammered in both versions).
+    pub at_once: bool,
 }
 
 impl ProtocolChoice {
@@ -109,6 +120,7 @@ impl ProtocolChoice {
             setting,
             current,
             settled: false,
+            switches: 0,
         }
     }
 
@@ -125,7 +137,7 @@ impl ProtocolChoice {
 
     /// An attempt failed before the broker accepted it. Returns the version the next attempt
     /// switches to, if it switches.
-    pub fn failed(&mut self, failure: AttemptFailure) -> Option<MqttVersion> {
+    pub fn failed(&mut self, failure: AttemptFailure) -> Option<Switch> {
         let may_switch = self.setting == ProtocolSetting::Auto && !self.settled;
         let about_the_version = matches!(
             failure,
@@ -133,7 +145,11 @@ impl ProtocolChoice {
         );
         if may_switch && about_the_version {
             self.current = self.current.other();
-            Some(self.current)
+            self.switches += 1;
+            Some(Switch {
+                to: self.current,
+                at_once: self.switches == 1,
+            })
         } else {
             None
         }
@@ -204,16 +220,29 @@ impl TopicAliases {
     }
 
     /// How a publish on `topic` refers to it. `aliased` says whether the topic deserves an alias
-    /// (a frequent one); others always carry their name.
-    pub fn publish(&mut self, topic: &str, aliased: bool) -> TopicRef {
+    /// (a frequent one); others always carry their name. Tell [`TopicAliases::queued`] once the
+    /// client took the publish: a new alias counts only from then on.
+    #[must_use]
+    pub fn reference(&self, topic: &str, aliased: bool) -> TopicRef {
         if let Some(index) = self.defined.iter().position(|t| t == topic) {
             return TopicRef::Alias(alias_of(index));
         }
         if !aliased || self.defined.len() >= usize::from(self.limit) {
             return TopicRef::Name;
         }
-        self.defined.push(topic.to_owned());
-        TopicRef::NameAndAlias(alias_of(self.defined.len() - 1))
+        TopicRef::NameAndAlias(alias_of(self.defined.len()))
+    }
+
+    /// The client took a publish on `topic` made with `reference` (from
+    /// [`TopicAliases::reference`], with no connection change in between): it goes on the wire
+    /// in order, so publishes after it may use the alias alone.
+    pub fn queued(&mut self, topic: &str, reference: TopicRef) {
+        if let TopicRef::NameAndAlias(alias) = reference
+            && usize::from(alias) == self.defined.len() + 1
+            && alias <= self.limit
+        {
+            self.defined.push(topic.to_owned());
+        }
     }
 
     /// The topic an alias stood for on the connection that just ended: a publish queued with
@@ -243,7 +272,10 @@ mod tests {
         assert_eq!(choice.failed(AttemptFailure::Refused), None);
         assert_eq!(
             choice.failed(AttemptFailure::NoAnswer),
-            Some(MqttVersion::V311)
+            Some(Switch {
+                to: MqttVersion::V311,
+                at_once: true
+            })
         );
         choice.connected();
         assert_eq!(choice.failed(AttemptFailure::NoAnswer), None);
@@ -255,11 +287,18 @@ mod tests {
         let mut choice = ProtocolChoice::new(ProtocolSetting::Auto);
         assert_eq!(
             choice.failed(AttemptFailure::VersionRefused),
-            Some(MqttVersion::V311)
+            Some(Switch {
+                to: MqttVersion::V311,
+                at_once: true
+            })
         );
         assert_eq!(
             choice.failed(AttemptFailure::NoAnswer),
-            Some(MqttVersion::V5)
+            Some(Switch {
+                to: MqttVersion::V5,
+                at_once: false
+            }),
+            "later switches wait for the back-off"
         );
         choice.connected();
         assert_eq!(choice.current(), MqttVersion::V5);
@@ -299,44 +338,71 @@ mod tests {
     #[test]
     fn the_batch_topic_is_named_once_per_connection_then_aliased() {
         let mut aliases = TopicAliases::new();
-        assert_eq!(aliases.publish("b", true), TopicRef::Name, "not connected");
+        assert_eq!(
+            publish(&mut aliases, "b", true),
+            TopicRef::Name,
+            "not connected"
+        );
         aliases.connected(10);
-        assert_eq!(aliases.publish("b", true), TopicRef::NameAndAlias(1));
-        assert_eq!(aliases.publish("b", true), TopicRef::Alias(1));
-        assert_eq!(aliases.publish("status", false), TopicRef::Name);
+        assert_eq!(aliases.reference("b", true), TopicRef::NameAndAlias(1));
+        assert_eq!(
+            aliases.reference("b", true),
+            TopicRef::NameAndAlias(1),
+            "the client did not take it: the alias is not defined"
+        );
+        assert_eq!(publish(&mut aliases, "b", true), TopicRef::NameAndAlias(1));
+        assert_eq!(publish(&mut aliases, "b", true), TopicRef::Alias(1));
+        assert_eq!(publish(&mut aliases, "status", false), TopicRef::Name);
         aliases.lost();
         assert_eq!(aliases.previous_topic(1), Some("b"));
         assert_eq!(aliases.previous_topic(0), None);
         assert_eq!(aliases.previous_topic(2), None);
         assert_eq!(
-            aliases.publish("b", true),
+            publish(&mut aliases, "b", true),
             TopicRef::Name,
             "between connections"
         );
         aliases.connected(10);
-        assert_eq!(aliases.publish("b", true), TopicRef::NameAndAlias(1));
+        assert_eq!(publish(&mut aliases, "b", true), TopicRef::NameAndAlias(1));
+    }
+
+    fn publish(aliases: &mut TopicAliases, topic: &str, aliased: bool) -> TopicRef {
+        let reference = aliases.reference(topic, aliased);
+        aliases.queued(topic, reference);
+        reference
     }
 
     #[test]
     fn a_broker_without_aliases_gets_names() {
         let mut aliases = TopicAliases::new();
         aliases.connected(0);
-        assert_eq!(aliases.publish("b", true), TopicRef::Name);
-        assert_eq!(aliases.publish("b", true), TopicRef::Name);
+        assert_eq!(publish(&mut aliases, "b", true), TopicRef::Name);
+        assert_eq!(publish(&mut aliases, "b", true), TopicRef::Name);
     }
 
     #[derive(Debug, Clone)]
     enum Step {
         Connected(u16),
         Lost,
-        Publish { topic: u8, aliased: bool },
+        /// `taken`: whether the client's queue took it (a full queue sends nothing).
+        Publish {
+            topic: u8,
+            aliased: bool,
+            taken: bool,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0u16..8).prop_map(Step::Connected),
             Just(Step::Lost),
-            (0u8..8, any::<bool>()).prop_map(|(topic, aliased)| Step::Publish { topic, aliased }),
+            (0u8..8, any::<bool>(), prop::bool::weighted(0.9)).prop_map(
+                |(topic, aliased, taken)| Step::Publish {
+                    topic,
+                    aliased,
+                    taken
+                }
+            ),
         ]
     }
 
@@ -357,9 +423,13 @@ mod tests {
                         aliases.lost();
                         broker = None;
                     }
-                    Step::Publish { topic, aliased } => {
+                    Step::Publish { topic, aliased, taken } => {
                         let name = format!("outpost/gw/{topic}");
-                        let reference = aliases.publish(&name, aliased);
+                        let reference = aliases.reference(&name, aliased);
+                        if !taken {
+                            continue; // never reached the broker
+                        }
+                        aliases.queued(&name, reference);
                         let Some((max, table)) = broker.as_mut() else {
                             prop_assert_eq!(reference, TopicRef::Name);
                             continue;

@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::pem::PemObject as _;
@@ -77,6 +78,36 @@ pub fn client_config(
         .with_client_auth_cert(chain, key)?)
 }
 
+/// What the link tells the MQTT adapter: why the last connection failed, and how many TLS
+/// handshakes with the broker completed (an attempt during which this grew reached the broker,
+/// so its failure is the broker's answer, not the network's).
+#[derive(Debug, Default)]
+pub struct LinkReport {
+    last_error: Mutex<Option<String>>,
+    handshakes: AtomicU64,
+}
+
+impl LinkReport {
+    fn failed(&self, why: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
+
+    /// The last failure, once.
+    pub fn take_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+}
+
 /// The bridge between rumqttc's Unix socket and TLS to the broker.
 #[derive(Debug)]
 pub struct TlsLink {
@@ -104,7 +135,7 @@ impl TlsLink {
     }
 
     /// Serves until `stop`: each accepted connection is bridged to `host:port` over TLS.
-    /// TLS and TCP failures go to `last_error` (and the debug log: the MQTT adapter reports the
+    /// TLS and TCP failures go to `report` (and the debug log: the MQTT adapter reports the
     /// outage, once); the MQTT client then sees its connection close and retries. On `stop`, a
     /// bridged connection gets [`STOP_GRACE`] to forward what the client sent last (its
     /// goodbye) and close TLS.
@@ -114,7 +145,7 @@ impl TlsLink {
         port: u16,
         tls: Arc<rustls::ClientConfig>,
         meter: Arc<Meter>,
-        last_error: Arc<Mutex<Option<String>>>,
+        report: Arc<LinkReport>,
         stop: CancellationToken,
     ) {
         let connector = tokio_rustls::TlsConnector::from(tls);
@@ -142,12 +173,11 @@ impl TlsLink {
                 Ok(remote) => remote,
                 Err(error) => {
                     tracing::debug!(message = "Uplink connection failed.", %error);
-                    *last_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+                    report.failed(error);
                     continue; // dropping `local` closes rumqttc's side
                 }
             };
+            report.handshakes.fetch_add(1, Ordering::Relaxed);
             let bridge = tokio::io::copy_bidirectional(&mut local, &mut remote);
             tokio::pin!(bridge);
             let result = tokio::select! {
@@ -159,9 +189,7 @@ impl TlsLink {
             };
             if let Err(error) = result {
                 tracing::debug!(message = "Uplink connection closed.", %error);
-                *last_error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!(
+                report.failed(format!(
                     "connection to broker {host}:{port} closed: {error}"
                 ));
             }

@@ -1,5 +1,6 @@
 //! The uplink to the cloud: MQTT over TLS with end-to-end acknowledgement, every byte metered.
 
+pub mod client;
 pub mod cost;
 pub mod link;
 pub mod meter;

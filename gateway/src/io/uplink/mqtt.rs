@@ -13,6 +13,11 @@
 //! future this task owns ([`PollFuture`]), kept across `select!` rounds, and the event loop is
 //! only polled again once that future has returned it.
 //!
+//! The MQTT version is chosen per attempt by `outpost_core::uplink::protocol::ProtocolChoice`
+//! (MQTT 5 unless the broker will not take it); [`super::client`] hides which one rumqttc
+//! speaks. With MQTT 5 the batch topic travels as a topic alias after its first publish on
+//! each connection ([`TopicAliases`]).
+//!
 //! Shutdown: this task stops on the daemon's token; the TLS link has a token of its own,
 //! cancelled only after the retained `offline` and the MQTT DISCONNECT went through it.
 
@@ -20,22 +25,22 @@ use std::future::Future;
 use std::pin::Pin;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_core::config::MqttConfig;
+use outpost_core::uplink::protocol::{
+    AttemptFailure, MqttVersion, ProtocolChoice, TopicAliases, TopicRef,
+};
 use outpost_core::uplink::{
     Action, Event, Queued, SessionConfig, StoreAckError, Subscription, UplinkSession,
 };
 use outpost_proto::Millis;
-use rumqttc::{
-    AsyncClient, ConnectionError, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Transport,
-};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::link::TlsLink;
+use super::client::{self, Client, ClientSettings, Connection, Failure, Wire};
+use super::link::{LinkReport, TlsLink};
 use super::meter::Meter;
 use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{Reader, Readers, StoreError};
@@ -75,18 +80,13 @@ pub struct UplinkIo {
     pub telemetry: TelemetryHub,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// One `poll` of the event loop, owning it until it returns: dropped only at shutdown.
+type PollFuture = Pin<Box<dyn Future<Output = (Connection, Result<Wire, Failure>)> + Send>>;
 
-/// One `EventLoop::poll`, owning the event loop until it returns: dropped only at shutdown.
-type PollFuture =
-    Pin<Box<dyn Future<Output = (EventLoop, Result<rumqttc::Event, ConnectionError>)> + Send>>;
-
-fn poll_once(mut eventloop: EventLoop) -> PollFuture {
+fn poll_once(mut connection: Connection) -> PollFuture {
     Box::pin(async move {
-        let event = eventloop.poll().await;
-        (eventloop, event)
+        let event = connection.poll().await;
+        (connection, event)
     })
 }
 
@@ -116,7 +116,7 @@ pub async fn run(
         }
     };
     let socket = link.socket_path().to_string_lossy().into_owned();
-    let link_error = Arc::new(Mutex::new(None));
+    let report = Arc::new(LinkReport::default());
     // Not the daemon's token: the link carries the goodbye after the daemon was told to stop.
     let link_stop = CancellationToken::new();
     let link_task = tokio::spawn(link.run(
@@ -124,26 +124,26 @@ pub async fn run(
         config.port,
         tls,
         Arc::clone(&io.meter),
-        Arc::clone(&link_error),
+        Arc::clone(&report),
         link_stop.clone(),
     ));
 
     let topics = Topics::new(&gateway_id);
-    let mut options = MqttOptions::new(format!("outpost-{gateway_id}"), socket, 0);
-    options
-        .set_transport(Transport::Unix)
-        .set_keep_alive(config.keepalive)
-        .set_clean_session(false)
-        .set_max_packet_size(64 * 1024, 64 * 1024 * 1024)
-        .set_last_will(LastWill::new(
-            &topics.status,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-    let (client, eventloop) = AsyncClient::new(options, 64);
-    let mut idle = Some(eventloop);
+    let settings = ClientSettings {
+        client_id: format!("outpost-{gateway_id}"),
+        socket,
+        keepalive: config.keepalive,
+        will_topic: topics.status.clone(),
+        session_expiry: config.session_expiry,
+    };
+    let mut protocol = ProtocolChoice::new(config.protocol);
+    let (mut client, connection) = client::new(protocol.current(), &settings);
+    let mut idle = Some(connection);
     let mut polling: Option<PollFuture> = None;
+    let mut aliases = TopicAliases::new();
+    // The version of the connection that is up, for the status page.
+    let mut speaking: Option<MqttVersion> = None;
+    let mut handshakes_before = report.handshakes();
 
     let acked_upto = match io.readers.read(|r| r.outbox()).await {
         Ok(outbox) => outbox.acked_upto,
@@ -174,26 +174,22 @@ pub async fn run(
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Subscribe(which) => {
-                    let (topic, qos) = match which {
-                        Subscription::Ack => (&topics.ack, QoS::AtMostOnce),
-                        Subscription::Status => (&topics.status, QoS::AtLeastOnce),
+                    let (topic, at_least_once) = match which {
+                        Subscription::Ack => (&topics.ack, false),
+                        Subscription::Status => (&topics.status, true),
                     };
                     // A full request queue drops it; the resend and the next connection retry.
-                    let _ = client.try_subscribe(topic, qos);
+                    let _ = client.try_subscribe(topic, at_least_once);
                 }
                 Action::PublishOnline => {
-                    match client.try_publish(&topics.status, QoS::AtLeastOnce, true, "online") {
+                    match client.try_publish(&topics.status, TopicRef::Name, true, "online") {
                         Ok(()) => session.handle_queued(now(), Queued::Status),
                         Err(_) => session.handle_client_full(Action::PublishOnline),
                     }
                 }
                 Action::PublishAlert(payload) => {
-                    match client.try_publish(
-                        &topics.alert,
-                        QoS::AtLeastOnce,
-                        false,
-                        payload.clone(),
-                    ) {
+                    match client.try_publish(&topics.alert, TopicRef::Name, false, payload.clone())
+                    {
                         Ok(()) => session.handle_queued(now(), Queued::Alert),
                         Err(_) => session.handle_client_full(Action::PublishAlert(payload)),
                     }
@@ -205,9 +201,13 @@ pub async fn run(
                         None
                     }) {
                         Some((seq, bytes)) => {
-                            match client.try_publish(&topics.batch, QoS::AtLeastOnce, false, bytes)
-                            {
-                                Ok(()) => session.handle_queued(now(), Queued::Batch(seq)),
+                            // Batches are the frequent publish: their topic is worth an alias.
+                            let reference = aliases.reference(&topics.batch, true);
+                            match client.try_publish(&topics.batch, reference, false, bytes) {
+                                Ok(()) => {
+                                    aliases.queued(&topics.batch, reference);
+                                    session.handle_queued(now(), Queued::Batch(seq));
+                                }
                                 Err(_) => session.handle_client_full(action),
                             }
                         }
@@ -229,10 +229,11 @@ pub async fn run(
             }
         }
         while let Some(event) = session.poll_event() {
-            log_event(&event, &io.telemetry);
+            log_event(&event, speaking, &io.telemetry);
         }
         io.telemetry.record(TelemetryEvent::Uplink(UplinkBoard {
             session: session.status().clone(),
+            protocol: speaking.map(MqttVersion::as_str),
             bytes_sent: io.meter.sent(),
             bytes_received: io.meter.received(),
         }));
@@ -247,40 +248,66 @@ pub async fn run(
         let at = |t: Millis| tokio::time::Instant::from_std(started + Duration::from_millis(t.0));
         tokio::select! {
             () = shutdown.cancelled() => break,
-            (eventloop, event) = async { polling.as_mut().expect("guarded").await }, if polling.is_some() => {
+            (connection, event) = async { polling.as_mut().expect("guarded").await }, if polling.is_some() => {
                 polling = None;
-                idle = Some(eventloop);
+                idle = Some(connection);
                 match event {
-                Ok(rumqttc::Event::Incoming(Incoming::ConnAck(connack))) => {
-                    session.handle_connected(now(), connack.session_present);
+                Ok(Wire::ConnAck { session_present, topic_alias_max }) => {
+                    aliases.connected(topic_alias_max);
+                    protocol.connected();
+                    speaking = Some(protocol.current());
+                    handshakes_before = report.handshakes();
+                    session.handle_connected(now(), session_present);
                 }
-                Ok(rumqttc::Event::Incoming(Incoming::Publish(publish))) => {
-                    if publish.topic == topics.status {
-                        session.handle_status_message(&publish.payload, publish.retain);
-                    } else if publish.topic == topics.ack {
-                        session.handle_cloud_ack(&publish.payload);
+                Ok(Wire::Publish { topic, payload, retain }) => {
+                    if topic == topics.status.as_bytes() {
+                        session.handle_status_message(&payload, retain);
+                    } else if topic == topics.ack.as_bytes() {
+                        session.handle_cloud_ack(&payload);
                     }
                 }
-                Ok(rumqttc::Event::Incoming(Incoming::SubAck(suback))) => {
-                    let refused = suback
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                    session.handle_suback(refused);
+                Ok(Wire::SubAck { refused }) => session.handle_suback(refused),
+                Ok(Wire::PubAck { pkid, refused: None }) => session.handle_puback(pkid),
+                Ok(Wire::PubAck { pkid, refused: Some(reason) }) => {
+                    session.handle_puback_refused(pkid, &reason);
                 }
-                Ok(rumqttc::Event::Incoming(Incoming::PubAck(puback))) => {
-                    session.handle_puback(puback.pkid);
-                }
-                Ok(rumqttc::Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    session.handle_outgoing_publish(pkid);
-                }
-                Ok(_) => {}
+                Ok(Wire::OutgoingPublish { pkid }) => session.handle_outgoing_publish(pkid),
+                Ok(Wire::OutgoingDisconnect | Wire::Other) => {}
                 Err(_) if shutdown.is_cancelled() => {
                     idle = None; // no new connection just to say goodbye
                     break;
                 }
-                Err(error) => {
-                    let reason = lock(&link_error).take().unwrap_or_else(|| error.to_string());
+                Err(failure) => {
+                    // Aliases die with the connection; what rumqttc will replay gets its names.
+                    aliases.lost();
+                    speaking = None;
+                    if let Some(connection) = idle.as_mut() {
+                        connection.name_aliased_publishes(&aliases);
+                    }
+                    let reached_broker = report.handshakes() > handshakes_before;
+                    handshakes_before = report.handshakes();
+                    let reason = report.take_error().unwrap_or_else(|| failure.message.clone());
+                    let switch = if session.is_connected() {
+                        None
+                    } else {
+                        let kind = if reached_broker { failure.kind } else { AttemptFailure::Unreachable };
+                        protocol.failed(kind)
+                    };
+                    if let Some(switch) = switch {
+                        tracing::info!(
+                            message = "The broker did not take this MQTT version; trying another.",
+                            tried = %switch.to.other(),
+                            next = %switch.to,
+                            %reason
+                        );
+                        // Nothing was ever queued on a client that never connected.
+                        let (new_client, connection) = client::new(switch.to, &settings);
+                        client = new_client;
+                        idle = Some(connection);
+                        if switch.at_once {
+                            continue; // not an outage: the next attempt goes now
+                        }
+                    }
                     session.handle_connection_lost(now(), reason);
                 }
             }},
@@ -331,17 +358,17 @@ pub async fn run(
 /// A clean stop says so (retained `offline`, then an MQTT DISCONNECT, so the broker drops the
 /// Last Will) rather than leaving it to the broker's keepalive timeout. Whether the DISCONNECT
 /// went out.
-async fn say_offline(client: &AsyncClient, poll: Option<PollFuture>, status_topic: &str) -> bool {
+async fn say_offline(client: &Client, poll: Option<PollFuture>, status_topic: &str) -> bool {
     let Some(mut poll) = poll else {
         return false;
     };
-    let _ = client.try_publish(status_topic, QoS::AtLeastOnce, true, "offline");
+    let _ = client.try_publish(status_topic, TopicRef::Name, true, "offline");
     let _ = client.try_disconnect();
     tokio::time::timeout(STOP_GRACE, async move {
         loop {
             match poll.await {
-                (_, Ok(rumqttc::Event::Outgoing(Outgoing::Disconnect))) => return true,
-                (eventloop, Ok(_)) => poll = poll_once(eventloop),
+                (_, Ok(Wire::OutgoingDisconnect)) => return true,
+                (connection, Ok(_)) => poll = poll_once(connection),
                 (_, Err(_)) => return false,
             }
         }
@@ -365,13 +392,14 @@ fn forward_alerts(telemetry: &TelemetryHub, forwarded: &mut u64, session: &mut U
     }
 }
 
-fn log_event(event: &Event, telemetry: &TelemetryHub) {
+fn log_event(event: &Event, speaking: Option<MqttVersion>, telemetry: &TelemetryHub) {
+    let mqtt = speaking.map_or("", MqttVersion::as_str);
     match event {
         Event::Connected {
             session_present,
             outage: None,
         } => {
-            tracing::info!(message = "Uplink connected.", session_present);
+            tracing::info!(message = "Uplink connected.", mqtt, session_present);
         }
         Event::Connected {
             session_present,
@@ -381,6 +409,7 @@ fn log_event(event: &Event, telemetry: &TelemetryHub) {
                 message = "Uplink back.",
                 down_for = ?outage.down_for,
                 failed_attempts = outage.failures,
+                mqtt,
                 session_present
             );
         }
