@@ -1000,3 +1000,34 @@ fn a_device_may_mark_points_of_its_map_priority_and_an_unknown_one_is_located() 
         errors[0]
     );
 }
+
+#[test]
+fn the_mqtt_version_defaults_to_auto_and_a_bad_one_is_a_located_error() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let machine = tls_machine(0o600, ("outpost", "outpost"));
+    let config = Config::parse(path, MQTT, &machine).unwrap();
+    let mqtt = config.mqtt.expect("mqtt");
+    assert_eq!(
+        mqtt.protocol,
+        crate::uplink::protocol::ProtocolSetting::Auto
+    );
+    assert_eq!(mqtt.session_expiry, Duration::from_secs(3600));
+
+    let text = format!("{MQTT}protocol = \"3.1\"\nsession_expiry = \"200years\"\n");
+    let errors = Config::parse(path, &text, &machine).unwrap_err().0;
+    let located: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        located,
+        [
+            ("uplink.mqtt.protocol", Some(6)),
+            ("uplink.mqtt.session_expiry", Some(7))
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].message.contains("`auto`, `5` or `3.1.1`"),
+        "{}",
+        errors[0]
+    );
+}
