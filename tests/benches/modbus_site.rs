@@ -212,6 +212,7 @@ impl Gateway {
         devices: &[SocketAddr],
         map: &Path,
         uplink: &str,
+        mqtt: &str,
     ) -> Gateway {
         let dir = tempfile::Builder::new()
             .prefix("outpost-modbus-site-")
@@ -220,7 +221,7 @@ impl Gateway {
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let files = pki.client(id).unwrap();
         let mut toml = format!(
-            "[gateway]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[api]\nlisten = \"{api}\"\n\n[log]\nlevel = \"warn\"\n\n[uplink]\n{uplink}\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "[gateway]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n[api]\nlisten = \"{api}\"\n\n[log]\nlevel = \"warn\"\n\n[uplink]\n{uplink}\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n{mqtt}\n",
             dir.path().join("data").display(),
             broker.port(),
             files.ca.display(),
@@ -470,9 +471,12 @@ fn bytes(minutes: f64) {
     let devices = Devices::start(10);
     let maps = tempfile::tempdir().unwrap();
     let (scaled, raw) = (write_map(maps.path(), true), write_map(maps.path(), false));
+    // s: scaled, MQTT 5 (the default); t: scaled, MQTT 3.1.1; r: unscaled, MQTT 5.
     let runs = [
         ("s60", &scaled, 60),
         ("s10", &scaled, 10),
+        ("t60", &scaled, 60),
+        ("t10", &scaled, 10),
         ("r60", &raw, 60),
         ("r10", &raw, 10),
     ];
@@ -486,6 +490,11 @@ fn bytes(minutes: f64) {
                 &devices.addrs,
                 map,
                 &format!("batch_interval = \"{secs}s\""),
+                if id.starts_with('t') {
+                    "protocol = \"3.1.1\""
+                } else {
+                    ""
+                },
             )
         })
         .collect();
@@ -532,7 +541,7 @@ fn bytes(minutes: f64) {
         "Modbus site, 10 devices × 10 holding registers at 1 s, TLS 1.3 to Mosquitto, {minutes} min window"
     );
     println!(
-        "{:<34} {:>8} {:>9} {:>10} {:>10}",
+        "{:<44} {:>8} {:>9} {:>10} {:>10}",
         "gateway", "batches", "readings", "payload/r", "IP B/r"
     );
     let log = world.log.lock().unwrap();
@@ -548,15 +557,15 @@ fn bytes(minutes: f64) {
         let payload = (bytes1 - bytes0) as f64 / readings as f64;
         let ip = (bytes1 - bytes0 + IP_TCP_HEADER * (segs1 - segs0)) as f64 / readings as f64;
         let label = format!(
-            "Outpost, {} registers, {secs} s batches",
-            if id.starts_with('s') {
-                "scaled"
-            } else {
-                "unscaled"
+            "Outpost, {}, {secs} s batches",
+            match id.as_bytes()[0] {
+                b's' => "scaled, MQTT 5",
+                b't' => "scaled, MQTT 3.1.1",
+                _ => "unscaled, MQTT 5",
             }
         );
         println!(
-            "{label:<34} {:>8} {readings:>9} {payload:>10.3} {ip:>10.3}",
+            "{label:<44} {:>8} {readings:>9} {payload:>10.3} {ip:>10.3}",
             window.len()
         );
     }
@@ -646,6 +655,7 @@ fn latency(minutes: f64, intervals: &[u64], png: &Path) {
                     "batch_interval = \"{secs}s\"\nmax_batch_interval = \"{}s\"",
                     (*secs).max(900)
                 ),
+                "",
             )
         })
         .collect();
@@ -847,6 +857,7 @@ fn rss(minutes: f64, n_devices: usize, png: &Path) {
         &devices.addrs,
         &map,
         "batch_interval = \"60s\"",
+        "",
     );
     let pid = gateway.gateway_pid();
     let status = |key: &str| -> u64 {
