@@ -118,22 +118,24 @@ async fn a_125_register_read_takes_the_time_of_a_19200_baud_8e1_line() {
         "theory {theory:?}, measured {took:?}, line thread late by up to {:?}",
         peer.bus().max_lateness
     );
+    // The line thread records how late the scheduler woke it: time the machine took, not the
+    // emulator. Beyond that lateness the emulator itself may add no more than a millisecond.
+    let late = peer.bus().max_lateness;
     for t in &took {
         assert!(
             *t >= theory,
             "{t:?} is faster than the line allows ({theory:?})"
         );
-        // A gross bound only: on a loaded machine a thread may wake a few ms late.
         assert!(
-            *t < theory + Duration::from_millis(20),
-            "{t:?} vs {theory:?}"
+            *t < theory + late + Duration::from_millis(20),
+            "{t:?} vs {theory:?} (line thread late by up to {late:?})"
         );
     }
     took.sort();
     let median = took[took.len() / 2];
     assert!(
-        median < theory + Duration::from_millis(1),
-        "median {median:?} is more than 1 ms slower than {theory:?}"
+        median < theory + late + Duration::from_millis(1),
+        "median {median:?} is more than 1 ms slower than {theory:?} beyond the line thread's lateness ({late:?})"
     );
     assert_eq!(peer.bus().early_requests, 0);
 }
