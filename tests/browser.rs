@@ -36,7 +36,9 @@ impl Browser {
     pub fn start(width: u32, height: u32) -> Result<Browser> {
         for path in [CHROMIUM, CHROMEDRIVER] {
             if !Path::new(path).exists() {
-                bail!("{path} is missing: run scripts/test.sh, which installs chromium and chromium-driver");
+                bail!(
+                    "{path} is missing: run scripts/test.sh, which installs chromium and chromium-driver"
+                );
             }
         }
         let port = free_port();
@@ -50,7 +52,9 @@ impl Browser {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let profile = tempfile::Builder::new().prefix("outpost-chromium-").tempdir()?;
+        let profile = tempfile::Builder::new()
+            .prefix("outpost-chromium-")
+            .tempdir()?;
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),
@@ -73,11 +77,9 @@ impl Browser {
         let client = wait_for(Duration::from_secs(30), "chromedriver", || {
             runtime
                 .block_on(
-                    ClientBuilder::new(
-                        hyper_util::client::legacy::connect::HttpConnector::new(),
-                    )
-                    .capabilities(capabilities.clone())
-                    .connect(&url),
+                    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                        .capabilities(capabilities.clone())
+                        .connect(&url),
                 )
                 .ok()
         })?;
@@ -92,7 +94,9 @@ impl Browser {
     }
 
     fn client(&self) -> &Client {
-        self.client.as_ref().expect("the session is open until drop")
+        self.client
+            .as_ref()
+            .expect("the session is open until drop")
     }
 
     /// Makes the page's viewport (not the window) `width` × `height` CSS pixels, as a phone's.

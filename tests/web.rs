@@ -118,7 +118,10 @@ fn the_page_lists_every_node_with_its_firmware_and_the_meter_and_fits_a_phone() 
         .unwrap();
     let [page, body, viewport] = [0, 1, 2].map(|i| widths[i].as_u64().unwrap());
     assert_eq!(viewport, 360, "{widths}");
-    assert!(page <= viewport && body <= viewport, "sideways overflow on a 360 px phone: {widths}");
+    assert!(
+        page <= viewport && body <= viewport,
+        "sideways overflow on a 360 px phone: {widths}"
+    );
     save_screenshot("web-status-phone.png", &browser.screenshot().unwrap());
     drop(browser);
     demo.terminate(Duration::from_secs(10)).unwrap();
@@ -136,12 +139,17 @@ fn save_screenshot(name: &str, png: &[u8]) {
     }
 }
 
+/// A lot of 16 bytes (the most a node may send) that is markup if the page ever parses it.
+const MARKUP_LOT: &str = "<b id=injected>";
+
 #[test]
 fn a_node_whose_line_goes_silent_turns_offline_on_the_page_without_a_reload() {
     let specs: Vec<NodeSpec> = (0..2)
         .map(|i| NodeSpec {
             rate_hz: 5.0,
             port_config: "offline_after = \"4s\"".into(),
+            // A node's strings are whatever it says: markup must show as text, never as markup.
+            sim_args: vec!["--lot".into(), MARKUP_LOT.into()],
             ..NodeSpec::new(i)
         })
         .collect();
@@ -156,8 +164,26 @@ fn a_node_whose_line_goes_silent_turns_offline_on_the_page_without_a_reload() {
             "return document.querySelectorAll('#nodes tbody tr[data-state=online]').length === 2;",
         )
         .unwrap();
+    let lots: Vec<Value> = rows(&browser, "nodes")
+        .into_iter()
+        .map(|r| r["cells"][5].clone())
+        .collect();
+    assert_eq!(
+        lots,
+        [MARKUP_LOT, MARKUP_LOT],
+        "the lot shown as the node sent it"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('injected') === null;")
+            .unwrap(),
+        true,
+        "a node's lot became markup"
+    );
     // A mark on this page load: a reload would lose it.
-    browser.eval("window.outpostTestMark = 1; return null;").unwrap();
+    browser
+        .eval("window.outpostTestMark = 1; return null;")
+        .unwrap();
     let silent = site.specs[1].uid.clone();
     site.nodes[1].take().unwrap().kill_hard();
     let since = std::time::Instant::now();
@@ -175,7 +201,9 @@ fn a_node_whose_line_goes_silent_turns_offline_on_the_page_without_a_reload() {
     // Its timeout (4 s), the store's commit and one refresh (2 s), with room for a loaded machine.
     assert!(took < Duration::from_secs(15), "offline after {took:?}");
     assert_eq!(
-        browser.eval("return window.outpostTestMark === 1;").unwrap(),
+        browser
+            .eval("return window.outpostTestMark === 1;")
+            .unwrap(),
         true,
         "the page was reloaded"
     );
@@ -186,7 +214,10 @@ fn a_node_whose_line_goes_silent_turns_offline_on_the_page_without_a_reload() {
     assert_eq!(
         states,
         [
-            (Value::from(site.specs[0].uid.clone()), Value::from("online")),
+            (
+                Value::from(site.specs[0].uid.clone()),
+                Value::from("online")
+            ),
             (Value::from(silent), Value::from("offline")),
         ]
     );
@@ -230,7 +261,13 @@ fn an_uplink_that_cannot_connect_shows_in_the_verdict_and_the_chart() {
         )
         .unwrap();
     assert_eq!(seen["level"], "verdict attention", "{seen}");
-    assert!(seen["state"].as_str().unwrap().starts_with("Down"), "{seen}");
+    assert!(
+        seen["state"].as_str().unwrap().starts_with("Down"),
+        "{seen}"
+    );
     assert!(seen["height"].as_u64().unwrap() >= 2, "{seen}");
-    assert!(seen["caption"].as_str().unwrap().contains("waiting"), "{seen}");
+    assert!(
+        seen["caption"].as_str().unwrap().contains("waiting"),
+        "{seen}"
+    );
 }

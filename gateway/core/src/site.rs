@@ -237,7 +237,7 @@ pub fn verdict(facts: &SiteFacts) -> Verdict {
     }
 
     // Stable: equal levels keep the order above.
-    findings.sort_by(|a, b| b.level.cmp(&a.level));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.level));
     match findings.first() {
         None => Verdict {
             level: Level::Good,

@@ -200,6 +200,8 @@ struct NodeView {
 }
 
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.
+// The counts are u64 on the 64-bit targets, narrower on some 32-bit ones.
+#[allow(clippy::useless_conversion)]
 fn disk_free(path: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     Some(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
