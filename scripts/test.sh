@@ -20,8 +20,10 @@ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosq
 # debootstrap and systemd-nspawn for the install test in a booted root, man for
 # `systemd-analyze verify` (it checks the unit's Documentation=).
 # libfaketime for tests/clock.rs (a gateway without RTC: the clock starts in 1970 and jumps).
+# Chromium and its WebDriver for tests/web.rs (the technician's page in a real browser).
 for package in rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-    qemu-user-static lintian systemd-container debootstrap man-db faketime libfaketime; do
+    qemu-user-static lintian systemd-container debootstrap man-db faketime libfaketime \
+    chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$' ||
         missing+=("$package")
 done

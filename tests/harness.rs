@@ -2,6 +2,7 @@
 //! files, everything on loopback, every process stopped by PID.
 
 pub mod broker;
+pub mod browser;
 pub mod modbus_peer;
 pub mod mqtt_front;
 pub mod nspawn;

@@ -241,6 +241,7 @@ pub async fn run(
         update_state: PathBuf::from(crate::io::update::STATE_DIR),
         store_tx,
         clock,
+        offline_after: api::page::OfflineAfter::new(&config.serial),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

@@ -581,6 +581,18 @@ impl Model {
             dropped_batches: self.dropped_batches,
             dropped_readings: self.dropped_readings,
             unsealed_readings: (self.readings.len() - self.sealed) as u64,
+            // The oldest batch's earliest reading, else the first unsealed one.
+            oldest_unsent_ms: self
+                .batches
+                .iter()
+                .filter_map(|b| {
+                    self.readings[b.readings.clone()]
+                        .iter()
+                        .map(|r| r.ts_ms)
+                        .min()
+                })
+                .min()
+                .or_else(|| self.readings.get(self.sealed).map(|r| r.ts_ms)),
         }
     }
 

@@ -16,6 +16,7 @@
 //! - [`uplink`]: the MQTT uplink session (probe, flow control, resend, acknowledgements);
 //! - [`modbus`]: register maps, value codecs, read planning, RTU framing and device health;
 //! - [`telemetry`]: the gateway's status, counters and alerts, one snapshot for every reader;
+//! - [`site`]: the site at a glance for the technician's page: node states and the verdict line;
 //! - [`watchdog`]: when the daemon may tell systemd it is alive;
 //! - [`update`]: signing, and the state machine of one self-update attempt;
 //! - [`config`]: the configuration compiled from text to typed values, every problem located
@@ -30,6 +31,7 @@ pub mod hex;
 pub mod link;
 pub mod listener;
 pub mod modbus;
+pub mod site;
 pub mod telemetry;
 pub mod update;
 pub mod uplink;

@@ -261,6 +261,9 @@ pub struct UplinkBoard {
     pub protocol: Option<&'static str>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// When `connected` last changed (Unix ms), or when the uplink was first heard from; set by
+    /// [`Telemetry`] from the events' times, not by the sender.
+    pub since_ms: Option<i64>,
 }
 
 /// One Modbus device as the status page and `/api/v1/modbus` show it.
@@ -330,7 +333,11 @@ pub enum Event {
         counters: PortCounters,
         node_id: Option<i64>,
     },
-    Uplink(UplinkBoard),
+    /// The uplink's board after a round of work, at `at_ms` (Unix ms).
+    Uplink {
+        board: UplinkBoard,
+        at_ms: i64,
+    },
     Cost(CostStatus),
     /// The local API's connection counters, after a change.
     Api(ConnCounters),
@@ -482,7 +489,15 @@ impl Telemetry {
                     port.node_id = node_id;
                 }
             }
-            Event::Uplink(board) => self.uplink = Some(board),
+            Event::Uplink { board, at_ms } => {
+                let since_ms = match &self.uplink {
+                    Some(old) if old.session.connected == board.session.connected => {
+                        old.since_ms.or(Some(at_ms))
+                    }
+                    _ => Some(at_ms),
+                };
+                self.uplink = Some(UplinkBoard { since_ms, ..board });
+            }
             Event::Cost(cost) => self.cost = cost,
             Event::Api(counters) => self.api = counters,
             Event::DeviceAdded(status) => self.modbus.push(*status),
@@ -719,5 +734,41 @@ mod tests {
         assert_eq!(json["message"], "full");
         assert_eq!(json["at_ms"], 1234);
         assert_eq!(json["subject"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_uplink_since_is_when_connected_last_changed() {
+        let mut t = Telemetry::new(&[], true, Duration::from_secs(60));
+        let board = |connected| UplinkBoard {
+            session: UplinkStatus {
+                connected,
+                ..UplinkStatus::default()
+            },
+            ..UplinkBoard::default()
+        };
+        let since = |t: &Telemetry| t.snapshot().uplink.unwrap().since_ms;
+        t.handle(Event::Uplink {
+            board: board(false),
+            at_ms: 100,
+        });
+        t.handle(Event::Uplink {
+            board: board(false),
+            at_ms: 200,
+        });
+        assert_eq!(since(&t), Some(100), "down since the first report");
+        t.handle(Event::Uplink {
+            board: board(true),
+            at_ms: 300,
+        });
+        t.handle(Event::Uplink {
+            board: board(true),
+            at_ms: 400,
+        });
+        assert_eq!(since(&t), Some(300));
+        t.handle(Event::Uplink {
+            board: board(false),
+            at_ms: 500,
+        });
+        assert_eq!(since(&t), Some(500));
     }
 }

@@ -337,6 +337,9 @@ pub struct RawSerialPort {
     /// Longest wait between attempts to reopen a port that went away.
     #[serde(default = "default_reopen_backoff_max", with = "humantime_serde")]
     pub reopen_backoff_max: Duration,
+    /// How long a node on this port may stay silent before the status page calls it offline.
+    #[serde(default = "default_offline_after", with = "humantime_serde")]
+    pub offline_after: Duration,
     /// The oldest a sample may claim to be (besides the node's reported uptime); an older claim
     /// is clamped and counted.
     #[serde(default = "default_max_sample_age", with = "humantime_serde")]
@@ -358,6 +361,9 @@ fn default_baud() -> u32 {
 }
 fn default_reopen_backoff_max() -> Duration {
     Duration::from_secs(10)
+}
+fn default_offline_after() -> Duration {
+    crate::site::DEFAULT_OFFLINE_AFTER
 }
 fn default_max_sample_age() -> Duration {
     crate::link::LinkLimits::default().max_sample_age
@@ -463,6 +469,8 @@ pub struct SerialPort {
     /// Frame rate, sample age and gap bounds, newcomer budget.
     pub limits: crate::link::LinkLimits,
     pub reopen_backoff_max: Duration,
+    /// Silence after which the status page calls this port's node offline.
+    pub offline_after: Duration,
 }
 
 /// One problem in a config file, located.
@@ -809,6 +817,10 @@ pub fn compile(
         if port.reopen_backoff_max < Duration::from_millis(100) {
             problem(&key("reopen_backoff_max"), "must be at least 100ms".into());
         }
+        if !(Duration::from_secs(2)..=Duration::from_secs(24 * 3600)).contains(&port.offline_after)
+        {
+            problem(&key("offline_after"), "must be between 2s and 24h".into());
+        }
         if !(Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600))
             .contains(&port.max_sample_age)
         {
@@ -837,6 +849,7 @@ pub fn compile(
                 newcomers_per_hour: port.newcomers_per_hour,
             },
             reopen_backoff_max: port.reopen_backoff_max,
+            offline_after: port.offline_after,
         });
     }
 

@@ -191,6 +191,16 @@ fn durations_are_parsed_with_units_and_a_bad_one_is_a_located_error() {
         ("serial[0].reopen_backoff_max", Some(3)),
         "{e}"
     );
+    let e = only_error("[[serial]]\npath = \"/dev/a\"\n\noffline_after = \"1s\"\n");
+    assert_eq!(
+        (e.key.as_str(), e.line, e.message.as_str()),
+        (
+            "serial[0].offline_after",
+            Some(4),
+            "must be between 2s and 24h"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

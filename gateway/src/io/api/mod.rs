@@ -36,6 +36,7 @@ use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{NODES_PAGE, NodePage, Reader, Readers, StoreError};
 
 pub mod auth;
+pub mod page;
 pub mod upload;
 
 /// What the handlers read.
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub update_state: PathBuf,
     /// The wall clock's judge: whether readings get their wall time now.
     pub clock: crate::io::wall_clock::WallClock,
+    /// How long each port's node may be silent before the page calls it offline.
+    pub offline_after: page::OfflineAfter,
 }
 
 #[derive(Debug, Serialize)]
@@ -358,7 +361,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/modbus", get(modbus_devices))
+        .route("/api/v1/overview", get(page::overview))
         .route_layer(scope(Scope::Technician));
+    // The page itself holds no data: what it shows comes from the overview, behind the scope.
+    let page = Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/app.css", get(page::style));
     let pull = Router::new()
         .route("/api/v1/batches", get(batch_index))
         .route("/api/v1/batches/ack", post(batch_ack))
@@ -368,7 +377,11 @@ pub fn router(state: ApiState) -> Router {
     let upload = Router::new()
         .route("/api/v1/updates/{file}", put(upload::upload_artifact))
         .route_layer(scope(Scope::Upload));
-    technician.merge(pull).merge(upload).with_state(state)
+    technician
+        .merge(page)
+        .merge(pull)
+        .merge(upload)
+        .with_state(state)
 }
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address once listening.

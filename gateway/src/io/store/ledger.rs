@@ -61,6 +61,21 @@ impl Reader {
         })
     }
 
+    /// Uplink bytes (both directions) of each of the `days` days up to `today` (`YYYY-MM-DD`),
+    /// oldest first; days without traffic are absent.
+    pub fn daily_usage(&self, today: &str, days: u32) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT day, sent + received FROM uplink_usage WHERE day <= ?1 ORDER BY day DESC LIMIT ?2",
+        )?;
+        let mut rows = statement
+            .query_map(rusqlite::params![today, days], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<Vec<(String, u64)>, _>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// The latest day the ledger holds (`YYYY-MM-DD`), if any: the data budget never counts on
     /// an earlier one, whatever the wall clock says.
     pub fn last_usage_day(&self) -> Result<Option<String>, StoreError> {

@@ -575,6 +575,8 @@ pub struct NodeRow {
     pub samples_lost: u64,
     pub link_errors: LinkErrors,
     pub anomalies: Anomalies,
+    /// Frames the node sent again since its boot, as its last HEALTH said.
+    pub retransmits: Option<u32>,
 }
 
 /// What a node's line carried that no node can have sent: forged or corrupt frames.
@@ -662,7 +664,8 @@ impl Reader {
         let mut stmt = self.conn.prepare_cached(
             "SELECT uid, hw_rev, fw_version, lot, channels, port, public_key IS NOT NULL, first_seen_ms, last_seen_ms,
                     uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors,
-                    ages_clamped, gaps_refused
+                    ages_clamped, gaps_refused,
+                    (SELECT retransmits FROM health h WHERE h.node_id = nodes.id ORDER BY ts_ms DESC LIMIT 1)
              FROM nodes WHERE uid > ?1 ORDER BY uid LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -694,6 +697,7 @@ impl Reader {
                     ages_clamped: row.get(15)?,
                     gaps_refused: row.get(16)?,
                 },
+                retransmits: row.get(17)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -67,6 +67,9 @@ pub struct OutboxTotals {
     pub dropped_readings: u64,
     /// Readings committed but not sealed into a batch yet.
     pub unsealed_readings: u64,
+    /// The time (Unix ms) of the oldest reading the cloud has not acknowledged: the oldest
+    /// batch's first, or the first unsealed one's when every batch is acknowledged.
+    pub oldest_unsent_ms: Option<i64>,
 }
 
 /// Why an acknowledgement was refused.
@@ -559,6 +562,25 @@ impl Reader {
             dropped_batches: meta_u64(&self.conn, "batches.dropped")?,
             dropped_readings: meta_u64(&self.conn, "batches.dropped_readings")?,
             unsealed_readings: unsealed(&self.conn)?,
+            oldest_unsent_ms: self.oldest_unsent_ms()?,
         })
+    }
+
+    fn oldest_unsent_ms(&self) -> Result<Option<i64>, StoreError> {
+        let in_batches: Option<i64> =
+            self.conn
+                .query_row("SELECT min(first_ts_ms) FROM batches", [], |r| r.get(0))?;
+        if in_batches.is_some() {
+            return Ok(in_batches);
+        }
+        let after = meta_u64(&self.conn, "batches.last_reading_id")?;
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT ts_ms FROM readings WHERE id > ?1 ORDER BY id LIMIT 1",
+                [after],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }

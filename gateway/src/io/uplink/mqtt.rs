@@ -111,7 +111,10 @@ pub async fn run(
                 "cannot create uplink socket in {}: {error}",
                 run_dir.display()
             ));
-            io.telemetry.record(TelemetryEvent::Uplink(board));
+            io.telemetry.record(TelemetryEvent::Uplink {
+                board,
+                at_ms: crate::io::wall_clock::unix_ms(),
+            });
             return;
         }
     };
@@ -231,12 +234,16 @@ pub async fn run(
         while let Some(event) = session.poll_event() {
             log_event(&event, speaking, &io.telemetry);
         }
-        io.telemetry.record(TelemetryEvent::Uplink(UplinkBoard {
-            session: session.status().clone(),
-            protocol: speaking.map(MqttVersion::as_str),
-            bytes_sent: io.meter.sent(),
-            bytes_received: io.meter.received(),
-        }));
+        io.telemetry.record(TelemetryEvent::Uplink {
+            board: UplinkBoard {
+                session: session.status().clone(),
+                protocol: speaking.map(MqttVersion::as_str),
+                bytes_sent: io.meter.sent(),
+                bytes_received: io.meter.received(),
+                since_ms: None,
+            },
+            at_ms: crate::io::wall_clock::unix_ms(),
+        });
 
         // Named guards: the connection may be polled unless a failure's back-off is running.
         let reconnect_at = session.poll_reconnect_at().filter(|&at| at > now());

@@ -1,0 +1,273 @@
+// The technician's status page. One request per refresh (`/api/v1/overview`), every 2 s while
+// the page is visible and every 30 s while it is hidden; every value is written with
+// textContent, never parsed as HTML (a node's firmware string is whatever the node said).
+"use strict";
+
+const VISIBLE_EVERY_MS = 2000;
+const HIDDEN_EVERY_MS = 30000;
+
+const $ = (id) => document.getElementById(id);
+let latest = null;
+let timer = null;
+
+// Sizes as a mobile operator bills them (SI), spans in the largest unit that says them.
+function bytes(n) {
+  if (n == null) return "—";
+  if (n < 1000) return n + " B";
+  const units = ["kB", "MB", "GB", "TB"];
+  let v = n / 1000, u = 0;
+  while (v >= 999.5 && u < units.length - 1) { v /= 1000; u++; }
+  return (v < 9.95 ? v.toFixed(1) : v.toFixed(0)) + " " + units[u];
+}
+function span(ms) {
+  if (ms == null) return "—";
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min";
+  if (s < 86400) return Math.floor(s / 3600) + " h";
+  return Math.floor(s / 86400) + " d";
+}
+function ago(now, at) { return at == null || at <= 0 ? "never" : span(now - at) + " ago"; }
+
+function text(id, value) { const el = $(id); if (el.textContent !== value) el.textContent = value; }
+
+function render(o) {
+  latest = o;
+  document.title = (o.verdict.level === "good" ? "" : "⚠ ") + o.gateway.id + " — Outpost";
+  text("gateway-id", o.gateway.id);
+  text("gateway-version", "Outpost " + o.gateway.version);
+  text("gateway-uptime", span(o.gateway.uptime_s * 1000));
+  text("refreshed", "updated " + new Date().toLocaleTimeString());
+  $("refreshed").classList.remove("stale");
+
+  const verdict = $("verdict");
+  verdict.className = "verdict " + o.verdict.level;
+  text("verdict-headline", o.verdict.headline);
+  fillList($("verdict-findings"), o.verdict.findings.slice(1).map((f) => f.text));
+
+  $("alerts-section").hidden = o.alerts.length === 0;
+  fillList($("alerts"), o.alerts.map((a) =>
+    a.message + " (" + ago(o.now_ms, a.at_ms) + (a.count > 1 ? ", ×" + a.count : "") + ")"));
+
+  renderUplink(o);
+  renderGateway(o);
+  renderNodes(o);
+  renderDevices(o);
+}
+
+function fillList(list, items) {
+  list.replaceChildren(...items.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+}
+
+function renderUplink(o) {
+  const u = o.uplink;
+  let state;
+  if (!u.mqtt) state = "No MQTT uplink (the cloud pulls, or nothing is configured)";
+  else if (u.refused) state = "Identity refused: " + u.refused;
+  else if (u.connected) state = "Connected" + (u.protocol ? " (MQTT " + u.protocol + ")" : "") + " for " + span(o.now_ms - u.since_ms);
+  else state = "Down" + (u.since_ms ? " for " + span(o.now_ms - u.since_ms) : "") + (u.last_error ? ": " + u.last_error : "");
+  text("uplink-state", state);
+  text("uplink-waiting", u.batches + " (" + bytes(u.bytes) + ")" + (u.unsealed_readings ? ", " + u.unsealed_readings + " readings not sealed yet" : ""));
+  text("uplink-oldest", u.oldest_unsent_ms == null ? "nothing waiting" : span(o.now_ms - u.oldest_unsent_ms) + " old");
+  const c = o.cost;
+  text("cost-today", bytes(c.bytes_today));
+  text("cost-month", bytes(c.bytes_month) + (c.budget ? " of " + bytes(c.budget) + " budget, on course for " + bytes(c.projected_month) : " (no budget set)"));
+  text("cost-interval", span(c.batch_interval_s * 1000));
+  drawChart(o);
+}
+
+// Bars of the last 31 days' bytes; today's bar carries what waits to be sent on top (the
+// outbox), so an uplink that is down shows as a growing stripe; the dashed line is the daily
+// share of the monthly budget.
+function drawChart(o) {
+  const svg = $("budget-chart");
+  const ns = "http://www.w3.org/2000/svg";
+  const el = (name, attrs, title) => {
+    const e = document.createElementNS(ns, name);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (title) { const t = document.createElementNS(ns, "title"); t.textContent = title; e.appendChild(t); }
+    return e;
+  };
+  const byDay = new Map(o.daily_bytes.map((d) => [d.day, d.bytes]));
+  const waiting = o.uplink.bytes || 0;
+  const budgetPerDay = o.cost.budget ? o.cost.budget / 30 : 0;
+  const W = 310, H = 95, n = 31, w = W / n;
+  const now = new Date(o.now_ms);
+  const days = [];
+  for (let i = 0; i < n; i++) {
+    const d = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() - (n - 1 - i)));
+    const key = d.toISOString().slice(0, 10);
+    days.push([key, byDay.get(key) || 0]);
+  }
+  const top = Math.max(1, budgetPerDay, ...days.map(([, v]) => v), days[n - 1][1] + waiting);
+  const scale = (v) => Math.round((v / top) * (H - 5));
+  const parts = [];
+  days.forEach(([key, v], i) => {
+    const h = scale(v);
+    parts.push(el("rect", { class: "bar", x: (i * w + 1).toFixed(1), y: H - h, width: (w - 2).toFixed(1), height: h }, key + ": " + bytes(v) + " sent"));
+  });
+  if (waiting > 0) {
+    const base = scale(days[n - 1][1]);
+    const h = Math.max(2, scale(waiting));
+    parts.push(el("rect", { class: "waiting", x: ((n - 1) * w + 1).toFixed(1), y: H - base - h, width: (w - 2).toFixed(1), height: h }, bytes(waiting) + " waiting to be sent"));
+  }
+  if (budgetPerDay) {
+    const y = H - scale(budgetPerDay);
+    parts.push(el("line", { class: "budget", x1: 0, x2: W, y1: y, y2: y }, "budget/30: " + bytes(budgetPerDay)));
+  }
+  const label = el("text", { x: 0, y: 108 });
+  label.textContent = top === 1 && !waiting ? "No uplink traffic recorded yet" : "max " + bytes(top) + "/day" + (budgetPerDay ? " · dashed: budget/30" : "") + (waiting ? " · amber: waiting" : "");
+  parts.push(label);
+  svg.replaceChildren(...parts);
+  text("budget-caption", "Uplink bytes per day, last 31 days (today " + bytes(o.cost.bytes_today) + (waiting ? ", " + bytes(waiting) + " waiting" : "") + ")");
+}
+
+function renderGateway(o) {
+  const s = o.store;
+  text("store-size", bytes(s.size_bytes));
+  text("store-disk", s.disk_free_bytes == null ? "unknown" : bytes(s.disk_free_bytes));
+  text("store-readings", String(s.readings_stored));
+  text("store-errors", s.failed_commits + (s.error ? " — last: " + s.error : ""));
+  text("gateway-clock", o.gateway.clock_trusted ? "trusted" : "not trusted yet (readings held)");
+  const up = o.gateway.update;
+  text("gateway-update", up
+    ? up.outcome + (up.to_version ? " " + up.to_version : "") + ", " + ago(o.now_ms, up.finished_at_unix_ms) + (up.reason ? " — " + up.reason : "")
+    : "none yet");
+}
+
+// Sortable, filterable tables: rows are rebuilt from the data at each refresh, so a sort or a
+// filter is a property of the table, not of its rows.
+const tables = {
+  nodes: { key: "uid", dir: 1, filter: "" },
+  devices: { key: "name", dir: 1, filter: "" },
+};
+
+function nodeRows(o) {
+  return o.nodes.map((n) => ({
+    id: n.uid,
+    state: n.state,
+    sort: {
+      uid: n.uid, state: n.state, port: n.port || "", fw_version: n.fw_version, hw_rev: n.hw_rev,
+      lot: n.lot, last_seen_ms: -n.last_seen_ms, readings_received: n.readings_received,
+      link_errors: n.link_errors.gateway_rx + n.link_errors.node_rx, retransmits: n.retransmits ?? -1,
+      reset_reason: n.reset_reason || "",
+    },
+    cells: [
+      n.uid, n.state.replace("_", " "), n.port || "—", n.fw_version, String(n.hw_rev), n.lot,
+      ago(o.now_ms, n.last_seen_ms), String(n.readings_received),
+      String(n.link_errors.gateway_rx + n.link_errors.node_rx), n.retransmits == null ? "—" : String(n.retransmits),
+      n.reset_reason || "—",
+    ],
+  }));
+}
+
+function errorSummary(h) {
+  const parts = [];
+  if (h.timeouts) parts.push(h.timeouts + " timeouts");
+  if (h.transport_errors) parts.push(h.transport_errors + " transport");
+  if (h.crc_errors) parts.push(h.crc_errors + " CRC");
+  if (h.frame_errors) parts.push(h.frame_errors + " framing");
+  if (h.decode_errors) parts.push(h.decode_errors + " decode");
+  for (const [code, n] of Object.entries(h.exceptions || {})) parts.push(n + " × exception " + code);
+  return parts.length ? parts.join(", ") : "none";
+}
+
+function deviceRows(o) {
+  return o.devices.map((d) => {
+    const h = d.health;
+    const errors = errorSummary(h);
+    return {
+      id: d.name,
+      state: h.state,
+      sort: {
+        name: d.name, state: h.state, model: d.model || "", transport: d.transport,
+        last_good: -(h.last_good_poll_at || 0), latency: h.last_response_ms ?? -1, readings: d.readings, errors,
+      },
+      cells: [
+        d.name, h.state, d.model || "—", d.transport, ago(o.now_ms, h.last_good_poll_at),
+        h.last_response_ms == null ? "—" : h.last_response_ms + " ms", String(d.readings), errors,
+      ],
+    };
+  });
+}
+
+const NUMERIC = new Set([4, 7, 8, 9]);
+
+function renderTable(name, rows, total) {
+  const t = tables[name];
+  const table = $(name);
+  const filter = t.filter.toLowerCase();
+  const shown = rows
+    .filter((r) => !filter || r.cells.some((c) => c.toLowerCase().includes(filter)))
+    .sort((a, b) => {
+      const x = a.sort[t.key], y = b.sort[t.key];
+      return (x < y ? -1 : x > y ? 1 : 0) * t.dir || (a.id < b.id ? -1 : 1);
+    });
+  const body = table.tBodies[0];
+  body.replaceChildren(...shown.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.id;
+    tr.dataset.state = r.state;
+    r.cells.forEach((c, i) => {
+      const td = document.createElement("td");
+      td.textContent = c;
+      if (i === 1) td.className = "state state-" + r.state;
+      else if (name === "nodes" && NUMERIC.has(i)) td.className = "num";
+      else if (name === "devices" && (i === 5 || i === 6)) td.className = "num";
+      tr.appendChild(td);
+    });
+    return tr;
+  }));
+  for (const th of table.tHead.rows[0].cells) {
+    if (th.dataset.key === t.key) th.setAttribute("aria-sort", t.dir > 0 ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
+  $(name + "-empty").hidden = rows.length !== 0;
+  text(name + "-count", filter ? shown.length + " of " + total : String(total));
+}
+
+function renderNodes(o) {
+  const online = o.nodes.filter((n) => n.state === "online").length;
+  renderTable("nodes", nodeRows(o), o.node_count);
+  if (!tables.nodes.filter) text("nodes-count", online + " of " + o.node_count + " online");
+}
+
+function renderDevices(o) {
+  renderTable("devices", deviceRows(o), o.devices.length);
+}
+
+function setUpTable(name) {
+  const table = $(name);
+  for (const th of table.tHead.rows[0].cells) {
+    th.tabIndex = 0;
+    const sort = () => {
+      const t = tables[name];
+      if (t.key === th.dataset.key) t.dir = -t.dir; else { t.key = th.dataset.key; t.dir = 1; }
+      if (latest) render(latest);
+    };
+    th.addEventListener("click", sort);
+    th.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sort(); } });
+  }
+  $(name + "-filter").addEventListener("input", (e) => {
+    tables[name].filter = e.target.value;
+    if (latest) render(latest);
+  });
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    const response = await fetch("/api/v1/overview", { cache: "no-store", credentials: "same-origin" });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    render(await response.json());
+  } catch (e) {
+    text("refreshed", "gateway not answering (" + e.message + "); retrying");
+    $("refreshed").classList.add("stale");
+  }
+  timer = setTimeout(refresh, document.hidden ? HIDDEN_EVERY_MS : VISIBLE_EVERY_MS);
+}
+
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+setUpTable("nodes");
+setUpTable("devices");
+refresh();

@@ -1,0 +1,273 @@
+//! The technician's status page in a real headless Chromium (Debian's, over chromedriver): what
+//! a technician sees on a laptop and on a phone, live, without reloading.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use outpost_e2e::broker::Pki;
+use outpost_e2e::browser::Browser;
+use outpost_e2e::{NodeSpec, Proc, Site, bin, free_port, http_get_json, wait_for};
+use serde_json::Value;
+
+/// `outpost demo` with `nodes` simulated nodes and the simulated meter.
+fn demo(nodes: usize) -> (Proc, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.args(["demo", "--nodes", &nodes.to_string(), "--modbus"])
+        .args(["--listen", &addr.to_string()]);
+    let demo = Proc::spawn("demo", &mut cmd).unwrap();
+    wait_for(Duration::from_secs(30), "the demo's API", || {
+        http_get_json(addr, "/api/v1/status").ok()
+    })
+    .unwrap();
+    (demo, addr)
+}
+
+/// The rows of table `id` as the page shows them: `{id, state, cells}`.
+const ROWS: &str = "return [...document.querySelectorAll('#ID tbody tr')].map((tr) => ({
+    id: tr.dataset.id, state: tr.dataset.state, cells: [...tr.cells].map((c) => c.textContent) }));";
+
+fn rows(browser: &Browser, table: &str) -> Vec<Value> {
+    match browser.eval(&ROWS.replace("ID", table)).unwrap() {
+        Value::Array(rows) => rows,
+        other => panic!("rows of #{table}: {other}"),
+    }
+}
+
+#[test]
+fn the_page_lists_every_node_with_its_firmware_and_the_meter_and_fits_a_phone() {
+    let (mut demo, addr) = demo(4);
+    // Tall enough for the whole page in one screenshot.
+    let browser = Browser::start(1280, 1500).unwrap();
+    browser.goto(&format!("http://{addr}/")).unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "four nodes and a polled meter on the page",
+            "const n = document.querySelectorAll('#nodes tbody tr[data-state=online]').length;
+             const m = document.querySelector('#devices tbody tr[data-id=demo-meter][data-state=online]');
+             return n === 4 && m !== null;",
+        )
+        .unwrap();
+    let nodes = rows(&browser, "nodes");
+    let uids: Vec<&str> = nodes.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        uids,
+        [
+            "de30000000000001",
+            "de30000000000002",
+            "de30000000000003",
+            "de30000000000004"
+        ]
+    );
+    for row in &nodes {
+        // uid, state, port, firmware, hw rev, lot: as the nodes announced themselves.
+        assert_eq!(row["cells"][3], "0.1.0", "{row}");
+        assert_eq!(row["cells"][5], "DEMO-LOT-1", "{row}");
+    }
+    let verdict = browser
+        .eval("return document.getElementById('verdict-headline').textContent")
+        .unwrap();
+    assert_eq!(verdict, "All good");
+
+    // Sorting by uid twice turns the order around; filtering keeps the matching row only.
+    browser
+        .eval("document.querySelector('#nodes th[data-key=uid]').click(); return null;")
+        .unwrap();
+    let first = rows(&browser, "nodes")[0]["id"].clone();
+    assert_eq!(first, "de30000000000004", "descending after a second click");
+    browser
+        .eval(
+            "const f = document.getElementById('nodes-filter'); f.value = '0003';
+             f.dispatchEvent(new Event('input')); return null;",
+        )
+        .unwrap();
+    let filtered: Vec<Value> = rows(&browser, "nodes")
+        .into_iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(filtered, ["de30000000000003"]);
+    browser
+        .eval(
+            "const f = document.getElementById('nodes-filter'); f.value = '';
+             f.dispatchEvent(new Event('input')); return null;",
+        )
+        .unwrap();
+
+    let png = browser.screenshot().unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    save_screenshot("web-status.png", &png);
+
+    // A phone held upright, at night: nothing may push the page sideways (wide tables scroll in
+    // their box).
+    browser.set_viewport(360, 740).unwrap();
+    browser.prefer_dark().unwrap();
+    browser.goto(&format!("http://{addr}/")).unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(15),
+            "the page filled on a phone",
+            "return document.querySelectorAll('#nodes tbody tr').length === 4;",
+        )
+        .unwrap();
+    let widths = browser
+        .eval(
+            "return [document.documentElement.scrollWidth, document.body.scrollWidth, window.innerWidth];",
+        )
+        .unwrap();
+    let [page, body, viewport] = [0, 1, 2].map(|i| widths[i].as_u64().unwrap());
+    assert_eq!(viewport, 360, "{widths}");
+    assert!(
+        page <= viewport && body <= viewport,
+        "sideways overflow on a 360 px phone: {widths}"
+    );
+    save_screenshot("web-status-phone.png", &browser.screenshot().unwrap());
+    drop(browser);
+    demo.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// Screenshots land in target/web/; with `OUTPOST_DOCS_SCREENSHOTS=1` also in docs/ (the ones
+/// docs/web.md shows are made this way).
+fn save_screenshot(name: &str, png: &[u8]) {
+    let root = outpost_e2e::workspace_dir();
+    let dir = root.join("target/web");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), png).unwrap();
+    if std::env::var_os("OUTPOST_DOCS_SCREENSHOTS").is_some() {
+        std::fs::write(root.join("docs").join(name), png).unwrap();
+    }
+}
+
+/// A lot of 16 bytes (the most a node may send) that is markup if the page ever parses it.
+const MARKUP_LOT: &str = "<b id=injected>";
+
+#[test]
+fn a_node_whose_line_goes_silent_turns_offline_on_the_page_without_a_reload() {
+    let specs: Vec<NodeSpec> = (0..2)
+        .map(|i| NodeSpec {
+            rate_hz: 5.0,
+            port_config: "offline_after = \"4s\"".into(),
+            // A node's strings are whatever it says: markup must show as text, never as markup.
+            sim_args: vec!["--lot".into(), MARKUP_LOT.into()],
+            ..NodeSpec::new(i)
+        })
+        .collect();
+    let mut site = Site::new(specs).unwrap();
+    site.start_gateway().unwrap();
+    let browser = Browser::start(1280, 900).unwrap();
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "both nodes online",
+            "return document.querySelectorAll('#nodes tbody tr[data-state=online]').length === 2;",
+        )
+        .unwrap();
+    let lots: Vec<Value> = rows(&browser, "nodes")
+        .into_iter()
+        .map(|r| r["cells"][5].clone())
+        .collect();
+    assert_eq!(
+        lots,
+        [MARKUP_LOT, MARKUP_LOT],
+        "the lot shown as the node sent it"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('injected') === null;")
+            .unwrap(),
+        true,
+        "a node's lot became markup"
+    );
+    // A mark on this page load: a reload would lose it.
+    browser
+        .eval("window.outpostTestMark = 1; return null;")
+        .unwrap();
+    let silent = site.specs[1].uid.clone();
+    site.nodes[1].take().unwrap().kill_hard();
+    let since = std::time::Instant::now();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the silent node offline",
+            &format!(
+                "const tr = document.querySelector('#nodes tbody tr[data-id=\"{silent}\"]');
+                 return tr !== null && tr.dataset.state === 'offline';"
+            ),
+        )
+        .unwrap();
+    let took = since.elapsed();
+    // Its timeout (4 s), the store's commit and one refresh (2 s), with room for a loaded machine.
+    assert!(took < Duration::from_secs(15), "offline after {took:?}");
+    assert_eq!(
+        browser
+            .eval("return window.outpostTestMark === 1;")
+            .unwrap(),
+        true,
+        "the page was reloaded"
+    );
+    let states: Vec<(Value, Value)> = rows(&browser, "nodes")
+        .into_iter()
+        .map(|r| (r["id"].clone(), r["state"].clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                Value::from(site.specs[0].uid.clone()),
+                Value::from("online")
+            ),
+            (Value::from(silent), Value::from("offline")),
+        ]
+    );
+    let headline = browser
+        .eval("return document.getElementById('verdict-headline').textContent")
+        .unwrap();
+    assert_eq!(headline, "1 of 2 nodes offline");
+}
+
+#[test]
+fn an_uplink_that_cannot_connect_shows_in_the_verdict_and_the_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let files = pki.client("e2e-site").unwrap();
+    // Nothing listens there: every attempt is refused.
+    let closed = free_port();
+    let config = format!(
+        "[uplink]\nbatch_interval = \"1s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{closed}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display()
+    );
+    let specs = vec![NodeSpec {
+        rate_hz: 20.0,
+        ..NodeSpec::new(0)
+    }];
+    let mut site = Site::with_config(specs, &config).unwrap();
+    site.start_gateway().unwrap();
+    let browser = Browser::start(1280, 900).unwrap();
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    let seen = browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "the verdict and the chart telling of the waiting batches",
+            "const v = document.getElementById('verdict');
+             const w = document.querySelector('#budget-chart rect.waiting');
+             const h = document.getElementById('verdict-headline').textContent;
+             if (!w || !h.startsWith('Uplink') || !h.includes('waiting')) return null;
+             return { level: v.className, headline: h, state: document.getElementById('uplink-state').textContent,
+                      height: Number(w.getAttribute('height')), caption: document.getElementById('budget-caption').textContent };",
+        )
+        .unwrap();
+    assert_eq!(seen["level"], "verdict attention", "{seen}");
+    assert!(
+        seen["state"].as_str().unwrap().starts_with("Down"),
+        "{seen}"
+    );
+    assert!(seen["height"].as_u64().unwrap() >= 2, "{seen}");
+    assert!(
+        seen["caption"].as_str().unwrap().contains("waiting"),
+        "{seen}"
+    );
+}
