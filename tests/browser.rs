@@ -140,6 +140,14 @@ impl Browser {
             .with_context(|| format!("running {script}"))
     }
 
+    /// Runs `script` with a callback as its last argument (`arguments[arguments.length - 1]`)
+    /// and returns what it passes to the callback: for `fetch` and other promises.
+    pub fn eval_async(&self, script: &str) -> Result<Value> {
+        self.runtime
+            .block_on(self.client().execute_async(script, Vec::new()))
+            .with_context(|| format!("running {script}"))
+    }
+
     /// Runs `script` until it returns something other than `null` or `false`.
     pub fn wait_eval(&self, timeout: Duration, what: &str, script: &str) -> Result<Value> {
         let mut last = Value::Null;

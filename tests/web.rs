@@ -271,3 +271,192 @@ fn an_uplink_that_cannot_connect_shows_in_the_verdict_and_the_chart() {
         "{seen}"
     );
 }
+
+const PASSWORD: &str = "correct horse battery";
+
+/// `fetch` in the page: `{status, csrf}` of a POST to `path` with a JSON body and `token`.
+fn post(browser: &Browser, path: &str, token: &str, body: &str) -> Value {
+    browser
+        .eval_async(&format!(
+            "const done = arguments[arguments.length - 1];
+             fetch('{path}', {{ method: 'POST', credentials: 'same-origin',
+                 headers: {{ 'Content-Type': 'application/json', 'X-CSRF-Token': '{token}' }},
+                 body: '{body}' }})
+               .then((r) => done({{ status: r.status, csrf: r.headers.get('X-CSRF-Token') }}))
+               .catch((e) => done({{ error: String(e) }}));"
+        ))
+        .unwrap()
+}
+
+/// A page on another origin whose form posts to the gateway's "send now" as soon as it loads:
+/// a cross-site request forgery, served from 127.0.0.1 on a port of its own.
+fn forging_site(target: SocketAddr) -> SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let page = format!(
+        "<!doctype html><form id=f method=post enctype=text/plain action=\"http://{target}/api/v1/actions/send-now\">\
+         <input name='{{\"x\":\"' value='\"}}'></form><script>document.getElementById('f').submit()</script>"
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_are_throttled() {
+    let specs = vec![NodeSpec {
+        rate_hz: 5.0,
+        ..NodeSpec::new(0)
+    }];
+    // Batches ten minutes apart: only "send now" seals one after the run's first.
+    let mut site = Site::with_config(specs, "[uplink]\nbatch_interval = \"10m\"\n").unwrap();
+    let mut set = Command::new(bin("outpost"));
+    set.args(["technician", "set-password", "--config"])
+        .arg(site.config_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "set-password failed");
+    let stored = std::fs::read_to_string(site.dir.path().join("data/technician.argon2")).unwrap();
+    assert!(
+        stored.starts_with("$argon2id$") && !stored.contains(PASSWORD),
+        "{stored}"
+    );
+
+    site.start_gateway().unwrap();
+    let sealed = |site: &Site| {
+        site.get("/api/v1/status").unwrap()["store"]["batches_sealed"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for(Duration::from_secs(30), "the run's first batch", || {
+        (sealed(&site) >= 1).then_some(())
+    })
+    .unwrap();
+    let browser = Browser::start(1280, 900).unwrap();
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the login form",
+            "return !document.getElementById('login-form').hidden;",
+        )
+        .unwrap();
+
+    // Without a login: refused.
+    let refused = post(&browser, "/api/v1/actions/send-now", "", "{}");
+    assert_eq!(refused["status"], 403, "{refused}");
+
+    // Logged in through the page's form, the page's button works.
+    browser
+        .eval(&format!(
+            "document.getElementById('login-password').value = '{PASSWORD}';
+             document.querySelector('#login-form button').click(); return null;"
+        ))
+        .unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "logged in",
+            "return !document.getElementById('actions').hidden;",
+        )
+        .unwrap();
+    let before = sealed(&site);
+    let token_before = browser.eval("return csrf;").unwrap();
+    browser
+        .eval("document.getElementById('send-now').click(); return null;")
+        .unwrap();
+    wait_for(Duration::from_secs(20), "a batch sealed on request", || {
+        (sealed(&site) > before).then_some(())
+    })
+    .unwrap();
+    let message = browser
+        .wait_eval(
+            Duration::from_secs(10),
+            "the page's answer",
+            "const t = document.getElementById('technician-message').textContent;
+             return t.startsWith('Sealing') ? t : null;",
+        )
+        .unwrap();
+    assert!(
+        message.as_str().unwrap().contains("uplink sends it"),
+        "{message}"
+    );
+
+    // The spent token, replayed: refused; the current one still works once.
+    let replayed = post(
+        &browser,
+        "/api/v1/actions/send-now",
+        token_before.as_str().unwrap(),
+        "{}",
+    );
+    assert_eq!(replayed["status"], 403, "{replayed}");
+    let current = browser.eval("return csrf;").unwrap();
+    assert_ne!(current, token_before);
+    let fresh = post(
+        &browser,
+        "/api/v1/actions/send-now",
+        current.as_str().unwrap(),
+        "{}",
+    );
+    assert_eq!(fresh["status"], 200, "{fresh}");
+    let again = post(
+        &browser,
+        "/api/v1/actions/send-now",
+        current.as_str().unwrap(),
+        "{}",
+    );
+    assert_eq!(again["status"], 403, "{again}");
+
+    // A page on another origin, in the same logged-in browser, posts a form to the gateway.
+    let forging = forging_site(site.api);
+    let sealed_before_forgery = sealed(&site);
+    browser.goto(&format!("http://{forging}/")).unwrap();
+    let answer = browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the gateway's answer to the forged request",
+            "return location.pathname === '/api/v1/actions/send-now' ? document.body.textContent : null;",
+        )
+        .unwrap();
+    assert!(
+        answer.as_str().unwrap().contains("another site"),
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sealed(&site),
+        sealed_before_forgery,
+        "the forged request sealed a batch"
+    );
+
+    // Wrong passwords: five are answered, the sixth within the minute is throttled.
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    let statuses: Vec<Value> = (0..6)
+        .map(|_| {
+            post(
+                &browser,
+                "/api/v1/login",
+                "",
+                "{\"password\": \"wrong horse battery\"}",
+            )["status"]
+                .clone()
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+}

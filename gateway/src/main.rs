@@ -78,9 +78,26 @@ enum Command {
         #[command(subcommand)]
         command: DictCommand,
     },
+    /// The technician's login on the status page.
+    Technician {
+        #[command(subcommand)]
+        command: TechnicianCommand,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum TechnicianCommand {
+    /// Set the technician password: asked twice without echo on a terminal, else the first line
+    /// of standard input. Only its Argon2id hash is stored (`technician.argon2` in the data
+    /// directory, owned like the directory, mode 0600); the running gateway uses it at the next
+    /// login.
+    SetPassword {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +123,71 @@ enum DictCommand {
         #[arg(long, default_value_t = 200)]
         windows: usize,
     },
+}
+
+fn set_technician_password(config: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let config = config_files::load(config)?;
+    let read_line = || -> anyhow::Result<String> {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    let password = if std::io::stdin().is_terminal() {
+        let ask = |prompt: &str| -> anyhow::Result<String> {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            let _echo_off = EchoOff::new()?;
+            let line = read_line()?;
+            eprintln!();
+            Ok(line)
+        };
+        let first = ask("Technician password: ")?;
+        anyhow::ensure!(
+            ask("Again: ")? == first,
+            "the two passwords differ; nothing changed"
+        );
+        first
+    } else {
+        read_line()?
+    };
+    let path = outpost::io::api::technician::set_password(&config.data_dir, &password)?;
+    // The daemon runs as the data directory's owner and must read the hash.
+    let owner = std::fs::metadata(&config.data_dir)?;
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    println!(
+        "technician password set ({}): use it at the status page's login",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The terminal's echo off until dropped.
+struct EchoOff(nix::sys::termios::Termios);
+
+impl EchoOff {
+    fn new() -> anyhow::Result<EchoOff> {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(&stdin, SetArg::TCSANOW, &quiet)?;
+        Ok(EchoOff(saved))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
 }
 
 fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
@@ -381,6 +463,9 @@ fn main() -> ExitCode {
             Command::Dict {
                 command: DictCommand::Train { config, windows },
             } => train_dictionary(&config, windows),
+            Command::Technician {
+                command: TechnicianCommand::SetPassword { config },
+            } => set_technician_password(&config),
         }
     });
     match result {

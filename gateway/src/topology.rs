@@ -242,6 +242,7 @@ pub async fn run(
         store_tx,
         clock,
         offline_after: api::page::OfflineAfter::new(&config.serial),
+        technician: api::technician::TechnicianGate::new(&config.data_dir, false),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

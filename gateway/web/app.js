@@ -267,6 +267,73 @@ async function refresh() {
   timer = setTimeout(refresh, document.hidden ? HIDDEN_EVERY_MS : VISIBLE_EVERY_MS);
 }
 
+// The technician's login and actions. The CSRF token lives in this page's memory only; each
+// action spends it and the answer brings the next (`X-CSRF-Token`).
+let csrf = null;
+
+function setLoggedIn(token) {
+  csrf = token;
+  $("login-form").hidden = token !== null;
+  $("actions").hidden = token === null;
+}
+
+function say(message) { text("technician-message", message); }
+
+async function act(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf || "" },
+    body: JSON.stringify(body || {}),
+  });
+  const next = response.headers.get("X-CSRF-Token");
+  if (next) csrf = next;
+  const answer = await response.json().catch(() => ({}));
+  if (response.status === 403) setLoggedIn(null);
+  if (!response.ok) throw new Error(answer.error || "HTTP " + response.status);
+  return answer;
+}
+
+$("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const password = $("login-password").value;
+  $("login-password").value = "";
+  try {
+    const response = await fetch("/api/v1/login", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ password }),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.error || "HTTP " + response.status);
+    setLoggedIn(answer.csrf);
+    say("Logged in.");
+  } catch (err) {
+    say("Login failed: " + err.message);
+  }
+});
+
+$("send-now").addEventListener("click", async () => {
+  try {
+    await act("/api/v1/actions/send-now");
+    say("Sealing what waits; the uplink sends it as soon as it is connected.");
+    refresh();
+  } catch (err) {
+    say("Send now refused: " + err.message);
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await fetch("/api/v1/logout", { method: "POST", credentials: "same-origin" });
+  setLoggedIn(null);
+  say("Logged out.");
+});
+
+fetch("/api/v1/session", { credentials: "same-origin", cache: "no-store" })
+  .then((r) => r.json())
+  .then((s) => setLoggedIn(s.logged_in ? s.csrf : null))
+  .catch(() => setLoggedIn(null));
+
 document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
 setUpTable("nodes");
 setUpTable("devices");

@@ -40,6 +40,8 @@ pub struct Batcher {
     priority_at: Option<Millis>,
     /// When the last early seal for a priority reading was made.
     last_priority_seal: Option<Millis>,
+    /// A technician asked at this time for what waits to be sealed and sent now.
+    requested_at: Option<Millis>,
 }
 
 impl Batcher {
@@ -57,6 +59,7 @@ impl Batcher {
             priority_min_interval: Duration::MAX,
             priority_at: None,
             last_priority_seal: None,
+            requested_at: None,
         }
     }
 
@@ -101,12 +104,22 @@ impl Batcher {
         }
     }
 
+    /// A technician asked at `now` for everything waiting to be sealed at once ("send now",
+    /// before leaving a site with a flaky modem). Not rate-limited like priority readings: a
+    /// person asks, and the API's login stands before it. Nothing waiting, nothing to do.
+    pub fn handle_seal_requested(&mut self, now: Millis) {
+        if self.pending > 0 {
+            self.requested_at.get_or_insert(now);
+        }
+    }
+
     /// A batch was sealed at `now`; `left` readings are still unsealed. Every reading committed
     /// before it, the priority ones too, is in a batch now.
     pub fn handle_sealed(&mut self, now: Millis, left: u64) {
         if self.priority_at.take().is_some() {
             self.last_priority_seal = Some(now);
         }
+        self.requested_at = None;
         self.first_batch_after = None;
         self.pending = left;
         self.oldest_pending_at = (left > 0).then_some(now);
@@ -132,6 +145,9 @@ impl Batcher {
                 .last_priority_seal
                 .map_or(priority, |last| last + self.priority_min_interval);
             at = at.min(priority.max(allowed));
+        }
+        if let Some(requested) = self.requested_at {
+            at = at.min(requested);
         }
         Some(at)
     }
@@ -164,6 +180,23 @@ mod tests {
         assert!(b.poll_seal(Millis::from_secs(70)));
         b.handle_sealed(Millis::from_secs(70), 0);
         assert_eq!(b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_technicians_request_seals_what_waits_at_once_and_only_that() {
+        let mut b = plain(Duration::from_secs(600), 1000);
+        b.handle_seal_requested(Millis::from_secs(5));
+        assert_eq!(b.poll_timeout(), None, "nothing waits: nothing to seal");
+        b.handle_committed(Millis::from_secs(10), 16);
+        b.handle_seal_requested(Millis::from_secs(12));
+        assert!(b.poll_seal(Millis::from_secs(12)));
+        b.handle_sealed(Millis::from_secs(12), 0);
+        b.handle_committed(Millis::from_secs(13), 16);
+        assert_eq!(
+            b.poll_timeout(),
+            Some(Millis::from_secs(613)),
+            "the next window is whole"
+        );
     }
 
     #[test]

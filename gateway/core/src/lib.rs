@@ -16,6 +16,7 @@
 //! - [`uplink`]: the MQTT uplink session (probe, flow control, resend, acknowledgements);
 //! - [`modbus`]: register maps, value codecs, read planning, RTU framing and device health;
 //! - [`telemetry`]: the gateway's status, counters and alerts, one snapshot for every reader;
+//! - [`technician`]: technician sessions and their one-use CSRF tokens;
 //! - [`site`]: the site at a glance for the technician's page: node states and the verdict line;
 //! - [`watchdog`]: when the daemon may tell systemd it is alive;
 //! - [`update`]: signing, and the state machine of one self-update attempt;
@@ -32,6 +33,7 @@ pub mod link;
 pub mod listener;
 pub mod modbus;
 pub mod site;
+pub mod technician;
 pub mod telemetry;
 pub mod update;
 pub mod uplink;

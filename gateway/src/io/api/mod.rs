@@ -37,6 +37,7 @@ use crate::io::store::{NODES_PAGE, NodePage, Reader, Readers, StoreError};
 
 pub mod auth;
 pub mod page;
+pub mod technician;
 pub mod upload;
 
 /// What the handlers read.
@@ -68,6 +69,8 @@ pub struct ApiState {
     pub clock: crate::io::wall_clock::WallClock,
     /// How long each port's node may be silent before the page calls it offline.
     pub offline_after: page::OfflineAfter,
+    /// The technician's password, sessions and login throttle.
+    pub technician: technician::TechnicianGate,
 }
 
 #[derive(Debug, Serialize)]
@@ -377,8 +380,21 @@ pub fn router(state: ApiState) -> Router {
     let upload = Router::new()
         .route("/api/v1/updates/{file}", put(upload::upload_artifact))
         .route_layer(scope(Scope::Upload));
+    // Login is open (it is how one gets in); every action needs a session and its CSRF token.
+    let login = Router::new()
+        .route("/api/v1/login", post(technician::login))
+        .route("/api/v1/logout", post(technician::logout))
+        .route("/api/v1/session", get(technician::session));
+    let actions = Router::new()
+        .route("/api/v1/actions/send-now", post(technician::send_now))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            technician::require_session,
+        ));
     technician
         .merge(page)
+        .merge(login)
+        .merge(actions)
         .merge(pull)
         .merge(upload)
         .with_state(state)

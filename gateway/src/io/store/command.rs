@@ -83,6 +83,11 @@ pub enum StoreCommand {
         received: u64,
         readings: u64,
     },
+    /// A technician's "send now": seal what waits at once (the uplink sends what is sealed).
+    /// Answered once the writer has taken it: the seal follows within the writer's next turn.
+    SealNow {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The store's answer to a port task.
@@ -208,6 +213,7 @@ impl StoreCommand {
                 },
                 Reply::Nobody,
             ),
+            StoreCommand::SealNow { reply } => job(SealNow, Reply::Once(reply)),
         }
     }
 }
@@ -265,6 +271,11 @@ pub(super) trait Request: Send + 'static {
 
     /// Whether its readings are to be sealed at once (`batcher`: priority readings).
     fn priority(&self) -> bool {
+        false
+    }
+
+    /// Whether it asks for everything waiting to be sealed now.
+    fn seal_now(&self) -> bool {
         false
     }
 
@@ -467,6 +478,27 @@ impl Request for RecordUsage {
     fn answer(self, _: Result<(), Arc<StoreError>>) {}
 }
 
+struct SealNow;
+
+impl Request for SealNow {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, _: &mut Tx<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn readings(&self) -> usize {
+        0
+    }
+
+    fn seal_now(&self) -> bool {
+        true
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
 /// A command in the writer's hands, not applied yet: its request and where its answer goes.
 struct Pending<R: Request> {
     request: R,
@@ -492,6 +524,8 @@ pub(super) trait Job: Send {
     fn readings(&self) -> usize;
     /// Whether its readings are to be sealed at once.
     fn priority(&self) -> bool;
+    /// Whether it asks for everything waiting to be sealed at once.
+    fn seal_now(&self) -> bool;
     /// Applies it in `tx`; on failure hands it back, unanswered, with the error.
     fn apply(self: Box<Self>, tx: &mut Tx<'_>)
     -> Result<Box<dyn Done>, (StoreError, Box<dyn Job>)>;
@@ -518,6 +552,10 @@ impl<R: Request> Job for Pending<R> {
 
     fn priority(&self) -> bool {
         self.request.priority()
+    }
+
+    fn seal_now(&self) -> bool {
+        self.request.seal_now()
     }
 
     fn apply(

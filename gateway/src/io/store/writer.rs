@@ -162,6 +162,7 @@ pub async fn run(
         if let Some(first) = first {
             let jobs = collect(first, &mut commands, &config).await;
             let priority = jobs.iter().any(|job| job.priority());
+            let seal_requested = jobs.iter().any(|job| job.seal_now());
             let (returned, settled) = blocking(store, move |s| command::apply(s, jobs)).await;
             store = returned;
             record_commit(
@@ -174,6 +175,9 @@ pub async fn run(
             batcher.handle_committed(at, committed);
             if priority && committed > 0 {
                 batcher.handle_priority(at);
+            }
+            if seal_requested {
+                batcher.handle_seal_requested(at);
             }
         }
         let due_at = now();
