@@ -315,12 +315,36 @@ fn forging_site(target: SocketAddr) -> SocketAddr {
 
 #[test]
 fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_are_throttled() {
-    let specs = vec![NodeSpec {
-        rate_hz: 5.0,
-        ..NodeSpec::new(0)
-    }];
+    // Node 0 reports; node 1's port admits no newcomer, so it is refused and an alert fires.
+    let specs = vec![
+        NodeSpec {
+            rate_hz: 5.0,
+            ..NodeSpec::new(0)
+        },
+        NodeSpec {
+            rate_hz: 5.0,
+            port_config: "newcomers_burst = 0\nnewcomers_per_hour = 0".into(),
+            ..NodeSpec::new(1)
+        },
+    ];
+    // The demo meter, served in this process: its map declares no point writable.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let meter_addr = runtime
+        .block_on(outpost::demo::meter::serve(
+            std::sync::Arc::new(outpost::demo::meter::demo_map().unwrap()),
+            1,
+            shutdown.clone(),
+        ))
+        .unwrap();
+    let map = outpost_e2e::workspace_dir().join("config/devices/eastron-sdm630.toml");
     // Batches ten minutes apart: only "send now" seals one after the run's first.
-    let mut site = Site::with_config(specs, "[uplink]\nbatch_interval = \"10m\"\n").unwrap();
+    let config = format!(
+        "[uplink]\nbatch_interval = \"10m\"\n\n[[modbus.device]]\nname = \"hall-meter\"\nmap = \"{}\"\n\
+         transport = \"tcp\"\naddress = \"{meter_addr}\"\npoll_interval = \"1s\"\n",
+        map.display()
+    );
+    let mut site = Site::with_config(specs, &config).unwrap();
     let mut set = Command::new(bin("outpost"));
     set.args(["technician", "set-password", "--config"])
         .arg(site.config_path())
@@ -422,6 +446,51 @@ fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_
         "{}",
     );
     assert_eq!(again["status"], 403, "{again}");
+    // The page goes on with the token the last allowed action brought.
+    browser
+        .eval(&format!(
+            "csrf = '{}'; return null;",
+            fresh["csrf"].as_str().unwrap()
+        ))
+        .unwrap();
+
+    // Silencing the refused newcomer's alert: it leaves the verdict, stays listed as silenced.
+    browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "the alert with its silence button",
+            "return document.querySelector('#alerts li[data-kind=newcomers_refused] button') !== null;",
+        )
+        .unwrap();
+    browser
+        .eval("document.querySelector('#alerts li[data-kind=newcomers_refused] button').click(); return null;")
+        .unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the alert silenced",
+            "const li = document.querySelector('#alerts li[data-kind=newcomers_refused]');
+             return li !== null && li.className === 'silenced'
+                 && !document.getElementById('verdict').textContent.includes('alert');",
+        )
+        .unwrap();
+
+    // A write is checked by the device's map: a point not declared writable, an unknown device.
+    let token = browser.eval("return csrf;").unwrap();
+    let not_writable = post(
+        &browser,
+        "/api/v1/actions/modbus-write",
+        token.as_str().unwrap(),
+        "{\"device\": \"hall-meter\", \"point\": \"l1_voltage\", \"value\": 230.1}",
+    );
+    assert_eq!(not_writable["status"], 400, "{not_writable}");
+    let unknown = post(
+        &browser,
+        "/api/v1/actions/modbus-write",
+        not_writable["csrf"].as_str().unwrap(),
+        "{\"device\": \"no-such-meter\", \"point\": \"x\", \"value\": 1}",
+    );
+    assert_eq!(unknown["status"], 404, "{unknown}");
 
     // A page on another origin, in the same logged-in browser, posts a form to the gateway.
     let forging = forging_site(site.api);
@@ -459,4 +528,7 @@ fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_
         })
         .collect();
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    drop(browser);
+    drop(site);
+    shutdown.cancel();
 }

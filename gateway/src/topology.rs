@@ -156,7 +156,7 @@ pub async fn run(
     }
 
     // Kept for the whole run: remote commands write points through it.
-    let (_modbus_writer, modbus_tasks) =
+    let (modbus_writer, modbus_tasks) =
         spawn_modbus(&config, &telemetry, &store_tx, &clock, &shutdown);
 
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
@@ -243,6 +243,7 @@ pub async fn run(
         clock,
         offline_after: api::page::OfflineAfter::new(&config.serial),
         technician: api::technician::TechnicianGate::new(&config.data_dir, false),
+        modbus: modbus_writer,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

@@ -45,14 +45,53 @@ function render(o) {
   text("verdict-headline", o.verdict.headline);
   fillList($("verdict-findings"), o.verdict.findings.slice(1).map((f) => f.text));
 
-  $("alerts-section").hidden = o.alerts.length === 0;
-  fillList($("alerts"), o.alerts.map((a) =>
-    a.message + " (" + ago(o.now_ms, a.at_ms) + (a.count > 1 ? ", ×" + a.count : "") + ")"));
+  renderAlerts(o);
 
   renderUplink(o);
   renderGateway(o);
   renderNodes(o);
   renderDevices(o);
+  renderWritable(o);
+}
+
+// Firing alerts, newest first; a logged-in technician may silence one for an hour.
+function renderAlerts(o) {
+  $("alerts-section").hidden = o.alerts.length === 0;
+  $("alerts").replaceChildren(...o.alerts.map((a) => {
+    const li = document.createElement("li");
+    const silenced = a.silenced_until_ms != null && a.silenced_until_ms > o.now_ms;
+    li.textContent = a.message + " (" + ago(o.now_ms, a.at_ms) + (a.count > 1 ? ", ×" + a.count : "") + ")";
+    li.dataset.kind = a.kind;
+    if (silenced) {
+      li.className = "silenced";
+      li.append(" — silenced for " + span(a.silenced_until_ms - o.now_ms));
+    } else if (csrf) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "secondary";
+      b.textContent = "Silence 1 h";
+      b.addEventListener("click", async () => {
+        try {
+          await act("/api/v1/actions/silence", { kind: a.kind, subject: a.subject, minutes: 60 });
+          say("Alert silenced for an hour on this site (the cloud still has it).");
+          refresh();
+        } catch (err) { say("Silence refused: " + err.message); }
+      });
+      li.append(b);
+    }
+    return li;
+  }));
+}
+
+// The writable points of every device, for the write form.
+function renderWritable(o) {
+  const options = o.devices.flatMap((d) => (d.writable || []).map((p) => d.name + "/" + p));
+  const select = $("write-point");
+  const current = [...select.options].map((x) => x.value).join(",");
+  if (current !== options.join(",")) {
+    select.replaceChildren(...options.map((v) => { const opt = document.createElement("option"); opt.value = v; opt.textContent = v; return opt; }));
+  }
+  $("write-form").hidden = options.length === 0;
 }
 
 function fillList(list, items) {
@@ -275,6 +314,7 @@ function setLoggedIn(token) {
   csrf = token;
   $("login-form").hidden = token !== null;
   $("actions").hidden = token === null;
+  if (latest) render(latest);
 }
 
 function say(message) { text("technician-message", message); }
@@ -320,6 +360,21 @@ $("send-now").addEventListener("click", async () => {
     refresh();
   } catch (err) {
     say("Send now refused: " + err.message);
+  }
+});
+
+$("write-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const [device, point] = $("write-point").value.split("/");
+  const raw = $("write-value").value.trim();
+  // Numbers and true/false as JSON, anything else as text; the gateway checks type and range.
+  let value;
+  try { value = JSON.parse(raw); } catch { value = raw; }
+  try {
+    await act("/api/v1/actions/modbus-write", { device, point, value });
+    say("Wrote " + raw + " to " + device + " " + point + ".");
+  } catch (err) {
+    say("Write refused: " + err.message);
   }
 });
 

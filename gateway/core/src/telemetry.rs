@@ -25,7 +25,9 @@ use crate::modbus::health::{DeviceHealth, LinkState};
 use crate::uplink::UplinkStatus;
 
 /// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The outbox outgrew `buffer.max_bytes`; the oldest batches were dropped.
@@ -100,9 +102,18 @@ pub struct Alert {
     pub count: u64,
     /// Its place in the order of changes, for forwarding ([`Alerts::changed_since`]).
     pub change: u64,
+    /// A technician silenced it on the site until then (Unix ms): it still fires and still
+    /// reaches the cloud, but the page and the verdict do not press it.
+    pub silenced_until_ms: Option<i64>,
 }
 
 impl Alert {
+    /// Whether it is silenced at `now_ms`.
+    #[must_use]
+    pub fn silenced(&self, now_ms: i64) -> bool {
+        self.silenced_until_ms.is_some_and(|until| now_ms < until)
+    }
+
     #[must_use]
     pub fn key(&self) -> AlertKey {
         AlertKey {
@@ -149,6 +160,7 @@ impl Alerts {
                         resolved_at_ms: None,
                         count: 1,
                         change,
+                        silenced_until_ms: None,
                     },
                 );
             }
@@ -169,6 +181,22 @@ impl Alerts {
             alert.at_ms = at_ms;
             alert.change = change;
             self.last_change = change;
+        }
+    }
+
+    /// Silences the firing alert `key` until `until_ms` (a new episode starts unsilenced).
+    /// Whether there was such an alert.
+    pub fn silence(&mut self, key: &AlertKey, until_ms: i64) -> bool {
+        match self
+            .by_key
+            .get_mut(key)
+            .filter(|a| a.state == AlertState::Firing)
+        {
+            Some(alert) => {
+                alert.silenced_until_ms = Some(until_ms);
+                true
+            }
+            None => false,
         }
     }
 
@@ -286,6 +314,8 @@ pub struct DeviceStatus {
     pub health: DeviceHealth,
     /// The latest value of every point, with its unit.
     pub values: BTreeMap<String, PointValue>,
+    /// The points its map declares `writable`, in map order: what a technician may write.
+    pub writable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -361,6 +391,11 @@ pub enum Event {
     },
     /// The local API's authentication counters, after a failure or a throttled request.
     Auth(AuthCounters),
+    /// A technician silenced a firing alert until `until_ms`.
+    Silence {
+        key: AlertKey,
+        until_ms: i64,
+    },
 }
 
 /// What one Modbus poll changed on the status page.
@@ -531,6 +566,9 @@ impl Telemetry {
             } => self.alerts.raise(at_ms, key, message),
             Event::Resolve { at_ms, key } => self.alerts.resolve(at_ms, &key),
             Event::Auth(counters) => self.auth = counters,
+            Event::Silence { key, until_ms } => {
+                self.alerts.silence(&key, until_ms);
+            }
         }
     }
 
@@ -770,5 +808,25 @@ mod tests {
             at_ms: 500,
         });
         assert_eq!(since(&t), Some(500));
+    }
+
+    #[test]
+    fn a_silenced_alert_still_fires_and_a_new_episode_is_loud_again() {
+        let mut alerts = Alerts::default();
+        let key = AlertKey::gateway(AlertKind::BufferFull);
+        assert!(!alerts.silence(&key, 5_000), "nothing to silence");
+        alerts.raise(1_000, key.clone(), "full");
+        let change = alerts.last_change();
+        assert!(alerts.silence(&key, 5_000));
+        let alert = &alerts.firing()[0];
+        assert!(alert.silenced(4_999) && !alert.silenced(5_000));
+        assert_eq!(
+            alerts.last_change(),
+            change,
+            "a local silence is not news for the cloud"
+        );
+        alerts.resolve(2_000, &key);
+        alerts.raise(3_000, key.clone(), "full again");
+        assert!(!alerts.firing()[0].silenced(3_000));
     }
 }

@@ -71,6 +71,8 @@ pub struct ApiState {
     pub offline_after: page::OfflineAfter,
     /// The technician's password, sessions and login throttle.
     pub technician: technician::TechnicianGate,
+    /// Writes to declared writable Modbus points, through each device's polling task.
+    pub modbus: crate::io::modbus::poller::ModbusWriter,
 }
 
 #[derive(Debug, Serialize)]
@@ -387,6 +389,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/session", get(technician::session));
     let actions = Router::new()
         .route("/api/v1/actions/send-now", post(technician::send_now))
+        .route("/api/v1/actions/silence", post(technician::silence))
+        .route(
+            "/api/v1/actions/modbus-write",
+            post(technician::modbus_write),
+        )
         .route_layer(from_fn_with_state(
             state.clone(),
             technician::require_session,

@@ -272,11 +272,11 @@ pub(super) async fn overview(State(state): State<ApiState>) -> Result<Json<Overv
         projected_month_bytes: snapshot.cost.projected_month,
         budget_bytes: snapshot.cost.budget,
         clock_trusted,
-        // The store's own alert is the verdict's first line already.
+        // The store's own alert is the verdict's first line already; a silenced one waits.
         other_alerts: snapshot
             .alerts
             .iter()
-            .filter(|a| a.kind != AlertKind::StoreFailing)
+            .filter(|a| a.kind != AlertKind::StoreFailing && !a.silenced(now_ms))
             .count(),
     };
     let verdict = site::verdict(&facts);

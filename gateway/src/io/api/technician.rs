@@ -353,9 +353,185 @@ pub(super) async fn send_now(
     Json(serde_json::json!({ "sealing": true })).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct Silence {
+    kind: outpost_core::telemetry::AlertKind,
+    #[serde(default)]
+    subject: Option<String>,
+    /// How long; one hour unless said, a day at most.
+    #[serde(default = "default_silence_minutes")]
+    minutes: u32,
+}
+
+fn default_silence_minutes() -> u32 {
+    60
+}
+
+/// `POST /api/v1/actions/silence` `{"kind", "subject", "minutes"}`: the firing alert stops
+/// pressing on the page and the verdict until then. It still fires, and the cloud still has it.
+pub(super) async fn silence(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Silence>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = body else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "expected {\"kind\": ALERT_KIND, \"subject\": …, \"minutes\": 1..1440}".into(),
+        );
+    };
+    if !(1..=1440).contains(&request.minutes) {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "`minutes` must be between 1 and 1440 (a day)".into(),
+        );
+    }
+    let key = outpost_core::telemetry::AlertKey {
+        kind: request.kind,
+        subject: request.subject,
+    };
+    let until_ms =
+        crate::io::wall_clock::unix_ms().saturating_add(i64::from(request.minutes) * 60_000);
+    let firing = state.telemetry.with(|t| {
+        t.alerts()
+            .firing()
+            .iter()
+            .any(|a| a.kind == key.kind && a.subject == key.subject)
+    });
+    if !firing {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("no firing alert {} {:?}", key.kind.as_str(), key.subject),
+        );
+    }
+    tracing::info!(
+        message = "Technician silenced an alert.",
+        peer = %peer.ip(),
+        kind = key.kind.as_str(),
+        subject = key.subject.as_deref().unwrap_or(""),
+        minutes = request.minutes
+    );
+    state
+        .telemetry
+        .record(outpost_core::telemetry::Event::Silence { key, until_ms });
+    Json(serde_json::json!({ "silenced_until_ms": until_ms })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ModbusWrite {
+    device: String,
+    point: String,
+    value: serde_json::Value,
+}
+
+/// A JSON value as a Modbus value: `true`/`false`, an integer, a decimal (exactly, as its
+/// shortest text reads), or text. The point's type and range are checked by the encoder.
+fn modbus_value(value: &serde_json::Value) -> Option<outpost_core::modbus::value::Value> {
+    use outpost_core::modbus::value::{Value, shortest_decimal};
+    Some(match value {
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::String(text) => Value::Text(text.clone()),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::Uint(u)
+            } else {
+                let f = n.as_f64()?;
+                match shortest_decimal(f).and_then(|(m, e)| Some((m, i8::try_from(e).ok()?))) {
+                    Some((mantissa, exp)) => Value::Decimal { mantissa, exp },
+                    None => Value::Float(f),
+                }
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// `POST /api/v1/actions/modbus-write` `{"device", "point", "value"}`: written through the
+/// device's own polling task (never between a poll's requests), only to a point its map declares
+/// `writable`, after the point's type and range checks.
+pub(super) async fn modbus_write(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<ModbusWrite>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use crate::io::modbus::poller::WriteFailure;
+    let Ok(Json(request)) = body else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "expected {\"device\": …, \"point\": …, \"value\": …}".into(),
+        );
+    };
+    let Some(value) = modbus_value(&request.value) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "`value` must be a number, true/false or text".into(),
+        );
+    };
+    let result = state
+        .modbus
+        .write(&request.device, &request.point, value)
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(
+                message = "Technician wrote a Modbus point.",
+                peer = %peer.ip(),
+                device = %request.device,
+                point = %request.point,
+                value = %request.value
+            );
+            Json(serde_json::json!({ "written": true })).into_response()
+        }
+        Err(failure) => {
+            let status = match &failure {
+                WriteFailure::UnknownDevice(_) | WriteFailure::UnknownPoint { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                WriteFailure::Write(_) => StatusCode::BAD_REQUEST,
+                WriteFailure::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                WriteFailure::Exception(_) | WriteFailure::Request(_) => StatusCode::BAD_GATEWAY,
+            };
+            tracing::warn!(
+                message = "Technician's Modbus write not done.",
+                peer = %peer.ip(),
+                device = %request.device,
+                point = %request.point,
+                error = %failure
+            );
+            refusal(status, None, failure.to_string())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_values_become_exact_modbus_values() {
+        use outpost_core::modbus::value::Value;
+        let v = |text: &str| modbus_value(&serde_json::from_str(text).unwrap());
+        assert_eq!(v("true"), Some(Value::Bool(true)));
+        assert_eq!(v("-3"), Some(Value::Int(-3)));
+        assert_eq!(v("18446744073709551615"), Some(Value::Uint(u64::MAX)));
+        assert_eq!(
+            v("44.9"),
+            Some(Value::Decimal {
+                mantissa: 449,
+                exp: -1
+            })
+        );
+        assert_eq!(v("\"on\""), Some(Value::Text("on".into())));
+        assert_eq!(v("null"), None);
+        assert_eq!(v("[1]"), None);
+    }
 
     #[test]
     fn only_the_gateways_own_origin_may_act() {

@@ -82,6 +82,13 @@ impl DeviceRuntime {
             last_error_at: None,
             health: health.clone(),
             values: BTreeMap::new(),
+            writable: config
+                .map
+                .points()
+                .iter()
+                .filter(|p| p.writable)
+                .map(|p| p.name.clone())
+                .collect(),
         };
         // Devices are added one by one at start, before any task runs: the index is its own.
         telemetry.record(Event::DeviceAdded(Box::new(status)));
