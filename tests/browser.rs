@@ -127,6 +127,17 @@ impl Browser {
         Ok(())
     }
 
+    /// Empties the browser's HTTP cache: the next load is a cold one.
+    pub fn clear_cache(&self) -> Result<()> {
+        self.runtime.block_on(async {
+            self.client()
+                .issue_cmd(ExecuteCdp::new("Network.clearBrowserCache", json!({})))
+                .await
+                .context("clearing the cache")
+        })?;
+        Ok(())
+    }
+
     pub fn goto(&self, url: &str) -> Result<()> {
         self.runtime
             .block_on(self.client().goto(url))

@@ -32,6 +32,8 @@ function ago(now, at) { return at == null || at <= 0 ? "never" : span(now - at) 
 function text(id, value) { const el = $(id); if (el.textContent !== value) el.textContent = value; }
 
 function render(o) {
+  // The first useful paint's moment, for the benchmark (docs/BENCHMARKS.md) and the curious.
+  if (latest === null) performance.mark("outpost:first-render");
   latest = o;
   document.title = (o.verdict.level === "good" ? "" : "⚠ ") + o.gateway.id + " — Outpost";
   text("gateway-id", o.gateway.id);
