@@ -28,7 +28,7 @@ use outpost_core::modbus::map::parse_map;
 use outpost_core::modbus::plan::CostModel;
 use outpost_core::modbus::rtu::{RtuRequest, request_len, response_len};
 use outpost_e2e::modbus_peer::{Bank, PeerConfig, RtuPeer};
-use outpost_e2e::{Proc, bin, free_port, http_get_json, wait_for};
+use outpost_e2e::{Proc, bin, cpu_seconds, free_port, http_get_json, wait_for};
 use tokio::net::TcpListener;
 use tokio_modbus::client::Reader as _;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
@@ -195,21 +195,6 @@ impl tokio_modbus::server::Service for Image {
     }
 }
 
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    hz as f64
-}
-
 /// Runs the release gateway with `devices` Modbus TCP devices at `server` for `seconds`; returns
 /// (CPU % of one core, polls per second observed).
 fn gateway_cpu(
@@ -258,11 +243,11 @@ fn gateway_cpu(
     };
     std::thread::sleep(Duration::from_secs(3)); // every device connected and staggered
     let pid = gateway.pid().as_raw();
-    let (t0, p0, started) = (cpu_ticks(pid), polls(), Instant::now());
+    let (t0, p0, started) = (cpu_seconds(pid), polls(), Instant::now());
     std::thread::sleep(Duration::from_secs(seconds));
-    let (t1, p1, elapsed) = (cpu_ticks(pid), polls(), started.elapsed().as_secs_f64());
+    let (t1, p1, elapsed) = (cpu_seconds(pid), polls(), started.elapsed().as_secs_f64());
     gateway.terminate(Duration::from_secs(10)).expect("stops");
-    let cpu = 100.0 * (t1 - t0) as f64 / clock_ticks_per_second() / elapsed;
+    let cpu = 100.0 * (t1 - t0) / elapsed;
     (cpu, (p1 - p0) as f64 / elapsed)
 }
 

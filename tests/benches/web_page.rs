@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use outpost_e2e::browser::Browser;
-use outpost_e2e::{Proc, bin, free_port, http, http_get_json, wait_for};
+use outpost_e2e::{Proc, bin, cpu_seconds, free_port, http, http_get_json, wait_for};
 use serde_json::Value;
 
 const NODES: usize = 64;
@@ -138,21 +138,6 @@ fn page_loads(addr: SocketAddr, loads: usize) {
     );
 }
 
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    hz as f64
-}
-
 fn status_kib(pid: i32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -165,10 +150,10 @@ fn status_kib(pid: i32, key: &str) -> u64 {
 /// The demo's CPU over `minutes` with no page, then over `minutes` with the page open.
 fn cpu_with_and_without_the_page(addr: SocketAddr, pid: i32, minutes: f64) {
     let window = Duration::from_secs_f64(minutes * 60.0);
-    let share = |ticks: u64| ticks as f64 / clock_ticks_per_second() / window.as_secs_f64() * 100.0;
-    let before = cpu_ticks(pid);
+    let share = |seconds: f64| seconds / window.as_secs_f64() * 100.0;
+    let before = cpu_seconds(pid);
     std::thread::sleep(window);
-    let idle = share(cpu_ticks(pid) - before);
+    let idle = share(cpu_seconds(pid) - before);
 
     let browser = Browser::start(1280, 900).unwrap();
     browser.goto(&format!("http://{addr}/")).unwrap();
@@ -178,10 +163,10 @@ fn cpu_with_and_without_the_page(addr: SocketAddr, pid: i32, minutes: f64) {
             .as_u64()
             .unwrap_or(0)
     };
-    let before = cpu_ticks(pid);
+    let before = cpu_seconds(pid);
     let polls_before = polls(&browser);
     std::thread::sleep(window);
-    let open = share(cpu_ticks(pid) - before);
+    let open = share(cpu_seconds(pid) - before);
     let polled = polls(&browser) - polls_before;
     println!(
         "Demo CPU ({NODES} simulated nodes in-process), {minutes} min each: no page {idle:.2} % of one core, \

@@ -159,13 +159,10 @@ impl Sessions {
     }
 }
 
-/// Compares without stopping at the first difference, so the time taken says nothing of how
-/// much of a guess was right.
+/// Compares in constant time, so the time taken says nothing of how much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
