@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -88,11 +87,7 @@ fn serve_asset(asset: &Asset, cell: &'static OnceLock<Prepared>, request: &Heade
     {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    let gzip_accepted = request
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    if gzip_accepted {
+    if accepts_gzip(request) {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         (headers, prepared.gzip.clone()).into_response()
     } else {
@@ -207,10 +202,53 @@ fn disk_free(path: &Path) -> Option<u64> {
     Some(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
 }
 
-pub(super) async fn overview(State(state): State<ApiState>) -> Result<Json<Overview>, ApiError> {
+/// Compressed when the client takes gzip and the answer is worth it: with 64 nodes the overview
+/// is ~33 KB of JSON, every 2 s, to a phone on the site's Wi-Fi; level 1 costs well under a
+/// millisecond and takes it to a fraction (docs/BENCHMARKS.md).
+pub(super) async fn overview(State(state): State<ApiState>, request: HeaderMap) -> Response {
+    match build_overview(&state).await {
+        Ok(overview) => json_maybe_gzipped(&overview, &request),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json_maybe_gzipped<T: Serialize>(value: &T, request: &HeaderMap) -> Response {
+    let Ok(body) = serde_json::to_vec(value) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if body.len() >= 1024 && accepts_gzip(request) {
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4),
+            flate2::Compression::fast(),
+        );
+        if encoder.write_all(&body).is_ok()
+            && let Ok(gzip) = encoder.finish()
+        {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            return (headers, gzip).into_response();
+        }
+    }
+    (headers, body).into_response()
+}
+
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
+}
+
+async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
     let now_ms = crate::io::wall_clock::unix_ms();
     let today = Date::from_unix_ms(now_ms).key();
-    let (totals, size_bytes, outbox, page, daily) = read_store(&state, move |r| {
+    let (totals, size_bytes, outbox, page, daily) = read_store(state, move |r| {
         Ok((
             r.totals()?,
             r.size_bytes(),
@@ -281,7 +319,7 @@ pub(super) async fn overview(State(state): State<ApiState>) -> Result<Json<Overv
     };
     let verdict = site::verdict(&facts);
     let board = snapshot.uplink.as_ref();
-    Ok(Json(Overview {
+    Ok(Overview {
         now_ms,
         gateway: GatewayView {
             id: state.gateway_id.clone(),
@@ -315,7 +353,7 @@ pub(super) async fn overview(State(state): State<ApiState>) -> Result<Json<Overv
         node_count: totals.nodes,
         devices: snapshot.modbus,
         alerts: snapshot.alerts,
-    }))
+    })
 }
 
 /// How long each port's node may stay silent (`[[serial]] offline_after`), by port path as the
