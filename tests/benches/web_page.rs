@@ -160,6 +160,10 @@ fn cpu_with_and_without_the_page(addr: SocketAddr, pid: i32, minutes: f64) {
 
     let browser = Browser::start(1280, 900).unwrap();
     browser.goto(&format!("http://{addr}/")).unwrap();
+    // Room for every poll's timing entry (the default buffer holds 250).
+    browser
+        .eval("performance.setResourceTimingBufferSize(1000000); return null;")
+        .unwrap();
     let polls = |b: &Browser| {
         b.eval("return performance.getEntriesByType('resource').filter((e) => e.name.includes('overview')).length;")
             .unwrap()
