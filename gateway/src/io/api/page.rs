@@ -49,7 +49,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 struct Prepared {
-    gzip: Vec<u8>,
+    /// Shared, not copied, by every response.
+    gzip: bytes::Bytes,
     etag: HeaderValue,
 }
 
@@ -63,7 +64,7 @@ fn prepare(asset: &Asset, cell: &'static OnceLock<Prepared>) -> &'static Prepare
         let digest = <sha2::Sha256 as sha2::Digest>::digest(asset.body.as_bytes());
         let etag = format!("\"{}\"", outpost_core::hex::encode(&digest[..8]));
         Prepared {
-            gzip,
+            gzip: bytes::Bytes::from(gzip),
             etag: HeaderValue::from_str(&etag).expect("hex is a valid header value"),
         }
     })

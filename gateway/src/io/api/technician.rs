@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use outpost_core::Millis;
-use outpost_core::auth::{Admission, Throttle, ThrottlePolicy};
+use outpost_core::auth::{Admission, Throttle, ThrottleEvent, ThrottlePolicy};
 use outpost_core::technician::{Secret, SessionPolicy, Sessions};
 use serde::Deserialize;
 
@@ -95,6 +95,27 @@ impl TechnicianGate {
             .throttle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs the throttle's episode starts and ends (one line each, however many refusals), so
+    /// its event queue never grows.
+    fn log_throttle_events(&self) {
+        let mut throttle = self.throttle();
+        while let Some(event) = throttle.poll_event() {
+            match event {
+                ThrottleEvent::Started { peer } => tracing::warn!(
+                    message = "Technician logins throttled: too many wrong passwords.",
+                    peer = peer
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "all clients".into())
+                ),
+                ThrottleEvent::Ended { failures, refused } => tracing::info!(
+                    message = "Technician login throttle over.",
+                    failures,
+                    refused
+                ),
+            }
+        }
     }
 
     fn cookie(&self, id: &Secret) -> HeaderValue {
@@ -227,6 +248,7 @@ pub(super) async fn login(
         }
         Ok(false) => {
             gate.throttle().handle_failure(gate.now(), peer.ip());
+            gate.log_throttle_events();
             tracing::warn!(message = "Technician login refused: wrong password.", peer = %peer.ip());
             refusal(StatusCode::UNAUTHORIZED, None, "wrong password".into())
         }
