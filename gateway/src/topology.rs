@@ -23,7 +23,6 @@ use crate::io::api::{self, ApiState};
 use crate::io::dictionaries;
 use crate::io::modbus::poller::{self, DeviceRuntime, ModbusWriter};
 use crate::io::modbus::rtu;
-use crate::io::serial;
 use crate::io::store::writer::StoreCommand;
 use crate::io::store::{Readers, Store, writer};
 use crate::io::telemetry::TelemetryHub;
@@ -32,6 +31,7 @@ use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkIo};
 use crate::io::wall_clock::WallClock;
+use crate::io::{node_key, serial};
 use outpost_core::budget::Pacing;
 use outpost_core::clock::ClockConfig;
 use outpost_core::config::Config;
@@ -144,10 +144,19 @@ pub async fn run(
     ));
 
     let mut port_tasks = Vec::new();
+    let node_link_key = if config.serial.is_empty() {
+        None
+    } else {
+        Some(node_key::load_or_create(&config.data_dir).context("the node-link key")?)
+    };
     for (index, port) in config.serial.iter().enumerate() {
+        let key = node_link_key
+            .as_ref()
+            .expect("made above when there are ports");
         port_tasks.push(tokio::spawn(serial::run(
             index,
             port.clone(),
+            node_key::secrets(key)?,
             store_tx.clone(),
             clock.clone(),
             telemetry.clone(),

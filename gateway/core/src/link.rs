@@ -8,8 +8,12 @@
 //! The rule that keeps the store free of gaps and duplicates is [`admit`]; the store applies the
 //! same rule inside its transaction, so a sample is only ever committed once.
 //!
-//! A frame on the line proves nothing about who sent it (ENROLL carries no proof of possession
-//! yet), so the session bounds what a frame can claim ([`LinkLimits`]): a sample's age against
+//! Who is on the line is proven, not claimed: every HELLO + ENROLL gets a CHALLENGE signed with
+//! the gateway's node-link key, and only a node whose PROOF verifies under the key it enrolled
+//! reaches the store; every later frame is sealed with the session's keys (counter and tag,
+//! `outpost_proto::session`), and one that does not open is dropped and counted, per port and
+//! per node. A real node can still misreport, so the session bounds what a frame can claim
+//! ([`LinkLimits`]): a sample's age against
 //! the node's reported uptime and `max_sample_age` (an older claim is clamped and counted), a gap
 //! against the samples the node can have taken in the time it spans (a larger one is refused
 //! and counted), and first enrolments against a per-port budget of newcomers. Who may enrol is
@@ -17,13 +21,19 @@
 //! neither the registry nor the session.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::session::{Ephemeral, GatewayHandshake};
 use outpost_proto::{
-    Accept, Ack, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis, Nack,
-    Telemetry, WINDOW, encode_frame,
+    Accept, Ack, AuthError, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis,
+    Nack, Opener, Proof, Received, Sealer, SessionKeys, Telemetry, WINDOW, encode_frame,
+    encode_sealed_frame,
 };
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 /// A sample as the gateway received it, stamped with wall-clock time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +155,9 @@ pub fn admit_within(last: Option<u32>, seq: u32, window_start: u32, max_lost: u3
     }
 }
 
-/// Bytes on the line of the smallest frame a node sends (a TELEMETRY without readings: 15
-/// message bytes, CRC, COBS code and two delimiters).
+/// Bytes on the line of the smallest frame a node sends (a TELEMETRY without readings, its
+/// varints one byte each: 6 message bytes and the 9-byte seal, CRC, COBS code and two
+/// delimiters).
 pub const SMALLEST_NODE_FRAME: u32 = 22;
 
 /// The most frames a node can send per second on a UART at `baud` (8N1: ten bits a byte), all of
@@ -207,6 +218,27 @@ const NACK_REPEAT_MS: u64 = 250;
 /// `newcomers_refused` alert).
 pub const REFUSING_FOR: Duration = Duration::from_secs(60);
 
+/// The gateway's node-link identity and the randomness its handshakes draw from: inputs from
+/// the adapter (the key from the state directory, entropy from the OS). Never printed.
+pub struct LinkSecrets {
+    /// The key every CHALLENGE is signed with; nodes may pin its public half.
+    pub signing_key: SigningKey,
+    /// 32 random bytes, fresh for every session object: seeds the ephemerals.
+    pub entropy: [u8; 32],
+}
+
+impl fmt::Debug for LinkSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSecrets")
+            .field("public_key", &self.signing_key.verifying_key().to_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The least time between two handshakes on one port: a real node says HELLO once per
+/// `hello_interval` (1 s); a flood of HELLOs must not keep the gateway signing.
+pub const HANDSHAKE_MIN_INTERVAL_MS: u64 = 200;
+
 /// Work for the store, as data.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -233,7 +265,14 @@ pub enum Action {
         node_id: i64,
         ages_clamped: u32,
         gaps_refused: u32,
+        /// Frames in this node's session whose seal did not verify.
+        auth_failed: u32,
+        /// Frames of this node's session taken before.
+        replayed: u32,
     },
+    /// A PROOF in the name of `uid` did not verify under the key that ENROLL claimed: someone
+    /// without that key spoke as that node. Counted on the node's row if it is enrolled.
+    ProofFailed { uid: [u8; 8] },
 }
 
 /// Things worth a log line, counted for the status page.
@@ -262,12 +301,33 @@ pub struct PortCounters {
     pub ages_clamped: u64,
     /// Samples claiming a gap larger than the node can have taken, dropped.
     pub gaps_refused: u64,
+    /// Handshakes answered (CHALLENGEs sent).
+    pub handshakes: u64,
+    /// HELLO + ENROLL not answered: the port's handshake rate (one per
+    /// [`HANDSHAKE_MIN_INTERVAL_MS`]) was spent, or the ephemeral key was weak.
+    pub handshakes_refused: u64,
+    /// PROOFs that did not verify: a uid claimed without its key.
+    pub proofs_failed: u64,
+    /// Sealed frames with no session on the port to open them (before any handshake, or from a
+    /// session the gateway no longer holds).
+    pub unauthenticated: u64,
+    /// Sealed frames whose seal did not verify: forged, or bits flipped with the CRC redone.
+    pub auth_failed: u64,
+    /// Sealed frames of the open session taken before: replays.
+    pub replayed: u64,
 }
 
 #[derive(Debug)]
 struct Attached {
     node_id: i64,
+    uid: [u8; 8],
     boot_id: u32,
+    /// The session's keys: seal what goes to the node, open what comes from it.
+    sealer: Sealer,
+    opener: Opener,
+    /// Seal failures and replays not yet reported to the store.
+    auth_failed: u32,
+    replayed: u32,
     /// Last sample handed to the store (committed or in flight).
     handed_over: Option<u32>,
     /// Last sample the store committed.
@@ -414,6 +474,21 @@ impl NewcomerBudget {
     }
 }
 
+/// A handshake between its CHALLENGE and the node's PROOF.
+#[derive(Debug)]
+struct Handshaking {
+    hello: Hello,
+    node_key: [u8; 32],
+    handshake: GatewayHandshake,
+}
+
+/// A node that proved its key, while the store registers it.
+#[derive(Debug)]
+struct Registering {
+    hello: Hello,
+    keys: SessionKeys,
+}
+
 /// One serial port's session with the node on it.
 ///
 /// Design: owns the frame decoder, which node (and which boot of it) is on the line, and how far
@@ -428,8 +503,14 @@ pub struct PortSession {
     rate: RateLimit,
     /// HELLO waiting for its ENROLL.
     hello: Option<Hello>,
-    registering: bool,
+    /// The handshake waiting for its PROOF.
+    handshaking: Option<Handshaking>,
+    /// When the last CHALLENGE went out (handshakes are rate-limited).
+    challenged_at: Option<Millis>,
+    registering: Option<Registering>,
     node: Option<Attached>,
+    signing_key: SigningKey,
+    rng: ChaCha20Rng,
     pending_samples: Vec<Sample>,
     actions: VecDeque<Action>,
     transmit: VecDeque<Message>,
@@ -444,6 +525,7 @@ pub struct PortSession {
     log_ages: LogLimit,
     log_gaps: LogLimit,
     log_garbage: LogLimit,
+    log_auth: LogLimit,
     /// Frames dropped for garbage since the last log line about it.
     garbage_unlogged: u64,
 }
@@ -451,16 +533,26 @@ pub struct PortSession {
 impl PortSession {
     /// A session with the default [`LinkLimits`] but for the frame rate.
     #[must_use]
-    pub fn new(port: impl Into<String>, max_frames_per_sec: u32, now: Millis) -> Self {
+    pub fn new(
+        port: impl Into<String>,
+        max_frames_per_sec: u32,
+        secrets: LinkSecrets,
+        now: Millis,
+    ) -> Self {
         let limits = LinkLimits {
             max_frames_per_sec,
             ..LinkLimits::default()
         };
-        Self::with_limits(port, limits, now)
+        Self::with_limits(port, limits, secrets, now)
     }
 
     #[must_use]
-    pub fn with_limits(port: impl Into<String>, limits: LinkLimits, now: Millis) -> Self {
+    pub fn with_limits(
+        port: impl Into<String>,
+        limits: LinkLimits,
+        secrets: LinkSecrets,
+        now: Millis,
+    ) -> Self {
         let rate = RateLimit {
             per_sec: limits.max_frames_per_sec,
             tokens: 0.0,
@@ -472,8 +564,12 @@ impl PortSession {
             counted: LinkCounters::default(),
             rate,
             hello: None,
-            registering: false,
+            handshaking: None,
+            challenged_at: None,
+            registering: None,
             node: None,
+            signing_key: secrets.signing_key,
+            rng: ChaCha20Rng::from_seed(secrets.entropy),
             pending_samples: Vec::new(),
             actions: VecDeque::new(),
             transmit: VecDeque::new(),
@@ -491,6 +587,7 @@ impl PortSession {
             log_ages: LogLimit::default(),
             log_gaps: LogLimit::default(),
             log_garbage: LogLimit::default(),
+            log_auth: LogLimit::default(),
             garbage_unlogged: 0,
         };
         session.rate.tokens = session.rate.burst();
@@ -526,8 +623,9 @@ impl PortSession {
     pub fn handle_port_reset(&mut self) {
         self.decoder.reset();
         self.hello = None;
+        self.handshaking = None;
         self.node = None;
-        self.registering = false;
+        self.registering = None;
         self.pending_samples.clear();
         self.transmit.clear();
     }
@@ -538,9 +636,9 @@ impl PortSession {
         for &byte in bytes {
             match self.decoder.push(byte) {
                 None => {}
-                Some(Ok(message)) => {
+                Some(Ok(received)) => {
                     if self.rate.take(now) {
-                        self.handle_message(wall_ms, message);
+                        self.handle_received(wall_ms, received);
                     } else {
                         self.counters.rate_limited += 1;
                     }
@@ -555,13 +653,140 @@ impl PortSession {
 
     fn report_anomalies(&mut self) {
         let Some(node) = &mut self.node else { return };
-        if node.ages_clamped > 0 || node.gaps_refused > 0 {
+        if node.ages_clamped > 0
+            || node.gaps_refused > 0
+            || node.auth_failed > 0
+            || node.replayed > 0
+        {
             self.actions.push_back(Action::Anomalies {
                 node_id: node.node_id,
                 ages_clamped: std::mem::take(&mut node.ages_clamped),
                 gaps_refused: std::mem::take(&mut node.gaps_refused),
+                auth_failed: std::mem::take(&mut node.auth_failed),
+                replayed: std::mem::take(&mut node.replayed),
             });
         }
+    }
+
+    /// One frame: the handshake's in the clear, everything else only once it opens under the
+    /// attached node's session.
+    fn handle_received(&mut self, wall_ms: i64, received: Received) {
+        if !received.is_sealed() {
+            if let Some(message) = received.into_clear() {
+                self.handle_message(wall_ms, message);
+            }
+            return;
+        }
+        let Some(node) = &mut self.node else {
+            self.counters.unauthenticated += 1;
+            self.log_auth("Sealed frame with no session on the port; dropped.", None);
+            return;
+        };
+        match received.open(&mut node.opener) {
+            Ok(message) => self.handle_message(wall_ms, message),
+            Err(AuthError::Forged) => {
+                node.auth_failed = node.auth_failed.saturating_add(1);
+                let uid = node.uid;
+                self.counters.auth_failed += 1;
+                self.log_auth("Frame failed authentication; dropped.", Some(uid));
+            }
+            Err(AuthError::Replayed) => {
+                node.replayed = node.replayed.saturating_add(1);
+                let uid = node.uid;
+                self.counters.replayed += 1;
+                self.log_auth("Replayed frame; dropped.", Some(uid));
+            }
+        }
+    }
+
+    fn log_auth(&mut self, message: &'static str, uid: Option<[u8; 8]>) {
+        if let Some(unlogged) = self.log_auth.take(self.now) {
+            let uid = uid.map(|u| crate::hex::encode(&u));
+            tracing::warn!(message, port = %self.port, uid, unlogged);
+        }
+    }
+
+    /// HELLO + ENROLL: a CHALLENGE signed with the gateway's key, unless the port's handshake
+    /// rate is spent.
+    fn challenge(&mut self, hello: Hello, node_key: [u8; 32]) {
+        if self
+            .challenged_at
+            .is_some_and(|at| self.now.saturating_since(at) < HANDSHAKE_MIN_INTERVAL_MS)
+        {
+            self.counters.handshakes_refused += 1;
+            return;
+        }
+        let mut random = [0u8; 32];
+        self.rng.fill_bytes(&mut random);
+        let ephemeral = Ephemeral::from_random(random);
+        match GatewayHandshake::challenge(&self.signing_key, &ephemeral, &hello, &node_key) {
+            Ok((challenge, handshake)) => {
+                self.challenged_at = Some(self.now);
+                self.counters.handshakes += 1;
+                self.handshaking = Some(Handshaking {
+                    hello,
+                    node_key,
+                    handshake,
+                });
+                self.transmit
+                    .retain(|m| !matches!(m, Message::Challenge(_)));
+                self.transmit.push_back(Message::Challenge(challenge));
+            }
+            Err(_) => self.counters.handshakes_refused += 1,
+        }
+    }
+
+    /// A PROOF: the node holds the key it enrolled. A node already attached (same uid and boot)
+    /// gets fresh keys and its ACCEPT at once; any other goes to the store to be registered.
+    fn handle_proof(&mut self, proof: Proof) {
+        let Some(pending) = self.handshaking.take_if(|h| h.handshake.matches(&proof)) else {
+            return; // an answer to no open handshake: stale, or someone else's
+        };
+        let keys = match pending.handshake.finish(&proof) {
+            Ok(keys) => keys,
+            Err(_) => {
+                self.counters.proofs_failed += 1;
+                self.actions
+                    .push_back(Action::ProofFailed { uid: proof.uid });
+                self.log_auth(
+                    "PROOF does not verify under the key enrolled; the node is not accepted.",
+                    Some(proof.uid),
+                );
+                return;
+            }
+        };
+        let hello = pending.hello;
+        if let Some(node) = self
+            .node
+            .as_mut()
+            .filter(|n| n.uid == hello.uid && n.boot_id == hello.boot_id)
+        {
+            // The node lost our ACCEPT or timed out: new keys, and where it stands.
+            let (sealer, opener) = keys.gateway();
+            node.sealer = sealer;
+            node.opener = opener;
+            let ack_upto = node.committed.unwrap_or(0);
+            self.transmit.clear();
+            self.transmit.push_back(Message::Accept(Accept {
+                boot_id: hello.boot_id,
+                ack_upto,
+            }));
+            return;
+        }
+        if self.registering.is_some() {
+            // One registration at a time; the node says HELLO again.
+            self.counters.enrolls_busy += 1;
+            return;
+        }
+        // The node on the line stays attached until the store accepts the newcomer: a refused
+        // one must not cut it off.
+        let newcomer_allowed = self.newcomers.available(self.now);
+        self.actions.push_back(Action::Register {
+            hello: hello.clone(),
+            public_key: pending.node_key,
+            newcomer_allowed,
+        });
+        self.registering = Some(Registering { hello, keys });
     }
 
     fn handle_frame_error(&mut self, error: FrameError) {
@@ -597,52 +822,21 @@ impl PortSession {
 
     fn handle_message(&mut self, wall_ms: i64, message: Message) {
         match message {
-            Message::Hello(hello) => {
-                let same_boot = self
-                    .node
-                    .as_ref()
-                    .is_some_and(|n| n.boot_id == hello.boot_id);
-                if same_boot {
-                    // The node lost our ACCEPT or timed out: tell it again where it stands.
-                    let node = self.node.as_ref().expect("checked above");
-                    let ack_upto = node.committed.unwrap_or(0);
-                    self.transmit.push_back(Message::Accept(Accept {
-                        boot_id: hello.boot_id,
-                        ack_upto,
-                    }));
-                } else {
-                    self.hello = Some(hello);
-                }
-            }
+            Message::Hello(hello) => self.hello = Some(hello),
             Message::Enroll(enroll) => {
                 let Some(hello) = self.hello.take_if(|h| h.uid == enroll.uid) else {
                     return;
                 };
-                if self.registering {
-                    self.hello = Some(hello); // one registration at a time; retried on next HELLO
-                    self.counters.enrolls_busy += 1;
-                    return;
-                }
-                // A HELLO kept while this boot's registration ran: the boot is attached already,
-                // and registering it again would detach it for a commit's time (with a disk
-                // slower than the node's link timeout, for ever).
                 if self
-                    .node
+                    .registering
                     .as_ref()
-                    .is_some_and(|n| n.boot_id == hello.boot_id)
+                    .is_some_and(|r| r.hello.uid == hello.uid && r.hello.boot_id == hello.boot_id)
                 {
-                    return;
+                    return; // this boot's registration is running; its ACCEPT follows
                 }
-                // The node on the line stays attached until the store accepts the newcomer: a
-                // refused ENROLL (an impostor's) must not cut it off.
-                self.registering = true;
-                let newcomer_allowed = self.newcomers.available(self.now);
-                self.actions.push_back(Action::Register {
-                    hello,
-                    public_key: enroll.public_key,
-                    newcomer_allowed,
-                });
+                self.challenge(hello, enroll.public_key);
             }
+            Message::Proof(proof) => self.handle_proof(proof),
             Message::Telemetry(telemetry) => self.handle_telemetry(Arrived {
                 telemetry,
                 at: self.now,
@@ -661,7 +855,11 @@ impl PortSession {
                 tracing::debug!(message = "Command response.", port = %self.port, id = response.id, status = response.status);
             }
             // Gateway-to-node messages echoed back: a loop or a confused peer.
-            Message::Accept(_) | Message::Ack(_) | Message::Nack(_) | Message::Command(_) => {
+            Message::Accept(_)
+            | Message::Ack(_)
+            | Message::Nack(_)
+            | Message::Command(_)
+            | Message::Challenge(_) => {
                 tracing::debug!(message = "Unexpected gateway message from node side.", port = %self.port);
             }
         }
@@ -836,9 +1034,7 @@ impl PortSession {
     /// The store's answer to the last `Register`: the node registered, or refused (then nothing
     /// changed: the node attached before, if any, stays attached).
     pub fn handle_registered(&mut self, hello: &Hello, registered: Result<Registered, Refusal>) {
-        self.registering = false;
-        // A HELLO of this boot kept while it registered is answered by this registration.
-        self.hello = self.hello.take().filter(|h| h.boot_id != hello.boot_id);
+        let registering = self.registering.take();
         let registered = match registered {
             Ok(registered) => registered,
             Err(refusal) => {
@@ -856,6 +1052,12 @@ impl PortSession {
                 return;
             }
         };
+        let Some(keys) = registering
+            .filter(|r| r.hello.uid == hello.uid && r.hello.boot_id == hello.boot_id)
+            .map(|r| r.keys)
+        else {
+            return; // the port was reset meanwhile: the node starts over with HELLO
+        };
         if registered.newcomer {
             self.newcomers.spend(self.now);
         }
@@ -863,9 +1065,15 @@ impl PortSession {
         self.flush_samples();
         self.report_anomalies();
         let committed = (registered.ack_upto > 0).then_some(registered.ack_upto);
+        let (sealer, opener) = keys.gateway();
         self.node = Some(Attached {
             node_id: registered.node_id,
+            uid: hello.uid,
             boot_id: hello.boot_id,
+            sealer,
+            opener,
+            auth_failed: 0,
+            replayed: 0,
             handed_over: committed,
             committed,
             last_capture: None,
@@ -875,6 +1083,8 @@ impl PortSession {
             held: BTreeMap::new(),
             nacked: None,
         });
+        // Nothing queued for the node before goes out under its keys.
+        self.transmit.clear();
         self.transmit.push_back(Message::Accept(Accept {
             boot_id: hello.boot_id,
             ack_upto: registered.ack_upto,
@@ -883,7 +1093,7 @@ impl PortSession {
 
     /// The store could not register the node (its disk failed): the node says HELLO again.
     pub fn handle_register_failed(&mut self) {
-        self.registering = false;
+        self.registering = None;
     }
 
     /// The store committed samples of `boot_id` up to `upto`.
@@ -923,11 +1133,28 @@ impl PortSession {
         self.actions.pop_front()
     }
 
-    /// Writes the next frame for the line into `buf`.
+    /// Writes the next frame for the line into `buf`: a CHALLENGE in the clear, anything else
+    /// sealed with the attached node's session.
     pub fn poll_transmit(&mut self, buf: &mut [u8; MAX_FRAME_LEN]) -> Option<usize> {
-        let message = self.transmit.pop_front()?;
-        // Cannot fail: every gateway message fits MAX_FRAME_LEN.
-        encode_frame(&message, buf).ok()
+        loop {
+            let message = self.transmit.pop_front()?;
+            if !message.is_sealed() {
+                // Cannot fail: every gateway message fits MAX_FRAME_LEN.
+                return encode_frame(&message, buf).ok();
+            }
+            let Some(node) = &mut self.node else {
+                continue; // its session is gone: never sent in the clear
+            };
+            let encoded = encode_sealed_frame(&message, &mut node.sealer, buf).ok();
+            if node.sealer.sent() == u32::MAX {
+                // The counter is spent: drop the session; the node's link timeout brings a new
+                // handshake (and the store says where it stands).
+                self.node = None;
+            }
+            if encoded.is_some() {
+                return encoded;
+            }
+        }
     }
 }
 

@@ -57,21 +57,20 @@
 //!   registered later registered the attached boot again, detaching it for a commit's time,
 //!   over and over. The session now never re-registers an attached boot and drops a kept
 //!   HELLO of the boot a registration answered;
-//! - **open, outside what a serial line can do**:
+//! - **fixed by authenticated sessions (protocol version 2)**:
 //!   `a_late_telemetry_frame_of_the_previous_boot_is_not_taken_for_the_new_boots` (acknowledged
 //!   samples lost, a sample stored under the wrong boot) and
 //!   `a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples` (a boot's
 //!   samples stored under the previous boot). Both need a frame sent before a node reboot to
-//!   reach the gateway after the new boot's frames. A UART, a USB CDC link and a pty deliver
-//!   bytes in order, so this cannot happen on them; it would on a transport that reorders
-//!   (radio with retries, UDP). The fix is a wire change: TELEMETRY carries its `boot_id`
-//!   (protocol version 2) and the session drops frames of any other boot. Both stay
-//!   `#[ignore]`d, with
-//!   `with_frames_of_a_previous_boot_arriving_late_no_sample_is_misattributed_or_lost`, which
-//!   explores the whole space: `cargo test -p outpost-core --test pair -- --ignored`.
+//!   reach the gateway after the new boot's frames (a transport that reorders: radio with
+//!   retries, UDP). Every frame is now sealed with the keys of its boot's session: a late
+//!   TELEMETRY of the previous boot does not open in the new one, and a stale HELLO cannot
+//!   complete a handshake (the node no longer holds that HELLO's ephemeral key).
+//!   `with_frames_of_a_previous_boot_arriving_late_no_sample_is_misattributed_or_lost` explores
+//!   the whole space, late frames across reboots included.
 //!
-//! The properties that must pass keep frames in order across a reboot (`IN_ORDER_ACROSS_REBOOTS`)
-//! and include disks slower than LINK_TIMEOUT.
+//! Two properties keep frames in order across a reboot (`IN_ORDER_ACROSS_REBOOTS`), one lets them
+//! arrive late (`EVERYTHING`); all include disks slower than LINK_TIMEOUT.
 //!
 //! # Knobs
 //!
@@ -333,11 +332,10 @@ proptest! {
         check_run(setup, faults)?;
     }
 
-    /// The rules over the whole space, the two corners of the known bugs included: frames the
-    /// node sent before a reboot may reach the gateway after the new boot's, and commits may
-    /// take up to 4 s. Fails until the two open bugs in the ignored tests below are fixed.
+    /// The rules over the whole space: frames the node sent before a reboot may reach the
+    /// gateway after the new boot's, and commits may take up to 4 s.
     #[test]
-    #[ignore = "known gateway bugs: see the two ignored scenario tests"]
+
     fn with_frames_of_a_previous_boot_arriving_late_no_sample_is_misattributed_or_lost(
         (setup, faults) in run(10..=500, prop_oneof![Just(world::RING), 2usize..=16], EVERYTHING),
     ) {
@@ -543,7 +541,7 @@ fn a_port_reset_mid_stream_is_repaired_by_the_nodes_next_hello() {
     assert!(pair.tally.hellos >= 2);
 }
 
-/// Known gateway bug (reproduction). A HELLO + ENROLL of boot A that reach the gateway after
+/// Fixed (reproduction of a bug of protocol version 1). A HELLO + ENROLL of boot A that reach the gateway after
 /// boot B is registered make `PortSession` register A again and attach it: a HELLO of another
 /// boot than the attached one always replaces it. B, accepted and sending, has its TELEMETRY
 /// (which names no boot) admitted into A's sequence: B's sample 11, whose `window_start` is 11
@@ -551,9 +549,10 @@ fn a_port_reset_mid_stream_is_repaired_by_the_nodes_next_hello() {
 /// with B's readings. B's samples go on being stored as A's until B's LINK_TIMEOUT, and then
 /// once more under B: stored twice, once under the wrong boot. Same root cause and fix as the
 /// late TELEMETRY below: with its boot id in each TELEMETRY, B's frames are not admitted while A
-/// is attached, and B's LINK_TIMEOUT HELLO re-attaches B.
+/// is attached, and B's LINK_TIMEOUT HELLO re-attaches B. Version 2 fixes it without a boot id
+/// in TELEMETRY: A's late HELLO cannot complete a handshake, and B's frames are sealed with B's
+/// keys.
 #[test]
-#[ignore = "known gateway bug: a late HELLO of a previous boot re-attaches that boot, and the current boot's TELEMETRY is stored under it"]
 fn a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples() {
     let disk = healthy_disk();
     // Boot A is never accepted (every ACCEPT lost until 2.5 s), so it says HELLO + ENROLL each
@@ -581,7 +580,7 @@ fn a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples() {
     );
 }
 
-/// Known gateway bug (reproduction). TELEMETRY names no boot, so `PortSession` admits a late
+/// Fixed (reproduction of a bug of protocol version 1). TELEMETRY names no boot, so `PortSession` admits a late
 /// frame of boot A into the attached boot B: A's seq 50 (`window_start` 50) arrives when B has
 /// committed 1..=9, passes `admit` as a gap after 9, and is stored as B's seq 50. The ACK for
 /// 50 makes B drop its own 10..=50 unstored: B's 10 at once (the pair stops there: "told sample
@@ -589,11 +588,9 @@ fn a_stale_hello_of_the_previous_boot_does_not_capture_the_new_boots_samples() {
 /// them, since the gateway answers each with the ACK for 50 again. B's 10..=49 are acknowledged
 /// and never stored; B's 50 is acknowledged and the store holds A's 50 in its place.
 ///
-/// `PortSession` cannot tell the boots apart: the fix needs the wire. TELEMETRY carrying its
-/// `boot_id` (protocol version 2), and the session dropping (and counting) TELEMETRY of another
-/// boot than the attached one, ends this and the stale-HELLO case above.
+/// Version 2 fixes it on the wire: A's frame is sealed with A's session keys and does not open
+/// in B's session (counted as `auth_failed`).
 #[test]
-#[ignore = "known gateway bug: TELEMETRY carries no boot id, so a late frame of a previous boot is taken for the current boot's"]
 fn a_late_telemetry_frame_of_the_previous_boot_is_not_taken_for_the_new_boots() {
     let disk = healthy_disk();
     // A clean line but for one TELEMETRY sent at 4.9 s (boot A's seq 50, everything before it
@@ -683,13 +680,16 @@ fn a_restart_of_either_end_at_any_moment_of_registration_or_commit_keeps_every_r
 // Virtual time on a line with a UART's capacity: exact and repeatable, so the figures are also
 // asserted. `cargo test -p outpost-core --test pair figures -- --nocapture` prints them.
 
-/// Bytes on the line of one of the pair's TELEMETRY frames (three readings).
+/// Bytes on the line of one of the pair's TELEMETRY frames (three readings), sealed, with the
+/// varints as long as in a catch-up: seq past 16 383 (3 bytes), a ring's depth behind it and an
+/// age of seconds (2 bytes each).
 fn telemetry_frame_len() -> u64 {
     let mut buf = [0u8; outpost_proto::frame::MAX_FRAME_LEN];
+    let mut raw = [0u8; outpost_proto::wire::MAX_MESSAGE_LEN];
     let message = outpost_proto::Message::Telemetry(outpost_proto::Telemetry {
-        seq: 1,
-        window_start: 1,
-        age_ms: 1,
+        seq: 20_000,
+        window_start: 20_000 - 1000,
+        age_ms: 10_000,
         readings: [0u8, 1, 2]
             .iter()
             .map(|&c| outpost_proto::Reading {
@@ -698,7 +698,9 @@ fn telemetry_frame_len() -> u64 {
             })
             .collect(),
     });
-    outpost_proto::encode_frame(&message, &mut buf).unwrap() as u64
+    // The seal's bytes do not change the length: COBS costs one byte per 254 whatever they are.
+    let len = message.emit(&mut raw).unwrap() + outpost_proto::wire::SEAL_LEN;
+    outpost_proto::frame::encode_raw_frame(&raw[..len], &mut buf).unwrap() as u64
 }
 
 /// A 20 Hz node on a 115200-baud line that loses 0.1 % of its bytes both ways and gets a burst

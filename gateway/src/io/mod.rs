@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod dictionaries;
 pub mod modbus;
+pub mod node_key;
 pub mod serial;
 pub mod store;
 pub mod systemd;

@@ -14,7 +14,7 @@ use crate::io::store::writer::{StoreCommand, StoreReply};
 use crate::io::telemetry::TelemetryHub;
 use crate::io::wall_clock::{self, WallClock};
 use outpost_core::config::SerialPort;
-use outpost_core::link::{Action, PortSession};
+use outpost_core::link::{Action, LinkSecrets, PortSession};
 use outpost_core::telemetry::{AlertKey, AlertKind, Event};
 
 /// Longest a write to a port may block before the frame is dropped (a wedged USB device).
@@ -27,6 +27,7 @@ const TICK: Duration = Duration::from_secs(5);
 pub async fn run(
     index: usize,
     config: SerialPort,
+    secrets: LinkSecrets,
     store: mpsc::Sender<StoreCommand>,
     clock: WallClock,
     telemetry: TelemetryHub,
@@ -35,7 +36,7 @@ pub async fn run(
     let path = config.path.display().to_string();
     let started = Instant::now();
     let now = move || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let mut session = PortSession::with_limits(path.clone(), config.limits, now());
+    let mut session = PortSession::with_limits(path.clone(), config.limits, secrets, now());
     let refusing_key = AlertKey {
         kind: AlertKind::NewcomersRefused,
         subject: Some(path.clone()),
@@ -204,11 +205,16 @@ fn command_for(
             node_id,
             ages_clamped,
             gaps_refused,
+            auth_failed,
+            replayed,
         } => StoreCommand::Anomalies {
             node_id,
             ages_clamped,
             gaps_refused,
+            auth_failed,
+            replayed,
         },
+        Action::ProofFailed { uid } => StoreCommand::ProofFailed { uid },
     }
 }
 

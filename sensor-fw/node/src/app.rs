@@ -5,7 +5,7 @@ use core::time::Duration;
 
 use heapless::Vec;
 use outpost_proto::wire::MAX_READINGS;
-use outpost_proto::{Message, Millis, Reading};
+use outpost_proto::{Millis, Reading};
 
 use crate::link::NodeLink;
 
@@ -81,10 +81,6 @@ impl<S: SensorBank, const RING: usize> App<S, RING> {
 
     pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
         self.link.handle_bytes(now, bytes);
-    }
-
-    pub fn handle_message(&mut self, now: Millis, message: Message) {
-        self.link.handle_message(now, message);
     }
 
     /// Takes a sample if one is due, then runs the link's timers.

@@ -35,6 +35,6 @@ pub mod sim;
 pub use app::{App, Schedule, SensorBank};
 pub use link::{
     BoardStatus, Boot, Identity, LINK_TIMEOUT, LinkConfig, LinkState, NodeCounters, NodeLink, RTO,
-    RTO_MAX, RTO_MIN, WINDOW,
+    RTO_MAX, RTO_MIN, Secrets, WINDOW,
 };
 pub use outpost_proto::Millis;

@@ -2,8 +2,13 @@
 //!
 //! Rules (the gateway is written to the same contract; `docs/node-link.md` is the reference):
 //!
-//! - A node boots `Unaccepted` and sends HELLO + ENROLL at once and every `hello_interval`
-//!   until an ACCEPT for its `boot_id` arrives.
+//! - A node boots `Unaccepted` and sends HELLO (with a fresh X25519 ephemeral) + ENROLL at once
+//!   and every `hello_interval` until a sealed ACCEPT for its `boot_id` arrives. A CHALLENGE
+//!   signed by the gateway over its latest HELLO is answered with a PROOF signed by the node's
+//!   key, and the session keys derived then open that ACCEPT (`outpost_proto::session`).
+//! - Every message after the handshake is sealed (counter and tag) both ways: the node takes
+//!   nothing unsealed from the gateway but a CHALLENGE, and sends nothing unsealed but HELLO,
+//!   ENROLL and PROOF.
 //! - Every sample goes into a bounded ring and stays there until the gateway acknowledges it
 //!   (ACCEPT's `ack_upto` or ACK's `upto`, both cumulative). A full ring drops its oldest
 //!   sample; TELEMETRY's `window_start` then tells the gateway the gap is final.
@@ -27,12 +32,19 @@
 
 use core::time::Duration;
 
+use core::fmt;
+
+use ed25519_dalek::SigningKey;
 use heapless::{Deque, String, Vec};
+use outpost_proto::session::{Ephemeral, node_answer};
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN, MAX_READINGS};
 use outpost_proto::{
-    Accept, Ack, ChannelId, Command, Enroll, FrameDecoder, FwVersion, Health, Hello, LinkCounters,
-    Message, Millis, Nack, Reading, ResetReason, Response, Telemetry, encode_frame,
+    Accept, Ack, AuthError, Challenge, ChannelId, Command, Enroll, FrameDecoder, FwVersion, Health,
+    Hello, LinkCounters, Message, Millis, Nack, Opener, Proof, Reading, Received, ResetReason,
+    Response, Sealer, Telemetry, encode_frame, encode_sealed_frame,
 };
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 /// Most TELEMETRY frames sent and not yet acknowledged.
 pub use outpost_proto::WINDOW;
@@ -64,8 +76,28 @@ pub struct Identity {
     pub fw: FwVersion,
     pub lot: String<MAX_LOT_LEN>,
     pub channels: Vec<ChannelId, MAX_CHANNELS>,
-    /// The node's Ed25519 public key.
-    pub public_key: [u8; 32],
+}
+
+/// What the node keeps secret: its identity key and the randomness of this boot. Inputs from the
+/// board (key from flash, entropy from the ring oscillator or the OS); never printed.
+pub struct Secrets {
+    /// The node's Ed25519 key: its public half is pinned by the gateway at enrolment.
+    pub signing_key: SigningKey,
+    /// The gateway's node-link key this node is tied to, if it was given one (at manufacture,
+    /// or kept from an earlier boot). `None`: the first gateway that completes a handshake is
+    /// pinned for the rest of the boot ([`NodeLink::gateway_key`] tells the board which).
+    pub gateway_key: Option<[u8; 32]>,
+    /// 32 random bytes, fresh at every boot: seeds the generator of handshake ephemerals.
+    pub entropy: [u8; 32],
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("public_key", &self.signing_key.verifying_key().to_bytes())
+            .field("gateway_key", &self.gateway_key)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What this boot is: inputs from the board, never derived inside the core.
@@ -135,6 +167,14 @@ pub struct NodeCounters {
     pub nacks: u32,
     /// Times the retransmit timer expired and everything in flight was sent again.
     pub timeouts: u32,
+    /// Sealed frames whose seal did not verify (forged, bit-flipped, another session's).
+    pub auth_failed: u32,
+    /// Sealed frames of this session taken before: replays.
+    pub replayed: u32,
+    /// CHALLENGEs refused: a signature that does not verify, or a gateway not the pinned one.
+    pub challenges_refused: u32,
+    /// Sessions opened (ACCEPTs taken after a handshake).
+    pub sessions: u32,
 }
 
 /// The retransmit timeout, from measured round trips (RFC 6298 in whole milliseconds).
@@ -192,8 +232,17 @@ struct Sample {
 enum Control {
     Hello,
     Enroll,
+    Proof(Proof),
     Health,
     Response(Response),
+}
+
+/// One direction pair of an open (or opening) session.
+#[derive(Debug, Clone)]
+struct Keys {
+    sealer: Sealer,
+    opener: Opener,
+    gateway_key: [u8; 32],
 }
 
 // Design: `NodeLink` owns the node's side of one node-link session: the frame decoder, the
@@ -207,6 +256,16 @@ enum Control {
 #[derive(Debug)]
 pub struct NodeLink<const RING: usize> {
     identity: Identity,
+    signing_key: SigningKey,
+    /// The gateway this node is tied to: given, or pinned at the first session of this boot.
+    gateway_key: Option<[u8; 32]>,
+    rng: ChaCha20Rng,
+    /// The ephemeral of the latest HELLO, until a CHALLENGE to it is answered.
+    ephemeral: Option<Ephemeral>,
+    /// Keys of the last PROOF sent, waiting for the gateway's sealed ACCEPT.
+    pending: Option<Keys>,
+    /// The open session: seals what the node sends and opens what it hears.
+    session: Option<Keys>,
     boot: Boot,
     config: LinkConfig,
     board: BoardStatus,
@@ -239,10 +298,22 @@ pub struct NodeLink<const RING: usize> {
 
 impl<const RING: usize> NodeLink<RING> {
     /// A node that has just booted at `now`. Its first HELLO is due at once.
-    pub fn new(now: Millis, identity: Identity, boot: Boot, config: LinkConfig) -> Self {
+    pub fn new(
+        now: Millis,
+        identity: Identity,
+        secrets: Secrets,
+        boot: Boot,
+        config: LinkConfig,
+    ) -> Self {
         const { assert!(RING > 0, "the sample ring needs room for one sample") };
         NodeLink {
             identity,
+            signing_key: secrets.signing_key,
+            gateway_key: secrets.gateway_key,
+            rng: ChaCha20Rng::from_seed(secrets.entropy),
+            ephemeral: None,
+            pending: None,
+            session: None,
             boot,
             config,
             board: BoardStatus::default(),
@@ -272,17 +343,90 @@ impl<const RING: usize> NodeLink<RING> {
     pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
         for &byte in bytes {
             match self.decoder.push(byte) {
-                Some(Ok(message)) => self.handle_message(now, message),
+                Some(Ok(received)) => self.handle_received(now, received),
                 Some(Err(_)) => self.counters.rx_errors = self.counters.rx_errors.wrapping_add(1),
                 None => {}
             }
         }
     }
 
-    /// One message from the gateway.
-    pub fn handle_message(&mut self, now: Millis, message: Message) {
+    /// One frame from the gateway: a CHALLENGE in the clear, anything else only once its seal
+    /// opens under the session (or, for an ACCEPT, under the handshake just answered).
+    fn handle_received(&mut self, now: Millis, received: Received) {
         self.advance(now);
         self.counters.rx_frames = self.counters.rx_frames.wrapping_add(1);
+        if !received.is_sealed() {
+            if let Some(Message::Challenge(challenge)) = received.into_clear() {
+                self.handle_challenge(challenge);
+            }
+            // HELLO, ENROLL, PROOF echoed by the line: not from the gateway.
+            return;
+        }
+        if matches!(received.message(), Message::Accept(a) if a.boot_id == self.boot.boot_id)
+            && let Some(pending) = &mut self.pending
+            && let Ok(message) = received.clone().open(&mut pending.opener)
+        {
+            // The handshake answered last is complete: its keys are the session now.
+            let keys = self.pending.take().expect("matched above");
+            self.gateway_key.get_or_insert(keys.gateway_key);
+            self.session = Some(keys);
+            self.state = LinkState::Unaccepted; // the ACCEPT below opens it afresh
+            self.counters.sessions = self.counters.sessions.wrapping_add(1);
+            self.handle_opened(message);
+            return;
+        }
+        let Some(session) = &mut self.session else {
+            self.counters.auth_failed = self.counters.auth_failed.wrapping_add(1);
+            return;
+        };
+        match received.open(&mut session.opener) {
+            Ok(message) => self.handle_opened(message),
+            Err(AuthError::Replayed) => {
+                self.counters.replayed = self.counters.replayed.wrapping_add(1);
+            }
+            Err(AuthError::Forged) => {
+                self.counters.auth_failed = self.counters.auth_failed.wrapping_add(1);
+            }
+        }
+    }
+
+    /// A CHALLENGE: answered with a PROOF if the gateway signed the latest HELLO (and is the
+    /// pinned one, if any). Not "heard": anyone can send one.
+    fn handle_challenge(&mut self, challenge: Challenge) {
+        if self.state == LinkState::Accepted || challenge.boot_id != self.boot.boot_id {
+            return;
+        }
+        let Some(ephemeral) = &self.ephemeral else {
+            return;
+        };
+        match node_answer(
+            &self.signing_key,
+            self.identity.uid,
+            self.boot.boot_id,
+            ephemeral,
+            &challenge,
+            self.gateway_key.as_ref(),
+        ) {
+            Ok((proof, keys)) => {
+                // One answer per ephemeral: a lost PROOF is repaired by the next HELLO.
+                self.ephemeral = None;
+                let (sealer, opener) = keys.node();
+                self.pending = Some(Keys {
+                    sealer,
+                    opener,
+                    gateway_key: challenge.gateway_key,
+                });
+                self.queue(Control::Proof(proof));
+            }
+            Err(_) => {
+                self.counters.challenges_refused = self.counters.challenges_refused.wrapping_add(1);
+            }
+        }
+    }
+
+    /// One message from the gateway, its seal verified.
+    fn handle_opened(&mut self, message: Message) {
+        let now = self.now;
         match message {
             Message::Accept(Accept { boot_id, ack_upto }) if boot_id == self.boot.boot_id => {
                 self.heard();
@@ -314,7 +458,7 @@ impl<const RING: usize> NodeLink<RING> {
                 self.queue(Control::Response(respond(command)));
             }
             // ACCEPT/ACK for another boot (stale, or meant for the node's previous life), or a
-            // node-to-gateway message (an echoing line): not from our gateway, not "heard".
+            // node-to-gateway message: not for us, not "heard".
             _ => {}
         }
     }
@@ -402,7 +546,25 @@ impl<const RING: usize> NodeLink<RING> {
                 Some(control) => self.control_message(control),
                 None => self.next_telemetry()?,
             };
-            match encode_frame(&message, buf) {
+            let encoded = if message.is_sealed() {
+                match &mut self.session {
+                    Some(session) => {
+                        let encoded = encode_sealed_frame(&message, &mut session.sealer, buf);
+                        if session.sealer.sent() == u32::MAX {
+                            // The counter is spent: a new handshake before the next frame.
+                            self.session = None;
+                            self.state = LinkState::Unaccepted;
+                            self.next_hello = self.now;
+                        }
+                        encoded
+                    }
+                    // HEALTH or RESPONSE queued before the session ended: not sent in clear.
+                    None => Err(outpost_proto::EncodeError),
+                }
+            } else {
+                encode_frame(&message, buf)
+            };
+            match encoded {
                 Ok(len) => {
                     self.counters.tx_frames = self.counters.tx_frames.wrapping_add(1);
                     return Some(len);
@@ -447,6 +609,19 @@ impl<const RING: usize> NodeLink<RING> {
     #[must_use]
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The node's Ed25519 public key, sent in ENROLL.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing_key.verifying_key().to_bytes()
+    }
+
+    /// The gateway key this node is tied to: given at start, or pinned by the first session of
+    /// this boot. A board that keeps it across boots (flash) refuses any other gateway after.
+    #[must_use]
+    pub fn gateway_key(&self) -> Option<[u8; 32]> {
+        self.gateway_key
     }
 
     #[must_use]
@@ -609,21 +784,31 @@ impl<const RING: usize> NodeLink<RING> {
         Some(Message::Telemetry(telemetry))
     }
 
-    fn control_message(&self, control: Control) -> Message {
-        let id = &self.identity;
+    fn control_message(&mut self, control: Control) -> Message {
         match control {
-            Control::Hello => Message::Hello(Hello {
-                uid: id.uid,
-                hw_rev: id.hw_rev,
-                fw: id.fw,
-                boot_id: self.boot.boot_id,
-                lot: id.lot.clone(),
-                channels: id.channels.clone(),
-            }),
+            Control::Hello => {
+                // A fresh ephemeral for every HELLO: each handshake's keys are new on both sides.
+                let mut random = [0u8; 32];
+                self.rng.fill_bytes(&mut random);
+                let ephemeral = Ephemeral::from_random(random);
+                let public = ephemeral.public();
+                self.ephemeral = Some(ephemeral);
+                let id = &self.identity;
+                Message::Hello(Hello {
+                    uid: id.uid,
+                    hw_rev: id.hw_rev,
+                    fw: id.fw,
+                    boot_id: self.boot.boot_id,
+                    lot: id.lot.clone(),
+                    channels: id.channels.clone(),
+                    ephemeral: public,
+                })
+            }
             Control::Enroll => Message::Enroll(Enroll {
-                uid: id.uid,
-                public_key: id.public_key,
+                uid: self.identity.uid,
+                public_key: self.public_key(),
             }),
+            Control::Proof(proof) => Message::Proof(proof),
             Control::Health => Message::Health(self.health()),
             Control::Response(response) => Message::Response(response),
         }

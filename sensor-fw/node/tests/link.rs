@@ -28,16 +28,23 @@ fn a_fresh_node_says_hello_and_enroll_at_once_and_every_second_until_accepted() 
     let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000)));
     site.run_until(Millis::ZERO);
     let sent = site.take_sent();
-    let [Message::Hello(hello), Message::Enroll(enroll)] = &sent[..] else {
-        panic!("expected HELLO then ENROLL, got {sent:?}");
+    // The site's gateway end answers the handshake at once: the PROOF follows.
+    let [
+        Message::Hello(hello),
+        Message::Enroll(enroll),
+        Message::Proof(proof),
+    ] = &sent[..]
+    else {
+        panic!("expected HELLO, ENROLL, PROOF, got {sent:?}");
     };
+    assert_eq!((proof.uid, proof.boot_id), (UID, BOOT_ID));
     assert_eq!(hello.uid, UID);
     assert_eq!(hello.boot_id, BOOT_ID);
     assert_eq!((hello.hw_rev, hello.fw), (2, FW));
     assert_eq!(hello.lot.as_str(), "LOT-7");
     assert_eq!(hello.channels, [ChannelId::TEMPERATURE, ChannelId::SEQ]);
     assert_eq!(enroll.uid, UID);
-    assert_eq!(enroll.public_key, [0xAB; 32]);
+    assert_eq!(enroll.public_key, node_key().verifying_key().to_bytes());
 
     site.run_until(Millis(2500));
     let sent = site.take_sent();
@@ -314,9 +321,10 @@ fn a_new_accept_drops_what_the_gateway_already_committed() {
 fn garbage_between_frames_is_counted_and_survived() {
     let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000)));
     site.run_until(Millis(500)); // sample 1 held
-    let ack_frame = frame(&ack(1));
+    let accept_frame = site.end.frame(&accept(0));
+    let ack_frame = site.end.frame(&ack(1));
     let mut line = vec![0x13, 0x37, 0xC0, 0xFF, 0xEE]; // noise as the gateway's UART powers up
-    line.extend(frame(&accept(0))); // its leading 0x00 ends the noise: error 1
+    line.extend(accept_frame); // its leading 0x00 ends the noise: error 1
     line.extend(&ack_frame[..6]); // an ACK cut off mid-frame ...
     line.push(0x00); // ... by a delimiter: error 2
     line.extend([0x55; 300]); // longer than any frame ...
@@ -328,7 +336,8 @@ fn garbage_between_frames_is_counted_and_survived() {
     assert_eq!(link.held(), 0, "the ACK after the garbage was applied");
     assert_eq!(
         (link.counters().rx_frames, link.counters().rx_errors),
-        (2, 3)
+        (3, 3),
+        "the CHALLENGE, the ACCEPT and the ACK"
     );
     assert!(link.decoder_counters().discarded_bytes >= 300);
 }
@@ -364,8 +373,8 @@ fn messages_for_another_boot_are_ignored() {
 }
 
 #[test]
-fn ping_is_echoed_and_unknown_commands_are_refused_even_before_accept() {
-    let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000)));
+fn ping_is_echoed_and_unknown_commands_are_refused_in_a_session() {
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000))).with_gateway();
     site.run_until(Millis(100));
     site.take_sent();
     let command = |id, code, args: &[u8]| {
@@ -424,8 +433,8 @@ fn health_reports_uptime_reset_reason_board_status_and_link_counters() {
     let acked = seqs(&sent[..position]).len() as u32;
     assert_eq!(
         health.rx_frames,
-        1 + acked,
-        "the ACCEPT and one ACK per TELEMETRY"
+        2 + acked,
+        "the CHALLENGE, the ACCEPT and one ACK per TELEMETRY"
     );
     assert_eq!((health.rx_errors, health.retransmits), (0, 0));
     assert_eq!(health.dropped_samples, 0);
@@ -447,15 +456,20 @@ fn a_frame_that_does_not_fit_the_transmit_buffer_is_dropped_and_counted() {
 
 #[test]
 fn responses_beyond_the_transmit_queue_are_dropped_and_counted_never_blocking() {
-    let mut app = node::<8>(LinkConfig::default(), every(1000));
+    let mut site = Site::<8>::new(node(LinkConfig::default(), every(1000))).with_gateway();
+    site.run_until(Millis(100));
+    site.take_sent();
+    let mut bytes = Vec::new();
     for id in 0..20 {
         let ping = Command {
             id,
             code: 0x01,
             args: heapless::Vec::new(),
         };
-        app.handle_message(Millis::ZERO, Message::Command(ping));
+        bytes.extend(site.end.frame(&Message::Command(ping)));
     }
+    let app = &mut site.node;
+    app.handle_bytes(Millis(100), &bytes);
     assert_eq!(app.link().counters().tx_dropped, 12);
     let mut buf = [0u8; MAX_FRAME_LEN];
     let mut sent = 0;

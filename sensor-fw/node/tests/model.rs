@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{ModelGateway, TestBank, boot, identity};
+use common::{GatewayEnd, ModelGateway, TestBank, boot, identity, secrets};
 use outpost_node::{App, LinkConfig, Millis, NodeLink, Schedule};
-use outpost_proto::FrameDecoder;
 use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::{FrameDecoder, Message};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -111,13 +111,14 @@ fn run<const RING: usize>(
         ring_limit: ring,
         ..LinkConfig::default()
     };
-    let link = NodeLink::<RING>::new(Millis::ZERO, identity(), boot(), config);
+    let link = NodeLink::<RING>::new(Millis::ZERO, identity(), secrets(), boot(), config);
     let schedule = Schedule {
         interval: Duration::from_millis(SAMPLE_MS),
         limit: Some(samples),
     };
     let mut node = App::new(Millis::ZERO, link, TestBank, schedule);
     let mut gateway = ModelGateway::default();
+    let mut end = GatewayEnd::default();
     let mut gateway_rx = FrameDecoder::new();
     let mut line = Line {
         in_flight: Vec::new(),
@@ -143,6 +144,7 @@ fn run<const RING: usize>(
 
         if restart_at.is_some_and(|at| at <= now) {
             gateway.restart();
+            end.restart();
             restart_at = None;
         }
         for (to, bytes) in line.take_due(now) {
@@ -150,10 +152,25 @@ fn run<const RING: usize>(
                 To::Node => node.handle_bytes(now, &bytes),
                 To::Gateway => {
                     for &byte in &bytes {
-                        if let Some(Ok(message)) = gateway_rx.push(byte)
+                        let Some(Ok(received)) = gateway_rx.push(byte) else {
+                            continue;
+                        };
+                        let (message, answer) = end.receive(received);
+                        if let Some(answer) = answer {
+                            line.send(now, To::Node, &answer);
+                        }
+                        // The model gateway only sees what opened: a PROOF the end refused
+                        // opens no session.
+                        let opened = match &message {
+                            Some(Message::Proof(_)) => end.has_session(),
+                            Some(_) => true,
+                            None => false,
+                        };
+                        if opened
+                            && let Some(message) = message
                             && let Some(reply) = gateway.handle(&message)
                         {
-                            line.send(now, To::Node, &common::frame(&reply));
+                            line.send(now, To::Node, &end.frame(&reply));
                         }
                     }
                 }

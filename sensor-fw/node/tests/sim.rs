@@ -17,9 +17,11 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use outpost_node::LinkState;
 use outpost_node::sim::{SimConfig, SimNode};
 use outpost_proto::frame::MAX_FRAME_LEN;
-use outpost_proto::{
-    Accept, Ack, ChannelId, FrameDecoder, Message, Reading, Telemetry, encode_frame,
-};
+use outpost_proto::{Accept, Ack, ChannelId, FrameDecoder, Message, Reading, Telemetry};
+
+#[allow(dead_code)]
+mod common;
+use common::GatewayEnd;
 
 const UID: [u8; 8] = [0x5E, 0x50, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01];
 
@@ -47,6 +49,8 @@ struct MiniGateway {
     last: u32,
     stored: Vec<Telemetry>,
     public_key: Option<[u8; 32]>,
+    /// The handshake and the seals, as the real gateway does them.
+    end: GatewayEnd,
 }
 
 impl MiniGateway {
@@ -71,6 +75,7 @@ impl MiniGateway {
             last: 0,
             stored: Vec::new(),
             public_key: None,
+            end: GatewayEnd::default(),
         }
     }
 
@@ -87,9 +92,8 @@ impl MiniGateway {
     }
 
     fn send(&mut self, message: &Message) {
-        let mut buf = [0u8; MAX_FRAME_LEN];
-        let len = encode_frame(message, &mut buf).unwrap();
-        self.port.write_all(&buf[..len]).unwrap();
+        let frame = self.end.frame(message);
+        self.port.write_all(&frame).unwrap();
     }
 
     /// Serves the line until `done` holds or `timeout` passes; returns whether `done` held.
@@ -108,8 +112,14 @@ impl MiniGateway {
                 Err(e) => panic!("reading the pty: {e}"),
             };
             for &byte in &buf[..n] {
-                if let Some(Ok(message)) = self.decoder.push(byte) {
-                    self.handle(message);
+                if let Some(Ok(received)) = self.decoder.push(byte) {
+                    let (message, answer) = self.end.receive(received);
+                    if let Some(answer) = answer {
+                        self.port.write_all(&answer).unwrap();
+                    }
+                    if let Some(message) = message {
+                        self.handle(message);
+                    }
                 }
             }
         }
@@ -118,11 +128,11 @@ impl MiniGateway {
 
     fn handle(&mut self, message: Message) {
         match message {
-            Message::Hello(hello) => {
-                assert_eq!(hello.uid, UID);
-                self.session = Some(hello.boot_id);
+            Message::Hello(hello) => assert_eq!(hello.uid, UID),
+            Message::Proof(proof) if self.end.has_session() => {
+                self.session = Some(proof.boot_id);
                 self.send(&Message::Accept(Accept {
-                    boot_id: hello.boot_id,
+                    boot_id: proof.boot_id,
                     ack_upto: self.last,
                 }));
             }

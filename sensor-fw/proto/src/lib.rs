@@ -8,6 +8,8 @@
 //! - [`wire`]: the messages ([`Message`]) and their byte layout (`parse` / `emit`);
 //! - [`frame`]: framing on a byte stream: COBS, CRC-32 and a `0x00` delimiter, and a
 //!   [`FrameDecoder`] that survives line noise, truncated and oversized frames;
+//! - [`session`]: the authenticated session: the signed X25519 handshake and the sealing
+//!   (counter and truncated HMAC) of every later message;
 //! - [`time`]: the [`Millis`] newtype both sides use for time.
 //!
 //! What it never does: I/O, allocation, clocks, panics on input. Every decoder takes arbitrary
@@ -19,16 +21,20 @@
 
 pub mod cobs;
 pub mod frame;
+pub mod session;
 pub mod time;
 pub mod wire;
 
-pub use frame::{FrameDecoder, FrameError, LinkCounters, encode_frame};
+pub use frame::{
+    FrameDecoder, FrameError, LinkCounters, Received, encode_frame, encode_sealed_frame,
+};
+pub use session::{AuthError, HandshakeError, Opener, Sealer, SessionKeys};
 pub use time::Millis;
 pub use wire::{
-    Accept, Ack, ChannelId, Command, DecodeError, EncodeError, Enroll, FwVersion, Health, Hello,
-    Message, Nack, Reading, ResetReason, Response, Telemetry, WINDOW,
+    Accept, Ack, Challenge, ChannelId, Command, DecodeError, EncodeError, Enroll, FwVersion,
+    Health, Hello, Message, Nack, Proof, Reading, ResetReason, Response, Telemetry, WINDOW,
 };
 
 /// Version of the message layout. A decoder rejects any other version with
 /// [`DecodeError::UnsupportedVersion`] rather than guessing.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;

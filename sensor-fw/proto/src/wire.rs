@@ -23,8 +23,20 @@ pub const MAX_COMMAND_BODY: usize = 64;
 /// Most TELEMETRY frames a node has sent and not yet seen acknowledged. The gateway holds at
 /// most this many frames that arrived after a missing one (see [`Nack`]).
 pub const WINDOW: u32 = 32;
-/// Largest message on the wire (before framing): the biggest message is a full COMMAND/RESPONSE.
-pub const MAX_MESSAGE_LEN: usize = 2 + 2 + 1 + 1 + MAX_COMMAND_BODY;
+/// Bytes a sealed message carries after its fields: the low byte of its counter and its tag
+/// (see [`crate::session`]).
+pub const SEAL_LEN: usize = 1 + crate::session::TAG_LEN;
+/// Largest message on the wire (before framing), seal included: the CHALLENGE.
+pub const MAX_MESSAGE_LEN: usize = 2 + 4 + 32 + 32 + 64;
+const _: () = {
+    // Every other message fits: a sealed COMMAND/RESPONSE with a full body, a HELLO with the
+    // longest lot and every channel, a sealed TELEMETRY with every reading and the longest
+    // varints, a PROOF.
+    assert!(2 + 2 + 1 + 1 + MAX_COMMAND_BODY + SEAL_LEN <= MAX_MESSAGE_LEN);
+    assert!(2 + 8 + 1 + 3 + 4 + 1 + MAX_LOT_LEN + 1 + MAX_CHANNELS + 32 <= MAX_MESSAGE_LEN);
+    assert!(2 + 3 * 5 + 1 + 5 * MAX_READINGS + SEAL_LEN <= MAX_MESSAGE_LEN);
+    assert!(2 + 8 + 4 + 64 <= MAX_MESSAGE_LEN);
+};
 
 /// A channel of a node. Ids below 128 have a fixed meaning and unit; 128 and up are
 /// site-specific and carry raw integers.
@@ -153,6 +165,8 @@ pub struct Hello {
     /// Manufacturing lot, empty if unknown (RMA traceability).
     pub lot: String<MAX_LOT_LEN>,
     pub channels: Vec<ChannelId, MAX_CHANNELS>,
+    /// The node's X25519 public key for this handshake: fresh for every HELLO.
+    pub ephemeral: [u8; 32],
 }
 
 /// Node → gateway, after HELLO: the node's own Ed25519 public key, pinned by the gateway on first
@@ -169,6 +183,28 @@ pub struct Accept {
     pub boot_id: u32,
     /// Cumulative: every sample with `seq <= ack_upto` is committed. 0 when none is.
     pub ack_upto: u32,
+}
+
+/// Gateway → node, answer to HELLO + ENROLL: the gateway's half of the key agreement, signed with
+/// its node-link key over the transcript (see [`crate::session`]). Sent in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// The HELLO's boot_id.
+    pub boot_id: u32,
+    /// The gateway's X25519 public key for this handshake: fresh for every CHALLENGE.
+    pub ephemeral: [u8; 32],
+    /// The gateway's node-link Ed25519 public key.
+    pub gateway_key: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+/// Node → gateway, answer to CHALLENGE: the node's signature over the same transcript, with the
+/// key it enrolled. Proves possession of that key; sent in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    pub uid: [u8; 8],
+    pub boot_id: u32,
+    pub signature: [u8; 64],
 }
 
 /// One channel's value in a sample.
@@ -257,6 +293,41 @@ pub enum Message {
     Command(Command),
     Response(Response),
     Nack(Nack),
+    Challenge(Challenge),
+    Proof(Proof),
+}
+
+impl Message {
+    /// Whether this message travels sealed (counter and tag, see [`crate::session`]): every
+    /// message of an open session. Only the handshake (HELLO, ENROLL, CHALLENGE, PROOF) is clear.
+    #[must_use]
+    pub fn is_sealed(&self) -> bool {
+        is_sealed_type(self.type_code())
+    }
+
+    /// The message's type byte.
+    #[must_use]
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Message::Hello(_) => tag::HELLO,
+            Message::Enroll(_) => tag::ENROLL,
+            Message::Accept(_) => tag::ACCEPT,
+            Message::Telemetry(_) => tag::TELEMETRY,
+            Message::Ack(_) => tag::ACK,
+            Message::Health(_) => tag::HEALTH,
+            Message::Command(_) => tag::COMMAND,
+            Message::Response(_) => tag::RESPONSE,
+            Message::Nack(_) => tag::NACK,
+            Message::Challenge(_) => tag::CHALLENGE,
+            Message::Proof(_) => tag::PROOF,
+        }
+    }
+}
+
+/// Whether messages of type `code` travel sealed.
+#[must_use]
+pub const fn is_sealed_type(code: u8) -> bool {
+    !matches!(code, tag::HELLO | tag::ENROLL | tag::CHALLENGE | tag::PROOF)
 }
 
 mod tag {
@@ -269,6 +340,8 @@ mod tag {
     pub(super) const COMMAND: u8 = 0x07;
     pub(super) const RESPONSE: u8 = 0x08;
     pub(super) const NACK: u8 = 0x09;
+    pub(super) const CHALLENGE: u8 = 0x0A;
+    pub(super) const PROOF: u8 = 0x0B;
 }
 
 /// Why bytes are not a message. "Too short" is an error here, not "incomplete": framing has
@@ -284,6 +357,8 @@ pub enum DecodeError {
     BadText,
     /// Bytes left over after the last field.
     TrailingBytes,
+    /// A variable-length integer longer than its type, or not in its shortest form.
+    BadVarint,
 }
 
 impl fmt::Display for DecodeError {
@@ -295,6 +370,9 @@ impl fmt::Display for DecodeError {
             DecodeError::TooMany => f.write_str("list longer than the protocol allows"),
             DecodeError::BadText => f.write_str("text field is not UTF-8"),
             DecodeError::TrailingBytes => f.write_str("bytes after the last field"),
+            DecodeError::BadVarint => {
+                f.write_str("variable-length integer too long or not minimal")
+            }
         }
     }
 }
@@ -338,6 +416,25 @@ impl<'a> Reader<'a> {
     }
     fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_le_bytes(self.array()?))
+    }
+    /// An unsigned LEB128 integer in its shortest form (so every value has one encoding).
+    fn varint(&mut self) -> Result<u32, DecodeError> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let byte = self.u8()?;
+            let bits = u32::from(byte & 0x7f);
+            if i == 4 && bits > 0x0f {
+                return Err(DecodeError::BadVarint); // beyond 32 bits
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                if i > 0 && byte == 0 {
+                    return Err(DecodeError::BadVarint); // a needless trailing zero group
+                }
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::BadVarint)
     }
     fn i16(&mut self) -> Result<i16, DecodeError> {
         Ok(i16::from_le_bytes(self.array()?))
@@ -384,6 +481,13 @@ impl Writer<'_> {
     fn fw(&mut self, v: FwVersion) {
         self.put(&[v.major, v.minor, v.patch]);
     }
+    fn varint(&mut self, mut v: u32) {
+        while v >= 0x80 {
+            self.u8((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.u8(v as u8);
+    }
     fn counted(&mut self, bytes: &[u8]) {
         // Every list's capacity is below 256, so the count fits a byte.
         self.u8(bytes.len() as u8);
@@ -416,6 +520,7 @@ impl Message {
                     boot_id,
                     lot,
                     channels,
+                    ephemeral: r.array()?,
                 })
             }
             tag::ENROLL => Message::Enroll(Enroll {
@@ -427,9 +532,9 @@ impl Message {
                 ack_upto: r.u32()?,
             }),
             tag::TELEMETRY => {
-                let seq = r.u32()?;
-                let window_start = r.u32()?;
-                let age_ms = r.u32()?;
+                let seq = r.varint()?;
+                let window_start = seq.wrapping_sub(r.varint()?);
+                let age_ms = r.varint()?;
                 let count = r.u8()? as usize;
                 if count > MAX_READINGS {
                     return Err(DecodeError::TooMany);
@@ -481,6 +586,17 @@ impl Message {
                 from: r.u32()?,
                 to: r.u32()?,
             }),
+            tag::CHALLENGE => Message::Challenge(Challenge {
+                boot_id: r.u32()?,
+                ephemeral: r.array()?,
+                gateway_key: r.array()?,
+                signature: r.array()?,
+            }),
+            tag::PROOF => Message::Proof(Proof {
+                uid: r.array()?,
+                boot_id: r.u32()?,
+                signature: r.array()?,
+            }),
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -491,11 +607,19 @@ impl Message {
     #[must_use]
     pub fn buffer_len(&self) -> usize {
         2 + match self {
-            Message::Hello(h) => 8 + 1 + 3 + 4 + 1 + h.lot.len() + 1 + h.channels.len(),
+            Message::Hello(h) => 8 + 1 + 3 + 4 + 1 + h.lot.len() + 1 + h.channels.len() + 32,
             Message::Enroll(_) => 8 + 32,
             Message::Accept(_) | Message::Ack(_) => 8,
             Message::Nack(_) => 12,
-            Message::Telemetry(t) => 12 + 1 + 5 * t.readings.len(),
+            Message::Telemetry(t) => {
+                varint_len(t.seq)
+                    + varint_len(t.seq.wrapping_sub(t.window_start))
+                    + varint_len(t.age_ms)
+                    + 1
+                    + 5 * t.readings.len()
+            }
+            Message::Challenge(_) => 4 + 32 + 32 + 64,
+            Message::Proof(_) => 8 + 4 + 64,
             Message::Health(_) => 4 + 1 + 3 + 4 * 6 + 2,
             Message::Command(c) => 3 + 1 + c.args.len(),
             Message::Response(r) => 3 + 1 + r.body.len(),
@@ -522,6 +646,7 @@ impl Message {
                 for c in &h.channels {
                     w.u8(c.0);
                 }
+                w.put(&h.ephemeral);
             }
             Message::Enroll(e) => {
                 w.u8(tag::ENROLL);
@@ -535,9 +660,9 @@ impl Message {
             }
             Message::Telemetry(t) => {
                 w.u8(tag::TELEMETRY);
-                w.put(&t.seq.to_le_bytes());
-                w.put(&t.window_start.to_le_bytes());
-                w.put(&t.age_ms.to_le_bytes());
+                w.varint(t.seq);
+                w.varint(t.seq.wrapping_sub(t.window_start));
+                w.varint(t.age_ms);
                 w.u8(t.readings.len() as u8);
                 for r in &t.readings {
                     w.u8(r.channel.0);
@@ -584,8 +709,32 @@ impl Message {
                 w.put(&n.from.to_le_bytes());
                 w.put(&n.to.to_le_bytes());
             }
+            Message::Challenge(c) => {
+                w.u8(tag::CHALLENGE);
+                w.put(&c.boot_id.to_le_bytes());
+                w.put(&c.ephemeral);
+                w.put(&c.gateway_key);
+                w.put(&c.signature);
+            }
+            Message::Proof(p) => {
+                w.u8(tag::PROOF);
+                w.put(&p.uid);
+                w.put(&p.boot_id.to_le_bytes());
+                w.put(&p.signature);
+            }
         }
         debug_assert_eq!(w.at, len);
         Ok(w.at)
+    }
+}
+
+/// Bytes of `v` as an unsigned LEB128 varint.
+const fn varint_len(v: u32) -> usize {
+    match v {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
     }
 }

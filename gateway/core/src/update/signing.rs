@@ -68,16 +68,20 @@ pub enum Role {
     GatewayUpdate,
     /// A sensor node firmware image, proxied to the nodes by the gateway.
     Firmware,
+    /// The gateway's own node-link identity: it signs handshakes with its nodes (a CHALLENGE),
+    /// never a manifest. Made by the gateway itself on first start and kept on its disk.
+    NodeLink,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::GatewayUpdate, Role::Firmware];
+    pub const ALL: [Role; 3] = [Role::GatewayUpdate, Role::Firmware, Role::NodeLink];
 
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Role::GatewayUpdate => "gateway-update",
             Role::Firmware => "firmware",
+            Role::NodeLink => "node-link",
         }
     }
 }
@@ -94,7 +98,7 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (gateway-update or firmware)"))
+            .ok_or_else(|| format!("unknown role `{s}` (gateway-update, firmware or node-link)"))
     }
 }
 
@@ -175,6 +179,13 @@ impl SigningKey {
     #[must_use]
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The Ed25519 key itself, for the one use its role allows outside manifests: the node-link
+    /// handshake.
+    #[must_use]
+    pub fn ed25519(&self) -> &ed25519_dalek::SigningKey {
+        &self.key
     }
 
     #[must_use]

@@ -166,7 +166,10 @@ impl ModelStore {
                 self.disk.commit_interval_ms,
                 samples.iter().map(|s| s.readings.len()).sum(),
             ),
-            Action::Health { .. } | Action::LinkErrors { .. } | Action::Anomalies { .. } => {
+            Action::Health { .. }
+            | Action::LinkErrors { .. }
+            | Action::Anomalies { .. }
+            | Action::ProofFailed { .. } => {
                 (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1)
             }
         };
@@ -295,7 +298,9 @@ impl ModelStore {
                     });
                 }
                 Action::Health { .. } => self.health_reports += 1,
-                Action::LinkErrors { .. } | Action::Anomalies { .. } => {}
+                Action::LinkErrors { .. }
+                | Action::Anomalies { .. }
+                | Action::ProofFailed { .. } => {}
             }
         }
         replies
@@ -343,6 +348,9 @@ fn failure(action: Action) -> Option<Reply> {
             boot_id,
             result: Err(()),
         }),
-        Action::Health { .. } | Action::LinkErrors { .. } | Action::Anomalies { .. } => None,
+        Action::Health { .. }
+        | Action::LinkErrors { .. }
+        | Action::Anomalies { .. }
+        | Action::ProofFailed { .. } => None,
     }
 }

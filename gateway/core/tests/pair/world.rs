@@ -11,11 +11,13 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use outpost_core::link::{PortCounters, PortSession};
-use outpost_node::{Boot, Identity, LinkConfig, NodeCounters, NodeLink};
+use outpost_core::link::{LinkSecrets, PortCounters, PortSession};
+use outpost_node::{Boot, Identity, LinkConfig, NodeCounters, NodeLink, Secrets};
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::wire::MAX_READINGS;
-use outpost_proto::{ChannelId, FrameDecoder, FwVersion, Message, Millis, Reading, ResetReason};
+use outpost_proto::{
+    ChannelId, FrameDecoder, FwVersion, Message, Millis, Reading, Received, ResetReason,
+};
 
 use crate::line::{Dir, Fault, Line, MAX_TRANSIT_MS};
 use crate::store::{Disk, ModelStore, Reply};
@@ -226,7 +228,23 @@ fn identity() -> Identity {
             BOOT_CHANNEL,
         ])
         .unwrap(),
-        public_key: KEY,
+    }
+}
+
+/// The node's secrets for a boot: its key (the same every boot) and entropy of this boot.
+fn node_secrets(boot_id: u32) -> Secrets {
+    Secrets {
+        signing_key: ed25519_dalek::SigningKey::from_bytes(&KEY),
+        gateway_key: None,
+        entropy: [boot_id as u8; 32],
+    }
+}
+
+/// The gateway's node-link key (the same across its restarts, as on disk); entropy per start.
+fn gateway_secrets(now: Millis) -> LinkSecrets {
+    LinkSecrets {
+        signing_key: ed25519_dalek::SigningKey::from_bytes(&[0x6B; 32]),
+        entropy: [now.as_u64() as u8 ^ 0x33; 32],
     }
 }
 
@@ -262,7 +280,12 @@ impl Pair {
             events: events.into(),
             line: Line::default(),
             store: ModelStore::new(setup.disk),
-            session: PortSession::new(PORT, setup.max_frames_per_sec, Millis::ZERO),
+            session: PortSession::new(
+                PORT,
+                setup.max_frames_per_sec,
+                gateway_secrets(Millis::ZERO),
+                Millis::ZERO,
+            ),
             boots: vec![BootRecord::new(setup.first_boot_id)],
             node,
             next_sample: (setup.sampling_until > Millis::ZERO).then_some(Millis::ZERO),
@@ -284,7 +307,7 @@ impl Pair {
             ring_limit: setup.ring_limit,
             ..LinkConfig::default()
         };
-        NodeLink::new(now, identity(), boot, config)
+        NodeLink::new(now, identity(), node_secrets(boot_id), boot, config)
     }
 
     fn boot(&mut self) -> &mut BootRecord {
@@ -397,7 +420,12 @@ impl Pair {
                 self.tally.gateway_restarts += 1;
                 add_counters(&mut self.tally.retired_port, self.session.counters());
                 self.store.crash(durable);
-                self.session = PortSession::new(PORT, self.setup.max_frames_per_sec, self.now);
+                self.session = PortSession::new(
+                    PORT,
+                    self.setup.max_frames_per_sec,
+                    gateway_secrets(self.now),
+                    self.now,
+                );
             }
             Event::PortReset => {
                 self.tally.port_resets += 1;
@@ -492,7 +520,7 @@ impl Pair {
     fn send_until(&mut self, dir: Dir, frame: &[u8], last_byte_at: Millis) {
         let mut decoder = FrameDecoder::new();
         for message in frame.iter().filter_map(|&b| decoder.push(b)) {
-            match message {
+            match message.as_ref().map(Received::message) {
                 Ok(Message::Hello(_)) => self.tally.hellos += 1,
                 Ok(Message::Accept(_)) => self.tally.accepts += 1,
                 Ok(Message::Ack(_)) => self.tally.acks += 1,

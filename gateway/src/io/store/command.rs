@@ -70,6 +70,12 @@ pub enum StoreCommand {
         node_id: i64,
         ages_clamped: u32,
         gaps_refused: u32,
+        auth_failed: u32,
+        replayed: u32,
+    },
+    /// A PROOF in the name of `uid` failed: counted on its row, if it is enrolled.
+    ProofFailed {
+        uid: [u8; 8],
     },
     /// The cloud acknowledged every batch up to `upto`.
     AckBatches {
@@ -188,14 +194,19 @@ impl StoreCommand {
                 node_id,
                 ages_clamped,
                 gaps_refused,
+                auth_failed,
+                replayed,
             } => job(
                 Anomalies {
                     node_id,
                     ages_clamped,
                     gaps_refused,
+                    auth_failed,
+                    replayed,
                 },
                 Reply::Nobody,
             ),
+            StoreCommand::ProofFailed { uid } => job(ProofFailed { uid }, Reply::Nobody),
             StoreCommand::AckBatches { upto, reply } => {
                 job(AckBatches { upto }, Reply::Once(reply))
             }
@@ -422,6 +433,8 @@ struct Anomalies {
     node_id: i64,
     ages_clamped: u32,
     gaps_refused: u32,
+    auth_failed: u32,
+    replayed: u32,
 }
 
 impl Request for Anomalies {
@@ -429,7 +442,30 @@ impl Request for Anomalies {
     type Answer = ();
 
     fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
-        tx.anomalies(self.node_id, self.ages_clamped, self.gaps_refused)
+        tx.anomalies(
+            self.node_id,
+            super::NodeAnomalies {
+                ages_clamped: self.ages_clamped,
+                gaps_refused: self.gaps_refused,
+                auth_failed: self.auth_failed,
+                replayed: self.replayed,
+            },
+        )
+    }
+
+    fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+struct ProofFailed {
+    uid: [u8; 8],
+}
+
+impl Request for ProofFailed {
+    type Outcome = ();
+    type Answer = ();
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.proof_failed(&self.uid)
     }
 
     fn answer(self, _: Result<(), Arc<StoreError>>) {}

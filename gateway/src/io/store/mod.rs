@@ -512,15 +512,28 @@ impl Tx<'_> {
     }
 
     /// Adds to a node's counts of anomalies on its line (see `outpost_core::link::PortCounters`).
-    pub fn anomalies(
-        &mut self,
-        node_id: i64,
-        ages_clamped: u32,
-        gaps_refused: u32,
-    ) -> Result<(), StoreError> {
+    pub fn anomalies(&mut self, node_id: i64, a: NodeAnomalies) -> Result<(), StoreError> {
         self.tx.execute(
-            "UPDATE nodes SET ages_clamped = ages_clamped + ?2, gaps_refused = gaps_refused + ?3 WHERE id = ?1",
-            params![node_id, ages_clamped, gaps_refused],
+            "UPDATE nodes SET ages_clamped = ages_clamped + ?2, gaps_refused = gaps_refused + ?3,
+                              auth_failed = auth_failed + ?4, replayed = replayed + ?5
+             WHERE id = ?1",
+            params![
+                node_id,
+                a.ages_clamped,
+                a.gaps_refused,
+                a.auth_failed,
+                a.replayed
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a failed PROOF in the name of `uid` on its row; nothing for a uid never enrolled
+    /// (no row is written for a node the gateway did not accept).
+    pub fn proof_failed(&mut self, uid: &[u8; 8]) -> Result<(), StoreError> {
+        self.tx.execute(
+            "UPDATE nodes SET auth_failed = auth_failed + 1 WHERE uid = ?1",
+            [outpost_core::hex::encode(uid)],
         )?;
         Ok(())
     }
@@ -586,6 +599,20 @@ pub struct Anomalies {
     pub ages_clamped: u64,
     /// Samples claiming a gap larger than the node can have taken; dropped.
     pub gaps_refused: u64,
+    /// Frames in the node's session whose seal did not verify, and PROOFs in its name that did
+    /// not verify: someone spoke as this node without its key. Dropped.
+    pub auth_failed: u64,
+    /// Frames of the node's session replayed. Dropped.
+    pub replayed: u64,
+}
+
+/// Anomalies to add to a node's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeAnomalies {
+    pub ages_clamped: u32,
+    pub gaps_refused: u32,
+    pub auth_failed: u32,
+    pub replayed: u32,
 }
 
 /// One page of the registry, in uid order (`GET /api/v1/nodes`).
@@ -665,7 +692,8 @@ impl Reader {
             "SELECT uid, hw_rev, fw_version, lot, channels, port, public_key IS NOT NULL, first_seen_ms, last_seen_ms,
                     uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors,
                     ages_clamped, gaps_refused,
-                    (SELECT retransmits FROM health h WHERE h.node_id = nodes.id ORDER BY ts_ms DESC LIMIT 1)
+                    (SELECT retransmits FROM health h WHERE h.node_id = nodes.id ORDER BY ts_ms DESC LIMIT 1),
+                    auth_failed, replayed
              FROM nodes WHERE uid > ?1 ORDER BY uid LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -696,6 +724,8 @@ impl Reader {
                 anomalies: Anomalies {
                     ages_clamped: row.get(15)?,
                     gaps_refused: row.get(16)?,
+                    auth_failed: row.get(18)?,
+                    replayed: row.get(19)?,
                 },
                 retransmits: row.get(17)?,
             })

@@ -173,6 +173,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         coalesce((SELECT min(first_reading_id) - 1 FROM batches),
                  (SELECT value FROM meta WHERE key = 'batches.last_reading_id'), '0'));
     ",
+    // 8: authenticated node sessions (protocol version 2): per node, frames whose seal did not
+    // verify or whose PROOF failed (someone spoke as the node without its key), and replays.
+    "
+    ALTER TABLE nodes ADD COLUMN auth_failed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

@@ -17,6 +17,7 @@ fn hello(uid: u8, boot_id: u32) -> Hello {
         channels: [ChannelId::TEMPERATURE, ChannelId::SEQ]
             .into_iter()
             .collect(),
+        ephemeral: [0; 32],
     }
 }
 

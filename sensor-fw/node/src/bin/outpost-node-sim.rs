@@ -68,6 +68,23 @@ struct Args {
     /// millionths (1000 = 0.1 %).
     #[arg(long, value_name = "PPM", default_value_t = 0)]
     line_loss: u32,
+    /// The gateway's node-link key (64 hex digits, as `outpost identity show` prints it): the
+    /// node refuses any other gateway. Without it the first gateway to complete a handshake is
+    /// pinned until the node restarts.
+    #[arg(long, value_name = "HEX64", value_parser = gateway_key)]
+    gateway_key: Option<[u8; 32]>,
+}
+
+fn gateway_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("expected 64 hex digits, got {text:?}"));
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(key)
 }
 
 fn channel(name: &str) -> Result<ChannelId, String> {
@@ -101,6 +118,7 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.inject_garbage_every = args.inject_garbage_every;
     config.baud = (args.baud > 0).then_some(args.baud);
     config.line_loss_per_million = args.line_loss;
+    config.gateway_key = args.gateway_key;
     if let Err(errors) = config.validate() {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("invalid configuration: {}", text.join("; "));

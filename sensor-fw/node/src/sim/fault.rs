@@ -1,8 +1,10 @@
 //! Line noise on purpose, for testing the gateway's decoder and the link's recovery
 //! (`--inject-garbage-every`).
 
+use outpost_proto::frame::encode_raw_frame;
 use outpost_proto::frame::{MAX_ENCODED_LEN, MAX_FRAME_LEN};
-use outpost_proto::{Message, Telemetry, encode_frame};
+use outpost_proto::wire::{MAX_MESSAGE_LEN, SEAL_LEN};
+use outpost_proto::{Message, Telemetry};
 use rand::Rng;
 use rand::rngs::SmallRng;
 
@@ -19,8 +21,12 @@ pub(crate) fn garbage_burst(rng: &mut SmallRng) -> Vec<u8> {
         age_ms: 0,
         readings: heapless::Vec::new(),
     });
+    // A TELEMETRY with a seal of random bytes: it is cut off, so it never reaches a seal check.
+    let mut message = [0u8; MAX_MESSAGE_LEN];
     let mut frame = [0u8; MAX_FRAME_LEN];
-    if let Ok(len) = encode_frame(&victim, &mut frame) {
+    if let Ok(len) = victim.emit(&mut message) {
+        rng.fill(&mut message[len..len + SEAL_LEN]);
+        let len = encode_raw_frame(&message[..len + SEAL_LEN], &mut frame).unwrap_or(0);
         // Keep the leading delimiter and at least one byte, drop at least the trailing one.
         let cut = rng.random_range(2..len - 1);
         burst.extend_from_slice(&frame[..cut]);
@@ -43,7 +49,7 @@ pub(crate) fn damage(frame: &mut [u8], rng: &mut SmallRng) {
 
 #[cfg(test)]
 mod tests {
-    use outpost_proto::{Ack, FrameDecoder};
+    use outpost_proto::{Enroll, FrameDecoder, encode_frame};
     use rand::SeedableRng;
 
     use super::*;
@@ -51,9 +57,9 @@ mod tests {
     #[test]
     fn a_burst_costs_errors_but_never_the_next_frame() {
         let mut rng = SmallRng::seed_from_u64(9);
-        let ack = Message::Ack(Ack {
-            boot_id: 1,
-            upto: 2,
+        let ack = Message::Enroll(Enroll {
+            uid: [1; 8],
+            public_key: [2; 32],
         });
         let mut frame = [0u8; MAX_FRAME_LEN];
         let len = encode_frame(&ack, &mut frame).unwrap();
@@ -65,7 +71,7 @@ mod tests {
                 .chain(frame[..len].to_vec());
             for byte in stream {
                 if let Some(Ok(m)) = decoder.push(byte) {
-                    decoded.push(m);
+                    decoded.push(m.into_unverified());
                 }
             }
             assert_eq!(decoded, vec![ack.clone()]);

@@ -41,7 +41,9 @@ use rand::{Rng, SeedableRng};
 use self::line::{Line, ReadOutcome};
 pub use self::sensors::{SimBank, SimSht3x};
 use crate::app::{App, Schedule};
-use crate::link::{BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink};
+use crate::link::{
+    BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink, Secrets,
+};
 
 /// Capacity of the simulator's sample ring; `SimConfig::ring` may only lower it.
 pub const MAX_RING: usize = 4096;
@@ -87,6 +89,9 @@ pub struct SimConfig {
     /// link).
     pub baud: Option<u32>,
     pub reset_reason: ResetReason,
+    /// The gateway node-link key this node is tied to (`outpost identity show` prints it);
+    /// `None`: the first gateway that completes a handshake is pinned for the boot.
+    pub gateway_key: Option<[u8; 32]>,
 }
 
 impl SimConfig {
@@ -120,6 +125,7 @@ impl SimConfig {
             line_loss_per_million: 0,
             reset_reason: ResetReason::PowerOn,
             baud: Some(115_200),
+            gateway_key: None,
         }
     }
 
@@ -192,7 +198,6 @@ impl SimConfig {
             // Both fit: `validate` checked the lengths.
             lot: HString::try_from(self.lot.as_str()).unwrap_or_default(),
             channels: HVec::from_slice(&self.channels).unwrap_or_default(),
-            public_key: self.signing_key().verifying_key().to_bytes(),
         }
     }
 }
@@ -329,7 +334,7 @@ impl SimNode {
             None => random_boot_id()?,
         };
         let identity = config.identity();
-        let public_key = identity.public_key;
+        let public_key = config.signing_key().verifying_key().to_bytes();
         let status = Arc::new(Mutex::new(SimStatus {
             state: LinkState::Unaccepted,
             counters: NodeCounters::default(),
@@ -431,9 +436,14 @@ impl Drop for SimNode {
 
 /// A boot id as a real node gets it: random at every start, independent of the seed.
 fn random_boot_id() -> io::Result<u32> {
-    let mut bytes = [0u8; 4];
+    Ok(u32::from_le_bytes(random_bytes()?))
+}
+
+/// Bytes from the OS's random source, as a real node takes them from its ring oscillator.
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(u32::from_le_bytes(bytes))
+    Ok(bytes)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -454,7 +464,7 @@ impl Pump {
     fn run(mut self) -> io::Result<()> {
         let started = Instant::now();
         let now = || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let mut app = self.build(now());
+        let mut app = self.build(now())?;
         let mut garbage_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(1));
         let mut garbage_after = self.config.inject_garbage_every.map(|n| (n, n));
         // After a burst, the next real frame is damaged too, so it is lost and must be resent.
@@ -559,11 +569,17 @@ impl Pump {
         }
     }
 
-    fn build(&self, now: Millis) -> Box<SimApp> {
+    fn build(&self, now: Millis) -> io::Result<Box<SimApp>> {
         let c = &self.config;
+        let secrets = Secrets {
+            signing_key: c.signing_key(),
+            gateway_key: c.gateway_key,
+            entropy: random_bytes()?,
+        };
         let link = NodeLink::new(
             now,
             self.identity.clone(),
+            secrets,
             Boot {
                 boot_id: self.boot_id,
                 reset_reason: c.reset_reason,
@@ -579,7 +595,7 @@ impl Pump {
             interval: c.sample_interval,
             limit: c.sample_limit,
         };
-        Box::new(App::new(now, link, bank, schedule))
+        Ok(Box::new(App::new(now, link, bank, schedule)))
     }
 
     /// Nobody listens: sleep a little (or until the next timer), waking early on stop.

@@ -4,12 +4,16 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use outpost_node::{App, Boot, Identity, LinkConfig, Millis, NodeLink, Schedule, SensorBank};
+use ed25519_dalek::SigningKey;
+use outpost_node::{
+    App, Boot, Identity, LinkConfig, Millis, NodeLink, Schedule, Secrets, SensorBank,
+};
 use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::session::{Ephemeral, GatewayHandshake};
 use outpost_proto::wire::MAX_READINGS;
 use outpost_proto::{
-    Accept, Ack, ChannelId, FrameDecoder, FwVersion, Message, Reading, ResetReason, Telemetry,
-    encode_frame,
+    Accept, Ack, ChannelId, FrameDecoder, FwVersion, Hello, Message, Opener, Reading, Received,
+    ResetReason, Sealer, Telemetry, encode_frame, encode_sealed_frame,
 };
 
 pub const BOOT_ID: u32 = 0xB007_0001;
@@ -50,7 +54,24 @@ pub fn identity() -> Identity {
         fw: FW,
         lot: heapless::String::try_from("LOT-7").unwrap(),
         channels: heapless::Vec::from_slice(&[ChannelId::TEMPERATURE, ChannelId::SEQ]).unwrap(),
-        public_key: [0xAB; 32],
+    }
+}
+
+/// The node's key in these tests.
+pub fn node_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xAB; 32])
+}
+
+/// The gateway's node-link key in these tests.
+pub fn gateway_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xCD; 32])
+}
+
+pub fn secrets() -> Secrets {
+    Secrets {
+        signing_key: node_key(),
+        gateway_key: None,
+        entropy: [0x5E; 32],
     }
 }
 
@@ -69,14 +90,108 @@ pub fn every(ms: u64) -> Schedule {
 }
 
 pub fn node<const RING: usize>(config: LinkConfig, schedule: Schedule) -> App<TestBank, RING> {
-    let link = NodeLink::new(Millis::ZERO, identity(), boot(), config);
+    let link = NodeLink::new(Millis::ZERO, identity(), secrets(), boot(), config);
     App::new(Millis::ZERO, link, TestBank, schedule)
 }
 
+/// A clear message (HELLO, ENROLL, CHALLENGE, PROOF) as a frame.
 pub fn frame(message: &Message) -> Vec<u8> {
     let mut buf = [0u8; MAX_FRAME_LEN];
     let len = encode_frame(message, &mut buf).unwrap();
     buf[..len].to_vec()
+}
+
+/// The gateway's end of the session, as the real one does it: every HELLO + ENROLL gets a
+/// CHALLENGE, a PROOF that verifies opens the session, and every later message is sealed.
+#[derive(Debug)]
+pub struct GatewayEnd {
+    key: SigningKey,
+    ephemerals: u8,
+    hello: Option<Hello>,
+    handshake: Option<GatewayHandshake>,
+    session: Option<(Sealer, Opener)>,
+    /// Sealed frames from the node that did not open.
+    pub refused: u32,
+}
+
+impl Default for GatewayEnd {
+    fn default() -> Self {
+        GatewayEnd {
+            key: gateway_key(),
+            ephemerals: 0,
+            hello: None,
+            handshake: None,
+            session: None,
+            refused: 0,
+        }
+    }
+}
+
+impl GatewayEnd {
+    /// A frame from the node: its message once opened (or in the clear), and the handshake's
+    /// answer to send back, if any.
+    pub fn receive(&mut self, received: Received) -> (Option<Message>, Option<Vec<u8>>) {
+        if received.is_sealed() {
+            let opened = match &mut self.session {
+                Some((_, opener)) => received.open(opener).ok(),
+                None => None,
+            };
+            if opened.is_none() {
+                self.refused += 1;
+            }
+            return (opened, None);
+        }
+        let message = received.into_clear().expect("clear");
+        let reply = match &message {
+            Message::Hello(hello) => {
+                self.hello = Some(hello.clone());
+                None
+            }
+            Message::Enroll(enroll) => self.hello.take().map(|hello| {
+                self.ephemerals = self.ephemerals.wrapping_add(1);
+                let ephemeral = Ephemeral::from_random([self.ephemerals; 32]);
+                let (challenge, handshake) =
+                    GatewayHandshake::challenge(&self.key, &ephemeral, &hello, &enroll.public_key)
+                        .unwrap();
+                self.handshake = Some(handshake);
+                frame(&Message::Challenge(challenge))
+            }),
+            Message::Proof(proof) => {
+                if let Some(keys) = self.handshake.take().and_then(|h| h.finish(proof).ok()) {
+                    self.session = Some(keys.gateway());
+                }
+                None
+            }
+            _ => None,
+        };
+        (Some(message), reply)
+    }
+
+    /// Whether a handshake completed and its session is open.
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// A message for the node as a frame: sealed with the session (a clear message as is).
+    pub fn frame(&mut self, message: &Message) -> Vec<u8> {
+        if !message.is_sealed() {
+            return frame(message);
+        }
+        let (sealer, _) = self
+            .session
+            .as_mut()
+            .expect("a sealed message needs a session: the node has not completed a handshake");
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let len = encode_sealed_frame(message, sealer, &mut buf).unwrap();
+        buf[..len].to_vec()
+    }
+
+    /// The gateway restarted: its sessions are gone.
+    pub fn restart(&mut self) {
+        self.hello = None;
+        self.handshake = None;
+        self.session = None;
+    }
 }
 
 pub fn accept(ack_upto: u32) -> Message {
@@ -121,6 +236,8 @@ pub struct Site<const RING: usize> {
     pub node: App<TestBank, RING>,
     /// Answers the node at once when present.
     pub gateway: Option<ModelGateway>,
+    /// Answers every handshake (unless `mute`) and seals what is delivered.
+    pub end: GatewayEnd,
     sent: Vec<Message>,
     decoder: FrameDecoder,
 }
@@ -131,6 +248,7 @@ impl<const RING: usize> Site<RING> {
             now: Millis::ZERO,
             node,
             gateway: None,
+            end: GatewayEnd::default(),
             sent: Vec::new(),
             decoder: FrameDecoder::new(),
         }
@@ -163,8 +281,10 @@ impl<const RING: usize> Site<RING> {
         self.run_until(self.now + ms);
     }
 
+    /// Delivers a message from the gateway, sealed with the session when it must be.
     pub fn deliver(&mut self, message: &Message) {
-        self.deliver_bytes(&frame(message));
+        let bytes = self.end.frame(message);
+        self.deliver_bytes(&bytes);
     }
 
     pub fn deliver_bytes(&mut self, bytes: &[u8]) {
@@ -182,12 +302,19 @@ impl<const RING: usize> Site<RING> {
         let mut buf = [0u8; MAX_FRAME_LEN];
         loop {
             let mut replies = Vec::new();
+            let muted = self.gateway.as_ref().is_some_and(|g| g.mute);
             while let Some(len) = self.node.poll_transmit(&mut buf) {
                 for &byte in &buf[..len] {
                     match self.decoder.push(byte) {
-                        Some(Ok(message)) => {
+                        Some(Ok(received)) => {
+                            let (message, answer) = self.end.receive(received);
+                            let message = message.expect("the node seals with its session");
+                            if !muted {
+                                replies.extend(answer);
+                            }
                             if let Some(gateway) = self.gateway.as_mut() {
-                                replies.extend(gateway.handle(&message));
+                                let reply = gateway.handle(&message);
+                                replies.extend(reply.map(|r| self.end.frame(&r)));
                             }
                             self.sent.push(message);
                         }
@@ -200,7 +327,7 @@ impl<const RING: usize> Site<RING> {
                 return;
             }
             for reply in replies {
-                self.node.handle_bytes(self.now, &frame(&reply));
+                self.node.handle_bytes(self.now, &reply);
             }
         }
     }
@@ -225,10 +352,12 @@ impl ModelGateway {
             return None;
         }
         match message {
-            Message::Hello(hello) => {
-                self.session = Some(hello.boot_id);
+            // The session opens once the node's PROOF verified (the handshake is
+            // [`GatewayEnd`]'s): the ACCEPT goes out sealed with its keys.
+            Message::Proof(proof) => {
+                self.session = Some(proof.boot_id);
                 Some(Message::Accept(Accept {
-                    boot_id: hello.boot_id,
+                    boot_id: proof.boot_id,
                     ack_upto: self.last,
                 }))
             }
