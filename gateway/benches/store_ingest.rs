@@ -43,6 +43,7 @@ fn hello(node: u32) -> Hello {
         boot_id: node,
         lot: heapless::String::new(),
         channels: heapless::Vec::new(),
+        ephemeral: [0; 32],
     }
 }
 

@@ -630,6 +630,7 @@ fn hello(node: usize, boot_id: u32) -> Hello {
         boot_id,
         lot: heapless::String::try_from("L2026-11").unwrap(),
         channels: NODE_CHANNELS.iter().map(|c| ChannelId(c.0)).collect(),
+        ephemeral: [0; 32],
     }
 }
 

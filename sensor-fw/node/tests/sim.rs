@@ -16,10 +16,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 use outpost_node::LinkState;
 use outpost_node::sim::{SimConfig, SimNode};
-use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::{Accept, Ack, ChannelId, FrameDecoder, Message, Reading, Telemetry};
 
-#[allow(dead_code)]
 mod common;
 use common::GatewayEnd;
 
