@@ -241,6 +241,11 @@ impl Site {
             // gateway deletes readings the cloud has beyond the newest 100000 by default).
             toml += "[store]\nkeep_readings = 100000000\n\n";
         }
+        if !self.extra_config.contains("[enrollment]") {
+            // The tests' simulated nodes join as soon as they say HELLO (a site's default,
+            // `window`, takes newcomers only while a technician has a window open).
+            toml += "[enrollment]\npolicy = \"open\"\n\n";
+        }
         toml += &self.extra_config;
         std::fs::write(self.config_path(), toml)?;
         Ok(())

@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: TechnicianCommand,
     },
+    /// The site's nodes: the enrollment window, revocation, a new key after repair.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
@@ -97,6 +102,34 @@ enum TechnicianCommand {
     SetPassword {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// Open the enrollment window (policy `window`): nodes never enrolled may join until it
+    /// closes by itself. `--window 0s` closes it now. The running gateway sees it at once.
+    Enroll {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long, e.g. 10m (at most a day).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+    },
+    /// Revoke a node for good: its session ends at its next commit, its samples are refused
+    /// and its HELLO too, across restarts. Every other node keeps working.
+    Revoke {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The node's uid, 16 hex digits.
+        uid: String,
+    },
+    /// Forget the key pinned for a node (a board back from repair with a new key): its next
+    /// enrolment pins the key it proves, under the policy like a newcomer's.
+    Rekey {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        uid: String,
     },
 }
 
@@ -188,6 +221,72 @@ impl Drop for EchoOff {
             &self.0,
         );
     }
+}
+
+fn nodes(command: NodesCommand) -> anyhow::Result<()> {
+    use anyhow::{Context as _, bail};
+    let config = match &command {
+        NodesCommand::Enroll { config, .. }
+        | NodesCommand::Revoke { config, .. }
+        | NodesCommand::Rekey { config, .. } => config,
+    };
+    let config = config_files::load(config)?;
+    let path = outpost::topology::store_path(&config);
+    let mut store = outpost::io::store::Store::open(&path)
+        .with_context(|| format!("cannot open store {}", path.display()))?;
+    let now_ms = outpost::io::wall_clock::unix_ms();
+    let uid_of = |uid: &str| -> anyhow::Result<String> {
+        let uid = uid.trim().to_ascii_lowercase();
+        if uid.len() != 16 || !uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("`{uid}` is not a node uid (16 hex digits)");
+        }
+        Ok(uid)
+    };
+    match command {
+        NodesCommand::Enroll { window, .. } => {
+            if window > std::time::Duration::from_secs(24 * 3600) {
+                bail!("--window is at most a day (24h)");
+            }
+            if config.enrollment.policy != outpost_core::link::EnrollmentPolicy::Window {
+                bail!(
+                    "the enrollment policy is `{}` ([enrollment] policy): a window only matters under `window`",
+                    config.enrollment.policy.as_str()
+                );
+            }
+            let until = if window.is_zero() {
+                0
+            } else {
+                now_ms.saturating_add(i64::try_from(window.as_millis()).unwrap_or(i64::MAX))
+            };
+            store.transaction(|tx| tx.set_enrollment_window(until))?;
+            if until == 0 {
+                println!("enrollment window closed");
+            } else {
+                println!(
+                    "enrollment window open for {} (until Unix ms {until}): nodes never enrolled may join",
+                    humantime::format_duration(window)
+                );
+            }
+        }
+        NodesCommand::Revoke { uid, .. } => {
+            let uid = uid_of(&uid)?;
+            if !store.transaction(|tx| tx.revoke(&uid, now_ms))? {
+                bail!("no node {uid} in the registry");
+            }
+            println!("node {uid} revoked: kept out for good");
+        }
+        NodesCommand::Rekey { uid, .. } => {
+            let uid = uid_of(&uid)?;
+            if !store.transaction(|tx| tx.unpin(&uid))? {
+                bail!("no node {uid} in the registry");
+            }
+            println!(
+                "node {uid}: its pinned key is forgotten; its next enrolment pins the key it proves (policy `{}`)",
+                config.enrollment.policy.as_str()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
@@ -466,6 +565,7 @@ fn main() -> ExitCode {
             Command::Technician {
                 command: TechnicianCommand::SetPassword { config },
             } => set_technician_password(&config),
+            Command::Nodes { command } => nodes(command),
         }
     });
     match result {

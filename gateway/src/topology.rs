@@ -62,6 +62,7 @@ pub async fn run(
     let mut store =
         Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
     store.set_max_nodes(config.max_nodes);
+    store.set_enrollment(config.enrollment.clone());
     // The wall clock's judge, with what the store remembers of earlier runs (outpost_core::clock):
     // every reading's time goes through it.
     let boot_id = crate::io::wall_clock::kernel_boot_id();
@@ -253,6 +254,8 @@ pub async fn run(
         offline_after: api::page::OfflineAfter::new(&config.serial),
         technician: api::technician::TechnicianGate::new(&config.data_dir, false),
         modbus: modbus_writer,
+        enrollment_policy: config.enrollment.policy,
+        enrollment_listed: config.enrollment.listed.len(),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

@@ -28,6 +28,7 @@ pub mod batcher;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod enrollment;
 pub mod hex;
 pub mod link;
 pub mod listener;

@@ -58,7 +58,8 @@ pub struct Registered {
     pub newcomer: bool,
 }
 
-/// Why the store refused a HELLO + ENROLL. A refused enrolment writes nothing.
+/// Why the store refused a HELLO + ENROLL. A refused enrolment writes nothing to the registry
+/// (a node refused by the policy is listed as waiting for enrollment, apart from it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
@@ -68,6 +69,14 @@ pub enum Refusal {
     NewcomerLimited,
     /// A uid never enrolled, and the registry holds `max_nodes` nodes already.
     RegistryFull,
+    /// The node was revoked (`outpost nodes revoke`): it stays out, whatever its key.
+    Revoked,
+    /// A uid never enrolled, and the policy takes no newcomer now: `closed`, or `window` with no
+    /// enrollment window open. It waits for enrollment.
+    NotEnrolling,
+    /// A uid never enrolled that the `allowlist` policy does not list, or lists with another key
+    /// or board revision. It waits for enrollment.
+    NotListed,
 }
 
 impl Refusal {
@@ -77,8 +86,97 @@ impl Refusal {
             Refusal::KeyMismatch => "key_mismatch",
             Refusal::NewcomerLimited => "newcomer_limited",
             Refusal::RegistryFull => "registry_full",
+            Refusal::Revoked => "revoked",
+            Refusal::NotEnrolling => "not_enrolling",
+            Refusal::NotListed => "not_listed",
         }
     }
+
+    /// Whether the node waits for an operator (a window, a manifest): shown as "waiting for
+    /// enrollment".
+    #[must_use]
+    pub fn waits_for_enrollment(self) -> bool {
+        matches!(self, Refusal::NotEnrolling | Refusal::NotListed)
+    }
+}
+
+/// How nodes never enrolled may join (`[enrollment] policy`). Nodes already enrolled are never
+/// held back by it; a revoked one always is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollmentPolicy {
+    /// Only while an enrollment window is open (the technician page, `outpost nodes enroll
+    /// --window 10m`); it closes by itself.
+    #[default]
+    Window,
+    /// Only nodes a manufacturer-signed manifest lists, with the listed key and board revision.
+    Allowlist,
+    /// None.
+    Closed,
+    /// Any, within the newcomer budget and `max_nodes`: a lab bench or the demo, never a site.
+    Open,
+}
+
+impl EnrollmentPolicy {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrollmentPolicy::Window => "window",
+            EnrollmentPolicy::Allowlist => "allowlist",
+            EnrollmentPolicy::Closed => "closed",
+            EnrollmentPolicy::Open => "open",
+        }
+    }
+}
+
+/// What the store knows about a candidate, read in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// The key the registry holds for the uid (`None`: never enrolled).
+    pub pinned: Option<&'a [u8; 32]>,
+    /// The uid was revoked.
+    pub revoked: bool,
+    /// The key the node proved it holds (its PROOF verified under it).
+    pub key: &'a [u8; 32],
+    pub hw_rev: u8,
+    /// What the manufacturer's manifest lists for the uid: key and board revision.
+    pub listed: Option<(&'a [u8; 32], u8)>,
+}
+
+/// The gate newcomers pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    pub policy: EnrollmentPolicy,
+    /// An enrollment window is open now.
+    pub window_open: bool,
+    /// The port's newcomer budget has room (see [`Action::Register`]).
+    pub newcomer_allowed: bool,
+    /// Nodes in the registry, and its cap.
+    pub enrolled: u64,
+    pub max_nodes: u64,
+}
+
+/// Who may enrol: the rule the store applies, inside its transaction, before it writes anything.
+/// A known uid with its own key is always accepted, unless revoked; the policy, the budget and
+/// the cap hold back newcomers, never the site's own nodes.
+pub fn admit_enrolment(c: &Candidate<'_>, g: &Gate) -> Result<Enrol, Refusal> {
+    if c.revoked {
+        return Err(Refusal::Revoked);
+    }
+    match c.pinned {
+        Some(pinned) if pinned == c.key => return Ok(Enrol::Known),
+        Some(_) => return Err(Refusal::KeyMismatch),
+        None => {}
+    }
+    match g.policy {
+        EnrollmentPolicy::Closed => return Err(Refusal::NotEnrolling),
+        EnrollmentPolicy::Window if !g.window_open => return Err(Refusal::NotEnrolling),
+        EnrollmentPolicy::Allowlist if c.listed != Some((c.key, c.hw_rev)) => {
+            return Err(Refusal::NotListed);
+        }
+        EnrollmentPolicy::Window | EnrollmentPolicy::Allowlist | EnrollmentPolicy::Open => {}
+    }
+    enrolment(None, c.key, g.newcomer_allowed, g.enrolled, g.max_nodes)
 }
 
 /// How a node the store accepts is enrolled.
@@ -301,6 +399,11 @@ pub struct PortCounters {
     pub ages_clamped: u64,
     /// Samples claiming a gap larger than the node can have taken, dropped.
     pub gaps_refused: u64,
+    /// Enrolments held back by the policy (no window open, not in the manifest): the node waits
+    /// for enrollment.
+    pub waiting_for_enrollment: u64,
+    /// Sessions ended because their node was revoked.
+    pub revoked: u64,
     /// Handshakes answered (CHALLENGEs sent).
     pub handshakes: u64,
     /// HELLO + ENROLL not answered: the port's handshake rate (one per
@@ -1039,10 +1142,13 @@ impl PortSession {
             Ok(registered) => registered,
             Err(refusal) => {
                 match refusal {
-                    Refusal::KeyMismatch => self.counters.refused += 1,
+                    Refusal::KeyMismatch | Refusal::Revoked => self.counters.refused += 1,
                     Refusal::NewcomerLimited | Refusal::RegistryFull => {
                         self.counters.newcomers_refused += 1;
                         self.newcomer_refused_at = Some(self.now);
+                    }
+                    Refusal::NotEnrolling | Refusal::NotListed => {
+                        self.counters.waiting_for_enrollment += 1;
                     }
                 }
                 if let Some(unlogged) = self.log_refusals.take(self.now) {
@@ -1112,6 +1218,18 @@ impl PortSession {
         node.committed = Some(upto);
         self.transmit.retain(|m| !matches!(m, Message::Ack(_)));
         self.transmit.push_back(Message::Ack(Ack { boot_id, upto }));
+    }
+
+    /// The store refused samples of `node_id`: it was revoked. Its session ends; its frames are
+    /// no longer opened, and its next HELLO is refused.
+    pub fn handle_revoked(&mut self, node_id: i64) {
+        if self.node.as_ref().is_some_and(|n| n.node_id == node_id) {
+            self.node = None;
+            self.pending_samples.clear();
+            self.transmit.clear();
+            self.counters.revoked += 1;
+            tracing::warn!(message = "Node revoked: its session is closed.", port = %self.port, node_id);
+        }
     }
 
     /// The store could not commit (disk full, read-only): nothing is acknowledged, and samples

@@ -99,6 +99,11 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         modbus: ModbusConfig::default(),
         clock_trust: outpost_core::clock::Trust::Plausible,
         clock_max_hold: outpost_core::clock::DEFAULT_MAX_HOLD,
+        // The demo's simulated nodes join at once; a site enrols through a window or a manifest.
+        enrollment: outpost_core::config::EnrollmentConfig {
+            policy: outpost_core::link::EnrollmentPolicy::Open,
+            listed: std::collections::BTreeMap::new(),
+        },
         warnings: Vec::new(),
     };
     let mut config = config;

@@ -235,6 +235,7 @@ fn handle_reply(session: &mut PortSession, reply: StoreReply) {
             boot_id,
             result,
         } => match result {
+            Ok(ingested) if ingested.revoked => session.handle_revoked(node_id),
             Ok(ingested) => {
                 if ingested.lost > 0 {
                     tracing::warn!(message = "Node reported lost samples (its buffer overflowed).",

@@ -50,6 +50,31 @@ pub struct RawConfig {
     /// When the wall clock may stamp readings (`outpost_core::clock`).
     #[serde(default)]
     pub clock: RawClock,
+    #[serde(default)]
+    pub enrollment: RawEnrollment,
+}
+
+/// `[enrollment]`: how nodes never enrolled join. See docs/provisioning.md.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEnrollment {
+    /// `window` (only while an enrollment window is open: the technician page, `outpost nodes
+    /// enroll --window 10m`), `allowlist` (only nodes a manufacturer-signed manifest lists, with
+    /// the listed key and board revision), `closed`, or `open` (any: a bench or the demo).
+    pub policy: crate::link::EnrollmentPolicy,
+    /// Manufacturer public key files (`outpost-sign keygen --role manufacturer`) whose manifests
+    /// are trusted.
+    pub manufacturer_keys: Vec<PathBuf>,
+    /// Signed node manifests (`outpost-sign node-manifest`) for the `allowlist` policy.
+    pub manifests: Vec<PathBuf>,
+}
+
+/// `[enrollment]`, checked: the manifests read and their signatures verified.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentConfig {
+    pub policy: crate::link::EnrollmentPolicy,
+    /// Every node the verified manifests list, by uid.
+    pub listed: std::collections::BTreeMap<[u8; 8], crate::enrollment::Listed>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -429,6 +454,7 @@ pub struct Config {
     pub clock_trust: crate::clock::Trust,
     /// `clock.max_hold`.
     pub clock_max_hold: Duration,
+    pub enrollment: EnrollmentConfig,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1021,6 +1047,7 @@ pub fn compile(
     }
 
     let modbus = modbus::compile(raw.modbus, config_dir, env, &mut problem);
+    let enrollment = compile_enrollment(&raw.enrollment, config_dir, env, &mut problem);
 
     if let Err(e) = env.check_log_filter(&raw.log.level) {
         problem(
@@ -1059,6 +1086,7 @@ pub fn compile(
             modbus,
             clock_trust: raw.clock.trust,
             clock_max_hold: raw.clock.max_hold,
+            enrollment,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {
@@ -1247,3 +1275,67 @@ impl Document<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads the manufacturer keys and verifies every manifest with them.
+fn compile_enrollment(
+    raw: &RawEnrollment,
+    config_dir: &Path,
+    env: &dyn Environment,
+    problem: &mut dyn FnMut(&str, String),
+) -> EnrollmentConfig {
+    use crate::link::EnrollmentPolicy;
+    use crate::update::signing::{PublicKey, Role};
+    let mut keys = Vec::new();
+    for path in &raw.manufacturer_keys {
+        let path = config_dir.join(path);
+        match env
+            .read_file(&path)
+            .and_then(|text| PublicKey::parse_all(&text).map_err(|e| e.to_string()))
+        {
+            Ok(found) => {
+                for key in found {
+                    if key.role() == Role::Manufacturer {
+                        keys.push(key);
+                    } else {
+                        problem(
+                            "enrollment.manufacturer_keys",
+                            format!(
+                                "{} holds a {} key, not a manufacturer key",
+                                path.display(),
+                                key.role()
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(why) => problem(
+                "enrollment.manufacturer_keys",
+                format!("cannot use {}: {why}", path.display()),
+            ),
+        }
+    }
+    let mut listed = std::collections::BTreeMap::new();
+    for path in &raw.manifests {
+        let path = config_dir.join(path);
+        match env
+            .read_file(&path)
+            .and_then(|text| crate::enrollment::verify(&text, &keys).map_err(|e| e.to_string()))
+        {
+            Ok(nodes) => listed.extend(nodes.into_iter().map(|n| (n.uid, n))),
+            Err(why) => problem(
+                "enrollment.manifests",
+                format!("{} is refused: {why}", path.display()),
+            ),
+        }
+    }
+    if raw.policy == EnrollmentPolicy::Allowlist && raw.manifests.is_empty() {
+        problem(
+            "enrollment.policy",
+            "`allowlist` takes only nodes a signed manifest lists: name one in enrollment.manifests (and its key in enrollment.manufacturer_keys)".into(),
+        );
+    }
+    EnrollmentConfig {
+        policy: raw.policy,
+        listed,
+    }
+}

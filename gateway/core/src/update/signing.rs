@@ -71,10 +71,18 @@ pub enum Role {
     /// The gateway's own node-link identity: it signs handshakes with its nodes (a CHALLENGE),
     /// never a manifest. Made by the gateway itself on first start and kept on its disk.
     NodeLink,
+    /// A manufacturing line's list of the nodes it made (uid, board, lot, public key): the
+    /// `allowlist` enrollment policy takes only nodes a manifest signed by such a key lists.
+    Manufacturer,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::GatewayUpdate, Role::Firmware, Role::NodeLink];
+    pub const ALL: [Role; 4] = [
+        Role::GatewayUpdate,
+        Role::Firmware,
+        Role::NodeLink,
+        Role::Manufacturer,
+    ];
 
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -82,6 +90,7 @@ impl Role {
             Role::GatewayUpdate => "gateway-update",
             Role::Firmware => "firmware",
             Role::NodeLink => "node-link",
+            Role::Manufacturer => "manufacturer",
         }
     }
 }
@@ -98,7 +107,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (gateway-update, firmware or node-link)"))
+            .ok_or_else(|| {
+                format!("unknown role `{s}` (gateway-update, firmware, node-link or manufacturer)")
+            })
     }
 }
 
@@ -251,6 +262,13 @@ impl PublicKey {
     #[must_use]
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The Ed25519 key itself, for what its role verifies outside update manifests (a node
+    /// manifest).
+    #[must_use]
+    pub fn ed25519(&self) -> &VerifyingKey {
+        &self.key
     }
 
     #[must_use]

@@ -73,6 +73,9 @@ pub struct ApiState {
     pub technician: technician::TechnicianGate,
     /// Writes to declared writable Modbus points, through each device's polling task.
     pub modbus: crate::io::modbus::poller::ModbusWriter,
+    /// `[enrollment]`: the policy, and how many nodes the manifests list.
+    pub enrollment_policy: outpost_core::link::EnrollmentPolicy,
+    pub enrollment_listed: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +206,37 @@ async fn nodes(
     })
     .await?;
     Ok(Json(page))
+}
+
+#[derive(Debug, Serialize)]
+struct Enrollment {
+    policy: outpost_core::link::EnrollmentPolicy,
+    /// Newcomers are taken now (`open`, or `window` with a window open until `window_until_ms`).
+    enrolling: bool,
+    window_until_ms: Option<i64>,
+    /// Nodes the verified manifests list (`allowlist`).
+    listed: usize,
+    /// Nodes that proved a key and wait for enrollment, most recently seen first.
+    waiting: Vec<crate::io::store::WaitingNode>,
+}
+
+/// `GET /api/v1/enrollment`: the policy, the window, and who waits for enrollment.
+async fn enrollment(State(state): State<ApiState>) -> Result<Json<Enrollment>, ApiError> {
+    use outpost_core::link::EnrollmentPolicy;
+    let current = read_store(&state, |r| r.enrollment()).await?;
+    let now = crate::io::wall_clock::unix_ms();
+    let window_open = current.window_until_ms.is_some_and(|until| now < until);
+    Ok(Json(Enrollment {
+        policy: state.enrollment_policy,
+        enrolling: match state.enrollment_policy {
+            EnrollmentPolicy::Open => true,
+            EnrollmentPolicy::Window => window_open,
+            EnrollmentPolicy::Allowlist | EnrollmentPolicy::Closed => false,
+        },
+        window_until_ms: current.window_until_ms,
+        listed: state.enrollment_listed,
+        waiting: current.waiting,
+    }))
 }
 
 /// `GET /api/v1/modbus`: every configured device, in config order.
@@ -366,6 +400,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/modbus", get(modbus_devices))
+        .route("/api/v1/enrollment", get(enrollment))
         .route("/api/v1/overview", get(page::overview))
         .route_layer(scope(Scope::Technician));
     // The page itself holds no data: what it shows comes from the overview, behind the scope.
@@ -394,6 +429,11 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/actions/modbus-write",
             post(technician::modbus_write),
         )
+        .route(
+            "/api/v1/actions/enroll-window",
+            post(technician::enroll_window),
+        )
+        .route("/api/v1/actions/revoke", post(technician::revoke))
         .route_layer(from_fn_with_state(
             state.clone(),
             technician::require_session,

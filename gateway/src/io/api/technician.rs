@@ -443,6 +443,129 @@ pub(super) async fn silence(
 }
 
 #[derive(Debug, Deserialize)]
+pub(super) struct EnrollWindow {
+    /// How long the window stays open; 0 closes it.
+    minutes: u32,
+}
+
+/// `POST /api/v1/actions/enroll-window` `{"minutes": 0..=1440}`: nodes never enrolled may join
+/// until then (policy `window`); it closes by itself. 0 closes it now.
+pub(super) async fn enroll_window(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<EnrollWindow>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(request)) = body else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "expected {\"minutes\": 0..1440}".into(),
+        );
+    };
+    if request.minutes > 1440 {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            None,
+            "`minutes` must be between 0 (close) and 1440 (a day)".into(),
+        );
+    }
+    if state.enrollment_policy != outpost_core::link::EnrollmentPolicy::Window {
+        return refusal(
+            StatusCode::CONFLICT,
+            None,
+            format!(
+                "the enrollment policy is `{}`: a window only matters under `window`",
+                state.enrollment_policy.as_str()
+            ),
+        );
+    }
+    let until_ms = if request.minutes == 0 {
+        0
+    } else {
+        crate::io::wall_clock::unix_ms().saturating_add(i64::from(request.minutes) * 60_000)
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = state
+        .store_tx
+        .send(crate::io::store::writer::StoreCommand::EnrollmentWindow { until_ms, reply })
+        .await;
+    match (sent, answer.await) {
+        (Ok(()), Ok(Ok(()))) => {}
+        (_, Ok(Err(e))) => {
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string());
+        }
+        _ => {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the store is shutting down".into(),
+            );
+        }
+    }
+    tracing::info!(message = "Technician set the enrollment window.", peer = %peer.ip(), minutes = request.minutes, until_ms);
+    Json(serde_json::json!({ "window_until_ms": until_ms })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Revoke {
+    uid: String,
+}
+
+/// `POST /api/v1/actions/revoke` `{"uid"}`: the node is kept out for good: its session ends at
+/// its next commit, its next HELLO is refused, across restarts.
+pub(super) async fn revoke(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Revoke>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let uid = match body {
+        Ok(Json(request))
+            if request.uid.len() == 16
+                && request
+                    .uid
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) =>
+        {
+            request.uid
+        }
+        _ => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                None,
+                "expected {\"uid\": 16 lower-case hex digits}".into(),
+            );
+        }
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = state
+        .store_tx
+        .send(crate::io::store::writer::StoreCommand::Revoke {
+            uid: uid.clone(),
+            now_ms: crate::io::wall_clock::unix_ms(),
+            reply,
+        })
+        .await;
+    match (sent, answer.await) {
+        (Ok(()), Ok(Ok(true))) => {}
+        (Ok(()), Ok(Ok(false))) => {
+            return refusal(StatusCode::NOT_FOUND, None, format!("no node {uid}"));
+        }
+        (_, Ok(Err(e))) => {
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string());
+        }
+        _ => {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the store is shutting down".into(),
+            );
+        }
+    }
+    tracing::warn!(message = "Technician revoked a node.", peer = %peer.ip(), uid = %uid);
+    Json(serde_json::json!({ "revoked": uid })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
 pub(super) struct ModbusWrite {
     device: String,
     point: String,

@@ -94,6 +94,17 @@ pub enum StoreCommand {
     SealNow {
         reply: oneshot::Sender<()>,
     },
+    /// Opens the enrollment window until `until_ms` (0 closes it).
+    EnrollmentWindow {
+        until_ms: i64,
+        reply: oneshot::Sender<Result<(), Arc<StoreError>>>,
+    },
+    /// Revokes the node `uid` for good; answers whether there is such a node.
+    Revoke {
+        uid: String,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<bool, Arc<StoreError>>>,
+    },
 }
 
 /// The store's answer to a port task.
@@ -225,6 +236,12 @@ impl StoreCommand {
                 Reply::Nobody,
             ),
             StoreCommand::SealNow { reply } => job(SealNow, Reply::Once(reply)),
+            StoreCommand::EnrollmentWindow { until_ms, reply } => {
+                job(EnrollmentWindow { until_ms }, Reply::Once(reply))
+            }
+            StoreCommand::Revoke { uid, now_ms, reply } => {
+                job(Revoke { uid, now_ms }, Reply::Once(reply))
+            }
         }
     }
 }
@@ -512,6 +529,41 @@ impl Request for RecordUsage {
     }
 
     fn answer(self, _: Result<(), Arc<StoreError>>) {}
+}
+
+struct EnrollmentWindow {
+    until_ms: i64,
+}
+
+impl Request for EnrollmentWindow {
+    type Outcome = ();
+    type Answer = Result<(), Arc<StoreError>>;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        tx.set_enrollment_window(self.until_ms)
+    }
+
+    fn answer(self, result: Result<(), Arc<StoreError>>) -> Self::Answer {
+        result
+    }
+}
+
+struct Revoke {
+    uid: String,
+    now_ms: i64,
+}
+
+impl Request for Revoke {
+    type Outcome = bool;
+    type Answer = Result<bool, Arc<StoreError>>;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<bool, StoreError> {
+        tx.revoke(&self.uid, self.now_ms)
+    }
+
+    fn answer(self, result: Result<bool, Arc<StoreError>>) -> Self::Answer {
+        result
+    }
 }
 
 struct SealNow;

@@ -50,11 +50,15 @@ use serde::Serialize;
 
 pub use clock::Held;
 use outpost_core::clock::Basis;
-use outpost_core::link::{Admission, Enrol, Refusal, admit_within, enrolment};
+use outpost_core::config::EnrollmentConfig;
+use outpost_core::link::{
+    Admission, Candidate, Enrol, EnrollmentPolicy, Gate, Refusal, admit_enrolment, admit_within,
+};
 pub use outpost_core::link::{Registered, Sample};
 pub use readers::Readers;
 pub use series::SeriesReading;
 use series::{SeriesCache, StoredValue};
+use std::sync::Arc;
 
 /// Store failures, by what the operator can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,8 @@ pub struct Ingested {
     pub lost: u32,
     /// Samples refused for claiming a gap the node cannot have (see `Sample::max_lost`).
     pub implausible: u32,
+    /// The node was revoked: nothing was stored, and its session must end.
+    pub revoked: bool,
 }
 
 /// The write side of the store. One per file.
@@ -118,7 +124,12 @@ pub struct Store {
     series: SeriesCache,
     /// `store.max_nodes`: the registry's cap on enrolled nodes, and the dedup cache's size.
     max_nodes: u64,
+    /// `[enrollment]`: who may join, and the manifests' nodes.
+    enrollment: Arc<EnrollmentConfig>,
 }
+
+/// The most nodes listed as waiting for enrollment; beyond it the least recently seen goes.
+pub const MAX_WAITING: i64 = 100;
 
 /// The cache of dedup points (`node_sessions.last_seq`) by `(node, boot)`, bounded: past
 /// `cap` entries the least recently used is dropped (it is read back from the table when its
@@ -188,7 +199,17 @@ impl Store {
             },
             series: SeriesCache::default(),
             max_nodes: DEFAULT_MAX_NODES,
+            // A store on its own takes every node; the daemon sets the configured policy.
+            enrollment: Arc::new(EnrollmentConfig {
+                policy: EnrollmentPolicy::Open,
+                ..EnrollmentConfig::default()
+            }),
         })
+    }
+
+    /// Sets `[enrollment]`: the policy newcomers pass and the manifests' nodes.
+    pub fn set_enrollment(&mut self, enrollment: EnrollmentConfig) {
+        self.enrollment = Arc::new(enrollment);
     }
 
     /// Sets `store.max_nodes`: the most nodes the registry enrols, and the most `(node, boot)`
@@ -223,6 +244,7 @@ impl Store {
                 sessions: &mut sessions,
                 series: &mut series,
                 max_nodes: self.max_nodes,
+                enrollment: &self.enrollment,
             };
             match f(&mut handle) {
                 Ok(value) => handle.tx.commit().map(|()| value).map_err(StoreError::from),
@@ -281,6 +303,7 @@ pub struct Tx<'a> {
     sessions: &'a mut Sessions,
     series: &'a mut SeriesCache,
     max_nodes: u64,
+    enrollment: &'a EnrollmentConfig,
 }
 
 impl Tx<'_> {
@@ -296,17 +319,17 @@ impl Tx<'_> {
         newcomer_allowed: bool,
     ) -> Result<Result<Registered, Refusal>, StoreError> {
         let uid = outpost_core::hex::encode(&hello.uid);
-        let pinned: Option<Option<Vec<u8>>> = self
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> = self
             .tx
             .query_row(
-                "SELECT public_key FROM nodes WHERE uid = ?1",
+                "SELECT public_key, revoked_ms FROM nodes WHERE uid = ?1",
                 [&uid],
-                |row| row.get(0),
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()?;
-        let pinned: Option<[u8; 32]> = pinned
-            .flatten()
-            .map(|key| key.as_slice().try_into().unwrap_or([0; 32]));
+        let (pinned, revoked) = row.unwrap_or((None, None));
+        let pinned: Option<[u8; 32]> =
+            pinned.map(|key| key.as_slice().try_into().unwrap_or([0; 32]));
         let enrolled = if pinned.is_none() {
             self.tx.query_row(
                 "SELECT count(*) FROM nodes WHERE public_key IS NOT NULL",
@@ -316,16 +339,41 @@ impl Tx<'_> {
         } else {
             0
         };
-        let enrol = match enrolment(
-            pinned.as_ref(),
-            public_key,
+        let window_open = self
+            .enrollment_window()?
+            .is_some_and(|until| now_ms < until);
+        let listed = self
+            .enrollment
+            .listed
+            .get(&hello.uid)
+            .map(|l| (&l.public_key, l.hw_rev));
+        let candidate = Candidate {
+            pinned: pinned.as_ref(),
+            revoked: revoked.is_some(),
+            key: public_key,
+            hw_rev: hello.hw_rev,
+            listed,
+        };
+        let gate = Gate {
+            policy: self.enrollment.policy,
+            window_open,
             newcomer_allowed,
             enrolled,
-            self.max_nodes,
-        ) {
-            Ok(enrol) => enrol,
-            Err(refusal) => return Ok(Err(refusal)),
+            max_nodes: self.max_nodes,
         };
+        let enrol = match admit_enrolment(&candidate, &gate) {
+            Ok(enrol) => enrol,
+            Err(refusal) => {
+                if refusal.waits_for_enrollment() {
+                    self.waiting(now_ms, port, hello, public_key, refusal)?;
+                }
+                return Ok(Err(refusal));
+            }
+        };
+        if enrol == Enrol::Newcomer {
+            self.tx
+                .execute("DELETE FROM enrollment_waiting WHERE uid = ?1", [&uid])?;
+        }
         let channels: Vec<String> = hello.channels.iter().map(|c| c.0.to_string()).collect();
         let node_id: i64 = self.tx.query_row(
             "INSERT INTO nodes (uid, hw_rev, fw_version, lot, channels, port, boot_id, first_seen_ms, last_seen_ms, public_key)
@@ -343,6 +391,93 @@ impl Tx<'_> {
             ack_upto: last.unwrap_or(0),
             newcomer: enrol == Enrol::Newcomer,
         }))
+    }
+
+    /// Until when the enrollment window is open (Unix ms), if one was ever opened.
+    pub fn enrollment_window(&self) -> Result<Option<i64>, StoreError> {
+        let until: Option<String> = self
+            .tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'enrollment.window_until_ms'",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(until.and_then(|v| v.parse().ok()).filter(|&v: &i64| v > 0))
+    }
+
+    /// Opens the enrollment window until `until_ms` (0 closes it).
+    pub fn set_enrollment_window(&mut self, until_ms: i64) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('enrollment.window_until_ms', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = ?1",
+            [until_ms.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Revokes the node `uid` for good: it is refused at its next HELLO and its samples from
+    /// now on. `Ok(false)` when no node has that uid.
+    pub fn revoke(&mut self, uid: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let changed = self.tx.execute(
+            "UPDATE nodes SET revoked_ms = coalesce(revoked_ms, ?2) WHERE uid = ?1",
+            params![uid, now_ms],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Forgets the key pinned for `uid` (a board back from repair with a new key): its next
+    /// enrolment pins the key it proves, under the policy like a newcomer. A revocation stays.
+    pub fn unpin(&mut self, uid: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .tx
+            .execute("UPDATE nodes SET public_key = NULL WHERE uid = ?1", [uid])?;
+        Ok(changed > 0)
+    }
+
+    /// Lists a node the policy holds back as waiting for enrollment (bounded: the least
+    /// recently seen goes first).
+    fn waiting(
+        &mut self,
+        now_ms: i64,
+        port: &str,
+        hello: &Hello,
+        public_key: &[u8; 32],
+        refusal: Refusal,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO enrollment_waiting (uid, port, hw_rev, fw_version, lot, public_key, reason, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+             ON CONFLICT (uid) DO UPDATE SET port = ?2, hw_rev = ?3, fw_version = ?4, lot = ?5, public_key = ?6,
+                 reason = ?7, last_seen_ms = ?8, attempts = attempts + 1",
+            params![
+                outpost_core::hex::encode(&hello.uid),
+                port,
+                hello.hw_rev,
+                hello.fw.to_string(),
+                hello.lot.as_str(),
+                public_key.as_slice(),
+                refusal.as_str(),
+                now_ms
+            ],
+        )?;
+        self.tx.execute(
+            "DELETE FROM enrollment_waiting WHERE uid NOT IN
+                 (SELECT uid FROM enrollment_waiting ORDER BY last_seen_ms DESC LIMIT ?1)",
+            [MAX_WAITING],
+        )?;
+        Ok(())
+    }
+
+    /// Whether `node_id` was revoked.
+    pub fn is_revoked(&self, node_id: i64) -> Result<bool, StoreError> {
+        let revoked: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT revoked_ms FROM nodes WHERE id = ?1")?
+            .query_row([node_id], |row| row.get(0))
+            .optional()?
+            .flatten();
+        Ok(revoked.is_some())
     }
 
     fn last_seq(&mut self, node_id: i64, boot_id: u32) -> Result<Option<u32>, StoreError> {
@@ -382,6 +517,12 @@ impl Tx<'_> {
         now_ms: i64,
         basis: Basis,
     ) -> Result<Ingested, StoreError> {
+        if self.is_revoked(node_id)? {
+            return Ok(Ingested {
+                revoked: true,
+                ..Ingested::default()
+            });
+        }
         let mut last = self.last_seq(node_id, boot_id)?;
         let mut out = Ingested::default();
         let mut readings = 0u64;
@@ -590,6 +731,8 @@ pub struct NodeRow {
     pub anomalies: Anomalies,
     /// Frames the node sent again since its boot, as its last HEALTH said.
     pub retransmits: Option<u32>,
+    /// When the node was revoked (Unix ms): it is kept out for good.
+    pub revoked_ms: Option<i64>,
 }
 
 /// What a node's line carried that no node can have sent: forged or corrupt frames.
@@ -613,6 +756,40 @@ pub struct NodeAnomalies {
     pub gaps_refused: u32,
     pub auth_failed: u32,
     pub replayed: u32,
+}
+
+/// The enrollment window and who waits for enrollment (`GET /api/v1/enrollment`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EnrollmentState {
+    /// The open (or last) window's end, Unix ms; `None` if none was ever opened.
+    pub window_until_ms: Option<i64>,
+    pub waiting: Vec<WaitingNode>,
+}
+
+/// A node that proved a key, held back by the policy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WaitingNode {
+    pub uid: String,
+    pub port: String,
+    pub hw_rev: u8,
+    pub fw_version: String,
+    pub lot: String,
+    /// The first 8 bytes of SHA-256 of its public key: what to compare with the manifest.
+    pub key_id: String,
+    /// `not_enrolling` (no window open, or `closed`) or `not_listed` (the manifest).
+    pub reason: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub attempts: u64,
+}
+
+/// A key's short name: the first 8 bytes of its SHA-256.
+fn sha2_prefix(key: &[u8]) -> [u8; 8] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
 }
 
 /// One page of the registry, in uid order (`GET /api/v1/nodes`).
@@ -667,6 +844,45 @@ impl Reader {
         })
     }
 
+    /// The enrollment window and the nodes waiting for enrollment, most recently seen first.
+    pub fn enrollment(&self) -> Result<EnrollmentState, StoreError> {
+        let window_until_ms: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'enrollment.window_until_ms'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &i64| v > 0);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT uid, port, hw_rev, fw_version, lot, public_key, reason, first_seen_ms, last_seen_ms, attempts
+             FROM enrollment_waiting ORDER BY last_seen_ms DESC",
+        )?;
+        let waiting = stmt
+            .query_map([], |row| {
+                let key: Vec<u8> = row.get(5)?;
+                Ok(WaitingNode {
+                    uid: row.get(0)?,
+                    port: row.get(1)?,
+                    hw_rev: row.get(2)?,
+                    fw_version: row.get(3)?,
+                    lot: row.get(4)?,
+                    key_id: outpost_core::hex::encode(&sha2_prefix(&key)),
+                    reason: row.get(6)?,
+                    first_seen_ms: row.get(7)?,
+                    last_seen_ms: row.get(8)?,
+                    attempts: row.get(9)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(EnrollmentState {
+            window_until_ms,
+            waiting,
+        })
+    }
+
     /// Every node, in uid order.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         self.nodes_after(None, usize::MAX)
@@ -693,7 +909,7 @@ impl Reader {
                     uptime_s, reset_reason, readings_received, samples_lost, gateway_rx_errors, node_rx_errors,
                     ages_clamped, gaps_refused,
                     (SELECT retransmits FROM health h WHERE h.node_id = nodes.id ORDER BY ts_ms DESC LIMIT 1),
-                    auth_failed, replayed
+                    auth_failed, replayed, revoked_ms
              FROM nodes WHERE uid > ?1 ORDER BY uid LIMIT ?2",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -728,6 +944,7 @@ impl Reader {
                     replayed: row.get(19)?,
                 },
                 retransmits: row.get(17)?,
+                revoked_ms: row.get(20)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -179,6 +179,26 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN auth_failed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE nodes ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
     ",
+    // 9: the enrollment policy. `nodes.revoked_ms`: when the node was revoked (`outpost nodes
+    // revoke`); it stays out for good. `enrollment_waiting`: nodes that proved a key but the
+    // policy holds back (no window open, not in the manifest), bounded (`store::MAX_WAITING`).
+    // `enrollment.window_until_ms`: the open window's end, Unix ms (0: none).
+    "
+    ALTER TABLE nodes ADD COLUMN revoked_ms INTEGER;
+    CREATE TABLE enrollment_waiting (
+        uid           TEXT PRIMARY KEY,
+        port          TEXT NOT NULL,
+        hw_rev        INTEGER NOT NULL,
+        fw_version    TEXT NOT NULL,
+        lot           TEXT NOT NULL,
+        public_key    BLOB NOT NULL,
+        reason        TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 1
+    );
+    INSERT INTO meta (key, value) VALUES ('enrollment.window_until_ms', '0');
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and
