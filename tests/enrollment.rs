@@ -6,7 +6,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use outpost_core::update::signing::{Role, SigningKey};
 use outpost_e2e::{NodeSpec, Site, assert_contiguous, bin, wait_for};
 use serde_json::Value;
 
@@ -173,33 +172,54 @@ fn under_an_allowlist_only_the_nodes_a_signed_manifest_lists_with_their_key_enro
     };
     let uid_of = |i: usize| outpost_node::sim::parse_uid(&specs[i].uid).unwrap();
     // The manufacturing line lists node 0 as it is, and node 1 with another key (a board whose
-    // key is not the one the line recorded); node 2 is not listed at all.
-    let manufacturer = SigningKey::from_seed(Role::Manufacturer, &[0x4d; 32]);
-    let manifest = outpost_core::enrollment::sign(
-        &manufacturer,
-        &[
-            outpost_core::enrollment::Listed {
-                uid: uid_of(0),
-                hw_rev: 1,
-                lot: "L2026-12".into(),
-                public_key: key_of(0),
-            },
-            outpost_core::enrollment::Listed {
-                uid: uid_of(1),
-                hw_rev: 1,
-                lot: "L2026-12".into(),
-                public_key: [0x11; 32],
-            },
-        ],
+    // key is not the one the line recorded); node 2 is not listed at all. Signed with the
+    // factory's tool.
+    let factory = tempfile::tempdir().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(bin("outpost-sign"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "keygen".as_ref(),
+        "--role".as_ref(),
+        "manufacturer".as_ref(),
+        "--out".as_ref(),
+        factory.path().as_os_str(),
+    ]);
+    let list = factory.path().join("nodes.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# uid hw lot key\n{} 1 L2026-12 {}\n{} 1 L2026-12 {}\n",
+            specs[0].uid,
+            outpost_core::hex::encode(&key_of(0)),
+            specs[1].uid,
+            outpost_core::hex::encode(&[0x11; 32]),
+        ),
     )
     .unwrap();
+    let manifest_path = factory.path().join("nodes.manifest");
+    run(&[
+        "node-manifest".as_ref(),
+        "--key".as_ref(),
+        factory.path().join("manufacturer.key").as_os_str(),
+        "--out".as_ref(),
+        manifest_path.as_os_str(),
+        list.as_os_str(),
+    ]);
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let manufacturer_pub =
+        std::fs::read_to_string(factory.path().join("manufacturer.pub")).unwrap();
     let mut site = Site::with_config(specs.clone(), "").unwrap();
     std::fs::write(site.dir.path().join("nodes.manifest"), &manifest).unwrap();
-    std::fs::write(
-        site.dir.path().join("manufacturer.pub"),
-        manufacturer.public().emit(),
-    )
-    .unwrap();
+    std::fs::write(site.dir.path().join("manufacturer.pub"), manufacturer_pub).unwrap();
     site.extra_config = format!(
         "[enrollment]\npolicy = \"allowlist\"\nmanufacturer_keys = [\"{0}/manufacturer.pub\"]\nmanifests = [\"{0}/nodes.manifest\"]\n",
         site.dir.path().display()

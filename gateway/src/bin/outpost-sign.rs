@@ -31,7 +31,8 @@ struct Cli {
 enum Cmd {
     /// Make a key pair for one role: DIR/ROLE.key (secret, mode 0600) and DIR/ROLE.pub.
     Keygen {
-        /// gateway-update (the gateway's own .deb) or firmware (node images).
+        /// gateway-update (the gateway's own .deb), firmware (node images), manufacturer (node
+        /// manifests) or node-link (a gateway's own; it makes one itself on first start).
         #[arg(long)]
         role: Role,
         /// The folder to write the two files into (made if missing; existing keys are never
@@ -66,6 +67,18 @@ enum Cmd {
         expires: Option<u64>,
         artifact: PathBuf,
     },
+    /// Sign a node manifest for the `allowlist` enrollment policy (a manufacturing line's list of
+    /// the nodes it made): LIST holds one node per line, `UID HW_REV LOT PUBLIC_KEY` (16 and 64
+    /// hex digits; `#` comments and blank lines skipped). Needs a `manufacturer` key.
+    NodeManifest {
+        /// The manufacturer's private key file (mode 0600 or stricter).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the signed manifest goes.
+        #[arg(long)]
+        out: PathBuf,
+        list: PathBuf,
+    },
     /// Verify ARTIFACT against ARTIFACT.sig and trusted public keys; prints the manifest.
     Verify {
         /// A public key file (one key or several); may be given more than once.
@@ -85,6 +98,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Keygen { role, out } => keygen(role, &out),
+        Cmd::NodeManifest { key, out, list } => node_manifest(&key, &list, &out),
         Cmd::Sign {
             key,
             package,
@@ -179,14 +193,7 @@ fn keygen(role: Role, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Signs `artifact`; `[package, version, arch]` default to a .deb's control fields.
-fn sign(
-    key_path: &Path,
-    [package, version, arch]: [Option<String>; 3],
-    floor: Option<String>,
-    expires_unix_s: u64,
-    artifact: &Path,
-) -> anyhow::Result<()> {
+fn private_key(key_path: &Path) -> anyhow::Result<SigningKey> {
     let mode = std::fs::metadata(key_path)
         .with_context(|| format!("cannot read {}", key_path.display()))?
         .permissions()
@@ -197,8 +204,57 @@ fn sign(
         key_path.display(),
         mode & 0o777
     );
-    let key = SigningKey::parse(&std::fs::read_to_string(key_path)?)
-        .with_context(|| format!("{} is not a private key", key_path.display()))?;
+    SigningKey::parse(&std::fs::read_to_string(key_path)?)
+        .with_context(|| format!("{} is not a private key", key_path.display()))
+}
+
+/// Signs the node list in `list` into a manifest at `out`.
+fn node_manifest(key_path: &Path, list: &Path, out: &Path) -> anyhow::Result<()> {
+    use outpost_core::enrollment::{Listed, sign};
+    let key = private_key(key_path)?;
+    let text =
+        std::fs::read_to_string(list).with_context(|| format!("cannot read {}", list.display()))?;
+    let mut nodes = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = || format!("{} line {}", list.display(), i + 1);
+        let [uid, hw_rev, lot, public_key] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            bail!("{}: expected `UID HW_REV LOT PUBLIC_KEY`", at());
+        };
+        nodes.push(Listed {
+            uid: outpost_core::hex::decode::<8>(&uid.to_ascii_lowercase())
+                .with_context(|| format!("{}: the uid is not 16 hex digits", at()))?,
+            hw_rev: hw_rev
+                .parse()
+                .with_context(|| format!("{}: HW_REV is not 0 to 255", at()))?,
+            lot: lot.to_owned(),
+            public_key: outpost_core::hex::decode::<32>(&public_key.to_ascii_lowercase())
+                .with_context(|| format!("{}: the public key is not 64 hex digits", at()))?,
+        });
+    }
+    let manifest = sign(&key, &nodes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::write(out, manifest).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{} nodes signed by {} into {}",
+        nodes.len(),
+        key.public().id(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Signs `artifact`; `[package, version, arch]` default to a .deb's control fields.
+fn sign(
+    key_path: &Path,
+    [package, version, arch]: [Option<String>; 3],
+    floor: Option<String>,
+    expires_unix_s: u64,
+    artifact: &Path,
+) -> anyhow::Result<()> {
+    let key = private_key(key_path)?;
     let found = hash_file(artifact)?;
     let is_deb = found.file.ends_with(".deb");
     let control = if is_deb && (package.is_none() || version.is_none() || arch.is_none()) {
