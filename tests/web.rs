@@ -313,6 +313,114 @@ fn forging_site(target: SocketAddr) -> SocketAddr {
     addr
 }
 
+/// `outpost technician set-password` for the site, as an installer runs it.
+fn set_technician_password(site: &Site) {
+    let mut set = Command::new(bin("outpost"));
+    set.args(["technician", "set-password", "--config"])
+        .arg(site.config_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    }
+    assert!(child.wait().unwrap().success(), "set-password failed");
+}
+
+/// Logs in through the page's form.
+fn log_in(browser: &Browser) {
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the login form",
+            "return !document.getElementById('login-form').hidden;",
+        )
+        .unwrap();
+    browser
+        .eval(&format!(
+            "document.getElementById('login-password').value = '{PASSWORD}';
+             document.querySelector('#login-form button').click(); return null;"
+        ))
+        .unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "logged in",
+            "return !document.getElementById('actions').hidden;",
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_technician_lets_a_waiting_node_in_from_the_page_and_revokes_it() {
+    let specs = vec![NodeSpec {
+        rate_hz: 5.0,
+        ..NodeSpec::new(0)
+    }];
+    let uid = specs[0].uid.clone();
+    let mut site = Site::with_config(specs, "[enrollment]\npolicy = \"window\"\n").unwrap();
+    set_technician_password(&site);
+    site.start_gateway().unwrap();
+    let browser = Browser::start(1280, 900).unwrap();
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    // The node proved its key and waits: the page says so, with its uid.
+    browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "the waiting node on the page",
+            &format!(
+                "const t = document.getElementById('enrollment-waiting').textContent;
+                 return t.includes('{uid}') && t.includes('waiting for enrollment') ? t : null;"
+            ),
+        )
+        .unwrap();
+    log_in(&browser);
+    browser
+        .wait_eval(
+            Duration::from_secs(10),
+            "the enrollment button",
+            "return !document.getElementById('enroll-actions').hidden;",
+        )
+        .unwrap();
+    browser
+        .eval("document.getElementById('enroll-open').click(); return null;")
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the node's readings", || {
+        let seqs = site.stored_seqs().ok()?;
+        seqs.iter()
+            .any(|(u, s)| *u == uid && s.len() >= 5)
+            .then_some(())
+    })
+    .unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the window shown open and nobody waiting",
+            "const t = document.getElementById('enrollment-state').textContent;
+             return t.includes('window open') && document.getElementById('enrollment-waiting').children.length === 0 ? t : null;",
+        )
+        .unwrap();
+    // Revoke it from the form (the page asks first).
+    browser
+        .eval(&format!(
+            "window.confirm = () => true;
+             document.getElementById('revoke-uid').value = '{uid}';
+             document.querySelector('#revoke-form button').click(); return null;"
+        ))
+        .unwrap();
+    browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the node shown revoked",
+            "const row = document.querySelector('#nodes tbody tr');
+             return row && row.textContent.includes('revoked') ? row.textContent : null;",
+        )
+        .unwrap();
+    let row = site.get("/api/v1/nodes").unwrap()["nodes"][0].clone();
+    assert!(row["revoked_ms"].is_i64(), "{row}");
+}
+
 #[test]
 fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_are_throttled() {
     // Node 0 reports; node 1's port admits no newcomer, so it is refused and an alert fires.
@@ -345,17 +453,7 @@ fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_
         map.display()
     );
     let mut site = Site::with_config(specs, &config).unwrap();
-    let mut set = Command::new(bin("outpost"));
-    set.args(["technician", "set-password", "--config"])
-        .arg(site.config_path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = set.spawn().unwrap();
-    {
-        use std::io::Write as _;
-        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    }
-    assert!(child.wait().unwrap().success(), "set-password failed");
+    set_technician_password(&site);
     let stored = std::fs::read_to_string(site.dir.path().join("data/technician.argon2")).unwrap();
     assert!(
         stored.starts_with("$argon2id$") && !stored.contains(PASSWORD),

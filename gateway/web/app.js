@@ -54,6 +54,27 @@ function render(o) {
   renderNodes(o);
   renderDevices(o);
   renderWritable(o);
+  renderEnrollment(o);
+}
+
+// Who may join, and who proved a key but waits for a technician (a window) or a manifest.
+function renderEnrollment(o) {
+  const e = o.enrollment;
+  const open = e.window_until_ms != null && e.window_until_ms > o.now_ms;
+  const policy = {
+    window: open ? "New nodes may join for " + span(e.window_until_ms - o.now_ms) + " more (enrollment window open)."
+                 : "New nodes join only while a technician opens enrollment.",
+    allowlist: "New nodes join only if the manufacturer's manifest lists them (" + e.listed + " listed).",
+    closed: "No new node may join (policy closed).",
+    open: "Any new node may join (policy open: a bench, not a site).",
+  }[e.policy] || e.policy;
+  text("enrollment-state", policy + (e.waiting.length ? " " + e.waiting.length + " waiting:" : ""));
+  fillList($("enrollment-waiting"), e.waiting.map((w) =>
+    w.uid + " on " + w.port + " — " + (w.reason === "not_listed" ? "not in the manifest" : "waiting for enrollment") +
+    ", key " + w.key_id + ", hw " + w.hw_rev + ", lot " + (w.lot || "—") + ", seen " + ago(o.now_ms, w.last_seen_ms)));
+  $("enroll-actions").hidden = !csrf || e.policy !== "window";
+  $("enroll-open").hidden = open;
+  $("enroll-close").hidden = !open;
 }
 
 // Firing alerts, newest first; a logged-in technician may silence one for an hour.
@@ -194,7 +215,7 @@ function nodeRows(o) {
       reset_reason: n.reset_reason || "",
     },
     cells: [
-      n.uid, n.state.replace("_", " "), n.port || "—", n.fw_version, String(n.hw_rev), n.lot,
+      n.uid, n.revoked_ms != null ? "revoked" : n.state.replace("_", " "), n.port || "—", n.fw_version, String(n.hw_rev), n.lot,
       ago(o.now_ms, n.last_seen_ms), String(n.readings_received),
       String(n.link_errors.gateway_rx + n.link_errors.node_rx), n.retransmits == null ? "—" : String(n.retransmits),
       n.reset_reason || "—",
@@ -378,6 +399,28 @@ $("write-form").addEventListener("submit", async (e) => {
   } catch (err) {
     say("Write refused: " + err.message);
   }
+});
+
+async function enrollFor(minutes) {
+  try {
+    await act("/api/v1/actions/enroll-window", { minutes });
+    say(minutes ? "Enrollment open for " + minutes + " min: new nodes join at their next hello." : "Enrollment closed.");
+    refresh();
+  } catch (err) { say("Enrollment refused: " + err.message); }
+}
+$("enroll-open").addEventListener("click", () => enrollFor(30));
+$("enroll-close").addEventListener("click", () => enrollFor(0));
+
+$("revoke-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const uid = $("revoke-uid").value.trim().toLowerCase();
+  if (!confirm("Revoke node " + uid + " for good? Its readings are refused from now on.")) return;
+  try {
+    await act("/api/v1/actions/revoke", { uid });
+    $("revoke-uid").value = "";
+    say("Node " + uid + " revoked.");
+    refresh();
+  } catch (err) { say("Revoke refused: " + err.message); }
 });
 
 $("logout").addEventListener("click", async () => {

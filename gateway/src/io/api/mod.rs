@@ -209,7 +209,7 @@ async fn nodes(
 }
 
 #[derive(Debug, Serialize)]
-struct Enrollment {
+pub(super) struct Enrollment {
     policy: outpost_core::link::EnrollmentPolicy,
     /// Newcomers are taken now (`open`, or `window` with a window open until `window_until_ms`).
     enrolling: bool,
@@ -222,11 +222,22 @@ struct Enrollment {
 
 /// `GET /api/v1/enrollment`: the policy, the window, and who waits for enrollment.
 async fn enrollment(State(state): State<ApiState>) -> Result<Json<Enrollment>, ApiError> {
-    use outpost_core::link::EnrollmentPolicy;
     let current = read_store(&state, |r| r.enrollment()).await?;
-    let now = crate::io::wall_clock::unix_ms();
+    Ok(Json(enrollment_view(
+        &state,
+        current,
+        crate::io::wall_clock::unix_ms(),
+    )))
+}
+
+pub(super) fn enrollment_view(
+    state: &ApiState,
+    current: crate::io::store::EnrollmentState,
+    now: i64,
+) -> Enrollment {
+    use outpost_core::link::EnrollmentPolicy;
     let window_open = current.window_until_ms.is_some_and(|until| now < until);
-    Ok(Json(Enrollment {
+    Enrollment {
         policy: state.enrollment_policy,
         enrolling: match state.enrollment_policy {
             EnrollmentPolicy::Open => true,
@@ -236,7 +247,7 @@ async fn enrollment(State(state): State<ApiState>) -> Result<Json<Enrollment>, A
         window_until_ms: current.window_until_ms,
         listed: state.enrollment_listed,
         waiting: current.waiting,
-    }))
+    }
 }
 
 /// `GET /api/v1/modbus`: every configured device, in config order.

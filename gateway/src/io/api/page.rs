@@ -149,6 +149,8 @@ pub struct Overview {
     devices: Vec<DeviceStatus>,
     /// Firing alerts, newest first.
     alerts: Vec<Alert>,
+    /// The enrollment policy, its window, and the nodes waiting for enrollment.
+    enrollment: super::Enrollment,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,16 +251,18 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
 async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
     let now_ms = crate::io::wall_clock::unix_ms();
     let today = Date::from_unix_ms(now_ms).key();
-    let (totals, size_bytes, outbox, page, daily) = read_store(state, move |r| {
+    let (totals, size_bytes, outbox, page, daily, enrollment) = read_store(state, move |r| {
         Ok((
             r.totals()?,
             r.size_bytes(),
             r.outbox()?,
             r.node_page(None, NODES_PAGE_MAX)?,
             r.daily_usage(&today, CHART_DAYS)?,
+            r.enrollment()?,
         ))
     })
     .await?;
+    let enrollment = super::enrollment_view(state, enrollment, now_ms);
     let store_dir = state
         .readers
         .path()
@@ -354,6 +358,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
         node_count: totals.nodes,
         devices: snapshot.modbus,
         alerts: snapshot.alerts,
+        enrollment,
     })
 }
 
