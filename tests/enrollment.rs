@@ -170,7 +170,6 @@ fn under_an_allowlist_only_the_nodes_a_signed_manifest_lists_with_their_key_enro
         config.seed = i as u64; // as the harness starts node i
         config.signing_key().verifying_key().to_bytes()
     };
-    let uid_of = |i: usize| outpost_node::sim::parse_uid(&specs[i].uid).unwrap();
     // The manufacturing line lists node 0 as it is, and node 1 with another key (a board whose
     // key is not the one the line recorded); node 2 is not listed at all. Signed with the
     // factory's tool.
