@@ -274,3 +274,86 @@ fn under_an_allowlist_only_the_nodes_a_signed_manifest_lists_with_their_key_enro
         "{said}"
     );
 }
+
+#[test]
+fn the_gateways_node_link_key_is_0600_and_never_in_a_log_the_api_or_the_page() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut site = Site::new(specs(1)).unwrap();
+    let log = site.dir.path().join("gateway.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(site.config_path())
+        // Everything the daemon can say, debug lines with their structs included.
+        .env("RUST_LOG", "trace")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    site.gateway = Some(outpost_e2e::Proc::spawn("gateway", &mut cmd).unwrap());
+    wait_for(MINUTE, "the gateway's API", || site.get("/api/v1/status").ok()).unwrap();
+    let uid = site.specs[0].uid.clone();
+    wait_for(MINUTE, "the node's readings", || {
+        (seqs(&site, &uid).len() >= 20).then_some(())
+    })
+    .unwrap();
+
+    let key_path = site.dir.path().join("data/node-link.key");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "node-link.key is mode {mode:o}");
+    let text = std::fs::read_to_string(&key_path).unwrap();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret "))
+        .expect("a secret line")
+        .to_owned();
+    assert_eq!(secret.len(), 64);
+    let secret_bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&secret[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    // The key as text in any case, and as the bytes it is (a log line with a byte array).
+    let needles = [
+        secret.clone(),
+        secret.to_ascii_uppercase(),
+        format!("{:?}", secret_bytes),
+    ];
+
+    let mut outputs = Vec::new();
+    for path in [
+        "/api/v1/status",
+        "/api/v1/nodes",
+        "/api/v1/enrollment",
+        "/api/v1/overview",
+        "/",
+        "/app.js",
+    ] {
+        let (status, body) = outpost_e2e::http(site.api, "GET", path, None, None).unwrap();
+        assert_eq!(status, 200, "{path}");
+        outputs.push((path.to_owned(), String::from_utf8_lossy(&body).into_owned()));
+    }
+    let check = Command::new(bin("outpost"))
+        .args(["check", "--config"])
+        .arg(site.config_path())
+        .output()
+        .unwrap();
+    outputs.push((
+        "outpost check".into(),
+        String::from_utf8_lossy(&check.stdout).into_owned()
+            + &String::from_utf8_lossy(&check.stderr),
+    ));
+    site.gateway
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(20))
+        .unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("node-link key"), "the log is the daemon's");
+    outputs.push(("the daemon's log (trace)".into(), logged));
+    for (name, output) in &outputs {
+        for needle in &needles {
+            assert!(
+                !output.contains(needle.as_str()),
+                "the node-link key appears in {name}"
+            );
+        }
+    }
+}
