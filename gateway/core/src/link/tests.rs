@@ -1158,3 +1158,96 @@ fn a_flood_of_hellos_is_answered_at_most_once_per_interval() {
     );
     assert_eq!(s.counters().handshakes, 2);
 }
+
+#[test]
+fn the_policy_holds_back_newcomers_never_enrolled_nodes_and_a_revoked_node_always() {
+    let (key, other) = ([1; 32], [2; 32]);
+    let candidate = |pinned: Option<&'static [u8; 32]>, revoked: bool, listed| Candidate {
+        pinned,
+        revoked,
+        key: &[1; 32],
+        hw_rev: 3,
+        listed,
+    };
+    let gate = |policy, window_open| Gate {
+        policy,
+        window_open,
+        newcomer_allowed: true,
+        enrolled: 0,
+        max_nodes: 10,
+    };
+    use EnrollmentPolicy::{Allowlist, Closed, Open, Window};
+    // A known node with its key passes every policy; revoked, it passes none.
+    for policy in [Window, Allowlist, Closed, Open] {
+        assert_eq!(
+            admit_enrolment(
+                &candidate(Some(&[1; 32]), false, None),
+                &gate(policy, false)
+            ),
+            Ok(Enrol::Known)
+        );
+        assert_eq!(
+            admit_enrolment(&candidate(Some(&[1; 32]), true, None), &gate(policy, true)),
+            Err(Refusal::Revoked)
+        );
+    }
+    let newcomer = candidate(None, false, None);
+    assert_eq!(
+        admit_enrolment(&newcomer, &gate(Window, false)),
+        Err(Refusal::NotEnrolling)
+    );
+    assert_eq!(
+        admit_enrolment(&newcomer, &gate(Window, true)),
+        Ok(Enrol::Newcomer)
+    );
+    assert_eq!(
+        admit_enrolment(&newcomer, &gate(Closed, true)),
+        Err(Refusal::NotEnrolling)
+    );
+    assert_eq!(
+        admit_enrolment(&newcomer, &gate(Open, false)),
+        Ok(Enrol::Newcomer)
+    );
+    assert_eq!(
+        admit_enrolment(&newcomer, &gate(Allowlist, true)),
+        Err(Refusal::NotListed)
+    );
+    // Listed with its key and board: in; with another key or board: out.
+    let listed = Candidate {
+        listed: Some((&key, 3)),
+        ..newcomer
+    };
+    assert_eq!(
+        admit_enrolment(&listed, &gate(Allowlist, false)),
+        Ok(Enrol::Newcomer)
+    );
+    let other_key = Candidate {
+        listed: Some((&other, 3)),
+        ..newcomer
+    };
+    assert_eq!(
+        admit_enrolment(&other_key, &gate(Allowlist, false)),
+        Err(Refusal::NotListed)
+    );
+    let other_board = Candidate {
+        listed: Some((&key, 4)),
+        ..newcomer
+    };
+    assert_eq!(
+        admit_enrolment(&other_board, &gate(Allowlist, false)),
+        Err(Refusal::NotListed)
+    );
+    // The budget and the cap still hold under an open gate.
+    let spent = Gate {
+        newcomer_allowed: false,
+        ..gate(Open, false)
+    };
+    assert_eq!(
+        admit_enrolment(&newcomer, &spent),
+        Err(Refusal::NewcomerLimited)
+    );
+    assert!(
+        Refusal::NotEnrolling.waits_for_enrollment() && Refusal::NotListed.waits_for_enrollment()
+    );
+    assert!(!Refusal::Revoked.waits_for_enrollment());
+}
