@@ -32,6 +32,7 @@ pub mod hex;
 pub mod link;
 pub mod listener;
 pub mod modbus;
+pub mod provisioning;
 pub mod site;
 pub mod technician;
 pub mod telemetry;
