@@ -83,6 +83,11 @@ enum Command {
         #[command(subcommand)]
         command: TechnicianCommand,
     },
+    /// The gateway's own identity: its certificate, or where provisioning by claim stands.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
@@ -95,6 +100,17 @@ enum TechnicianCommand {
     /// directory, owned like the directory, mode 0600); the running gateway uses it at the next
     /// login.
     SetPassword {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Print the gateway's certificate (subject, issuer, SHA-256 fingerprint, validity, when it
+    /// is renewed), or that it is not provisioned yet and whether a claim certificate is there.
+    /// The private key is never printed.
+    Show {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
@@ -466,6 +482,17 @@ fn main() -> ExitCode {
             Command::Technician {
                 command: TechnicianCommand::SetPassword { config },
             } => set_technician_password(&config),
+            Command::Identity {
+                command: IdentityCommand::Show { config },
+            } => config_files::load(&config)
+                .map(|config| {
+                    let now_s = outpost::io::wall_clock::unix_ms() / 1000;
+                    print!(
+                        "{}",
+                        outpost::io::uplink::identity::describe(&config, now_s)
+                    );
+                })
+                .map_err(anyhow::Error::from),
         }
     });
     match result {

@@ -1065,7 +1065,10 @@ fn with_provisioning_the_own_certificate_may_be_missing_and_defaults_to_the_data
         Path::new("/var/lib/outpost/identity/gateway.key")
     );
     let p = mqtt.provisioning.unwrap();
-    assert_eq!(p.serial_number, "gw-7", "the serial number defaults to the id");
+    assert_eq!(
+        p.serial_number, "gw-7",
+        "the serial number defaults to the id"
+    );
     assert_eq!(p.renew_before, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(p.template, "OutpostGateway");
 }
@@ -1073,11 +1076,16 @@ fn with_provisioning_the_own_certificate_may_be_missing_and_defaults_to_the_data
 #[test]
 fn without_provisioning_the_own_certificate_is_required_by_name() {
     let path = Path::new("/etc/outpost/outpost.toml");
-    let text = "[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"/etc/outpost/ca.pem\"\n";
+    let text =
+        "[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"/etc/outpost/ca.pem\"\n";
     let errors = Config::parse(path, text, &claim_machine()).unwrap_err().0;
     let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["uplink.mqtt.cert_file", "uplink.mqtt.key_file"]);
-    assert!(errors[0].message.contains("[uplink.mqtt.provisioning]"), "{}", errors[0]);
+    assert!(
+        errors[0].message.contains("[uplink.mqtt.provisioning]"),
+        "{}",
+        errors[0]
+    );
     assert_eq!(errors[0].line, Some(1), "located at its table");
 }
 
@@ -1090,7 +1098,12 @@ fn provisioning_problems_are_located_by_key_and_line() {
     );
     let machine = Machine::default()
         .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
-        .with_secret("/etc/outpost/claim.key", "key", 0o644, ("outpost", "outpost"));
+        .with_secret(
+            "/etc/outpost/claim.key",
+            "key",
+            0o644,
+            ("outpost", "outpost"),
+        );
     let errors = Config::parse(path, &text, &machine).unwrap_err().0;
     let located: Vec<(&str, Option<usize>)> =
         errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
@@ -1106,7 +1119,11 @@ fn provisioning_problems_are_located_by_key_and_line() {
         ],
         "{errors:?}"
     );
-    assert!(errors[4].message.contains("no certificate of its own yet"), "{}", errors[4]);
+    assert!(
+        errors[4].message.contains("no certificate of its own yet"),
+        "{}",
+        errors[4]
+    );
     assert!(errors[5].message.contains("0644"), "{}", errors[5]);
 }
 
@@ -1115,7 +1132,17 @@ fn once_the_own_certificate_exists_the_claim_files_are_not_needed() {
     let path = Path::new("/etc/outpost/outpost.toml");
     let machine = Machine::default()
         .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
-        .with_secret("/var/lib/outpost/identity/gateway.crt", "cert", 0o644, ("outpost", "outpost"))
-        .with_secret("/var/lib/outpost/identity/gateway.key", "key", 0o600, ("outpost", "outpost"));
+        .with_secret(
+            "/var/lib/outpost/identity/gateway.crt",
+            "cert",
+            0o644,
+            ("outpost", "outpost"),
+        )
+        .with_secret(
+            "/var/lib/outpost/identity/gateway.key",
+            "key",
+            0o600,
+            ("outpost", "outpost"),
+        );
     assert!(Config::parse(path, CLAIM, &machine).is_ok());
 }
