@@ -54,6 +54,8 @@ struct Exchange<'a> {
     /// The credential to connect with: the claim's or the own certificate's.
     tls: Arc<rustls::ClientConfig>,
     client_id: String,
+    /// The CSR's subject CN: the gateway's id (a template may name the thing after it).
+    common_name: String,
     run_dir: PathBuf,
     meter: Arc<Meter>,
     telemetry: &'a TelemetryHub,
@@ -76,7 +78,7 @@ fn poll_once(mut connection: Connection) -> PollFuture {
 impl Exchange<'_> {
     /// Runs the exchange until the certificate is stored (`Some`) or `stop` (`None`).
     async fn run(&self, key: &rcgen::KeyPair, stop: &CancellationToken) -> Option<Issued> {
-        let csr = match identity::csr(key, &self.common_name()) {
+        let csr = match identity::csr(key, &self.common_name) {
             Ok(csr) => csr,
             Err(error) => {
                 tracing::error!(message = "Cannot make a certificate signing request; provisioning off.", %error);
@@ -218,14 +220,6 @@ impl Exchange<'_> {
         link_stop.cancel();
         let _ = tokio::time::timeout(GOODBYE, link_task).await;
         issued_out
-    }
-
-    /// The CSR's subject: the gateway's id (the template may name the thing after it).
-    fn common_name(&self) -> String {
-        self.client_id
-            .trim_start_matches("outpost-")
-            .trim_end_matches("-renewal")
-            .to_owned()
     }
 
     fn log(&self, event: &Event, exchange: &Provisioner) {
@@ -505,6 +499,7 @@ async fn claim(
         purpose: Purpose::Claim,
         tls,
         client_id: format!("outpost-{gateway_id}"),
+        common_name: gateway_id.to_owned(),
         run_dir: run_dir.join("provisioning"),
         meter: Arc::clone(&io.meter),
         telemetry: &io.telemetry,
@@ -561,6 +556,11 @@ async fn renew(
         purpose: Purpose::Renewal,
         tls,
         client_id: format!("outpost-{gateway_id}-renewal"),
+        // The same subject again: the broker's identity (and the thing) stay the same.
+        common_name: current
+            .common_name
+            .clone()
+            .unwrap_or_else(|| gateway_id.to_owned()),
         run_dir: shared.run_dir.join("renewal"),
         meter: Arc::clone(&shared.meter),
         telemetry: shared.telemetry,
