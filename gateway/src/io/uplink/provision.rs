@@ -352,6 +352,11 @@ pub async fn run(
                 return;
             };
             claim_ignored_said = true;
+            tracing::info!(
+                message = "Provisioned: from now on the gateway uses its own certificate and never the claim (it may be removed).",
+                cert = %files.cert.display(),
+                claim = %provisioning.claim_cert_file.display()
+            );
         }
 
         let current = match files.certificate() {
