@@ -82,6 +82,7 @@ impl Exchange<'_> {
             Ok(csr) => csr,
             Err(error) => {
                 tracing::error!(message = "Cannot make a certificate signing request; provisioning off.", %error);
+                show_error(self.telemetry, self.board_state, error.to_string());
                 return None;
             }
         };
@@ -89,6 +90,11 @@ impl Exchange<'_> {
             Ok(link) => link,
             Err(error) => {
                 tracing::error!(message = "Cannot create the provisioning socket; provisioning off.", dir = %self.run_dir.display(), %error);
+                let why = format!(
+                    "cannot create the provisioning socket in {}: {error}",
+                    self.run_dir.display()
+                );
+                show_error(self.telemetry, self.board_state, why);
                 return None;
             }
         };
