@@ -485,6 +485,47 @@ fn a_rejected_provisioning_shows_its_reason_and_is_retried_with_back_off() {
 }
 
 #[test]
+fn with_no_provisioning_service_answering_the_time_out_says_what_may_be_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::new(
+        dir.path(),
+        "response_timeout = \"2s\"\nretry_max = \"10s\"\n",
+    );
+    world.responder.set_silent(true);
+    world.start_gateway();
+    let status =
+        world.wait_for_provisioning("the time-out on the status", Duration::from_secs(30), |p| {
+            p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no answer"))
+        });
+    let error = status["provisioning"]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("no answer to the certificate signing request within 2s"),
+        "{error}"
+    );
+    assert!(
+        error.contains("is a provisioning service"),
+        "what may be missing: {error}"
+    );
+    assert_eq!(status["provisioning"]["state"], "claiming");
+    // The CSR did reach the broker and the (silent) service: the claim's ACL let it through.
+    assert!(
+        world
+            .responder
+            .requests()
+            .iter()
+            .any(|r| r.stage == Stage::CreateFromCsr)
+    );
+    world.responder.set_silent(false);
+    world.wait_for_provisioning(
+        "provisioned once the service answers",
+        Duration::from_secs(30),
+        |p| p["state"] == "provisioned",
+    );
+}
+
+#[test]
 fn renewal_near_expiry_swaps_the_certificate_without_losing_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut world = World::new(dir.path(), "");

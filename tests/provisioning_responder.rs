@@ -10,6 +10,7 @@
 //!   `AWS::IoT::Certificate::CommonName`).
 //! - [`Responder::reject`] makes it answer a stage on `…/rejected` with
 //!   `{statusCode, errorCode, errorMessage}` instead, until [`Responder::accept`].
+//! - [`Responder::set_silent`] leaves requests unanswered (a service that is down).
 //! - [`Responder::set_lifetime`] sets how long the next certificates are valid.
 //!
 //! Every request is recorded with its arrival time ([`Responder::requests`]).
@@ -62,6 +63,8 @@ pub struct Thing {
 
 #[derive(Default)]
 struct State {
+    /// Requests are recorded and left unanswered (a provisioning service that is down).
+    silent: bool,
     reject: Option<Rejection>,
     lifetime: Option<Duration>,
     requests: Vec<Request>,
@@ -146,6 +149,12 @@ impl Responder {
         });
     }
 
+    /// Leaves requests unanswered (`true`), like a provisioning service that is down, or
+    /// answers them again (`false`).
+    pub fn set_silent(&self, silent: bool) {
+        self.state.lock().unwrap().silent = silent;
+    }
+
     /// Accepts again.
     pub fn accept(&self) {
         self.state.lock().unwrap().reject = None;
@@ -226,6 +235,14 @@ fn serve(
         } else {
             continue;
         };
+        if state.lock().unwrap().silent {
+            state.lock().unwrap().requests.push(Request {
+                stage,
+                at: Instant::now(),
+                accepted: false,
+            });
+            continue;
+        }
         let answer = match answer(stage, &publish.payload, pki, state) {
             Ok(answer) => answer,
             Err(e) => {

@@ -404,23 +404,25 @@ impl Provisioner {
                 return;
             }
             Phase::Connecting { deadline } if now >= *deadline => {
-                "the broker did not accept the connection"
+                ("the broker did not accept the connection", "")
             }
             Phase::Subscribing { deadline, .. } if now >= *deadline => {
-                "the broker did not answer the subscriptions"
+                ("the broker did not answer the subscriptions", "")
             }
-            Phase::AwaitingCertificate { deadline } if now >= *deadline => {
-                "no answer to the certificate signing request: is a provisioning service \
-                 (AWS IoT fleet provisioning, or the site's responder) serving this broker?"
-            }
-            Phase::AwaitingRegistration { deadline, .. } if now >= *deadline => {
-                "no answer from the provisioning template: does the template exist and is \
-                 the provisioning service running?"
-            }
+            Phase::AwaitingCertificate { deadline } if now >= *deadline => (
+                "no answer to the certificate signing request",
+                ": is a provisioning service (AWS IoT fleet provisioning, or the site's \
+                 responder) serving this broker, and may the credential use its topics?",
+            ),
+            Phase::AwaitingRegistration { deadline, .. } if now >= *deadline => (
+                "no answer from the provisioning template",
+                ": does the template exist, and is the provisioning service running?",
+            ),
             _ => return,
         };
+        let (what, hint) = what;
         let reason = format!(
-            "{what} within {}s",
+            "{what} within {}s{hint}",
             self.settings.response_timeout.as_secs()
         );
         self.fail(now, reason);

@@ -264,7 +264,10 @@ fn silence_after_the_csr_times_out_and_says_what_may_be_missing() {
         error.contains("no answer to the certificate signing request"),
         "{error}"
     );
-    assert!(error.contains("within 30s"), "{error}");
+    assert!(
+        error.contains("request within 30s: is a provisioning service"),
+        "{error}"
+    );
     assert_eq!(p.status().state, State::Waiting);
 }
 
