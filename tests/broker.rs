@@ -149,6 +149,20 @@ impl Pki {
         Ok(files)
     }
 
+    /// Signs a PKCS#10 request (PEM) as this CA, valid from a few seconds ago for `lifetime`:
+    /// the certificate keeps the request's subject and public key (client authentication).
+    pub fn sign_csr(&self, csr_pem: &str, lifetime: Duration) -> Result<String> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .context("not a PKCS#10 request")?;
+        let now = time::OffsetDateTime::now_utc();
+        csr.params.not_before = now - Duration::from_secs(5);
+        csr.params.not_after = now + lifetime;
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.use_authority_key_identifier_extension = true;
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
     fn issue(&self, mut params: CertificateParams, name: &str) -> Result<()> {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -216,16 +230,22 @@ impl Broker {
     /// Writes `mosquitto.conf` and `acl` into `dir` (created if missing), starts mosquitto on a
     /// free loopback port and waits until the port accepts connections.
     pub fn start(dir: &Path, pki: &Pki) -> Result<Broker> {
+        // Each gateway identity may use only its own subtree; the cloud may use all of them.
+        // `pattern` lines apply to every user, so the cloud also matches `outpost/cloud/#`.
+        Broker::start_with_acl(
+            dir,
+            pki,
+            "pattern readwrite outpost/%u/#\n\nuser cloud\ntopic readwrite outpost/#\n",
+        )
+    }
+
+    /// [`Broker::start`] with the ACL file `acl` (mosquitto's `acl_file` syntax).
+    pub fn start_with_acl(dir: &Path, pki: &Pki, acl: &str) -> Result<Broker> {
         fs::create_dir_all(dir.join("persist"))
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let port = free_port();
         let (cert, key) = pki.server_paths();
-        // Each gateway identity may use only its own subtree; the cloud may use all of them.
-        // `pattern` lines apply to every user, so the cloud also matches `outpost/cloud/#`.
-        fs::write(
-            dir.join("acl"),
-            "pattern readwrite outpost/%u/#\n\nuser cloud\ntopic readwrite outpost/#\n",
-        )?;
+        fs::write(dir.join("acl"), acl)?;
         let mut conf = String::from("# Written by the Outpost e2e harness (tests/broker.rs).\n");
         if running_as_root() {
             // Run as root, mosquitto switches to the `mosquitto` user, which cannot read the

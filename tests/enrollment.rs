@@ -290,7 +290,10 @@ fn the_gateways_node_link_key_is_0600_and_never_in_a_log_the_api_or_the_page() {
         .stdout(file.try_clone().unwrap())
         .stderr(file);
     site.gateway = Some(outpost_e2e::Proc::spawn("gateway", &mut cmd).unwrap());
-    wait_for(MINUTE, "the gateway's API", || site.get("/api/v1/status").ok()).unwrap();
+    wait_for(MINUTE, "the gateway's API", || {
+        site.get("/api/v1/status").ok()
+    })
+    .unwrap();
     let uid = site.specs[0].uid.clone();
     wait_for(MINUTE, "the node's readings", || {
         (seqs(&site, &uid).len() >= 20).then_some(())

@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// The gateway's own identity: its certificate, or where provisioning by claim stands.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
@@ -130,6 +135,17 @@ enum NodesCommand {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         uid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Print the gateway's certificate (subject, issuer, SHA-256 fingerprint, validity, when it
+    /// is renewed), or that it is not provisioned yet and whether a claim certificate is there.
+    /// The private key is never printed.
+    Show {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -566,6 +582,17 @@ fn main() -> ExitCode {
                 command: TechnicianCommand::SetPassword { config },
             } => set_technician_password(&config),
             Command::Nodes { command } => nodes(command),
+            Command::Identity {
+                command: IdentityCommand::Show { config },
+            } => config_files::load(&config)
+                .map(|config| {
+                    let now_s = outpost::io::wall_clock::unix_ms() / 1000;
+                    print!(
+                        "{}",
+                        outpost::io::uplink::identity::describe(&config, now_s)
+                    );
+                })
+                .map_err(anyhow::Error::from),
         }
     });
     match result {

@@ -30,6 +30,7 @@ use crate::io::uplink::cost::{self, CostConfig};
 use crate::io::uplink::link;
 use crate::io::uplink::meter::Meter;
 use crate::io::uplink::mqtt::{self as uplink_mqtt, UplinkIo};
+use crate::io::uplink::provision;
 use crate::io::wall_clock::WallClock;
 use crate::io::{node_key, serial};
 use outpost_core::budget::Pacing;
@@ -172,23 +173,32 @@ pub async fn run(
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
     if let Some(mqtt) = &config.mqtt {
-        let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
-            .context("cannot set up TLS for the MQTT uplink")?;
-        let io = UplinkIo {
+        let mut io = UplinkIo {
             readers: readers.clone(),
             store_tx: store_tx.clone(),
             sealed: sealed_rx,
             meter: Arc::clone(&meter),
             telemetry: telemetry.clone(),
         };
-        uplink_task.spawn(uplink_mqtt::run(
-            mqtt.clone(),
-            Arc::new(tls),
-            config.gateway_id.clone(),
-            config.data_dir.join("run"),
-            io,
-            shutdown.clone(),
-        ));
+        if mqtt.provisioning.is_some() {
+            // The identity may have to be obtained first (by claim), and is renewed.
+            uplink_task.spawn(provision::run(
+                mqtt.clone(),
+                config.gateway_id.clone(),
+                config.data_dir.clone(),
+                io,
+                shutdown.clone(),
+            ));
+        } else {
+            let tls = link::client_config(&mqtt.ca_file, &mqtt.cert_file, &mqtt.key_file)
+                .context("cannot set up TLS for the MQTT uplink")?;
+            let mqtt = mqtt.clone();
+            let (gateway_id, run_dir) = (config.gateway_id.clone(), config.data_dir.join("run"));
+            let shutdown = shutdown.clone();
+            uplink_task.spawn(async move {
+                uplink_mqtt::run(mqtt, Arc::new(tls), gateway_id, run_dir, &mut io, shutdown).await;
+            });
+        }
     }
     uplink_task.close();
 

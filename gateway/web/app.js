@@ -129,6 +129,9 @@ function renderUplink(o) {
   else if (u.connected) state = "Connected" + (u.protocol ? " (MQTT " + u.protocol + ")" : "") + " for " + span(o.now_ms - u.since_ms);
   else state = "Down" + (u.since_ms ? " for " + span(o.now_ms - u.since_ms) : "") + (u.last_error ? ": " + u.last_error : "");
   text("uplink-state", state);
+  const p = u.provisioning;
+  $("identity-label").hidden = $("uplink-identity").hidden = !p;
+  if (p) text("uplink-identity", identityLine(o, p));
   text("uplink-waiting", u.batches + " (" + bytes(u.bytes) + ")" + (u.unsealed_readings ? ", " + u.unsealed_readings + " readings not sealed yet" : ""));
   text("uplink-oldest", u.oldest_unsent_ms == null ? "nothing waiting" : span(o.now_ms - u.oldest_unsent_ms) + " old");
   const c = o.cost;
@@ -136,6 +139,19 @@ function renderUplink(o) {
   text("cost-month", bytes(c.bytes_month) + (c.budget ? " of " + bytes(c.budget) + " budget, on course for " + bytes(c.projected_month) : " (no budget set)"));
   text("cost-interval", span(c.batch_interval_s * 1000));
   drawChart(o);
+}
+
+// The gateway's own identity (provisioning by claim): what it waits for, or why it failed and
+// when it tries again; once provisioned, its name and when its certificate expires.
+function identityLine(o, p) {
+  const retry = p.next_attempt_unix_ms ? "; next try in " + span(p.next_attempt_unix_ms - o.now_ms) : "";
+  const failed = p.last_error ? "attempt " + p.attempts + " failed: " + p.last_error + retry : "";
+  if (p.state === "claiming") return "Not provisioned yet: " + (failed || "getting its own certificate with the claim certificate (" + String(p.exchange).replace(/_/g, " ") + ")");
+  if (p.state === "renewing") return "Renewing its certificate" + (failed ? ": " + failed : "");
+  let line = "Own certificate" + (p.thing_name ? " as " + p.thing_name : "");
+  if (p.not_after_unix_s) line += ", expires in " + span(p.not_after_unix_s * 1000 - o.now_ms);
+  if (p.renew_at_unix_s) line += ", renewed in " + span(p.renew_at_unix_s * 1000 - o.now_ms);
+  return line + (p.last_error ? "; " + p.last_error : "");
 }
 
 // Bars of the last 31 days' bytes; today's bar carries what waits to be sent on top (the

@@ -33,6 +33,7 @@ pub mod hex;
 pub mod link;
 pub mod listener;
 pub mod modbus;
+pub mod provisioning;
 pub mod site;
 pub mod technician;
 pub mod telemetry;

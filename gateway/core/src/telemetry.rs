@@ -294,6 +294,40 @@ pub struct UplinkBoard {
     pub since_ms: Option<i64>,
 }
 
+/// Where the gateway's own identity stands (`[uplink.mqtt.provisioning]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityState {
+    /// No certificate of its own yet: the claim exchange runs (or waits to retry).
+    Claiming,
+    /// It has its own certificate; the claim is no longer used.
+    Provisioned,
+    /// It has its own certificate and is getting the next one (the uplink runs meanwhile).
+    Renewing,
+}
+
+/// The gateway's identity and its provisioning exchange, as `/api/v1/status` and the status
+/// page show them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProvisioningBoard {
+    pub state: IdentityState,
+    /// The exchange under way or waiting to retry: its step.
+    pub exchange: Option<crate::provisioning::State>,
+    /// Attempts of the current exchange.
+    pub attempts: u32,
+    /// Why its last attempt failed, and what to fix.
+    pub last_error: Option<String>,
+    /// When its next attempt starts (Unix ms), while it waits after a failure.
+    pub next_attempt_unix_ms: Option<i64>,
+    /// Accepted certificates for another key that were ignored.
+    pub foreign_certificates: u64,
+    /// The name the provisioning template gave the gateway, if any.
+    pub thing_name: Option<String>,
+    /// The own certificate: its expiry and when renewal is due (Unix s).
+    pub not_after_unix_s: Option<i64>,
+    pub renew_at_unix_s: Option<i64>,
+}
+
 /// One Modbus device as the status page and `/api/v1/modbus` show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceStatus {
@@ -368,6 +402,8 @@ pub enum Event {
         board: UplinkBoard,
         at_ms: i64,
     },
+    /// The identity's board, after a change.
+    Provisioning(ProvisioningBoard),
     Cost(CostStatus),
     /// The local API's connection counters, after a change.
     Api(ConnCounters),
@@ -418,6 +454,8 @@ pub struct Snapshot {
     pub ports: Vec<PortStatus>,
     /// `None` without an MQTT uplink.
     pub uplink: Option<UplinkBoard>,
+    /// `None` without `[uplink.mqtt.provisioning]`.
+    pub provisioning: Option<ProvisioningBoard>,
     pub cost: CostStatus,
     pub modbus: Vec<DeviceStatus>,
     /// The local API's connections: open, cap, refusals, evictions, time-outs.
@@ -451,6 +489,7 @@ pub struct Telemetry {
     store: StoreStatus,
     ports: Vec<PortStatus>,
     uplink: Option<UplinkBoard>,
+    provisioning: Option<ProvisioningBoard>,
     cost: CostStatus,
     modbus: Vec<DeviceStatus>,
     api: ConnCounters,
@@ -476,6 +515,7 @@ impl Telemetry {
                 })
                 .collect(),
             uplink: uplink.then(UplinkBoard::default),
+            provisioning: None,
             cost: CostStatus {
                 batch_interval_s: batch_interval.as_secs(),
                 ..CostStatus::default()
@@ -533,6 +573,7 @@ impl Telemetry {
                 };
                 self.uplink = Some(UplinkBoard { since_ms, ..board });
             }
+            Event::Provisioning(board) => self.provisioning = Some(board),
             Event::Cost(cost) => self.cost = cost,
             Event::Api(counters) => self.api = counters,
             Event::DeviceAdded(status) => self.modbus.push(*status),
@@ -578,6 +619,7 @@ impl Telemetry {
             store: self.store.clone(),
             ports: self.ports.clone(),
             uplink: self.uplink.clone(),
+            provisioning: self.provisioning.clone(),
             cost: self.cost.clone(),
             modbus: self.modbus.clone(),
             api: self.api,

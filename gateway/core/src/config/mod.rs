@@ -137,10 +137,13 @@ pub struct RawMqtt {
     pub broker: String,
     /// CA certificate(s) the broker's certificate must chain to (PEM).
     pub ca_file: PathBuf,
-    /// This gateway's certificate (PEM); its identity must be `gateway.id`.
-    pub cert_file: PathBuf,
-    /// Its private key (PEM).
-    pub key_file: PathBuf,
+    /// This gateway's certificate (PEM); its identity must be `gateway.id`. With
+    /// `[uplink.mqtt.provisioning]` it may be missing (it is then obtained by claim, and written
+    /// here); default there: `<data_dir>/identity/gateway.crt`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM). With provisioning: made by the gateway if missing, default
+    /// `<data_dir>/identity/gateway.key`.
+    pub key_file: Option<PathBuf>,
     /// MQTT keepalive; long enough for a sleepy cellular link, short enough for mobile NATs.
     #[serde(default = "default_keepalive", with = "humantime_serde")]
     pub keepalive: Duration,
@@ -159,6 +162,42 @@ pub struct RawMqtt {
     /// MQTT 5: how long the broker keeps this gateway's session after a connection ends.
     #[serde(default = "default_session_expiry", with = "humantime_serde")]
     pub session_expiry: Duration,
+    /// Identity by claim (AWS IoT fleet provisioning): the gateway makes its own key and gets its
+    /// certificate with a claim certificate; it renews it before expiry.
+    pub provisioning: Option<RawProvisioning>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvisioning {
+    /// The claim certificate (PEM) put on the gateway at manufacturing, shared by a batch of
+    /// units; used only while the gateway has no certificate of its own.
+    pub claim_cert_file: PathBuf,
+    /// The claim certificate's private key (PEM; mode 0600 or 0640 root:outpost).
+    pub claim_key_file: PathBuf,
+    /// The provisioning template's name.
+    pub template: String,
+    /// The template's `SerialNumber` parameter; default: `gateway.id`.
+    pub serial_number: Option<String>,
+    /// Renew the gateway's certificate this long before it expires (never before half its life).
+    #[serde(default = "default_renew_before", with = "humantime_serde")]
+    pub renew_before: Duration,
+    /// How long each answer of the provisioning exchange may take.
+    #[serde(default = "default_provisioning_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// The longest wait between two failed attempts (waits double from 5 s, jittered).
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+fn default_renew_before() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_provisioning_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// `uplink.min_batch_interval` when not set: this, or `batch_interval` if shorter.
@@ -486,6 +525,20 @@ pub struct MqttConfig {
     pub protocol: ProtocolSetting,
     /// MQTT 5's session expiry interval.
     pub session_expiry: Duration,
+    /// `[uplink.mqtt.provisioning]`: identity by claim, and renewal.
+    pub provisioning: Option<ProvisioningConfig>,
+}
+
+/// The validated `[uplink.mqtt.provisioning]` settings.
+#[derive(Debug, Clone)]
+pub struct ProvisioningConfig {
+    pub claim_cert_file: PathBuf,
+    pub claim_key_file: PathBuf,
+    pub template: String,
+    pub serial_number: String,
+    pub renew_before: Duration,
+    pub response_timeout: Duration,
+    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1012,34 +1065,141 @@ pub fn compile(
         if !(1..=64).contains(&m.max_unacked) {
             problem("uplink.mqtt.max_unacked", "must be between 1 and 64".into());
         }
-        for (key, path) in [("ca_file", &m.ca_file), ("cert_file", &m.cert_file)] {
-            if !env.is_readable_file(path) {
+        if !env.is_readable_file(&m.ca_file) {
+            problem(
+                "uplink.mqtt.ca_file",
+                format!("{} is not a readable file", m.ca_file.display()),
+            );
+        }
+        let identity_dir = raw.gateway.data_dir.join("identity");
+        let provisioned = m.provisioning.is_some();
+        let mut own_file = |key: &str, given: Option<PathBuf>, default: &str| match given {
+            Some(path) => path,
+            None if provisioned => identity_dir.join(default),
+            None => {
                 problem(
                     &format!("uplink.mqtt.{key}"),
-                    format!("{} is not a readable file", path.display()),
+                    "is required (or set [uplink.mqtt.provisioning] to obtain the gateway's \
+                     certificate by claim)"
+                        .into(),
+                );
+                PathBuf::new()
+            }
+        };
+        let cert_file = own_file("cert_file", m.cert_file, "gateway.crt");
+        let key_file = own_file("key_file", m.key_file, "gateway.key");
+        let has_own_identity = env.is_readable_file(&cert_file);
+        if !provisioned || has_own_identity {
+            // The gateway's own identity is (or must be) in place: check it as always.
+            if !cert_file.as_os_str().is_empty() && !has_own_identity {
+                problem(
+                    "uplink.mqtt.cert_file",
+                    format!("{} is not a readable file", cert_file.display()),
                 );
             }
-        }
-        if !env.is_readable_file(&m.key_file) {
-            problem(
-                "uplink.mqtt.key_file",
-                format!("{} is not a readable file", m.key_file.display()),
-            );
-        } else if let Err(e) = env.check_secret_file(&m.key_file) {
+            if key_file.as_os_str().is_empty() {
+                // Already reported as missing.
+            } else if !env.is_readable_file(&key_file) {
+                problem(
+                    "uplink.mqtt.key_file",
+                    format!("{} is not a readable file", key_file.display()),
+                );
+            } else if let Err(e) = env.check_secret_file(&key_file) {
+                problem("uplink.mqtt.key_file", e);
+            }
+        } else if env.is_readable_file(&key_file)
+            && let Err(e) = env.check_secret_file(&key_file)
+        {
+            // A key made by an earlier start that got no certificate yet: it is reused.
             problem("uplink.mqtt.key_file", e);
         }
+        let provisioning = m.provisioning.map(|p| {
+            if let Err(why) = crate::provisioning::check_template_name(&p.template) {
+                problem("uplink.mqtt.provisioning.template", why);
+            }
+            let serial_number = p.serial_number.unwrap_or_else(|| gateway_id.clone());
+            if serial_number.is_empty()
+                || serial_number.len() > 128
+                || serial_number.chars().any(char::is_control)
+            {
+                problem(
+                    "uplink.mqtt.provisioning.serial_number",
+                    "must be 1 to 128 characters, none of them a control character".into(),
+                );
+            }
+            if !(Duration::from_secs(60)..=Duration::from_secs(365 * 24 * 3600))
+                .contains(&p.renew_before)
+            {
+                problem(
+                    "uplink.mqtt.provisioning.renew_before",
+                    "must be between 1m and 365d".into(),
+                );
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&p.response_timeout) {
+                problem(
+                    "uplink.mqtt.provisioning.response_timeout",
+                    "must be between 1s and 10m".into(),
+                );
+            }
+            if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&p.retry_max) {
+                problem(
+                    "uplink.mqtt.provisioning.retry_max",
+                    "must be between 10s and 24h".into(),
+                );
+            }
+            if !has_own_identity {
+                // Only needed until the gateway has its own certificate.
+                if !env.is_readable_file(&p.claim_cert_file) {
+                    problem(
+                        "uplink.mqtt.provisioning.claim_cert_file",
+                        format!(
+                            "{} is not a readable file, and the gateway has no certificate of \
+                             its own yet ({})",
+                            p.claim_cert_file.display(),
+                            cert_file.display()
+                        ),
+                    );
+                }
+                if !env.is_readable_file(&p.claim_key_file) {
+                    problem(
+                        "uplink.mqtt.provisioning.claim_key_file",
+                        format!("{} is not a readable file", p.claim_key_file.display()),
+                    );
+                } else if let Err(e) = env.check_secret_file(&p.claim_key_file) {
+                    problem("uplink.mqtt.provisioning.claim_key_file", e);
+                }
+            }
+            if p.claim_key_file == key_file || p.claim_cert_file == cert_file {
+                problem(
+                    "uplink.mqtt.provisioning.claim_cert_file",
+                    "the claim certificate and key must be other files than the gateway's own \
+                     (uplink.mqtt.cert_file, key_file)"
+                        .into(),
+                );
+            }
+            ProvisioningConfig {
+                claim_cert_file: p.claim_cert_file,
+                claim_key_file: p.claim_key_file,
+                template: p.template,
+                serial_number,
+                renew_before: p.renew_before,
+                response_timeout: p.response_timeout,
+                retry_max: p.retry_max,
+            }
+        });
         MqttConfig {
             host,
             port,
             ca_file: m.ca_file,
-            cert_file: m.cert_file,
-            key_file: m.key_file,
+            cert_file,
+            key_file,
             keepalive,
             ack,
             max_unacked: m.max_unacked as usize,
             resend_after,
             protocol,
             session_expiry: m.session_expiry,
+            provisioning,
         }
     });
     if raw.buffer.max_bytes < 64 * 1024 {

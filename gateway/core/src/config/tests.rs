@@ -1041,3 +1041,108 @@ fn the_mqtt_version_defaults_to_auto_and_a_bad_one_is_a_located_error() {
         errors[0]
     );
 }
+
+const CLAIM: &str = "[gateway]\nid = \"gw-7\"\ndata_dir = \"/var/lib/outpost\"\n\n[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"/etc/outpost/ca.pem\"\n\n[uplink.mqtt.provisioning]\nclaim_cert_file = \"/etc/outpost/claim.pem\"\nclaim_key_file = \"/etc/outpost/claim.key\"\ntemplate = \"OutpostGateway\"\n";
+
+fn claim_machine() -> Machine {
+    Machine::default()
+        .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
+        .with_secret("/etc/outpost/claim.pem", "claim", 0o644, ("root", "root"))
+        .with_secret("/etc/outpost/claim.key", "key", 0o640, ("root", "outpost"))
+}
+
+#[test]
+fn with_provisioning_the_own_certificate_may_be_missing_and_defaults_to_the_data_dir() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let config = Config::parse(path, CLAIM, &claim_machine()).unwrap();
+    let mqtt = config.mqtt.unwrap();
+    assert_eq!(
+        mqtt.cert_file,
+        Path::new("/var/lib/outpost/identity/gateway.crt")
+    );
+    assert_eq!(
+        mqtt.key_file,
+        Path::new("/var/lib/outpost/identity/gateway.key")
+    );
+    let p = mqtt.provisioning.unwrap();
+    assert_eq!(
+        p.serial_number, "gw-7",
+        "the serial number defaults to the id"
+    );
+    assert_eq!(p.renew_before, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(p.template, "OutpostGateway");
+}
+
+#[test]
+fn without_provisioning_the_own_certificate_is_required_by_name() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let text =
+        "[uplink.mqtt]\nbroker = \"broker.example:8883\"\nca_file = \"/etc/outpost/ca.pem\"\n";
+    let errors = Config::parse(path, text, &claim_machine()).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["uplink.mqtt.cert_file", "uplink.mqtt.key_file"]);
+    assert!(
+        errors[0].message.contains("[uplink.mqtt.provisioning]"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0].line, Some(1), "located at its table");
+}
+
+#[test]
+fn provisioning_problems_are_located_by_key_and_line() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let text = format!(
+        "{}serial_number = \"\"\nrenew_before = \"1s\"\nretry_max = \"2s\"\n",
+        CLAIM.replace("OutpostGateway", "bad/template")
+    );
+    let machine = Machine::default()
+        .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
+        .with_secret(
+            "/etc/outpost/claim.key",
+            "key",
+            0o644,
+            ("outpost", "outpost"),
+        );
+    let errors = Config::parse(path, &text, &machine).unwrap_err().0;
+    let located: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        located,
+        [
+            ("uplink.mqtt.provisioning.template", Some(12)),
+            ("uplink.mqtt.provisioning.serial_number", Some(13)),
+            ("uplink.mqtt.provisioning.renew_before", Some(14)),
+            ("uplink.mqtt.provisioning.retry_max", Some(15)),
+            ("uplink.mqtt.provisioning.claim_cert_file", Some(10)),
+            ("uplink.mqtt.provisioning.claim_key_file", Some(11)),
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[4].message.contains("no certificate of its own yet"),
+        "{}",
+        errors[4]
+    );
+    assert!(errors[5].message.contains("0644"), "{}", errors[5]);
+}
+
+#[test]
+fn once_the_own_certificate_exists_the_claim_files_are_not_needed() {
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let machine = Machine::default()
+        .with_secret("/etc/outpost/ca.pem", "ca", 0o644, ("root", "root"))
+        .with_secret(
+            "/var/lib/outpost/identity/gateway.crt",
+            "cert",
+            0o644,
+            ("outpost", "outpost"),
+        )
+        .with_secret(
+            "/var/lib/outpost/identity/gateway.key",
+            "key",
+            0o600,
+            ("outpost", "outpost"),
+        );
+    assert!(Config::parse(path, CLAIM, &machine).is_ok());
+}

@@ -88,6 +88,10 @@ struct Status {
     store: StoreStatus,
     outbox: OutboxTotals,
     uplink: Option<UplinkBoard>,
+    /// The gateway's identity by claim: state, last error, attempts, next attempt, expiry
+    /// (absent without `[uplink.mqtt.provisioning]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provisioning: Option<outpost_core::telemetry::ProvisioningBoard>,
     cost: CostStatus,
     ports: Vec<PortStatus>,
     modbus: ModbusSummary,
@@ -164,6 +168,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
         },
         outbox,
         uplink: snapshot.uplink,
+        provisioning: snapshot.provisioning,
         cost: snapshot.cost,
         ports: snapshot.ports,
         modbus,

@@ -180,6 +180,9 @@ struct UplinkView {
     protocol: Option<&'static str>,
     refused: Option<String>,
     last_error: Option<String>,
+    /// The gateway's identity by claim and its renewal (`[uplink.mqtt.provisioning]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provisioning: Option<outpost_core::telemetry::ProvisioningBoard>,
     #[serde(flatten)]
     outbox: OutboxTotals,
 }
@@ -347,6 +350,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
             protocol: board.and_then(|b| b.protocol),
             refused: board.and_then(|b| b.session.refused.clone()),
             last_error: board.and_then(|b| b.session.last_error.clone()),
+            provisioning: snapshot.provisioning.clone(),
             outbox,
         },
         cost: snapshot.cost,

@@ -23,8 +23,11 @@ pub struct ClientSettings {
     /// rumqttc's Unix socket to Outpost's TLS link.
     pub socket: String,
     pub keepalive: Duration,
-    /// `offline`, retained, on this topic when the connection ends without DISCONNECT.
-    pub will_topic: String,
+    /// `offline`, retained, on this topic when the connection ends without DISCONNECT (none for
+    /// the provisioning exchange, which has no status topic).
+    pub will_topic: Option<String>,
+    /// Start a clean session (the provisioning exchange) rather than resume the broker's.
+    pub clean_session: bool,
     /// MQTT 5: how long the broker keeps the session after a connection ends.
     pub session_expiry: Duration,
 }
@@ -44,14 +47,11 @@ pub fn new(version: MqttVersion, settings: &ClientSettings) -> (Client, Connecti
             options
                 .set_transport(Transport::Unix)
                 .set_keep_alive(settings.keepalive)
-                .set_clean_session(false)
-                .set_max_packet_size(MAX_INCOMING_PACKET as usize, 64 * 1024 * 1024)
-                .set_last_will(LastWill::new(
-                    &settings.will_topic,
-                    "offline",
-                    QoS::AtLeastOnce,
-                    true,
-                ));
+                .set_clean_session(settings.clean_session)
+                .set_max_packet_size(MAX_INCOMING_PACKET as usize, 64 * 1024 * 1024);
+            if let Some(topic) = &settings.will_topic {
+                options.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, true));
+            }
             let (client, eventloop) = rumqttc::AsyncClient::new(options, REQUEST_QUEUE);
             (Client::V311(client), Connection::V311(Box::new(eventloop)))
         }
@@ -61,17 +61,19 @@ pub fn new(version: MqttVersion, settings: &ClientSettings) -> (Client, Connecti
             options
                 .set_transport(Transport::Unix)
                 .set_keep_alive(settings.keepalive)
-                .set_clean_start(false)
+                .set_clean_start(settings.clean_session)
                 .set_session_expiry_interval(Some(expiry))
                 .set_max_packet_size(Some(MAX_INCOMING_PACKET))
-                .set_topic_alias_max(Some(INCOMING_ALIASES))
-                .set_last_will(packets5::LastWill::new(
-                    &settings.will_topic,
+                .set_topic_alias_max(Some(INCOMING_ALIASES));
+            if let Some(topic) = &settings.will_topic {
+                options.set_last_will(packets5::LastWill::new(
+                    topic,
                     "offline",
                     mqtt5::mqttbytes::QoS::AtLeastOnce,
                     true,
                     None,
                 ));
+            }
             let (client, eventloop) = mqtt5::AsyncClient::new(options, REQUEST_QUEUE);
             (Client::V5(client), Connection::V5(Box::new(eventloop)))
         }

@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod cost;
+pub mod identity;
 pub mod link;
 pub mod meter;
 pub mod mqtt;
+pub mod provision;

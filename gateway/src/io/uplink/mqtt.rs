@@ -99,7 +99,7 @@ pub async fn run(
     tls: Arc<rustls::ClientConfig>,
     gateway_id: String,
     run_dir: PathBuf,
-    mut io: UplinkIo,
+    io: &mut UplinkIo,
     shutdown: CancellationToken,
 ) {
     let link = match TlsLink::bind(&run_dir) {
@@ -136,7 +136,8 @@ pub async fn run(
         client_id: format!("outpost-{gateway_id}"),
         socket,
         keepalive: config.keepalive,
-        will_topic: topics.status.clone(),
+        will_topic: Some(topics.status.clone()),
+        clean_session: false,
         session_expiry: config.session_expiry,
     };
     let mut protocol = ProtocolChoice::new(config.protocol);
