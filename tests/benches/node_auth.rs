@@ -92,6 +92,7 @@ fn frame_sizes(keys: &SessionKeys) {
         ("start of a boot, full rate", 100, 5, 20),
         ("full rate, seq in the thousands", 4_000, 10, 20),
         ("catch-up after an outage, full ring", 4_000, 1_023, 5_000),
+        ("catch-up, ages over 16.4 s", 4_000, 1_023, 30_000),
         ("long-lived node, full rate", 5_000_000, 10, 20),
         (
             "long-lived node, catch-up, ages over 16.4 s",
