@@ -537,6 +537,12 @@ fn renewal_near_expiry_swaps_the_certificate_without_losing_a_batch() {
         .wait_for_things(1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e:#}\n{}", world.log()));
     world.responder.set_lifetime(Duration::from_secs(86_400));
+    // The thing is registered just before the gateway stores the certificate.
+    world.wait_for_provisioning(
+        "the first certificate stored",
+        Duration::from_secs(20),
+        |p| p["state"] == "provisioned",
+    );
     let first = CertificateInfo::from_pem(&fs::read_to_string(world.cert_path()).unwrap()).unwrap();
     let key_before = fs::read(world.key_path()).unwrap();
 

@@ -26,7 +26,8 @@
 //!   `thingName`, `deviceConfiguration`; `…/rejected`.
 //!
 //! Rejections carry `{"statusCode", "errorCode", "errorMessage"}`; each failure (a rejection, a
-//! refused connection, no answer within [`ProvisioningSettings::response_timeout`]) ends the
+//! refused connection or subscription, a malformed answer, a certificate the adapter could not
+//! store, no answer within [`ProvisioningSettings::response_timeout`]) ends the
 //! attempt with a reason that says what to fix, and the next attempt waits an exponential,
 //! jittered, capped back-off ([`crate::uplink::Backoff`] with [`RetryPolicy`]).
 //!
