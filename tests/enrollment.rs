@@ -338,6 +338,17 @@ fn the_gateways_node_link_key_is_0600_and_never_in_a_log_the_api_or_the_page() {
         .arg(site.config_path())
         .output()
         .unwrap();
+    let identity = Command::new(bin("outpost"))
+        .args(["identity", "show", "--config"])
+        .arg(site.config_path())
+        .output()
+        .unwrap();
+    let identity = String::from_utf8_lossy(&identity.stdout).into_owned();
+    assert!(
+        identity.contains("node-link key: "),
+        "identity show prints the public half: {identity}"
+    );
+    outputs.push(("outpost identity show".into(), identity));
     outputs.push((
         "outpost check".into(),
         String::from_utf8_lossy(&check.stdout).into_owned()

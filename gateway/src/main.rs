@@ -305,6 +305,27 @@ fn nodes(command: NodesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway's node-link key, as nodes may pin it (`outpost-node-sim --gateway-key`): the
+/// public half only.
+fn node_link_identity(data_dir: &std::path::Path) -> String {
+    let path = outpost::io::node_key::path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match outpost_core::update::signing::SigningKey::parse(&text) {
+            Ok(key) => format!(
+                "node-link key: {} (key id {}, {})\n",
+                outpost_core::hex::encode(key.ed25519().verifying_key().as_bytes()),
+                key.public().id(),
+                path.display()
+            ),
+            Err(e) => format!("node-link key: {} is not a key file: {e}\n", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "node-link key: none yet (made at the first start with a serial port)\n".into()
+        }
+        Err(e) => format!("node-link key: cannot read {}: {e}\n", path.display()),
+    }
+}
+
 fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let config = config_files::load(config)?;
@@ -591,6 +612,7 @@ fn main() -> ExitCode {
                         "{}",
                         outpost::io::uplink::identity::describe(&config, now_s)
                     );
+                    print!("{}", node_link_identity(&config.data_dir));
                 })
                 .map_err(anyhow::Error::from),
         }
