@@ -485,19 +485,7 @@ fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_
     assert_eq!(refused["status"], 403, "{refused}");
 
     // Logged in through the page's form, the page's button works.
-    browser
-        .eval(&format!(
-            "document.getElementById('login-password').value = '{PASSWORD}';
-             document.querySelector('#login-form button').click(); return null;"
-        ))
-        .unwrap();
-    browser
-        .wait_eval(
-            Duration::from_secs(20),
-            "logged in",
-            "return !document.getElementById('actions').hidden;",
-        )
-        .unwrap();
+    log_in(&browser);
     let before = sealed(&site);
     let token_before = browser.eval("return csrf;").unwrap();
     browser
