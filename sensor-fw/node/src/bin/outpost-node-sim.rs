@@ -167,8 +167,9 @@ fn main() -> Result<()> {
             break;
         }
     }
-    let status = node.status();
-    node.stop().context("node stopped with an error")?;
+    let status = node
+        .stop_with_status()
+        .context("node stopped with an error")?;
     eprintln!(
         "outpost-node-sim: {} samples, {} held, {} dropped, {} retransmits",
         status.counters.samples,

@@ -414,6 +414,14 @@ impl SimNode {
         self.shutdown()
     }
 
+    /// [`SimNode::stop`], then the node's final status: read once its thread has ended, so it
+    /// counts every sample the node took and every frame it sent (a status read before the stop
+    /// can miss the last sample, sent in between).
+    pub fn stop_with_status(mut self) -> io::Result<SimStatus> {
+        self.shutdown()?;
+        Ok(self.status())
+    }
+
     fn shutdown(&mut self) -> io::Result<()> {
         drop(self.stop.take());
         let result = match self.thread.take().map(JoinHandle::join) {
