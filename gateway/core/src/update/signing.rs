@@ -125,7 +125,13 @@ impl fmt::Display for KeyId {
 
 impl KeyId {
     fn of(public: &VerifyingKey) -> KeyId {
-        let digest = Sha256::digest(public.as_bytes());
+        KeyId::of_bytes(public.as_bytes())
+    }
+
+    /// The id of a public key given as its bytes (e.g. a node's key as the store holds it).
+    #[must_use]
+    pub fn of_bytes(public: &[u8]) -> KeyId {
+        let digest = Sha256::digest(public);
         let mut id = [0; 8];
         id.copy_from_slice(&digest[..8]);
         KeyId(id)

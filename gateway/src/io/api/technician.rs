@@ -442,6 +442,31 @@ pub(super) async fn silence(
     Json(serde_json::json!({ "silenced_until_ms": until_ms })).into_response()
 }
 
+/// Sends the writer a command that answers on `reply`, and waits for its answer: the value, or
+/// the response that tells the technician why not (503: the store failed or is shutting down).
+async fn ask_store<T>(
+    state: &ApiState,
+    command: impl FnOnce(
+        tokio::sync::oneshot::Sender<Result<T, std::sync::Arc<crate::io::store::StoreError>>>,
+    ) -> crate::io::store::writer::StoreCommand,
+) -> Result<T, Response> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = state.store_tx.send(command(reply)).await;
+    match (sent, answer.await) {
+        (Ok(()), Ok(Ok(value))) => Ok(value),
+        (_, Ok(Err(e))) => Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            e.to_string(),
+        )),
+        _ => Err(refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "the store is shutting down".into(),
+        )),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(super) struct EnrollWindow {
     /// How long the window stays open; 0 closes it.
@@ -484,23 +509,11 @@ pub(super) async fn enroll_window(
     } else {
         crate::io::wall_clock::unix_ms().saturating_add(i64::from(request.minutes) * 60_000)
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let sent = state
-        .store_tx
-        .send(crate::io::store::writer::StoreCommand::EnrollmentWindow { until_ms, reply })
-        .await;
-    match (sent, answer.await) {
-        (Ok(()), Ok(Ok(()))) => {}
-        (_, Ok(Err(e))) => {
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string());
-        }
-        _ => {
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "the store is shutting down".into(),
-            );
-        }
+    let asked = ask_store(&state, |reply| {
+        crate::io::store::writer::StoreCommand::EnrollmentWindow { until_ms, reply }
+    });
+    if let Err(refused) = asked.await {
+        return refused;
     }
     tracing::info!(message = "Technician set the enrollment window.", peer = %peer.ip(), minutes = request.minutes, until_ms);
     Json(serde_json::json!({ "window_until_ms": until_ms })).into_response()
@@ -536,30 +549,17 @@ pub(super) async fn revoke(
             );
         }
     };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let sent = state
-        .store_tx
-        .send(crate::io::store::writer::StoreCommand::Revoke {
+    let asked = ask_store(&state, |reply| {
+        crate::io::store::writer::StoreCommand::Revoke {
             uid: uid.clone(),
             now_ms: crate::io::wall_clock::unix_ms(),
             reply,
-        })
-        .await;
-    match (sent, answer.await) {
-        (Ok(()), Ok(Ok(true))) => {}
-        (Ok(()), Ok(Ok(false))) => {
-            return refusal(StatusCode::NOT_FOUND, None, format!("no node {uid}"));
         }
-        (_, Ok(Err(e))) => {
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, None, e.to_string());
-        }
-        _ => {
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "the store is shutting down".into(),
-            );
-        }
+    });
+    match asked.await {
+        Ok(true) => {}
+        Ok(false) => return refusal(StatusCode::NOT_FOUND, None, format!("no node {uid}")),
+        Err(refused) => return refused,
     }
     tracing::warn!(message = "Technician revoked a node.", peer = %peer.ip(), uid = %uid);
     Json(serde_json::json!({ "revoked": uid })).into_response()

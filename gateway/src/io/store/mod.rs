@@ -783,15 +783,6 @@ pub struct WaitingNode {
     pub attempts: u64,
 }
 
-/// A key's short name: the first 8 bytes of its SHA-256.
-fn sha2_prefix(key: &[u8]) -> [u8; 8] {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(key);
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&digest[..8]);
-    out
-}
-
 /// One page of the registry, in uid order (`GET /api/v1/nodes`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NodePage {
@@ -869,7 +860,7 @@ impl Reader {
                     hw_rev: row.get(2)?,
                     fw_version: row.get(3)?,
                     lot: row.get(4)?,
-                    key_id: outpost_core::hex::encode(&sha2_prefix(&key)),
+                    key_id: outpost_core::update::signing::KeyId::of_bytes(&key).to_string(),
                     reason: row.get(6)?,
                     first_seen_ms: row.get(7)?,
                     last_seen_ms: row.get(8)?,
