@@ -27,6 +27,7 @@ pub mod auth;
 pub mod batcher;
 pub mod budget;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod enrollment;
 pub mod hex;

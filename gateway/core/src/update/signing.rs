@@ -74,14 +74,18 @@ pub enum Role {
     /// A manufacturing line's list of the nodes it made (uid, board, lot, public key): the
     /// `allowlist` enrollment policy takes only nodes a manifest signed by such a key lists.
     Manufacturer,
+    /// An operator in the cloud: it signs remote commands to gateways (`outpost/{id}/cmd/{verb}`,
+    /// `outpost_core::command`), never an artifact.
+    Operator,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::GatewayUpdate,
         Role::Firmware,
         Role::NodeLink,
         Role::Manufacturer,
+        Role::Operator,
     ];
 
     #[must_use]
@@ -91,6 +95,7 @@ impl Role {
             Role::Firmware => "firmware",
             Role::NodeLink => "node-link",
             Role::Manufacturer => "manufacturer",
+            Role::Operator => "operator",
         }
     }
 }
@@ -108,7 +113,7 @@ impl FromStr for Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown role `{s}` (gateway-update, firmware, node-link or manufacturer)")
+                format!("unknown role `{s}` (gateway-update, firmware, node-link, manufacturer or operator)")
             })
     }
 }
