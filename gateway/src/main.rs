@@ -93,6 +93,18 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// The audit log of remote commands: every command that reached this gateway, who signed
+    /// it and how it ended (newest first).
+    Audit {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
@@ -324,6 +336,49 @@ fn node_link_identity(data_dir: &std::path::Path) -> String {
         }
         Err(e) => format!("node-link key: cannot read {}: {e}\n", path.display()),
     }
+}
+
+/// `outpost audit`: the remote commands' audit log, newest first.
+fn audit(config: &std::path::Path, limit: u32, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let config = config_files::load(config)?;
+    let store = outpost::topology::store_path(&config);
+    let reader = outpost::io::store::Reader::open(&store)
+        .with_context(|| format!("cannot open store {}", store.display()))?;
+    let entries = reader.command_audit(limit)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for entry in &entries {
+            writeln!(out, "{}", serde_json::to_string(entry)?)?;
+        }
+        return Ok(());
+    }
+    if entries.is_empty() {
+        writeln!(out, "no remote command has reached this gateway")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24}  {:<14}  {:<20}  {:<16}  {:<11}  detail",
+        "received (UTC)", "verb", "request", "key", "outcome"
+    )?;
+    for e in &entries {
+        writeln!(
+            out,
+            "{:<24}  {:<14}  {:<20}  {:<16}  {:<11}  {}",
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(e.received_ms).unwrap_or(0))
+            ),
+            e.verb,
+            e.request.as_deref().unwrap_or("-"),
+            e.key_id.as_deref().unwrap_or("-"),
+            e.outcome,
+            e.detail
+        )?;
+    }
+    Ok(())
 }
 
 fn train_dictionary(config: &std::path::Path, windows: usize) -> anyhow::Result<()> {
@@ -615,6 +670,11 @@ fn main() -> ExitCode {
                     print!("{}", node_link_identity(&config.data_dir));
                 })
                 .map_err(anyhow::Error::from),
+            Command::Audit {
+                config,
+                limit,
+                json,
+            } => audit(&config, limit, json),
         }
     });
     match result {

@@ -173,12 +173,24 @@ pub async fn run(
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
     if let Some(mqtt) = &config.mqtt {
+        // Remote commands come over this uplink; the task ends when the uplink drops its end.
+        let commands = config.commands.enabled().then(|| {
+            crate::io::commands::spawn(crate::io::commands::Desk {
+                gateway_id: config.gateway_id.clone(),
+                config: config.commands.clone(),
+                store_tx: store_tx.clone(),
+                clock: clock.clone(),
+                enrollment_policy: config.enrollment.policy,
+            })
+            .0
+        });
         let mut io = UplinkIo {
             readers: readers.clone(),
             store_tx: store_tx.clone(),
             sealed: sealed_rx,
             meter: Arc::clone(&meter),
             telemetry: telemetry.clone(),
+            commands,
         };
         if mqtt.provisioning.is_some() {
             // The identity may have to be obtained first (by claim), and is renewed.

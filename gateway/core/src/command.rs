@@ -320,12 +320,8 @@ pub fn check(bytes: &[u8], expect: &Expect<'_>) -> Result<Verified, Refusal> {
     ) else {
         return Err(Refusal::Unsigned);
     };
-    let signature = crate::hex::decode::<64>(signature_hex).ok_or_else(|| {
-        malformed(
-            last + 1,
-            "the signature is not 128 lower-case hex digits",
-        )
-    })?;
+    let signature = crate::hex::decode::<64>(signature_hex)
+        .ok_or_else(|| malformed(last + 1, "the signature is not 128 lower-case hex digits"))?;
     let signer = crate::hex::decode::<8>(signer_hex)
         .map(KeyId)
         .ok_or_else(|| malformed(last, "the key id is not 16 lower-case hex digits"))?;
@@ -346,7 +342,10 @@ pub fn check(bytes: &[u8], expect: &Expect<'_>) -> Result<Verified, Refusal> {
     let mut fields = (1..last - 1).map(|i| (i + 1, field(i)));
     let mut next = |name: &str| -> Result<(usize, &str), Refusal> {
         let Some((line, text)) = fields.next() else {
-            return Err(malformed(last, &format!("expected `{name} …` before signed-by")));
+            return Err(malformed(
+                last,
+                &format!("expected `{name} …` before signed-by"),
+            ));
         };
         let value = text?
             .strip_prefix(name)
@@ -356,13 +355,19 @@ pub fn check(bytes: &[u8], expect: &Expect<'_>) -> Result<Verified, Refusal> {
     };
     let (line, gateway) = next("gateway")?;
     if !valid_gateway(gateway) {
-        return Err(malformed(line, "the gateway id is not 1 to 64 of A-Z a-z 0-9 - _ ."));
+        return Err(malformed(
+            line,
+            "the gateway id is not 1 to 64 of A-Z a-z 0-9 - _ .",
+        ));
     }
     let (_, verb) = next("verb")?;
     let verb = verb.to_owned();
     let (line, request) = next("request")?;
     if !valid_request(request) {
-        return Err(malformed(line, "the request is not 1 to 64 of A-Z a-z 0-9 - _ ."));
+        return Err(malformed(
+            line,
+            "the request is not 1 to 64 of A-Z a-z 0-9 - _ .",
+        ));
     }
     let (line, nonce) = next("nonce")?;
     let nonce = crate::hex::decode::<16>(nonce)
@@ -378,13 +383,18 @@ pub fn check(bytes: &[u8], expect: &Expect<'_>) -> Result<Verified, Refusal> {
     let mut args = Vec::new();
     for (line, text) in fields {
         let text = text?;
-        let arg = text.strip_prefix("arg ").and_then(|rest| rest.split_once(' '));
+        let arg = text
+            .strip_prefix("arg ")
+            .and_then(|rest| rest.split_once(' '));
         let Some((name, value)) = arg else {
             return Err(malformed(line, "expected `arg NAME VALUE`"));
         };
         let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
         if !printable(name) || !printable(value) {
-            return Err(malformed(line, "an argument's name and value are printable ASCII without spaces"));
+            return Err(malformed(
+                line,
+                "an argument's name and value are printable ASCII without spaces",
+            ));
         }
         args.push((name.to_owned(), value.to_owned()));
     }

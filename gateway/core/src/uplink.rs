@@ -80,6 +80,9 @@ pub enum Subscription {
     Ack,
     /// `outpost/{id}/status`, QoS 1: the probe's echo comes back on it.
     Status,
+    /// `outpost/{id}/cmd/+`, QoS 1: signed remote commands (`crate::command`), only when
+    /// operator keys are configured. A broker that refuses it leaves batches flowing.
+    Commands,
 }
 
 /// Work for the adapter, as data.
@@ -95,6 +98,11 @@ pub enum Action {
     },
     /// Publish an alert (JSON) on the alert topic, QoS 1.
     PublishAlert(Vec<u8>),
+    /// Publish a command's result (JSON) on `outpost/{id}/cmd/result/{request}`, QoS 1.
+    PublishResult {
+        request: String,
+        payload: Vec<u8>,
+    },
     /// Tell the store the cloud has every batch up to `upto`; answer with
     /// [`UplinkSession::handle_store_acked`].
     AckStore {
@@ -105,6 +113,9 @@ pub enum Action {
 /// Things worth a journal line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The broker refused the command topic: remote commands cannot reach this gateway (its
+    /// ACL lacks `outpost/{id}/cmd/+`); batches flow on.
+    CommandsRefused,
     /// The broker accepted the connection; `outage` is set when it follows failures.
     Connected {
         session_present: bool,
@@ -168,6 +179,11 @@ pub struct UplinkStatus {
     /// The broker refused this gateway a topic of its own: its certificate's identity does not
     /// match `gateway.id`. Nothing will get through until that is fixed.
     pub refused: Option<String>,
+    /// Remote commands: `None` when none are configured, else whether the broker granted the
+    /// command topic (`subscribed`, `refused by the broker`, `subscribing`).
+    pub commands: Option<&'static str>,
+    /// Command results dropped because more were waiting than the uplink could hold.
+    pub results_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,8 +215,11 @@ pub struct UplinkSession {
     client_full: bool,
     /// The broker refused a subscription on this connection: no echo makes up for it.
     subscription_refused: bool,
-    /// SUBACKs still awaited for this connection's SUBSCRIBEs.
-    subacks_awaited: u8,
+    /// Whether the command topic is wanted.
+    commands: bool,
+    /// This connection's SUBSCRIBEs whose SUBACK has not come back, oldest first (a broker
+    /// answers one connection's packets in order).
+    subacks_awaited: VecDeque<Subscription>,
     /// The broker granted both subscriptions in the session it holds: a reconnection that
     /// finds the session present need not subscribe again.
     subscribed_in_session: bool,
@@ -217,6 +236,7 @@ pub struct UplinkSession {
     tracker: PublishTracker,
     broker_acks: ContiguousAcks,
     alerts: VecDeque<Vec<u8>>,
+    results: VecDeque<(String, Vec<u8>)>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     status: UplinkStatus,
@@ -243,7 +263,8 @@ impl UplinkSession {
             batch_requested: false,
             client_full: false,
             subscription_refused: false,
-            subacks_awaited: 0,
+            commands: false,
+            subacks_awaited: VecDeque::new(),
             subscribed_in_session: false,
             ack_wanted: acked_upto,
             store_acking: false,
@@ -255,6 +276,7 @@ impl UplinkSession {
             tracker: PublishTracker::default(),
             broker_acks: ContiguousAcks::default(),
             alerts: VecDeque::new(),
+            results: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
             status: UplinkStatus {
@@ -269,6 +291,14 @@ impl UplinkSession {
     #[must_use]
     pub fn with_jitter_seed(mut self, seed: u64) -> UplinkSession {
         self.backoff = Backoff::new(*self.backoff.policy(), seed);
+        self
+    }
+
+    /// The session also subscribes to the command topic (operator keys are configured).
+    #[must_use]
+    pub fn with_commands(mut self) -> UplinkSession {
+        self.commands = true;
+        self.status.commands = Some("subscribing");
         self
     }
 
@@ -314,10 +344,15 @@ impl UplinkSession {
         // may never have reached the broker.
         if !(session_present && self.subscribed_in_session) {
             self.subscribed_in_session = false;
-            self.subacks_awaited = 2;
+            self.subacks_awaited.clear();
             self.actions.push_back(Action::Subscribe(Subscription::Ack));
             self.actions
                 .push_back(Action::Subscribe(Subscription::Status));
+            if self.commands {
+                self.actions
+                    .push_back(Action::Subscribe(Subscription::Commands));
+                self.status.commands = Some("subscribing");
+            }
         }
         self.actions.push_back(Action::PublishOnline);
         self.probe = Probe::Waiting { since: now };
@@ -374,11 +409,25 @@ impl UplinkSession {
 
     /// The broker answered a SUBSCRIBE; `refused` when any topic was refused.
     pub fn handle_suback(&mut self, refused: bool) {
-        if !refused && self.subacks_awaited > 0 {
-            self.subacks_awaited -= 1;
-            self.subscribed_in_session = self.subacks_awaited == 0;
+        let which = self.subacks_awaited.pop_front();
+        if which == Some(Subscription::Commands) {
+            // Commands are an extra: batches flow without them.
+            self.status.commands = Some(if refused {
+                "refused by the broker"
+            } else {
+                "subscribed"
+            });
+            if refused {
+                self.events.push_back(Event::CommandsRefused);
+            }
         }
-        if refused {
+        if which.is_some() && !refused && self.subacks_awaited.is_empty() {
+            self.subscribed_in_session = !self
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Subscribe(_)));
+        }
+        if refused && which != Some(Subscription::Commands) {
             self.subscription_refused = true;
             let why = format!(
                 "the broker refused subscription to outpost/{id}/ack: this gateway's certificate does not \
@@ -479,7 +528,10 @@ impl UplinkSession {
     /// The client took a publish the session asked for at `now` (it goes on the wire in order).
     pub fn handle_queued(&mut self, now: Millis, queued: Queued) {
         match queued {
-            Queued::Status | Queued::Alert => self.tracker.requested(NOT_A_BATCH),
+            Queued::Status | Queued::Alert | Queued::Result => {
+                self.tracker.requested(NOT_A_BATCH);
+            }
+            Queued::Subscription(which) => self.subacks_awaited.push_back(which),
             Queued::Batch(seq) => {
                 // The resend timer runs from the oldest unacknowledged batch's publish: a batch
                 // sent after a quiet spell longer than `resend_after` (a long batch interval) is
@@ -503,6 +555,9 @@ impl UplinkSession {
         match action {
             Action::PublishBatch { .. } => self.batch_requested = false,
             Action::PublishAlert(alert) => self.alerts.push_front(alert),
+            Action::PublishResult { request, payload } => {
+                self.results.push_front((request, payload));
+            }
             other => self.actions.push_front(other),
         }
     }
@@ -557,6 +612,15 @@ impl UplinkSession {
         self.alerts.push_back(payload);
     }
 
+    /// A command's result: it goes out as soon as the topics are known to work.
+    pub fn handle_result(&mut self, request: String, payload: Vec<u8>) {
+        if self.results.len() >= MAX_QUEUED_ALERTS {
+            self.results.pop_front();
+            self.status.results_dropped += 1;
+        }
+        self.results.push_back((request, payload));
+    }
+
     /// Time passed: the probe's deadline, the resend timer, a store retry.
     pub fn handle_timeout(&mut self, now: Millis) {
         if self
@@ -609,6 +673,9 @@ impl UplinkSession {
         }
         if let Some(alert) = self.alerts.pop_front() {
             return Some(Action::PublishAlert(alert));
+        }
+        if let Some((request, payload)) = self.results.pop_front() {
+            return Some(Action::PublishResult { request, payload });
         }
         let in_flight = self.published_upto.saturating_sub(self.acked_upto);
         let more_sealed = self.newest_sealed > self.published_upto;
@@ -666,6 +733,10 @@ pub enum Queued {
     /// The `online` status message.
     Status,
     Alert,
+    /// A command's result.
+    Result,
+    /// A SUBSCRIBE: its SUBACK is awaited.
+    Subscription(Subscription),
     /// The batch with this sequence number.
     Batch(u64),
 }

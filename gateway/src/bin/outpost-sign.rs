@@ -32,7 +32,8 @@ enum Cmd {
     /// Make a key pair for one role: DIR/ROLE.key (secret, mode 0600) and DIR/ROLE.pub.
     Keygen {
         /// gateway-update (the gateway's own .deb), firmware (node images), manufacturer (node
-        /// manifests) or node-link (a gateway's own; it makes one itself on first start).
+        /// manifests), operator (remote commands) or node-link (a gateway's own; it makes one
+        /// itself on first start).
         #[arg(long)]
         role: Role,
         /// The folder to write the two files into (made if missing; existing keys are never
@@ -67,6 +68,30 @@ enum Cmd {
         expires: Option<u64>,
         artifact: PathBuf,
     },
+    /// Sign a remote command for one gateway (docs/commands.md): prints the message to publish,
+    /// QoS 1, on `outpost/GATEWAY/cmd/VERB`. Needs an `operator` key.
+    Command {
+        /// The operator's private key file (mode 0600 or stricter).
+        #[arg(long)]
+        key: PathBuf,
+        /// The gateway it is for (its `gateway.id`).
+        #[arg(long)]
+        gateway: String,
+        /// Names the result topic `outpost/GATEWAY/cmd/result/REQUEST` [default: random].
+        #[arg(long)]
+        request: Option<String>,
+        /// How long the command may wait to be run (the gateway refuses one valid for longer
+        /// than its `commands.max_lifetime`, 1 hour unless set).
+        #[arg(long, value_parser = duration, default_value = "5m")]
+        valid_for: std::time::Duration,
+        /// Where the command goes [default: standard output].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The verb, e.g. `enroll-window`.
+        verb: String,
+        /// The verb's arguments, `NAME=VALUE`, e.g. `minutes=10`.
+        args: Vec<String>,
+    },
     /// Sign a node manifest for the `allowlist` enrollment policy (a manufacturing line's list of
     /// the nodes it made): LIST holds one node per line, `UID HW_REV LOT PUBLIC_KEY` (16 and 64
     /// hex digits; `#` comments and blank lines skipped). Needs a `manufacturer` key.
@@ -99,6 +124,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Keygen { role, out } => keygen(role, &out),
         Cmd::NodeManifest { key, out, list } => node_manifest(&key, &list, &out),
+        Cmd::Command {
+            key,
+            gateway,
+            request,
+            valid_for,
+            out,
+            verb,
+            args,
+        } => command(
+            &key,
+            gateway,
+            request,
+            valid_for,
+            out.as_deref(),
+            &verb,
+            &args,
+        ),
         Cmd::Sign {
             key,
             package,
@@ -209,6 +251,62 @@ fn private_key(key_path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// Signs the node list in `list` into a manifest at `out`.
+fn command(
+    key_path: &Path,
+    gateway: String,
+    request: Option<String>,
+    valid_for: std::time::Duration,
+    out: Option<&Path>,
+    verb: &str,
+    args: &[String],
+) -> anyhow::Result<()> {
+    use outpost_core::command::{Command, Verb, sign};
+    let key = private_key(key_path)?;
+    let args = args
+        .iter()
+        .map(|arg| {
+            arg.split_once('=')
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .with_context(|| format!("argument `{arg}` is not NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let verb = Verb::parse(verb, &args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut random = [0u8; 24];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut random)
+        .context("cannot read the system's random source")?;
+    let mut nonce = [0u8; 16];
+    nonce.copy_from_slice(&random[..16]);
+    let issued = i64::try_from(now_unix_s()).context("the clock is past 2262")?;
+    let command = Command {
+        gateway,
+        request: request
+            .unwrap_or_else(|| format!("r-{}", outpost_core::hex::encode(&random[16..]))),
+        nonce,
+        issued,
+        expires: issued.saturating_add(i64::try_from(valid_for.as_secs().max(1))?),
+        verb,
+    };
+    let text = sign(&key, &command).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match out {
+        Some(out) => {
+            std::fs::write(out, &text)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "{} for {} (request {}) into {}: publish it on outpost/{}/cmd/{}",
+                command.verb.name(),
+                command.gateway,
+                command.request,
+                out.display(),
+                command.gateway,
+                command.verb.name()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 fn node_manifest(key_path: &Path, list: &Path, out: &Path) -> anyhow::Result<()> {
     use outpost_core::enrollment::{Listed, sign};
     let key = private_key(key_path)?;

@@ -104,6 +104,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             policy: outpost_core::link::EnrollmentPolicy::Open,
             listed: std::collections::BTreeMap::new(),
         },
+        // No broker, so no remote commands.
+        commands: outpost_core::config::CommandsConfig::default(),
         warnings: Vec::new(),
     };
     let mut config = config;

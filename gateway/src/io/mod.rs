@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod commands;
 pub mod config;
 pub mod dictionaries;
 pub mod modbus;

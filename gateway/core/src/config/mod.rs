@@ -52,6 +52,46 @@ pub struct RawConfig {
     pub clock: RawClock,
     #[serde(default)]
     pub enrollment: RawEnrollment,
+    #[serde(default)]
+    pub commands: RawCommands,
+}
+
+/// `[commands]`: signed remote commands from the cloud (`outpost_core::command`). See
+/// docs/commands.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCommands {
+    /// Operator public key files (`outpost-sign keygen --role operator`) whose signed commands
+    /// this gateway obeys. None: the command topic is not even subscribed.
+    pub operator_keys: Vec<PathBuf>,
+    /// The longest validity (`expires - issued`) a command may have; the store remembers each
+    /// nonce at least that long.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for RawCommands {
+    fn default() -> RawCommands {
+        RawCommands {
+            operator_keys: Vec::new(),
+            max_lifetime: crate::command::Policy::default().max_lifetime,
+        }
+    }
+}
+
+/// `[commands]`, checked: the operator keys read.
+#[derive(Debug, Clone, Default)]
+pub struct CommandsConfig {
+    pub operator_keys: Vec<crate::update::signing::PublicKey>,
+    pub policy: crate::command::Policy,
+}
+
+impl CommandsConfig {
+    /// Whether remote commands are taken at all.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !self.operator_keys.is_empty()
+    }
 }
 
 /// `[enrollment]`: how nodes never enrolled join. See docs/provisioning.md.
@@ -494,6 +534,7 @@ pub struct Config {
     /// `clock.max_hold`.
     pub clock_max_hold: Duration,
     pub enrollment: EnrollmentConfig,
+    pub commands: CommandsConfig,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1208,6 +1249,7 @@ pub fn compile(
 
     let modbus = modbus::compile(raw.modbus, config_dir, env, &mut problem);
     let enrollment = compile_enrollment(&raw.enrollment, config_dir, env, &mut problem);
+    let commands = compile_commands(&raw.commands, config_dir, env, &mut problem);
 
     if let Err(e) = env.check_log_filter(&raw.log.level) {
         problem(
@@ -1247,6 +1289,7 @@ pub fn compile(
             clock_trust: raw.clock.trust,
             clock_max_hold: raw.clock.max_hold,
             enrollment,
+            commands,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {
@@ -1444,36 +1487,14 @@ fn compile_enrollment(
     problem: &mut dyn FnMut(&str, String),
 ) -> EnrollmentConfig {
     use crate::link::EnrollmentPolicy;
-    use crate::update::signing::{PublicKey, Role};
-    let mut keys = Vec::new();
-    for path in &raw.manufacturer_keys {
-        let path = config_dir.join(path);
-        match env
-            .read_file(&path)
-            .and_then(|text| PublicKey::parse_all(&text).map_err(|e| e.to_string()))
-        {
-            Ok(found) => {
-                for key in found {
-                    if key.role() == Role::Manufacturer {
-                        keys.push(key);
-                    } else {
-                        problem(
-                            "enrollment.manufacturer_keys",
-                            format!(
-                                "{} holds a {} key, not a manufacturer key",
-                                path.display(),
-                                key.role()
-                            ),
-                        );
-                    }
-                }
-            }
-            Err(why) => problem(
-                "enrollment.manufacturer_keys",
-                format!("cannot use {}: {why}", path.display()),
-            ),
-        }
-    }
+    let keys = read_role_keys(
+        &raw.manufacturer_keys,
+        crate::update::signing::Role::Manufacturer,
+        "enrollment.manufacturer_keys",
+        config_dir,
+        env,
+        problem,
+    );
     let mut listed = std::collections::BTreeMap::new();
     for path in &raw.manifests {
         let path = config_dir.join(path);
@@ -1497,5 +1518,72 @@ fn compile_enrollment(
     EnrollmentConfig {
         policy: raw.policy,
         listed,
+    }
+}
+
+/// Reads public key files for one role; a key of another role in them is a problem at `key`.
+fn read_role_keys(
+    paths: &[PathBuf],
+    role: crate::update::signing::Role,
+    key: &str,
+    config_dir: &Path,
+    env: &dyn Environment,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<crate::update::signing::PublicKey> {
+    use crate::update::signing::PublicKey;
+    let mut keys = Vec::new();
+    for path in paths {
+        let path = config_dir.join(path);
+        match env
+            .read_file(&path)
+            .and_then(|text| PublicKey::parse_all(&text).map_err(|e| e.to_string()))
+        {
+            Ok(found) => {
+                for public in found {
+                    if public.role() == role {
+                        keys.push(public);
+                    } else {
+                        problem(
+                            key,
+                            format!(
+                                "{} holds a {} key; only {role} keys belong here",
+                                path.display(),
+                                public.role(),
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(why) => problem(key, format!("cannot use {}: {why}", path.display())),
+        }
+    }
+    keys
+}
+
+/// Reads the operator keys remote commands must be signed with.
+fn compile_commands(
+    raw: &RawCommands,
+    config_dir: &Path,
+    env: &dyn Environment,
+    problem: &mut dyn FnMut(&str, String),
+) -> CommandsConfig {
+    let operator_keys = read_role_keys(
+        &raw.operator_keys,
+        crate::update::signing::Role::Operator,
+        "commands.operator_keys",
+        config_dir,
+        env,
+        problem,
+    );
+    if raw.max_lifetime < Duration::from_secs(10)
+        || raw.max_lifetime > Duration::from_secs(7 * 86_400)
+    {
+        problem("commands.max_lifetime", "must be between 10s and 7d".into());
+    }
+    CommandsConfig {
+        operator_keys,
+        policy: crate::command::Policy {
+            max_lifetime: raw.max_lifetime,
+        },
     }
 }

@@ -1146,3 +1146,41 @@ fn once_the_own_certificate_exists_the_claim_files_are_not_needed() {
         );
     assert!(Config::parse(path, CLAIM, &machine).is_ok());
 }
+
+#[test]
+fn commands_take_operator_keys_only_and_name_the_key_that_is_wrong() {
+    use crate::update::signing::{Role, SigningKey};
+    let operator = SigningKey::from_seed(Role::Operator, &[1; 32])
+        .public()
+        .emit();
+    let firmware = SigningKey::from_seed(Role::Firmware, &[1; 32])
+        .public()
+        .emit();
+    let machine = Machine::default()
+        .with_file("/etc/outpost/keys/operator.pub", &operator)
+        .with_file("/etc/outpost/keys/firmware.pub", &firmware);
+    let path = Path::new("/etc/outpost/outpost.toml");
+
+    let off = Config::parse(path, "", &machine).unwrap();
+    assert!(!off.commands.enabled());
+
+    let text = "[commands]\noperator_keys = [\"keys/operator.pub\"]\nmax_lifetime = \"15m\"\n";
+    let on = Config::parse(path, text, &machine).unwrap();
+    assert!(on.commands.enabled());
+    assert_eq!(on.commands.policy.max_lifetime, Duration::from_secs(900));
+
+    let text = "[commands]\noperator_keys = [\"keys/firmware.pub\"]\n";
+    let errors = Config::parse(path, text, &machine).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "commands.operator_keys");
+    assert_eq!(errors[0].line, Some(2));
+    assert!(
+        errors[0].message.contains("firmware key"),
+        "{}",
+        errors[0].message
+    );
+
+    let text = "[commands]\nmax_lifetime = \"30d\"\n";
+    let errors = Config::parse(path, text, &machine).unwrap_err().0;
+    assert_eq!(errors[0].key, "commands.max_lifetime");
+}

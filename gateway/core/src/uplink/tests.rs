@@ -21,6 +21,7 @@ enum Wire {
     Online,
     Batch(u64),
     Alert(Vec<u8>),
+    Result(String),
 }
 
 struct Site {
@@ -110,6 +111,8 @@ impl Site {
             let sent = match action {
                 Action::Subscribe(s) => {
                     self.subscriptions.push(s);
+                    self.session
+                        .handle_queued(self.now, Queued::Subscription(s));
                     None
                 }
                 Action::AckStore { upto } => {
@@ -132,6 +135,10 @@ impl Site {
                 Action::PublishAlert(alert) => {
                     self.session.handle_queued(self.now, Queued::Alert);
                     Some(Wire::Alert(alert))
+                }
+                Action::PublishResult { request, .. } => {
+                    self.session.handle_queued(self.now, Queued::Result);
+                    Some(Wire::Result(request))
                 }
                 Action::PublishBatch { after } => {
                     match self.outbox.iter().copied().find(|&s| s > after) {
@@ -719,4 +726,62 @@ proptest! {
         }
         prop_assert_eq!(site.acked_upto, sealed, "every sealed batch was delivered");
     }
+}
+
+#[test]
+fn a_refused_command_topic_leaves_batches_flowing_and_says_so() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 2);
+    site.session =
+        UplinkSession::new(config(AckMode::EndToEnd, 4), "gw-1", 0, Millis::ZERO).with_commands();
+    site.session.handle_sealed(2);
+    site.connect(false);
+    assert_eq!(
+        site.subscriptions,
+        [
+            Subscription::Ack,
+            Subscription::Status,
+            Subscription::Commands
+        ]
+    );
+    assert_eq!(site.session.status().commands, Some("subscribing"));
+    site.session.handle_suback(false);
+    site.session.handle_suback(false);
+    site.session.handle_suback(true); // the ACL lacks outpost/gw-1/cmd/+
+    site.echo();
+    assert!(site.session.status().refused.is_none());
+    assert_eq!(
+        site.session.status().commands,
+        Some("refused by the broker")
+    );
+    assert_eq!(site.batches_on_wire(), [1, 2]);
+    assert!(std::iter::from_fn(|| site.session.poll_event()).any(|e| e == Event::CommandsRefused));
+    // Not granted in full: a kept session subscribes again (the ACL may have been fixed).
+    site.session.handle_connection_lost(site.now, "link".into());
+    site.connect(true);
+    assert_eq!(site.subscriptions.len(), 6);
+    site.session.handle_suback(false);
+    site.session.handle_suback(false);
+    site.session.handle_suback(false);
+    assert_eq!(site.session.status().commands, Some("subscribed"));
+}
+
+#[test]
+fn results_wait_for_the_topics_and_go_out_before_batches() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 1);
+    site.session.handle_result("r-1".into(), b"{}".to_vec());
+    site.pump();
+    assert!(site.wire.is_empty(), "not connected");
+    site.connect(false);
+    site.session.handle_result("r-2".into(), b"{}".to_vec());
+    site.pump();
+    assert_eq!(site.wire.len(), 1, "only the probe before the echo");
+    site.echo();
+    assert_eq!(
+        site.wire[1..],
+        [
+            (2, Wire::Result("r-1".into())),
+            (3, Wire::Result("r-2".into())),
+            (4, Wire::Batch(1))
+        ]
+    );
 }

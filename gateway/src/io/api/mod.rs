@@ -235,6 +235,13 @@ async fn enrollment(State(state): State<ApiState>) -> Result<Json<Enrollment>, A
     )))
 }
 
+/// `GET /api/v1/audit`: the newest remote commands (at most 100), newest first, obeyed or not.
+async fn audit(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<crate::io::store::audit::AuditEntry>>, ApiError> {
+    Ok(Json(read_store(&state, |r| r.command_audit(100)).await?))
+}
+
 pub(super) fn enrollment_view(
     state: &ApiState,
     current: crate::io::store::EnrollmentState,
@@ -417,6 +424,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/modbus", get(modbus_devices))
         .route("/api/v1/enrollment", get(enrollment))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/overview", get(page::overview))
         .route_layer(scope(Scope::Technician));
     // The page itself holds no data: what it shows comes from the overview, behind the scope.

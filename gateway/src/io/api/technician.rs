@@ -494,27 +494,20 @@ pub(super) async fn enroll_window(
             "`minutes` must be between 0 (close) and 1440 (a day)".into(),
         );
     }
-    if state.enrollment_policy != outpost_core::link::EnrollmentPolicy::Window {
-        return refusal(
-            StatusCode::CONFLICT,
-            None,
-            format!(
-                "the enrollment policy is `{}`: a window only matters under `window`",
-                state.enrollment_policy.as_str()
-            ),
-        );
-    }
-    let until_ms = if request.minutes == 0 {
-        0
-    } else {
-        crate::io::wall_clock::unix_ms().saturating_add(i64::from(request.minutes) * 60_000)
+    use crate::io::commands::{WindowError, set_enrollment_window};
+    let until_ms = match set_enrollment_window(
+        &state.store_tx,
+        state.enrollment_policy,
+        request.minutes,
+    )
+    .await
+    {
+        Ok(until_ms) => until_ms,
+        Err(why @ WindowError::NotWindowPolicy(_)) => {
+            return refusal(StatusCode::CONFLICT, None, why.to_string());
+        }
+        Err(why) => return refusal(StatusCode::SERVICE_UNAVAILABLE, None, why.to_string()),
     };
-    let asked = ask_store(&state, |reply| {
-        crate::io::store::writer::StoreCommand::EnrollmentWindow { until_ms, reply }
-    });
-    if let Err(refused) = asked.await {
-        return refused;
-    }
     tracing::info!(message = "Technician set the enrollment window.", peer = %peer.ip(), minutes = request.minutes, until_ms);
     Json(serde_json::json!({ "window_until_ms": until_ms })).into_response()
 }

@@ -105,6 +105,38 @@ pub enum StoreCommand {
         now_ms: i64,
         reply: oneshot::Sender<Result<bool, Arc<StoreError>>>,
     },
+    /// The remote commands' audit log ([`super::audit`]). A claim answers `Some(row id)`, or
+    /// `None` for a nonce used before; the others answer `None`.
+    Audit {
+        op: AuditOp,
+        reply: oneshot::Sender<Result<Option<i64>, Arc<StoreError>>>,
+    },
+}
+
+/// What [`StoreCommand::Audit`] does to the audit log.
+#[derive(Debug)]
+pub enum AuditOp {
+    Claim {
+        received_ms: i64,
+        verified: Box<outpost_core::command::Verified>,
+    },
+    Finish {
+        id: i64,
+        outcome: &'static str,
+        detail: String,
+        now_ms: i64,
+    },
+    Refused {
+        received_ms: i64,
+        verb: String,
+        request: Option<String>,
+        key_id: Option<String>,
+        detail: String,
+    },
+    /// At start: commands left `running` by the previous run were interrupted.
+    InterruptRunning { now_ms: i64 },
+    /// Commands dropped unread (a flood): one entry for all of them.
+    Dropped { received_ms: i64, detail: String },
 }
 
 /// The store's answer to a port task.
@@ -242,6 +274,7 @@ impl StoreCommand {
             StoreCommand::Revoke { uid, now_ms, reply } => {
                 job(Revoke { uid, now_ms }, Reply::Once(reply))
             }
+            StoreCommand::Audit { op, reply } => job(Audit(op), Reply::Once(reply)),
         }
     }
 }
@@ -562,6 +595,60 @@ impl Request for Revoke {
     }
 
     fn answer(self, result: Result<bool, Arc<StoreError>>) -> Self::Answer {
+        result
+    }
+}
+
+struct Audit(AuditOp);
+
+impl Request for Audit {
+    type Outcome = Option<i64>;
+    type Answer = Result<Option<i64>, Arc<StoreError>>;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Option<i64>, StoreError> {
+        match &self.0 {
+            AuditOp::Claim {
+                received_ms,
+                verified,
+            } => tx.claim_command(*received_ms, verified),
+            AuditOp::Finish {
+                id,
+                outcome,
+                detail,
+                now_ms,
+            } => tx
+                .finish_command(*id, outcome, detail, *now_ms)
+                .map(|()| None),
+            AuditOp::Refused {
+                received_ms,
+                verb,
+                request,
+                key_id,
+                detail,
+            } => tx
+                .audit_refused(
+                    *received_ms,
+                    verb,
+                    request.as_deref(),
+                    key_id.as_deref(),
+                    detail,
+                )
+                .map(|()| None),
+            AuditOp::Dropped {
+                received_ms,
+                detail,
+            } => tx.audit_dropped(*received_ms, detail).map(|()| None),
+            AuditOp::InterruptRunning { now_ms } => {
+                tx.interrupt_running_commands(*now_ms).map(|_| None)
+            }
+        }
+    }
+
+    fn readings(&self) -> usize {
+        0
+    }
+
+    fn answer(self, result: Result<Option<i64>, Arc<StoreError>>) -> Self::Answer {
         result
     }
 }

@@ -199,6 +199,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO meta (key, value) VALUES ('enrollment.window_until_ms', '0');
     ",
+    // 10: the audit log of remote commands (`outpost_core::command`, `store::audit`). Every
+    // command that reached the gateway, obeyed or not. `nonce` is set only for a command whose
+    // signature verified, and is unique: a second one with the same nonce is a replay.
+    "
+    CREATE TABLE command_audit (
+        id          INTEGER PRIMARY KEY,
+        received_ms INTEGER NOT NULL,
+        verb        TEXT NOT NULL,
+        request     TEXT,
+        key_id      TEXT,
+        nonce       TEXT UNIQUE,
+        expires_s   INTEGER,
+        outcome     TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        finished_ms INTEGER
+    );
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

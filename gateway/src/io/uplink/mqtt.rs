@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{self, Client, ClientSettings, Connection, Failure, Wire};
 use super::link::{LinkReport, TlsLink};
 use super::meter::Meter;
+use crate::io::commands::{CommandLink, Incoming};
 use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{Reader, Readers, StoreError};
 use crate::io::telemetry::TelemetryHub;
@@ -53,6 +54,12 @@ struct Topics {
     ack: String,
     status: String,
     alert: String,
+    /// `outpost/{id}/cmd/+`: signed remote commands.
+    commands: String,
+    /// `outpost/{id}/cmd/`: a command's topic is this and its verb.
+    command_prefix: String,
+    /// `outpost/{id}/cmd/result/`: a result's topic is this and its request.
+    result_prefix: String,
 }
 
 impl Topics {
@@ -63,7 +70,16 @@ impl Topics {
             ack: topic("ack"),
             status: topic("status"),
             alert: topic("alert"),
+            commands: topic("cmd/+"),
+            command_prefix: topic("cmd/"),
+            result_prefix: topic("cmd/result/"),
         }
+    }
+
+    /// The verb of a message on the command topic (one level under `cmd/`), if it is one.
+    fn command_verb<'t>(&self, topic: &'t [u8]) -> Option<&'t str> {
+        let verb = std::str::from_utf8(topic.strip_prefix(self.command_prefix.as_bytes())?).ok()?;
+        (!verb.is_empty() && !verb.contains('/')).then_some(verb)
     }
 }
 
@@ -78,6 +94,8 @@ pub struct UplinkIo {
     pub meter: Arc<Meter>,
     /// Where the uplink's state goes, and where raised alerts come from (they go upstream too).
     pub telemetry: TelemetryHub,
+    /// The command task's ends, when remote commands are configured (`io::commands`).
+    pub commands: Option<CommandLink>,
 }
 
 /// One `poll` of the event loop, owning it until it returns: dropped only at shutdown.
@@ -165,6 +183,9 @@ pub async fn run(
     };
     let mut session = UplinkSession::new(session_config, gateway_id.clone(), acked_upto, now())
         .with_jitter_seed(jitter_seed());
+    if io.commands.is_some() {
+        session = session.with_commands();
+    }
     session.handle_sealed(*io.sealed.borrow_and_update());
 
     let mut store_ack: Option<oneshot::Receiver<AckReply>> = None;
@@ -181,9 +202,21 @@ pub async fn run(
                     let (topic, at_least_once) = match which {
                         Subscription::Ack => (&topics.ack, false),
                         Subscription::Status => (&topics.status, true),
+                        Subscription::Commands => (&topics.commands, true),
                     };
-                    // A full request queue drops it; the resend and the next connection retry.
-                    let _ = client.try_subscribe(topic, at_least_once);
+                    match client.try_subscribe(topic, at_least_once) {
+                        Ok(()) => session.handle_queued(now(), Queued::Subscription(which)),
+                        Err(_) => session.handle_client_full(action),
+                    }
+                }
+                Action::PublishResult { request, payload } => {
+                    let topic = format!("{}{request}", topics.result_prefix);
+                    match client.try_publish(&topic, TopicRef::Name, false, payload.clone()) {
+                        Ok(()) => session.handle_queued(now(), Queued::Result),
+                        Err(_) => {
+                            session.handle_client_full(Action::PublishResult { request, payload })
+                        }
+                    }
                 }
                 Action::PublishOnline => {
                     match client.try_publish(&topics.status, TopicRef::Name, true, "online") {
@@ -272,6 +305,12 @@ pub async fn run(
                         session.handle_status_message(&payload, retain);
                     } else if topic == topics.ack.as_bytes() {
                         session.handle_cloud_ack(&payload);
+                    } else if let (Some(verb), Some(commands)) = (topics.command_verb(&topic), &io.commands) {
+                        let incoming = Incoming { verb: verb.to_owned(), payload: payload.to_vec() };
+                        if commands.incoming.try_send(incoming).is_err() {
+                            // Counted, and audited by the command task as one entry.
+                            commands.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok(Wire::SubAck { refused }) => session.handle_suback(refused),
@@ -336,6 +375,9 @@ pub async fn run(
                     Err(_) => Err(StoreAckError::Failed("the store writer stopped".into())),
                 };
                 session.handle_store_acked(now(), result);
+            }
+            Some((request, payload)) = async { io.commands.as_mut().expect("guarded").results.recv().await }, if io.commands.is_some() => {
+                session.handle_result(request, payload);
             }
             Ok(()) = alert_changes.changed() => {
                 alert_changes.borrow_and_update();
@@ -403,6 +445,9 @@ fn forward_alerts(telemetry: &TelemetryHub, forwarded: &mut u64, session: &mut U
 fn log_event(event: &Event, speaking: Option<MqttVersion>, telemetry: &TelemetryHub) {
     let mqtt = speaking.map_or("", MqttVersion::as_str);
     match event {
+        Event::CommandsRefused => tracing::error!(
+            message = "The broker refused the command topic: remote commands cannot reach this gateway (its ACL must let it read outpost/<id>/cmd/+ and write outpost/<id>/cmd/result/+)."
+        ),
         Event::Connected {
             session_present,
             outage: None,
