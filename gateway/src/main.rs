@@ -674,7 +674,13 @@ fn main() -> ExitCode {
                 config,
                 limit,
                 json,
-            } => audit(&config, limit, json),
+            } => audit(&config, limit, json).or_else(|e| {
+                // `outpost audit | head`: the reader had enough.
+                match e.downcast_ref::<std::io::Error>() {
+                    Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                    _ => Err(e),
+                }
+            }),
         }
     });
     match result {

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use outpost::modbus::map::Table;
-use outpost::modbus::rtu::{
+use outpost_core::modbus::map::Table;
+use outpost_core::modbus::rtu::{
     BROADCAST, Progress, ResponseDecoder, RtuRequest, RtuResponse, encode_request, request_len,
     response_len,
 };

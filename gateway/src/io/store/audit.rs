@@ -7,7 +7,7 @@
 //! command has not expired (forgetting it would let a replay through).
 
 use outpost_core::command::Verified;
-use rusqlite::{OptionalExtension as _, params};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::{Reader, StoreError, Tx};
@@ -115,22 +115,15 @@ impl Tx<'_> {
         )?)
     }
 
+    /// Ids only grow (the newest row is never deleted), so everything more than
+    /// [`MAX_AUDIT_ROWS`] ids back is old: one index range, not a count.
     fn prune_audit(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        let horizon: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT id FROM command_audit ORDER BY id DESC LIMIT 1 OFFSET ?1",
-                [MAX_AUDIT_ROWS],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(horizon) = horizon {
-            self.tx.execute(
-                "DELETE FROM command_audit
-                 WHERE id <= ?1 AND (nonce IS NULL OR expires_s * 1000 < ?2)",
-                params![horizon, now_ms],
-            )?;
-        }
+        self.tx.execute(
+            "DELETE FROM command_audit
+             WHERE id <= (SELECT max(id) FROM command_audit) - ?1
+               AND (nonce IS NULL OR expires_s * 1000 < ?2)",
+            params![MAX_AUDIT_ROWS, now_ms],
+        )?;
         Ok(())
     }
 }

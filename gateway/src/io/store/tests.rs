@@ -1981,3 +1981,116 @@ mod clock {
         assert_eq!(batches(&store), vec![(1, true, vec![1])]);
     }
 }
+
+/// The remote commands' audit log (`store::audit`): a nonce is claimed once, across a reopen.
+mod audit {
+    use super::*;
+    use outpost_core::command::{Command, Verb, Verified};
+    use outpost_core::update::signing::KeyId;
+
+    fn verified(nonce: u8, expires: i64) -> Verified {
+        Verified {
+            command: Command {
+                gateway: "gw".into(),
+                request: format!("r-{nonce}"),
+                nonce: [nonce; 16],
+                issued: expires - 60,
+                expires,
+                verb: Verb::EnrollWindow { minutes: 5 },
+            },
+            key: KeyId([7; 8]),
+        }
+    }
+
+    #[test]
+    fn a_nonce_is_claimed_once_even_after_a_reopen_and_a_refusal_never_takes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let mut store = Store::open(&path).unwrap();
+            // A refused copy (say, a forged signature) arrives first: it must not use the nonce up.
+            store
+                .transaction(|tx| {
+                    tx.audit_refused(1, "enroll-window", Some("r-1"), None, "bad-signature: …")
+                })
+                .unwrap();
+            let id = store
+                .transaction(|tx| tx.claim_command(2, &verified(1, 10_000)))
+                .unwrap()
+                .expect("first claim");
+            store
+                .transaction(|tx| tx.finish_command(id, "ok", "{}", 3))
+                .unwrap();
+            let again = store
+                .transaction(|tx| tx.claim_command(4, &verified(1, 10_000)))
+                .unwrap();
+            assert_eq!(again, None, "a replay");
+            // One left running when the gateway stops.
+            store
+                .transaction(|tx| tx.claim_command(5, &verified(2, 10_000)))
+                .unwrap()
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(
+            store
+                .transaction(|tx| tx.claim_command(6, &verified(1, 10_000)))
+                .unwrap(),
+            None,
+            "still a replay after a reopen"
+        );
+        assert_eq!(
+            store
+                .transaction(|tx| tx.interrupt_running_commands(7))
+                .unwrap(),
+            1
+        );
+        let log = Reader::open(&path).unwrap().command_audit(10).unwrap();
+        let outcomes: Vec<&str> = log.iter().map(|e| e.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["interrupted", "ok", "refused"]);
+        assert_eq!(log[1].key_id.as_deref(), Some("0707070707070707"));
+    }
+
+    #[test]
+    fn the_log_is_bounded_but_keeps_every_nonce_that_has_not_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        // An old command, expired, and a live one (expires in the far future).
+        store
+            .transaction(|tx| tx.claim_command(0, &verified(1, 1)))
+            .unwrap()
+            .unwrap();
+        store
+            .transaction(|tx| tx.claim_command(0, &verified(2, i64::MAX / 2000)))
+            .unwrap()
+            .unwrap();
+        let flood = usize::try_from(crate::io::store::audit::MAX_AUDIT_ROWS).unwrap() + 50;
+        store
+            .transaction(|tx| {
+                for i in 0..flood {
+                    tx.audit_refused(10_000, "x", Some(&format!("r-{i}")), None, "unsigned")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let rows: i64 = rusqlite::Connection::open(dir.path().join("s.db"))
+            .unwrap()
+            .query_row("SELECT count(*) FROM command_audit", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows <= crate::io::store::audit::MAX_AUDIT_ROWS + 2, "{rows} rows");
+        assert_eq!(
+            store
+                .transaction(|tx| tx.claim_command(10_001, &verified(2, i64::MAX / 2000)))
+                .unwrap(),
+            None,
+            "the live nonce is still known"
+        );
+        assert!(
+            store
+                .transaction(|tx| tx.claim_command(10_001, &verified(1, 1)))
+                .unwrap()
+                .is_some(),
+            "the expired one was pruned (its command is refused as expired anyway)"
+        );
+    }
+}
