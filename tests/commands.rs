@@ -300,6 +300,11 @@ fn only_a_fresh_command_signed_by_the_operator_for_this_gateway_runs_and_every_o
     );
     let api: Value = site.get("/api/v1/audit").unwrap();
     assert_eq!(api.as_array().unwrap().len(), log.len());
+    // The status page shows the newest ones.
+    let overview = site.get("/api/v1/overview").unwrap();
+    let shown = overview["commands"].as_array().unwrap();
+    assert!(!shown.is_empty() && shown.len() <= 10);
+    assert!(shown.iter().any(|e| e["request"] == "r-open"), "{shown:?}");
 
     // A flood without a key: every message is audited, few are answered, the site works on.
     let at_flood = stored(&site);

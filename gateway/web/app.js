@@ -55,6 +55,16 @@ function render(o) {
   renderDevices(o);
   renderWritable(o);
   renderEnrollment(o);
+  renderCommands(o);
+}
+
+// The newest signed commands from the cloud, obeyed or not (the audit log: `outpost audit`).
+function renderCommands(o) {
+  const c = o.commands || [];
+  $("commands-section").hidden = c.length === 0;
+  fillList($("commands-list"), c.map((e) =>
+    ago(o.now_ms, e.received_ms) + ": " + e.verb + (e.request ? " (" + e.request + ")" : "") + " — " + e.outcome +
+    (e.key_id ? ", signed by " + e.key_id : "") + (e.detail && e.outcome !== "ok" ? ": " + e.detail : "")));
 }
 
 // Who may join, and who proved a key but waits for a technician (a window) or a manifest.

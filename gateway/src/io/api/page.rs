@@ -151,6 +151,8 @@ pub struct Overview {
     alerts: Vec<Alert>,
     /// The enrollment policy, its window, and the nodes waiting for enrollment.
     enrollment: super::Enrollment,
+    /// The newest remote commands (`docs/commands.md`), newest first.
+    commands: Vec<crate::io::store::audit::AuditEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,20 +253,24 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
         .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")))
 }
 
+/// Remote commands the page shows.
+const COMMANDS_SHOWN: u32 = 10;
+
 async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
     let now_ms = crate::io::wall_clock::unix_ms();
     let today = Date::from_unix_ms(now_ms).key();
-    let (totals, size_bytes, outbox, page, daily, enrollment) = read_store(state, move |r| {
-        Ok((
-            r.totals()?,
-            r.size_bytes(),
-            r.outbox()?,
-            r.node_page(None, NODES_PAGE_MAX)?,
-            r.daily_usage(&today, CHART_DAYS)?,
-            r.enrollment()?,
-        ))
-    })
-    .await?;
+    let (totals, size_bytes, outbox, page, daily, (enrollment, commands)) =
+        read_store(state, move |r| {
+            Ok((
+                r.totals()?,
+                r.size_bytes(),
+                r.outbox()?,
+                r.node_page(None, NODES_PAGE_MAX)?,
+                r.daily_usage(&today, CHART_DAYS)?,
+                (r.enrollment()?, r.command_audit(COMMANDS_SHOWN)?),
+            ))
+        })
+        .await?;
     let enrollment = super::enrollment_view(state, enrollment, now_ms);
     let store_dir = state
         .readers
@@ -363,6 +369,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
         devices: snapshot.modbus,
         alerts: snapshot.alerts,
         enrollment,
+        commands,
     })
 }
 

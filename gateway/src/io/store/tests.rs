@@ -2077,7 +2077,10 @@ mod audit {
             .unwrap()
             .query_row("SELECT count(*) FROM command_audit", [], |r| r.get(0))
             .unwrap();
-        assert!(rows <= crate::io::store::audit::MAX_AUDIT_ROWS + 2, "{rows} rows");
+        assert!(
+            rows <= crate::io::store::audit::MAX_AUDIT_ROWS + 2,
+            "{rows} rows"
+        );
         assert_eq!(
             store
                 .transaction(|tx| tx.claim_command(10_001, &verified(2, i64::MAX / 2000)))
