@@ -254,9 +254,9 @@ pub fn admit_within(last: Option<u32>, seq: u32, window_start: u32, max_lost: u3
 }
 
 /// Bytes on the line of the smallest frame a node sends (a TELEMETRY without readings, its
-/// varints one byte each: 6 message bytes and the 9-byte seal, CRC, COBS code and two
+/// varints one byte each: 5 message bytes and the 9-byte seal, CRC, COBS code and two
 /// delimiters).
-pub const SMALLEST_NODE_FRAME: u32 = 22;
+pub const SMALLEST_NODE_FRAME: u32 = 21;
 
 /// The most frames a node can send per second on a UART at `baud` (8N1: ten bits a byte), all of
 /// them the smallest there is. The default frame limit: a node on a real UART is never held back

@@ -1,11 +1,14 @@
 //! Messages of the node link and their byte layout.
 //!
 //! Every message starts with `[PROTOCOL_VERSION, type]` followed by its fields, little-endian,
-//! fixed width, in declaration order. Lists carry a one-byte count. The layout of each message is
-//! tabled in `docs/node-link.md`; keep the two in step.
+//! fixed width, in declaration order, except TELEMETRY's three varints. Lists carry a one-byte
+//! count, except TELEMETRY's readings, which fill the message to its end. The layout of each
+//! message is tabled in `docs/node-link.md`; keep the two in step.
 //!
 //! Guarantees, in the manner of smoltcp's `wire`: `parse` never panics and never reads past its
-//! input; `emit` writes exactly `buffer_len` bytes; `parse(emit(m)) == m` for every `m`.
+//! input; `emit` writes exactly `buffer_len` bytes; `parse(emit(m)) == m` for every `m` whose
+//! TELEMETRY age is one the wire carries exactly (see [`age_on_wire`]; any other age comes back
+//! rounded down to it); every input `parse` accepts is the one `emit` writes for its message.
 
 use core::fmt;
 use heapless::{String, Vec};
@@ -34,7 +37,7 @@ const _: () = {
     // varints, a PROOF.
     assert!(2 + 2 + 1 + 1 + MAX_COMMAND_BODY + SEAL_LEN <= MAX_MESSAGE_LEN);
     assert!(2 + 8 + 1 + 3 + 4 + 1 + MAX_LOT_LEN + 1 + MAX_CHANNELS + 32 <= MAX_MESSAGE_LEN);
-    assert!(2 + 3 * 5 + 1 + 5 * MAX_READINGS + SEAL_LEN <= MAX_MESSAGE_LEN);
+    assert!(2 + 3 * 5 + 5 * MAX_READINGS + SEAL_LEN <= MAX_MESSAGE_LEN);
     assert!(2 + 8 + 4 + 64 <= MAX_MESSAGE_LEN);
 };
 
@@ -207,6 +210,48 @@ pub struct Proof {
     pub signature: [u8; 64],
 }
 
+/// TELEMETRY ages below this many ms travel exact, to the ms.
+pub const AGE_EXACT_BELOW_MS: u32 = 8192;
+/// From [`AGE_EXACT_BELOW_MS`] on, TELEMETRY ages travel in units of this many ms, rounded down.
+pub const AGE_COARSE_UNIT_MS: u32 = 8;
+const _: () =
+    assert!(AGE_COARSE_UNIT_MS.is_power_of_two() && AGE_EXACT_BELOW_MS % AGE_COARSE_UNIT_MS == 0);
+
+/// The age a TELEMETRY carries for a sample `age_ms` old: exact below 8,192 ms, from there on
+/// rounded down to a multiple of 8 ms (never older than the sample is, and at most 7 ms younger,
+/// under 0.1 % of its age). In exchange an age is never a longer varint than exact, and one
+/// byte shorter from 16,384 ms to 73,727 ms (2 bytes, not 3: a catch-up's old samples), from
+/// 35 min to 4.6 h (3, not 4) and from 3.1 to 24.8 days (4, not 5).
+#[must_use]
+pub const fn age_on_wire(age_ms: u32) -> u32 {
+    if age_ms < AGE_EXACT_BELOW_MS {
+        age_ms
+    } else {
+        age_ms & !(AGE_COARSE_UNIT_MS - 1)
+    }
+}
+
+/// The varint value TELEMETRY carries for an age: the age itself below [`AGE_EXACT_BELOW_MS`],
+/// then one step per [`AGE_COARSE_UNIT_MS`].
+const fn age_code(age_ms: u32) -> u32 {
+    if age_ms < AGE_EXACT_BELOW_MS {
+        age_ms
+    } else {
+        AGE_EXACT_BELOW_MS + (age_ms - AGE_EXACT_BELOW_MS) / AGE_COARSE_UNIT_MS
+    }
+}
+
+/// Inverse of [`age_code`]; `None` for a code beyond the largest age (no `age_code` gives it).
+const fn age_from_code(code: u32) -> Option<u32> {
+    if code < AGE_EXACT_BELOW_MS {
+        return Some(code);
+    }
+    match (code - AGE_EXACT_BELOW_MS).checked_mul(AGE_COARSE_UNIT_MS) {
+        Some(steps) => steps.checked_add(AGE_EXACT_BELOW_MS),
+        None => None,
+    }
+}
+
 /// One channel's value in a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
@@ -224,7 +269,8 @@ pub struct Telemetry {
     /// between are gone: the gateway records the gap instead of waiting for them for ever.
     pub window_start: u32,
     /// How long ago, in ms, the sample was taken when this frame was sent. The gateway stamps
-    /// the sample `received_at - age_ms`, so the node needs no wall clock.
+    /// the sample `received_at - age_ms`, so the node needs no wall clock. Exact below 8,192 ms;
+    /// from there on the wire rounds it down to a multiple of 8 ms ([`age_on_wire`]).
     pub age_ms: u32,
     pub readings: Vec<Reading, MAX_READINGS>,
 }
@@ -357,7 +403,8 @@ pub enum DecodeError {
     BadText,
     /// Bytes left over after the last field.
     TrailingBytes,
-    /// A variable-length integer longer than its type, or not in its shortest form.
+    /// A variable-length integer longer than its type, or not in its shortest form; or a
+    /// TELEMETRY age code beyond the largest age (see [`age_on_wire`]).
     BadVarint,
 }
 
@@ -534,18 +581,22 @@ impl Message {
             tag::TELEMETRY => {
                 let seq = r.varint()?;
                 let window_start = seq.wrapping_sub(r.varint()?);
-                let age_ms = r.varint()?;
-                let count = r.u8()? as usize;
-                if count > MAX_READINGS {
+                let age_ms = age_from_code(r.varint()?).ok_or(DecodeError::BadVarint)?;
+                // No count: the readings, 5 bytes each, fill the rest of the message.
+                let rest = r.bytes.len();
+                if rest > READING_LEN * MAX_READINGS {
                     return Err(DecodeError::TooMany);
                 }
+                if rest % READING_LEN != 0 {
+                    return Err(DecodeError::Truncated);
+                }
                 let mut readings = Vec::new();
-                for _ in 0..count {
+                for _ in 0..rest / READING_LEN {
                     let reading = Reading {
                         channel: ChannelId(r.u8()?),
                         value: r.i32()?,
                     };
-                    // Cannot fail: count <= capacity.
+                    // Cannot fail: rest / READING_LEN <= capacity.
                     let _ = readings.push(reading);
                 }
                 Message::Telemetry(Telemetry {
@@ -614,9 +665,8 @@ impl Message {
             Message::Telemetry(t) => {
                 varint_len(t.seq)
                     + varint_len(t.seq.wrapping_sub(t.window_start))
-                    + varint_len(t.age_ms)
-                    + 1
-                    + 5 * t.readings.len()
+                    + varint_len(age_code(t.age_ms))
+                    + READING_LEN * t.readings.len()
             }
             Message::Challenge(_) => 4 + 32 + 32 + 64,
             Message::Proof(_) => 8 + 4 + 64,
@@ -662,8 +712,7 @@ impl Message {
                 w.u8(tag::TELEMETRY);
                 w.varint(t.seq);
                 w.varint(t.seq.wrapping_sub(t.window_start));
-                w.varint(t.age_ms);
-                w.u8(t.readings.len() as u8);
+                w.varint(age_code(t.age_ms));
                 for r in &t.readings {
                     w.u8(r.channel.0);
                     w.put(&r.value.to_le_bytes());
@@ -727,6 +776,9 @@ impl Message {
         Ok(w.at)
     }
 }
+
+/// Bytes of one TELEMETRY reading: channel id and i32 value.
+const READING_LEN: usize = 5;
 
 /// Bytes of `v` as an unsigned LEB128 varint.
 const fn varint_len(v: u32) -> usize {

@@ -156,7 +156,7 @@ fn sealed_frames_match_the_documented_layout() {
     // The node's first sealed message: counter 1.
     assert_eq!(
         hex::encode(sealed(&telemetry, &mut node)),
-        "000c0204ac020adc0b020166080104042c01010e013771f1f2112a60bb634c2be700"
+        "000b0204ac020adc0b0166080104042c01010e01653d95ec347321289a2322be00"
     );
 }
 

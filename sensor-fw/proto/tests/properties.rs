@@ -2,7 +2,7 @@
 
 use ed25519_dalek::SigningKey;
 use outpost_proto::frame::MAX_FRAME_LEN;
-use outpost_proto::wire::{MAX_CHANNELS, MAX_COMMAND_BODY, MAX_READINGS};
+use outpost_proto::wire::{MAX_CHANNELS, MAX_COMMAND_BODY, MAX_READINGS, age_on_wire};
 use outpost_proto::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -76,7 +76,8 @@ fn message() -> impl Strategy<Value = Message> {
                 |(seq, window_start, age_ms, r)| Message::Telemetry(Telemetry {
                     seq,
                     window_start,
-                    age_ms,
+                    // An age the wire carries exactly (see the age properties below).
+                    age_ms: age_on_wire(age_ms),
                     readings: r
                         .into_iter()
                         .map(|(c, value)| Reading {
@@ -222,6 +223,42 @@ proptest! {
     }
 
     #[test]
+    fn an_age_comes_back_exact_when_young_and_at_most_7_ms_younger_when_old(
+        age_ms in prop_oneof![0u32..20_000, any::<u32>()],
+        seq in any::<u32>(),
+    ) {
+        let t = Telemetry { seq, window_start: seq, age_ms, readings: Default::default() };
+        let mut buf = [0u8; wire::MAX_MESSAGE_LEN];
+        let n = Message::Telemetry(t.clone()).emit(&mut buf).unwrap();
+        let Ok(Message::Telemetry(back)) = Message::parse(&buf[..n]) else {
+            panic!("a TELEMETRY parses");
+        };
+        prop_assert_eq!(back.age_ms, age_on_wire(age_ms));
+        prop_assert!(back.age_ms <= age_ms && age_ms - back.age_ms < 8);
+        if age_ms < 8192 {
+            prop_assert_eq!(back.age_ms, age_ms);
+        }
+        // Never a longer varint than the age itself as one.
+        let exact = 2 + varint_len(seq) + 1 + varint_len(age_ms);
+        prop_assert!(n <= exact);
+    }
+
+    /// Every TELEMETRY the decoder takes is the one encoding of its message: no second,
+    /// non-canonical spelling of the same sample gets through.
+    #[test]
+    fn every_telemetry_parsed_is_emitted_back_to_the_same_bytes(
+        body in vec(any::<u8>(), 0..50),
+    ) {
+        let mut bytes = vec![2u8, 0x04];
+        bytes.extend(body);
+        if let Ok(m) = Message::parse(&bytes) {
+            let mut buf = [0u8; wire::MAX_MESSAGE_LEN];
+            let n = m.emit(&mut buf).unwrap();
+            prop_assert_eq!(&buf[..n], &bytes[..]);
+        }
+    }
+
+    #[test]
     fn parse_of_arbitrary_bytes_never_panics(bytes in vec(any::<u8>(), 0..200)) {
         let _ = Message::parse(&bytes);
     }
@@ -237,6 +274,10 @@ proptest! {
         prop_assert_eq!(decoded, vec![m]);
         prop_assert_eq!(d.counters().errors, 1);
     }
+}
+
+fn varint_len(v: u32) -> usize {
+    (1..5).find(|&n| v < 1 << (7 * n)).unwrap_or(5)
 }
 
 #[test]

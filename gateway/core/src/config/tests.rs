@@ -256,8 +256,8 @@ fn the_frame_limit_defaults_to_what_the_line_carries_at_its_baud() {
         .iter()
         .map(|p| p.limits.max_frames_per_sec)
         .collect();
-    // 115200 baud carries 11520 bytes/s: 523 of the smallest node frame (22 bytes).
-    assert_eq!(limits, [523, 4189, 200]);
+    // 115200 baud carries 11520 bytes/s: 548 of the smallest node frame (21 bytes).
+    assert_eq!(limits, [548, 4388, 200]);
 }
 
 #[test]
