@@ -100,6 +100,18 @@ fn audit(site: &Site) -> Vec<Value> {
         .collect()
 }
 
+/// A broker with TLS and the shipped pattern ACL, and the cloud subscribed to the results.
+fn setup() -> (tempfile::TempDir, Pki, Broker, Cloud) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki")).unwrap();
+    let broker = Broker::start(&dir.path().join("broker"), &pki).unwrap();
+    let cloud = Cloud::connect(&broker, &pki).unwrap();
+    cloud
+        .subscribe(&format!("outpost/{GATEWAY}/cmd/result/+"))
+        .unwrap();
+    (dir, pki, broker, cloud)
+}
+
 fn stored(site: &Site) -> usize {
     site.stored_seqs()
         .unwrap()
@@ -110,13 +122,7 @@ fn stored(site: &Site) -> usize {
 
 #[test]
 fn only_a_fresh_command_signed_by_the_operator_for_this_gateway_runs_and_every_one_is_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&dir.path().join("pki")).unwrap();
-    let broker = Broker::start(&dir.path().join("broker"), &pki).unwrap();
-    let cloud = Cloud::connect(&broker, &pki).unwrap();
-    cloud
-        .subscribe(&format!("outpost/{GATEWAY}/cmd/result/+"))
-        .unwrap();
+    let (dir, pki, broker, cloud) = setup();
     let keys = dir.path().join("keys");
     let operator = keygen(&keys, "operator");
     let stranger = keygen(&dir.path().join("stranger"), "operator");
@@ -375,13 +381,7 @@ fn only_a_fresh_command_signed_by_the_operator_for_this_gateway_runs_and_every_o
 /// tests; here: without operator keys the gateway takes no command at all.
 #[test]
 fn without_operator_keys_no_command_is_taken_and_batches_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&dir.path().join("pki")).unwrap();
-    let broker = Broker::start(&dir.path().join("broker"), &pki).unwrap();
-    let cloud = Cloud::connect(&broker, &pki).unwrap();
-    cloud
-        .subscribe(&format!("outpost/{GATEWAY}/cmd/result/+"))
-        .unwrap();
+    let (dir, pki, broker, cloud) = setup();
     let keys = dir.path().join("keys");
     let operator = keygen(&keys, "operator");
     let specs = vec![NodeSpec {
