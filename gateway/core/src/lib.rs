@@ -30,6 +30,7 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod enrollment;
+pub mod firmware;
 pub mod hex;
 pub mod link;
 pub mod listener;
