@@ -93,6 +93,12 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Node firmware images: the fleet's key, signing an image, verifying one as the gateway
+    /// does before a byte of it goes to a node.
+    Firmware {
+        #[command(subcommand)]
+        command: FirmwareCommand,
+    },
     /// The audit log of remote commands: every command that reached this gateway, who signed
     /// it and how it ended (newest first).
     Audit {
@@ -147,6 +153,50 @@ enum NodesCommand {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         uid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FirmwareCommand {
+    /// Make the fleet's firmware key pair in DIR: firmware.key (secret, mode 0600; keep it off
+    /// the gateways) and firmware.pub (for the gateways and the node images).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign IMAGE for nodes of one hardware revision: writes IMAGE.sig.
+    Sign {
+        /// The firmware private key (mode 0600 or stricter).
+        #[arg(long)]
+        key: PathBuf,
+        /// The image's version, MAJOR.MINOR.PATCH (what the node reports in HELLO).
+        #[arg(long = "version")]
+        version: String,
+        /// The hardware revision the image is built for (0-255).
+        #[arg(long)]
+        hw_rev: u8,
+        /// Anti-rollback: nodes that took this image take nothing below FLOOR [default: the
+        /// image's version].
+        #[arg(long)]
+        floor: Option<String>,
+        /// How long the signature holds.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+        image: PathBuf,
+    },
+    /// Verify IMAGE and IMAGE.sig as a gateway does before sending it: signature by a fleet key,
+    /// the board, the floor, the expiry. Exit status 1 with the reason if refused.
+    Verify {
+        /// Fleet firmware public key files.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The nodes' hardware revision [default: any].
+        #[arg(long)]
+        hw_rev: Option<u8>,
+        /// The floor already in force, MAJOR.MINOR.PATCH [default: none].
+        #[arg(long)]
+        floor: Option<String>,
+        image: PathBuf,
     },
 }
 
@@ -335,6 +385,118 @@ fn node_link_identity(data_dir: &std::path::Path) -> String {
             "node-link key: none yet (made at the first start with a serial port)\n".into()
         }
         Err(e) => format!("node-link key: cannot read {}: {e}\n", path.display()),
+    }
+}
+
+/// `outpost firmware …`: the fleet's firmware key, signing and verifying node images.
+fn firmware(command: FirmwareCommand) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use outpost::io::signing_files::{hash_file, keygen, private_key, public_keys, sig_path};
+    use outpost_core::firmware::{Expect, PACKAGE, admit, board, parse_version};
+    use outpost_core::update::signing::{Artifact, Role, SignedManifest, Validity};
+    let now_ms = outpost::io::wall_clock::unix_ms();
+    match command {
+        FirmwareCommand::Keygen { out } => keygen(Role::Firmware, &out),
+        FirmwareCommand::Sign {
+            key: key_path,
+            version,
+            hw_rev,
+            floor,
+            valid_for,
+            image,
+        } => {
+            let key = private_key(&key_path)?;
+            anyhow::ensure!(
+                key.role() == Role::Firmware,
+                "{} is a {} key: images are signed with a firmware key (`outpost firmware keygen`)",
+                key_path.display(),
+                key.role()
+            );
+            let parsed = parse_version(&version).map_err(anyhow::Error::msg)?;
+            let floor = floor.unwrap_or_else(|| version.clone());
+            let floor_parsed = parse_version(&floor).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                (floor_parsed.major, floor_parsed.minor, floor_parsed.patch)
+                    <= (parsed.major, parsed.minor, parsed.patch),
+                "the floor {floor} is above the version {version}"
+            );
+            let found = hash_file(&image)?;
+            anyhow::ensure!(
+                found.size <= outpost_core::firmware::MAX_IMAGE_BYTES,
+                "{} is {} bytes, more than a slot holds ({})",
+                image.display(),
+                found.size,
+                outpost_core::firmware::MAX_IMAGE_BYTES
+            );
+            let artifact = Artifact {
+                file: found.file.clone(),
+                size: found.size,
+                sha256: found.sha256,
+                package: PACKAGE.into(),
+                version,
+                architecture: board(hw_rev),
+            };
+            artifact.check()?;
+            let validity = Validity {
+                floor,
+                expires_unix_s: u64::try_from(now_ms / 1000).unwrap_or(0) + valid_for.as_secs(),
+            };
+            let signed = key.sign(artifact, validity);
+            let sig = sig_path(&image);
+            std::fs::write(&sig, signed.emit())
+                .with_context(|| format!("cannot write {}", sig.display()))?;
+            let m = signed.manifest();
+            println!(
+                "{}: firmware {} for {} signed by key {}, floor {}, expires {}",
+                sig.display(),
+                m.artifact.version,
+                m.artifact.architecture,
+                m.key,
+                m.validity.floor,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(m.validity.expires_unix_s)
+                )
+            );
+            Ok(())
+        }
+        FirmwareCommand::Verify {
+            keys,
+            hw_rev,
+            floor,
+            image,
+        } => {
+            let keys = public_keys(&keys)?;
+            let floor = floor
+                .map(|f| parse_version(&f))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let sig = sig_path(&image);
+            let bytes =
+                std::fs::read(&sig).with_context(|| format!("cannot read {}", sig.display()))?;
+            let signed =
+                SignedManifest::parse(&bytes).with_context(|| format!("{}", sig.display()))?;
+            let found = hash_file(&image)?;
+            let expect = Expect {
+                keys: &keys,
+                hw_rev,
+                floor,
+                now_unix_ms: now_ms,
+            };
+            let firmware = admit(&signed, &found, &expect).map_err(|why| {
+                anyhow::anyhow!("{} refused ({}): {why}", image.display(), why.as_str())
+            })?;
+            println!(
+                "verified: firmware {} for hardware revision {}, {} bytes, sha256 {}, floor {}, signed by key {}",
+                firmware.version,
+                firmware.hw_rev,
+                firmware.size,
+                outpost_core::hex::encode(&firmware.sha256),
+                firmware.floor,
+                signed.manifest().key
+            );
+            Ok(())
+        }
     }
 }
 
@@ -670,6 +832,7 @@ fn main() -> ExitCode {
                     print!("{}", node_link_identity(&config.data_dir));
                 })
                 .map_err(anyhow::Error::from),
+            Command::Firmware { command } => firmware(command),
             Command::Audit {
                 config,
                 limit,

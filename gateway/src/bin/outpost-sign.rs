@@ -3,18 +3,14 @@
 //! release machine, never on a gateway (which holds public keys only). The formats are in
 //! `outpost_core::update::signing`; the guide is docs/self-update.md.
 
-use std::io::Read as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
-use outpost_core::update::signing::{
-    Artifact, Found, PublicKey, Role, SignedManifest, SigningKey, Validity,
-};
+use outpost::io::signing_files::{hash_file, keygen, private_key, public_keys, sig_path};
+use outpost_core::update::signing::{Artifact, Role, SignedManifest, Validity};
 use rand::TryRngCore as _;
-use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,53 +200,6 @@ fn now_unix_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn keygen(role: Role, out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut seed = [0_u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut seed)
-        .context("no randomness from the OS")?;
-    let key = SigningKey::from_seed(role, &seed);
-    seed.fill(0);
-    let secret = out.join(format!("{role}.key"));
-    let public = out.join(format!("{role}.pub"));
-    for (path, text, mode) in [
-        (&secret, key.emit(), 0o600),
-        (&public, key.public().emit(), 0o644),
-    ] {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .with_context(|| {
-                format!("cannot create {} (it is never overwritten)", path.display())
-            })?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()?;
-    }
-    println!("key {} for role {role}", key.public().id());
-    println!("secret: {} (keep it off the gateways)", secret.display());
-    println!("public: {}", public.display());
-    Ok(())
-}
-
-fn private_key(key_path: &Path) -> anyhow::Result<SigningKey> {
-    let mode = std::fs::metadata(key_path)
-        .with_context(|| format!("cannot read {}", key_path.display()))?
-        .permissions()
-        .mode();
-    ensure!(
-        mode & 0o077 == 0,
-        "{} is readable by others (mode {:o}): chmod 600 it",
-        key_path.display(),
-        mode & 0o777
-    );
-    SigningKey::parse(&std::fs::read_to_string(key_path)?)
-        .with_context(|| format!("{} is not a private key", key_path.display()))
-}
-
-/// Signs the node list in `list` into a manifest at `out`.
 fn command(
     key_path: &Path,
     gateway: String,
@@ -307,6 +256,7 @@ fn command(
     Ok(())
 }
 
+/// Signs the node list in `list` into a manifest at `out`.
 fn node_manifest(key_path: &Path, list: &Path, out: &Path) -> anyhow::Result<()> {
     use outpost_core::enrollment::{Listed, sign};
     let key = private_key(key_path)?;
@@ -410,12 +360,7 @@ fn verify(
     sig: Option<PathBuf>,
     artifact: &Path,
 ) -> anyhow::Result<()> {
-    let mut trusted = Vec::new();
-    for path in pubkeys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        trusted.extend(PublicKey::parse_all(&text).with_context(|| format!("{}", path.display()))?);
-    }
+    let trusted = public_keys(pubkeys)?;
     let sig = sig.unwrap_or_else(|| sig_path(artifact));
     let bytes = std::fs::read(&sig).with_context(|| format!("cannot read {}", sig.display()))?;
     let signed = SignedManifest::parse(&bytes).with_context(|| format!("{}", sig.display()))?;
@@ -426,33 +371,6 @@ fn verify(
     print!("{}", manifest.signed_bytes());
     println!("verified: signed for {role} by key {}", manifest.key);
     Ok(())
-}
-
-/// The artifact's name, size and SHA-256, read in chunks.
-fn hash_file(path: &Path) -> anyhow::Result<Found> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut size = 0_u64;
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    let file = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the artifact has no UTF-8 file name")?
-        .to_owned();
-    Ok(Found {
-        file,
-        size,
-        sha256: hasher.finalize().into(),
-    })
 }
 
 /// A .deb's Package, Version and Architecture, from `dpkg-deb -f`.
@@ -478,10 +396,4 @@ fn deb_fields(deb: &Path) -> anyhow::Result<[String; 3]> {
             .with_context(|| format!("{} has no {name} field", deb.display()))
     };
     Ok([field("Package")?, field("Version")?, field("Architecture")?])
-}
-
-fn sig_path(artifact: &Path) -> PathBuf {
-    let mut name = artifact.as_os_str().to_owned();
-    name.push(".sig");
-    PathBuf::from(name)
 }

@@ -10,6 +10,7 @@ pub mod dictionaries;
 pub mod modbus;
 pub mod node_key;
 pub mod serial;
+pub mod signing_files;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
