@@ -26,9 +26,9 @@ use crate::update::signing::{Found, PublicKey, Role, SignedManifest, VerifyError
 /// The `package` of every node firmware manifest.
 pub const PACKAGE: &str = "outpost-node";
 
-/// The largest image taken: an RP2040 application slot (the flash layout gives each of the two
-/// slots less than 1 MiB of a 2 MiB chip).
-pub const MAX_IMAGE_BYTES: u64 = 1024 * 1024;
+/// The largest image taken: the RP2040's ACTIVE slot (512 KiB of its 2 MiB flash, so a swap or a
+/// revert takes about 13 s; docs/ota-design.md, "Flash layout").
+pub const MAX_IMAGE_BYTES: u64 = 512 * 1024;
 
 /// The manifest's `architecture` for hardware revision `hw_rev`.
 #[must_use]
