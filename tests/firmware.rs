@@ -26,6 +26,14 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `outpost firmware sign --version V --hw-rev R [extra] --key KEY IMAGE`.
+fn sign(key: &Path, image: &Path, version: &str, hw_rev: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["firmware", "sign", "--version", version, "--hw-rev", hw_rev];
+    args.extend_from_slice(extra);
+    args.push("--key");
+    outpost(&args, &[key, image])
+}
+
 /// The command failed, and said why: its stderr.
 fn refused(out: Output) -> String {
     assert!(
@@ -47,20 +55,7 @@ fn a_signed_image_verifies_and_every_refusal_says_why() {
     let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&image, &bytes).unwrap();
 
-    let said = ok(outpost(
-        &[
-            "firmware",
-            "sign",
-            "--version",
-            "1.2.0",
-            "--hw-rev",
-            "2",
-            "--floor",
-            "1.1.0",
-            "--key",
-        ],
-        &[&secret, &image],
-    ));
+    let said = ok(sign(&secret, &image, "1.2.0", "2", &["--floor", "1.1.0"]));
     assert!(said.contains("firmware 1.2.0 for rp2040-hw2"), "{said}");
     let verify = |extra: &[&str]| {
         let mut args = vec!["firmware", "verify"];
@@ -96,18 +91,7 @@ fn a_signed_image_verifies_and_every_refusal_says_why() {
     // Signed by another fleet's key: refused by this fleet's.
     let other = dir.path().join("other");
     ok(outpost(&["firmware", "keygen", "--out"], &[&other]));
-    ok(outpost(
-        &[
-            "firmware",
-            "sign",
-            "--version",
-            "1.2.0",
-            "--hw-rev",
-            "2",
-            "--key",
-        ],
-        &[&other.join("firmware.key"), &image],
-    ));
+    ok(sign(&other.join("firmware.key"), &image, "1.2.0", "2", &[]));
     let why = refused(verify(&[]));
     assert!(why.contains("bad-signature"), "{why}");
 
@@ -118,17 +102,12 @@ fn a_signed_image_verifies_and_every_refusal_says_why() {
         .arg(&operator)
         .output()
         .unwrap());
-    let why = refused(outpost(
-        &[
-            "firmware",
-            "sign",
-            "--version",
-            "1.2.0",
-            "--hw-rev",
-            "2",
-            "--key",
-        ],
-        &[&operator.join("operator.key"), &image],
+    let why = refused(sign(
+        &operator.join("operator.key"),
+        &image,
+        "1.2.0",
+        "2",
+        &[],
     ));
     assert!(why.contains("operator key"), "{why}");
 
@@ -137,4 +116,83 @@ fn a_signed_image_verifies_and_every_refusal_says_why() {
     let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     refused(outpost(&["firmware", "keygen", "--out"], &[&keys]));
+}
+
+/// The gateway's firmware library: only admitted images go in, within the cap; a refused one
+/// leaves nothing; a listing checks every image again.
+#[test]
+fn the_library_takes_only_admitted_images_within_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(outpost(&["firmware", "keygen", "--out"], &[&keys]));
+    let secret = keys.join("firmware.key");
+    let data = dir.path().join("data");
+    let config = dir.path().join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"lib-test\"\ndata_dir = \"{}\"\n\n[ota]\nfirmware_keys = [\"{}\"]\nlibrary_max_bytes = {}\n",
+            data.display(),
+            keys.join("firmware.pub").display(),
+            600 * 1024
+        ),
+    )
+    .unwrap();
+    let image = |name: &str, version: &str| {
+        let path = dir.path().join(name);
+        let bytes: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, bytes).unwrap();
+        ok(sign(&secret, &path, version, "2", &[]));
+        path
+    };
+    let library = |args: &[&str], path: Option<&Path>| {
+        let mut all = vec!["firmware"];
+        all.extend_from_slice(args);
+        all.push("--config");
+        let mut paths: Vec<&Path> = vec![&config];
+        paths.extend(path);
+        outpost(&all, &paths)
+    };
+    let first = image("node-1.0.0.bin", "1.0.0");
+    let said = ok(library(&["add"], Some(&first)));
+    assert!(
+        said.contains("added node-1.0.0.bin: firmware 1.0.0"),
+        "{said}"
+    );
+    let why = refused(library(&["add"], Some(&first)));
+    assert!(why.contains("already in the library"), "{why}");
+
+    // Over the cap: refused, nothing written.
+    let second = image("node-1.1.0.bin", "1.1.0");
+    let why = refused(library(&["add"], Some(&second)));
+    assert!(why.contains("ota.library_max_bytes"), "{why}");
+
+    // A changed image: refused, nothing written.
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&second, &bytes).unwrap();
+    ok(library(&["remove", "node-1.0.0.bin"], None));
+    let why = refused(library(&["add"], Some(&second)));
+    assert!(why.contains("damaged"), "{why}");
+    let listed = ok(library(&["list"], None));
+    assert!(listed.contains("is empty"), "{listed}");
+
+    ok(library(&["add"], Some(&first)));
+    let listed = ok(library(&["list"], None));
+    assert!(
+        listed.contains("node-1.0.0.bin  firmware 1.0.0 for hardware revision 2"),
+        "{listed}"
+    );
+    // A file changed in the library shows as refused at the next listing.
+    let stored = data.join("firmware/node-1.0.0.bin");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&stored, &bytes).unwrap();
+    let listed = ok(library(&["list"], None));
+    assert!(
+        listed.contains("node-1.0.0.bin  refused") && listed.contains("damaged"),
+        "{listed}"
+    );
+    let why = refused(library(&["remove", "node-9.bin"], None));
+    assert!(why.contains("not in the firmware library"), "{why}");
 }

@@ -198,6 +198,24 @@ enum FirmwareCommand {
         floor: Option<String>,
         image: PathBuf,
     },
+    /// Check IMAGE (and IMAGE.sig) against `[ota] firmware_keys` and keep both in the gateway's
+    /// firmware library, within `ota.library_max_bytes`.
+    Add {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        image: PathBuf,
+    },
+    /// The images in the gateway's firmware library, each checked again.
+    List {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Remove FILE and its manifest from the gateway's firmware library.
+    Remove {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        file: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -496,6 +514,56 @@ fn firmware(command: FirmwareCommand) -> anyhow::Result<()> {
                 signed.manifest().key
             );
             Ok(())
+        }
+        FirmwareCommand::Add { config, image } => {
+            let config = config_files::load(&config)?;
+            anyhow::ensure!(
+                !config.ota.firmware_keys.is_empty(),
+                "no fleet firmware key: name one in [ota] firmware_keys"
+            );
+            let expect = Expect {
+                keys: &config.ota.firmware_keys,
+                hw_rev: None,
+                floor: None,
+                now_unix_ms: now_ms,
+            };
+            let dir = outpost::io::firmware::dir(&config.data_dir);
+            let firmware =
+                outpost::io::firmware::add(&dir, &image, &expect, config.ota.library_max_bytes)
+                    .with_context(|| format!("{} not added", image.display()))?;
+            println!(
+                "added {}: firmware {} for hardware revision {}, {} bytes, floor {}",
+                firmware.file, firmware.version, firmware.hw_rev, firmware.size, firmware.floor
+            );
+            Ok(())
+        }
+        FirmwareCommand::List { config } => {
+            let config = config_files::load(&config)?;
+            let dir = outpost::io::firmware::dir(&config.data_dir);
+            let entries = outpost::io::firmware::list(&dir, &config.ota.firmware_keys, now_ms);
+            if entries.is_empty() {
+                println!("the firmware library ({}) is empty", dir.display());
+            }
+            for entry in entries {
+                match entry.checked {
+                    Ok(f) => println!(
+                        "{}  firmware {} for hardware revision {}, {} bytes, floor {}",
+                        entry.file, f.version, f.hw_rev, f.size, f.floor
+                    ),
+                    Err(why) => println!("{}  refused: {why}", entry.file),
+                }
+            }
+            Ok(())
+        }
+        FirmwareCommand::Remove { config, file } => {
+            let config = config_files::load(&config)?;
+            let dir = outpost::io::firmware::dir(&config.data_dir);
+            if outpost::io::firmware::remove(&dir, &file)? {
+                println!("removed {file}");
+                Ok(())
+            } else {
+                anyhow::bail!("{file} is not in the firmware library ({})", dir.display())
+            }
         }
     }
 }

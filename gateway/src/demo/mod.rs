@@ -106,6 +106,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         },
         // No broker, so no remote commands.
         commands: outpost_core::config::CommandsConfig::default(),
+        ota: outpost_core::config::OtaConfig::default(),
         warnings: Vec::new(),
     };
     let mut config = config;

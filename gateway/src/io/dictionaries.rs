@@ -27,12 +27,10 @@ pub fn save_active(dir: &Path, dictionary: &Dictionary) -> anyhow::Result<PathBu
     Ok(path)
 }
 
+/// Dictionaries are read by the cloud to decode batches: whole or absent after a power cut.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} into place", tmp.display()))?;
-    Ok(())
+    crate::io::files::write_atomically(path, bytes, 0o644)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The active dictionary, if one was trained.

@@ -7,6 +7,8 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod dictionaries;
+pub mod files;
+pub mod firmware;
 pub mod modbus;
 pub mod node_key;
 pub mod serial;

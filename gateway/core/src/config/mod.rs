@@ -54,6 +54,47 @@ pub struct RawConfig {
     pub enrollment: RawEnrollment,
     #[serde(default)]
     pub commands: RawCommands,
+    #[serde(default)]
+    pub ota: RawOta,
+}
+
+/// `[ota]`: node firmware updates. See docs/ota.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOta {
+    /// The fleet's firmware public key files (`outpost firmware keygen`): only images signed by
+    /// one of them are taken.
+    pub firmware_keys: Vec<PathBuf>,
+    /// The most bytes the gateway keeps of firmware images (its library in the data directory).
+    pub library_max_bytes: u64,
+}
+
+impl Default for RawOta {
+    fn default() -> RawOta {
+        RawOta {
+            firmware_keys: Vec::new(),
+            library_max_bytes: DEFAULT_LIBRARY_MAX_BYTES,
+        }
+    }
+}
+
+/// Room for a few 512 KiB images: the running one, the next, and the ones to roll back to.
+pub const DEFAULT_LIBRARY_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `[ota]`, checked: the firmware keys read.
+#[derive(Debug, Clone)]
+pub struct OtaConfig {
+    pub firmware_keys: Vec<crate::update::signing::PublicKey>,
+    pub library_max_bytes: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> OtaConfig {
+        OtaConfig {
+            firmware_keys: Vec::new(),
+            library_max_bytes: DEFAULT_LIBRARY_MAX_BYTES,
+        }
+    }
 }
 
 /// `[commands]`: signed remote commands from the cloud (`outpost_core::command`). See
@@ -535,6 +576,7 @@ pub struct Config {
     pub clock_max_hold: Duration,
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
+    pub ota: OtaConfig,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1250,6 +1292,26 @@ pub fn compile(
     let modbus = modbus::compile(raw.modbus, config_dir, env, &mut problem);
     let enrollment = compile_enrollment(&raw.enrollment, config_dir, env, &mut problem);
     let commands = compile_commands(&raw.commands, config_dir, env, &mut problem);
+    let ota = OtaConfig {
+        firmware_keys: read_role_keys(
+            &raw.ota.firmware_keys,
+            crate::update::signing::Role::Firmware,
+            "ota.firmware_keys",
+            config_dir,
+            env,
+            &mut problem,
+        ),
+        library_max_bytes: raw.ota.library_max_bytes,
+    };
+    if raw.ota.library_max_bytes < crate::firmware::MAX_IMAGE_BYTES {
+        problem(
+            "ota.library_max_bytes",
+            format!(
+                "must hold at least one image ({} bytes)",
+                crate::firmware::MAX_IMAGE_BYTES
+            ),
+        );
+    }
 
     if let Err(e) = env.check_log_filter(&raw.log.level) {
         problem(
@@ -1290,6 +1352,7 @@ pub fn compile(
             clock_max_hold: raw.clock.max_hold,
             enrollment,
             commands,
+            ota,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {

@@ -1184,3 +1184,39 @@ fn commands_take_operator_keys_only_and_name_the_key_that_is_wrong() {
     let errors = Config::parse(path, text, &machine).unwrap_err().0;
     assert_eq!(errors[0].key, "commands.max_lifetime");
 }
+
+#[test]
+fn ota_takes_firmware_keys_only_and_a_library_that_holds_an_image() {
+    use crate::update::signing::{Role, SigningKey};
+    let firmware = SigningKey::from_seed(Role::Firmware, &[1; 32])
+        .public()
+        .emit();
+    let operator = SigningKey::from_seed(Role::Operator, &[1; 32])
+        .public()
+        .emit();
+    let machine = Machine::default()
+        .with_file("/etc/outpost/keys/firmware.pub", &firmware)
+        .with_file("/etc/outpost/keys/operator.pub", &operator);
+    let path = Path::new("/etc/outpost/outpost.toml");
+    let on = Config::parse(
+        path,
+        "[ota]\nfirmware_keys = [\"keys/firmware.pub\"]\n",
+        &machine,
+    )
+    .unwrap();
+    assert_eq!(on.ota.firmware_keys.len(), 1);
+    assert_eq!(on.ota.library_max_bytes, DEFAULT_LIBRARY_MAX_BYTES);
+    let errors = Config::parse(
+        path,
+        "[ota]\nfirmware_keys = [\"keys/operator.pub\"]\nlibrary_max_bytes = 1000\n",
+        &machine,
+    )
+    .unwrap_err()
+    .0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["ota.firmware_keys", "ota.library_max_bytes"],
+        "{errors:?}"
+    );
+}

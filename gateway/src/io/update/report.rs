@@ -35,21 +35,7 @@ pub(crate) fn write_text(dir: &Path, name: &str, text: &str) -> std::io::Result<
 }
 
 fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let partial = dir.join(format!(".{name}.partial"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&partial, dir.join(name))?;
-    // The rename itself survives a power cut only once the folder is synced.
-    std::fs::File::open(dir)?.sync_all()
+    crate::io::files::write_atomically(&dir.join(name), bytes, 0o644)
 }
 
 /// A report of a 0.1.0-1 → 0.2.0-1 attempt that was not ready in time, for tests.

@@ -12,8 +12,7 @@
 //! could separate).
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use outpost_core::config::MqttConfig;
@@ -182,43 +181,18 @@ fn make_private_dir(dir: &Path) -> Result<(), IdentityError> {
         })
 }
 
-/// Temp file (created with `mode`), write, fsync, rename over `path`, fsync the directory.
+/// [`crate::io::files::write_atomically`], its error saying what was written.
 fn write_atomically(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     what: &'static str,
 ) -> Result<(), IdentityError> {
-    let io = |source| IdentityError::Io {
+    crate::io::files::write_atomically(path, bytes, mode).map_err(|source| IdentityError::Io {
         what,
         path: path.to_owned(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(|| "identity".into(), |n| n.to_string_lossy().into_owned());
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&temp);
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(io)
+    })
 }
 
 /// `outpost identity show`: the gateway's certificate, or where provisioning stands. Never the
