@@ -31,9 +31,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use ed25519_dalek::{Signature, Signer as _};
+use ed25519_dalek::Signer as _;
 
-use crate::update::signing::{KeyId, PublicKey, Role, SigningKey};
+use crate::update::signing::{KeyId, PublicKey, Role, SigningKey, TrailerError, verify_trailer};
 
 const MAGIC: &str = "outpost-command 1";
 
@@ -313,30 +313,14 @@ pub fn check(bytes: &[u8], expect: &Expect<'_>) -> Result<Verified, Refusal> {
     if lines.len() < 3 {
         return Err(Refusal::Unsigned);
     }
-    let last = lines.len() - 1;
-    let (Some(signature_hex), Some(signer_hex)) = (
-        field(last)?.strip_prefix("signature "),
-        field(last - 1)?.strip_prefix("signed-by "),
-    ) else {
-        return Err(Refusal::Unsigned);
-    };
-    let signature = crate::hex::decode::<64>(signature_hex)
-        .ok_or_else(|| malformed(last + 1, "the signature is not 128 lower-case hex digits"))?;
-    let signer = crate::hex::decode::<8>(signer_hex)
-        .map(KeyId)
-        .ok_or_else(|| malformed(last, "the key id is not 16 lower-case hex digits"))?;
-    let key = expect
-        .keys
-        .iter()
-        .find(|k| k.role() == Role::Operator && k.id() == signer)
-        .ok_or(Refusal::UnknownKey(signer))?;
-    let signed_len: usize = lines[..last].iter().map(|l| l.len()).sum();
-    key.ed25519()
-        .verify_strict(
-            &text.as_bytes()[..signed_len],
-            &Signature::from_bytes(&signature),
-        )
-        .map_err(|_| Refusal::BadSignature)?;
+    let (signer, signed_by) =
+        verify_trailer(text, &lines, expect.keys, Role::Operator).map_err(|e| match e {
+            TrailerError::Missing { .. } => Refusal::Unsigned,
+            TrailerError::Line { line, message } => malformed(line, message),
+            TrailerError::UnknownKey(key) => Refusal::UnknownKey(key),
+            TrailerError::BadSignature => Refusal::BadSignature,
+        })?;
+    let last = signed_by + 1;
 
     // Signed by an operator: now the fields, in their one order.
     let mut fields = (1..last - 1).map(|i| (i + 1, field(i)));

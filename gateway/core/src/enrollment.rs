@@ -20,9 +20,9 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, Signer as _};
+use ed25519_dalek::Signer as _;
 
-use crate::update::signing::{KeyId, PublicKey, Role, SigningKey};
+use crate::update::signing::{KeyId, PublicKey, Role, SigningKey, TrailerError, verify_trailer};
 
 const MAGIC: &str = "outpost-node-manifest 1";
 
@@ -118,31 +118,15 @@ pub fn verify(text: &str, keys: &[PublicKey]) -> Result<Vec<Listed>, ManifestErr
     if field(0)? != MAGIC {
         return Err(line_error(1, format!("expected `{MAGIC}`")));
     }
-    let last = lines.len() - 1;
-    let signature_hex = field(last)?
-        .strip_prefix("signature ")
-        .ok_or_else(|| line_error(last + 1, "expected `signature <128 hex>`"))?;
-    let signature = crate::hex::decode::<64>(signature_hex)
-        .ok_or_else(|| line_error(last + 1, "the signature is not 128 lower-case hex digits"))?;
-    let signer_hex = field(last - 1)?
-        .strip_prefix("signed-by ")
-        .ok_or_else(|| line_error(last, "expected `signed-by <key id>`"))?;
-    let signer = crate::hex::decode::<8>(signer_hex)
-        .map(KeyId)
-        .ok_or_else(|| line_error(last, "the key id is not 16 lower-case hex digits"))?;
-    let key = keys
-        .iter()
-        .find(|k| k.role() == Role::Manufacturer && k.id() == signer)
-        .ok_or(ManifestError::UnknownKey(signer))?;
-    let signed_len: usize = lines[..last].iter().map(|l| l.len()).sum();
-    key.ed25519()
-        .verify_strict(
-            &text.as_bytes()[..signed_len],
-            &Signature::from_bytes(&signature),
-        )
-        .map_err(|_| ManifestError::BadSignature)?;
+    let (_, signed_by) =
+        verify_trailer(text, &lines, keys, Role::Manufacturer).map_err(|e| match e {
+            TrailerError::Missing { line, expected } => line_error(line, expected),
+            TrailerError::Line { line, message } => line_error(line, message),
+            TrailerError::UnknownKey(key) => ManifestError::UnknownKey(key),
+            TrailerError::BadSignature => ManifestError::BadSignature,
+        })?;
     let mut nodes = BTreeMap::new();
-    for (i, line) in lines.iter().enumerate().take(last - 1).skip(1) {
+    for (i, line) in lines.iter().enumerate().take(signed_by).skip(1) {
         let listed = parse_node(line.trim_end_matches('\n')).map_err(|m| line_error(i + 1, m))?;
         let uid = crate::hex::encode(&listed.uid);
         if nodes.insert(listed.uid, listed).is_some() {

@@ -372,6 +372,78 @@ impl PublicKey {
     }
 }
 
+/// Why a text's signature trailer does not vouch for it ([`verify_trailer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrailerError {
+    /// The `signed-by` or `signature` line is not there.
+    Missing {
+        line: usize,
+        expected: &'static str,
+    },
+    /// A line is there but malformed.
+    Line {
+        line: usize,
+        message: &'static str,
+    },
+    /// The key id is not one of the trusted keys of the role.
+    UnknownKey(KeyId),
+    BadSignature,
+}
+
+/// Checks a text that ends with `signed-by <key id>` and `signature <128 hex>` lines (the node
+/// manifest, a remote command): the key must be one of `keys` in `role`, and the signature
+/// Ed25519 (strict) over every byte before the `signature` line. `lines` is the text split after
+/// each LF, at least three of them. Returns the signer and the index of the `signed-by` line:
+/// the signed fields are the lines between the first and it.
+pub fn verify_trailer(
+    text: &str,
+    lines: &[&str],
+    keys: &[PublicKey],
+    role: Role,
+) -> Result<(KeyId, usize), TrailerError> {
+    let last = lines.len() - 1;
+    let field = |i: usize| {
+        lines[i].strip_suffix('\n').ok_or(TrailerError::Line {
+            line: i + 1,
+            message: "the line does not end with LF",
+        })
+    };
+    let signature_hex = field(last)?
+        .strip_prefix("signature ")
+        .ok_or(TrailerError::Missing {
+            line: last + 1,
+            expected: "expected `signature <128 hex>`",
+        })?;
+    let signer_hex = field(last - 1)?
+        .strip_prefix("signed-by ")
+        .ok_or(TrailerError::Missing {
+            line: last,
+            expected: "expected `signed-by <key id>`",
+        })?;
+    let signature = crate::hex::decode::<64>(signature_hex).ok_or(TrailerError::Line {
+        line: last + 1,
+        message: "the signature is not 128 lower-case hex digits",
+    })?;
+    let signer = crate::hex::decode::<8>(signer_hex)
+        .map(KeyId)
+        .ok_or(TrailerError::Line {
+            line: last,
+            message: "the key id is not 16 lower-case hex digits",
+        })?;
+    let key = keys
+        .iter()
+        .find(|k| k.role == role && k.id() == signer)
+        .ok_or(TrailerError::UnknownKey(signer))?;
+    let signed_len: usize = lines[..last].iter().map(|l| l.len()).sum();
+    key.key
+        .verify_strict(
+            &text.as_bytes()[..signed_len],
+            &Signature::from_bytes(&signature),
+        )
+        .map_err(|_| TrailerError::BadSignature)?;
+    Ok((signer, last - 1))
+}
+
 /// What the signer vouches for about one artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
