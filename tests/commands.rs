@@ -254,12 +254,7 @@ fn only_a_fresh_command_signed_by_the_operator_for_this_gateway_runs_and_every_o
     // The same bytes again are a replay, also after a restart.
     let replay = send(&cloud, "enroll-window", &good, "r-open", 2);
     assert_eq!(replay["reason"], "replayed", "{replay}");
-    site.gateway
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(20))
-        .unwrap();
-    site.start_gateway().unwrap();
+    site.restart_gateway().unwrap();
     let replay = send(&cloud, "enroll-window", &good, "r-open", 3);
     assert_eq!(replay["reason"], "replayed", "{replay}");
 

@@ -128,12 +128,7 @@ fn outside_the_window_a_node_waits_inside_it_enrols_and_a_revoked_one_stays_out_
     assert!(seqs(&site, &b).len() > b_at_revoke);
 
     // A gateway restart (the nodes keep running): A stays out, B resumes without gap.
-    site.gateway
-        .as_mut()
-        .unwrap()
-        .terminate(Duration::from_secs(20))
-        .unwrap();
-    site.start_gateway().unwrap();
+    site.restart_gateway().unwrap();
     let b_at_restart = seqs(&site, &b).len();
     wait_for(MINUTE, "B's samples after the restart", || {
         (seqs(&site, &b).len() >= b_at_restart + 40).then_some(())

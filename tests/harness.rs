@@ -285,6 +285,15 @@ impl Site {
         Ok(())
     }
 
+    /// Stops the gateway with SIGTERM (20 s to exit cleanly) and starts it again on the same
+    /// config and data; the nodes keep running.
+    pub fn restart_gateway(&mut self) -> Result<()> {
+        if let Some(gateway) = self.gateway.as_mut() {
+            gateway.terminate(Duration::from_secs(20))?;
+        }
+        self.start_gateway()
+    }
+
     /// GET on the gateway's API, parsed as JSON.
     pub fn get(&self, path: &str) -> Result<serde_json::Value> {
         http_get_json(self.api, path)
