@@ -68,6 +68,12 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--no-first-run",
                     "--disable-background-networking",
+                    // Under load Chromium may treat a headless window as occluded or in the
+                    // background and then throttle its timers and hide the page, which stretches
+                    // the page's 2 s refresh to its 30 s hidden one (Puppeteer's defaults too).
+                    "--disable-background-timer-throttling",
+                    "--disable-backgrounding-occluded-windows",
+                    "--disable-renderer-backgrounding",
                     format!("--user-data-dir={}", profile.path().display()),
                     format!("--window-size={width},{height}"),
                 ],
