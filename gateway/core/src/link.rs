@@ -957,11 +957,15 @@ impl PortSession {
             Message::Response(response) => {
                 tracing::debug!(message = "Command response.", port = %self.port, id = response.id, status = response.status);
             }
+            Message::OtaStatus(status) => {
+                tracing::debug!(message = "Firmware update status.", port = %self.port, phase = status.phase.as_str());
+            }
             // Gateway-to-node messages echoed back: a loop or a confused peer.
             Message::Accept(_)
             | Message::Ack(_)
             | Message::Nack(_)
             | Message::Command(_)
+            | Message::OtaControl(_)
             | Message::Challenge(_) => {
                 tracing::debug!(message = "Unexpected gateway message from node side.", port = %self.port);
             }

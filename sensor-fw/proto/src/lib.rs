@@ -7,7 +7,9 @@
 //! What this crate is:
 //! - [`wire`]: the messages ([`Message`]) and their byte layout (`parse` / `emit`);
 //! - [`frame`]: framing on a byte stream: COBS, CRC-32 and a `0x00` delimiter, and a
-//!   [`FrameDecoder`] that survives line noise, truncated and oversized frames;
+//!   [`FrameDecoder`] that survives line noise, truncated and oversized frames; small frames
+//!   (at most 141 bytes on the line) and, gateway → node, bulk frames for firmware chunks (at
+//!   most 1,052);
 //! - [`session`]: the authenticated session: the signed X25519 handshake and the sealing
 //!   (counter and truncated HMAC) of every later message;
 //! - [`time`]: the [`Millis`] newtype both sides use for time.
@@ -26,13 +28,18 @@ pub mod time;
 pub mod wire;
 
 pub use frame::{
-    FrameDecoder, FrameError, LinkCounters, Received, encode_frame, encode_sealed_frame,
+    AnyFrame, BulkFrameDecoder, FrameDecoder, FrameError, LinkCounters, Received, ReceivedBulk,
+    encode_frame, encode_sealed_bulk, encode_sealed_frame,
 };
 pub use session::{AuthError, HandshakeError, Opener, Sealer, SessionKeys};
 pub use time::Millis;
 pub use wire::{
     Accept, Ack, Challenge, ChannelId, Command, DecodeError, EncodeError, Enroll, FwVersion,
     Health, Hello, Message, Nack, Proof, Reading, ResetReason, Response, Telemetry, WINDOW,
+};
+pub use wire::{
+    Bulk, ChunkSize, ImageTag, OtaChunk, OtaControl, OtaOffer, OtaOp, OtaPhase, OtaRefusal,
+    OtaStatus, RevertCause,
 };
 
 /// Version of the message layout. A decoder rejects any other version with

@@ -15,6 +15,13 @@ use heapless::{String, Vec};
 
 use crate::PROTOCOL_VERSION;
 
+mod ota;
+use ota::OTA_STATUS_LEN;
+pub use ota::{
+    Bulk, ChunkSize, ImageTag, MAX_BULK_MESSAGE_LEN, MAX_CHUNK_LEN, MAX_MANIFEST_LEN, OtaChunk,
+    OtaControl, OtaOffer, OtaOp, OtaPhase, OtaRefusal, OtaStatus, RevertCause,
+};
+
 /// Most channel readings one TELEMETRY frame carries (one sample of every channel).
 pub const MAX_READINGS: usize = 8;
 /// Most channels a node announces.
@@ -110,6 +117,9 @@ pub enum ResetReason {
     Brownout,
     ExternalPin,
     Debugger,
+    /// The node booted its previous image because a new one did not confirm its health in
+    /// time, crashed or hung during its trial boot (see [`OtaStatus`] for the cause).
+    OtaRevert,
     /// A code this version does not know; kept, not rejected, so newer firmware still reports.
     Other(u8),
 }
@@ -124,6 +134,7 @@ impl ResetReason {
             ResetReason::Brownout => 3,
             ResetReason::ExternalPin => 4,
             ResetReason::Debugger => 5,
+            ResetReason::OtaRevert => 6,
             ResetReason::Other(c) => c,
         }
     }
@@ -137,6 +148,7 @@ impl ResetReason {
             3 => ResetReason::Brownout,
             4 => ResetReason::ExternalPin,
             5 => ResetReason::Debugger,
+            6 => ResetReason::OtaRevert,
             c => ResetReason::Other(c),
         }
     }
@@ -150,6 +162,7 @@ impl ResetReason {
             ResetReason::Brownout => "brownout",
             ResetReason::ExternalPin => "external_pin",
             ResetReason::Debugger => "debugger",
+            ResetReason::OtaRevert => "ota_revert",
             ResetReason::Other(_) => "other",
         }
     }
@@ -341,6 +354,8 @@ pub enum Message {
     Nack(Nack),
     Challenge(Challenge),
     Proof(Proof),
+    OtaStatus(OtaStatus),
+    OtaControl(OtaControl),
 }
 
 impl Message {
@@ -366,6 +381,8 @@ impl Message {
             Message::Nack(_) => tag::NACK,
             Message::Challenge(_) => tag::CHALLENGE,
             Message::Proof(_) => tag::PROOF,
+            Message::OtaStatus(_) => tag::OTA_STATUS,
+            Message::OtaControl(_) => tag::OTA_CONTROL,
         }
     }
 }
@@ -388,6 +405,17 @@ mod tag {
     pub(super) const NACK: u8 = 0x09;
     pub(super) const CHALLENGE: u8 = 0x0A;
     pub(super) const PROOF: u8 = 0x0B;
+    pub(super) const OTA_OFFER: u8 = 0x0C;
+    pub(super) const OTA_CHUNK: u8 = 0x0D;
+    pub(super) const OTA_STATUS: u8 = 0x0E;
+    pub(super) const OTA_CONTROL: u8 = 0x0F;
+}
+
+/// Whether messages of type `code` belong to the bulk class ([`Bulk`]): longer than
+/// [`MAX_MESSAGE_LEN`], gateway → node only.
+#[must_use]
+pub const fn is_bulk_type(code: u8) -> bool {
+    matches!(code, tag::OTA_OFFER | tag::OTA_CHUNK)
 }
 
 /// Why bytes are not a message. "Too short" is an error here, not "incomplete": framing has
@@ -406,6 +434,14 @@ pub enum DecodeError {
     /// A variable-length integer longer than its type, or not in its shortest form; or a
     /// TELEMETRY age code beyond the largest age (see [`age_on_wire`]).
     BadVarint,
+    /// Longer than any message of its type can be: a small message above [`MAX_MESSAGE_LEN`],
+    /// or a bulk one above [`MAX_BULK_MESSAGE_LEN`].
+    TooLong,
+    /// A field holds a value its type does not allow (an OTA chunk size code, operation or
+    /// phase this version does not know; an empty chunk).
+    BadValue,
+    /// A bulk message ([`Bulk`]) where this end takes none: nodes never send them.
+    Misplaced(u8),
 }
 
 impl fmt::Display for DecodeError {
@@ -419,6 +455,11 @@ impl fmt::Display for DecodeError {
             DecodeError::TrailingBytes => f.write_str("bytes after the last field"),
             DecodeError::BadVarint => {
                 f.write_str("variable-length integer too long or not minimal")
+            }
+            DecodeError::TooLong => f.write_str("message longer than its type allows"),
+            DecodeError::BadValue => f.write_str("field value out of range"),
+            DecodeError::Misplaced(t) => {
+                write!(f, "bulk message type 0x{t:02x} where none is taken")
             }
         }
     }
@@ -648,6 +689,22 @@ impl Message {
                 boot_id: r.u32()?,
                 signature: r.array()?,
             }),
+            tag::OTA_STATUS => Message::OtaStatus(OtaStatus {
+                image: ImageTag(r.array()?),
+                phase: OtaPhase::from_code(r.u8()?).ok_or(DecodeError::BadValue)?,
+                detail: r.u8()?,
+                flashed: r.u16()?,
+                have: u64::from_le_bytes(r.array()?),
+                credit: r.u16()?,
+                chunk: ChunkSize::from_code(r.u8()?).ok_or(DecodeError::BadValue)?,
+                floor: r.fw()?,
+            }),
+            tag::OTA_CONTROL => Message::OtaControl(OtaControl {
+                image: ImageTag(r.array()?),
+                op: OtaOp::from_code(r.u8()?).ok_or(DecodeError::BadValue)?,
+                arg: r.u16()?,
+            }),
+            other if is_bulk_type(other) => return Err(DecodeError::Misplaced(other)),
             other => return Err(DecodeError::UnknownType(other)),
         };
         r.finish()?;
@@ -673,6 +730,8 @@ impl Message {
             Message::Health(_) => 4 + 1 + 3 + 4 * 6 + 2,
             Message::Command(c) => 3 + 1 + c.args.len(),
             Message::Response(r) => 3 + 1 + r.body.len(),
+            Message::OtaStatus(_) => OTA_STATUS_LEN,
+            Message::OtaControl(_) => 4 + 1 + 2,
         }
     }
 
@@ -770,6 +829,23 @@ impl Message {
                 w.put(&p.uid);
                 w.put(&p.boot_id.to_le_bytes());
                 w.put(&p.signature);
+            }
+            Message::OtaStatus(o) => {
+                w.u8(tag::OTA_STATUS);
+                w.put(&o.image.0);
+                w.u8(o.phase as u8);
+                w.u8(o.detail);
+                w.put(&o.flashed.to_le_bytes());
+                w.put(&o.have.to_le_bytes());
+                w.put(&o.credit.to_le_bytes());
+                w.u8(o.chunk as u8);
+                w.fw(o.floor);
+            }
+            Message::OtaControl(c) => {
+                w.u8(tag::OTA_CONTROL);
+                w.put(&c.image.0);
+                w.u8(c.op as u8);
+                w.put(&c.arg.to_le_bytes());
             }
         }
         debug_assert_eq!(w.at, len);

@@ -3,71 +3,13 @@
 
 use ed25519_dalek::SigningKey;
 use outpost_proto::frame::{MAX_FRAME_LEN, encode_raw_frame};
-use outpost_proto::session::{Ephemeral, GatewayHandshake, Transcript, node_answer};
+use outpost_proto::session::{Ephemeral, GatewayHandshake, node_answer};
 use outpost_proto::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-const UID: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-const BOOT_ID: u32 = 0x0403_0201;
-
-struct Fixture {
-    hello: Hello,
-    enroll: Enroll,
-    challenge: Challenge,
-    proof: Proof,
-    th: [u8; 32],
-    keys: SessionKeys,
-}
-
-/// The documented handshake: every key from fixed bytes.
-fn fixture() -> Fixture {
-    let gateway = SigningKey::from_bytes(&[0x11; 32]);
-    let node = SigningKey::from_bytes(&[0x22; 32]);
-    let node_eph = Ephemeral::from_random([0x33; 32]);
-    let gateway_eph = Ephemeral::from_random([0x44; 32]);
-    let hello = Hello {
-        uid: UID,
-        hw_rev: 2,
-        fw: FwVersion {
-            major: 1,
-            minor: 4,
-            patch: 0,
-        },
-        boot_id: BOOT_ID,
-        lot: heapless::String::try_from("L7").unwrap(),
-        channels: [ChannelId::TEMPERATURE, ChannelId::SEQ]
-            .into_iter()
-            .collect(),
-        ephemeral: node_eph.public(),
-    };
-    let enroll = Enroll {
-        uid: UID,
-        public_key: node.verifying_key().to_bytes(),
-    };
-    let (challenge, handshake) =
-        GatewayHandshake::challenge(&gateway, &gateway_eph, &hello, &enroll.public_key).unwrap();
-    let (proof, keys) = node_answer(&node, UID, BOOT_ID, &node_eph, &challenge, None).unwrap();
-    let th = Transcript {
-        uid: UID,
-        boot_id: BOOT_ID,
-        node_key: enroll.public_key,
-        node_ephemeral: node_eph.public(),
-        gateway_key: gateway.verifying_key().to_bytes(),
-        gateway_ephemeral: gateway_eph.public(),
-    }
-    .hash();
-    assert_eq!(handshake.transcript().hash(), th);
-    assert_eq!(handshake.finish(&proof).unwrap(), keys);
-    Fixture {
-        hello,
-        enroll,
-        challenge,
-        proof,
-        th,
-        keys,
-    }
-}
+mod common;
+use common::{BOOT_ID, UID, fixture};
 
 fn clear(m: &Message) -> String {
     let mut buf = [0u8; MAX_FRAME_LEN];

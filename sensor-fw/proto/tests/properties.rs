@@ -108,6 +108,39 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(id, code, args)| Message::Command(Command { id, code, args })),
         (any::<u16>(), any::<u8>(), body())
             .prop_map(|(id, status, body)| Message::Response(Response { id, status, body })),
+        (
+            any::<[u8; 4]>(),
+            0u8..=7,
+            any::<u8>(),
+            any::<(u16, u64, u16)>(),
+            any::<bool>(),
+            fw()
+        )
+            .prop_map(
+                |(image, phase, detail, (flashed, have, credit), big, floor)| {
+                    Message::OtaStatus(OtaStatus {
+                        image: ImageTag(image),
+                        phase: OtaPhase::from_code(phase).unwrap(),
+                        detail,
+                        flashed,
+                        have,
+                        credit,
+                        chunk: if big {
+                            ChunkSize::B1024
+                        } else {
+                            ChunkSize::B512
+                        },
+                        floor,
+                    })
+                }
+            ),
+        (any::<[u8; 4]>(), 1u8..=4, any::<u16>()).prop_map(|(image, op, arg)| {
+            Message::OtaControl(OtaControl {
+                image: ImageTag(image),
+                op: OtaOp::from_code(op).unwrap(),
+                arg,
+            })
+        }),
     ]
 }
 
