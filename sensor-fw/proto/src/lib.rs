@@ -12,6 +12,7 @@
 //!   most 1,052);
 //! - [`session`]: the authenticated session: the signed X25519 handshake and the sealing
 //!   (counter and truncated HMAC) of every later message;
+//! - [`manifest`]: a node's own check of a signed firmware manifest (the gateway's format);
 //! - [`time`]: the [`Millis`] newtype both sides use for time.
 //!
 //! What it never does: I/O, allocation, clocks, panics on input. Every decoder takes arbitrary
@@ -23,6 +24,7 @@
 
 pub mod cobs;
 pub mod frame;
+pub mod manifest;
 pub mod session;
 pub mod time;
 pub mod wire;

@@ -148,3 +148,105 @@ fn versions_and_boards_have_one_spelling() {
     assert_eq!(hw_rev_of("rp2040-hw256"), None);
     assert_eq!(hw_rev_of("rp2040-hw"), None);
 }
+
+mod the_node_agrees {
+    //! A node checks the manifest again with its own no_std parser
+    //! (`outpost_proto::manifest::check`): whatever was signed, the two answer alike.
+    use super::*;
+    use outpost_proto::manifest::{self, ManifestRefusal};
+    use proptest::prelude::*;
+
+    fn version_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u16..=300, 0u16..=300, 0u16..=300).prop_map(|(a, b, c)| format!("{a}.{b}.{c}")),
+            Just("01.2.3".to_string()),
+            Just("1.2".to_string()),
+            Just("1.2.3.4".to_string()),
+            Just("1.2.3-rc1".to_string()),
+        ]
+    }
+
+    fn board_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u16..=300).prop_map(|r| format!("rp2040-hw{r}")),
+            Just("rp2040-hw02".to_string()),
+            Just("rp2040".to_string()),
+            Just("esp32-hw1".to_string()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn gateway_and_node_take_and_refuse_the_same_manifests(
+            version in version_text(),
+            floor in version_text(),
+            board in board_text(),
+            package in prop_oneof![Just(PACKAGE.to_string()), Just("outpost".to_string())],
+            role in prop_oneof![Just(Role::Firmware), Just(Role::GatewayUpdate)],
+            stranger in any::<bool>(),
+        ) {
+            let fleet = fleet();
+            let signer = if stranger {
+                SigningKey::from_seed(role, &[9; 32])
+            } else {
+                SigningKey::from_seed(role, &[5; 32])
+            };
+            let found = Found::of_bytes("node.bin", &image());
+            let text = signer
+                .sign(
+                    Artifact {
+                        file: found.file.clone(),
+                        size: found.size,
+                        sha256: found.sha256,
+                        package,
+                        version,
+                        architecture: board,
+                    },
+                    Validity { floor, expires_unix_s: 1_796_300_000 },
+                )
+                .emit();
+            let keys = [fleet.public()];
+            let gateway = SignedManifest::parse(text.as_bytes())
+                .map_err(|_| "bad-signature")
+                .and_then(|m| {
+                    admit(&m, &found, &Expect { keys: &keys, hw_rev: None, floor: None, now_unix_ms: NOW_MS })
+                        .map_err(|r| r.as_str())
+                });
+            let node_keys = [fleet.public().ed25519().to_bytes()];
+            let node = manifest::check(text.as_bytes(), &node_keys);
+            match (gateway, node) {
+                (Ok(g), Ok(n)) => {
+                    prop_assert_eq!(u64::from(n.size), g.size);
+                    prop_assert_eq!(n.sha256, g.sha256);
+                    prop_assert_eq!(n.version, g.version);
+                    prop_assert_eq!(n.floor, g.floor);
+                    prop_assert_eq!(n.hw_rev, g.hw_rev);
+                }
+                (Err(g), Err(n)) => prop_assert_eq!(g, n.as_str()),
+                (g, n) => prop_assert!(false, "gateway {:?}, node {:?}", g, n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_is_refused_by_the_node() {
+        let key = fleet();
+        let (manifest, _) = signed(&key, "1.2.0", "1.1.5", "rp2040-hw2");
+        let text = manifest.emit().into_bytes();
+        let node_keys = [key.public().ed25519().to_bytes()];
+        assert!(manifest::check(&text, &node_keys).is_ok());
+        for i in 0..text.len() {
+            let mut changed = text.clone();
+            changed[i] ^= 0x01;
+            assert_eq!(
+                manifest::check(&changed, &node_keys),
+                Err(ManifestRefusal::BadSignature),
+                "byte {i}"
+            );
+        }
+        assert_eq!(
+            manifest::check(&text, &[[7; 32]]),
+            Err(ManifestRefusal::BadSignature)
+        );
+    }
+}
