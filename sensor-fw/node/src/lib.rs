@@ -8,6 +8,9 @@
 //!   of unacknowledged samples, a TELEMETRY window with cumulative ACK and go-back-N
 //!   retransmission, HEALTH, COMMAND/RESPONSE);
 //! - [`app`]: [`App`], the link plus a [`SensorBank`] sampled on a [`Schedule`];
+//! - [`boot`]: the firmware slots and update state as the OTA core sees them ([`BootFlash`],
+//!   [`RecordFlash`]), the RP2040 flash layout, and (feature `embassy-boot`) the adapter over
+//!   embassy-boot's updater;
 //! - [`sht3x`]: an embedded-hal 1.0 driver for the Sensirion SHT3x temperature/humidity sensor;
 //! - `sim` (feature `std`): the same core behind a serial port or a pseudo-terminal, with
 //!   simulated sensors; the `outpost-node-sim` binary and the gateway's `outpost demo` use it.
@@ -27,12 +30,14 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod app;
+pub mod boot;
 pub mod link;
 pub mod sht3x;
 #[cfg(feature = "std")]
 pub mod sim;
 
 pub use app::{App, Schedule, SensorBank};
+pub use boot::{BootFlash, BootFlashError, BootState, RecordError, RecordFlash};
 pub use link::{
     BoardStatus, Boot, Identity, LINK_TIMEOUT, LinkConfig, LinkState, NodeCounters, NodeLink, RTO,
     RTO_MAX, RTO_MIN, Secrets, WINDOW,
