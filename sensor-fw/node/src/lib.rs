@@ -11,6 +11,9 @@
 //! - [`boot`]: the firmware slots and update state as the OTA core sees them ([`BootFlash`],
 //!   [`RecordFlash`]), the RP2040 flash layout, and (feature `embassy-boot`) the adapter over
 //!   embassy-boot's updater;
+//! - [`ota`]: [`Updater`], the node's side of a firmware update: the offer checked against the
+//!   fleet keys, chunks into DFU a sector at a time with a record that survives resets, install,
+//!   the trial boot's health confirm, revert causes and the anti-rollback floor;
 //! - [`sht3x`]: an embedded-hal 1.0 driver for the Sensirion SHT3x temperature/humidity sensor;
 //! - `sim` (feature `std`): the same core behind a serial port or a pseudo-terminal, with
 //!   simulated sensors; the `outpost-node-sim` binary and the gateway's `outpost demo` use it.
@@ -32,6 +35,7 @@
 pub mod app;
 pub mod boot;
 pub mod link;
+pub mod ota;
 pub mod sht3x;
 #[cfg(feature = "std")]
 pub mod sim;
@@ -42,4 +46,5 @@ pub use link::{
     BoardStatus, Boot, Identity, LINK_TIMEOUT, LinkConfig, LinkState, NodeCounters, NodeLink, RTO,
     RTO_MAX, RTO_MIN, Secrets, WINDOW,
 };
+pub use ota::{LastReset, OtaAction, OtaConfig, Updater};
 pub use outpost_proto::Millis;
