@@ -7,7 +7,12 @@ use heapless::Vec;
 use outpost_proto::wire::MAX_READINGS;
 use outpost_proto::{Millis, Reading};
 
-use crate::link::NodeLink;
+use crate::link::{NoOta, NodeLink, OtaHandler};
+use crate::ota::OtaAction;
+
+/// How long an install waits for the gateway to acknowledge every sample held before the node
+/// resets into the new image anyway.
+pub const INSTALL_DRAIN: Duration = Duration::from_secs(2);
 
 /// The node's sensors, read once per sample. A board implements it over its embedded-hal
 /// drivers (e.g. [`crate::sht3x::Sht3x`]); the simulator over simulated devices.
@@ -48,8 +53,8 @@ impl Default for Schedule {
 // burst. It has the same verbs and guarantees as `NodeLink` (no I/O, no clock, time passed in).
 /// A sensor node: [`NodeLink`] plus a [`SensorBank`] read on a [`Schedule`].
 #[derive(Debug)]
-pub struct App<S, const RING: usize> {
-    link: NodeLink<RING>,
+pub struct App<S, const RING: usize, O = NoOta> {
+    link: NodeLink<RING, O>,
     bank: S,
     limit: Option<u32>,
     started_at: Millis,
@@ -60,11 +65,13 @@ pub struct App<S, const RING: usize> {
     next_sample: Option<Millis>,
     taken: u32,
     sensor_errors: u32,
+    /// A reset the updater asked for, and when it is due at the latest.
+    reset: Option<(OtaAction, Millis)>,
 }
 
-impl<S: SensorBank, const RING: usize> App<S, RING> {
+impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
     /// The first sample is due at `now`.
-    pub fn new(now: Millis, link: NodeLink<RING>, bank: S, schedule: Schedule) -> Self {
+    pub fn new(now: Millis, link: NodeLink<RING, O>, bank: S, schedule: Schedule) -> Self {
         let interval_ns = schedule.interval.as_nanos().max(1_000_000);
         App {
             link,
@@ -76,11 +83,13 @@ impl<S: SensorBank, const RING: usize> App<S, RING> {
             next_sample: (schedule.limit != Some(0)).then_some(now),
             taken: 0,
             sensor_errors: 0,
+            reset: None,
         }
     }
 
     pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
         self.link.handle_bytes(now, bytes);
+        self.take_ota_action(now);
     }
 
     /// Takes a sample if one is due, then runs the link's timers.
@@ -89,6 +98,31 @@ impl<S: SensorBank, const RING: usize> App<S, RING> {
             self.sample(now);
         }
         self.link.handle_timeout(now);
+        let board_ok = self.sensor_errors == 0;
+        self.link.ota_mut().handle_timeout(now, board_ok);
+        self.take_ota_action(now);
+    }
+
+    /// The reset the updater asked for, once it is due: at once out of a failed trial; for an
+    /// install, when the gateway has acknowledged every sample held (so the reboot loses none
+    /// and `seq` is contiguous to the old boot's last sample), or after [`INSTALL_DRAIN`].
+    pub fn poll_reset(&mut self, now: Millis) -> Option<OtaAction> {
+        let (action, due) = self.reset?;
+        let drained = self.link.held() == 0;
+        (matches!(action, OtaAction::ResetToRevert { .. }) || drained || now >= due)
+            .then_some(action)
+    }
+
+    fn take_ota_action(&mut self, now: Millis) {
+        match self.link.ota_mut().poll_action() {
+            Some(action @ OtaAction::ResetToInstall) => {
+                // No new sample from here: the ones held drain first.
+                self.next_sample = None;
+                self.reset = Some((action, now + INSTALL_DRAIN));
+            }
+            Some(action @ OtaAction::ResetToRevert { .. }) => self.reset = Some((action, now)),
+            None => {}
+        }
     }
 
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
@@ -97,19 +131,24 @@ impl<S: SensorBank, const RING: usize> App<S, RING> {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        match (self.link.poll_timeout(), self.next_sample) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.link.poll_timeout(),
+            self.next_sample,
+            self.link.ota().poll_timeout(),
+            self.reset.map(|(_, due)| due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     #[must_use]
-    pub fn link(&self) -> &NodeLink<RING> {
+    pub fn link(&self) -> &NodeLink<RING, O> {
         &self.link
     }
 
     /// For the board: e.g. [`NodeLink::set_board_status`].
-    pub fn link_mut(&mut self) -> &mut NodeLink<RING> {
+    pub fn link_mut(&mut self) -> &mut NodeLink<RING, O> {
         &mut self.link
     }
 

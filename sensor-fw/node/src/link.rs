@@ -39,9 +39,10 @@ use heapless::{Deque, String, Vec};
 use outpost_proto::session::{Ephemeral, node_answer};
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN, MAX_READINGS};
 use outpost_proto::{
-    Accept, Ack, AuthError, Challenge, ChannelId, Command, Enroll, FrameDecoder, FwVersion, Health,
-    Hello, LinkCounters, Message, Millis, Nack, Opener, Proof, Reading, Received, ResetReason,
-    Response, Sealer, Telemetry, encode_frame, encode_sealed_frame,
+    Accept, Ack, AnyFrame, AuthError, Bulk, BulkFrameDecoder, Challenge, ChannelId, Command,
+    Enroll, FwVersion, Health, Hello, LinkCounters, Message, Millis, Nack, Opener, OtaControl,
+    OtaStatus, Proof, Reading, Received, ResetReason, Response, Sealer, Telemetry, encode_frame,
+    encode_sealed_frame,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -252,9 +253,10 @@ struct Keys {
 // random number (`boot_id` is an input) and never panics on input: anything that does not fit
 // is dropped and counted. Sampling is not here: `App` takes samples and hands them in with
 // `handle_sample`.
-/// The node link, node side. See the module docs for the rules.
+/// The node link, node side. See the module docs for the rules. `O` takes firmware updates
+/// ([`crate::ota::Updater`]); [`NoOta`] is a node that takes none and never says it does.
 #[derive(Debug)]
-pub struct NodeLink<const RING: usize> {
+pub struct NodeLink<const RING: usize, O = NoOta> {
     identity: Identity,
     signing_key: SigningKey,
     /// The gateway this node is tied to: given, or pinned at the first session of this boot.
@@ -273,7 +275,9 @@ pub struct NodeLink<const RING: usize> {
     /// Latest time handed in; `poll_transmit` stamps `age_ms` and arms timers with it.
     now: Millis,
     state: LinkState,
-    decoder: FrameDecoder,
+    /// Holds bulk frames too (firmware chunks, up to 1,050 bytes): one buffer, no copy.
+    decoder: BulkFrameDecoder,
+    ota: O,
     ring: Deque<Sample, RING>,
     next_seq: u32,
     /// Seq of the next TELEMETRY to send; between the oldest held seq and the newest + 1.
@@ -296,14 +300,63 @@ pub struct NodeLink<const RING: usize> {
     counters: NodeCounters,
 }
 
+/// What the link hands a firmware updater and takes from it: the OTA messages, opened; the
+/// session coming up; acknowledgements; and the OTA_STATUS to send.
+pub trait OtaHandler {
+    fn handle_bulk(&mut self, now: Millis, bulk: Bulk<'_>);
+    fn handle_control(&mut self, control: OtaControl);
+    fn handle_session_up(&mut self, now: Millis);
+    fn handle_acked(&mut self, now: Millis, upto: u32);
+    fn poll_status(&mut self) -> Option<OtaStatus>;
+    /// Runs the updater's timers (a trial's deadline); `board_ok` is the board's own verdict
+    /// (every channel read without error, watchdog running).
+    fn handle_timeout(&mut self, _now: Millis, _board_ok: bool) {}
+    fn poll_timeout(&self) -> Option<Millis> {
+        None
+    }
+    fn poll_action(&mut self) -> Option<crate::ota::OtaAction> {
+        None
+    }
+}
+
+/// A node without firmware updates: takes nothing, reports nothing, so a gateway never offers
+/// it an image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOta;
+
+impl OtaHandler for NoOta {
+    fn handle_bulk(&mut self, _: Millis, _: Bulk<'_>) {}
+    fn handle_control(&mut self, _: OtaControl) {}
+    fn handle_session_up(&mut self, _: Millis) {}
+    fn handle_acked(&mut self, _: Millis, _: u32) {}
+    fn poll_status(&mut self) -> Option<OtaStatus> {
+        None
+    }
+}
+
 impl<const RING: usize> NodeLink<RING> {
-    /// A node that has just booted at `now`. Its first HELLO is due at once.
+    /// A node without firmware updates that has just booted at `now`. Its first HELLO is due
+    /// at once.
     pub fn new(
         now: Millis,
         identity: Identity,
         secrets: Secrets,
         boot: Boot,
         config: LinkConfig,
+    ) -> Self {
+        Self::with_ota(now, identity, secrets, boot, config, NoOta)
+    }
+}
+
+impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
+    /// A node that has just booted at `now` and takes firmware updates through `ota`.
+    pub fn with_ota(
+        now: Millis,
+        identity: Identity,
+        secrets: Secrets,
+        boot: Boot,
+        config: LinkConfig,
+        ota: O,
     ) -> Self {
         const { assert!(RING > 0, "the sample ring needs room for one sample") };
         NodeLink {
@@ -320,7 +373,8 @@ impl<const RING: usize> NodeLink<RING> {
             booted_at: now,
             now,
             state: LinkState::Unaccepted,
-            decoder: FrameDecoder::new(),
+            decoder: BulkFrameDecoder::bulk(),
+            ota,
             ring: Deque::new(),
             next_seq: 1,
             next_send: 1,
@@ -342,8 +396,30 @@ impl<const RING: usize> NodeLink<RING> {
     /// Bytes from the serial line, in any chunking.
     pub fn handle_bytes(&mut self, now: Millis, bytes: &[u8]) {
         for &byte in bytes {
-            match self.decoder.push(byte) {
-                Some(Ok(received)) => self.handle_received(now, received),
+            match self.decoder.push_any(byte) {
+                Some(Ok(AnyFrame::Small(received))) => self.handle_received(now, received),
+                Some(Ok(AnyFrame::Bulk(bulk))) => {
+                    // A view into the decoder's buffer: opened and handed on right here, with
+                    // field borrows only, before the next byte overwrites it.
+                    self.now = self.now.max(now);
+                    let c = &mut self.counters;
+                    c.rx_frames = c.rx_frames.wrapping_add(1);
+                    let session = match &mut self.session {
+                        Some(session) if self.state == LinkState::Accepted => session,
+                        _ => {
+                            c.auth_failed = c.auth_failed.wrapping_add(1);
+                            continue;
+                        }
+                    };
+                    match bulk.open(&mut session.opener) {
+                        Ok(bulk) => {
+                            self.quiet_since = self.now;
+                            self.ota.handle_bulk(now, bulk);
+                        }
+                        Err(AuthError::Replayed) => c.replayed = c.replayed.wrapping_add(1),
+                        Err(AuthError::Forged) => c.auth_failed = c.auth_failed.wrapping_add(1),
+                    }
+                }
                 Some(Err(_)) => self.counters.rx_errors = self.counters.rx_errors.wrapping_add(1),
                 None => {}
             }
@@ -439,6 +515,7 @@ impl<const RING: usize> NodeLink<RING> {
                     self.rto_at = None;
                     self.queue(Control::Health);
                     self.next_health = now + self.config.health_interval;
+                    self.ota.handle_session_up(now);
                 }
             }
             Message::Ack(Ack { boot_id, upto }) if boot_id == self.boot.boot_id => {
@@ -456,6 +533,10 @@ impl<const RING: usize> NodeLink<RING> {
             Message::Command(command) => {
                 self.heard();
                 self.queue(Control::Response(respond(command)));
+            }
+            Message::OtaControl(control) if self.state == LinkState::Accepted => {
+                self.heard();
+                self.ota.handle_control(control);
             }
             // ACCEPT/ACK for another boot (stale, or meant for the node's previous life), or a
             // node-to-gateway message: not for us, not "heard".
@@ -544,7 +625,10 @@ impl<const RING: usize> NodeLink<RING> {
         loop {
             let message = match self.control.pop_front() {
                 Some(control) => self.control_message(control),
-                None => self.next_telemetry()?,
+                None => match self.ota_status() {
+                    Some(status) => Message::OtaStatus(status),
+                    None => self.next_telemetry()?,
+                },
             };
             let encoded = if message.is_sealed() {
                 match &mut self.session {
@@ -595,6 +679,16 @@ impl<const RING: usize> NodeLink<RING> {
     }
 
     // ---- accessors ----
+
+    /// The firmware updater.
+    #[must_use]
+    pub fn ota(&self) -> &O {
+        &self.ota
+    }
+
+    pub fn ota_mut(&mut self) -> &mut O {
+        &mut self.ota
+    }
 
     #[must_use]
     pub fn state(&self) -> LinkState {
@@ -669,6 +763,14 @@ impl<const RING: usize> NodeLink<RING> {
         self.quiet_since = self.now;
     }
 
+    /// The updater's OTA_STATUS, once a session is open to carry it.
+    fn ota_status(&mut self) -> Option<OtaStatus> {
+        if self.state != LinkState::Accepted || self.session.is_none() {
+            return None;
+        }
+        self.ota.poll_status()
+    }
+
     fn ring_limit(&self) -> usize {
         self.config.ring_limit.clamp(1, RING)
     }
@@ -693,6 +795,7 @@ impl<const RING: usize> NodeLink<RING> {
             self.ring.pop_front();
             progress = true;
         }
+        self.ota.handle_acked(self.now, upto);
         if !progress {
             return;
         }

@@ -837,6 +837,35 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
     }
 }
 
+impl<B: BootFlash, R: RecordFlash, F: RecordFlash> crate::link::OtaHandler
+    for Updater<'_, B, R, F>
+{
+    fn handle_bulk(&mut self, now: Millis, bulk: Bulk<'_>) {
+        Updater::handle_bulk(self, now, bulk);
+    }
+    fn handle_control(&mut self, control: OtaControl) {
+        Updater::handle_control(self, control);
+    }
+    fn handle_session_up(&mut self, now: Millis) {
+        Updater::handle_session_up(self, now);
+    }
+    fn handle_acked(&mut self, now: Millis, upto: u32) {
+        Updater::handle_acked(self, now, upto);
+    }
+    fn poll_status(&mut self) -> Option<OtaStatus> {
+        Updater::poll_status(self)
+    }
+    fn handle_timeout(&mut self, now: Millis, board_ok: bool) {
+        Updater::handle_timeout(self, now, board_ok);
+    }
+    fn poll_timeout(&self) -> Option<Millis> {
+        Updater::poll_timeout(self)
+    }
+    fn poll_action(&mut self) -> Option<OtaAction> {
+        Updater::poll_action(self)
+    }
+}
+
 fn clamp_u16(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }
