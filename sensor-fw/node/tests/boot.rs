@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use outpost_node::boot::layout::{self, SECTOR};
 use outpost_node::boot::state_page::{ERASED, SWAP_MAGIC, StatePage};
-use outpost_node::boot::{BootFlash, BootFlashError, BootState, Sector};
+use outpost_node::boot::{BootFlash, BootFlashError, BootState, RecordError, RecordFlash, Sector};
 use outpost_node::sim::bootloader::{BootFailure, BootReport, Bootloader};
 use outpost_node::sim::flash::{FlashFile, FlashOptions, POWER_CUT_EXIT_CODE, PowerCut};
 use outpost_node::sim::image::{Behaviour, SimImage};
@@ -394,6 +394,37 @@ fn the_same_sector_written_twice_in_one_boot_holds_the_second_data() {
         back.iter().all(|&b| b == 0x00),
         "0x0F & 0xF0: not erased again"
     );
+}
+
+#[test]
+fn the_record_sector_programs_only_ones_to_zeros_and_refuses_the_rest_before_writing() {
+    let node = Node::new();
+    let flash = node.power_on();
+    let mut record = flash.record();
+    record.program(0, b"OTA1").unwrap();
+    record.program(1152, &[0x00]).unwrap();
+    let mut magic = [0; 4];
+    record.read(0, &mut magic).unwrap();
+    assert_eq!(&magic, b"OTA1");
+
+    let ops = flash.ops();
+    // 'O' is 0x4F: turning it into 0xFF needs an erase.
+    assert_eq!(
+        record.program(0, &[0xFF, 0x00]),
+        Err(RecordError::SetsBits { offset: 0 })
+    );
+    assert_eq!(record.program(4095, &[0, 0]), Err(RecordError::OutOfBounds));
+    assert_eq!(record.read(4096, &mut [0]), Err(RecordError::OutOfBounds));
+    assert_eq!(flash.ops(), ops, "a refused program writes nothing");
+
+    // Writing what is already there, or clearing more bits, is fine.
+    record.program(0, b"OTA1").unwrap();
+    record.program(1152, &[0x00]).unwrap();
+    record.erase().unwrap();
+    record.read(0, &mut magic).unwrap();
+    assert_eq!(magic, [0xFF; 4]);
+    // The record is its own sector: DFU and STATE are untouched.
+    assert_eq!(boot(&flash).unwrap().running().unwrap().version, OLD);
 }
 
 /// Programs a STATE page as a torn erase might leave it when it reads "swap in progress": magic
