@@ -48,6 +48,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
     . packaging/cross-env.sh
     CARGO_TARGET_DIR=target/thumbv6m /usr/bin/cargo build --locked -Zbuild-std=core \
         --target thumbv6m-none-eabi -p outpost-proto -p outpost-node --no-default-features
+    # The node's boot module with embassy-boot, as the board firmware builds it.
+    CARGO_TARGET_DIR=target/thumbv6m /usr/bin/cargo build --locked -Zbuild-std=core \
+        --target thumbv6m-none-eabi -p outpost-proto -p outpost-node --no-default-features \
+        --features embassy-boot
 )
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked

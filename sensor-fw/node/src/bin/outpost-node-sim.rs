@@ -1,24 +1,32 @@
 //! `outpost-node-sim`: one simulated Outpost sensor node on a serial port or a pseudo-terminal.
 //!
 //! A thin wrapper around `outpost_node::sim`: parse flags, start the node, wait for SIGINT or
-//! SIGTERM, stop it (which removes the published pty link).
+//! SIGTERM, stop it (which removes the published pty link). The subcommands make simulator
+//! firmware images and flash files, and run one simulated boot (docs/ota.md).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Parser, Subcommand};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
+use outpost_node::boot::state_page::StatePage;
+use outpost_node::sim::bootloader::Bootloader;
+use outpost_node::sim::flash::{FlashFile, FlashOptions, FlashTiming, OnPowerCut, PowerCut};
+use outpost_node::sim::image::{Behaviour, SimImage, parse_size};
 use outpost_node::sim::{self, SimConfig, SimNode};
 use outpost_proto::{ChannelId, FwVersion};
 
 /// A simulated Outpost sensor node (RP2040 + SHT31 + barometer) speaking the node link.
 #[derive(Debug, Parser)]
-#[command(version, group(ArgGroup::new("line").required(true).args(["port", "pty"])))]
+#[command(version, group(ArgGroup::new("line").required(true).args(["port", "pty"])),
+          subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// Open this existing serial device or pty slave (raw, 115200 8N1).
     #[arg(long, value_name = "PATH")]
     port: Option<PathBuf>,
@@ -26,8 +34,8 @@ struct Args {
     #[arg(long, value_name = "LINK")]
     pty: Option<PathBuf>,
     /// The node's unique id, 16 hex digits.
-    #[arg(long, value_name = "HEX16", value_parser = sim::parse_uid)]
-    uid: [u8; 8],
+    #[arg(long, value_name = "HEX16", value_parser = sim::parse_uid, required = true)]
+    uid: Option<[u8; 8]>,
     /// Seed of the simulated sensor values and of the node's key.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -75,6 +83,137 @@ struct Args {
     gateway_key: Option<[u8; 32]>,
 }
 
+/// Exit code of `boot` when ACTIVE holds no whole image: a bricked node.
+const BRICKED_EXIT_CODE: i32 = 3;
+
+#[derive(Debug, Subcommand)]
+enum Tool {
+    /// Write a firmware image the simulator can boot: a header it interprets, then filler.
+    MakeImage {
+        /// Firmware version, MAJOR.MINOR.PATCH.
+        #[arg(long, value_name = "X.Y.Z", value_parser = sim::parse_fw)]
+        version: FwVersion,
+        /// Hardware revision the image is built for.
+        #[arg(long, value_name = "R", default_value_t = 1)]
+        hw_rev: u8,
+        /// The image never confirms its trial (it is reverted at its next reset).
+        #[arg(long, group = "behaviour")]
+        never_confirms: bool,
+        /// The image resets soon after every boot.
+        #[arg(long, group = "behaviour")]
+        crash_loop: bool,
+        /// The image stops answering.
+        #[arg(long, group = "behaviour")]
+        hang: bool,
+        /// The image's whole size: bytes, or with K or M (at most the 512K ACTIVE slot).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: usize,
+        out: PathBuf,
+    },
+    /// Create a node's 2 MiB flash file as it leaves the factory: IMAGE in ACTIVE.
+    MakeFlash {
+        #[arg(long, value_name = "IMG")]
+        image: PathBuf,
+        out: PathBuf,
+    },
+    /// Power the node on once: run the bootloader (swap, revert) on the flash file and say what
+    /// boots. Exit code 3 if no whole image does, 75 if the power is cut.
+    Boot {
+        #[command(flatten)]
+        flash: FlashArgs,
+    },
+}
+
+/// The node's flash file and what it does.
+#[derive(Debug, clap::Args)]
+struct FlashArgs {
+    /// The node's flash: a 2 MiB file in the RP2040 layout (see `make-flash`).
+    #[arg(long, value_name = "FILE")]
+    flash: PathBuf,
+    /// Fault injection: the first N flash operations (sector erases and programs) complete,
+    /// the next one is torn, then the process exits with code 75 as a node losing power.
+    #[arg(long, value_name = "N")]
+    power_cut_after_ops: Option<u64>,
+    /// Seeds the bytes a torn operation leaves.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    power_cut_seed: u64,
+    /// How long flash operations take: instant, or w25q16 (45 ms a sector erase, 0.4 ms a page
+    /// program).
+    #[arg(long, value_name = "MODEL", default_value = "instant")]
+    flash_timing: FlashTiming,
+}
+
+impl FlashArgs {
+    fn open(&self) -> Result<FlashFile> {
+        let options = FlashOptions {
+            power_cut: self.power_cut_after_ops.map(|after_ops| PowerCut {
+                after_ops,
+                torn: true,
+            }),
+            on_power_cut: OnPowerCut::ExitProcess,
+            timing: self.flash_timing,
+            seed: self.power_cut_seed,
+        };
+        FlashFile::open(&self.flash, options)
+            .with_context(|| format!("opening the flash file {}", self.flash.display()))
+    }
+}
+
+fn run_tool(tool: Tool) -> Result<()> {
+    match tool {
+        Tool::MakeImage {
+            version,
+            hw_rev,
+            never_confirms,
+            crash_loop,
+            hang,
+            size,
+            out,
+        } => {
+            let behaviour = match (never_confirms, crash_loop, hang) {
+                (true, _, _) => Behaviour::NeverConfirms,
+                (_, true, _) => Behaviour::CrashLoop,
+                (_, _, true) => Behaviour::Hang,
+                _ => Behaviour::Normal,
+            };
+            let image = SimImage::new(version, hw_rev, behaviour, size)?;
+            std::fs::write(&out, image.build())
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        Tool::MakeFlash { image, out } => {
+            let bytes =
+                std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            SimImage::parse(&bytes)
+                .with_context(|| format!("{} is not a simulator image", image.display()))?;
+            FlashFile::create_with_image(&out, &bytes)
+                .with_context(|| format!("creating {}", out.display()))?;
+        }
+        Tool::Boot { flash } => {
+            let report = Bootloader::default().boot(&flash.open()?)?;
+            if report.state_page == StatePage::FinishedTornErase {
+                println!("outpost-node-sim: the bootloader finished a torn STATE erase");
+            }
+            let state = format!("{:?}", report.state).to_lowercase();
+            match report.image {
+                Ok(image) => println!(
+                    "outpost-node-sim: state {state}, version {}.{}.{}, hw_rev {}, behaviour {}, {} bytes",
+                    image.version.major,
+                    image.version.minor,
+                    image.version.patch,
+                    image.hw_rev,
+                    image.behaviour.name(),
+                    image.len
+                ),
+                Err(error) => {
+                    println!("outpost-node-sim: state {state}, bricked: {error}");
+                    std::process::exit(BRICKED_EXIT_CODE);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn gateway_key(text: &str) -> Result<[u8; 32], String> {
     let text = text.trim();
     if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -105,7 +244,10 @@ fn config(args: &Args) -> Result<SimConfig> {
             args.rate
         );
     }
-    let mut config = SimConfig::new(args.uid);
+    let Some(uid) = args.uid else {
+        bail!("--uid is required");
+    };
+    let mut config = SimConfig::new(uid);
     config.seed = args.seed;
     config.sample_interval = seconds("--rate", 1.0 / args.rate)?;
     config.channels.clone_from(&args.channels);
@@ -127,7 +269,10 @@ fn config(args: &Args) -> Result<SimConfig> {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(tool) = args.tool.take() {
+        return run_tool(tool);
+    }
     let config = config(&args)?;
 
     // Block the stop signals before the node thread starts (it inherits the mask), then read

@@ -107,12 +107,14 @@ fn updater_error(error: FirmwareUpdaterError) -> BootFlashError {
     }
 }
 
-fn boot_state(state: State) -> BootState {
-    match state {
-        State::Boot => BootState::Boot,
-        State::Swap => BootState::Swap,
-        State::Revert => BootState::Revert,
-        State::DfuDetach => BootState::DfuDetach,
+impl From<State> for BootState {
+    fn from(state: State) -> Self {
+        match state {
+            State::Boot => BootState::Boot,
+            State::Swap => BootState::Swap,
+            State::Revert => BootState::Revert,
+            State::DfuDetach => BootState::DfuDetach,
+        }
     }
 }
 
@@ -122,7 +124,8 @@ impl<DFU: NorFlash, STATE: NorFlash> BootFlash for EmbassyBoot<DFU, STATE> {
     }
 
     fn boot_state(&mut self) -> Result<BootState, BootFlashError> {
-        self.with_state(|state| state.get_state()).map(boot_state)
+        self.with_state(|state| state.get_state())
+            .map(BootState::from)
     }
 
     fn write_sector(&mut self, index: u32, data: &Sector) -> Result<(), BootFlashError> {

@@ -16,7 +16,10 @@
 //! The pump is one loop: poll(2) on the line (and a stop pipe) with the core's `poll_timeout`
 //! as the timeout; after every input, run due timers and drain `poll_transmit`.
 
+pub mod bootloader;
 mod fault;
+pub mod flash;
+pub mod image;
 mod line;
 mod sensors;
 
