@@ -231,5 +231,24 @@ pub fn admit(
     })
 }
 
+/// An image and its manifest in one message: the manifest's text (`IMAGE.sig`, which ends with
+/// its `signature` line), then the image's bytes. How an image travels where there are no file
+/// names: on `outpost/{gateway_id}/firmware` and in the local API's upload. The manifest names
+/// the file and vouches for the bytes; nothing else about the message is trusted.
+pub fn split_bundle(bundle: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    const SIGNATURE: &[u8] = b"\nsignature ";
+    let search = &bundle[..bundle.len().min(crate::update::signing::MAX_MANIFEST_BYTES)];
+    let at = search
+        .windows(SIGNATURE.len())
+        .position(|w| w == SIGNATURE)
+        .ok_or("not a firmware bundle: no manifest `signature` line at its start")?;
+    let end = search[at + 1..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + 1 + i + 1)
+        .ok_or("not a firmware bundle: the manifest's `signature` line does not end")?;
+    Ok(bundle.split_at(end))
+}
+
 #[cfg(test)]
 mod tests;

@@ -49,25 +49,67 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AddErro
 pub fn add(dir: &Path, image: &Path, expect: &Expect<'_>, cap: u64) -> Result<Firmware, AddError> {
     let sig = crate::io::signing_files::sig_path(image);
     let manifest_bytes = std::fs::read(&sig).map_err(io("cannot read", &sig))?;
-    let manifest = SignedManifest::parse(&manifest_bytes).map_err(|e| AddError::Manifest {
-        path: sig.clone(),
-        why: e.to_string(),
-    })?;
     // An image larger than a slot is refused without reading it whole.
     let size = std::fs::metadata(image)
         .map_err(io("cannot read", image))?
         .len();
+    if size > outpost_core::firmware::MAX_IMAGE_BYTES {
+        return Err(AddError::Refused(Refusal::TooLarge { size }));
+    }
     let name = image
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_owned();
-    if size > outpost_core::firmware::MAX_IMAGE_BYTES {
-        return Err(AddError::Refused(Refusal::TooLarge { size }));
-    }
     let bytes = std::fs::read(image).map_err(io("cannot read", image))?;
+    add_bytes(dir, &name, &manifest_bytes, &bytes, expect, cap).map_err(|e| match e {
+        AddError::Manifest { why, .. } => AddError::Manifest { path: sig, why },
+        other => other,
+    })
+}
+
+/// Adds an image that came as a bundle (its manifest, then its bytes:
+/// [`outpost_core::firmware::split_bundle`]), from the cloud or the local API. The file takes
+/// the name its manifest gives.
+pub fn add_bundle(
+    dir: &Path,
+    bundle: &[u8],
+    expect: &Expect<'_>,
+    cap: u64,
+) -> Result<Firmware, AddError> {
+    let (manifest_bytes, bytes) =
+        outpost_core::firmware::split_bundle(bundle).map_err(|why| AddError::Manifest {
+            path: PathBuf::from("(bundle)"),
+            why,
+        })?;
+    let manifest = SignedManifest::parse(manifest_bytes).map_err(|e| AddError::Manifest {
+        path: PathBuf::from("(bundle)"),
+        why: e.to_string(),
+    })?;
+    let name = manifest.manifest().artifact.file.clone();
+    add_bytes(dir, &name, manifest_bytes, bytes, expect, cap)
+}
+
+/// Admits `bytes` as the image `name` with its manifest, and writes both into the library.
+fn add_bytes(
+    dir: &Path,
+    name: &str,
+    manifest_bytes: &[u8],
+    bytes: &[u8],
+    expect: &Expect<'_>,
+    cap: u64,
+) -> Result<Firmware, AddError> {
+    let manifest = SignedManifest::parse(manifest_bytes).map_err(|e| AddError::Manifest {
+        path: PathBuf::from(format!("{name}.sig")),
+        why: e.to_string(),
+    })?;
+    if bytes.len() as u64 > outpost_core::firmware::MAX_IMAGE_BYTES {
+        return Err(AddError::Refused(Refusal::TooLarge {
+            size: bytes.len() as u64,
+        }));
+    }
     let firmware =
-        admit(&manifest, &Found::of_bytes(&name, &bytes), expect).map_err(AddError::Refused)?;
+        admit(&manifest, &Found::of_bytes(name, bytes), expect).map_err(AddError::Refused)?;
     let target = dir.join(&firmware.file);
     if target.exists() {
         return Err(AddError::Exists(firmware.file));
@@ -77,10 +119,10 @@ pub fn add(dir: &Path, image: &Path, expect: &Expect<'_>, cap: u64) -> Result<Fi
         return Err(AddError::Full { would, cap });
     }
     std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
-    crate::io::files::write_atomically(&target, &bytes, 0o644)
+    crate::io::files::write_atomically(&target, bytes, 0o644)
         .map_err(io("cannot write", &target))?;
     let target_sig = crate::io::signing_files::sig_path(&target);
-    crate::io::files::write_atomically(&target_sig, &manifest_bytes, 0o644)
+    crate::io::files::write_atomically(&target_sig, manifest_bytes, 0o644)
         .map_err(io("cannot write", &target_sig))?;
     Ok(firmware)
 }

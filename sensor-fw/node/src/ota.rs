@@ -263,6 +263,12 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
                 self.phase = OtaPhase::Installing;
                 self.action = Some(OtaAction::ResetToInstall);
             }
+            (BootState::Revert, false) if !self.marked(Mark::Marked) => {
+                // Nothing was installed from this record: a torn STATE erase can read as
+                // REVERT. Settle it, and carry on as a plain boot.
+                let _ = self.boot.mark_booted();
+                self.derive_plain_boot(held);
+            }
             (BootState::Revert, false) => {
                 let cause = if self.marked(Mark::Reverted) {
                     self.revert_cause()
@@ -288,19 +294,24 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
                 self.mark(Mark::Confirmed);
                 self.phase = OtaPhase::Confirmed;
             }
-            (BootState::Boot | BootState::DfuDetach, false) => {
-                if self.marked(Mark::Reverted) {
-                    self.phase = OtaPhase::Reverted;
-                    self.detail = self.revert_cause() as u8;
-                } else if self.marked(Mark::Verified) {
-                    self.phase = OtaPhase::Verified;
-                    self.flashed_sectors = held.sectors;
-                } else {
-                    self.phase = OtaPhase::Receiving;
-                    self.flashed_sectors = self.first_unmarked_sector(held.sectors);
-                    self.after_flash_progress();
-                }
-            }
+            (BootState::Boot | BootState::DfuDetach, false) => self.derive_plain_boot(held),
+        }
+    }
+
+    /// The old image runs normally: the record says how far the transfer got.
+    fn derive_plain_boot(&mut self, held: Held) {
+        if self.marked(Mark::Reverted) {
+            self.phase = OtaPhase::Reverted;
+            self.detail = self.revert_cause() as u8;
+        } else if self.marked(Mark::Verified) {
+            // Verified, maybe marked for install too: an install that did not take (cut
+            // during `mark_updated`) waits for the gateway's next INSTALL.
+            self.phase = OtaPhase::Verified;
+            self.flashed_sectors = held.sectors;
+        } else {
+            self.phase = OtaPhase::Receiving;
+            self.flashed_sectors = self.first_unmarked_sector(held.sectors);
+            self.after_flash_progress();
         }
     }
 

@@ -616,3 +616,23 @@ fn a_chunk_of_the_wrong_length_or_image_is_dropped() {
     assert_eq!(u.counters().chunks_dropped, 2);
     assert_eq!(u.status().have, 0);
 }
+
+#[test]
+fn a_revert_state_without_an_install_is_not_reported_as_a_revert() {
+    // A torn STATE erase can read as REVERT while a transfer is only half received.
+    let flash = new_flash();
+    let img = image(4 * SECTOR, 13);
+    let m = manifest(FLEET_SEED, &img, "1.1.0", "1.1.0", "rp2040-hw2");
+    let mut u = boot(&flash, LastReset::PowerOn);
+    u.handle_bulk(Millis(0), offer(&m, &img, ChunkSize::B1024));
+    for i in 0..8 {
+        send_chunk(&mut u, Millis(0), &img, ChunkSize::B1024, i);
+    }
+    drop(u);
+    flash.0.borrow_mut().state = Some(BootState::Revert);
+    let u = boot(&flash, LastReset::PowerOn);
+    assert!(!u.reverted_boot());
+    let s = u.status();
+    assert_eq!((s.phase, s.flashed), (OtaPhase::Receiving, 8));
+    assert_eq!(flash.0.borrow().state, Some(BootState::Boot));
+}
