@@ -67,6 +67,8 @@ pub struct App<S, const RING: usize, O = NoOta> {
     sensor_errors: u32,
     /// A reset the updater asked for, and when it is due at the latest.
     reset: Option<(OtaAction, Millis)>,
+    /// The board's own checks (watchdog running, stack sane) pass: a trial image may confirm.
+    board_ok: bool,
 }
 
 impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
@@ -84,6 +86,7 @@ impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
             taken: 0,
             sensor_errors: 0,
             reset: None,
+            board_ok: true,
         }
     }
 
@@ -98,9 +101,15 @@ impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
             self.sample(now);
         }
         self.link.handle_timeout(now);
-        let board_ok = self.sensor_errors == 0;
+        let board_ok = self.board_ok && self.sensor_errors == 0;
         self.link.ota_mut().handle_timeout(now, board_ok);
         self.take_ota_action(now);
+    }
+
+    /// The board's verdict on itself, which a trial image needs to confirm (every channel read
+    /// without error is checked here).
+    pub fn set_board_ok(&mut self, ok: bool) {
+        self.board_ok = ok;
     }
 
     /// The reset the updater asked for, once it is due: at once out of a failed trial; for an

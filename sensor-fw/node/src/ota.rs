@@ -85,11 +85,14 @@ impl LastReset {
     }
 }
 
+/// Fleet firmware keys a node carries: the current one, and the next during a rotation.
+pub const MAX_FLEET_KEYS: usize = 2;
+
 /// The node's facts the updater holds an offer to.
-#[derive(Debug, Clone, Copy)]
-pub struct OtaConfig<'k> {
-    /// The fleet's firmware public keys, built into the image (at most two during a rotation).
-    pub keys: &'k [[u8; 32]],
+#[derive(Debug, Clone)]
+pub struct OtaConfig {
+    /// The fleet's firmware public keys, built into the image.
+    pub keys: heapless::Vec<[u8; 32], MAX_FLEET_KEYS>,
     pub hw_rev: u8,
     /// The version this image is.
     pub running: FwVersion,
@@ -161,11 +164,11 @@ struct Trial {
 
 /// The node's OTA core. See the module docs for the rules.
 #[derive(Debug)]
-pub struct Updater<'k, B, R, F> {
+pub struct Updater<B, R, F> {
     boot: B,
     record: R,
     floor_log: F,
-    config: OtaConfig<'k>,
+    config: OtaConfig,
     floor: FwVersion,
     phase: OtaPhase,
     detail: u8,
@@ -189,7 +192,7 @@ pub struct Updater<'k, B, R, F> {
     counters: OtaCounters,
 }
 
-impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
+impl<B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<B, R, F> {
     /// The updater of a node that has just booted at `now`. Reads the floor log and the record,
     /// asks embassy-boot's state, and derives where the node is (docs/ota-design.md §3.2):
     /// resuming a transfer, waiting to install, on trial, reverted, or confirmed.
@@ -198,7 +201,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
         boot: B,
         record: R,
         floor_log: F,
-        config: OtaConfig<'k>,
+        config: OtaConfig,
         last_reset: LastReset,
     ) -> Self {
         let mut updater = Updater {
@@ -206,7 +209,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
             record,
             floor_log,
             config,
-            floor: config.built_in_floor,
+            floor: FwVersion::default(),
             phase: OtaPhase::Idle,
             detail: 0,
             held: None,
@@ -222,6 +225,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
             reverted_boot: false,
             counters: OtaCounters::default(),
         };
+        updater.floor = updater.config.built_in_floor;
         if let Some(logged) = floor_log::read(&mut updater.floor_log) {
             updater.floor = updater.floor.max(logged);
         }
@@ -496,7 +500,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
         {
             return refuse(self, OtaRefusal::Busy);
         }
-        let checked = match manifest::check(offer.manifest, self.config.keys) {
+        let checked = match manifest::check(offer.manifest, &self.config.keys) {
             Ok(m) => m,
             Err(refusal) => {
                 return refuse(
@@ -779,7 +783,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
         let text = text.get_mut(..len)?;
         self.record.read(record::MANIFEST_AT, text).ok()?;
         // Checked again: the record is flash a power cut or a bit flip can touch.
-        let manifest = manifest::check(text, self.config.keys).ok()?;
+        let manifest = manifest::check(text, &self.config.keys).ok()?;
         Some(Held {
             tag: ImageTag::of(&manifest.sha256),
             manifest,
@@ -848,9 +852,7 @@ impl<'k, B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<'k, B, R, F> {
     }
 }
 
-impl<B: BootFlash, R: RecordFlash, F: RecordFlash> crate::link::OtaHandler
-    for Updater<'_, B, R, F>
-{
+impl<B: BootFlash, R: RecordFlash, F: RecordFlash> crate::link::OtaHandler for Updater<B, R, F> {
     fn handle_bulk(&mut self, now: Millis, bulk: Bulk<'_>) {
         Updater::handle_bulk(self, now, bulk);
     }

@@ -81,6 +81,26 @@ struct Args {
     /// pinned until the node restarts.
     #[arg(long, value_name = "HEX64", value_parser = gateway_key)]
     gateway_key: Option<[u8; 32]>,
+    /// Boot from this flash file (see `make-flash`) and take firmware updates: the image in
+    /// its ACTIVE slot decides the firmware version, hardware revision and behaviour, and a
+    /// reset boots again through the bootloader (swap, revert), in this process.
+    #[arg(long, value_name = "FILE", requires = "fleet_key")]
+    flash: Option<PathBuf>,
+    /// The fleet's firmware public key file (`outpost firmware keygen`'s firmware.pub): the
+    /// node takes only images signed by it. Repeat for a rotation (at most two keys).
+    #[arg(long, value_name = "FILE")]
+    fleet_key: Vec<PathBuf>,
+    /// Fault injection (with --flash): the first N flash operations complete, the next one is
+    /// torn, then the process exits with code 75 as a node losing power.
+    #[arg(long, value_name = "N", requires = "flash")]
+    power_cut_after_ops: Option<u64>,
+    /// Seeds the bytes a torn operation leaves.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    power_cut_seed: u64,
+    /// How long flash operations take: instant, or w25q16 (45 ms a sector erase, 0.4 ms a page
+    /// program).
+    #[arg(long, value_name = "MODEL", default_value = "instant")]
+    flash_timing: FlashTiming,
 }
 
 /// Exit code of `boot` when ACTIVE holds no whole image: a bricked node.
@@ -261,6 +281,36 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.baud = (args.baud > 0).then_some(args.baud);
     config.line_loss_per_million = args.line_loss;
     config.gateway_key = args.gateway_key;
+    if let Some(path) = &args.flash {
+        let mut fleet_keys = Vec::new();
+        for key in &args.fleet_key {
+            let text = std::fs::read_to_string(key)
+                .with_context(|| format!("reading the fleet key {}", key.display()))?;
+            fleet_keys.extend(
+                sim::parse_fleet_keys(&text)
+                    .map_err(|why| anyhow::anyhow!("{}: {why}", key.display()))?,
+            );
+        }
+        if fleet_keys.len() > outpost_node::ota::MAX_FLEET_KEYS {
+            bail!(
+                "--fleet-key: a node carries at most {} fleet keys",
+                outpost_node::ota::MAX_FLEET_KEYS
+            );
+        }
+        config.flash = Some(sim::SimFlash {
+            path: path.clone(),
+            fleet_keys,
+            options: FlashOptions {
+                power_cut: args.power_cut_after_ops.map(|after_ops| PowerCut {
+                    after_ops,
+                    torn: true,
+                }),
+                on_power_cut: OnPowerCut::ExitProcess,
+                timing: args.flash_timing,
+                seed: args.power_cut_seed,
+            },
+        });
+    }
     if let Err(errors) = config.validate() {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("invalid configuration: {}", text.join("; "));

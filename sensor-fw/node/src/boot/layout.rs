@@ -13,7 +13,7 @@
 //! | reserved | `0x108000` | 976 KiB |
 //! | [`NODE_CONFIG_A`], [`NODE_CONFIG_B`] | `0x1FC000` | 2 × 4 KiB |
 //! | [`OTA_RECORD`] | `0x1FE000` | 4 KiB |
-//! | spare | `0x1FF000` | 4 KiB |
+//! | [`FLOOR_LOG`] | `0x1FF000` | 4 KiB |
 
 /// Size of the node's flash: a W25Q16JV, 2 MiB.
 pub const FLASH_SIZE: u32 = 2 * 1024 * 1024;
@@ -74,6 +74,9 @@ pub const NODE_CONFIG_A: Region = Region::new(0x1F_C000, 4 * KIB);
 pub const NODE_CONFIG_B: Region = Region::new(0x1F_D000, 4 * KIB);
 /// The node's OTA transfer record (docs/ota-design.md §3.3).
 pub const OTA_RECORD: Region = Region::new(0x1F_E000, 4 * KIB);
+/// The anti-rollback floor in force, as an append-only log (`ota::Updater`): a sector of its own
+/// because the record is erased with every new image and the floor must outlive it.
+pub const FLOOR_LOG: Region = Region::new(0x1F_F000, 4 * KIB);
 
 /// The pages embassy-boot swaps: always the whole ACTIVE partition, whatever the image's size.
 pub const ACTIVE_PAGES: u32 = ACTIVE.sectors();
@@ -84,7 +87,7 @@ pub const ACTIVE_PAGES: u32 = ACTIVE.sectors();
 pub const STATE_UNITS_NEEDED: u32 = 2 + 4 * ACTIVE_PAGES;
 
 /// Every named region, in flash order.
-pub const REGIONS: [Region; 7] = [
+pub const REGIONS: [Region; 8] = [
     BOOTLOADER,
     BOOTLOADER_STATE,
     ACTIVE,
@@ -92,6 +95,7 @@ pub const REGIONS: [Region; 7] = [
     NODE_CONFIG_A,
     NODE_CONFIG_B,
     OTA_RECORD,
+    FLOOR_LOG,
 ];
 
 // The layout's rules, checked when the crate compiles.
@@ -125,6 +129,7 @@ mod tests {
         assert_eq!(DFU.end(), 0x10_8000);
         assert_eq!(ACTIVE_PAGES, 128);
         assert_eq!(STATE_UNITS_NEEDED, 514);
-        assert_eq!(OTA_RECORD.end() + SECTOR as u32, FLASH_SIZE);
+        assert_eq!(OTA_RECORD.end(), FLOOR_LOG.offset);
+        assert_eq!(FLOOR_LOG.end(), FLASH_SIZE);
     }
 }

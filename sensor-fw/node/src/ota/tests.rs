@@ -10,7 +10,6 @@ use ed25519_dalek::{Signer, SigningKey};
 use outpost_proto::wire::MAX_CHUNK_LEN;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::OnceLock;
 use std::vec::Vec;
 
 const FLEET_SEED: [u8; 32] = [5; 32];
@@ -203,12 +202,7 @@ impl RecordFlash for FloorLog {
     }
 }
 
-type TestUpdater = Updater<'static, Boot, Record, FloorLog>;
-
-fn keys() -> &'static [[u8; 32]] {
-    static KEYS: OnceLock<[[u8; 32]; 1]> = OnceLock::new();
-    KEYS.get_or_init(|| [fleet_public()])
-}
+type TestUpdater = Updater<Boot, Record, FloorLog>;
 
 /// A node booting over `flash`, running whatever its ACTIVE slot holds.
 fn boot(flash: &Shared, last_reset: LastReset) -> TestUpdater {
@@ -219,7 +213,7 @@ fn boot(flash: &Shared, last_reset: LastReset) -> TestUpdater {
         Record(flash.clone()),
         FloorLog(flash.clone()),
         OtaConfig {
-            keys: keys(),
+            keys: heapless::Vec::from_slice(&[fleet_public()]).unwrap(),
             hw_rev: 2,
             running,
             built_in_floor: FwVersion::default(),

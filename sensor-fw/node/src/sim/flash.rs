@@ -381,6 +381,12 @@ impl FlashFile {
     pub fn record(&self) -> RecordSector<FlashRegion> {
         RecordSector::new(self.region(layout::OTA_RECORD))
     }
+
+    /// The floor log's sector (`layout::FLOOR_LOG`).
+    #[must_use]
+    pub fn floor_log(&self) -> RecordSector<FlashRegion> {
+        RecordSector::new(self.region(layout::FLOOR_LOG))
+    }
 }
 
 /// The simulator's [`BootFlash`](crate::boot::BootFlash).

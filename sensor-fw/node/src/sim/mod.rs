@@ -37,16 +37,23 @@ use heapless::{String as HString, Vec as HVec};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use outpost_proto::frame::MAX_FRAME_LEN;
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN};
-use outpost_proto::{ChannelId, FwVersion, LinkCounters, Millis, ResetReason};
+use outpost_proto::{
+    Bulk, ChannelId, FwVersion, LinkCounters, Millis, OtaControl, OtaPhase, OtaStatus, ResetReason,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use self::bootloader::Bootloader;
+use self::flash::{FlashFile, FlashOptions, FlashRegion, SimBootFlash};
+use self::image::Behaviour;
 use self::line::{Line, ReadOutcome};
 pub use self::sensors::{SimBank, SimSht3x};
 use crate::app::{App, Schedule};
+use crate::boot::RecordSector;
 use crate::link::{
-    BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink, Secrets,
+    BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink, OtaHandler, Secrets,
 };
+use crate::ota::{LastReset, OtaAction, OtaConfig, Updater};
 
 /// Capacity of the simulator's sample ring; `SimConfig::ring` may only lower it.
 pub const MAX_RING: usize = 4096;
@@ -56,7 +63,79 @@ const SIM_STACK_FREE_MIN: u32 = 5 * 1024;
 /// How long to wait before looking again for a peer on a line nobody holds open.
 const NO_PEER_RETRY: Duration = Duration::from_millis(50);
 
-type SimApp = App<SimBank, MAX_RING>;
+type SimApp = App<SimBank, MAX_RING, SimOta>;
+
+/// How soon after its boot a crash-looping or hanging image misbehaves.
+const MISBEHAVE_AFTER: Duration = Duration::from_millis(500);
+/// The watchdog that resets a hanging image (the bootloader starts it at 8 s on the RP2040).
+pub const WATCHDOG: Duration = Duration::from_secs(8);
+
+/// The updater of a simulated node with a flash file.
+pub type SimUpdater = Updater<SimBootFlash, RecordSector<FlashRegion>, RecordSector<FlashRegion>>;
+
+/// A node's firmware updates: none (no flash file), or the real updater over the file.
+#[derive(Debug)]
+enum SimOta {
+    None,
+    Flash(Box<SimUpdater>),
+}
+
+impl OtaHandler for SimOta {
+    fn handle_bulk(&mut self, now: Millis, bulk: Bulk<'_>) {
+        if let SimOta::Flash(u) = self {
+            u.handle_bulk(now, bulk);
+        }
+    }
+    fn handle_control(&mut self, control: OtaControl) {
+        if let SimOta::Flash(u) = self {
+            u.handle_control(control);
+        }
+    }
+    fn handle_session_up(&mut self, now: Millis) {
+        if let SimOta::Flash(u) = self {
+            u.handle_session_up(now);
+        }
+    }
+    fn handle_acked(&mut self, now: Millis, upto: u32) {
+        if let SimOta::Flash(u) = self {
+            u.handle_acked(now, upto);
+        }
+    }
+    fn poll_status(&mut self) -> Option<OtaStatus> {
+        match self {
+            SimOta::Flash(u) => u.poll_status(),
+            SimOta::None => None,
+        }
+    }
+    fn handle_timeout(&mut self, now: Millis, board_ok: bool) {
+        if let SimOta::Flash(u) = self {
+            u.handle_timeout(now, board_ok);
+        }
+    }
+    fn poll_timeout(&self) -> Option<Millis> {
+        match self {
+            SimOta::Flash(u) => u.poll_timeout(),
+            SimOta::None => None,
+        }
+    }
+    fn poll_action(&mut self) -> Option<OtaAction> {
+        match self {
+            SimOta::Flash(u) => u.poll_action(),
+            SimOta::None => None,
+        }
+    }
+}
+
+/// A node with a flash file: it boots whatever its ACTIVE slot holds (a simulator image,
+/// `make-image`), through embassy-boot's bootloader, and takes firmware updates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimFlash {
+    /// A 2 MiB file in the RP2040 layout (`make-flash`).
+    pub path: PathBuf,
+    /// The fleet firmware keys the image carries (at most two).
+    pub fleet_keys: Vec<[u8; 32]>,
+    pub options: FlashOptions,
+}
 
 /// Everything that makes one simulated node. Build with [`SimConfig::new`] and override fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +174,9 @@ pub struct SimConfig {
     /// The gateway node-link key this node is tied to (`outpost identity show` prints it);
     /// `None`: the first gateway that completes a handshake is pinned for the boot.
     pub gateway_key: Option<[u8; 32]>,
+    /// Boot from a flash file and take firmware updates; `fw` and `hw_rev` are then the
+    /// booted image's.
+    pub flash: Option<SimFlash>,
 }
 
 impl SimConfig {
@@ -129,6 +211,7 @@ impl SimConfig {
             reset_reason: ResetReason::PowerOn,
             baud: Some(115_200),
             gateway_key: None,
+            flash: None,
         }
     }
 
@@ -254,6 +337,36 @@ pub fn parse_uid(s: &str) -> Result<[u8; 8], String> {
     Ok(uid)
 }
 
+/// The firmware public keys of a key file as `outpost firmware keygen` writes it (blocks of
+/// `outpost-key 1`, `role`, `id`, `public <64 hex>`): the `public` of every block whose role is
+/// `firmware`. A file with none is an error: a node must not start trusting nothing by mistake.
+pub fn parse_fleet_keys(text: &str) -> Result<Vec<[u8; 32]>, String> {
+    let mut keys = Vec::new();
+    for block in text.split("\n\n") {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        };
+        if field("role") != Some("firmware") {
+            continue;
+        }
+        let public = field("public").ok_or("a firmware key block without a `public` line")?;
+        if public.len() != 64 || !public.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`public {public}` is not 64 hex digits"));
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&public[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err("no firmware public key (role firmware) in the file".into());
+    }
+    Ok(keys)
+}
+
 /// Parses `X.Y.Z`.
 pub fn parse_fw(s: &str) -> Result<FwVersion, String> {
     let parts: Vec<&str> = s.trim().split('.').collect();
@@ -286,6 +399,12 @@ pub struct SimStatus {
     pub peer: bool,
     /// Frames dropped because the line would block or nobody listened.
     pub frames_lost_on_line: u32,
+    /// The current boot's id and firmware, and how many boots this node has had.
+    pub boot_id: u32,
+    pub fw: FwVersion,
+    pub boots: u32,
+    /// Where its firmware update is (`None` without a flash file).
+    pub ota_phase: Option<OtaPhase>,
 }
 
 /// A simulated node running on its own thread. Dropping it stops the thread and removes the
@@ -346,12 +465,18 @@ impl SimNode {
             sampling_done: false,
             peer: false,
             frames_lost_on_line: 0,
+            boot_id,
+            fw: config.fw,
+            boots: 0,
+            ota_phase: None,
         }));
         let (stop_rx, stop_tx) = nix::unistd::pipe()?;
         let pump = Pump {
             config: config.clone(),
             identity,
             boot_id,
+            boots: 0,
+            fw_now: config.fw,
             line,
             stop_rx,
             status: Arc::clone(&status),
@@ -390,6 +515,7 @@ impl SimNode {
         self.uid
     }
 
+    /// The first boot's id ([`SimStatus::boot_id`] is the current one).
     #[must_use]
     pub fn boot_id(&self) -> u32 {
         self.boot_id
@@ -466,16 +592,77 @@ struct Pump {
     config: SimConfig,
     identity: Identity,
     boot_id: u32,
+    boots: u32,
+    /// The firmware this boot runs.
+    fw_now: FwVersion,
     line: Line,
     stop_rx: OwnedFd,
     status: Arc<Mutex<SimStatus>>,
 }
 
+/// How one boot of a simulated node ended.
+enum BootEnd {
+    Stopped,
+    /// The node reset (or lost power); it boots again.
+    Reset(LastReset),
+}
+
 impl Pump {
+    /// Boots the node, and again after every reset, until stopped.
     fn run(mut self) -> io::Result<()> {
+        let mut flash = self.open_flash()?;
+        let mut last_reset = LastReset::PowerOn;
+        loop {
+            match self.run_boot(flash.as_ref(), last_reset)? {
+                BootEnd::Stopped => return Ok(()),
+                BootEnd::Reset(why) => {
+                    if flash.as_ref().is_some_and(FlashFile::power_was_cut) {
+                        // Power back on: the chip as the cut left it, and no more cuts.
+                        flash = self.open_flash_after_cut()?;
+                    }
+                    last_reset = why;
+                    self.boot_id = random_boot_id()?;
+                }
+            }
+        }
+    }
+
+    fn open_flash(&self) -> io::Result<Option<FlashFile>> {
+        self.config
+            .flash
+            .as_ref()
+            .map(|f| FlashFile::open(&f.path, f.options.clone()))
+            .transpose()
+    }
+
+    fn open_flash_after_cut(&self) -> io::Result<Option<FlashFile>> {
+        self.config
+            .flash
+            .as_ref()
+            .map(|f| {
+                let options = FlashOptions {
+                    power_cut: None,
+                    ..f.options.clone()
+                };
+                FlashFile::open(&f.path, options)
+            })
+            .transpose()
+    }
+
+    /// One boot: from the bootloader to a reset or a stop.
+    fn run_boot(
+        &mut self,
+        flash: Option<&FlashFile>,
+        last_reset: LastReset,
+    ) -> io::Result<BootEnd> {
         let started = Instant::now();
         let now = || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let mut app = self.build(now())?;
+        let Some((mut app, behaviour)) = self.build(now(), flash, last_reset)? else {
+            return Ok(BootEnd::Reset(LastReset::PowerOn)); // the power was cut while booting
+        };
+        self.boots += 1;
+        let misbehave_at = matches!(behaviour, Behaviour::CrashLoop | Behaviour::Hang)
+            .then(|| now() + MISBEHAVE_AFTER);
         let mut garbage_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(1));
         let mut garbage_after = self.config.inject_garbage_every.map(|n| (n, n));
         // After a burst, the next real frame is damaged too, so it is lost and must be resent.
@@ -503,7 +690,7 @@ impl Pump {
                 Err(e) => return Err(e.into()),
             }
             if fds[0].any().unwrap_or(false) {
-                return Ok(()); // the stop pipe closed
+                return Ok(BootEnd::Stopped); // the stop pipe closed
             }
             let line_events = fds[1].revents().unwrap_or(PollFlags::empty());
             // POLLHUP on a pty master: nobody holds the slave open (yet, or any more).
@@ -526,7 +713,7 @@ impl Pump {
                 }
             }
             if !peer && self.pause_for_peer(wait)? {
-                return Ok(());
+                return Ok(BootEnd::Stopped);
             }
 
             let t = now();
@@ -571,42 +758,133 @@ impl Pump {
                 }
             }
             self.publish(&app, peer, lost);
+            if flash.is_some_and(FlashFile::power_was_cut) {
+                return Ok(BootEnd::Reset(LastReset::PowerOn));
+            }
+            if let Some(action) = app.poll_reset(now()) {
+                return Ok(BootEnd::Reset(LastReset::Requested {
+                    cause: match action {
+                        OtaAction::ResetToRevert { cause } => cause,
+                        OtaAction::ResetToInstall => outpost_proto::RevertCause::Unknown,
+                    },
+                }));
+            }
+            if misbehave_at.is_some_and(|at| now() >= at) {
+                if behaviour == Behaviour::Hang {
+                    // Nothing serviced until the watchdog bites (a stop still ends it).
+                    if self.sleep_unless_stopped(WATCHDOG)? {
+                        return Ok(BootEnd::Stopped);
+                    }
+                    return Ok(BootEnd::Reset(LastReset::Watchdog));
+                }
+                return Ok(BootEnd::Reset(LastReset::Crash));
+            }
             wait = app.poll_timeout().map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis(at - now())
             });
+            if let Some(at) = misbehave_at {
+                wait = wait.min(Duration::from_millis(at - now()));
+            }
             if let Some(busy) = uart.busy_for() {
                 wait = wait.min(busy);
             }
         }
     }
 
-    fn build(&self, now: Millis) -> io::Result<Box<SimApp>> {
-        let c = &self.config;
+    /// The node as it boots: without a flash file, the configured firmware; with one, the
+    /// bootloader runs first and the image in ACTIVE decides the firmware and its behaviour.
+    /// `None` when the power was cut during the boot.
+    fn build(
+        &mut self,
+        now: Millis,
+        flash: Option<&FlashFile>,
+        last_reset: LastReset,
+    ) -> io::Result<Option<(Box<SimApp>, Behaviour)>> {
+        let mut c = self.config.clone();
+        let mut behaviour = Behaviour::Normal;
+        let mut ota = SimOta::None;
+        let mut reset_reason = c.reset_reason;
+        if let (Some(flash), Some(sim_flash)) = (flash, &self.config.flash) {
+            let report = match Bootloader::default().boot(flash) {
+                Ok(report) => report,
+                Err(bootloader::BootFailure::PowerCut) => return Ok(None),
+                Err(e) => return Err(io::Error::other(format!("the node does not boot: {e}"))),
+            };
+            let image = report.image.map_err(|e| {
+                io::Error::other(format!("bricked: ACTIVE holds no whole image ({e})"))
+            })?;
+            c.fw = image.version;
+            c.hw_rev = image.hw_rev;
+            behaviour = image.behaviour;
+            let keys = heapless::Vec::from_slice(
+                &sim_flash.fleet_keys[..sim_flash.fleet_keys.len().min(2)],
+            )
+            .unwrap_or_default();
+            let updater = Updater::new(
+                now,
+                flash.boot_flash(),
+                flash.record(),
+                flash.floor_log(),
+                OtaConfig {
+                    keys,
+                    hw_rev: image.hw_rev,
+                    running: image.version,
+                    built_in_floor: FwVersion::default(),
+                },
+                last_reset,
+            );
+            reset_reason = if updater.reverted_boot() {
+                ResetReason::OtaRevert
+            } else {
+                match last_reset {
+                    LastReset::PowerOn => ResetReason::PowerOn,
+                    LastReset::Watchdog | LastReset::Crash => ResetReason::Watchdog,
+                    LastReset::Requested { .. } => ResetReason::Software,
+                    LastReset::Other => ResetReason::Other(0xff),
+                }
+            };
+            ota = SimOta::Flash(Box::new(updater));
+            self.identity = c.identity();
+        }
         let secrets = Secrets {
             signing_key: c.signing_key(),
             gateway_key: c.gateway_key,
             entropy: random_bytes()?,
         };
-        let link = NodeLink::new(
+        let link = NodeLink::with_ota(
             now,
             self.identity.clone(),
             secrets,
             Boot {
                 boot_id: self.boot_id,
-                reset_reason: c.reset_reason,
+                reset_reason,
             },
             LinkConfig {
                 hello_interval: c.hello_interval,
                 health_interval: c.health_interval,
                 ring_limit: c.ring,
             },
+            ota,
         );
         let bank = SimBank::new(&c.channels, c.seed ^ u64::from_le_bytes(c.uid));
         let schedule = Schedule {
             interval: c.sample_interval,
             limit: c.sample_limit,
         };
-        Ok(Box::new(App::new(now, link, bank, schedule)))
+        let mut app = Box::new(App::new(now, link, bank, schedule));
+        // An image that never confirms: the board's own checks never pass.
+        app.set_board_ok(behaviour != Behaviour::NeverConfirms);
+        self.fw_now = c.fw;
+        Ok(Some((app, behaviour)))
+    }
+
+    /// Sleeps `how_long`, waking early on stop; whether stop was requested.
+    fn sleep_unless_stopped(&self, how_long: Duration) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.stop_rx.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, poll_timeout(how_long)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(fds[0].any().unwrap_or(false)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Nobody listens: sleep a little (or until the next timer), waking early on stop.
@@ -629,6 +907,13 @@ impl Pump {
             sampling_done: app.sampling_done(),
             peer,
             frames_lost_on_line: lost,
+            boot_id: self.boot_id,
+            fw: self.fw_now,
+            boots: self.boots,
+            ota_phase: match link.ota() {
+                SimOta::Flash(u) => Some(u.phase()),
+                SimOta::None => None,
+            },
         };
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }
