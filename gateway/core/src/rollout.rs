@@ -103,6 +103,22 @@
 //!
 //! # Persistence and restart
 //!
+//! | node phase | what the row means | on restore |
+//! |---|---|---|
+//! | `pending` | no stage has taken it | waits for its wave |
+//! | `queued`, `rollback_queued` | taken; its port is busy | started when the port is free |
+//! | `transferring`, `rollback_transferring` | StartTransfer / RollBack was sent | sent again: the transfer resumes where the node is |
+//! | `installing` | the image is verified on the node; INSTALL was sent | INSTALL sent again (not in a halted rollout); a fresh confirm deadline |
+//! | `trial`, `rollback_installing` | the node runs the image on trial | a fresh confirm deadline |
+//! | `confirmed` | confirmed on the new version, not final | waits for the rollout to pass (or for the rollback) |
+//! | `finalized`, `skipped`, `failed`, `aborted`, `rolled_back`, `rollback_failed`, `cannot_roll_back` | terminal | nothing |
+//!
+//! | rollout state | on restore |
+//! |---|---|
+//! | `running` | the stage goes on from its nodes' rows |
+//! | `soaking` | the soak starts over, in full, from the restore |
+//! | `rolling_back`, `halted`, `done` | as the rows say; nothing new starts |
+//!
 //! Every change of a node's phase (and of its boot id, attempts or cause) and every change of the
 //! rollout's state or stage is an [`Action::Persist`] of the whole row ([`RolloutRow`],
 //! [`NodeRow`]): write them with upsert semantics, those drained after one input in one
@@ -1071,10 +1087,11 @@ impl Rollout {
         let version = rollout.artifact.version;
         for i in 0..rollout.nodes.len() {
             if rollout.nodes[i].from == version {
-                rollout.nodes[i].phase = NodePhase::Skipped;
-                rollout.nodes[i].detail = Some(format!("already on {version}"));
+                let detail = format!("already on {version}");
+                rollout.set_phase(i, NodePhase::Skipped, Some(detail));
+            } else {
+                rollout.persist_node(i);
             }
-            rollout.persist_node(i);
         }
         let detail = format!(
             "{} to {} nodes ({}), started by {}",
