@@ -20,6 +20,7 @@
 //! - [`site`]: the site at a glance for the technician's page: node states and the verdict line;
 //! - [`watchdog`]: when the daemon may tell systemd it is alive;
 //! - [`update`]: signing, and the state machine of one self-update attempt;
+//! - [`rollout`]: one staged rollout of node firmware: stages, gates, halt and rollback, restart;
 //! - [`config`]: the configuration compiled from text to typed values, every problem located
 //!   (the adapter reads the files and hands their text in through [`config::Sources`]).
 
@@ -36,6 +37,7 @@ pub mod link;
 pub mod listener;
 pub mod modbus;
 pub mod provisioning;
+pub mod rollout;
 pub mod site;
 pub mod technician;
 pub mod telemetry;
