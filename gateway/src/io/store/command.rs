@@ -111,6 +111,28 @@ pub enum StoreCommand {
         op: AuditOp,
         reply: oneshot::Sender<Result<Option<i64>, Arc<StoreError>>>,
     },
+    /// Node firmware rollouts ([`super::ota`]): a new rollout's id answers `Some(id)`, the
+    /// others `None`.
+    Ota {
+        op: OtaStoreOp,
+        reply: oneshot::Sender<Result<Option<u64>, Arc<StoreError>>>,
+    },
+}
+
+/// What [`StoreCommand::Ota`] does.
+#[derive(Debug)]
+pub enum OtaStoreOp {
+    /// The rollout core's rows and events of one drain, in one transaction.
+    Persist {
+        rollout: u64,
+        rows: Vec<outpost_core::rollout::Row>,
+        events: Vec<String>,
+        now_ms: i64,
+    },
+    /// A node's firmware changed (or did not): its RMA history.
+    Transition(super::ota::FirmwareTransition),
+    /// The id a new rollout takes.
+    NextRolloutId,
 }
 
 /// What [`StoreCommand::Audit`] does to the audit log.
@@ -275,6 +297,7 @@ impl StoreCommand {
                 job(Revoke { uid, now_ms }, Reply::Once(reply))
             }
             StoreCommand::Audit { op, reply } => job(Audit(op), Reply::Once(reply)),
+            StoreCommand::Ota { op, reply } => job(Ota(op), Reply::Once(reply)),
         }
     }
 }
@@ -649,6 +672,36 @@ impl Request for Audit {
     }
 
     fn answer(self, result: Result<Option<i64>, Arc<StoreError>>) -> Self::Answer {
+        result
+    }
+}
+
+struct Ota(OtaStoreOp);
+
+impl Request for Ota {
+    type Outcome = Option<u64>;
+    type Answer = Result<Option<u64>, Arc<StoreError>>;
+
+    fn apply(&self, tx: &mut Tx<'_>) -> Result<Option<u64>, StoreError> {
+        match &self.0 {
+            OtaStoreOp::Persist {
+                rollout,
+                rows,
+                events,
+                now_ms,
+            } => tx
+                .ota_persist(rows, events, *rollout, *now_ms)
+                .map(|()| None),
+            OtaStoreOp::Transition(t) => tx.firmware_transition(t).map(|()| None),
+            OtaStoreOp::NextRolloutId => tx.next_rollout_id().map(Some),
+        }
+    }
+
+    fn readings(&self) -> usize {
+        0
+    }
+
+    fn answer(self, result: Result<Option<u64>, Arc<StoreError>>) -> Self::Answer {
         result
     }
 }

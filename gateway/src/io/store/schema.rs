@@ -216,6 +216,68 @@ pub(super) const MIGRATIONS: &[&str] = &[
         finished_ms INTEGER
     );
     ",
+    // 11: node firmware rollouts (`outpost_core::rollout`, `store::ota`). `rollouts` and
+    // `rollout_nodes` are the rollout core's rows, written at every stage and phase change (never
+    // per chunk), from which a restarted gateway carries on. `ota_events`: what was published on
+    // `outpost/{id}/ota`, newest 10,000 kept. `node_firmware`: every firmware transition of every
+    // node, kept for the node's life (RMA traceability).
+    "
+    CREATE TABLE rollouts (
+        id                   INTEGER PRIMARY KEY,
+        artifact_sha256      TEXT NOT NULL,
+        artifact_version     TEXT NOT NULL,
+        mode                 TEXT NOT NULL,              -- staged | targeted
+        canary               INTEGER NOT NULL,
+        waves                TEXT NOT NULL,              -- 25%,100% (empty when targeted)
+        soak_ms              INTEGER NOT NULL,
+        confirm_within_ms    INTEGER NOT NULL,
+        offline_threshold_ms INTEGER NOT NULL,
+        max_per_port         INTEGER NOT NULL,
+        started_by           TEXT NOT NULL,
+        state                TEXT NOT NULL,
+        stage                TEXT,
+        halt_reason          TEXT,
+        rollback             INTEGER NOT NULL,
+        started_ms           INTEGER NOT NULL,
+        updated_ms           INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_nodes (
+        rollout           INTEGER NOT NULL REFERENCES rollouts(id),
+        uid               TEXT NOT NULL,
+        position          INTEGER NOT NULL,
+        port              TEXT NOT NULL,
+        stage             TEXT,
+        phase             TEXT NOT NULL,
+        from_version      TEXT NOT NULL,
+        to_version        TEXT NOT NULL,
+        rollback_sha256   TEXT,
+        rollback_version  TEXT,
+        attempts          INTEGER NOT NULL,
+        transfer_failures INTEGER NOT NULL,
+        boot_id           INTEGER,
+        last_reset        INTEGER,                       -- HEALTH reset_reason code
+        revert_cause      TEXT,
+        detail            TEXT,
+        updated_ms        INTEGER NOT NULL,
+        PRIMARY KEY (rollout, uid)
+    );
+    CREATE TABLE ota_events (
+        id      INTEGER PRIMARY KEY,
+        rollout INTEGER NOT NULL,
+        at_ms   INTEGER NOT NULL,
+        json    TEXT NOT NULL
+    );
+    CREATE TABLE node_firmware (
+        id           INTEGER PRIMARY KEY,
+        uid          TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        from_version TEXT NOT NULL,
+        to_version   TEXT NOT NULL,
+        outcome      TEXT NOT NULL,                      -- confirmed | reverted (cause) | finalized
+        rollout      INTEGER
+    );
+    CREATE INDEX node_firmware_uid ON node_firmware (uid, id);
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

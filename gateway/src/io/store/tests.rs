@@ -2097,3 +2097,129 @@ mod audit {
         );
     }
 }
+
+mod rollouts {
+    use super::*;
+    use outpost_core::rollout::{
+        Action, Artifact, Mode, Plan, Rollout, Row, Settings, TargetNode, Waves,
+    };
+    use outpost_proto::FwVersion;
+
+    fn v(minor: u8) -> FwVersion {
+        FwVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        }
+    }
+
+    /// A started rollout's rows, as its core asks for them to be written.
+    fn started() -> (Rollout, Vec<Row>) {
+        let nodes = (1..=4u8)
+            .map(|i| TargetNode {
+                uid: [i; 8],
+                port: format!("/dev/ttyS{i}"),
+                version: v(0),
+                online: true,
+                boot_id: Some(u32::from(i)),
+                rollback: (i % 2 == 0).then_some(Artifact {
+                    sha256: [i; 32],
+                    version: v(0),
+                }),
+            })
+            .collect();
+        let plan = Plan {
+            id: 7,
+            artifact: Artifact {
+                sha256: [9; 32],
+                version: v(1),
+            },
+            nodes,
+            settings: Settings {
+                mode: Mode::Staged {
+                    canary: 1,
+                    waves: Waves::parse("50%,100%").unwrap(),
+                },
+                ..Settings::default()
+            },
+            started_by: "cli".into(),
+        };
+        let mut rollout = Rollout::new(plan, outpost_proto::Millis(0)).unwrap();
+        let rows = std::iter::from_fn(|| rollout.poll_action())
+            .filter_map(|a| match a {
+                Action::Persist(row) => Some(row),
+                _ => None,
+            })
+            .collect();
+        (rollout, rows)
+    }
+
+    #[test]
+    fn a_rollouts_rows_come_back_as_written_and_restore_the_same_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (rollout, rows) = started();
+        assert!(!rows.is_empty());
+        {
+            let mut store = Store::open(&path).unwrap();
+            assert_eq!(store.transaction(|tx| tx.next_rollout_id()).unwrap(), 1);
+            store
+                .transaction(|tx| {
+                    tx.ota_persist(&rows, &["{\"event\":\"started\"}".into()], 7, 1000)
+                })
+                .unwrap();
+            // Rows written twice (a phase change) are upserts, not copies.
+            store
+                .transaction(|tx| tx.ota_persist(&rows, &[], 7, 2000))
+                .unwrap();
+            assert_eq!(store.transaction(|tx| tx.next_rollout_id()).unwrap(), 8);
+        }
+        let reader = Reader::open(&path).unwrap();
+        let back = reader.active_rollout().unwrap().expect("a rollout runs");
+        assert_eq!(back.nodes.len(), 4);
+        // The last row written for each node is the one kept.
+        let mut latest = std::collections::BTreeMap::new();
+        for row in &rows {
+            if let Row::Node(n) = row {
+                latest.insert(n.position, n.clone());
+            }
+        }
+        assert_eq!(back.nodes, latest.into_values().collect::<Vec<_>>());
+        let restored = Rollout::restore(back, outpost_proto::Millis(0)).unwrap();
+        assert_eq!(
+            restored.status(outpost_proto::Millis(0)).nodes.len(),
+            rollout.status(outpost_proto::Millis(0)).nodes.len()
+        );
+        assert_eq!(reader.ota_events(7, 10).unwrap().len(), 1);
+        assert_eq!(reader.rollouts(10).unwrap()[0].state, "running");
+    }
+
+    #[test]
+    fn a_nodes_firmware_history_is_kept_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        for (at, outcome) in [
+            (1, "reverted (deadline)"),
+            (2, "confirmed"),
+            (3, "finalized"),
+        ] {
+            store
+                .transaction(|tx| {
+                    tx.firmware_transition(&super::super::ota::FirmwareTransition {
+                        uid: "0101010101010101".into(),
+                        at_ms: at,
+                        from_version: "1.0.0".into(),
+                        to_version: "1.1.0".into(),
+                        outcome: outcome.into(),
+                        rollout: Some(7),
+                    })
+                })
+                .unwrap();
+        }
+        let reader = Reader::open(&path).unwrap();
+        let history = reader.firmware_history("0101010101010101").unwrap();
+        let outcomes: Vec<_> = history.iter().map(|t| t.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["reverted (deadline)", "confirmed", "finalized"]);
+    }
+}
