@@ -183,6 +183,8 @@ pub struct Site {
     pub api: SocketAddr,
     /// TOML appended to the generated config (e.g. an `[uplink]` table).
     pub extra_config: String,
+    /// The technician token [`Site::get`] and [`Site::post`] send, when the config sets one.
+    pub bearer: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -201,6 +203,7 @@ impl Site {
             specs: specs.clone(),
             api,
             extra_config: extra.to_owned(),
+            bearer: None,
             dir,
         };
         for i in 0..specs.len() {
@@ -296,7 +299,20 @@ impl Site {
 
     /// GET on the gateway's API, parsed as JSON.
     pub fn get(&self, path: &str) -> Result<serde_json::Value> {
-        http_get_json(self.api, path)
+        let (status, body) = http(self.api, "GET", path, self.bearer.as_deref(), None)?;
+        if status != 200 {
+            bail!(
+                "GET {path}: status {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// POST of JSON on the gateway's API: the status and the answer as JSON (`null` if none).
+    pub fn post(&self, path: &str, json: &str) -> Result<(u16, serde_json::Value)> {
+        let (status, body) = http(self.api, "POST", path, self.bearer.as_deref(), Some(json))?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
     }
 
     /// Every batch the cloud can pull with `token` (`[uplink.pull]`), oldest first: its seq and

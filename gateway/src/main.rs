@@ -8,6 +8,8 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use outpost::io::config::{self as config_files, DEFAULT_PATH as DEFAULT_CONFIG};
 use outpost::io::systemd;
 use outpost::{demo, selftest, topology};
+
+mod rollout_cli;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -99,6 +101,12 @@ enum Command {
         #[command(subcommand)]
         command: FirmwareCommand,
     },
+    /// Node firmware rollouts on the running gateway: a canary, then waves, health-gated; or
+    /// one node (`--node`). Talks to the gateway's local API with the technician token.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// The audit log of remote commands: every command that reached this gateway, who signed
     /// it and how it ended (newest first).
     Audit {
@@ -114,6 +122,56 @@ enum Command {
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Start a rollout and follow it with a progress bar per node until it ends (exit status 1
+    /// when it halts).
+    Start {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The image: a file (with its .sig beside it; added to the gateway's library), or the
+        /// file name or SHA-256 of an image already in the library.
+        #[arg(long)]
+        artifact: String,
+        /// Nodes updated first, alone (default 1).
+        #[arg(long)]
+        canary: Option<usize>,
+        /// Cumulative shares of all nodes after the canary (default 25%,100%).
+        #[arg(long)]
+        waves: Option<String>,
+        /// How long each stage is watched before the next (default 10m).
+        #[arg(long)]
+        soak: Option<String>,
+        /// How long a new image has to confirm its health (default 90s).
+        #[arg(long)]
+        confirm_within: Option<String>,
+        /// Update this one node (16 hex digits) alone: field support.
+        #[arg(long, conflicts_with_all = ["canary", "waves"])]
+        node: Option<String>,
+        /// Return once started instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Where the rollout stands, node by node.
+    Status {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Follow it live until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop the rollout: nothing new starts, transfers are aborted; with --rollback, nodes that
+    /// took the new image get their previous one back.
+    Halt {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        rollback: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -407,6 +465,56 @@ fn node_link_identity(data_dir: &std::path::Path) -> String {
 }
 
 /// `outpost firmware …`: the fleet's firmware key, signing and verifying node images.
+fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+    use rollout_cli::Api;
+    match command {
+        RolloutCommand::Start {
+            config,
+            artifact,
+            canary,
+            waves,
+            soak,
+            confirm_within,
+            node,
+            no_wait,
+        } => {
+            let api = Api::from_config(&config_files::load(&config)?)?;
+            let done = rollout_cli::start(
+                &api,
+                rollout_cli::StartArgs {
+                    artifact,
+                    canary,
+                    waves,
+                    soak,
+                    confirm_within,
+                    node,
+                    wait: !no_wait,
+                },
+            )?;
+            anyhow::ensure!(done, "the rollout halted");
+            Ok(())
+        }
+        RolloutCommand::Status {
+            config,
+            json,
+            watch,
+        } => {
+            let api = Api::from_config(&config_files::load(&config)?)?;
+            if watch {
+                let done = rollout_cli::follow(&api)?;
+                anyhow::ensure!(done, "the rollout halted");
+                Ok(())
+            } else {
+                rollout_cli::status(&api, json)
+            }
+        }
+        RolloutCommand::Halt { config, rollback } => {
+            let api = Api::from_config(&config_files::load(&config)?)?;
+            rollout_cli::halt(&api, rollback)
+        }
+    }
+}
+
 fn firmware(command: FirmwareCommand) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use outpost::io::signing_files::{hash_file, keygen, private_key, public_keys, sig_path};
@@ -901,6 +1009,7 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from),
             Command::Firmware { command } => firmware(command),
+            Command::Rollout { command } => rollout(command),
             Command::Audit {
                 config,
                 limit,

@@ -145,6 +145,22 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // Node firmware rollouts: one task, with each port's ends; its events go up at once.
+    let (ota_publish_tx, ota_publish_rx) = mpsc::channel(64);
+    let (ota, ota_ends) = crate::io::ota::spawn(
+        crate::io::ota::OtaSettings {
+            library: crate::io::firmware::dir(&config.data_dir),
+            keys: config.ota.firmware_keys.clone(),
+            chunk: config.ota.chunk,
+            share: config.ota.share,
+        },
+        config.serial.len(),
+        store_tx.clone(),
+        readers.clone(),
+        config.mqtt.is_some().then_some(ota_publish_tx),
+        shutdown.clone(),
+    );
+    let mut ota_ends = ota_ends.into_iter();
     let mut port_tasks = Vec::new();
     let node_link_key = if config.serial.is_empty() {
         None
@@ -162,6 +178,7 @@ pub async fn run(
             store_tx.clone(),
             clock.clone(),
             telemetry.clone(),
+            ota_ends.next(),
             shutdown.clone(),
         )));
     }
@@ -191,6 +208,7 @@ pub async fn run(
             meter: Arc::clone(&meter),
             telemetry: telemetry.clone(),
             commands,
+            ota_events: Some(ota_publish_rx),
         };
         if mqtt.provisioning.is_some() {
             // The identity may have to be obtained first (by claim), and is renewed.
@@ -278,6 +296,12 @@ pub async fn run(
         modbus: modbus_writer,
         enrollment_policy: config.enrollment.policy,
         enrollment_listed: config.enrollment.listed.len(),
+        ota,
+        firmware: api::FirmwareLibrary {
+            dir: crate::io::firmware::dir(&config.data_dir),
+            keys: config.ota.firmware_keys.clone(),
+            cap: config.ota.library_max_bytes,
+        },
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

@@ -25,13 +25,15 @@ use std::fmt;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::frame::{MAX_BULK_FRAME_LEN, MAX_FRAME_LEN};
 use outpost_proto::session::{Ephemeral, GatewayHandshake};
 use outpost_proto::{
-    Accept, Ack, AuthError, FrameDecoder, FrameError, Health, Hello, LinkCounters, Message, Millis,
-    Nack, Opener, Proof, Received, Sealer, SessionKeys, Telemetry, WINDOW, encode_frame,
-    encode_sealed_frame,
+    Accept, Ack, AuthError, Bulk, ChunkSize, FrameDecoder, FrameError, Health, Hello, LinkCounters,
+    Message, Millis, Nack, Opener, OtaStatus, Proof, Received, Sealer, SessionKeys, Telemetry,
+    WINDOW, encode_frame, encode_sealed_bulk, encode_sealed_frame,
 };
+
+use crate::ota::{Control as OtaOut, Image, Pacer, Transfer, TransferError, TransferEvent};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -354,8 +356,13 @@ pub enum Action {
         boot_id: u32,
         samples: Vec<Sample>,
     },
-    /// A HEALTH report.
-    Health { node_id: i64, health: Health },
+    /// A HEALTH report of boot `boot_id` of node `uid`.
+    Health {
+        node_id: i64,
+        uid: [u8; 8],
+        boot_id: u32,
+        health: Health,
+    },
     /// Frames the gateway dropped on this node's line since the last report.
     LinkErrors { node_id: i64, count: u32 },
     /// Anomalies on this node's line since the last report (see [`PortCounters`]).
@@ -371,6 +378,15 @@ pub enum Action {
     /// A PROOF in the name of `uid` did not verify under the key that ENROLL claimed: someone
     /// without that key spoke as that node. Counted on the node's row if it is enrolled.
     ProofFailed { uid: [u8; 8] },
+    /// The attached node's OTA_STATUS (opened): where it is with a firmware image. A node that
+    /// sends one takes updates.
+    OtaStatus {
+        uid: [u8; 8],
+        boot_id: u32,
+        status: OtaStatus,
+    },
+    /// What the port's firmware transfer to `uid` did ([`crate::ota::Transfer`]).
+    Transfer { uid: [u8; 8], event: TransferEvent },
 }
 
 /// Things worth a log line, counted for the status page.
@@ -631,6 +647,17 @@ pub struct PortSession {
     log_auth: LogLimit,
     /// Frames dropped for garbage since the last log line about it.
     garbage_unlogged: u64,
+    /// The firmware transfer to a node on this port, if one runs.
+    ota: Option<PortTransfer>,
+}
+
+/// A firmware transfer a port runs for one node.
+#[derive(Debug)]
+struct PortTransfer {
+    uid: [u8; 8],
+    transfer: Transfer,
+    /// An OFFER the transfer asked for, sent as a bulk frame before any chunk.
+    offer: Option<ChunkSize>,
 }
 
 impl PortSession {
@@ -692,6 +719,7 @@ impl PortSession {
             log_garbage: LogLimit::default(),
             log_auth: LogLimit::default(),
             garbage_unlogged: 0,
+            ota: None,
         };
         session.rate.tokens = session.rate.burst();
         session
@@ -727,7 +755,7 @@ impl PortSession {
         self.decoder.reset();
         self.hello = None;
         self.handshaking = None;
-        self.node = None;
+        self.detach();
         self.registering = None;
         self.pending_samples.clear();
         self.transmit.clear();
@@ -869,11 +897,13 @@ impl PortSession {
             node.sealer = sealer;
             node.opener = opener;
             let ack_upto = node.committed.unwrap_or(0);
+            let uid = node.uid;
             self.transmit.clear();
             self.transmit.push_back(Message::Accept(Accept {
                 boot_id: hello.boot_id,
                 ack_upto,
             }));
+            self.ota_session_changed(Some(uid));
             return;
         }
         if self.registering.is_some() {
@@ -950,6 +980,8 @@ impl PortSession {
                     node.uptime = Some((u64::from(health.uptime_s) * 1000, self.now));
                     self.actions.push_back(Action::Health {
                         node_id: node.node_id,
+                        uid: node.uid,
+                        boot_id: node.boot_id,
                         health,
                     });
                 }
@@ -957,9 +989,7 @@ impl PortSession {
             Message::Response(response) => {
                 tracing::debug!(message = "Command response.", port = %self.port, id = response.id, status = response.status);
             }
-            Message::OtaStatus(status) => {
-                tracing::debug!(message = "Firmware update status.", port = %self.port, phase = status.phase.as_str());
-            }
+            Message::OtaStatus(status) => self.handle_ota_status(status),
             // Gateway-to-node messages echoed back: a loop or a confused peer.
             Message::Accept(_)
             | Message::Ack(_)
@@ -1199,6 +1229,7 @@ impl PortSession {
             boot_id: hello.boot_id,
             ack_upto: registered.ack_upto,
         }));
+        self.ota_session_changed(Some(hello.uid));
     }
 
     /// The store could not register the node (its disk failed): the node says HELLO again.
@@ -1228,7 +1259,7 @@ impl PortSession {
     /// no longer opened, and its next HELLO is refused.
     pub fn handle_revoked(&mut self, node_id: i64) {
         if self.node.as_ref().is_some_and(|n| n.node_id == node_id) {
-            self.node = None;
+            self.detach();
             self.pending_samples.clear();
             self.transmit.clear();
             self.counters.revoked += 1;
@@ -1258,6 +1289,7 @@ impl PortSession {
     /// Writes the next frame for the line into `buf`: a CHALLENGE in the clear, anything else
     /// sealed with the attached node's session.
     pub fn poll_transmit(&mut self, buf: &mut [u8; MAX_FRAME_LEN]) -> Option<usize> {
+        self.take_ota_controls();
         loop {
             let message = self.transmit.pop_front()?;
             if !message.is_sealed() {
@@ -1271,11 +1303,171 @@ impl PortSession {
             if node.sealer.sent() == u32::MAX {
                 // The counter is spent: drop the session; the node's link timeout brings a new
                 // handshake (and the store says where it stands).
-                self.node = None;
+                self.detach();
             }
             if encoded.is_some() {
                 return encoded;
             }
+        }
+    }
+
+    // ---- firmware transfers ----
+
+    /// Starts sending `image` to node `uid` (replacing any transfer this port runs). The node
+    /// need not be on the line yet: the transfer waits for its session.
+    pub fn start_transfer(
+        &mut self,
+        now: Millis,
+        uid: [u8; 8],
+        image: Image,
+        chunk: ChunkSize,
+        pacer: Pacer,
+    ) {
+        self.now = self.now.max(now);
+        let mut transfer = Transfer::start(now, image, chunk, pacer);
+        if self.node.as_ref().is_none_or(|n| n.uid != uid) {
+            transfer.handle_link_lost(now);
+        }
+        self.ota = Some(PortTransfer {
+            uid,
+            transfer,
+            offer: None,
+        });
+        self.drain_transfer_events();
+    }
+
+    /// The transfer to `uid`, for the rollout's install, abort and finalize.
+    pub fn transfer_mut(&mut self, uid: [u8; 8]) -> Option<&mut Transfer> {
+        self.ota
+            .as_mut()
+            .filter(|t| t.uid == uid)
+            .map(|t| &mut t.transfer)
+    }
+
+    /// Applies `op` to the transfer to `uid`; `Err` when there is none or it has ended.
+    pub fn with_transfer(
+        &mut self,
+        uid: [u8; 8],
+        op: impl FnOnce(&mut Transfer) -> Result<(), TransferError>,
+    ) -> Result<(), Option<TransferError>> {
+        let transfer = self.transfer_mut(uid).ok_or(None)?;
+        let result = op(transfer).map_err(Some);
+        self.drain_transfer_events();
+        result
+    }
+
+    /// Forgets the transfer to `uid` (its rollout no longer needs it).
+    pub fn drop_transfer(&mut self, uid: [u8; 8]) {
+        if self.ota.as_ref().is_some_and(|t| t.uid == uid) {
+            self.ota = None;
+        }
+    }
+
+    /// The uid and status of the transfer this port runs.
+    #[must_use]
+    pub fn transfer_status(&self) -> Option<([u8; 8], crate::ota::TransferStatus)> {
+        self.ota.as_ref().map(|t| (t.uid, t.transfer.status()))
+    }
+
+    /// The uid of the node attached to the port.
+    #[must_use]
+    pub fn node_uid(&self) -> Option<[u8; 8]> {
+        self.node.as_ref().map(|n| n.uid)
+    }
+
+    /// Runs the transfer's timers.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.now = self.now.max(now);
+        if let Some(t) = &mut self.ota {
+            t.transfer.handle_timeout(now);
+        }
+        self.drain_transfer_events();
+    }
+
+    /// When [`PortSession::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.ota.as_ref().and_then(|t| t.transfer.poll_timeout())
+    }
+
+    /// Writes the next bulk frame for the line into `buf`: the transfer's OFFER, or a chunk the
+    /// node's credit, its holes and the pacer allow now. Call when the previous one has left
+    /// (the pacer counts a chunk as on the line from the moment it is handed out).
+    pub fn poll_bulk(&mut self, now: Millis, buf: &mut [u8; MAX_BULK_FRAME_LEN]) -> Option<usize> {
+        self.now = self.now.max(now);
+        self.take_ota_controls();
+        let ota = self.ota.as_mut()?;
+        let node = self.node.as_mut().filter(|n| n.uid == ota.uid)?;
+        let encoded = if let Some(chunk) = ota.offer.take() {
+            let image = ota.transfer.image().clone();
+            encode_sealed_bulk(&Bulk::Offer(image.offer(chunk)), &mut node.sealer, buf).ok()
+        } else {
+            let chunk = ota.transfer.poll_chunk(now)?;
+            let image = ota.transfer.image();
+            encode_sealed_bulk(&Bulk::Chunk(image.chunk(chunk)), &mut node.sealer, buf).ok()
+        };
+        if node.sealer.sent() == u32::MAX {
+            self.detach();
+        }
+        self.drain_transfer_events();
+        encoded
+    }
+
+    /// The transfer's controls go out with the ACKs, ahead of any chunk; an OFFER waits for
+    /// [`PortSession::poll_bulk`].
+    fn take_ota_controls(&mut self) {
+        let Some(ota) = &mut self.ota else { return };
+        if self.node.as_ref().is_none_or(|n| n.uid != ota.uid) {
+            return;
+        }
+        while let Some(out) = ota.transfer.poll_control(self.now) {
+            match out {
+                OtaOut::Offer { chunk, .. } => ota.offer = Some(chunk),
+                OtaOut::Control(control) => self.transmit.push_back(Message::OtaControl(control)),
+            }
+        }
+    }
+
+    fn handle_ota_status(&mut self, status: OtaStatus) {
+        let Some(node) = &self.node else { return };
+        let (uid, boot_id) = (node.uid, node.boot_id);
+        self.actions.push_back(Action::OtaStatus {
+            uid,
+            boot_id,
+            status,
+        });
+        if let Some(t) = self.ota.as_mut().filter(|t| t.uid == uid) {
+            t.transfer.handle_status(self.now, &status);
+        }
+        self.drain_transfer_events();
+    }
+
+    /// A new session opened with `uid` on this port (or none is open any more): the transfer
+    /// learns whether its node can hear it.
+    fn ota_session_changed(&mut self, uid: Option<[u8; 8]>) {
+        let now = self.now;
+        if let Some(t) = &mut self.ota {
+            t.offer = None;
+            if Some(t.uid) == uid {
+                t.transfer.handle_link_up(now);
+            } else {
+                t.transfer.handle_link_lost(now);
+            }
+        }
+        self.drain_transfer_events();
+    }
+
+    /// The node is no longer attached (port reset, revoked, its counter spent).
+    fn detach(&mut self) {
+        self.node = None;
+        self.ota_session_changed(None);
+    }
+
+    fn drain_transfer_events(&mut self) {
+        let Some(t) = &mut self.ota else { return };
+        while let Some(event) = t.transfer.poll_event() {
+            self.actions
+                .push_back(Action::Transfer { uid: t.uid, event });
         }
     }
 }

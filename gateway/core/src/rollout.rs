@@ -1241,6 +1241,24 @@ impl Rollout {
         Ok(rollout)
     }
 
+    /// The image this rollout is putting on node `uid` now: the new one on the way forward, the
+    /// previous one while rolling back; `None` for a node it no longer acts on (or never did).
+    #[must_use]
+    pub fn expected_image(&self, uid: [u8; 8]) -> Option<[u8; 32]> {
+        let node = &self.nodes[self.index(uid)?];
+        match node.phase {
+            NodePhase::Queued
+            | NodePhase::Transferring
+            | NodePhase::Installing
+            | NodePhase::Trial
+            | NodePhase::Confirmed => Some(self.artifact.sha256),
+            NodePhase::RollbackQueued
+            | NodePhase::RollbackTransferring
+            | NodePhase::RollbackInstalling => node.rollback.map(|a| a.sha256),
+            _ => None,
+        }
+    }
+
     /// The transfer core reports on a transfer this rollout started; `sha256` names its image.
     /// Reports about another image, or a transfer not in flight, are stale and ignored.
     pub fn handle_transfer(

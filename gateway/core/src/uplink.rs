@@ -98,6 +98,8 @@ pub enum Action {
     },
     /// Publish an alert (JSON) on the alert topic, QoS 1.
     PublishAlert(Vec<u8>),
+    /// Publish a firmware update event (JSON) on `outpost/{id}/ota`, QoS 1.
+    PublishOta(Vec<u8>),
     /// Publish a command's result (JSON) on `outpost/{id}/cmd/result/{request}`, QoS 1.
     PublishResult {
         request: String,
@@ -184,6 +186,8 @@ pub struct UplinkStatus {
     pub commands: Option<&'static str>,
     /// Command results dropped because more were waiting than the uplink could hold.
     pub results_dropped: u64,
+    /// Firmware update events dropped from a full queue while the uplink was down.
+    pub ota_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +240,7 @@ pub struct UplinkSession {
     tracker: PublishTracker,
     broker_acks: ContiguousAcks,
     alerts: VecDeque<Vec<u8>>,
+    ota: VecDeque<Vec<u8>>,
     results: VecDeque<(String, Vec<u8>)>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -276,6 +281,7 @@ impl UplinkSession {
             tracker: PublishTracker::default(),
             broker_acks: ContiguousAcks::default(),
             alerts: VecDeque::new(),
+            ota: VecDeque::new(),
             results: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -528,7 +534,7 @@ impl UplinkSession {
     /// The client took a publish the session asked for at `now` (it goes on the wire in order).
     pub fn handle_queued(&mut self, now: Millis, queued: Queued) {
         match queued {
-            Queued::Status | Queued::Alert | Queued::Result => {
+            Queued::Status | Queued::Alert | Queued::Result | Queued::Ota => {
                 self.tracker.requested(NOT_A_BATCH);
             }
             Queued::Subscription(which) => self.subacks_awaited.push_back(which),
@@ -555,6 +561,7 @@ impl UplinkSession {
         match action {
             Action::PublishBatch { .. } => self.batch_requested = false,
             Action::PublishAlert(alert) => self.alerts.push_front(alert),
+            Action::PublishOta(event) => self.ota.push_front(event),
             Action::PublishResult { request, payload } => {
                 self.results.push_front((request, payload));
             }
@@ -610,6 +617,16 @@ impl UplinkSession {
             self.status.alerts_dropped += 1;
         }
         self.alerts.push_back(payload);
+    }
+
+    /// A firmware update event: it goes out as soon as the topics are known to work, never held
+    /// back for a batch. Past [`MAX_QUEUED_ALERTS`] waiting, the oldest go.
+    pub fn handle_ota(&mut self, payload: Vec<u8>) {
+        if self.ota.len() >= MAX_QUEUED_ALERTS {
+            self.ota.pop_front();
+            self.status.ota_dropped += 1;
+        }
+        self.ota.push_back(payload);
     }
 
     /// A command's result: it goes out as soon as the topics are known to work.
@@ -677,6 +694,9 @@ impl UplinkSession {
         if let Some((request, payload)) = self.results.pop_front() {
             return Some(Action::PublishResult { request, payload });
         }
+        if let Some(event) = self.ota.pop_front() {
+            return Some(Action::PublishOta(event));
+        }
         let in_flight = self.published_upto.saturating_sub(self.acked_upto);
         let more_sealed = self.newest_sealed > self.published_upto;
         if !self.batch_requested && more_sealed && in_flight < self.config.max_unacked {
@@ -733,6 +753,8 @@ pub enum Queued {
     /// The `online` status message.
     Status,
     Alert,
+    /// A firmware update event.
+    Ota,
     /// A command's result.
     Result,
     /// A SUBSCRIBE: its SUBACK is awaited.

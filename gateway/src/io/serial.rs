@@ -4,17 +4,19 @@
 use std::time::{Duration, Instant};
 
 use outpost_proto::Millis;
-use outpost_proto::frame::MAX_FRAME_LEN;
+use outpost_proto::frame::{MAX_BULK_FRAME_LEN, MAX_FRAME_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::io::ota::{PortCommand, PortEnds, PortReport};
 use crate::io::store::writer::{StoreCommand, StoreReply};
 use crate::io::telemetry::TelemetryHub;
 use crate::io::wall_clock::{self, WallClock};
 use outpost_core::config::SerialPort;
 use outpost_core::link::{Action, LinkSecrets, PortSession};
+use outpost_core::ota::Pacer;
 use outpost_core::telemetry::{AlertKey, AlertKind, Event};
 
 /// Longest a write to a port may block before the frame is dropped (a wedged USB device).
@@ -23,7 +25,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a quiet port still reports (so the `newcomers_refused` alert resolves in time).
 const TICK: Duration = Duration::from_secs(5);
 
-/// Runs one port until `shutdown`.
+/// Runs one port until `shutdown`. `ota`: the rollout task's ends for this port.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     index: usize,
     config: SerialPort,
@@ -31,6 +34,7 @@ pub async fn run(
     store: mpsc::Sender<StoreCommand>,
     clock: WallClock,
     telemetry: TelemetryHub,
+    mut ota: Option<PortEnds>,
     shutdown: CancellationToken,
 ) {
     let path = config.path.display().to_string();
@@ -80,7 +84,11 @@ pub async fn run(
 
         let mut buf = [0u8; 1024];
         let mut frame = [0u8; MAX_FRAME_LEN];
+        let mut bulk = Box::new([0u8; MAX_BULK_FRAME_LEN]);
         let closed_by = loop {
+            let timer = session
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_since(now())));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 read = port.read(&mut buf) => match read {
@@ -91,25 +99,47 @@ pub async fn run(
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
                     Err(e) => break e.to_string(),
                 },
-                Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply),
+                Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply, index, ota.as_ref()),
+                Some(command) = async { ota.as_mut().expect("guarded").commands.recv().await }, if ota.is_some() => {
+                    handle_ota_command(&mut session, command, now(), config.baud);
+                }
+                () = tokio::time::sleep(timer.unwrap_or(TICK)), if timer.is_some() => session.handle_timeout(now()),
                 _ = tick.tick() => {}
             }
             // Carry out what the session asked for.
             while let Some(action) = session.poll_action() {
-                let command = command_for(action, &path, &reply_tx, &clock);
+                let Some(command) = command_for(action, &path, &reply_tx, &clock, ota.as_ref())
+                else {
+                    continue;
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     sent = store.send(command) => if sent.is_err() { return },
                 }
             }
             let mut failed = None;
-            while let Some(n) = session.poll_transmit(&mut frame) {
-                match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&frame[..n])).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failed = Some(e.to_string()),
-                    Err(_) => {
-                        tracing::warn!(message = "Serial write timed out; frame dropped.", port = %path)
-                    }
+            // Control frames (ACK, NACK, OTA controls) first; then at most one bulk frame (an
+            // OFFER or a chunk), as the transfer's pacer allows, so an ACK never waits behind
+            // more than one chunk.
+            loop {
+                let n = match session.poll_transmit(&mut frame) {
+                    Some(n) => n,
+                    None => break,
+                };
+                if let Err(e) = write_frame(&mut port, &frame[..n], &path).await {
+                    failed = Some(e);
+                }
+            }
+            if failed.is_none()
+                && let Some(n) = session.poll_bulk(now(), &mut bulk)
+                && let Err(e) = write_frame(&mut port, &bulk[..n], &path).await
+            {
+                failed = Some(e);
+            }
+            // Transfer events from the frames just polled.
+            while let Some(action) = session.poll_action() {
+                if let Some(command) = command_for(action, &path, &reply_tx, &clock, ota.as_ref()) {
+                    let _ = store.try_send(command);
                 }
             }
             telemetry.record(Event::PortCounted {
@@ -142,6 +172,9 @@ pub async fn run(
                 break error;
             }
         };
+        if let (Some(ota), Some(uid)) = (&ota, session.node_uid()) {
+            let _ = ota.reports.send(PortReport::NodeDown { uid });
+        }
         tracing::warn!(message = "Serial port lost; reopening.", port = %path, reason = %closed_by);
         telemetry.record(Event::PortDown {
             index,
@@ -155,15 +188,63 @@ pub async fn run(
     }
 }
 
+async fn write_frame(
+    port: &mut tokio_serial::SerialStream,
+    frame: &[u8],
+    path: &str,
+) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            tracing::warn!(message = "Serial write timed out; frame dropped.", port = %path);
+            Ok(())
+        }
+    }
+}
+
+/// The rollout task's request for this port's transfer.
+fn handle_ota_command(session: &mut PortSession, command: PortCommand, now: Millis, baud: u32) {
+    let result = match command {
+        PortCommand::Start {
+            uid,
+            image,
+            chunk,
+            share,
+        } => {
+            session.start_transfer(now, uid, image, chunk, Pacer::new(baud, share));
+            Ok(())
+        }
+        PortCommand::Install {
+            uid,
+            confirm_within_s,
+        } => session.with_transfer(uid, |t| t.install(confirm_within_s)),
+        PortCommand::Abort { uid } => session.with_transfer(uid, |t| t.abort()),
+        PortCommand::Finalize { uid } => session.with_transfer(uid, |t| t.finalize()),
+    };
+    if let Err(error) = result {
+        tracing::debug!(message = "Firmware transfer request not taken.", port = %session.port(),
+            error = error.map_or_else(|| "no transfer for the node".to_owned(), |e| e.to_string()));
+    }
+}
+
+/// The store's work for an action; actions that are the rollout task's go there instead
+/// (`None`).
 fn command_for(
     action: Action,
     port: &str,
     reply: &mpsc::UnboundedSender<StoreReply>,
     clock: &WallClock,
-) -> StoreCommand {
+    ota: Option<&PortEnds>,
+) -> Option<StoreCommand> {
     let stamp = clock.now();
     let now_ms = stamp.wall_ms;
-    match action {
+    let report = |r: PortReport| {
+        if let Some(ota) = ota {
+            let _ = ota.reports.send(r);
+        }
+    };
+    Some(match action {
         Action::Register {
             hello,
             public_key,
@@ -195,11 +276,23 @@ fn command_for(
             now_ms,
             reply: reply.clone(),
         },
-        Action::Health { node_id, health } => StoreCommand::Health {
+        Action::Health {
             node_id,
+            uid,
+            boot_id,
             health,
-            now_ms,
-        },
+        } => {
+            report(PortReport::Health {
+                uid,
+                boot_id,
+                reset_reason: health.reset_reason,
+            });
+            StoreCommand::Health {
+                node_id,
+                health,
+                now_ms,
+            }
+        }
         Action::LinkErrors { node_id, count } => StoreCommand::LinkErrors { node_id, count },
         Action::Anomalies {
             node_id,
@@ -215,16 +308,50 @@ fn command_for(
             replayed,
         },
         Action::ProofFailed { uid } => StoreCommand::ProofFailed { uid },
-    }
+        Action::OtaStatus {
+            uid,
+            boot_id,
+            status,
+        } => {
+            report(PortReport::Status {
+                uid,
+                boot_id,
+                status,
+            });
+            return None;
+        }
+        Action::Transfer { uid, event } => {
+            report(PortReport::Transfer { uid, event });
+            return None;
+        }
+    })
 }
 
-fn handle_reply(session: &mut PortSession, reply: StoreReply) {
+fn handle_reply(
+    session: &mut PortSession,
+    reply: StoreReply,
+    index: usize,
+    ota: Option<&PortEnds>,
+) {
     match reply {
         StoreReply::Registered { hello, result } => match result {
             Ok(Ok(registered)) => {
                 tracing::info!(message = "Node accepted.", port = %session.port(), uid = %outpost_core::hex::encode(&hello.uid),
                     fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto, newcomer = registered.newcomer);
+                let previous = session.node_uid();
                 session.handle_registered(&hello, Ok(registered));
+                if let Some(ota) = ota {
+                    if let Some(previous) = previous.filter(|p| *p != hello.uid) {
+                        let _ = ota.reports.send(PortReport::NodeDown { uid: previous });
+                    }
+                    let _ = ota.reports.send(PortReport::NodeUp {
+                        port: index,
+                        uid: hello.uid,
+                        boot_id: hello.boot_id,
+                        fw: hello.fw,
+                        hw_rev: hello.hw_rev,
+                    });
+                }
             }
             // Logged by the session, rate-limited: a flood of refusals must not flood the log.
             Ok(Err(refusal)) => session.handle_registered(&hello, Err(refusal)),

@@ -67,6 +67,11 @@ pub struct RawOta {
     pub firmware_keys: Vec<PathBuf>,
     /// The most bytes the gateway keeps of firmware images (its library in the data directory).
     pub library_max_bytes: u64,
+    /// Image bytes per OTA_CHUNK: 1024 (the most efficient) or 512 (better on a noisy line).
+    pub chunk_bytes: u32,
+    /// The share of a port's line a firmware transfer may take (0.05 to 0.95): telemetry's
+    /// ACKs keep the rest.
+    pub share: f64,
 }
 
 impl Default for RawOta {
@@ -74,6 +79,8 @@ impl Default for RawOta {
         RawOta {
             firmware_keys: Vec::new(),
             library_max_bytes: DEFAULT_LIBRARY_MAX_BYTES,
+            chunk_bytes: 1024,
+            share: crate::ota::DEFAULT_OTA_SHARE,
         }
     }
 }
@@ -86,6 +93,8 @@ pub const DEFAULT_LIBRARY_MAX_BYTES: u64 = 4 * 1024 * 1024;
 pub struct OtaConfig {
     pub firmware_keys: Vec<crate::update::signing::PublicKey>,
     pub library_max_bytes: u64,
+    pub chunk: outpost_proto::ChunkSize,
+    pub share: f64,
 }
 
 impl Default for OtaConfig {
@@ -93,6 +102,8 @@ impl Default for OtaConfig {
         OtaConfig {
             firmware_keys: Vec::new(),
             library_max_bytes: DEFAULT_LIBRARY_MAX_BYTES,
+            chunk: outpost_proto::ChunkSize::B1024,
+            share: crate::ota::DEFAULT_OTA_SHARE,
         }
     }
 }
@@ -1302,6 +1313,31 @@ pub fn compile(
             &mut problem,
         ),
         library_max_bytes: raw.ota.library_max_bytes,
+        chunk: match raw.ota.chunk_bytes {
+            512 => outpost_proto::ChunkSize::B512,
+            1024 => outpost_proto::ChunkSize::B1024,
+            other => {
+                problem(
+                    "ota.chunk_bytes",
+                    format!("must be 512 or 1024, not {other}"),
+                );
+                outpost_proto::ChunkSize::B1024
+            }
+        },
+        share: if (crate::ota::MIN_OTA_SHARE..=crate::ota::MAX_OTA_SHARE).contains(&raw.ota.share) {
+            raw.ota.share
+        } else {
+            problem(
+                "ota.share",
+                format!(
+                    "must be between {} and {}, not {}",
+                    crate::ota::MIN_OTA_SHARE,
+                    crate::ota::MAX_OTA_SHARE,
+                    raw.ota.share
+                ),
+            );
+            crate::ota::DEFAULT_OTA_SHARE
+        },
     };
     if raw.ota.library_max_bytes < crate::firmware::MAX_IMAGE_BYTES {
         problem(

@@ -22,6 +22,7 @@ enum Wire {
     Batch(u64),
     Alert(Vec<u8>),
     Result(String),
+    Ota(Vec<u8>),
 }
 
 struct Site {
@@ -139,6 +140,10 @@ impl Site {
                 Action::PublishResult { request, .. } => {
                     self.session.handle_queued(self.now, Queued::Result);
                     Some(Wire::Result(request))
+                }
+                Action::PublishOta(event) => {
+                    self.session.handle_queued(self.now, Queued::Ota);
+                    Some(Wire::Ota(event))
                 }
                 Action::PublishBatch { after } => {
                     match self.outbox.iter().copied().find(|&s| s > after) {
@@ -553,6 +558,33 @@ fn alerts_wait_for_the_probe_and_the_oldest_are_dropped_beyond_the_bound() {
     assert_eq!(alerts.len(), MAX_QUEUED_ALERTS);
     assert_eq!(alerts[0], b"2");
     assert_eq!(site.session.status().alerts_dropped, 2);
+}
+
+#[test]
+fn firmware_events_go_out_before_batches_once_the_probe_passed_and_a_flood_keeps_the_newest() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+    site.outbox = vec![1, 2];
+    site.session.handle_sealed(2);
+    for i in 0..MAX_QUEUED_ALERTS + 3 {
+        site.session.handle_ota(i.to_string().into_bytes());
+    }
+    site.connect(true);
+    assert_eq!(site.wire, [(1, Wire::Online)], "nothing before the probe");
+    site.echo();
+    let sent: Vec<&Wire> = site.wire.iter().map(|(_, w)| w).skip(1).collect();
+    let first_batch = sent.iter().position(|w| matches!(w, Wire::Batch(_)));
+    let last_ota = sent.iter().rposition(|w| matches!(w, Wire::Ota(_)));
+    assert!(last_ota < first_batch, "{sent:?}");
+    let events: Vec<&Vec<u8>> = sent
+        .iter()
+        .filter_map(|w| match w {
+            Wire::Ota(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), MAX_QUEUED_ALERTS);
+    assert_eq!(events[0].as_slice(), b"3");
+    assert_eq!(site.session.status().ota_dropped, 3);
 }
 
 #[test]

@@ -169,9 +169,9 @@ impl ModelStore {
             Action::Health { .. }
             | Action::LinkErrors { .. }
             | Action::Anomalies { .. }
-            | Action::ProofFailed { .. } => {
-                (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1)
-            }
+            | Action::ProofFailed { .. }
+            | Action::OtaStatus { .. }
+            | Action::Transfer { .. } => (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1),
         };
         self.group.push(action);
         self.group_readings += readings;
@@ -300,7 +300,9 @@ impl ModelStore {
                 Action::Health { .. } => self.health_reports += 1,
                 Action::LinkErrors { .. }
                 | Action::Anomalies { .. }
-                | Action::ProofFailed { .. } => {}
+                | Action::ProofFailed { .. }
+                | Action::OtaStatus { .. }
+                | Action::Transfer { .. } => {}
             }
         }
         replies
@@ -351,6 +353,8 @@ fn failure(action: Action) -> Option<Reply> {
         Action::Health { .. }
         | Action::LinkErrors { .. }
         | Action::Anomalies { .. }
-        | Action::ProofFailed { .. } => None,
+        | Action::ProofFailed { .. }
+        | Action::OtaStatus { .. }
+        | Action::Transfer { .. } => None,
     }
 }

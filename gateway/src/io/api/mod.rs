@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub mod listener;
+pub mod ota;
 
 use crate::io::telemetry::TelemetryHub;
 use crate::io::uplink::meter::Meter;
@@ -76,7 +77,13 @@ pub struct ApiState {
     /// `[enrollment]`: the policy, and how many nodes the manifests list.
     pub enrollment_policy: outpost_core::link::EnrollmentPolicy,
     pub enrollment_listed: usize,
+    /// Node firmware rollouts (`io::ota`).
+    pub ota: crate::io::ota::OtaHandle,
+    /// The firmware library and what it holds images to.
+    pub firmware: FirmwareLibrary,
 }
+
+pub use ota::FirmwareLibrary;
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -426,6 +433,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/enrollment", get(enrollment))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/overview", get(page::overview))
+        .route(
+            "/api/v1/firmware",
+            get(ota::library)
+                .post(ota::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(ota::MAX_BUNDLE_BYTES)),
+        )
+        .route("/api/v1/rollout", get(ota::status).post(ota::start))
+        .route("/api/v1/rollout/halt", post(ota::halt))
         .route_layer(scope(Scope::Technician));
     // The page itself holds no data: what it shows comes from the overview, behind the scope.
     let page = Router::new()
@@ -458,6 +473,12 @@ pub fn router(state: ApiState) -> Router {
             post(technician::enroll_window),
         )
         .route("/api/v1/actions/revoke", post(technician::revoke))
+        .route(
+            "/api/v1/actions/firmware",
+            post(ota::upload).layer(axum::extract::DefaultBodyLimit::max(ota::MAX_BUNDLE_BYTES)),
+        )
+        .route("/api/v1/actions/rollout", post(ota::start))
+        .route("/api/v1/actions/rollout-halt", post(ota::halt))
         .route_layer(from_fn_with_state(
             state.clone(),
             technician::require_session,

@@ -16,7 +16,7 @@ use outpost_proto::Millis;
 use tokio::sync::mpsc;
 
 use super::command::{self, Job};
-pub use super::command::{AckReply, AuditOp, StoreCommand, StoreReply};
+pub use super::command::{AckReply, AuditOp, OtaStoreOp, StoreCommand, StoreReply};
 use super::sealer::{Round, Sealer};
 use super::{Store, StoreError};
 use crate::io::telemetry::TelemetryHub;

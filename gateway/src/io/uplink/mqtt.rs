@@ -54,6 +54,8 @@ struct Topics {
     ack: String,
     status: String,
     alert: String,
+    /// `outpost/{id}/ota`: firmware update events, published at once.
+    ota: String,
     /// `outpost/{id}/cmd/+`: signed remote commands.
     commands: String,
     /// `outpost/{id}/cmd/`: a command's topic is this and its verb.
@@ -70,6 +72,7 @@ impl Topics {
             ack: topic("ack"),
             status: topic("status"),
             alert: topic("alert"),
+            ota: topic("ota"),
             commands: topic("cmd/+"),
             command_prefix: topic("cmd/"),
             result_prefix: topic("cmd/result/"),
@@ -96,6 +99,8 @@ pub struct UplinkIo {
     pub telemetry: TelemetryHub,
     /// The command task's ends, when remote commands are configured (`io::commands`).
     pub commands: Option<CommandLink>,
+    /// Firmware update events to publish at once on `outpost/{id}/ota` (`io::ota`).
+    pub ota_events: Option<mpsc::Receiver<Vec<u8>>>,
 }
 
 /// One `poll` of the event loop, owning it until it returns: dropped only at shutdown.
@@ -229,6 +234,12 @@ pub async fn run(
                     {
                         Ok(()) => session.handle_queued(now(), Queued::Alert),
                         Err(_) => session.handle_client_full(Action::PublishAlert(payload)),
+                    }
+                }
+                Action::PublishOta(payload) => {
+                    match client.try_publish(&topics.ota, TopicRef::Name, false, payload.clone()) {
+                        Ok(()) => session.handle_queued(now(), Queued::Ota),
+                        Err(_) => session.handle_client_full(Action::PublishOta(payload)),
                     }
                 }
                 Action::PublishBatch { after } => {
@@ -378,6 +389,9 @@ pub async fn run(
             }
             Some((request, payload)) = async { io.commands.as_mut().expect("guarded").results.recv().await }, if io.commands.is_some() => {
                 session.handle_result(request, payload);
+            }
+            Some(event) = async { io.ota_events.as_mut().expect("guarded").recv().await }, if io.ota_events.is_some() => {
+                session.handle_ota(event);
             }
             Ok(()) = alert_changes.changed() => {
                 alert_changes.borrow_and_update();

@@ -1,0 +1,410 @@
+//! Node firmware updates end to end: the real gateway (`outpost run`), simulated nodes on ptys
+//! that boot from flash files through embassy-boot's bootloader (`outpost-node-sim --flash`),
+//! images made and signed with the shipped tools, rollouts driven by `outpost rollout` and the
+//! local API.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use outpost_e2e::{NodeSpec, Site, bin, wait_for};
+use serde_json::Value;
+
+const TOKEN: &str = "ota-technician-token-0123456789";
+/// Nodes and ports run at 921,600 baud: an image in about a second.
+const BAUD: &str = "921600";
+
+/// The fleet's firmware key and the images made with it.
+struct Fleet {
+    dir: PathBuf,
+}
+
+impl Fleet {
+    fn new(dir: &Path) -> Result<Fleet> {
+        let dir = dir.join("fleet");
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new(bin("outpost"))
+            .args(["firmware", "keygen", "--out"])
+            .arg(dir.join("keys")))?;
+        Ok(Fleet { dir })
+    }
+
+    fn public_key(&self) -> PathBuf {
+        self.dir.join("keys/firmware.pub")
+    }
+
+    /// A simulator image of `version` (`flags`: `--never-confirms`, `--crash-loop`), signed for
+    /// hardware revision `hw_rev` by `key` (the fleet's unless given).
+    fn image(
+        &self,
+        version: &str,
+        flags: &[&str],
+        hw_rev: u8,
+        key: Option<&Path>,
+    ) -> Result<PathBuf> {
+        let name = format!("node-{version}{}.bin", flags.concat().replace("--", "-"));
+        let path = self.dir.join(name);
+        run(Command::new(bin("outpost-node-sim"))
+            .args(["make-image", "--version", version, "--size", "48K"])
+            .args(flags)
+            .arg(&path))?;
+        let own = self.dir.join("keys/firmware.key");
+        run(Command::new(bin("outpost"))
+            .args(["firmware", "sign", "--key"])
+            .arg(key.unwrap_or(&own))
+            .args(["--version", version, "--hw-rev", &hw_rev.to_string()])
+            .arg(&path))?;
+        Ok(path)
+    }
+
+    /// A node's flash as it leaves the factory, with `image` in its ACTIVE slot.
+    fn flash(&self, image: &Path, node: usize) -> Result<PathBuf> {
+        let path = self.dir.join(format!("flash{node}.bin"));
+        let _ = std::fs::remove_file(&path);
+        run(Command::new(bin("outpost-node-sim"))
+            .arg("make-flash")
+            .arg("--image")
+            .arg(image)
+            .arg(&path))?;
+        Ok(path)
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// A site of `n` nodes on factory image `factory`, taking updates signed by the fleet's key.
+fn site(fleet: &Fleet, factory: &Path, n: usize, dir: &Path) -> Result<Site> {
+    let mut specs = Vec::new();
+    for i in 0..n {
+        let mut spec = NodeSpec::new(i);
+        spec.rate_hz = 20.0;
+        spec.sim_args = vec![
+            "--flash".into(),
+            fleet.flash(factory, i)?.display().to_string(),
+            "--fleet-key".into(),
+            fleet.public_key().display().to_string(),
+            "--baud".into(),
+            BAUD.into(),
+        ];
+        spec.port_config = format!("baud = {BAUD}");
+        specs.push(spec);
+    }
+    let _ = dir;
+    let extra = format!(
+        "[api]\ntechnician_token = \"{TOKEN}\"\n\n[ota]\nfirmware_keys = [\"{}\"]\n",
+        fleet.public_key().display()
+    );
+    let mut site = Site::with_config(specs, &extra)?;
+    site.bearer = Some(TOKEN.into());
+    Ok(site)
+}
+
+/// `outpost <args> --config <site>`.
+fn outpost(site: &Site, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.args(args).arg("--config").arg(site.config_path());
+    cmd
+}
+
+fn rollout(site: &Site) -> Result<Value> {
+    Ok(site.get("/api/v1/rollout")?)
+}
+
+/// Waits until every node has said it takes updates (its OTA_STATUS).
+fn wait_for_nodes(site: &Site, n: usize) -> Result<()> {
+    wait_for(Duration::from_secs(30), "every node's OTA status", || {
+        let view = rollout(site).ok()?;
+        (view["nodes"].as_array()?.len() == n).then_some(())
+    })
+}
+
+/// The node's firmware version and reset reason as the gateway's registry holds them.
+fn node_row(site: &Site, uid: &str) -> Result<(String, Option<String>)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        site.store_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn.query_row(
+        "SELECT fw_version, reset_reason FROM nodes WHERE uid = ?1",
+        [uid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+/// Every node's `seq` values split into boots (a boot starts again at 1): each boot's must be
+/// exactly 1..=n, nothing lost or doubled, also across an install.
+fn assert_seq_contiguous_per_boot(site: &Site) -> Result<()> {
+    for (uid, seqs) in site.stored_seqs()? {
+        let mut boots: Vec<Vec<i64>> = Vec::new();
+        for seq in seqs {
+            match boots.last_mut() {
+                Some(boot) if seq != 1 => boot.push(seq),
+                _ => boots.push(vec![seq]),
+            }
+        }
+        for (i, boot) in boots.iter().enumerate() {
+            let expected: Vec<i64> = (1..=boot.len() as i64).collect();
+            ensure!(
+                *boot == expected,
+                "node {uid}, boot {i}: seq not 1..={} (first gap near {:?})",
+                boot.len(),
+                boot.iter().zip(&expected).find(|(a, b)| a != b)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_good_image_goes_canary_then_waves_and_every_node_confirms_on_it() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fleet = Fleet::new(tmp.path())?;
+    let factory = fleet.image("1.0.0", &[], 1, None)?;
+    let next = fleet.image("1.1.0", &[], 1, None)?;
+    let mut site = site(&fleet, &factory, 4, tmp.path())?;
+    // The factory image too: the one each node would be rolled back to.
+    run(&mut outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    site.start_gateway()?;
+    wait_for_nodes(&site, 4)?;
+    site.wait_for_samples(20, Duration::from_secs(30))?;
+
+    // The CLI adds the image to the library, starts the rollout and follows it to its end.
+    let out = run(&mut outpost(
+        &site,
+        &[
+            "rollout",
+            "start",
+            "--canary",
+            "1",
+            "--waves",
+            "50%,100%",
+            "--soak",
+            "2s",
+            "--confirm-within",
+            "30s",
+            "--artifact",
+        ],
+    )
+    .arg(&next))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(stdout.contains("started"), "{stdout}");
+
+    let view = rollout(&site)?;
+    let r = &view["rollout"];
+    ensure!(r["state"] == "done", "{r:#}");
+    let stages: Vec<&str> = r["stages"]
+        .as_array()
+        .context("stages")?
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap_or("?"))
+        .collect();
+    ensure!(stages == ["canary", "wave 1", "wave 2"], "{stages:?}");
+    for node in r["nodes"].as_array().context("nodes")? {
+        ensure!(node["phase"] == "finalized", "{node:#}");
+    }
+    for spec in &site.specs {
+        let (fw, _) = node_row(&site, &spec.uid)?;
+        ensure!(fw == "1.1.0", "node {} runs {fw}", spec.uid);
+    }
+    site.wait_for_samples(40, Duration::from_secs(30))?;
+    assert_seq_contiguous_per_boot(&site)?;
+
+    // The floor rose with FINALIZE: the factory image is now refused before any transfer.
+    let out = outpost(&site, &["rollout", "start", "--artifact"])
+        .arg(&factory)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("below-floor"),
+        "{stderr}"
+    );
+    let (status, body) = site.post(
+        "/api/v1/rollout",
+        &format!(
+            "{{\"artifact\": \"{}\"}}",
+            factory.file_name().unwrap().to_string_lossy()
+        ),
+    )?;
+    ensure!(
+        status == 422 && body["kind"] == "below-floor",
+        "{status} {body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_image_that_never_confirms_halts_the_rollout_at_the_canary_which_reverts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fleet = Fleet::new(tmp.path())?;
+    let factory = fleet.image("1.0.0", &[], 1, None)?;
+    let bad = fleet.image("1.2.0", &["--never-confirms"], 1, None)?;
+    let crashing = fleet.image("1.2.1", &["--crash-loop"], 1, None)?;
+    let mut site = site(&fleet, &factory, 3, tmp.path())?;
+    run(&mut outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    site.start_gateway()?;
+    wait_for_nodes(&site, 3)?;
+
+    for (image, why) in [(&bad, "never confirmed"), (&crashing, "crashed")] {
+        let out = outpost(
+            &site,
+            &[
+                "rollout",
+                "start",
+                "--soak",
+                "2s",
+                "--confirm-within",
+                "5s",
+                "--artifact",
+            ],
+        )
+        .arg(image)
+        .output()?;
+        ensure!(
+            !out.status.success(),
+            "the rollout of {} did not halt",
+            image.display()
+        );
+        let view = rollout(&site)?;
+        let r = &view["rollout"];
+        ensure!(r["state"] == "halted" && r["stage"] == "canary", "{r:#}");
+        let halt = r["halt_reason"].as_str().unwrap_or_default();
+        ensure!(halt.contains(why), "{halt}");
+        let nodes = r["nodes"].as_array().context("nodes")?;
+        let canary: Vec<&Value> = nodes.iter().filter(|n| n["stage"] == "canary").collect();
+        ensure!(canary.len() == 1, "{nodes:#?}");
+        let canary_uid = canary[0]["uid"].as_str().context("uid")?;
+        // Every other node was never touched.
+        for node in nodes.iter().filter(|n| n["uid"] != canary_uid) {
+            ensure!(
+                matches!(node["phase"].as_str(), Some("pending" | "aborted")),
+                "{node:#}"
+            );
+            ensure!(node["attempts"] == 0, "{node:#}");
+        }
+        // The canary is back on its old image and says why it rebooted.
+        let (fw, reset) = wait_for(
+            Duration::from_secs(20),
+            "the canary's revert report",
+            || {
+                let row = node_row(&site, canary_uid).ok()?;
+                (row.1.as_deref() == Some("ota_revert")).then_some(row)
+            },
+        )?;
+        ensure!(
+            fw == "1.0.0" && reset.as_deref() == Some("ota_revert"),
+            "{fw} {reset:?}"
+        );
+        for spec in site.specs.iter().filter(|s| s.uid != canary_uid) {
+            ensure!(node_row(&site, &spec.uid)?.0 == "1.0.0");
+        }
+    }
+    assert_seq_contiguous_per_boot(&site)?;
+    Ok(())
+}
+
+#[test]
+fn images_that_do_not_verify_are_refused_before_any_transfer_with_their_reason() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fleet = Fleet::new(tmp.path())?;
+    let factory = fleet.image("1.0.0", &[], 1, None)?;
+    let mut site = site(&fleet, &factory, 1, tmp.path())?;
+    site.start_gateway()?;
+    wait_for_nodes(&site, 1)?;
+
+    // Signed by another fleet's key.
+    let stranger_dir = tmp.path().join("stranger");
+    run(Command::new(bin("outpost"))
+        .args(["firmware", "keygen", "--out"])
+        .arg(&stranger_dir))?;
+    let forged = fleet.image("1.3.0", &[], 1, Some(&stranger_dir.join("firmware.key")))?;
+    // For another hardware revision.
+    let other_board = fleet.image("1.4.0", &[], 2, None)?;
+    // Truncated after signing.
+    let truncated = fleet.image("1.5.0", &[], 1, None)?;
+    let bytes = std::fs::read(&truncated)?;
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000])?;
+
+    for (image, kind) in [
+        (&forged, "bad-signature"),
+        (&other_board, "wrong-hardware"),
+        (&truncated, "damaged"),
+    ] {
+        // The CLI says why.
+        let out = outpost(&site, &["rollout", "start", "--artifact"])
+            .arg(image)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains(kind),
+            "{}: {stderr}",
+            image.display()
+        );
+        // The API says why, as a name a script can use.
+        let mut bundle = std::fs::read(format!("{}.sig", image.display()))?;
+        bundle.extend(std::fs::read(image)?);
+        let (status, body) = post_bytes(&site, "/api/v1/firmware", &bundle)?;
+        if kind == "wrong-hardware" {
+            // Signed for a board the library takes; the rollout refuses it for these nodes.
+            ensure!(status == 201 || status == 409, "{status} {body}");
+            let (status, body) = site.post(
+                "/api/v1/rollout",
+                &format!(
+                    "{{\"artifact\": \"{}\"}}",
+                    image.file_name().unwrap().to_string_lossy()
+                ),
+            )?;
+            ensure!(status == 422 && body["kind"] == kind, "{status} {body}");
+        } else {
+            ensure!(status == 422 && body["kind"] == kind, "{status} {body}");
+        }
+    }
+    // Nothing went to the node: it never heard an offer.
+    let view = rollout(&site)?;
+    ensure!(view["rollout"].is_null(), "{view:#}");
+    ensure!(view["nodes"][0]["phase"] == "idle", "{view:#}");
+    Ok(())
+}
+
+/// POST of raw bytes with the technician token.
+fn post_bytes(site: &Site, path: &str, body: &[u8]) -> Result<(u16, Value)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(site.api)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        site.api,
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no header end")?;
+    let status = String::from_utf8_lossy(&response[..end])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    if status == 0 {
+        bail!("no status");
+    }
+    Ok((
+        status,
+        serde_json::from_slice(&response[end + 4..]).unwrap_or_default(),
+    ))
+}
