@@ -101,18 +101,33 @@ fn site(fleet: &Fleet, factory: &Path, n: usize, dir: &Path) -> Result<Site> {
     }
     let _ = dir;
     let extra = format!(
-        "[api]\ntechnician_token = \"{TOKEN}\"\n\n[ota]\nfirmware_keys = [\"{}\"]\n",
+        "[ota]\nfirmware_keys = [\"{}\"]\n",
         fleet.public_key().display()
     );
     let mut site = Site::with_config(specs, &extra)?;
+    // The technician token, in a drop-in as a site provisions it.
+    let dropins = site.dir.path().join("outpost.d");
+    std::fs::create_dir_all(&dropins)?;
+    std::fs::write(
+        dropins.join("50-api.toml"),
+        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
+    )?;
     site.bearer = Some(TOKEN.into());
     Ok(site)
 }
 
-/// `outpost <args> --config <site>`.
+/// `outpost <subcommand...> --config <site> <rest...>`: `args` up to the first flag name the
+/// subcommand; the caller appends the rest, the last being a flag's value.
 fn outpost(site: &Site, args: &[&str]) -> Command {
+    let split = args
+        .iter()
+        .position(|a| a.starts_with("--"))
+        .unwrap_or(args.len());
     let mut cmd = Command::new(bin("outpost"));
-    cmd.args(args).arg("--config").arg(site.config_path());
+    cmd.args(&args[..split])
+        .arg("--config")
+        .arg(site.config_path())
+        .args(&args[split..]);
     cmd
 }
 
@@ -192,7 +207,7 @@ fn a_good_image_goes_canary_then_waves_and_every_node_confirms_on_it() -> Result
             "--soak",
             "2s",
             "--confirm-within",
-            "30s",
+            "6s",
             "--artifact",
         ],
     )

@@ -21,7 +21,6 @@ const POLL: Duration = Duration::from_millis(500);
 pub(crate) struct Api {
     addr: SocketAddr,
     token: String,
-    runtime: tokio::runtime::Runtime,
 }
 
 impl Api {
@@ -39,14 +38,7 @@ impl Api {
         } else if addr.ip() == Ipv6Addr::UNSPECIFIED {
             addr.set_ip(Ipv6Addr::LOCALHOST.into());
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(Api {
-            addr,
-            token,
-            runtime,
-        })
+        Ok(Api { addr, token })
     }
 
     /// One request; the status and the body as JSON (`null` when it is not JSON).
@@ -56,33 +48,37 @@ impl Api {
         path: &str,
         body: Option<(Vec<u8>, &str)>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        self.runtime.block_on(async {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot reach the gateway's API at {} (is outpost running?)",
-                        self.addr
-                    )
-                })?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let (bytes, content_type) = body.unwrap_or((Vec::new(), "application/json"));
-            let request = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::HOST, self.addr.to_string())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-                .header(header::CONTENT_TYPE, content_type)
-                .body(Full::new(Bytes::from(bytes)))?;
-            let response =
-                tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        // The commands run inside main's runtime, one request at a time.
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                let stream = tokio::net::TcpStream::connect(self.addr)
                     .await
-                    .context("the gateway's API did not answer in time")??;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+                    .with_context(|| {
+                        format!(
+                            "cannot reach the gateway's API at {} (is outpost running?)",
+                            self.addr
+                        )
+                    })?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                let (bytes, content_type) = body.unwrap_or((Vec::new(), "application/json"));
+                let request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(header::HOST, self.addr.to_string())
+                    .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Full::new(Bytes::from(bytes)))?;
+                let response =
+                    tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+                        .await
+                        .context("the gateway's API did not answer in time")??;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+            })
         })
     }
 }

@@ -121,11 +121,7 @@ pub async fn run(
             // Control frames (ACK, NACK, OTA controls) first; then at most one bulk frame (an
             // OFFER or a chunk), as the transfer's pacer allows, so an ACK never waits behind
             // more than one chunk.
-            loop {
-                let n = match session.poll_transmit(&mut frame) {
-                    Some(n) => n,
-                    None => break,
-                };
+            while let Some(n) = session.poll_transmit(&mut frame) {
                 if let Err(e) = write_frame(&mut port, &frame[..n], &path).await {
                     failed = Some(e);
                 }

@@ -18,8 +18,8 @@
 //! - **After a reset the phase is derived, not trusted**: from embassy-boot's state, the running
 //!   version and the record's marks (docs/ota-design.md §3.2).
 //! - **A trial image must prove itself** within `confirm_within` seconds of its boot: a session
-//!   opened, [`CONFIRM_SAMPLES`] samples acknowledged by the gateway, and the board's own checks.
-//!   Only then is `mark_booted` called; otherwise the node resets and the bootloader reverts.
+//!   opened, [`CONFIRM_SAMPLES`] samples acknowledged by the gateway, the board's own checks,
+//!   all still true after half that time (at most [`CONFIRM_DWELL_MAX`]). Only then is `mark_booted` called; otherwise the node resets and the bootloader reverts.
 //! - **The floor rises only at FINALIZE**, after the whole rollout passed, so a rollback within a
 //!   rollout is never refused by it.
 
@@ -39,6 +39,9 @@ use crate::boot::{BootFlash, BootState, RecordFlash, SECTOR, Sector};
 pub const WINDOW_SECTORS: usize = 4;
 /// Samples the gateway must acknowledge in a trial boot before the image confirms.
 pub const CONFIRM_SAMPLES: u32 = 3;
+/// The longest a trial image must stay healthy before it confirms: half its `confirm_within`,
+/// at most this. A crash loop or a hang that shows within that time reverts.
+pub const CONFIRM_DWELL_MAX: Duration = Duration::from_secs(30);
 /// The trial's deadline when the record does not say (an INSTALL always does).
 pub const DEFAULT_CONFIRM_WITHIN_S: u16 = 90;
 /// Least time between two OTA_STATUS sent because a chunk arrived after a missing one.
@@ -158,6 +161,9 @@ impl Held {
 #[derive(Debug, Clone, Copy)]
 struct Trial {
     deadline: Millis,
+    /// Not confirmed before this (`None` once it passed): an image that crashes or hangs a few
+    /// seconds after boot must not get the time to mark itself good.
+    dwell_until: Option<Millis>,
     session: bool,
     acked: u32,
 }
@@ -380,8 +386,13 @@ impl<B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<B, R, F> {
     /// Runs the trial: confirms the image when it has proved itself and `board_ok` (the board's
     /// own checks: watchdog running, stack sane); asks for a revert when its time is up.
     pub fn handle_timeout(&mut self, now: Millis, board_ok: bool) {
-        let Some(trial) = self.trial else { return };
-        if trial.session && trial.acked >= CONFIRM_SAMPLES && board_ok {
+        let Some(trial) = &mut self.trial else { return };
+        if trial.dwell_until.is_some_and(|until| now >= until) {
+            trial.dwell_until = None;
+        }
+        let trial = *trial;
+        let proven = trial.session && trial.acked >= CONFIRM_SAMPLES && trial.dwell_until.is_none();
+        if proven && board_ok {
             self.confirm();
         } else if now >= trial.deadline && self.action.is_none() {
             self.action = Some(OtaAction::ResetToRevert {
@@ -420,7 +431,7 @@ impl<B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<B, R, F> {
     /// When [`Updater::handle_timeout`] must next be called: the trial's deadline.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.trial.map(|t| t.deadline)
+        self.trial.map(|t| t.dwell_until.unwrap_or(t.deadline))
     }
 
     // ---- accessors ----
@@ -736,8 +747,10 @@ impl<B: BootFlash, R: RecordFlash, F: RecordFlash> Updater<B, R, F> {
 
     fn start_trial(&mut self, now: Millis, within_s: u16) {
         self.phase = OtaPhase::Trial;
+        let within = Duration::from_secs(u64::from(within_s));
         self.trial = Some(Trial {
-            deadline: now + Duration::from_secs(u64::from(within_s)),
+            deadline: now + within,
+            dwell_until: Some(now + (within / 2).min(CONFIRM_DWELL_MAX)),
             session: false,
             acked: 0,
         });

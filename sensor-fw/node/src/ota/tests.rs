@@ -433,7 +433,8 @@ fn a_trial_image_confirms_after_a_session_and_three_acknowledged_samples() {
     let mut u = install_and_reboot(&flash, u, 60);
     assert_eq!(flash.0.borrow().active, V2);
     assert_eq!(u.phase(), OtaPhase::Trial);
-    assert_eq!(u.poll_timeout(), Some(Millis(60_000)));
+    // First it must stay healthy for half its window.
+    assert_eq!(u.poll_timeout(), Some(Millis(30_000)));
     u.handle_session_up(Millis(1000));
     u.handle_acked(Millis(2000), 2);
     u.handle_timeout(Millis(2000), true);
@@ -442,6 +443,13 @@ fn a_trial_image_confirms_after_a_session_and_three_acknowledged_samples() {
     u.handle_timeout(Millis(3000), false);
     assert_eq!(u.phase(), OtaPhase::Trial, "the board's own checks failed");
     u.handle_timeout(Millis(3100), true);
+    assert_eq!(
+        u.phase(),
+        OtaPhase::Trial,
+        "a crash loop shows within seconds"
+    );
+    assert_eq!(u.poll_timeout(), Some(Millis(30_000)));
+    u.handle_timeout(Millis(30_000), true);
     assert_eq!(u.phase(), OtaPhase::Confirmed);
     assert_eq!(flash.0.borrow().state, Some(BootState::Boot));
     // A reboot keeps it confirmed; FINALIZE raises the floor and forgets the transfer.
