@@ -47,7 +47,8 @@
 //! a blind go-back. A chunk is missing when the node lacks it and either
 //! - something sent after it is held, in flash or in `have` (a hole: a 0 below the highest 1;
 //!   comparing transmission order rather than index keeps a just-resent hole from being sent a
-//!   third time on a STATUS that left the node before it arrived), or
+//!   third time on a STATUS that left the node before it arrived; a held chunk that was sent
+//!   more than once counts from its first send, since which copy arrived is not known), or
 //! - it went out at least one STATUS timeout before the STATUS arrived (a lost tail, which no
 //!   later chunk reveals).
 //!
@@ -57,15 +58,18 @@
 //! **The STATUS timeout** is RFC 6298's estimate (smoothed round trip plus four deviations,
 //! clamped to [`RTO_MIN`]..=[`RTO_MAX`], [`RTO_INITIAL`] before a measure), measured from a
 //! QUERY to its STATUS and from the chunk that completed a sector to the STATUS saying it is in
-//! flash, never on something sent twice (Karn). When no STATUS makes progress within it, the
-//! transfer sends a QUERY and doubles it. After [`MAX_UNANSWERED_QUERIES`] QUERYs with no STATUS
-//! at all the transfer **stalls** ([`TransferEvent::Stalled`]): no chunk goes, only a QUERY every
-//! [`SLOW_QUERY_INTERVAL`], until the node's next STATUS ([`TransferEvent::Resumed`]).
+//! flash, never on something sent twice nor across a QUERY (Karn). When no STATUS makes
+//! progress within it, the transfer sends a QUERY and doubles it. After
+//! [`MAX_UNANSWERED_QUERIES`] QUERYs with no STATUS at all the transfer **stalls**
+//! ([`TransferEvent::Stalled`]): no chunk goes, only a QUERY every [`SLOW_QUERY_INTERVAL`], until
+//! the node's next STATUS ([`TransferEvent::Resumed`]).
 //!
 //! **Stale and duplicate STATUS** are ignored. A node's phase and `flashed` only go back across a
 //! reset, which opens a new session; so between sessions, a STATUS ranked below one already
 //! taken (an earlier phase, fewer bytes in flash) is a copy or was overtaken, and changes
-//! nothing. The first STATUS after a new session or an OFFER is taken whatever it says.
+//! nothing. The first STATUS after a new session or an OFFER is taken whatever it says. A node
+//! that did go back within a session (it forgot the image) is believed when it says so in
+//! answer to a QUERY sent a round-trip estimate (not backed off) or more after the newer word.
 //!
 //! **Phases** are reported as the node reports them: verified, installing, trial, confirmed.
 //! [`Transfer::install`] (once verified) sends INSTALL, [`Transfer::finalize`] (once confirmed)

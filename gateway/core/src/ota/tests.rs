@@ -100,18 +100,33 @@ fn idle() -> OtaStatus {
     }
 }
 
+/// More than any drain can rightly give at once (an image has at most 1,024 chunks): a
+/// transfer that keeps answering fails the test instead of hanging it.
+const DRAIN_LIMIT: usize = 2048;
+
 fn controls(t: &mut Transfer, now: u64) -> Vec<Control> {
-    std::iter::from_fn(|| t.poll_control(ms(now))).collect()
+    let out: Vec<_> = std::iter::from_fn(|| t.poll_control(ms(now)))
+        .take(DRAIN_LIMIT)
+        .collect();
+    assert!(out.len() < DRAIN_LIMIT, "poll_control never ran dry");
+    out
 }
 
 fn chunks(t: &mut Transfer, now: u64) -> Vec<u16> {
-    std::iter::from_fn(|| t.poll_chunk(ms(now)))
+    let out: Vec<_> = std::iter::from_fn(|| t.poll_chunk(ms(now)))
+        .take(DRAIN_LIMIT)
         .map(|c| c.index)
-        .collect()
+        .collect();
+    assert!(out.len() < DRAIN_LIMIT, "poll_chunk never ran dry");
+    out
 }
 
 fn events(t: &mut Transfer) -> Vec<TransferEvent> {
-    std::iter::from_fn(|| t.poll_event()).collect()
+    let out: Vec<_> = std::iter::from_fn(|| t.poll_event())
+        .take(DRAIN_LIMIT)
+        .collect();
+    assert!(out.len() < DRAIN_LIMIT, "poll_event never ran dry");
+    out
 }
 
 fn op(image: &Image, op: OtaOp, arg: u16) -> Control {
@@ -403,12 +418,49 @@ fn a_resent_hole_is_not_sent_again_on_a_status_older_than_the_resend() {
     t.handle_status(ms(22), &receiving(&image, 0, 0b1011, 16));
     t.handle_status(ms(24), &receiving(&image, 0, 0b1111_1011, 16));
     assert!(chunks(&mut t, 24).is_empty());
-    // The node writes nothing without 2; a chunk sent after the resend arrives and 2 is still
-    // missing: the resend was lost too.
+    // The node writes nothing without 2; a chunk sent after the resend arrives (and with it,
+    // on an in-order line, 8..15, sent before it) and 2 is still missing: the resend was lost
+    // too, and only it goes again.
     t.handle_status(ms(30), &receiving(&image, 0, 0b1111_1011, 20));
     assert_eq!(chunks(&mut t, 30), [16, 17, 18, 19]);
-    t.handle_status(ms(40), &receiving(&image, 0, 1 << 16 | 0b1111_1011, 20));
+    t.handle_status(ms(40), &receiving(&image, 0, 1 << 16 | 0xFFFB, 20));
     assert_eq!(chunks(&mut t, 40), [2]);
+    // Had 8..15 not arrived while 16 did, they would be holes like any other.
+    let mut u = receiving_transfer(&image, 16);
+    chunks(&mut u, 0);
+    u.handle_status(ms(20), &receiving(&image, 0, 0b1011, 16));
+    assert_eq!(chunks(&mut u, 20), [2]);
+    u.handle_status(ms(30), &receiving(&image, 0, 0b1111_1011, 20));
+    assert_eq!(chunks(&mut u, 30), [16, 17, 18, 19]);
+    u.handle_status(ms(40), &receiving(&image, 0, 1 << 16 | 0b1111_1011, 20));
+    assert_eq!(
+        chunks(&mut u, 40),
+        [2, 8, 9, 10, 11, 12, 13, 14, 15],
+        "a 0 below the highest 1 is a hole"
+    );
+}
+
+#[test]
+fn a_chunk_sent_twice_counts_from_its_first_send() {
+    let image = image(64 * 1024);
+    let mut t = receiving_transfer(&image, 5);
+    assert_eq!(chunks(&mut t, 0), [0, 1, 2, 3, 4]);
+    // 2 was held up on the way and 3 overtook it: a hole.
+    t.handle_status(ms(20), &receiving(&image, 0, 0b1011, 5));
+    assert_eq!(chunks(&mut t, 20), [2]);
+    // The late original completes sector 0 before the resend arrives; 4 is still on its way
+    // (the STATUS left the node before it came). Which copy of 2 arrived is not known, so only
+    // its first send says what went before it: 4, sent after that, is not a hole.
+    t.handle_status(ms(25), &receiving(&image, 4, 0, 20));
+    assert_eq!(chunks(&mut t, 25), (5..20).collect::<Vec<_>>());
+    assert_eq!(
+        t.status().srtt_ms,
+        None,
+        "no round trip on a chunk sent twice"
+    );
+    // 4 did go missing: a chunk sent after it shows it.
+    t.handle_status(ms(40), &receiving(&image, 4, 0b10, 20));
+    assert_eq!(chunks(&mut t, 40), [4]);
 }
 
 #[test]
@@ -471,17 +523,33 @@ fn a_stalled_transfer_sends_no_chunk_until_the_node_is_heard() {
     let image = image(64 * 1024);
     let mut t = receiving_transfer(&image, 16);
     chunks(&mut t, 0);
+    // An adapter with a silent node: wake at each timeout, send what is asked. Bounded in
+    // simulated time, and every wake-up must move the clock on.
     let mut now = ms(0);
     while !t.status().stalled {
-        now = t.poll_timeout().unwrap();
+        let at = t
+            .poll_timeout()
+            .expect("a transfer waiting for its node has a timeout");
+        assert!(
+            at > now,
+            "poll_timeout {at:?} does not move on from {now:?}"
+        );
+        assert!(at <= ms(60_000), "no stall within a minute of silence");
+        now = at;
         t.handle_timeout(now);
         controls(&mut t, now.0);
+        assert!(
+            chunks(&mut t, now.0).is_empty(),
+            "a chunk beyond the credit"
+        );
     }
     assert_eq!(t.status().queries, MAX_UNANSWERED_QUERIES);
     assert!(chunks(&mut t, now.0 + 10_000).is_empty());
     // The node is heard again: it holds 0..7 in flash and nothing else.
     t.handle_status(now + 10_000, &receiving(&image, 8, 0, 24));
     assert!(!t.status().stalled);
+    // 8 in flash 21 s after it went is the QUERYs' wait, not a round trip (Karn).
+    assert_eq!(t.status().srtt_ms, None);
     assert_eq!(
         events(&mut t),
         [
@@ -752,9 +820,12 @@ fn install_trial_confirm_and_finalize_follow_the_node() {
     let mut sim = verified_sim(20 * 1024);
     assert_eq!(sim.node.dfu(20 * 1024), sim.image.bytes());
     sim.transfer.install(90).unwrap();
+    // The stage says installing from the INSTALL on; the node's own word (its STATUS, sent
+    // while it drains its samples) is what the reset must follow.
+    assert_eq!(sim.transfer.stage(), Stage::Installing);
     assert!(sim.run_until(sim.now_us + 5_000_000, |s| s.node.phase()
         == OtaPhase::Installing
-        && s.transfer.stage() == Stage::Installing));
+        && s.transfer.status().node_phase == Some("installing")));
     // The node drains, resets and swaps: its session ends; it comes back on trial.
     sim.disrupt(sim.now_us + 1000, Disruption::NodeReset, 13_000_000);
     let t0 = sim.now_us;
@@ -996,7 +1067,13 @@ fn disruption() -> impl Strategy<Value = Disruption> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    // A case is a few milliseconds of CPU (debug build): simulated time, no sleeps. Shrinking
+    // is bounded too, so even a failure ends in seconds.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 1024,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn over_a_faulty_line_the_image_always_arrives_whole_and_verified(
@@ -1028,6 +1105,12 @@ proptest! {
         prop_assert!(sim.node.dfu(len) == image.bytes(), "the slot differs from the image");
         prop_assert!(sim.node.violations.is_empty(), "{:?}", sim.node.violations);
         prop_assert_eq!(sim.transfer.flashed_bytes(), len as u64);
+        prop_assert_eq!(sim.node.ram_chunks(), 0, "every chunk taken is in flash");
+        // Never started over: the node's flash keeps its progress across every disruption here,
+        // so one record for the whole run and each sector written once.
+        prop_assert_eq!(sim.node.records_started, 1, "the transfer started over");
+        prop_assert!(sim.not_resumed.is_empty(), "{:?}", sim.not_resumed);
+        prop_assert_eq!(sim.node.sectors_written, len.div_ceil(SECTOR) as u64);
         let bound = resend_bound(&sim, chunk);
         prop_assert!(
             sim.stats.resent() <= bound,

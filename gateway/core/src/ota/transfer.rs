@@ -255,8 +255,10 @@ impl Report {
 /// One chunk sent and not yet in the node's flash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sent {
-    /// Transmission number: later sends have larger ones.
+    /// Transmission number of the latest send: later sends have larger ones.
     xmit: u64,
+    /// Transmission number of the first send.
+    first_xmit: u64,
     at: Millis,
     times: u32,
     /// A STATUS showed it missing: send it again before anything new.
@@ -538,11 +540,14 @@ impl Transfer {
         }
         let report = self.read(status);
         let here = (report.rank(), self.flashed_of(status));
-        if !self.resync && self.is_stale(now, report, here) {
+        if !self.resync && self.is_stale(report, here) {
             self.counters.stale += 1;
             return;
         }
-        // The node answered: whatever QUERY is waiting is moot.
+        // The node answered: whatever QUERY is waiting is moot. A STATUS that came after a
+        // QUERY is timed from the QUERY (when it was the only one), never from a chunk: the
+        // chunk's own report may have been lost, and the wait would count in (Karn's rule).
+        let asked = self.queries_out > 0;
         if self.queries_out == 1
             && let Some(at) = self.query_at
         {
@@ -567,7 +572,7 @@ impl Transfer {
                 self.end(outcome);
                 return;
             }
-            Report::View(view) => self.take(now, view, status, resync),
+            Report::View(view) => self.take(now, view, status, resync, asked),
         };
         if progress {
             self.active_at = now;
@@ -733,6 +738,7 @@ impl Transfer {
         self.xmit += 1;
         let sent = self.sent.entry(index).or_insert(Sent {
             xmit: 0,
+            first_xmit: self.xmit,
             at: now,
             times: 0,
             lost: false,
@@ -832,7 +838,11 @@ impl Transfer {
     /// (a resync). One that did go back otherwise is believed once it says so in answer to a
     /// QUERY sent a STATUS timeout or more after the newer word (no frame is held up that long
     /// on a serial line), so a node that forgot the image mid-session is offered it again.
-    fn is_stale(&self, now: Millis, report: Report, here: (u8, u64)) -> bool {
+    ///
+    /// The timeout here is the round-trip estimate without its backoff: the QUERY that asks is
+    /// itself sent by a timeout, which doubles the backed-off value, so measured against that
+    /// the answer to the very QUERY sent to check would never count.
+    fn is_stale(&self, report: Report, here: (u8, u64)) -> bool {
         let forgetting = matches!(self.goal, Goal::Finalize | Goal::Abort);
         if forgetting && report == Report::View(NodeView::NotHeld) {
             return false; // what FINALIZE and ABORT lead to
@@ -840,12 +850,21 @@ impl Transfer {
         if here >= self.best {
             return false;
         }
-        let asked = self.query_at.is_some_and(|at| at >= self.best_at);
-        !(asked && now.saturating_since(self.best_at) >= self.rtt.rto_ms())
+        let asked_later = self
+            .query_at
+            .is_some_and(|at| at.saturating_since(self.best_at) >= self.rtt.estimate_ms());
+        !asked_later
     }
 
     /// Takes a STATUS that is not stale; whether it shows progress.
-    fn take(&mut self, now: Millis, view: NodeView, status: &OtaStatus, resync: bool) -> bool {
+    fn take(
+        &mut self,
+        now: Millis,
+        view: NodeView,
+        status: &OtaStatus,
+        resync: bool,
+        asked: bool,
+    ) -> bool {
         let before = self.node;
         self.node = view;
         let mut progress = before != view;
@@ -884,7 +903,7 @@ impl Transfer {
                     self.seen_install = true;
                 }
                 if phase == OtaPhase::Receiving {
-                    progress |= self.take_receiving(now, status, resync);
+                    progress |= self.take_receiving(now, status, resync, asked);
                 } else {
                     self.sent.clear();
                     self.held.clear();
@@ -909,7 +928,13 @@ impl Transfer {
     }
 
     /// A Receiving STATUS in this transfer's chunk size: what is in flash, held and lost.
-    fn take_receiving(&mut self, now: Millis, status: &OtaStatus, resync: bool) -> bool {
+    fn take_receiving(
+        &mut self,
+        now: Millis,
+        status: &OtaStatus,
+        resync: bool,
+        asked: bool,
+    ) -> bool {
         let flashed = status.flashed.min(self.total);
         let credit = status.credit.min(self.total);
         let holds = |i: u16| {
@@ -924,8 +949,9 @@ impl Transfer {
             self.held.clear();
         } else {
             // The newest chunk this STATUS shows arrived, and a round trip when it was the one
-            // that completed a sector (sent once: Karn's rule).
-            if flashed > self.flashed
+            // that completed a sector (sent once, and no QUERY since: Karn's rule).
+            if !asked
+                && flashed > self.flashed
                 && let Some(newest) = self
                     .sent
                     .range(self.flashed..flashed)
@@ -940,13 +966,16 @@ impl Transfer {
             self.credit = self.credit.max(credit);
         }
         let flashed = self.flashed;
-        // The latest transmission the node has: anything sent before it and still missing was
-        // passed over on the way (a hole, or a resent hole lost again).
+        // The latest transmission the node surely has: anything sent before it and still
+        // missing was passed over on the way (a hole, or a resent hole lost again). Of a chunk
+        // sent more than once, which copy arrived is not known (Karn's ambiguity): only its
+        // first send counts, so a late original that completed a sector does not make the
+        // chunks sent between it and its resend look lost.
         let delivered = self
             .sent
             .iter()
             .filter(|&(&i, _)| i < flashed || holds(i))
-            .map(|(_, s)| s.xmit)
+            .map(|(_, s)| s.first_xmit)
             .max()
             .unwrap_or(0);
         self.sent.retain(|&i, _| i >= flashed);

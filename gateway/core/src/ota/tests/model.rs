@@ -100,6 +100,9 @@ pub(super) struct ModelNode {
     pub(super) strays: u64,
     pub(super) duplicates: u64,
     pub(super) sectors_written: u64,
+    /// Fresh records (an OFFER of an image the node held no progress of): more than one in a
+    /// run means the transfer started over.
+    pub(super) records_started: u64,
 }
 
 impl ModelNode {
@@ -117,6 +120,7 @@ impl ModelNode {
             strays: 0,
             duplicates: 0,
             sectors_written: 0,
+            records_started: 0,
         }
     }
 
@@ -173,19 +177,22 @@ impl ModelNode {
             };
         };
         let flashed = r.flashed();
+        let receiving = r.phase == OtaPhase::Receiving;
         let mut have = 0u64;
         for bit in 0..64 {
-            if self.ram.contains_key(&(flashed + bit)) {
+            if receiving && self.ram.contains_key(&(flashed + bit)) {
                 have |= 1 << bit;
             }
         }
+        // Outside Receiving the node takes no chunk: its credit is what it has in flash.
+        let credit = if receiving { r.credit() } else { flashed };
         OtaStatus {
             image: r.tag,
             phase: r.phase,
             detail: 0,
             flashed: flashed as u16,
             have,
-            credit: r.credit().min(usize::from(u16::MAX)) as u16,
+            credit: credit.min(usize::from(u16::MAX)) as u16,
             chunk: r.chunk,
             floor: self.floor,
         }
@@ -264,15 +271,25 @@ impl ModelNode {
         }
     }
 
+    /// Like `Updater::handle_offer`: a refusal is reported, then the node's own STATUS.
     fn handle_offer(&mut self, tag: ImageTag, chunk: ChunkSize, manifest: &[u8]) {
-        if matches!(
-            self.phase(),
-            OtaPhase::Installing | OtaPhase::Trial | OtaPhase::Confirmed
-        ) {
-            return self.refuse(tag, OtaRefusal::Busy);
+        if let Some(why) = self.take_offer(tag, chunk, manifest) {
+            self.refuse(tag, why);
+        }
+        self.report();
+    }
+
+    fn take_offer(
+        &mut self,
+        tag: ImageTag,
+        chunk: ChunkSize,
+        manifest: &[u8],
+    ) -> Option<OtaRefusal> {
+        if matches!(self.phase(), OtaPhase::Installing | OtaPhase::Trial) {
+            return Some(OtaRefusal::Busy);
         }
         if manifest.len() < 4 + 4 + 32 + 3 || &manifest[..4] != b"OTAM" {
-            return self.refuse(tag, OtaRefusal::BadSignature);
+            return Some(OtaRefusal::BadSignature);
         }
         let size = u32::from_le_bytes(manifest[4..8].try_into().unwrap()) as usize;
         let sha256: [u8; 32] = manifest[8..40].try_into().unwrap();
@@ -281,20 +298,22 @@ impl ModelNode {
             minor: manifest[41],
             patch: manifest[42],
         };
-        if ImageTag::of(&sha256) != tag {
-            return self.refuse(tag, OtaRefusal::BadSignature);
+        if ImageTag::of(&sha256) != tag || size == 0 {
+            return Some(OtaRefusal::NotFirmware);
         }
         if version < self.floor {
-            return self.refuse(tag, OtaRefusal::BelowFloor);
+            return Some(OtaRefusal::BelowFloor);
         }
         if version == self.running {
-            return self.refuse(tag, OtaRefusal::SameVersion);
+            return Some(OtaRefusal::SameVersion);
         }
         if size > SLOT {
-            return self.refuse(tag, OtaRefusal::TooLarge);
+            return Some(OtaRefusal::TooLarge);
         }
         match &mut self.record {
-            Some(r) if r.tag == tag => {
+            Some(r)
+                if r.tag == tag && matches!(r.phase, OtaPhase::Receiving | OtaPhase::Verified) =>
+            {
                 // The same image again: the sectors stay; chunks in RAM only if they count in
                 // the same size.
                 if r.chunk != chunk {
@@ -304,6 +323,7 @@ impl ModelNode {
             }
             _ => {
                 self.ram.clear();
+                self.records_started += 1;
                 self.record = Some(Record {
                     tag,
                     size,
@@ -315,7 +335,7 @@ impl ModelNode {
                 });
             }
         }
-        self.report();
+        None
     }
 
     fn handle_chunk(&mut self, now: Millis, tag: ImageTag, index: u16, data: &[u8]) {
@@ -339,40 +359,55 @@ impl ModelNode {
             self.strays += 1;
             return;
         }
-        if index >= r.credit() {
-            self.violations
-                .push(format!("chunk {index} beyond the credit {}", r.credit()));
+        let flashed = r.flashed();
+        if index >= r.credit() || index < flashed {
+            if index >= r.credit() {
+                self.violations
+                    .push(format!("chunk {index} beyond the credit {}", r.credit()));
+            } else {
+                self.duplicates += 1;
+            }
+            // Like the node: the gateway's view is stale, say where it is (rate-limited).
+            if self.hole_report_due(now) {
+                self.report();
+            }
             return;
         }
-        let flashed = r.flashed();
-        if index < flashed || self.ram.contains_key(&index) {
+        if self.ram.contains_key(&index) {
             self.duplicates += 1;
             return;
         }
         self.ram.insert(index, data.to_vec());
+        // A hole below the newest chunk: say so now (at most every 50 ms), as the node does.
         let hole = (flashed..index).any(|i| !self.ram.contains_key(&i));
+        let hole_report = hole && self.hole_report_due(now);
         let written = self.write_sectors();
         let r = self.record.as_mut().expect("held above");
         if r.sectors.iter().all(|&w| w) {
             let hash: [u8; 32] = Sha256::digest(&self.dfu[..r.size]).into();
             if hash == r.sha256 {
                 r.phase = OtaPhase::Verified;
-                self.report();
             } else {
+                // The bytes in the slot are not the image: start over, and say why.
                 let tag = r.tag;
                 self.record = None;
                 self.refuse(tag, OtaRefusal::Damaged);
             }
-        } else if written {
             self.report();
-        } else if hole
-            && self
-                .hole_reported_at
-                .is_none_or(|at| now.saturating_since(at) >= HOLE_REPORT_MS)
-        {
-            self.hole_reported_at = Some(now);
+        } else if written || hole_report {
             self.report();
         }
+    }
+
+    /// Whether a STATUS for a hole (or a stale chunk) may go now; if so, the next waits 50 ms.
+    fn hole_report_due(&mut self, now: Millis) -> bool {
+        let due = self
+            .hole_reported_at
+            .is_none_or(|at| now.saturating_since(at) >= HOLE_REPORT_MS);
+        if due {
+            self.hole_reported_at = Some(now);
+        }
+        due
     }
 
     /// Writes every complete sector from the first one not in flash, in order.
@@ -401,38 +436,38 @@ impl ModelNode {
         }
     }
 
+    /// Like `Updater::handle_control`: every control is answered with the node's STATUS; a
+    /// QUERY about any image just gets it (idle, or the image the node holds), another control
+    /// about an image the node does not hold is refused `unknown-image` first.
     fn handle_control(&mut self, c: OtaControl) {
         let held = self.record.as_ref().is_some_and(|r| r.tag == c.image);
-        if !held {
-            return self.refuse(c.image, OtaRefusal::UnknownImage);
+        if c.op != OtaOp::Query && !held {
+            self.refuse(c.image, OtaRefusal::UnknownImage);
+            return self.report();
         }
         match c.op {
-            OtaOp::Query => self.report(),
+            OtaOp::Query => {}
             OtaOp::Install => {
                 let r = self.record.as_mut().expect("held");
                 if r.phase == OtaPhase::Verified {
                     r.phase = OtaPhase::Installing;
                 }
-                self.report();
             }
-            OtaOp::Abort => match self.phase() {
-                OtaPhase::Installing | OtaPhase::Trial | OtaPhase::Confirmed => {
-                    self.refuse(c.image, OtaRefusal::Busy);
-                }
-                _ => {
+            // Installing or on trial, the node cannot forget the image: it says where it is.
+            OtaOp::Abort => {
+                if !matches!(self.phase(), OtaPhase::Installing | OtaPhase::Trial) {
                     self.record = None;
                     self.ram.clear();
-                    self.report();
                 }
-            },
+            }
             OtaOp::Finalize => {
                 let r = self.record.as_ref().expect("held");
                 if r.phase == OtaPhase::Confirmed {
-                    self.floor = r.version;
+                    self.floor = self.floor.max(r.version);
                     self.record = None;
                 }
-                self.report();
             }
         }
+        self.report();
     }
 }

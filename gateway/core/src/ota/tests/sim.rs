@@ -67,6 +67,8 @@ struct InFlight<T> {
     at_us: u64,
     seq: u64,
     copy: bool,
+    /// A frame sent later was delivered before this one (counted once).
+    overtaken: bool,
     frame: T,
 }
 
@@ -119,6 +121,7 @@ impl<T: Clone> Line<T> {
                 at_us: again,
                 seq: self.seq,
                 copy: true,
+                overtaken: false,
                 frame: frame.clone(),
             });
         }
@@ -126,6 +129,7 @@ impl<T: Clone> Line<T> {
             at_us,
             seq: self.seq,
             copy: false,
+            overtaken: false,
             frame,
         });
         false
@@ -158,8 +162,10 @@ fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
 pub(super) struct Stats {
     /// How often each chunk index was sent, over every transfer of the run.
     pub(super) sends: BTreeMap<u16, u32>,
-    /// Chunk frames lost on the way (noise, or a dead line), and delivered after one sent later.
+    /// Chunk frames lost on the way (noise, or a dead line).
     pub(super) chunks_dropped: u64,
+    /// Chunk frames overtaken by one sent later (counted when the later one arrives, so also
+    /// when the run ends first or the frame is lost afterwards; not counted as dropped then).
     pub(super) chunks_reordered: u64,
     pub(super) disruptions: u64,
     /// Line bytes each way.
@@ -201,7 +207,11 @@ pub(super) struct Sim {
     link: Link,
     /// What happens when a session reopens after a gateway restart.
     restart: Option<bool>,
-    max_delivered_chunk: u64,
+    /// A session reopened and no chunk went since.
+    resumed: bool,
+    /// Chunks the first after a new session that the node already had (in flash or in RAM):
+    /// the transfer started over instead of resuming where the node is.
+    pub(super) not_resumed: Vec<String>,
     disruptions: Vec<(u64, Disruption, u64)>,
     pub(super) stats: Stats,
     pub(super) events: Vec<(u64, TransferEvent)>,
@@ -233,7 +243,8 @@ impl Sim {
             up: Line::new(),
             link: Link::Up,
             restart: None,
-            max_delivered_chunk: 0,
+            resumed: false,
+            not_resumed: Vec::new(),
             disruptions: Vec::new(),
             stats: Stats::default(),
             events: Vec::new(),
@@ -250,8 +261,11 @@ impl Sim {
         Millis(self.now_us / 1000)
     }
 
-    /// Runs until `done`, or `max_us` of virtual time; whether `done` was reached.
+    /// Runs until `done`, or `max_us` of virtual time; whether `done` was reached. Panics
+    /// rather than spin when the clock no longer moves (something asks to be woken now, again
+    /// and again, and does nothing when it is).
     pub(super) fn run_until(&mut self, max_us: u64, done: impl Fn(&Sim) -> bool) -> bool {
+        let mut same_instant = 0;
         for _ in 0..5_000_000 {
             self.pump();
             if done(self) {
@@ -275,6 +289,12 @@ impl Sim {
             let Some(next) = next else { return false };
             if next > max_us {
                 return false;
+            }
+            if next <= self.now_us {
+                same_instant += 1;
+                assert!(same_instant < 1000, "stuck at {} us", self.now_us);
+            } else {
+                same_instant = 0;
             }
             self.now_us = self.now_us.max(next);
             self.step();
@@ -307,15 +327,27 @@ impl Sim {
             self.disruptions.remove(0);
             self.apply(what, down_us);
         }
-        for f in self.down.take_due(self.now_us) {
-            if let Down::Chunk { .. } = f.frame
-                && !f.copy
-            {
-                if f.seq < self.max_delivered_chunk {
-                    self.stats.chunks_reordered += 1;
+        let mut due = self.down.take_due(self.now_us);
+        for i in 0..due.len() {
+            if let Down::Chunk { .. } = due[i].frame {
+                // Every chunk frame sent before this one (or its copy) and still on its way was
+                // overtaken: counted now, whether it arrives later, is lost, or the run ends
+                // first.
+                let seq = due[i].seq;
+                let rest = due[i + 1..].iter_mut().chain(self.down.frames.iter_mut());
+                for f in rest {
+                    if !f.copy
+                        && !f.overtaken
+                        && f.seq < seq
+                        && matches!(f.frame, Down::Chunk { .. })
+                    {
+                        f.overtaken = true;
+                        self.stats.chunks_reordered += 1;
+                    }
                 }
-                self.max_delivered_chunk = self.max_delivered_chunk.max(f.seq);
             }
+        }
+        for f in due {
             self.node.handle(now, f.frame);
         }
         for f in self.up.take_due(self.now_us) {
@@ -342,7 +374,7 @@ impl Sim {
         let lost = self.down.purge();
         self.stats.chunks_dropped += lost
             .iter()
-            .filter(|f| !f.copy && matches!(f.frame, Down::Chunk { .. }))
+            .filter(|f| !f.copy && !f.overtaken && matches!(f.frame, Down::Chunk { .. }))
             .count() as u64;
         self.up.purge();
         match what {
@@ -356,6 +388,9 @@ impl Sim {
                 self.link = Link::Dead { until_us };
             }
             Disruption::GatewayRestart { hand_in } => {
+                // The old process is gone: its transfer sends nothing more (a new one starts
+                // when the node is back).
+                self.transfer.handle_link_lost(self.now());
                 self.restart = Some(hand_in);
                 self.link = Link::Down { until_us };
             }
@@ -366,6 +401,7 @@ impl Sim {
     fn reopen(&mut self) {
         let now = self.now();
         self.link = Link::Up;
+        self.resumed = true;
         self.node.handle_accept();
         match self.restart.take() {
             Some(hand_in) => {
@@ -437,6 +473,23 @@ impl Sim {
             );
             *self.stats.sends.entry(c.index).or_default() += 1;
             self.stats.first_chunk_us.get_or_insert(self.now_us);
+            if std::mem::take(&mut self.resumed) {
+                // Nothing reached the node since the session opened: what it holds now is what
+                // it said at ACCEPT (or to the QUERY), and the transfer resumes past it.
+                let node = self.node.status();
+                let had = c.index < node.flashed
+                    || (c.index - node.flashed < 64
+                        && node.have & (1 << (c.index - node.flashed)) != 0);
+                if node.phase == outpost_proto::OtaPhase::Receiving
+                    && node.chunk == self.chunk
+                    && had
+                {
+                    self.not_resumed.push(format!(
+                        "at {} us: chunk {} first after a new session, the node has flashed {} and have {:#x}",
+                        self.now_us, c.index, node.flashed, node.have
+                    ));
+                }
+            }
             let chunk = self.image.chunk(c);
             let frame = Down::Chunk {
                 image: chunk.image,
