@@ -158,6 +158,8 @@ pub struct NodeSpec {
     pub sim_args: Vec<String>,
     /// TOML lines for this node's `[[serial]]` table (e.g. `max_frames_per_sec = 200`).
     pub port_config: String,
+    /// A file the node's stderr is appended to (else the test's own).
+    pub stderr: Option<PathBuf>,
 }
 
 impl NodeSpec {
@@ -169,6 +171,7 @@ impl NodeSpec {
             garbage_every: None,
             sim_args: Vec::new(),
             port_config: String::new(),
+            stderr: None,
         }
     }
 }
@@ -271,6 +274,14 @@ impl Site {
             cmd.args(["--inject-garbage-every", &n.to_string()]);
         }
         cmd.args(&spec.sim_args);
+        if let Some(path) = &spec.stderr {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("{}", path.display()))?;
+            cmd.stderr(file);
+        }
         let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
         wait_for(Duration::from_secs(10), "the node's pty link", || {
             link.exists().then_some(())

@@ -58,6 +58,20 @@ impl Fleet {
         Ok(path)
     }
 
+    /// A normal image of `version` and `size` (e.g. `128K`) for hardware revision 1.
+    fn image_sized(&self, version: &str, size: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("node-{version}-{size}.bin"));
+        run(Command::new(bin("outpost-node-sim"))
+            .args(["make-image", "--version", version, "--size", size])
+            .arg(&path))?;
+        run(Command::new(bin("outpost"))
+            .args(["firmware", "sign", "--key"])
+            .arg(self.dir.join("keys/firmware.key"))
+            .args(["--version", version, "--hw-rev", "1"])
+            .arg(&path))?;
+        Ok(path)
+    }
+
     /// A node's flash as it leaves the factory, with `image` in its ACTIVE slot.
     fn flash(&self, image: &Path, node: usize) -> Result<PathBuf> {
         let path = self.dir.join(format!("flash{node}.bin"));
@@ -132,7 +146,7 @@ fn outpost(site: &Site, args: &[&str]) -> Command {
 }
 
 fn rollout(site: &Site) -> Result<Value> {
-    Ok(site.get("/api/v1/rollout")?)
+    site.get("/api/v1/rollout")
 }
 
 /// Waits until every node has said it takes updates (its OTA_STATUS).
@@ -189,13 +203,13 @@ fn a_good_image_goes_canary_then_waves_and_every_node_confirms_on_it() -> Result
     let next = fleet.image("1.1.0", &[], 1, None)?;
     let mut site = site(&fleet, &factory, 4, tmp.path())?;
     // The factory image too: the one each node would be rolled back to.
-    run(&mut outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    run(outpost(&site, &["firmware", "add"]).arg(&factory))?;
     site.start_gateway()?;
     wait_for_nodes(&site, 4)?;
     site.wait_for_samples(20, Duration::from_secs(30))?;
 
     // The CLI adds the image to the library, starts the rollout and follows it to its end.
-    let out = run(&mut outpost(
+    let out = run(outpost(
         &site,
         &[
             "rollout",
@@ -266,7 +280,7 @@ fn an_image_that_never_confirms_halts_the_rollout_at_the_canary_which_reverts() 
     let bad = fleet.image("1.2.0", &["--never-confirms"], 1, None)?;
     let crashing = fleet.image("1.2.1", &["--crash-loop"], 1, None)?;
     let mut site = site(&fleet, &factory, 3, tmp.path())?;
-    run(&mut outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    run(outpost(&site, &["firmware", "add"]).arg(&factory))?;
     site.start_gateway()?;
     wait_for_nodes(&site, 3)?;
 
@@ -422,4 +436,188 @@ fn post_bytes(site: &Site, path: &str, body: &[u8]) -> Result<(u16, Value)> {
         status,
         serde_json::from_slice(&response[end + 4..]).unwrap_or_default(),
     ))
+}
+
+/// Flash operations at which a node's update reached each phase, from the lines
+/// `outpost-node-sim` writes on stderr ("ota phase P at flash operation N"), in order.
+fn phase_ops(log: &Path) -> Result<Vec<(String, u64)>> {
+    let text = std::fs::read_to_string(log)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("outpost-node-sim: ota phase ")?;
+            let (phase, ops) = rest.split_once(" at flash operation ")?;
+            Some((phase.to_owned(), ops.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+fn op_at(ops: &[(String, u64)], phase: &str) -> Result<u64> {
+    ops.iter()
+        .find(|(p, _)| p == phase)
+        .map(|&(_, n)| n)
+        .with_context(|| format!("no phase {phase} in {ops:?}"))
+}
+
+#[test]
+fn power_cuts_at_every_stage_and_a_gateway_restart_mid_rollout_end_with_every_node_updated()
+-> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fleet = Fleet::new(tmp.path())?;
+    let factory = fleet.image_sized("1.0.0", "128K")?;
+    let first = fleet.image_sized("1.1.0", "128K")?;
+    let next = fleet.image_sized("1.2.0", "128K")?;
+    let mut site = site(&fleet, &factory, 6, tmp.path())?;
+    // The nodes' stderr (kept where OUTPOST_E2E_LOGS says, to look into a failure).
+    let logs =
+        std::env::var_os("OUTPOST_E2E_LOGS").map_or_else(|| tmp.path().join("logs"), PathBuf::from);
+    std::fs::create_dir_all(&logs)?;
+    for (i, spec) in site.specs.iter_mut().enumerate() {
+        spec.stderr = Some(logs.join(format!("node{i}.log")));
+    }
+    for i in 0..site.specs.len() {
+        site.nodes[i] = Some(site.spawn_node(i)?);
+    }
+    site.start_gateway()?;
+    wait_for_nodes(&site, 6)?;
+
+    // A targeted update of node 0 alone, through the same path: where each phase falls in the
+    // flash operations of an update, to aim the power cuts with.
+    let uid0 = site.specs[0].uid.clone();
+    run(outpost(
+        &site,
+        &[
+            "rollout",
+            "start",
+            "--soak",
+            "0s",
+            "--confirm-within",
+            "4s",
+            "--node",
+            &uid0,
+            "--artifact",
+        ],
+    )
+    .arg(&first))?;
+    ensure!(node_row(&site, &uid0)?.0 == "1.1.0");
+    for spec in &site.specs[1..] {
+        ensure!(
+            node_row(&site, &spec.uid)?.0 == "1.0.0",
+            "only node 0 was updated"
+        );
+    }
+    let ops = phase_ops(&logs.join("node0.log"))?;
+    let receiving = op_at(&ops, "receiving")?;
+    let verified = op_at(&ops, "verified")?;
+    let installing = op_at(&ops, "installing")?;
+    let trial = op_at(&ops, "trial")?;
+    let confirmed = op_at(&ops, "confirmed")?;
+    ensure!(
+        receiving < verified && verified <= installing && installing < trial && trial < confirmed,
+        "{ops:?}"
+    );
+    // Nodes 1–5 lose power once each, torn in the middle of an operation: writing the image,
+    // its last write before it verifies, marking it for the swap, swapping, and confirming on
+    // its first boot.
+    let cuts = [
+        ("write", receiving + (verified - receiving) / 2),
+        ("verify", verified - 1),
+        ("mark", installing - 1),
+        ("swap", installing + (trial - installing) / 2),
+        ("first boot", confirmed - 1),
+    ];
+    let base_args: Vec<Vec<String>> = site.specs.iter().map(|s| s.sim_args.clone()).collect();
+    for (k, &(_, after)) in cuts.iter().enumerate() {
+        let i = k + 1;
+        if let Some(mut node) = site.nodes[i].take() {
+            node.terminate(Duration::from_secs(10))?;
+        }
+        site.specs[i]
+            .sim_args
+            .extend(["--power-cut-after-ops".into(), after.to_string()]);
+        site.specs[i].stderr = Some(logs.join(format!("node{i}-cut.log")));
+        site.nodes[i] = Some(site.spawn_node(i)?);
+    }
+    wait_for_nodes(&site, 6)?;
+
+    // Every node, canary then the rest; powered on again after its cut, the gateway restarted
+    // once in the middle of the wave's transfers. The image goes into the library by the API.
+    let mut bundle = std::fs::read(format!("{}.sig", next.display()))?;
+    bundle.extend(std::fs::read(&next)?);
+    let (status, body) = post_bytes(&site, "/api/v1/firmware", &bundle)?;
+    ensure!(status == 201, "{status} {body}");
+    let (status, body) = site.post(
+        "/api/v1/rollout",
+        &format!(
+            "{{\"artifact\": \"{}\", \"canary\": 1, \"waves\": \"100%\", \"soak\": \"2s\", \
+             \"confirm_within\": \"6s\"}}",
+            next.file_name().unwrap().to_string_lossy()
+        ),
+    )?;
+    ensure!(status == 201, "{status} {body}");
+    let mut cut_seen = [false; 6];
+    let mut gateway_restarted = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let end = loop {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{:#}",
+            rollout(&site)?
+        );
+        for i in 1..6 {
+            let exited = site.nodes[i].as_mut().and_then(|n| n.try_wait());
+            if let Some(exit) = exited {
+                ensure!(exit.code() == Some(75), "node {i} exited with {exit:?}");
+                ensure!(!cut_seen[i], "node {i} lost power twice");
+                cut_seen[i] = true;
+                // Power back on: the same flash, no more cuts.
+                site.specs[i].sim_args = base_args[i].clone();
+                site.specs[i].stderr = Some(logs.join(format!("node{i}-after.log")));
+                site.nodes[i] = Some(site.spawn_node(i)?);
+            }
+        }
+        let view = rollout(&site)?;
+        let r = &view["rollout"];
+        if !gateway_restarted
+            && r["stage"] == "wave 1"
+            && view["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().any(|n| n["flashed"].as_u64().unwrap_or(0) > 0))
+        {
+            site.restart_gateway()?;
+            gateway_restarted = true;
+        }
+        if matches!(r["state"].as_str(), Some("done" | "halted")) {
+            break r.clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(end["state"] == "done", "{end:#}");
+    ensure!(
+        gateway_restarted,
+        "the wave ended before the gateway could be restarted"
+    );
+    for (k, (stage, _)) in cuts.iter().enumerate() {
+        ensure!(cut_seen[k + 1], "the power cut in {stage} never came");
+    }
+    for node in end["nodes"].as_array().context("nodes")? {
+        ensure!(node["phase"] == "finalized", "{node:#}");
+    }
+    for spec in &site.specs {
+        ensure!(
+            node_row(&site, &spec.uid)?.0 == "1.2.0",
+            "node {} not on 1.2.0",
+            spec.uid
+        );
+    }
+    // Cut while writing, the node resumed where its flash was: after power-on it wrote less
+    // than a whole image.
+    let after = phase_ops(&logs.join("node1-after.log"))?;
+    let rewritten = op_at(&after, "verified")?;
+    ensure!(
+        rewritten < verified - receiving,
+        "after the cut node 1 did {rewritten} flash operations to verify; a whole image takes {}",
+        verified - receiving
+    );
+    Ok(())
 }

@@ -257,6 +257,7 @@ pub fn spawn(
         rollout: None,
         images: HashMap::new(),
         install_sent: HashSet::new(),
+        undelivered: HashMap::new(),
         progress_published: HashMap::new(),
     };
     tokio::spawn(task.run(readers, report_rx, request_rx, shutdown));
@@ -289,6 +290,9 @@ struct Task {
     images: HashMap<[u8; 32], Image>,
     /// Nodes told to INSTALL: their next boot is the install's.
     install_sent: HashSet<[u8; 8]>,
+    /// Commands for nodes not heard from since the gateway started (a rollout resumed after a
+    /// restart): sent to the node's port once it links.
+    undelivered: HashMap<[u8; 8], Vec<PortCommand>>,
     /// The last progress tenth published per node (progress goes out at most every 10 %).
     progress_published: HashMap<[u8; 8], u64>,
 }
@@ -388,6 +392,13 @@ impl Task {
                 node.fw = fw;
                 node.hw_rev = hw_rev;
                 node.online = true;
+                if let Some(waiting) = self.undelivered.remove(&uid)
+                    && let Some(port) = self.ports.get(port)
+                {
+                    for command in waiting {
+                        let _ = port.send(command);
+                    }
+                }
                 if let Some(r) = &mut self.rollout {
                     r.handle_online(now, uid, true);
                 }
@@ -833,7 +844,7 @@ impl Task {
     }
 
     async fn carry_out(&mut self, id: u64, action: Action) {
-        let to_port = |this: &Self, uid: [u8; 8], command: PortCommand| match this
+        let to_port = |this: &mut Self, uid: [u8; 8], command: PortCommand| match this
             .nodes
             .get(&uid)
             .and_then(|n| this.ports.get(n.port))
@@ -842,7 +853,13 @@ impl Task {
                 let _ = port.send(command);
             }
             None => {
-                tracing::warn!(message = "No port known for a node of the rollout.", rollout = id, uid = %hex::encode(&uid))
+                tracing::info!(message = "A node of the rollout has not linked since the gateway started; its command waits for it.", rollout = id, uid = %hex::encode(&uid));
+                let waiting = this.undelivered.entry(uid).or_default();
+                // A new transfer replaces whatever was waiting for the old one.
+                if matches!(command, PortCommand::Start { .. }) {
+                    waiting.clear();
+                }
+                waiting.push(command);
             }
         };
         match action {

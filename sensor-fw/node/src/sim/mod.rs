@@ -477,6 +477,7 @@ impl SimNode {
             boot_id,
             boots: 0,
             fw_now: config.fw,
+            logged_phase: None,
             line,
             stop_rx,
             status: Arc::clone(&status),
@@ -595,6 +596,8 @@ struct Pump {
     boots: u32,
     /// The firmware this boot runs.
     fw_now: FwVersion,
+    /// The update phase last written to stderr.
+    logged_phase: Option<OtaPhase>,
     line: Line,
     stop_rx: OwnedFd,
     status: Arc<Mutex<SimStatus>>,
@@ -758,6 +761,7 @@ impl Pump {
                 }
             }
             self.publish(&app, peer, lost);
+            self.log_ota_phase(&app, flash);
             if flash.is_some_and(FlashFile::power_was_cut) {
                 return Ok(BootEnd::Reset(LastReset::PowerOn));
             }
@@ -894,6 +898,23 @@ impl Pump {
         match poll(&mut fds, poll_timeout(wait.min(NO_PEER_RETRY))) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(fds[0].any().unwrap_or(false)),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Says on stderr when the update's phase changes, with the flash operations done so far in
+    /// this process: where a `--power-cut-after-ops` lands in an update.
+    fn log_ota_phase(&mut self, app: &SimApp, flash: Option<&FlashFile>) {
+        let (SimOta::Flash(updater), Some(flash)) = (app.link().ota(), flash) else {
+            return;
+        };
+        let phase = updater.phase();
+        if self.logged_phase != Some(phase) {
+            self.logged_phase = Some(phase);
+            eprintln!(
+                "outpost-node-sim: ota phase {} at flash operation {}",
+                phase.as_str(),
+                flash.ops()
+            );
         }
     }
 
