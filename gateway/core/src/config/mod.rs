@@ -69,7 +69,7 @@ pub struct RawOta {
     pub library_max_bytes: u64,
     /// Image bytes per OTA_CHUNK: 1024 (the most efficient) or 512 (better on a noisy line).
     pub chunk_bytes: u32,
-    /// The share of a port's line a firmware transfer may take (0.05 to 0.95): telemetry's
+    /// The share of a port's line a firmware transfer may take (0.01 to 0.95): telemetry's
     /// ACKs keep the rest.
     pub share: f64,
 }
