@@ -198,6 +198,7 @@ pub async fn run(
                 store_tx: store_tx.clone(),
                 clock: clock.clone(),
                 enrollment_policy: config.enrollment.policy,
+                ota: ota.clone(),
             })
             .0
         });

@@ -53,16 +53,130 @@ pub enum Verb {
     /// `enroll-window`, `arg minutes M`: nodes never enrolled may join for M minutes (policy
     /// `window`); 0 closes the window.
     EnrollWindow { minutes: u32 },
+    /// `rollout-start`: a node firmware rollout of an image already in the gateway's library,
+    /// named by its whole SHA-256 (`arg artifact`), with the plan's optional settings in this
+    /// order: `canary`, `waves`, `soak`, `confirm-within`, `node` (a targeted update of one
+    /// node). The bytes come to the library by the API or a file; the command only names them,
+    /// and the gateway checks the image against the fleet keys and the nodes as for any start.
+    RolloutStart(RolloutPlan),
+    /// `rollout-halt`, `arg rollback yes|no`: halts the rollout in progress; with rollback, the
+    /// nodes it updated get their previous image back.
+    RolloutHalt { rollback: bool },
+}
+
+/// What `rollout-start` asks for. The values are checked for their form here and for their
+/// meaning (durations, shares, nodes) where every rollout start is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RolloutPlan {
+    /// SHA-256 of the image, 64 lower-case hex digits.
+    pub artifact: String,
+    pub canary: Option<u32>,
+    /// Cumulative shares, e.g. `25%,100%`.
+    pub waves: Option<String>,
+    /// e.g. `10m`.
+    pub soak: Option<String>,
+    /// e.g. `90s`.
+    pub confirm_within: Option<String>,
+    /// A node's uid, 16 lower-case hex digits.
+    pub node: Option<String>,
+}
+
+/// The most canary nodes a command may ask for (more than a gateway's ports carry).
+pub const MAX_CANARY: u32 = 10_000;
+
+impl RolloutPlan {
+    fn args(&self) -> Vec<(&'static str, String)> {
+        let mut args = vec![("artifact", self.artifact.clone())];
+        if let Some(n) = self.canary {
+            args.push(("canary", n.to_string()));
+        }
+        let optional = [
+            ("waves", &self.waves),
+            ("soak", &self.soak),
+            ("confirm-within", &self.confirm_within),
+            ("node", &self.node),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                args.push((name, v.clone()));
+            }
+        }
+        args
+    }
+
+    fn parse(args: &[(String, String)]) -> Result<RolloutPlan, Refusal> {
+        let bad = |why: String| Refusal::BadArguments(why);
+        let lower_hex = |v: &str, len: usize| {
+            v.len() == len && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let mut rest = args.iter().peekable();
+        let mut take = |name: &str| rest.next_if(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let artifact = take("artifact")
+            .ok_or_else(|| bad("rollout-start takes `artifact` (the image's SHA-256) first".into()))?;
+        if !lower_hex(&artifact, 64) {
+            return Err(bad(format!(
+                "artifact `{artifact}` is not a SHA-256 (64 lower-case hex digits)"
+            )));
+        }
+        let canary = match take("canary") {
+            None => None,
+            Some(v) => Some(
+                decimal(&v)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&n| n <= MAX_CANARY)
+                    .ok_or_else(|| bad(format!("canary `{v}` must be 0 to {MAX_CANARY}")))?,
+            ),
+        };
+        let shaped = |v: Option<String>, name: &str, allowed: fn(u8) -> bool| match v {
+            Some(v) if !v.bytes().all(allowed) => {
+                Err(bad(format!("{name} `{v}` is not in the form the CLI takes")))
+            }
+            v => Ok(v),
+        };
+        let waves = shaped(take("waves"), "waves", |b| {
+            b.is_ascii_digit() || b == b'%' || b == b','
+        })?;
+        let duration = |b: u8| b.is_ascii_digit() || b.is_ascii_lowercase();
+        let soak = shaped(take("soak"), "soak", duration)?;
+        let confirm_within = shaped(take("confirm-within"), "confirm-within", duration)?;
+        let node = take("node");
+        if let Some(uid) = &node
+            && !lower_hex(uid, 16)
+        {
+            return Err(bad(format!(
+                "node `{uid}` is not a uid (16 lower-case hex digits)"
+            )));
+        }
+        if let Some((name, _)) = rest.next() {
+            return Err(bad(format!(
+                "rollout-start does not take `{name}` there: artifact, then canary, waves, soak, \
+                 confirm-within, node, each at most once, in that order"
+            )));
+        }
+        if node.is_some() && (canary.is_some() || waves.is_some()) {
+            return Err(bad("a targeted update (`node`) has no canary or waves".into()));
+        }
+        Ok(RolloutPlan {
+            artifact,
+            canary,
+            waves,
+            soak,
+            confirm_within,
+            node,
+        })
+    }
 }
 
 impl Verb {
     /// Every verb a gateway obeys, by its name on the topic.
-    pub const NAMES: [&'static str; 1] = ["enroll-window"];
+    pub const NAMES: [&'static str; 3] = ["enroll-window", "rollout-start", "rollout-halt"];
 
     #[must_use]
     pub fn name(&self) -> &'static str {
         match self {
             Verb::EnrollWindow { .. } => "enroll-window",
+            Verb::RolloutStart(_) => "rollout-start",
+            Verb::RolloutHalt { .. } => "rollout-halt",
         }
     }
 
@@ -71,6 +185,10 @@ impl Verb {
     pub fn args(&self) -> Vec<(&'static str, String)> {
         match self {
             Verb::EnrollWindow { minutes } => vec![("minutes", minutes.to_string())],
+            Verb::RolloutStart(plan) => plan.args(),
+            Verb::RolloutHalt { rollback } => {
+                vec![("rollback", if *rollback { "yes" } else { "no" }.to_owned())]
+            }
         }
     }
 
@@ -95,6 +213,15 @@ impl Verb {
                     })?;
                 Ok(Verb::EnrollWindow { minutes })
             }
+            "rollout-start" => RolloutPlan::parse(args).map(Verb::RolloutStart),
+            "rollout-halt" => match args {
+                [(arg, value)] if arg == "rollback" && (value == "yes" || value == "no") => {
+                    Ok(Verb::RolloutHalt {
+                        rollback: value == "yes",
+                    })
+                }
+                _ => Err(bad("rollout-halt takes one argument: rollback yes|no".into())),
+            },
             other => Err(Refusal::UnknownVerb(other.to_owned())),
         }
     }

@@ -42,6 +42,8 @@ pub struct Desk {
     pub store_tx: mpsc::Sender<StoreCommand>,
     pub clock: WallClock,
     pub enrollment_policy: EnrollmentPolicy,
+    /// Node firmware rollouts (`rollout-start`, `rollout-halt`).
+    pub ota: crate::io::ota::OtaHandle,
 }
 
 /// The two ends the uplink holds.
@@ -188,7 +190,7 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
                 key,
                 expires = verified.command.expires
             );
-            let outcome = carry_out(desk, &verified.command.verb).await;
+            let outcome = carry_out(desk, &request, &verified.command.verb).await;
             let finish = AuditOp::Finish {
                 id,
                 outcome: outcome.as_str(),
@@ -215,14 +217,39 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
 }
 
 /// Does what a verified, claimed command asks.
-async fn carry_out(desk: &Desk, verb: &Verb) -> Outcome {
-    match *verb {
+async fn carry_out(desk: &Desk, request: &str, verb: &Verb) -> Outcome {
+    let rollout = |result: Result<outpost_core::rollout::RolloutStatus, crate::io::ota::Refused>| {
+        match result {
+            Ok(status) => Outcome::Done(serde_json::json!({
+                "rollout": status.id,
+                "state": status.state,
+                "stage": status.stage,
+                "version": status.version,
+                "halt_reason": status.halt_reason,
+            })),
+            // The same names the local API answers with (`below-floor`, `busy`, …).
+            Err(refused) => Outcome::Failed(format!("{}: {}", refused.kind, refused.error)),
+        }
+    };
+    match verb {
         Verb::EnrollWindow { minutes } => {
-            match set_enrollment_window(&desk.store_tx, desk.enrollment_policy, minutes).await {
+            match set_enrollment_window(&desk.store_tx, desk.enrollment_policy, *minutes).await {
                 Ok(until_ms) => Outcome::Done(serde_json::json!({ "window_until_ms": until_ms })),
                 Err(why) => Outcome::Failed(why.to_string()),
             }
         }
+        Verb::RolloutStart(plan) => {
+            let spec = crate::io::ota::StartSpec {
+                artifact: plan.artifact.clone(),
+                canary: plan.canary.map(|n| n as usize),
+                waves: plan.waves.clone(),
+                soak: plan.soak.clone(),
+                confirm_within: plan.confirm_within.clone(),
+                node: plan.node.clone(),
+            };
+            rollout(desk.ota.start(spec, format!("remote command {request}")).await)
+        }
+        Verb::RolloutHalt { rollback } => rollout(desk.ota.halt(*rollback).await),
     }
 }
 

@@ -272,3 +272,89 @@ proptest::proptest! {
         let _ = claimed_request(text.as_bytes());
     }
 }
+
+fn args(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn rollout_verbs_sign_verify_and_parse_back_to_the_same_plan() {
+    let key = operator();
+    let keys = [key.public()];
+    let plan = RolloutPlan {
+        artifact: "ab".repeat(32),
+        canary: Some(2),
+        waves: Some("25%,100%".into()),
+        soak: Some("10m".into()),
+        confirm_within: Some("90s".into()),
+        node: None,
+    };
+    for verb in [
+        Verb::RolloutStart(plan.clone()),
+        Verb::RolloutStart(RolloutPlan {
+            artifact: "01".repeat(32),
+            node: Some("e2e0000000000001".into()),
+            ..RolloutPlan::default()
+        }),
+        Verb::RolloutHalt { rollback: true },
+        Verb::RolloutHalt { rollback: false },
+    ] {
+        let name = verb.name();
+        let text = sign(&key, &command(verb.clone())).unwrap();
+        let expect = Expect {
+            topic_verb: name,
+            ..expect(&keys, Some(NOW))
+        };
+        assert_eq!(check(text.as_bytes(), &expect).unwrap().command.verb, verb);
+    }
+    let text = sign(&key, &command(Verb::RolloutStart(plan))).unwrap();
+    let arg_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("arg ")).collect();
+    assert_eq!(
+        arg_lines,
+        [
+            format!("arg artifact {}", "ab".repeat(32)).as_str(),
+            "arg canary 2",
+            "arg waves 25%,100%",
+            "arg soak 10m",
+            "arg confirm-within 90s",
+        ]
+    );
+}
+
+#[test]
+fn rollout_arguments_out_of_form_or_order_are_refused() {
+    let sha = "ab".repeat(32);
+    let cases: Vec<Vec<(String, String)>> = vec![
+        args(&[]),
+        args(&[("artifact", "node-1.2.0.bin")]),
+        args(&[("artifact", &"AB".repeat(32))]),
+        args(&[("artifact", &sha), ("canary", "-1")]),
+        args(&[("artifact", &sha), ("canary", "10001")]),
+        args(&[("artifact", &sha), ("waves", "25%;100%")]),
+        args(&[("artifact", &sha), ("soak", "10 m")]),
+        args(&[("artifact", &sha), ("node", "e2e000000000001")]),
+        args(&[("artifact", &sha), ("soak", "1m"), ("canary", "1")]),
+        args(&[("artifact", &sha), ("canary", "1"), ("canary", "2")]),
+        args(&[("artifact", &sha), ("colour", "red")]),
+        args(&[("artifact", &sha), ("canary", "1"), ("node", "e2e0000000000001")]),
+    ];
+    for case in cases {
+        assert!(
+            matches!(Verb::parse("rollout-start", &case), Err(Refusal::BadArguments(_))),
+            "{case:?}"
+        );
+    }
+    for case in [
+        args(&[]),
+        args(&[("rollback", "true")]),
+        args(&[("rollback", "yes"), ("rollback", "no")]),
+    ] {
+        assert!(
+            matches!(Verb::parse("rollout-halt", &case), Err(Refusal::BadArguments(_))),
+            "{case:?}"
+        );
+    }
+}
