@@ -179,6 +179,26 @@ impl Browser {
         outcome.with_context(|| format!("last error: {last}"))
     }
 
+    /// Chooses `file` in the page's `<input type=file>` found by CSS `selector`, as a person
+    /// picking it in the file dialog would (WebDriver's send-keys of the path; the page then
+    /// reads the file from disk through the browser).
+    pub fn choose_file(&self, selector: &str, file: &Path) -> Result<()> {
+        let path = file
+            .canonicalize()
+            .with_context(|| format!("{}", file.display()))?;
+        self.runtime.block_on(async {
+            let input = self
+                .client()
+                .find(fantoccini::Locator::Css(selector))
+                .await
+                .with_context(|| format!("finding {selector}"))?;
+            input
+                .send_keys(&path.display().to_string())
+                .await
+                .with_context(|| format!("choosing {} in {selector}", path.display()))
+        })
+    }
+
     /// The page as a PNG.
     pub fn screenshot(&self) -> Result<Vec<u8>> {
         Ok(self.runtime.block_on(self.client().screenshot())?)

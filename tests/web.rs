@@ -618,3 +618,415 @@ fn actions_need_the_technician_login_and_a_fresh_csrf_token_and_wrong_passwords_
     drop(site);
     shutdown.cancel();
 }
+
+/// Runs a shipped tool; its output when it fails.
+fn run_tool(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A simulator image of `version` (48 KiB), signed for hardware revision 1 with `key`.
+fn signed_image(dir: &std::path::Path, version: &str, key: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join(format!("node-{version}.bin"));
+    run_tool(
+        Command::new(bin("outpost-node-sim"))
+            .args(["make-image", "--version", version, "--size", "48K"])
+            .arg(&path),
+    );
+    run_tool(
+        Command::new(bin("outpost"))
+            .args(["firmware", "sign", "--key"])
+            .arg(key)
+            .args(["--version", version, "--hw-rev", "1"])
+            .arg(&path),
+    );
+    path
+}
+
+/// Chooses an image and its signature in the page's upload form and sends them.
+fn upload(browser: &Browser, image: &std::path::Path) {
+    let sig = std::path::PathBuf::from(format!("{}.sig", image.display()));
+    browser.choose_file("#firmware-image", image).unwrap();
+    browser.choose_file("#firmware-sig", &sig).unwrap();
+    browser
+        .eval(
+            "document.querySelector('#firmware-upload button[type=submit]').click(); return null;",
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_technician_uploads_node_firmware_and_follows_its_rollout_to_every_node_on_the_page() {
+    // The binaries are built (or found up to date) once per run, before the clock starts.
+    bin("outpost");
+    let started = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let stranger = tmp.path().join("stranger");
+    for dir in [&keys, &stranger] {
+        run_tool(
+            Command::new(bin("outpost"))
+                .args(["firmware", "keygen", "--out"])
+                .arg(dir),
+        );
+    }
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let factory = signed_image(&images, "1.0.0", &keys.join("firmware.key"));
+    let next = signed_image(&images, "1.1.0", &keys.join("firmware.key"));
+    // Signed by another fleet's key: the gateway must refuse it, and the page say why.
+    let forged = signed_image(&images, "1.3.0", &stranger.join("firmware.key"));
+
+    // Two nodes booting from flash files with the factory image, at 921,600 baud.
+    let specs: Vec<NodeSpec> = (0..2)
+        .map(|i| {
+            let flash = tmp.path().join(format!("flash{i}.bin"));
+            run_tool(
+                Command::new(bin("outpost-node-sim"))
+                    .arg("make-flash")
+                    .arg("--image")
+                    .arg(&factory)
+                    .arg(&flash),
+            );
+            NodeSpec {
+                rate_hz: 10.0,
+                sim_args: vec![
+                    "--flash".into(),
+                    flash.display().to_string(),
+                    "--fleet-key".into(),
+                    keys.join("firmware.pub").display().to_string(),
+                    "--baud".into(),
+                    "921600".into(),
+                ],
+                port_config: "baud = 921600".into(),
+                ..NodeSpec::new(i)
+            }
+        })
+        .collect();
+    let uids: Vec<String> = specs.iter().map(|s| s.uid.clone()).collect();
+    let config = format!(
+        "[ota]\nfirmware_keys = [\"{}\"]\n",
+        keys.join("firmware.pub").display()
+    );
+    let mut site = Site::with_config(specs, &config).unwrap();
+    set_technician_password(&site);
+    // The factory image is in the library already (installed with the gateway).
+    run_tool(
+        Command::new(bin("outpost"))
+            .args(["firmware", "add", "--config"])
+            .arg(site.config_path())
+            .arg(&factory),
+    );
+    site.start_gateway().unwrap();
+
+    let browser = Browser::start(1280, 1400).unwrap();
+    browser.goto(&format!("http://{}/", site.api)).unwrap();
+    // Before any login: both nodes take updates and run the factory image; the library shows it.
+    browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "both nodes in the firmware panel, on 1.0.0, and the library",
+            "const rows = [...document.querySelectorAll('#ota-nodes tbody tr')];
+             const lib = document.querySelector('#firmware-library tbody tr[data-file=\"node-1.0.0.bin\"]');
+             return rows.length === 2 && rows.every((r) => r.dataset.version === '1.0.0') && lib !== null;",
+        )
+        .unwrap();
+    let lib = browser
+        .eval("return [...document.querySelector('#firmware-library tbody tr').cells].map((c) => c.textContent);")
+        .unwrap();
+    let sha = sha256_hex(&std::fs::read(&factory).unwrap());
+    assert_eq!(lib[0], "node-1.0.0.bin", "{lib}");
+    assert_eq!(lib[1], "1.0.0", "{lib}");
+    assert_eq!(lib[2], "1", "{lib}");
+    assert_eq!(lib[3], "49 kB", "{lib}");
+    assert_eq!(lib[4], &sha[..12], "{lib}");
+    assert_eq!(lib[5], "1.0.0", "{lib}");
+    assert!(
+        lib[6]
+            .as_str()
+            .unwrap()
+            .starts_with("every hw 1 node runs it"),
+        "{lib}"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('firmware-actions').hidden;")
+            .unwrap(),
+        true,
+        "the upload and rollout forms shown without a login"
+    );
+
+    log_in(&browser);
+    browser
+        .wait_eval(
+            Duration::from_secs(10),
+            "the firmware forms",
+            "return !document.getElementById('firmware-actions').hidden;",
+        )
+        .unwrap();
+
+    // A good image goes into the library.
+    upload(&browser, &next);
+    let added = browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the image added and listed",
+            "const m = document.getElementById('firmware-message').textContent;
+             const row = document.querySelector('#firmware-library tbody tr[data-file=\"node-1.1.0.bin\"]');
+             return m.startsWith('Added') && row !== null && row.dataset.refused === 'no' ? m : null;",
+        )
+        .unwrap();
+    assert_eq!(
+        added,
+        "Added node-1.1.0.bin: version 1.1.0, hw rev 1, 49 kB."
+    );
+    // A forged one is refused, with the reason in the panel.
+    upload(&browser, &forged);
+    let refusal = browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the forged image's refusal",
+            "const m = document.getElementById('firmware-message');
+             return m.className === 'refusal' ? { text: m.textContent, kind: m.dataset.kind } : null;",
+        )
+        .unwrap();
+    assert_eq!(refusal["kind"], "bad-signature", "{refusal}");
+    let message = refusal["text"].as_str().unwrap();
+    let reason = message
+        .strip_prefix("Upload of node-1.3.0.bin refused: refused (bad-signature): ")
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(reason.len() > 10, "no reason given: {message}");
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('#firmware-library tbody tr[data-file=\"node-1.3.0.bin\"]');")
+            .unwrap(),
+        Value::Null,
+        "the forged image listed"
+    );
+    assert!(
+        !site
+            .dir
+            .path()
+            .join("data/firmware/node-1.3.0.bin")
+            .exists(),
+        "the forged image left in the library"
+    );
+
+    // A rollout from the form: one canary, then the rest; short soak and confirm times.
+    browser
+        .eval(
+            "const set = (id, v) => { document.getElementById(id).value = v; };
+             set('rollout-artifact', 'node-1.1.0.bin'); set('rollout-canary', '1');
+             set('rollout-waves', '100%'); set('rollout-soak', '2s'); set('rollout-confirm', '6s');
+             document.querySelector('#rollout-form button[type=submit]').click(); return null;",
+        )
+        .unwrap();
+    // Follow it on the page: every phase a node row shows until every node is finalized on 1.1.0
+    // with a full progress bar.
+    let mut phases = std::collections::BTreeSet::new();
+    let mut halt_button_seen = false;
+    let end = wait_for(Duration::from_secs(60), "every node finalized on the page", || {
+        let seen = browser
+            .eval(
+                "return { rows: [...document.querySelectorAll('#ota-nodes tbody tr')].map((r) => {
+                     const p = r.querySelector('progress');
+                     return { id: r.dataset.id, phase: r.dataset.phase, version: r.dataset.version,
+                              value: p.value, max: p.max, cells: [...r.cells].map((c) => c.textContent) }; }),
+                   state: document.getElementById('rollout-state').dataset.state || null,
+                   line: document.getElementById('rollout-state').textContent,
+                   halt: !document.getElementById('rollout-halt-actions').hidden,
+                   message: document.getElementById('firmware-message').textContent };",
+            )
+            .ok()?;
+        let rows = seen["rows"].as_array()?;
+        for row in rows {
+            phases.insert(row["phase"].as_str()?.to_owned());
+        }
+        halt_button_seen |= seen["halt"] == true;
+        let finished = seen["state"] == "done"
+            && rows.len() == 2
+            && rows
+                .iter()
+                .all(|r| r["phase"] == "finalized" && r["version"] == "1.1.0");
+        if finished {
+            Some(seen)
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        }
+    })
+    .unwrap();
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rollout 1 of 1.1.0 started"),
+        "{end}"
+    );
+    assert!(
+        phases
+            .iter()
+            .any(|p| ["transferring", "installing", "trial", "confirmed"].contains(&p.as_str())),
+        "the page never showed a node on its way: {phases:?}"
+    );
+    assert!(halt_button_seen, "no Halt button while the rollout ran");
+    for row in end["rows"].as_array().unwrap() {
+        assert_eq!(row["value"], row["max"], "{row}");
+        assert_eq!(row["max"], 49152.0, "{row}");
+        assert_eq!(row["cells"][3], "49 kB of 49 kB", "{row}");
+        assert!(
+            uids.contains(&row["id"].as_str().unwrap().to_owned()),
+            "{row}"
+        );
+    }
+    let line = end["line"].as_str().unwrap();
+    assert!(
+        line.contains("done") && line.contains("2 of 2 nodes updated"),
+        "{line}"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('rollout-halt-actions').hidden;")
+            .unwrap(),
+        true,
+        "a Halt button after the rollout ended"
+    );
+    // The gateway agrees.
+    let view = site.get("/api/v1/rollout").unwrap();
+    assert_eq!(view["rollout"]["state"], "done", "{view:#}");
+    for node in view["nodes"].as_array().unwrap() {
+        assert_eq!(node["fw"], "1.1.0", "{node}");
+    }
+    // FINALIZE raised the nodes' floor: the factory image is now below it, and the library says so.
+    browser
+        .wait_eval(
+            Duration::from_secs(45),
+            "the factory image shown below the floor",
+            "const row = document.querySelector('#firmware-library tbody tr[data-file=\"node-1.0.0.bin\"]');
+             return row && row.dataset.refused === 'yes' && row.cells[6].textContent.startsWith('below-floor') ? true : null;",
+        )
+        .unwrap();
+
+    // Rolling the factory image out again is refused before any transfer, and the panel says why.
+    browser
+        .eval(
+            "document.getElementById('rollout-artifact').value = 'node-1.0.0.bin';
+             document.querySelector('#rollout-form button[type=submit]').click(); return null;",
+        )
+        .unwrap();
+    let refusal = browser
+        .wait_eval(
+            Duration::from_secs(20),
+            "the rollout's refusal",
+            "const m = document.getElementById('firmware-message');
+             return m.className === 'refusal' && m.textContent.startsWith('Rollout refused')
+                 ? { text: m.textContent, kind: m.dataset.kind } : null;",
+        )
+        .unwrap();
+    assert_eq!(refusal["kind"], "below-floor", "{refusal}");
+    assert!(
+        refusal["text"].as_str().unwrap().ends_with("[below-floor]")
+            && refusal["text"].as_str().unwrap().len()
+                > "Rollout refused: [below-floor]".len() + 10,
+        "{refusal}"
+    );
+
+    browser
+        .eval("document.getElementById('firmware-section').scrollIntoView(); return null;")
+        .unwrap();
+    save_screenshot("web-firmware.png", &browser.screenshot().unwrap());
+
+    // On a phone, logged in, with every table filled: nothing pushes the page sideways.
+    browser.set_viewport(360, 740).unwrap();
+    let widths = browser
+        .eval("return [document.documentElement.scrollWidth, window.innerWidth];")
+        .unwrap();
+    assert!(
+        widths[0].as_u64().unwrap() <= widths[1].as_u64().unwrap(),
+        "sideways overflow on a phone: {widths}"
+    );
+    browser
+        .eval("document.getElementById('firmware-section').scrollIntoView(); return null;")
+        .unwrap();
+    save_screenshot("web-firmware-phone.png", &browser.screenshot().unwrap());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    drop(browser);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    // `sha256sum`, as a technician would check it.
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), bytes).unwrap();
+    let out = Command::new("sha256sum").arg(tmp.path()).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// What the page's files may not do, checked in the files themselves: markup from strings (the
+/// page writes every value with textContent), inline script or handlers (the CSP would block
+/// them, silently), and form fields without a label a screen reader can announce.
+#[test]
+fn the_page_builds_no_markup_from_strings_and_labels_every_field() {
+    let web = outpost_e2e::workspace_dir().join("gateway/web");
+    let script = std::fs::read_to_string(web.join("app.js")).unwrap();
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "createContextualFragment",
+        "eval(",
+        "new Function",
+    ] {
+        assert!(!script.contains(sink), "app.js uses {sink}");
+    }
+    let html = std::fs::read_to_string(web.join("index.html")).unwrap();
+    let lower = html.to_lowercase();
+    assert!(!lower.contains(" style="), "an inline style attribute");
+    assert!(!lower.contains("<style"), "an inline style element");
+    assert_eq!(
+        lower.matches("<script").count(),
+        1,
+        "one script, and it is app.js"
+    );
+    assert!(lower.contains("<script src=\"/app.js\" defer></script>"));
+    for handler in [
+        " onclick=",
+        " onload=",
+        " onsubmit=",
+        " onchange=",
+        " oninput=",
+    ] {
+        assert!(!lower.contains(handler), "an inline handler {handler}");
+    }
+    // Every input and select: a <label for=its id>, an aria-label, or inside a <label>.
+    let mut fields = 0;
+    for tag in ["<input", "<select"] {
+        let mut from = 0;
+        while let Some(at) = html[from..].find(tag) {
+            let start = from + at;
+            let end = start + html[start..].find('>').unwrap();
+            let element = &html[start..=end];
+            from = end;
+            fields += 1;
+            let id = element
+                .split("id=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next());
+            let labelled_for = id.is_some_and(|id| html.contains(&format!("<label for=\"{id}\"")));
+            let wrapped = html[..start]
+                .rfind("<label")
+                .is_some_and(|open| !html[open..start].contains("</label>"));
+            assert!(
+                labelled_for || element.contains("aria-label=") || wrapped,
+                "a field without a label: {element}"
+            );
+        }
+    }
+    assert!(fields >= 12, "only {fields} fields found");
+}

@@ -56,6 +56,7 @@ function render(o) {
   renderWritable(o);
   renderEnrollment(o);
   renderCommands(o);
+  renderFirmware(o);
 }
 
 // The newest signed commands from the cloud, obeyed or not (the audit log: `outpost audit`).
@@ -368,18 +369,26 @@ function setLoggedIn(token) {
 
 function say(message) { text("technician-message", message); }
 
+// `body` is sent as JSON, or as it is when it is a Blob (a firmware bundle). Every action goes
+// out as application/json, which no plain HTML form can send: the gateway's CSRF rule. A bundle's
+// handler reads raw bytes and never parses them as JSON. A refusal throws an Error with the
+// gateway's `kind` when it names one (`bad-signature`, `below-floor`, …).
 async function act(path, body) {
   const response = await fetch(path, {
     method: "POST",
     credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf || "" },
-    body: JSON.stringify(body || {}),
+    body: body instanceof Blob ? body : JSON.stringify(body || {}),
   });
   const next = response.headers.get("X-CSRF-Token");
   if (next) csrf = next;
   const answer = await response.json().catch(() => ({}));
   if (response.status === 403) setLoggedIn(null);
-  if (!response.ok) throw new Error(answer.error || "HTTP " + response.status);
+  if (!response.ok) {
+    const err = new Error(answer.error || "HTTP " + response.status);
+    err.kind = typeof answer.kind === "string" ? answer.kind : null;
+    throw err;
+  }
   return answer;
 }
 
@@ -447,6 +456,259 @@ $("revoke-form").addEventListener("submit", async (e) => {
     say("Node " + uid + " revoked.");
     refresh();
   } catch (err) { say("Revoke refused: " + err.message); }
+});
+
+// Node firmware: the rollout (from the overview, at each refresh), each node's transfer, and the
+// library (`GET /api/v1/firmware`: it checks every image's signature and digest again, so it is
+// read at load, after an upload or a rollout's start or end, and every 30 s, not every refresh).
+const LIBRARY_EVERY_MS = 30000;
+let library = null;
+let libraryAt = 0;
+let libraryLoading = false;
+let lastRolloutKey = "";
+
+async function loadLibrary() {
+  if (libraryLoading) return;
+  libraryLoading = true;
+  try {
+    const response = await fetch("/api/v1/firmware", { cache: "no-store", credentials: "same-origin" });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    library = await response.json();
+    libraryAt = Date.now();
+    if (latest) renderFirmware(latest);
+  } catch (e) {
+    library = null;
+    libraryAt = Date.now();
+    text("firmware-library-empty", "The library could not be read (" + e.message + ").");
+    $("firmware-library-empty").hidden = false;
+  } finally {
+    libraryLoading = false;
+  }
+}
+
+// "1.10.2" → [1, 10, 2], compared number by number.
+function semver(v) { return String(v || "").split(".").map((x) => Number(x) || 0); }
+function versionBelow(a, b) {
+  const x = semver(a), y = semver(b);
+  for (let i = 0; i < 3; i++) if ((x[i] || 0) !== (y[i] || 0)) return (x[i] || 0) < (y[i] || 0);
+  return false;
+}
+
+// Why an image of the library would be refused for this site's nodes, or that it would be taken:
+// the gateway's own check of the file (`refused`), then what the rollout would say of the nodes
+// that said they take updates (hardware revision, anti-rollback floor).
+function libraryVerdict(o, e) {
+  if (e.refused) return { refused: true, text: "refused: " + e.refused };
+  const nodes = (o && o.ota ? o.ota.nodes : []);
+  const expires = e.expires_unix_s && o ? ", signature expires in " + span(e.expires_unix_s * 1000 - o.now_ms) : "";
+  if (!nodes.length) return { refused: false, text: "signature good; no node has said it takes updates yet" + expires };
+  const board = nodes.filter((n) => n.hw_rev === e.hw_rev);
+  if (!board.length) return { refused: true, text: "wrong-hardware: built for hw rev " + e.hw_rev + ", no node here is" };
+  const below = board.filter((n) => n.floor && versionBelow(e.version, n.floor));
+  if (below.length === board.length) {
+    return { refused: true, text: "below-floor: " + e.version + " is under the floor of every hw " + e.hw_rev + " node (" + below[0].floor + ")" };
+  }
+  const need = board.filter((n) => n.fw !== e.version && !below.includes(n)).length;
+  if (!need) return { refused: false, text: "every hw " + e.hw_rev + " node runs it" + expires };
+  return { refused: false, text: "taken by " + need + " of " + board.length + " hw " + e.hw_rev + " nodes" + (below.length ? " (" + below.length + " below floor)" : "") + expires };
+}
+
+// A row of `table`; each cell carries its column's heading (`data-label`), which a phone shows
+// in front of the value when the rows stack (app.css).
+function cellRow(table, cells, data) {
+  const heads = [...table.tHead.rows[0].cells].map((th) => th.textContent);
+  const tr = document.createElement("tr");
+  for (const [k, v] of Object.entries(data || {})) tr.dataset[k] = v;
+  cells.forEach((c, i) => {
+    const td = document.createElement("td");
+    td.dataset.label = heads[i] || "";
+    if (c instanceof Node) td.append(c); else td.textContent = c;
+    tr.appendChild(td);
+  });
+  return tr;
+}
+
+// A <select>'s options, rebuilt only when they change so that a choice in progress survives the
+// refresh; `first` is an option with an empty value kept at the top.
+function setOptions(select, options, first) {
+  const all = (first ? [["", first]] : []).concat(options);
+  const key = JSON.stringify(all);
+  if (select.dataset.options === key) return;
+  const chosen = select.value;
+  select.replaceChildren(...all.map(([value, label]) => {
+    const opt = document.createElement("option");
+    opt.value = value;
+    opt.textContent = label;
+    return opt;
+  }));
+  select.dataset.options = key;
+  if (all.some(([value]) => value === chosen)) select.value = chosen;
+}
+
+const ROLLOUT_STATES = {
+  running: "running", soaking: "soaking", rolling_back: "rolling back", halted: "halted", done: "done",
+};
+// Node phases a transfer is behind: the image is whole on the node.
+const PAST_TRANSFER = new Set(["installing", "trial", "confirmed", "finalized", "cannot_roll_back"]);
+
+function renderFirmware(o) {
+  const ota = o.ota || { rollout: null, nodes: [] };
+  const r = ota.rollout;
+  // The rollout: what, where it stands, why it halted.
+  if (r) {
+    const stage = r.stage ? ", stage " + r.stage : "";
+    const soak = r.state === "soaking" && r.soak_remaining_ms != null ? " (" + span(r.soak_remaining_ms) + " of soak left)" : "";
+    const stages = (r.stages || []).map((s) => s.stage + " " + String(s.state).replace(/_/g, " ") + " (" + s.nodes + ")").join(" · ");
+    text("rollout-state", "Rollout " + r.id + " of " + r.version + " (" + r.mode + ", started by " + r.started_by + "): " +
+      (ROLLOUT_STATES[r.state] || r.state) + stage + soak + " — " + r.updated + " of " + r.total + " nodes updated" +
+      (stages ? ". Stages: " + stages : "") + (r.rollback ? ". Rolled back." : ""));
+    $("rollout-state").dataset.state = r.state;
+    const halt = $("rollout-halt-reason");
+    halt.hidden = !r.halt_reason;
+    if (r.halt_reason) text("rollout-halt-reason", "Halted: " + r.halt_reason);
+    const bar = $("rollout-progress");
+    bar.hidden = false;
+    bar.value = Math.max(0, Math.min(1, r.progress || 0));
+    bar.textContent = Math.round(bar.value * 100) + " %";
+  } else {
+    text("rollout-state", "No rollout since the gateway started.");
+    delete $("rollout-state").dataset.state;
+    $("rollout-halt-reason").hidden = true;
+    $("rollout-progress").hidden = true;
+  }
+  const active = r && (r.state === "running" || r.state === "soaking" || r.state === "rolling_back");
+  $("rollout-halt-actions").hidden = !active;
+  // The library is read again when a rollout starts or ends (a finalize raises floors).
+  const key = r ? r.id + ":" + r.state : "";
+  if (key !== lastRolloutKey || Date.now() - libraryAt > LIBRARY_EVERY_MS) {
+    lastRolloutKey = key;
+    loadLibrary();
+  }
+
+  // One row per node: those that take updates and those of the rollout.
+  const inRollout = new Map((r ? r.nodes : []).map((n) => [n.uid, n]));
+  const own = new Map(ota.nodes.map((n) => [n.uid, n]));
+  const uids = [...new Set([...own.keys(), ...inRollout.keys()])].sort();
+  $("ota-nodes").tBodies[0].replaceChildren(...uids.map((uid) => {
+    const n = own.get(uid), rn = inRollout.get(uid);
+    const phase = rn ? rn.phase : (n && n.phase) || "unknown";
+    const bar = document.createElement("progress");
+    const size = n && n.size ? n.size : 0;
+    let done = n && n.flashed != null ? n.flashed : 0;
+    if (PAST_TRANSFER.has(phase) && size) done = size;
+    bar.max = size || 1;
+    bar.value = size ? Math.min(done, size) : (rn && rn.progress != null ? rn.progress : (PAST_TRANSFER.has(phase) ? 1 : 0));
+    const flashedText = size ? bytes(done) + " of " + bytes(size)
+      : rn && rn.progress != null ? Math.round(rn.progress * 100) + " %"
+      : PAST_TRANSFER.has(phase) ? "whole image" : "—";
+    bar.setAttribute("aria-label", "Node " + uid + ": " + flashedText);
+    const label = document.createElement("span");
+    label.className = "flashed";
+    label.textContent = flashedText;
+    const wrap = document.createElement("span");
+    wrap.className = "progress";
+    wrap.append(bar, label);
+    const fw = n ? n.fw : rn.from_version;
+    const to = rn && rn.to_version && rn.to_version !== fw ? " → " + rn.to_version : "";
+    const detail = rn && rn.detail ? " (" + rn.detail + ")" : "";
+    return cellRow($("ota-nodes"), [
+      uid + (n && !n.online ? " (offline)" : ""),
+      rn && rn.stage ? rn.stage : "—",
+      phase.replace(/_/g, " ") + detail,
+      wrap,
+      fw + to + (n && n.floor ? ", floor " + n.floor : ""),
+    ], { id: uid, phase, version: fw });
+  }));
+  $("ota-nodes-empty").hidden = uids.length !== 0;
+
+  // The library, and the pickers of the rollout form.
+  const entries = library || [];
+  $("firmware-library").tBodies[0].replaceChildren(...entries.map((e) => {
+    const v = libraryVerdict(o, e);
+    const tr = cellRow($("firmware-library"), [
+      e.file, e.version || "—", e.hw_rev == null ? "—" : String(e.hw_rev), e.size == null ? "—" : bytes(e.size),
+      e.sha256 ? e.sha256.slice(0, 12) : "—", e.floor || "—", v.text,
+    ], { file: e.file, refused: v.refused ? "yes" : "no" });
+    tr.cells[2].className = tr.cells[3].className = "num";
+    tr.cells[4].className = "mono";
+    if (e.sha256) tr.cells[4].title = e.sha256;
+    if (v.refused) tr.cells[6].className = "refusal";
+    return tr;
+  }));
+  if (library) {
+    text("firmware-library-empty", "The library holds no image.");
+    $("firmware-library-empty").hidden = entries.length !== 0;
+  }
+  setOptions($("rollout-artifact"), entries.filter((e) => !e.refused).map((e) =>
+    [e.file, e.file + " — " + e.version + ", hw " + e.hw_rev]));
+  setOptions($("rollout-node"), ota.nodes.map((n) => [n.uid, "only " + n.uid + " (" + n.fw + ", hw " + n.hw_rev + ")"]),
+    "Every node, canary then waves");
+  $("firmware-actions").hidden = !csrf;
+}
+
+// A refusal in the panel, with the gateway's reason and its kind.
+function firmwareSay(message, err) {
+  const p = $("firmware-message");
+  if (err) {
+    const reason = err.message;
+    const kind = err.kind && !reason.includes(err.kind) ? " [" + err.kind + "]" : "";
+    p.textContent = message + ": " + reason + kind;
+    p.className = "refusal";
+    p.dataset.kind = err.kind || "";
+  } else {
+    p.textContent = message;
+    p.className = "";
+    delete p.dataset.kind;
+  }
+}
+
+// A bundle is the signature's manifest (text) followed by the image's bytes, as
+// `POST /api/v1/firmware` takes it; the gateway names the file as the manifest does.
+$("firmware-upload").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const image = $("firmware-image").files[0];
+  const sig = $("firmware-sig").files[0];
+  if (!image || !sig) { firmwareSay("Choose the image and its .sig file."); return; }
+  firmwareSay("Uploading " + image.name + " (" + bytes(image.size) + ")…");
+  try {
+    const added = await act("/api/v1/actions/firmware", new Blob([sig, image]));
+    firmwareSay("Added " + added.file + ": version " + added.version + ", hw rev " + added.hw_rev + ", " + bytes(added.size) + ".");
+    $("firmware-upload").reset();
+    loadLibrary();
+  } catch (err) { firmwareSay("Upload of " + image.name + " refused", err); }
+});
+
+$("rollout-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const spec = { artifact: $("rollout-artifact").value };
+  const node = $("rollout-node").value;
+  if (node) spec.node = node;
+  else {
+    const canary = $("rollout-canary").value.trim();
+    if (canary) spec.canary = Number(canary);
+    const waves = $("rollout-waves").value.trim();
+    if (waves) spec.waves = waves;
+  }
+  const soak = $("rollout-soak").value.trim();
+  if (soak) spec.soak = soak;
+  const confirmWithin = $("rollout-confirm").value.trim();
+  if (confirmWithin) spec.confirm_within = confirmWithin;
+  try {
+    const started = await act("/api/v1/actions/rollout", spec);
+    firmwareSay("Rollout " + started.id + " of " + started.version + " started" + (node ? " on node " + node : "") + ".");
+    refresh();
+  } catch (err) { firmwareSay("Rollout refused", err); }
+});
+
+$("rollout-halt").addEventListener("click", async () => {
+  const rollback = $("rollout-rollback").checked;
+  if (rollback && !confirm("Halt the rollout and put every node it updated back on its previous image?")) return;
+  try {
+    await act("/api/v1/actions/rollout-halt", { rollback });
+    firmwareSay(rollback ? "Rollout halted; updated nodes go back to their previous image." : "Rollout halted; no new transfer starts.");
+    $("rollout-rollback").checked = false;
+    refresh();
+  } catch (err) { firmwareSay("Halt refused", err); }
 });
 
 $("logout").addEventListener("click", async () => {

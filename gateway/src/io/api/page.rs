@@ -153,6 +153,9 @@ pub struct Overview {
     enrollment: super::Enrollment,
     /// The newest remote commands (`docs/commands.md`), newest first.
     commands: Vec<crate::io::store::audit::AuditEntry>,
+    /// Node firmware: the rollout in progress (or the last one this run) and each node's
+    /// transfer, as `GET /api/v1/rollout` answers (in memory: no store read).
+    ota: crate::io::ota::OtaView,
 }
 
 #[derive(Debug, Serialize)]
@@ -370,6 +373,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
         alerts: snapshot.alerts,
         enrollment,
         commands,
+        ota: state.ota.view(),
     })
 }
 
