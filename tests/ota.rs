@@ -98,6 +98,11 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
 
 /// A site of `n` nodes on factory image `factory`, taking updates signed by the fleet's key.
 fn site(fleet: &Fleet, factory: &Path, n: usize, dir: &Path) -> Result<Site> {
+    site_with(fleet, factory, n, dir, "")
+}
+
+/// [`site`], with `more` configuration.
+fn site_with(fleet: &Fleet, factory: &Path, n: usize, dir: &Path, more: &str) -> Result<Site> {
     let mut specs = Vec::new();
     for i in 0..n {
         let mut spec = NodeSpec::new(i);
@@ -115,7 +120,7 @@ fn site(fleet: &Fleet, factory: &Path, n: usize, dir: &Path) -> Result<Site> {
     }
     let _ = dir;
     let extra = format!(
-        "[ota]\nfirmware_keys = [\"{}\"]\n",
+        "[ota]\nfirmware_keys = [\"{}\"]\n\n{more}",
         fleet.public_key().display()
     );
     let mut site = Site::with_config(specs, &extra)?;
@@ -619,5 +624,162 @@ fn power_cuts_at_every_stage_and_a_gateway_restart_mid_rollout_end_with_every_no
         "after the cut node 1 did {rewritten} flash operations to verify; a whole image takes {}",
         verified - receiving
     );
+    Ok(())
+}
+
+/// The cloud side of the broker path: a signed `rollout-start` on `outpost/{id}/cmd/…` runs the
+/// same rollout as the CLI; its result comes back on the command's result topic and every event
+/// and progress step on `outpost/{id}/ota` at once; the same command again is a replay; a halt
+/// with nothing to halt says so.
+#[test]
+fn a_signed_remote_command_runs_a_rollout_whose_events_reach_the_broker_at_once() -> Result<()> {
+    use outpost_e2e::broker::{Broker, Cloud, Pki};
+    let tmp = tempfile::tempdir()?;
+    let pki = Pki::new(&tmp.path().join("pki"))?;
+    let broker = Broker::start(&tmp.path().join("broker"), &pki)?;
+    let cloud = Cloud::connect(&broker, &pki)?;
+    cloud.subscribe("outpost/e2e-site/cmd/result/+")?;
+    cloud.subscribe("outpost/e2e-site/ota")?;
+    run(Command::new(bin("outpost-sign"))
+        .args(["keygen", "--role", "operator", "--out"])
+        .arg(tmp.path().join("operator")))?;
+    let operator = tmp.path().join("operator/operator.key");
+    let files = pki.client("e2e-site")?;
+    let uplink = format!(
+        "[uplink]\nbatch_interval = \"1s\"\n\n[uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\n\
+         ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\n\n\
+         [commands]\noperator_keys = [\"{}\"]\nmax_lifetime = \"10m\"\n",
+        broker.port(),
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display(),
+        tmp.path().join("operator/operator.pub").display()
+    );
+    let fleet = Fleet::new(tmp.path())?;
+    let factory = fleet.image("1.0.0", &[], 1, None)?;
+    let next = fleet.image("1.1.0", &[], 1, None)?;
+    let mut site = site_with(&fleet, &factory, 2, tmp.path(), &uplink)?;
+    run(outpost(&site, &["firmware", "add"]).arg(&next))?;
+    site.start_gateway()?;
+    wait_for_nodes(&site, 2)?;
+    wait_for(Duration::from_secs(30), "the command topic", || {
+        (site.get("/api/v1/status").ok()?["uplink"]["commands"] == "subscribed").then_some(())
+    })?;
+    let library = site.get("/api/v1/firmware")?;
+    let sha = library
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["version"] == "1.1.0"))
+        .and_then(|i| i["sha256"].as_str())
+        .context("the image's sha256 in the library")?
+        .to_owned();
+
+    let sign = |request: &str, verb: &str, args: &[String]| -> Result<Vec<u8>> {
+        Ok(run(Command::new(bin("outpost-sign"))
+            .args(["command", "--key"])
+            .arg(&operator)
+            .args(["--gateway", "e2e-site", "--request", request, verb])
+            .args(args))?
+        .stdout)
+    };
+    let result = |request: &str, n: usize| -> Result<Value> {
+        let topic = format!("outpost/e2e-site/cmd/result/{request}");
+        wait_for(
+            Duration::from_secs(60),
+            &format!("result {n} of {request}"),
+            || {
+                cloud
+                    .messages()
+                    .iter()
+                    .filter(|m| m.topic == topic)
+                    .nth(n - 1)
+                    .and_then(|m| serde_json::from_slice(&m.payload).ok())
+            },
+        )
+    };
+    let start = sign(
+        "r-rollout-1",
+        "rollout-start",
+        &[
+            format!("artifact={sha}"),
+            "canary=1".into(),
+            "waves=100%".into(),
+            "soak=1s".into(),
+            "confirm-within=6s".into(),
+        ],
+    )?;
+    cloud.publish(
+        "outpost/e2e-site/cmd/rollout-start",
+        start.clone(),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    )?;
+    let started = result("r-rollout-1", 1)?;
+    ensure!(started["outcome"] == "ok", "{started}");
+    ensure!(started["result"]["version"] == "1.1.0", "{started}");
+
+    // Every event and progress step, as they happen.
+    let ota_messages = || -> Vec<Value> {
+        cloud
+            .messages()
+            .iter()
+            .filter(|m| m.topic == "outpost/e2e-site/ota")
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect()
+    };
+    wait_for(
+        Duration::from_secs(90),
+        "the rollout's end on the broker",
+        || {
+            ota_messages()
+                .iter()
+                .any(|m| m["event"] == "done")
+                .then_some(())
+        },
+    )?;
+    let events = ota_messages();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    for kind in [
+        "started",
+        "stage_started",
+        "transferring",
+        "progress",
+        "confirmed",
+        "done",
+        "finalized",
+    ] {
+        ensure!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    ensure!(
+        events
+            .iter()
+            .any(|e| e["event"] == "progress" && e["done"] == e["total"]),
+        "no progress step at the end of an image: {events:?}"
+    );
+    for spec in &site.specs {
+        ensure!(node_row(&site, &spec.uid)?.0 == "1.1.0");
+    }
+
+    // The same command again is a replay; a halt with no rollout running says so.
+    cloud.publish(
+        "outpost/e2e-site/cmd/rollout-start",
+        start,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    )?;
+    let again = result("r-rollout-1", 2)?;
+    ensure!(
+        again["outcome"] == "refused" && again["reason"] == "replayed",
+        "{again}"
+    );
+    let halt = sign("r-halt-1", "rollout-halt", &["rollback=no".into()])?;
+    cloud.publish(
+        "outpost/e2e-site/cmd/rollout-halt",
+        halt,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    )?;
+    let halted = result("r-halt-1", 1)?;
+    ensure!(halted["outcome"] != "ok", "{halted}");
+    drop(broker);
     Ok(())
 }

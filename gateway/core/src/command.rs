@@ -111,8 +111,9 @@ impl RolloutPlan {
         };
         let mut rest = args.iter().peekable();
         let mut take = |name: &str| rest.next_if(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let artifact = take("artifact")
-            .ok_or_else(|| bad("rollout-start takes `artifact` (the image's SHA-256) first".into()))?;
+        let artifact = take("artifact").ok_or_else(|| {
+            bad("rollout-start takes `artifact` (the image's SHA-256) first".into())
+        })?;
         if !lower_hex(&artifact, 64) {
             return Err(bad(format!(
                 "artifact `{artifact}` is not a SHA-256 (64 lower-case hex digits)"
@@ -128,9 +129,9 @@ impl RolloutPlan {
             ),
         };
         let shaped = |v: Option<String>, name: &str, allowed: fn(u8) -> bool| match v {
-            Some(v) if !v.bytes().all(allowed) => {
-                Err(bad(format!("{name} `{v}` is not in the form the CLI takes")))
-            }
+            Some(v) if !v.bytes().all(allowed) => Err(bad(format!(
+                "{name} `{v}` is not in the form the CLI takes"
+            ))),
             v => Ok(v),
         };
         let waves = shaped(take("waves"), "waves", |b| {
@@ -154,7 +155,9 @@ impl RolloutPlan {
             )));
         }
         if node.is_some() && (canary.is_some() || waves.is_some()) {
-            return Err(bad("a targeted update (`node`) has no canary or waves".into()));
+            return Err(bad(
+                "a targeted update (`node`) has no canary or waves".into()
+            ));
         }
         Ok(RolloutPlan {
             artifact,
@@ -220,7 +223,9 @@ impl Verb {
                         rollback: value == "yes",
                     })
                 }
-                _ => Err(bad("rollout-halt takes one argument: rollback yes|no".into())),
+                _ => Err(bad(
+                    "rollout-halt takes one argument: rollback yes|no".into()
+                )),
             },
             other => Err(Refusal::UnknownVerb(other.to_owned())),
         }

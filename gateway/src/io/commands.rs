@@ -218,19 +218,20 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
 
 /// Does what a verified, claimed command asks.
 async fn carry_out(desk: &Desk, request: &str, verb: &Verb) -> Outcome {
-    let rollout = |result: Result<outpost_core::rollout::RolloutStatus, crate::io::ota::Refused>| {
-        match result {
-            Ok(status) => Outcome::Done(serde_json::json!({
-                "rollout": status.id,
-                "state": status.state,
-                "stage": status.stage,
-                "version": status.version,
-                "halt_reason": status.halt_reason,
-            })),
-            // The same names the local API answers with (`below-floor`, `busy`, …).
-            Err(refused) => Outcome::Failed(format!("{}: {}", refused.kind, refused.error)),
-        }
-    };
+    let rollout =
+        |result: Result<outpost_core::rollout::RolloutStatus, crate::io::ota::Refused>| {
+            match result {
+                Ok(status) => Outcome::Done(serde_json::json!({
+                    "rollout": status.id,
+                    "state": status.state,
+                    "stage": status.stage,
+                    "version": status.version,
+                    "halt_reason": status.halt_reason,
+                })),
+                // The same names the local API answers with (`below-floor`, `busy`, …).
+                Err(refused) => Outcome::Failed(format!("{}: {}", refused.kind, refused.error)),
+            }
+        };
     match verb {
         Verb::EnrollWindow { minutes } => {
             match set_enrollment_window(&desk.store_tx, desk.enrollment_policy, *minutes).await {
@@ -247,7 +248,11 @@ async fn carry_out(desk: &Desk, request: &str, verb: &Verb) -> Outcome {
                 confirm_within: plan.confirm_within.clone(),
                 node: plan.node.clone(),
             };
-            rollout(desk.ota.start(spec, format!("remote command {request}")).await)
+            rollout(
+                desk.ota
+                    .start(spec, format!("remote command {request}"))
+                    .await,
+            )
         }
         Verb::RolloutHalt { rollback } => rollout(desk.ota.halt(*rollback).await),
     }

@@ -339,11 +339,18 @@ fn rollout_arguments_out_of_form_or_order_are_refused() {
         args(&[("artifact", &sha), ("soak", "1m"), ("canary", "1")]),
         args(&[("artifact", &sha), ("canary", "1"), ("canary", "2")]),
         args(&[("artifact", &sha), ("colour", "red")]),
-        args(&[("artifact", &sha), ("canary", "1"), ("node", "e2e0000000000001")]),
+        args(&[
+            ("artifact", &sha),
+            ("canary", "1"),
+            ("node", "e2e0000000000001"),
+        ]),
     ];
     for case in cases {
         assert!(
-            matches!(Verb::parse("rollout-start", &case), Err(Refusal::BadArguments(_))),
+            matches!(
+                Verb::parse("rollout-start", &case),
+                Err(Refusal::BadArguments(_))
+            ),
             "{case:?}"
         );
     }
@@ -353,7 +360,10 @@ fn rollout_arguments_out_of_form_or_order_are_refused() {
         args(&[("rollback", "yes"), ("rollback", "no")]),
     ] {
         assert!(
-            matches!(Verb::parse("rollout-halt", &case), Err(Refusal::BadArguments(_))),
+            matches!(
+                Verb::parse("rollout-halt", &case),
+                Err(Refusal::BadArguments(_))
+            ),
             "{case:?}"
         );
     }

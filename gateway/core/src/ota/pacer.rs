@@ -22,6 +22,10 @@ pub const DEFAULT_NOMINAL_BAUD: u32 = 921_600;
 /// pace would lose the fraction of a millisecond at every chunk.
 const LATE_CREDIT_US: u64 = 999;
 
+/// How late after a chunk's time the adapter may ask for it and still be charged from that
+/// time: a timer wake-up on a busy machine, not a pause in the transfer.
+const LATE_WAKE_US: u64 = 5_000;
+
 /// A token bucket over the bytes chunks put on the line.
 ///
 /// Design: chunks are paced at `ota_share` of the line's byte rate (`baud / 10`: 8N1 is ten
@@ -115,7 +119,14 @@ impl Pacer {
     /// but uses the line as much): the next chunk waits for them.
     pub fn charge(&mut self, now: Millis, line_bytes: usize) {
         let now_us = now.as_u64().saturating_mul(1000);
-        let from = self.ready_us.max(now_us);
+        // A chunk asked for a little after its time (the adapter's timer woke late) is charged
+        // from its time, so the lateness is not lost at every chunk; after a longer pause the
+        // bucket starts from now and holds no credit for the idle time.
+        let from = if now_us.saturating_sub(self.ready_us) <= LATE_WAKE_US {
+            self.ready_us
+        } else {
+            now_us
+        };
         self.ready_us = from.saturating_add(self.cost_us(line_bytes));
     }
 

@@ -376,6 +376,8 @@ pub struct Transfer {
     best_at: Millis,
     /// The phase last reported as an event.
     reported: Option<OtaPhase>,
+    /// The full image's progress went out (once, at the first `verified`).
+    reported_whole: bool,
     /// The node reported installing, trial or confirmed for this image.
     seen_install: bool,
     floor: Option<FwVersion>,
@@ -426,6 +428,7 @@ impl Transfer {
             best: (0, 0),
             best_at: now,
             reported: None,
+            reported_whole: false,
             seen_install: false,
             floor: None,
             flashed: 0,
@@ -889,6 +892,15 @@ impl Transfer {
                     .retain(|c| !matches!(c, Control::Offer { .. }));
                 if phase != OtaPhase::Receiving && self.reported != Some(phase) {
                     self.reported = Some(phase);
+                    if phase == OtaPhase::Verified && !self.reported_whole {
+                        self.reported_whole = true;
+                        // The whole image is in the node's flash: the progress bars end full.
+                        let size = self.image.len() as u64;
+                        self.events.push_back(TransferEvent::Progress {
+                            flashed: size,
+                            size,
+                        });
+                    }
                     self.events.push_back(match phase {
                         OtaPhase::Verified => TransferEvent::Verified,
                         OtaPhase::Installing => TransferEvent::Installing,

@@ -658,11 +658,13 @@ impl Pump {
         flash: Option<&FlashFile>,
         last_reset: LastReset,
     ) -> io::Result<BootEnd> {
-        let started = Instant::now();
-        let now = || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let Some((mut app, behaviour)) = self.build(now(), flash, last_reset)? else {
+        let Some((mut app, behaviour)) = self.build(Millis(0), flash, last_reset)? else {
             return Ok(BootEnd::Reset(LastReset::PowerOn)); // the power was cut while booting
         };
+        // The application's clock starts when it runs, after the bootloader: a swap takes
+        // seconds on a real flash, and a trial's deadline counts from the image's start.
+        let started = Instant::now();
+        let now = || Millis(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         self.boots += 1;
         let misbehave_at = matches!(behaviour, Behaviour::CrashLoop | Behaviour::Hang)
             .then(|| now() + MISBEHAVE_AFTER);
