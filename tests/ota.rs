@@ -627,8 +627,9 @@ fn power_cuts_at_every_stage_and_a_gateway_restart_mid_rollout_end_with_every_no
     Ok(())
 }
 
-/// The cloud side of the broker path: a signed `rollout-start` on `outpost/{id}/cmd/…` runs the
-/// same rollout as the CLI; its result comes back on the command's result topic and every event
+/// The cloud side of the broker path: an image comes as a bundle on `cmd/firmware-add` (a forged
+/// one is refused by name); a signed `rollout-start` on `outpost/{id}/cmd/…` runs the same
+/// rollout as the CLI; its result comes back on the command's result topic and every event
 /// and progress step on `outpost/{id}/ota` at once; the same command again is a replay; a halt
 /// with nothing to halt says so.
 #[test]
@@ -658,13 +659,52 @@ fn a_signed_remote_command_runs_a_rollout_whose_events_reach_the_broker_at_once(
     let fleet = Fleet::new(tmp.path())?;
     let factory = fleet.image("1.0.0", &[], 1, None)?;
     let next = fleet.image("1.1.0", &[], 1, None)?;
+    let stranger = tmp.path().join("stranger");
+    run(Command::new(bin("outpost"))
+        .args(["firmware", "keygen", "--out"])
+        .arg(&stranger))?;
+    let forged = fleet.image("1.3.0", &[], 1, Some(&stranger.join("firmware.key")))?;
     let mut site = site_with(&fleet, &factory, 2, tmp.path(), &uplink)?;
-    run(outpost(&site, &["firmware", "add"]).arg(&next))?;
     site.start_gateway()?;
     wait_for_nodes(&site, 2)?;
     wait_for(Duration::from_secs(30), "the command topic", || {
         (site.get("/api/v1/status").ok()?["uplink"]["commands"] == "subscribed").then_some(())
     })?;
+    // The images come as bundles on the command topic, signed by the fleet key, not by an
+    // operator: that signature decides. Each is answered on cmd/result/firmware-….
+    let firmware_results = || -> Vec<Value> {
+        cloud
+            .messages()
+            .iter()
+            .filter(|m| m.topic.starts_with("outpost/e2e-site/cmd/result/firmware-"))
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect()
+    };
+    for (n, image) in [&next, &forged].into_iter().enumerate() {
+        let mut bundle = std::fs::read(format!("{}.sig", image.display()))?;
+        bundle.extend(std::fs::read(image)?);
+        cloud.publish(
+            "outpost/e2e-site/cmd/firmware-add",
+            bundle,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+        )?;
+        wait_for(Duration::from_secs(30), "the firmware-add result", || {
+            (firmware_results().len() > n).then_some(())
+        })?;
+    }
+    let taken = firmware_results();
+    ensure!(
+        taken[0]["outcome"] == "ok" && taken[0]["result"]["version"] == "1.1.0",
+        "{taken:?}"
+    );
+    ensure!(
+        taken[1]["outcome"] == "failed"
+            && taken[1]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("bad-signature")),
+        "{taken:?}"
+    );
     let library = site.get("/api/v1/firmware")?;
     let sha = library
         .as_array()

@@ -199,6 +199,7 @@ pub async fn run(
                 clock: clock.clone(),
                 enrollment_policy: config.enrollment.policy,
                 ota: ota.clone(),
+                firmware: firmware_library(&config),
             })
             .0
         });
@@ -298,11 +299,7 @@ pub async fn run(
         enrollment_policy: config.enrollment.policy,
         enrollment_listed: config.enrollment.listed.len(),
         ota,
-        firmware: api::FirmwareLibrary {
-            dir: crate::io::firmware::dir(&config.data_dir),
-            keys: config.ota.firmware_keys.clone(),
-            cap: config.ota.library_max_bytes,
-        },
+        firmware: firmware_library(&config),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())
@@ -398,6 +395,15 @@ fn raise_update_alert(telemetry: &TelemetryHub, state_dir: &Path) {
         key: AlertKey::gateway(AlertKind::Update),
         message: report.summary(),
     });
+}
+
+/// The node firmware library, for the local API and the `firmware-add` command.
+fn firmware_library(config: &Config) -> api::FirmwareLibrary {
+    api::FirmwareLibrary {
+        dir: crate::io::firmware::dir(&config.data_dir),
+        keys: config.ota.firmware_keys.clone(),
+        cap: config.ota.library_max_bytes,
+    }
 }
 
 #[cfg(test)]

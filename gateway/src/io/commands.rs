@@ -44,7 +44,14 @@ pub struct Desk {
     pub enrollment_policy: EnrollmentPolicy,
     /// Node firmware rollouts (`rollout-start`, `rollout-halt`).
     pub ota: crate::io::ota::OtaHandle,
+    /// The node firmware library (`firmware-add`).
+    pub firmware: crate::io::api::FirmwareLibrary,
 }
+
+/// The command topic's verb that carries a firmware bundle (the image's manifest, then its
+/// bytes) instead of an operator-signed command: the bundle is signed by the fleet's firmware
+/// key, and that signature alone decides whether the library takes it.
+pub const FIRMWARE_VERB: &str = "firmware-add";
 
 /// The two ends the uplink holds.
 #[derive(Debug)]
@@ -96,6 +103,13 @@ async fn run(
     let mut answers = RefusalAnswers::new(mono_ms());
     while let Some(message) = incoming.recv().await {
         audit_dropped(&desk, &dropped).await;
+        if message.verb == FIRMWARE_VERB {
+            let answer = take_firmware(&desk, message.payload).await;
+            if results.send(answer).await.is_err() {
+                break; // the uplink stopped
+            }
+            continue;
+        }
         let verb = printable(&message.verb);
         let received_ms = wall_clock::unix_ms();
         let now = desk.clock.now();
@@ -213,6 +227,51 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
         }
     }
     let payload = command::result_payload(&request, verb, &outcome, wall_clock::unix_ms());
+    (request, payload)
+}
+
+/// A firmware bundle from the cloud into the library, checked as an upload from the local API is;
+/// its result goes to `cmd/result/firmware-{the first 16 hex digits of the bundle's SHA-256}`.
+async fn take_firmware(desk: &Desk, bundle: Vec<u8>) -> (String, Vec<u8>) {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(&bundle);
+    let request = format!("firmware-{}", outpost_core::hex::encode(&digest[..8]));
+    let library = desk.firmware.clone();
+    let added = tokio::task::spawn_blocking(move || {
+        if bundle.len() > crate::io::api::ota::MAX_BUNDLE_BYTES {
+            return Err(format!(
+                "too-large: {} bytes, more than a manifest and a slot-sized image",
+                bundle.len()
+            ));
+        }
+        let expect = outpost_core::firmware::Expect {
+            keys: &library.keys,
+            hw_rev: None,
+            floor: None,
+            now_unix_ms: wall_clock::unix_ms(),
+        };
+        crate::io::firmware::add_bundle(&library.dir, &bundle, &expect, library.cap)
+            .map_err(|e| format!("{}: {e}", e.kind()))
+    })
+    .await;
+    let outcome = match added {
+        Ok(Ok(f)) => {
+            tracing::info!(message = "Firmware image added to the library from the cloud.", file = %f.file, version = %f.version, hw_rev = f.hw_rev);
+            Outcome::Done(serde_json::json!({
+                "file": f.file,
+                "version": f.version.to_string(),
+                "hw_rev": f.hw_rev,
+                "size": f.size,
+                "sha256": outpost_core::hex::encode(&f.sha256),
+            }))
+        }
+        Ok(Err(why)) => {
+            tracing::warn!(message = "Firmware image from the cloud refused.", request, reason = %why);
+            Outcome::Failed(why)
+        }
+        Err(_) => Outcome::Failed("the check stopped".into()),
+    };
+    let payload = command::result_payload(&request, FIRMWARE_VERB, &outcome, wall_clock::unix_ms());
     (request, payload)
 }
 

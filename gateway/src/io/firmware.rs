@@ -40,6 +40,20 @@ pub enum AddError {
     },
 }
 
+impl AddError {
+    /// The refusal's name, as the API, the page and the cloud's result say it.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AddError::Refused(r) => r.as_str(),
+            AddError::Manifest { .. } => "bad-signature",
+            AddError::Full { .. } => "library-full",
+            AddError::Exists(_) => "exists",
+            AddError::Io { .. } => "io",
+        }
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AddError {
     let path = path.to_owned();
     move |source| AddError::Io { what, path, source }

@@ -140,12 +140,14 @@ pub(super) async fn upload(State(state): State<ApiState>, body: Bytes) -> Respon
                 .into_response()
         }
         Ok(Err(error)) => {
-            let (status, kind) = match &error {
-                AddError::Refused(r) => (StatusCode::UNPROCESSABLE_ENTITY, r.as_str()),
-                AddError::Manifest { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad-signature"),
-                AddError::Full { .. } => (StatusCode::INSUFFICIENT_STORAGE, "library-full"),
-                AddError::Exists(_) => (StatusCode::CONFLICT, "exists"),
-                AddError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+            let kind = error.kind();
+            let status = match &error {
+                AddError::Refused(_) | AddError::Manifest { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                AddError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                AddError::Exists(_) => StatusCode::CONFLICT,
+                AddError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             };
             tracing::warn!(message = "Firmware image refused.", kind, %error);
             refused(

@@ -32,8 +32,10 @@ pub struct ClientSettings {
     pub session_expiry: Duration,
 }
 
-/// The largest packet the gateway takes from the broker (acknowledgements, its own status).
-const MAX_INCOMING_PACKET: u32 = 64 * 1024;
+/// The largest packet the gateway takes from the broker (acknowledgements, its own status,
+/// commands, and a node firmware bundle on `cmd/firmware-add`: a manifest and a slot-sized
+/// image).
+const MAX_INCOMING_PACKET: u32 = crate::io::api::ota::MAX_BUNDLE_BYTES as u32 + 4096;
 /// Aliases the gateway accepts from the broker for what it receives.
 const INCOMING_ALIASES: u16 = 4;
 /// Requests the client queues before `try_*` reports it full.
