@@ -196,3 +196,14 @@ fn the_library_takes_only_admitted_images_within_its_cap() {
     let why = refused(library(&["remove", "node-9.bin"], None));
     assert!(why.contains("not in the firmware library"), "{why}");
 }
+
+/// The gateway refuses an image larger than a node's slot before any transfer: its bound must be
+/// the slot the node's flash layout gives the image (an image the node could not hold would go
+/// out whole and be refused at the end).
+#[test]
+fn the_gateways_image_bound_is_the_nodes_active_slot() {
+    assert_eq!(
+        outpost_core::firmware::MAX_IMAGE_BYTES,
+        u64::from(outpost_node::boot::layout::ACTIVE.size)
+    );
+}
