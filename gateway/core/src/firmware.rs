@@ -199,11 +199,13 @@ pub fn admit(
     }
     let version = parse_version(&a.version).map_err(Refusal::BadVersion)?;
     let floor = parse_version(&m.validity.floor).map_err(Refusal::BadVersion)?;
+    // Every field's form first, then what the values say: the node checks in this order too
+    // (`outpost_proto::manifest::check`), so both name the same refusal.
+    let hw_rev =
+        hw_rev_of(&a.architecture).ok_or_else(|| Refusal::BadBoard(a.architecture.clone()))?;
     if ordered(floor) > ordered(version) {
         return Err(Refusal::FloorAboveVersion { version, floor });
     }
-    let hw_rev =
-        hw_rev_of(&a.architecture).ok_or_else(|| Refusal::BadBoard(a.architecture.clone()))?;
     if let Some(wanted) = expect.hw_rev
         && wanted != hw_rev
     {

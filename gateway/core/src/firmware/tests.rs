@@ -229,6 +229,24 @@ mod the_node_agrees {
     }
 
     #[test]
+    fn a_manifest_wrong_in_form_and_in_floor_is_refused_for_its_form_by_both() {
+        let key = fleet();
+        // A floor above the version, and a board spelled with a leading zero.
+        let (manifest, found) = signed(&key, "0.0.0", "0.0.1", "rp2040-hw02");
+        let keys = [key.public()];
+        let gateway = admit(&manifest, &found, &expect(&keys)).unwrap_err();
+        let node = manifest::check(
+            manifest.emit().as_bytes(),
+            &[key.public().ed25519().to_bytes()],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (gateway.as_str(), node.as_str()),
+            ("not-firmware", "not-firmware")
+        );
+    }
+
+    #[test]
     fn a_changed_byte_is_refused_by_the_node() {
         let key = fleet();
         let (manifest, _) = signed(&key, "1.2.0", "1.1.5", "rp2040-hw2");
