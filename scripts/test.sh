@@ -71,7 +71,8 @@ flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --messag
 (cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
 flapping=$!
 status=0
-cargo test --workspace --locked || status=$?
+# Every suite runs even after one fails, so a run shows every failure.
+cargo test --workspace --locked --no-fail-fast || status=$?
 if ! wait "$flapping"; then
     echo "test.sh: the broker-flapping suite failed:" >&2
     tail -n 60 target/flapping.log >&2
