@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use outpost_e2e::{NodeSpec, Site, bin, wait_for};
+use outpost_e2e::{NodeSpec, Site, bin, run_ok, wait_for};
 use serde_json::Value;
 
 const TOKEN: &str = "ota-technician-token-0123456789";
@@ -24,9 +24,11 @@ impl Fleet {
     fn new(dir: &Path) -> Result<Fleet> {
         let dir = dir.join("fleet");
         std::fs::create_dir_all(&dir)?;
-        run(Command::new(bin("outpost"))
-            .args(["firmware", "keygen", "--out"])
-            .arg(dir.join("keys")))?;
+        run_ok(
+            Command::new(bin("outpost"))
+                .args(["firmware", "keygen", "--out"])
+                .arg(dir.join("keys")),
+        )?;
         Ok(Fleet { dir })
     }
 
@@ -45,30 +47,38 @@ impl Fleet {
     ) -> Result<PathBuf> {
         let name = format!("node-{version}{}.bin", flags.concat().replace("--", "-"));
         let path = self.dir.join(name);
-        run(Command::new(bin("outpost-node-sim"))
-            .args(["make-image", "--version", version, "--size", "48K"])
-            .args(flags)
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost-node-sim"))
+                .args(["make-image", "--version", version, "--size", "48K"])
+                .args(flags)
+                .arg(&path),
+        )?;
         let own = self.dir.join("keys/firmware.key");
-        run(Command::new(bin("outpost"))
-            .args(["firmware", "sign", "--key"])
-            .arg(key.unwrap_or(&own))
-            .args(["--version", version, "--hw-rev", &hw_rev.to_string()])
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost"))
+                .args(["firmware", "sign", "--key"])
+                .arg(key.unwrap_or(&own))
+                .args(["--version", version, "--hw-rev", &hw_rev.to_string()])
+                .arg(&path),
+        )?;
         Ok(path)
     }
 
     /// A normal image of `version` and `size` (e.g. `128K`) for hardware revision 1.
     fn image_sized(&self, version: &str, size: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("node-{version}-{size}.bin"));
-        run(Command::new(bin("outpost-node-sim"))
-            .args(["make-image", "--version", version, "--size", size])
-            .arg(&path))?;
-        run(Command::new(bin("outpost"))
-            .args(["firmware", "sign", "--key"])
-            .arg(self.dir.join("keys/firmware.key"))
-            .args(["--version", version, "--hw-rev", "1"])
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost-node-sim"))
+                .args(["make-image", "--version", version, "--size", size])
+                .arg(&path),
+        )?;
+        run_ok(
+            Command::new(bin("outpost"))
+                .args(["firmware", "sign", "--key"])
+                .arg(self.dir.join("keys/firmware.key"))
+                .args(["--version", version, "--hw-rev", "1"])
+                .arg(&path),
+        )?;
         Ok(path)
     }
 
@@ -76,24 +86,15 @@ impl Fleet {
     fn flash(&self, image: &Path, node: usize) -> Result<PathBuf> {
         let path = self.dir.join(format!("flash{node}.bin"));
         let _ = std::fs::remove_file(&path);
-        run(Command::new(bin("outpost-node-sim"))
-            .arg("make-flash")
-            .arg("--image")
-            .arg(image)
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost-node-sim"))
+                .arg("make-flash")
+                .arg("--image")
+                .arg(image)
+                .arg(&path),
+        )?;
         Ok(path)
     }
-}
-
-fn run(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 /// A site of `n` nodes on factory image `factory`, taking updates signed by the fleet's key.
@@ -208,29 +209,31 @@ fn a_good_image_goes_canary_then_waves_and_every_node_confirms_on_it() -> Result
     let next = fleet.image("1.1.0", &[], 1, None)?;
     let mut site = site(&fleet, &factory, 4, tmp.path())?;
     // The factory image too: the one each node would be rolled back to.
-    run(outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    run_ok(outpost(&site, &["firmware", "add"]).arg(&factory))?;
     site.start_gateway()?;
     wait_for_nodes(&site, 4)?;
     site.wait_for_samples(20, Duration::from_secs(30))?;
 
     // The CLI adds the image to the library, starts the rollout and follows it to its end.
-    let out = run(outpost(
-        &site,
-        &[
-            "rollout",
-            "start",
-            "--canary",
-            "1",
-            "--waves",
-            "50%,100%",
-            "--soak",
-            "2s",
-            "--confirm-within",
-            "6s",
-            "--artifact",
-        ],
-    )
-    .arg(&next))?;
+    let out = run_ok(
+        outpost(
+            &site,
+            &[
+                "rollout",
+                "start",
+                "--canary",
+                "1",
+                "--waves",
+                "50%,100%",
+                "--soak",
+                "2s",
+                "--confirm-within",
+                "6s",
+                "--artifact",
+            ],
+        )
+        .arg(&next),
+    )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(stdout.contains("started"), "{stdout}");
 
@@ -285,7 +288,7 @@ fn an_image_that_never_confirms_halts_the_rollout_at_the_canary_which_reverts() 
     let bad = fleet.image("1.2.0", &["--never-confirms"], 1, None)?;
     let crashing = fleet.image("1.2.1", &["--crash-loop"], 1, None)?;
     let mut site = site(&fleet, &factory, 3, tmp.path())?;
-    run(outpost(&site, &["firmware", "add"]).arg(&factory))?;
+    run_ok(outpost(&site, &["firmware", "add"]).arg(&factory))?;
     site.start_gateway()?;
     wait_for_nodes(&site, 3)?;
 
@@ -358,9 +361,11 @@ fn images_that_do_not_verify_are_refused_before_any_transfer_with_their_reason()
 
     // Signed by another fleet's key.
     let stranger_dir = tmp.path().join("stranger");
-    run(Command::new(bin("outpost"))
-        .args(["firmware", "keygen", "--out"])
-        .arg(&stranger_dir))?;
+    run_ok(
+        Command::new(bin("outpost"))
+            .args(["firmware", "keygen", "--out"])
+            .arg(&stranger_dir),
+    )?;
     let forged = fleet.image("1.3.0", &[], 1, Some(&stranger_dir.join("firmware.key")))?;
     // For another hardware revision.
     let other_board = fleet.image("1.4.0", &[], 2, None)?;
@@ -489,21 +494,23 @@ fn power_cuts_at_every_stage_and_a_gateway_restart_mid_rollout_end_with_every_no
     // A targeted update of node 0 alone, through the same path: where each phase falls in the
     // flash operations of an update, to aim the power cuts with.
     let uid0 = site.specs[0].uid.clone();
-    run(outpost(
-        &site,
-        &[
-            "rollout",
-            "start",
-            "--soak",
-            "0s",
-            "--confirm-within",
-            "4s",
-            "--node",
-            &uid0,
-            "--artifact",
-        ],
-    )
-    .arg(&first))?;
+    run_ok(
+        outpost(
+            &site,
+            &[
+                "rollout",
+                "start",
+                "--soak",
+                "0s",
+                "--confirm-within",
+                "4s",
+                "--node",
+                &uid0,
+                "--artifact",
+            ],
+        )
+        .arg(&first),
+    )?;
     ensure!(node_row(&site, &uid0)?.0 == "1.1.0");
     for spec in &site.specs[1..] {
         ensure!(
@@ -641,9 +648,11 @@ fn a_signed_remote_command_runs_a_rollout_whose_events_reach_the_broker_at_once(
     let cloud = Cloud::connect(&broker, &pki)?;
     cloud.subscribe("outpost/e2e-site/cmd/result/+")?;
     cloud.subscribe("outpost/e2e-site/ota")?;
-    run(Command::new(bin("outpost-sign"))
-        .args(["keygen", "--role", "operator", "--out"])
-        .arg(tmp.path().join("operator")))?;
+    run_ok(
+        Command::new(bin("outpost-sign"))
+            .args(["keygen", "--role", "operator", "--out"])
+            .arg(tmp.path().join("operator")),
+    )?;
     let operator = tmp.path().join("operator/operator.key");
     let files = pki.client("e2e-site")?;
     let uplink = format!(
@@ -660,9 +669,11 @@ fn a_signed_remote_command_runs_a_rollout_whose_events_reach_the_broker_at_once(
     let factory = fleet.image("1.0.0", &[], 1, None)?;
     let next = fleet.image("1.1.0", &[], 1, None)?;
     let stranger = tmp.path().join("stranger");
-    run(Command::new(bin("outpost"))
-        .args(["firmware", "keygen", "--out"])
-        .arg(&stranger))?;
+    run_ok(
+        Command::new(bin("outpost"))
+            .args(["firmware", "keygen", "--out"])
+            .arg(&stranger),
+    )?;
     let forged = fleet.image("1.3.0", &[], 1, Some(&stranger.join("firmware.key")))?;
     let mut site = site_with(&fleet, &factory, 2, tmp.path(), &uplink)?;
     site.start_gateway()?;
@@ -714,11 +725,13 @@ fn a_signed_remote_command_runs_a_rollout_whose_events_reach_the_broker_at_once(
         .to_owned();
 
     let sign = |request: &str, verb: &str, args: &[String]| -> Result<Vec<u8>> {
-        Ok(run(Command::new(bin("outpost-sign"))
-            .args(["command", "--key"])
-            .arg(&operator)
-            .args(["--gateway", "e2e-site", "--request", request, verb])
-            .args(args))?
+        Ok(run_ok(
+            Command::new(bin("outpost-sign"))
+                .args(["command", "--key"])
+                .arg(&operator)
+                .args(["--gateway", "e2e-site", "--request", request, verb])
+                .args(args),
+        )?
         .stdout)
     };
     let result = |request: &str, n: usize| -> Result<Value> {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-use outpost_e2e::{NodeSpec, Site, bin, cpu_seconds, wait_for};
+use outpost_e2e::{NodeSpec, Site, bin, cpu_seconds, run_ok, wait_for};
 use outpost_proto::cobs;
 
 const TOKEN: &str = "ota-bench-technician-token-0123456789";
@@ -150,9 +150,11 @@ impl Fleet {
     fn new(dir: &Path) -> Result<Fleet> {
         let dir = dir.join("fleet");
         std::fs::create_dir_all(&dir)?;
-        run(Command::new(bin("outpost"))
-            .args(["firmware", "keygen", "--out"])
-            .arg(dir.join("keys")))?;
+        run_ok(
+            Command::new(bin("outpost"))
+                .args(["firmware", "keygen", "--out"])
+                .arg(dir.join("keys")),
+        )?;
         Ok(Fleet { dir })
     }
 
@@ -163,15 +165,19 @@ impl Fleet {
     /// A 256 KiB simulator image of `version`, signed for hardware revision 1.
     fn image(&self, version: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("node-{version}.bin"));
-        run(Command::new(bin("outpost-node-sim"))
-            .args(["make-image", "--version", version, "--size"])
-            .arg(format!("{IMAGE_KIB}K"))
-            .arg(&path))?;
-        run(Command::new(bin("outpost"))
-            .args(["firmware", "sign", "--key"])
-            .arg(self.dir.join("keys/firmware.key"))
-            .args(["--version", version, "--hw-rev", "1"])
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost-node-sim"))
+                .args(["make-image", "--version", version, "--size"])
+                .arg(format!("{IMAGE_KIB}K"))
+                .arg(&path),
+        )?;
+        run_ok(
+            Command::new(bin("outpost"))
+                .args(["firmware", "sign", "--key"])
+                .arg(self.dir.join("keys/firmware.key"))
+                .args(["--version", version, "--hw-rev", "1"])
+                .arg(&path),
+        )?;
         Ok(path)
     }
 
@@ -179,24 +185,15 @@ impl Fleet {
     fn flash(&self, image: &Path, name: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("flash-{name}.bin"));
         let _ = std::fs::remove_file(&path);
-        run(Command::new(bin("outpost-node-sim"))
-            .arg("make-flash")
-            .arg("--image")
-            .arg(image)
-            .arg(&path))?;
+        run_ok(
+            Command::new(bin("outpost-node-sim"))
+                .arg("make-flash")
+                .arg("--image")
+                .arg(image)
+                .arg(&path),
+        )?;
         Ok(path)
     }
-}
-
-fn run(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -719,14 +716,16 @@ fn measure(
     let sampler = Sampler::start(pid);
     std::thread::sleep(scenario.preroll());
     let started = Instant::now();
-    run(Command::new(bin("outpost"))
-        .args(["rollout", "start", "--config"])
-        .arg(site.config_path())
-        .args(["--canary", &scenario.nodes.to_string()])
-        .args(["--waves", "100%", "--soak", "1s", "--confirm-within", "4s"])
-        .arg("--no-wait")
-        .arg("--artifact")
-        .arg(next))?;
+    run_ok(
+        Command::new(bin("outpost"))
+            .args(["rollout", "start", "--config"])
+            .arg(site.config_path())
+            .args(["--canary", &scenario.nodes.to_string()])
+            .args(["--waves", "100%", "--soak", "1s", "--confirm-within", "4s"])
+            .arg("--no-wait")
+            .arg("--artifact")
+            .arg(next),
+    )?;
     let timeout = Duration::from_secs_f64(scenario.line_limit_s() * 4.0 + 30.0);
     wait_for(timeout, "every node's OTA_STATUS verified", || {
         relays
