@@ -285,6 +285,7 @@ fn command_for(
             });
             StoreCommand::Health {
                 node_id,
+                boot_id,
                 health,
                 now_ms,
             }

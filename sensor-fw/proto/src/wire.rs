@@ -109,17 +109,28 @@ impl fmt::Display for FwVersion {
 }
 
 /// Why the node last reset, as its reset controller reports it.
+///
+/// Fleet health splits them in two ([`ResetReason::is_expected`]): resets someone asked for
+/// (power applied, a requested reboot, the RUN pin, a debugger, a new image being applied) and
+/// resets that are a symptom (watchdog, hard fault, brown-out, a reverted update, anything
+/// unknown). Alert rules count only the second kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResetReason {
     PowerOn,
     Watchdog,
+    /// A reboot the firmware asked for (a reboot command, a user's request).
     Software,
     Brownout,
+    /// The RUN pin was pulled: a button, or the gateway's hard reboot.
     ExternalPin,
     Debugger,
     /// The node booted its previous image because a new one did not confirm its health in
     /// time, crashed or hung during its trial boot (see [`OtaStatus`] for the cause).
     OtaRevert,
+    /// The firmware caught a fault (HardFault handler, panic) and reset itself.
+    HardFault,
+    /// The node reset to boot a newly written image (its trial boot).
+    OtaApply,
     /// A code this version does not know; kept, not rejected, so newer firmware still reports.
     Other(u8),
 }
@@ -135,6 +146,8 @@ impl ResetReason {
             ResetReason::ExternalPin => 4,
             ResetReason::Debugger => 5,
             ResetReason::OtaRevert => 6,
+            ResetReason::HardFault => 7,
+            ResetReason::OtaApply => 8,
             ResetReason::Other(c) => c,
         }
     }
@@ -149,6 +162,8 @@ impl ResetReason {
             4 => ResetReason::ExternalPin,
             5 => ResetReason::Debugger,
             6 => ResetReason::OtaRevert,
+            7 => ResetReason::HardFault,
+            8 => ResetReason::OtaApply,
             c => ResetReason::Other(c),
         }
     }
@@ -163,7 +178,28 @@ impl ResetReason {
             ResetReason::ExternalPin => "external_pin",
             ResetReason::Debugger => "debugger",
             ResetReason::OtaRevert => "ota_revert",
+            ResetReason::HardFault => "hard_fault",
+            ResetReason::OtaApply => "ota_apply",
             ResetReason::Other(_) => "other",
+        }
+    }
+
+    /// Whether someone asked for this reset (power-on, a requested reboot, the RUN pin, a
+    /// debugger, applying an update) rather than the node failing (watchdog, hard fault,
+    /// brown-out, a reverted update, a reason this version does not know).
+    #[must_use]
+    pub const fn is_expected(self) -> bool {
+        match self {
+            ResetReason::PowerOn
+            | ResetReason::Software
+            | ResetReason::ExternalPin
+            | ResetReason::Debugger
+            | ResetReason::OtaApply => true,
+            ResetReason::Watchdog
+            | ResetReason::Brownout
+            | ResetReason::OtaRevert
+            | ResetReason::HardFault
+            | ResetReason::Other(_) => false,
         }
     }
 }

@@ -58,6 +58,7 @@ pub enum StoreCommand {
     },
     Health {
         node_id: i64,
+        boot_id: u32,
         health: Health,
         now_ms: i64,
     },
@@ -242,11 +243,13 @@ impl StoreCommand {
             ),
             StoreCommand::Health {
                 node_id,
+                boot_id,
                 health,
                 now_ms,
             } => job(
                 NodeHealth {
                     node_id,
+                    boot_id,
                     health,
                     now_ms,
                 },
@@ -471,6 +474,7 @@ impl Request for DeviceReadings {
 
 struct NodeHealth {
     node_id: i64,
+    boot_id: u32,
     health: Health,
     now_ms: i64,
 }
@@ -480,7 +484,7 @@ impl Request for NodeHealth {
     type Answer = ();
 
     fn apply(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
-        tx.health(self.node_id, self.now_ms, &self.health)
+        tx.health(self.node_id, self.boot_id, self.now_ms, &self.health)
     }
 
     fn answer(self, _: Result<(), Arc<StoreError>>) {}

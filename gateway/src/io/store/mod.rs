@@ -638,7 +638,27 @@ impl Tx<'_> {
     }
 
     /// Records a HEALTH report and the gateway's own count of frames it dropped from the node.
-    pub fn health(&mut self, node_id: i64, now_ms: i64, h: &Health) -> Result<(), StoreError> {
+    /// The first report of a boot also enters the node's reset history (`node_resets`), with
+    /// the firmware and lot it ran: what fleet-health rules count, cohort by cohort.
+    pub fn health(
+        &mut self,
+        node_id: i64,
+        boot_id: u32,
+        now_ms: i64,
+        h: &Health,
+    ) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO node_resets (uid, boot_id, at_ms, reason, expected, fw_version, lot)
+             SELECT uid, ?2, ?3, ?4, ?5, ?6, lot FROM nodes WHERE id = ?1",
+            params![
+                node_id,
+                boot_id,
+                now_ms,
+                h.reset_reason.as_str(),
+                h.reset_reason.is_expected(),
+                h.fw.to_string()
+            ],
+        )?;
         self.tx.execute(
             "INSERT INTO health (node_id, ts_ms, uptime_s, reset_reason, fw_version, stack_free_min, rx_frames,
                  rx_errors, tx_frames, retransmits, dropped_samples, chip_temp_centi)

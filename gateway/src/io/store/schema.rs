@@ -278,6 +278,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX node_firmware_uid ON node_firmware (uid, id);
     ",
+    // 12: every boot of every node, with why it reset and what it ran (RMA traceability, and
+    // the fleet-health rules' input: resets per firmware cohort, per lot, per hour).
+    "
+    CREATE TABLE node_resets (
+        id         INTEGER PRIMARY KEY,
+        uid        TEXT NOT NULL,
+        boot_id    INTEGER NOT NULL,
+        at_ms      INTEGER NOT NULL,                 -- when the gateway heard of it (first HEALTH)
+        reason     TEXT NOT NULL,                    -- ResetReason::as_str: watchdog, hard_fault, …
+        expected   INTEGER NOT NULL,                 -- 1: asked for (power_on, software, ota_apply…)
+        fw_version TEXT NOT NULL,                    -- the firmware that booted
+        lot        TEXT NOT NULL,
+        UNIQUE (uid, boot_id)
+    );
+    CREATE INDEX node_resets_at ON node_resets (at_ms);
+    ",
 ];
 
 /// Fills `temp.node_channels`, which migration 4 reads: every node channel id with the name and

@@ -304,6 +304,77 @@ fn the_dedup_cache_is_bounded_and_a_dropped_entry_is_read_back_without_loss_or_d
 }
 
 #[test]
+fn the_first_health_of_each_boot_enters_the_reset_history_once_with_its_firmware_and_lot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    let node = store
+        .transaction(|tx| register(tx, 10, "p", &hello(0xab, 5)))
+        .unwrap();
+    let health = |reset_reason, minor| Health {
+        uptime_s: 10,
+        reset_reason,
+        fw: FwVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        },
+        stack_free_min: 1800,
+        rx_frames: 0,
+        rx_errors: 0,
+        tx_frames: 0,
+        retransmits: 0,
+        dropped_samples: 0,
+        chip_temp_centi: 3000,
+    };
+    for (boot, at, reason, minor) in [
+        (5, 100, ResetReason::PowerOn, 4),
+        (5, 200, ResetReason::PowerOn, 4), // the same boot's next report
+        (6, 300, ResetReason::Watchdog, 4),
+        (7, 400, ResetReason::OtaApply, 5),
+    ] {
+        store
+            .transaction(|tx| tx.health(node.node_id, boot, at, &health(reason, minor)))
+            .unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: Vec<(u32, i64, String, bool, String, String)> = conn
+        .prepare(
+            "SELECT boot_id, at_ms, reason, expected, fw_version, lot FROM node_resets ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let lot = rows[0].5.clone();
+    assert_eq!(
+        rows,
+        vec![
+            (5, 100, "power_on".into(), true, "1.4.0".into(), lot.clone()),
+            (
+                6,
+                300,
+                "watchdog".into(),
+                false,
+                "1.4.0".into(),
+                lot.clone()
+            ),
+            (7, 400, "ota_apply".into(), true, "1.5.0".into(), lot),
+        ]
+    );
+}
+
+#[test]
 fn health_updates_the_registry_row() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
@@ -327,7 +398,7 @@ fn health_updates_the_registry_row() {
         chip_temp_centi: 3120,
     };
     store
-        .transaction(|tx| tx.health(node.node_id, 20, &h))
+        .transaction(|tx| tx.health(node.node_id, 1, 20, &h))
         .unwrap();
     store
         .transaction(|tx| tx.link_errors(node.node_id, 2))
