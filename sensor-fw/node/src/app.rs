@@ -122,6 +122,13 @@ impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
             .then_some(action)
     }
 
+    /// Whether the gateway asked for a reboot and its answer has been handed out: the board
+    /// resets now, and reports reason `software` at its next boot.
+    #[must_use]
+    pub fn poll_reboot(&self) -> bool {
+        self.link.reboot_requested()
+    }
+
     fn take_ota_action(&mut self, now: Millis) {
         match self.link.ota_mut().poll_action() {
             Some(action @ OtaAction::ResetToInstall) => {
@@ -195,7 +202,11 @@ impl<S: SensorBank, const RING: usize, O: OtaHandler> App<S, RING, O> {
                 self.link.handle_sample(now, readings);
                 self.taken = self.taken.wrapping_add(1);
             }
-            Err(_) => self.sensor_errors = self.sensor_errors.wrapping_add(1),
+            Err(_) => {
+                self.sensor_errors = self.sensor_errors.wrapping_add(1);
+                self.link
+                    .log_event(outpost_proto::diag::LogEvent::SensorError, 1);
+            }
         }
         if self.limit.is_some_and(|limit| self.taken >= limit) {
             self.next_sample = None;

@@ -14,6 +14,8 @@
 //! - [`ota`]: [`Updater`], the node's side of a firmware update: the offer checked against the
 //!   fleet keys, chunks into DFU a sector at a time with a record that survives resets, install,
 //!   the trial boot's health confirm, revert causes and the anti-rollback floor;
+//! - [`diag`]: the node's reset history (one flash sector, written once per boot) and its log
+//!   ring, read by the gateway with the RESET_HISTORY and LOG_READ commands;
 //! - [`sht3x`]: an embedded-hal 1.0 driver for the Sensirion SHT3x temperature/humidity sensor;
 //! - `sim` (feature `std`): the same core behind a serial port or a pseudo-terminal, with
 //!   simulated sensors; the `outpost-node-sim` binary and the gateway's `outpost demo` use it.
@@ -34,6 +36,7 @@
 
 pub mod app;
 pub mod boot;
+pub mod diag;
 pub mod link;
 pub mod ota;
 pub mod sht3x;

@@ -34,8 +34,10 @@ use core::time::Duration;
 
 use core::fmt;
 
+use crate::diag::LogRing;
 use ed25519_dalek::SigningKey;
 use heapless::{Deque, String, Vec};
+use outpost_proto::diag::{self, LogEvent, LogRead, ResetHistory};
 use outpost_proto::session::{Ephemeral, node_answer};
 use outpost_proto::wire::{MAX_CHANNELS, MAX_LOT_LEN, MAX_READINGS};
 use outpost_proto::{
@@ -62,12 +64,13 @@ pub const LINK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Control frames (HELLO, ENROLL, HEALTH, RESPONSE) queued for `poll_transmit`.
 const CONTROL_QUEUE: usize = 8;
 
-/// COMMAND code of PING: answered with status 0 and the arguments echoed.
-pub const COMMAND_PING: u8 = 0x01;
+/// COMMAND code of PING: answered with status 0 and the arguments echoed. Every command code
+/// is in [`outpost_proto::diag::code`].
+pub const COMMAND_PING: u8 = diag::code::PING;
 /// RESPONSE status of a command that ran.
-pub const STATUS_OK: u8 = 0;
+pub const STATUS_OK: u8 = diag::status::OK;
 /// RESPONSE status of a command code this node does not know.
-pub const STATUS_UNSUPPORTED: u8 = 1;
+pub const STATUS_UNSUPPORTED: u8 = diag::status::UNSUPPORTED;
 
 /// Who the node is; sent in HELLO and ENROLL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +239,8 @@ enum Control {
     Proof(Proof),
     Health,
     Response(Response),
+    /// The answer to REBOOT: once it is handed out, the board may reset.
+    RebootAnswer(Response),
 }
 
 /// One direction pair of an open (or opening) session.
@@ -298,6 +303,14 @@ pub struct NodeLink<const RING: usize, O = NoOta> {
     quiet_since: Millis,
     control: Deque<Control, CONTROL_QUEUE>,
     counters: NodeCounters,
+    /// The boots the board recorded in flash, newest first (RESET_HISTORY's answer).
+    history: ResetHistory,
+    /// What this boot saw (LOG_READ's answer).
+    log: LogRing,
+    /// The OTA phase last logged.
+    logged_phase: Option<u8>,
+    /// The answer to a REBOOT went out: the board resets now.
+    reboot_due: bool,
 }
 
 /// What the link hands a firmware updater and takes from it: the OTA messages, opened; the
@@ -315,6 +328,10 @@ pub trait OtaHandler {
         None
     }
     fn poll_action(&mut self) -> Option<crate::ota::OtaAction> {
+        None
+    }
+    /// The update's phase (OTA_STATUS code), logged when it changes; `None` without updates.
+    fn phase_code(&self) -> Option<u8> {
         None
     }
 }
@@ -388,6 +405,10 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
             quiet_since: now,
             control: Deque::new(),
             counters: NodeCounters::default(),
+            history: ResetHistory::default(),
+            log: LogRing::new(),
+            logged_phase: None,
+            reboot_due: false,
         }
     }
 
@@ -408,6 +429,8 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
                         Some(session) if self.state == LinkState::Accepted => session,
                         _ => {
                             c.auth_failed = c.auth_failed.wrapping_add(1);
+                            self.log
+                                .push(uptime_ms(self.booted_at, now), LogEvent::AuthFailed, 1);
                             continue;
                         }
                     };
@@ -417,13 +440,18 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
                             self.ota.handle_bulk(now, bulk);
                         }
                         Err(AuthError::Replayed) => c.replayed = c.replayed.wrapping_add(1),
-                        Err(AuthError::Forged) => c.auth_failed = c.auth_failed.wrapping_add(1),
+                        Err(AuthError::Forged) => {
+                            c.auth_failed = c.auth_failed.wrapping_add(1);
+                            self.log
+                                .push(uptime_ms(self.booted_at, now), LogEvent::AuthFailed, 1);
+                        }
                     }
                 }
                 Some(Err(_)) => self.counters.rx_errors = self.counters.rx_errors.wrapping_add(1),
                 None => {}
             }
         }
+        self.note_ota_phase();
     }
 
     /// One frame from the gateway: a CHALLENGE in the clear, anything else only once its seal
@@ -453,15 +481,18 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
         }
         let Some(session) = &mut self.session else {
             self.counters.auth_failed = self.counters.auth_failed.wrapping_add(1);
+            self.log_event(LogEvent::AuthFailed, 1);
             return;
         };
         match received.open(&mut session.opener) {
             Ok(message) => self.handle_opened(message),
             Err(AuthError::Replayed) => {
                 self.counters.replayed = self.counters.replayed.wrapping_add(1);
+                self.log_event(LogEvent::AuthFailed, 1);
             }
             Err(AuthError::Forged) => {
                 self.counters.auth_failed = self.counters.auth_failed.wrapping_add(1);
+                self.log_event(LogEvent::AuthFailed, 1);
             }
         }
     }
@@ -516,6 +547,8 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
                     self.queue(Control::Health);
                     self.next_health = now + self.config.health_interval;
                     self.ota.handle_session_up(now);
+                    #[allow(clippy::cast_possible_truncation)] // the low 16 bits: a count
+                    self.log_event(LogEvent::LinkUp, self.counters.sessions as u16);
                 }
             }
             Message::Ack(Ack { boot_id, upto }) if boot_id == self.boot.boot_id => {
@@ -530,9 +563,10 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
                     self.ask_again(from, to);
                 }
             }
+            // Commands open only under the session's keys: nobody without them gets here.
             Message::Command(command) => {
                 self.heard();
-                self.queue(Control::Response(respond(command)));
+                self.handle_command(command);
             }
             Message::OtaControl(control) if self.state == LinkState::Accepted => {
                 self.heard();
@@ -583,6 +617,8 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
             self.rto_at = None;
             self.resend = None;
             self.next_hello = now;
+            let held = u16::try_from(self.ring.len()).unwrap_or(u16::MAX);
+            self.log_event(LogEvent::LinkDown, held);
         }
         match self.state {
             LinkState::Unaccepted => {
@@ -609,6 +645,20 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
                 }
             }
         }
+        self.note_ota_phase();
+    }
+
+    /// The boots the board recorded (`crate::diag::record_boot`), newest first: what the node
+    /// answers RESET_HISTORY with.
+    pub fn set_reset_history(&mut self, history: ResetHistory) {
+        self.history = history;
+    }
+
+    /// Logs an event the board saw (a sensor error, a watchdog near miss) at the latest time
+    /// handed in.
+    pub fn log_event(&mut self, event: LogEvent, arg: u16) {
+        self.log
+            .push(uptime_ms(self.booted_at, self.now), event, arg);
     }
 
     /// The board's own measurements, reported in the next HEALTH.
@@ -678,7 +728,26 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
         Some(at)
     }
 
+    /// The answer to a REBOOT has been handed out: the board resets now (reason `software` at
+    /// the next boot).
+    #[must_use]
+    pub fn reboot_requested(&self) -> bool {
+        self.reboot_due
+    }
+
     // ---- accessors ----
+
+    /// The reset history the node answers with.
+    #[must_use]
+    pub fn reset_history(&self) -> &ResetHistory {
+        &self.history
+    }
+
+    /// This boot's log.
+    #[must_use]
+    pub fn log(&self) -> &LogRing {
+        &self.log
+    }
 
     /// The firmware updater.
     #[must_use]
@@ -914,6 +983,11 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
             Control::Proof(proof) => Message::Proof(proof),
             Control::Health => Message::Health(self.health()),
             Control::Response(response) => Message::Response(response),
+            Control::RebootAnswer(response) => {
+                // Handed out (or dropped with the session): either way the gateway asked.
+                self.reboot_due = true;
+                Message::Response(response)
+            }
         }
     }
 
@@ -935,17 +1009,63 @@ impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
     }
 }
 
-fn respond(command: Command) -> Response {
-    match command.code {
-        COMMAND_PING => Response {
-            id: command.id,
-            status: STATUS_OK,
-            body: command.args,
-        },
-        _ => Response {
-            id: command.id,
-            status: STATUS_UNSUPPORTED,
-            body: Vec::new(),
-        },
+impl<const RING: usize, O: OtaHandler> NodeLink<RING, O> {
+    /// A COMMAND of the session: answered with a RESPONSE of the same id. An unknown code gets
+    /// `UNSUPPORTED`, never a dropped session, so a gateway newer than the node keeps working.
+    fn handle_command(&mut self, command: Command) {
+        let id = command.id;
+        let answer = |status, body| Response { id, status, body };
+        let bad_arguments = answer(diag::status::BAD_ARGUMENTS, Vec::new());
+        match command.code {
+            diag::code::PING => self.queue(Control::Response(answer(STATUS_OK, command.args))),
+            diag::code::REBOOT if command.args.is_empty() => {
+                self.log_event(LogEvent::RebootRequested, 0);
+                self.queue(Control::RebootAnswer(answer(STATUS_OK, Vec::new())));
+            }
+            diag::code::HEALTH_NOW if command.args.is_empty() => {
+                self.queue(Control::Health);
+                self.queue(Control::Response(answer(STATUS_OK, Vec::new())));
+            }
+            diag::code::RESET_HISTORY if command.args.is_empty() => {
+                let mut body = Vec::new();
+                let response = match self.history.emit(&mut body) {
+                    Ok(()) => answer(STATUS_OK, body),
+                    Err(_) => bad_arguments,
+                };
+                self.queue(Control::Response(response));
+            }
+            diag::code::LOG_READ => {
+                let response = match LogRead::parse(&command.args) {
+                    Ok(read) => {
+                        let mut body = Vec::new();
+                        match self.log.page(read.from).emit(&mut body) {
+                            Ok(()) => answer(STATUS_OK, body),
+                            Err(_) => bad_arguments,
+                        }
+                    }
+                    Err(_) => bad_arguments,
+                };
+                self.queue(Control::Response(response));
+            }
+            diag::code::REBOOT | diag::code::HEALTH_NOW | diag::code::RESET_HISTORY => {
+                self.queue(Control::Response(bad_arguments));
+            }
+            _ => self.queue(Control::Response(answer(STATUS_UNSUPPORTED, Vec::new()))),
+        }
     }
+
+    /// Logs the update's phase when it changed.
+    fn note_ota_phase(&mut self) {
+        let phase = self.ota.phase_code();
+        if phase.is_some() && phase != self.logged_phase {
+            self.logged_phase = phase;
+            self.log_event(LogEvent::OtaPhase, phase.map_or(0, u16::from));
+        }
+    }
+}
+
+/// Time since boot in ms, as the log stamps it (wraps after 49.7 days).
+#[allow(clippy::cast_possible_truncation)] // wraps by design
+fn uptime_ms(booted_at: Millis, now: Millis) -> u32 {
+    (now - booted_at) as u32
 }

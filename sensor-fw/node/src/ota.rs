@@ -890,6 +890,9 @@ impl<B: BootFlash, R: RecordFlash, F: RecordFlash> crate::link::OtaHandler for U
     fn poll_action(&mut self) -> Option<OtaAction> {
         Updater::poll_action(self)
     }
+    fn phase_code(&self) -> Option<u8> {
+        Some(self.phase() as u8)
+    }
 }
 
 fn clamp_u16(v: u32) -> u16 {

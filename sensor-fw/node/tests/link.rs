@@ -578,3 +578,117 @@ fn the_retransmit_timer_follows_the_round_trip_and_backs_off_when_it_expires() {
     assert_eq!(site.node.link().counters().timeouts, 1);
     assert_eq!(site.node.link().retransmit_timeout(), 2 * RTO_MIN);
 }
+
+fn command(id: u16, code: u8, args: &[u8]) -> Message {
+    Message::Command(Command {
+        id,
+        code,
+        args: heapless::Vec::from_slice(args).unwrap(),
+    })
+}
+
+fn responses(sent: &[Message]) -> Vec<&Response> {
+    sent.iter()
+        .filter_map(|m| match m {
+            Message::Response(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reboot_is_answered_before_the_node_asks_the_board_to_reset() {
+    use outpost_proto::diag::{code, status};
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000))).with_gateway();
+    site.run_until(Millis(100));
+    site.take_sent();
+    assert!(!site.node.poll_reboot());
+    site.deliver(&command(3, code::REBOOT, &[]));
+    let sent = site.take_sent();
+    assert_eq!(responses(&sent)[0].id, 3);
+    assert_eq!(responses(&sent)[0].status, status::OK);
+    assert!(site.node.poll_reboot(), "the answer is out: reset now");
+    // Arguments REBOOT does not take are refused, and do not reboot.
+    let mut other = Site::<64>::new(node(LinkConfig::default(), every(1000))).with_gateway();
+    other.run_until(Millis(100));
+    other.deliver(&command(4, code::REBOOT, &[1]));
+    assert_eq!(
+        responses(&other.take_sent())[0].status,
+        status::BAD_ARGUMENTS
+    );
+    assert!(!other.node.poll_reboot());
+}
+
+#[test]
+fn health_now_sends_a_health_at_once_then_answers() {
+    use outpost_proto::diag::code;
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000))).with_gateway();
+    site.run_until(Millis(100));
+    site.take_sent();
+    site.run_until(Millis(2500));
+    site.take_sent();
+    site.deliver(&command(9, code::HEALTH_NOW, &[]));
+    let sent = site.take_sent();
+    let health = sent
+        .iter()
+        .position(|m| matches!(m, Message::Health(h) if h.uptime_s == 2))
+        .expect("a HEALTH at once, not at the next interval");
+    let answer = sent
+        .iter()
+        .position(|m| matches!(m, Message::Response(r) if r.id == 9 && r.status == 0))
+        .expect("answered");
+    assert!(health < answer);
+}
+
+#[test]
+fn reset_history_and_log_pages_are_answered_from_the_node_state() {
+    use outpost_node::diag::{RamSector, record_boot};
+    use outpost_proto::diag::{LogEvent, LogPage, LogRead, ResetHistory, code, status};
+    let fw = outpost_proto::FwVersion {
+        major: 1,
+        minor: 2,
+        patch: 3,
+    };
+    let mut flash = RamSector::default();
+    record_boot(&mut flash, ResetReason::PowerOn, fw).unwrap();
+    let history = record_boot(&mut flash, ResetReason::HardFault, fw).unwrap();
+    let mut site = Site::<64>::new(node(LinkConfig::default(), every(1000))).with_gateway();
+    site.node.link_mut().set_reset_history(history.clone());
+    site.run_until(Millis(100));
+    site.take_sent();
+    site.deliver(&command(1, code::RESET_HISTORY, &[]));
+    let sent = site.take_sent();
+    let answer = responses(&sent)[0];
+    assert_eq!(answer.status, status::OK);
+    let pulled = ResetHistory::parse(&answer.body).unwrap();
+    assert_eq!(pulled, history);
+    assert_eq!(pulled.records[0].reason, ResetReason::HardFault);
+
+    // The log holds the session coming up; log enough to need two pages.
+    for i in 0..10 {
+        site.node
+            .link_mut()
+            .log_event(LogEvent::WatchdogNearMiss, i);
+    }
+    site.deliver(&command(2, code::LOG_READ, &LogRead { from: 0 }.to_bytes()));
+    let sent = site.take_sent();
+    let first = LogPage::parse(&responses(&sent)[0].body).unwrap();
+    assert_eq!(first.first, 0);
+    assert_eq!(first.entries[0].event, LogEvent::LinkUp);
+    assert!(first.more());
+    let from = first.first + first.entries.len() as u32;
+    site.deliver(&command(3, code::LOG_READ, &LogRead { from }.to_bytes()));
+    let sent = site.take_sent();
+    let second = LogPage::parse(&responses(&sent)[0].body).unwrap();
+    assert_eq!(second.first, from);
+    assert_eq!(second.entries.len(), 4);
+    assert!(!second.more());
+    assert_eq!(second.entries[3].arg, 9);
+    // A LOG_READ without its offset is refused, the session goes on.
+    site.deliver(&command(4, code::LOG_READ, &[]));
+    assert_eq!(
+        responses(&site.take_sent())[0].status,
+        status::BAD_ARGUMENTS
+    );
+    assert_eq!(site.node.link().state(), LinkState::Accepted);
+}

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cobs;
+pub mod diag;
 pub mod frame;
 pub mod manifest;
 pub mod session;

@@ -10,7 +10,8 @@
 //! | [`BOOTLOADER_STATE`] | `0x006000` | 4 KiB |
 //! | [`ACTIVE`] | `0x007000` | 512 KiB |
 //! | [`DFU`] | `0x087000` | 516 KiB |
-//! | reserved | `0x108000` | 976 KiB |
+//! | reserved | `0x108000` | 972 KiB |
+//! | [`RESET_HISTORY`] | `0x1FB000` | 4 KiB |
 //! | [`NODE_CONFIG_A`], [`NODE_CONFIG_B`] | `0x1FC000` | 2 × 4 KiB |
 //! | [`OTA_RECORD`] | `0x1FE000` | 4 KiB |
 //! | [`FLOOR_LOG`] | `0x1FF000` | 4 KiB |
@@ -68,6 +69,8 @@ pub const BOOTLOADER_STATE: Region = Region::new(0x00_6000, 4 * KIB);
 pub const ACTIVE: Region = Region::new(0x00_7000, 512 * KIB);
 /// Where an image is received: ACTIVE plus the one page embassy-boot's swap needs.
 pub const DFU: Region = Region::new(0x08_7000, 516 * KIB);
+/// The node's reset history (`crate::diag`): one slot appended per boot.
+pub const RESET_HISTORY: Region = Region::new(0x1F_B000, 4 * KIB);
 /// The node's own settings, copy A (identity key, pinned gateway key, floor in force).
 pub const NODE_CONFIG_A: Region = Region::new(0x1F_C000, 4 * KIB);
 /// The node's own settings, copy B, written alternately with A.
@@ -87,11 +90,12 @@ pub const ACTIVE_PAGES: u32 = ACTIVE.sectors();
 pub const STATE_UNITS_NEEDED: u32 = 2 + 4 * ACTIVE_PAGES;
 
 /// Every named region, in flash order.
-pub const REGIONS: [Region; 8] = [
+pub const REGIONS: [Region; 9] = [
     BOOTLOADER,
     BOOTLOADER_STATE,
     ACTIVE,
     DFU,
+    RESET_HISTORY,
     NODE_CONFIG_A,
     NODE_CONFIG_B,
     OTA_RECORD,
@@ -131,5 +135,6 @@ mod tests {
         assert_eq!(STATE_UNITS_NEEDED, 514);
         assert_eq!(OTA_RECORD.end(), FLOOR_LOG.offset);
         assert_eq!(FLOOR_LOG.end(), FLASH_SIZE);
+        assert_eq!(RESET_HISTORY.end(), NODE_CONFIG_A.offset);
     }
 }

@@ -49,7 +49,8 @@ use self::image::Behaviour;
 use self::line::{Line, ReadOutcome};
 pub use self::sensors::{SimBank, SimSht3x};
 use crate::app::{App, Schedule};
-use crate::boot::RecordSector;
+use crate::boot::{RecordFlash, RecordSector, layout};
+use crate::diag::RamSector;
 use crate::link::{
     BoardStatus, Boot, Identity, LinkConfig, LinkState, NodeCounters, NodeLink, OtaHandler, Secrets,
 };
@@ -121,6 +122,12 @@ impl OtaHandler for SimOta {
     fn poll_action(&mut self) -> Option<OtaAction> {
         match self {
             SimOta::Flash(u) => u.poll_action(),
+            SimOta::None => None,
+        }
+    }
+    fn phase_code(&self) -> Option<u8> {
+        match self {
+            SimOta::Flash(u) => u.phase_code(),
             SimOta::None => None,
         }
     }
@@ -481,6 +488,7 @@ impl SimNode {
             line,
             stop_rx,
             status: Arc::clone(&status),
+            history: HistorySector::Ram(Box::default()),
         };
         let thread = std::thread::Builder::new()
             .name(format!("node-{}", hex(&config.uid)))
@@ -601,6 +609,27 @@ struct Pump {
     line: Line,
     stop_rx: OwnedFd,
     status: Arc<Mutex<SimStatus>>,
+    /// Where the node keeps its reset history: the RESET_HISTORY sector of its flash file, or
+    /// RAM for a node without one (then it lasts as long as the simulator runs).
+    history: HistorySector,
+}
+
+/// The reset history's sector of a simulated node.
+#[derive(Debug)]
+enum HistorySector {
+    Ram(Box<RamSector>),
+    /// Through a handle of its own on the flash file, so the history write at every boot does
+    /// not shift the operation count `--power-cut-after-ops` aims at in an update.
+    File(RecordSector<FlashRegion>),
+}
+
+impl HistorySector {
+    fn flash(&mut self) -> &mut dyn RecordFlash {
+        match self {
+            HistorySector::Ram(sector) => sector.as_mut(),
+            HistorySector::File(sector) => sector,
+        }
+    }
 }
 
 /// How one boot of a simulated node ended.
@@ -614,6 +643,11 @@ impl Pump {
     /// Boots the node, and again after every reset, until stopped.
     fn run(mut self) -> io::Result<()> {
         let mut flash = self.open_flash()?;
+        if let Some(f) = &self.config.flash {
+            let own = FlashFile::open(&f.path, FlashOptions::default())?;
+            self.history =
+                HistorySector::File(RecordSector::new(own.region(layout::RESET_HISTORY)));
+        }
         let mut last_reset = LastReset::PowerOn;
         loop {
             match self.run_boot(flash.as_ref(), last_reset)? {
@@ -767,6 +801,12 @@ impl Pump {
             if flash.is_some_and(FlashFile::power_was_cut) {
                 return Ok(BootEnd::Reset(LastReset::PowerOn));
             }
+            if app.poll_reboot() {
+                // The gateway asked; its answer is on the line.
+                return Ok(BootEnd::Reset(LastReset::Requested {
+                    cause: outpost_proto::RevertCause::Unknown,
+                }));
+            }
             if let Some(action) = app.poll_reset(now()) {
                 return Ok(BootEnd::Reset(LastReset::Requested {
                     cause: match action {
@@ -841,17 +881,30 @@ impl Pump {
             );
             reset_reason = if updater.reverted_boot() {
                 ResetReason::OtaRevert
+            } else if updater.on_trial() {
+                // The reset that swapped a new image in.
+                ResetReason::OtaApply
             } else {
-                match last_reset {
-                    LastReset::PowerOn => ResetReason::PowerOn,
-                    LastReset::Watchdog | LastReset::Crash => ResetReason::Watchdog,
-                    LastReset::Requested { .. } => ResetReason::Software,
-                    LastReset::Other => ResetReason::Other(0xff),
-                }
+                reset_reason_of(last_reset)
             };
             ota = SimOta::Flash(Box::new(updater));
             self.identity = c.identity();
         }
+        if flash.is_none() && self.boots > 0 {
+            // A restart inside this run (a requested reboot): the configured reason was the
+            // first boot's.
+            reset_reason = reset_reason_of(last_reset);
+        }
+        // Once per boot, before the link starts: the one flash write the history costs.
+        let history = match crate::diag::record_boot(self.history.flash(), reset_reason, c.fw) {
+            Ok(history) => history,
+            Err(e) => {
+                eprintln!("outpost-node-sim: reset history not written: {e}");
+                crate::diag::read_history(self.history.flash())
+                    .map(|(h, _)| h)
+                    .unwrap_or_default()
+            }
+        };
         let secrets = Secrets {
             signing_key: c.signing_key(),
             gateway_key: c.gateway_key,
@@ -878,6 +931,7 @@ impl Pump {
             limit: c.sample_limit,
         };
         let mut app = Box::new(App::new(now, link, bank, schedule));
+        app.link_mut().set_reset_history(history);
         // An image that never confirms: the board's own checks never pass.
         app.set_board_ok(behaviour != Behaviour::NeverConfirms);
         self.fw_now = c.fw;
@@ -939,6 +993,18 @@ impl Pump {
             },
         };
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+/// The reason a simulated node reports for how its previous boot ended.
+fn reset_reason_of(last_reset: LastReset) -> ResetReason {
+    match last_reset {
+        LastReset::PowerOn => ResetReason::PowerOn,
+        LastReset::Watchdog => ResetReason::Watchdog,
+        // The simulated image's crash is a fault the firmware caught (a panic, a HardFault).
+        LastReset::Crash => ResetReason::HardFault,
+        LastReset::Requested { .. } => ResetReason::Software,
+        LastReset::Other => ResetReason::Other(0xff),
     }
 }
 
