@@ -59,7 +59,9 @@
 //! its end the gate compares two shares over windows of time:
 //!
 //! - an **incident** of a node in a window `[a, b)` is an *unexpected reset* (a boot with a new
-//!   `boot_id` that INSTALL did not cause) at a time in the window, or an *outage*: offline
+//!   `boot_id` that INSTALL did not cause, for a reason that is a symptom: watchdog, hard fault,
+//!   brown-out, a reverted update, unknown; not power-on, a requested reboot, the RUN pin, a
+//!   debugger: `ResetReason::is_expected`) at a time in the window, or an *outage*: offline
 //!   (as the adapter reports it, from `site::node_state`) for longer than `offline_threshold`
 //!   (default 60 s) of the window, counting only the part inside it;
 //! - **updated** nodes `U`: every node this rollout has confirmed so far, of this stage and the
@@ -1395,7 +1397,10 @@ impl Rollout {
         }
         // The first boot seen of a node whose boot was not known may be a reset or only a
         // reconnection: it is not counted.
-        let unexpected = node.boot_id.is_some() && !boot.install;
+        // A reset someone asked for (power applied, a requested reboot, the RUN pin) says
+        // nothing against the image: only symptoms count (`ResetReason::is_expected`).
+        let unexpected =
+            node.boot_id.is_some() && !boot.install && !boot.reset_reason.is_expected();
         node.boot_id = Some(boot.boot_id);
         node.last_reset = Some(boot.reset_reason);
         if unexpected {

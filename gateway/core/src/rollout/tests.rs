@@ -146,9 +146,13 @@ impl Run {
     }
 
     fn reset(&mut self, n: u8, boot_id: u32) -> Vec<Action> {
+        self.reset_for(n, boot_id, ResetReason::Watchdog)
+    }
+
+    fn reset_for(&mut self, n: u8, boot_id: u32, reset_reason: ResetReason) -> Vec<Action> {
         let boot = Boot {
             boot_id,
-            reset_reason: ResetReason::Watchdog,
+            reset_reason,
             install: false,
         };
         self.rollout.handle_boot(self.now, uid(n), boot);
@@ -813,6 +817,34 @@ fn a_reset_cluster_among_updated_nodes_fails_the_soak_and_rolls_them_back() {
     assert_eq!(
         run.store.nodes[&uid(2)].last_reset,
         Some(ResetReason::Watchdog)
+    );
+}
+
+#[test]
+fn only_unexpected_resets_of_updated_nodes_count_against_the_soak() {
+    let mut run = Run::start(plan(nodes(16, &["A", "B", "C", "D"]), Settings::default()));
+    run.pass_stage();
+    run.next_timeout();
+    run.pass_stage();
+    run.wait(Duration::from_secs(120));
+    // Power applied again, a requested reboot, the RUN pin: nothing against the image.
+    let mut actions = run.reset_for(2, 900, ResetReason::PowerOn);
+    actions.extend(run.reset_for(3, 901, ResetReason::Software));
+    actions.extend(run.reset_for(4, 902, ResetReason::ExternalPin));
+    assert!(events(&actions, EventKind::UnexpectedReset).is_empty());
+    // A hard fault is a symptom.
+    let actions = run.reset_for(1, 903, ResetReason::HardFault);
+    assert_eq!(events(&actions, EventKind::UnexpectedReset).len(), 1);
+    let actions = run.next_timeout();
+    let failed = events(&actions, EventKind::SoakFailed);
+    assert_eq!(
+        failed[0].detail,
+        "soak after wave 1: 1 of 4 updated nodes reset unexpectedly vs 0 of 12 not updated"
+    );
+    // Each node's last reset is still kept, expected or not.
+    assert_eq!(
+        run.store.nodes[&uid(2)].last_reset,
+        Some(ResetReason::PowerOn)
     );
 }
 
