@@ -161,6 +161,11 @@ pub async fn run(
         shutdown.clone(),
     );
     let mut ota_ends = ota_ends.into_iter();
+    // Requests to nodes over their links (reboot, HEALTH now, reset history, log): the handle
+    // for whatever asks (remote commands, the diagnostics bundle), one end per port.
+    let (node_requests, node_request_ends) =
+        crate::io::node_requests::channels(config.serial.len());
+    let mut node_request_ends = node_request_ends.into_iter();
     let mut port_tasks = Vec::new();
     let node_link_key = if config.serial.is_empty() {
         None
@@ -180,6 +185,7 @@ pub async fn run(
             telemetry.clone(),
             ota_ends.next(),
             shutdown.clone(),
+            node_request_ends.next(),
         )));
     }
 
@@ -300,6 +306,7 @@ pub async fn run(
         enrollment_listed: config.enrollment.listed.len(),
         ota,
         firmware: firmware_library(&config),
+        node_requests,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

@@ -36,6 +36,7 @@ pub mod hex;
 pub mod link;
 pub mod listener;
 pub mod modbus;
+pub mod node_request;
 pub mod ota;
 pub mod provisioning;
 pub mod rollout;

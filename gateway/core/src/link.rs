@@ -33,6 +33,7 @@ use outpost_proto::{
     WINDOW, encode_frame, encode_sealed_bulk, encode_sealed_frame,
 };
 
+use crate::node_request::{NodeAnswer, NodeRequest, NodeRequestError};
 use crate::ota::{Control as OtaOut, Image, Pacer, Transfer, TransferError, TransferEvent};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -387,6 +388,24 @@ pub enum Action {
     },
     /// What the port's firmware transfer to `uid` did ([`crate::ota::Transfer`]).
     Transfer { uid: [u8; 8], event: TransferEvent },
+    /// The outcome of the request the adapter handed in as `token`
+    /// ([`PortSession::handle_request`]).
+    Answer {
+        token: u64,
+        result: Result<NodeAnswer, NodeRequestError>,
+    },
+}
+
+/// Requests a port has sent and not seen answered at most: a node answers in order, a few frame
+/// times each, so more waiting means a caller is looping.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 16;
+
+/// A request sent to the attached node, waiting for its RESPONSE.
+#[derive(Debug)]
+struct PendingRequest {
+    token: u64,
+    request: NodeRequest,
+    deadline: Millis,
 }
 
 /// Things worth a log line, counted for the status page.
@@ -649,6 +668,10 @@ pub struct PortSession {
     garbage_unlogged: u64,
     /// The firmware transfer to a node on this port, if one runs.
     ota: Option<PortTransfer>,
+    /// Requests sent to the attached node, by COMMAND id.
+    requests: BTreeMap<u16, PendingRequest>,
+    /// The COMMAND id the next request gets.
+    next_command_id: u16,
 }
 
 /// A firmware transfer a port runs for one node.
@@ -720,6 +743,8 @@ impl PortSession {
             log_auth: LogLimit::default(),
             garbage_unlogged: 0,
             ota: None,
+            requests: BTreeMap::new(),
+            next_command_id: 1,
         };
         session.rate.tokens = session.rate.burst();
         session
@@ -899,6 +924,7 @@ impl PortSession {
             let ack_upto = node.committed.unwrap_or(0);
             let uid = node.uid;
             self.transmit.clear();
+            self.fail_requests(NodeRequestError::LinkLost);
             self.transmit.push_back(Message::Accept(Accept {
                 boot_id: hello.boot_id,
                 ack_upto,
@@ -988,6 +1014,15 @@ impl PortSession {
             }
             Message::Response(response) => {
                 tracing::debug!(message = "Command response.", port = %self.port, id = response.id, status = response.status);
+                // An answer to nothing pending (late, after its timeout) is dropped.
+                if self.node.is_some()
+                    && let Some(pending) = self.requests.remove(&response.id)
+                {
+                    self.actions.push_back(Action::Answer {
+                        token: pending.token,
+                        result: pending.request.answer(&response),
+                    });
+                }
             }
             Message::OtaStatus(status) => self.handle_ota_status(status),
             // Gateway-to-node messages echoed back: a loop or a confused peer.
@@ -1225,6 +1260,7 @@ impl PortSession {
         });
         // Nothing queued for the node before goes out under its keys.
         self.transmit.clear();
+        self.fail_requests(NodeRequestError::LinkLost);
         self.transmit.push_back(Message::Accept(Accept {
             boot_id: hello.boot_id,
             ack_upto: registered.ack_upto,
@@ -1375,19 +1411,22 @@ impl PortSession {
         self.node.as_ref().map(|n| n.uid)
     }
 
-    /// Runs the transfer's timers.
+    /// Runs the transfer's timers and the requests' deadlines.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.now = self.now.max(now);
         if let Some(t) = &mut self.ota {
             t.transfer.handle_timeout(now);
         }
         self.drain_transfer_events();
+        self.expire_requests(now);
     }
 
     /// When [`PortSession::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.ota.as_ref().and_then(|t| t.transfer.poll_timeout())
+        let transfer = self.ota.as_ref().and_then(|t| t.transfer.poll_timeout());
+        let request = self.requests.values().map(|p| p.deadline).min();
+        transfer.into_iter().chain(request).min()
     }
 
     /// Writes the next bulk frame for the line into `buf`: the transfer's OFFER, or a chunk the
@@ -1460,7 +1499,84 @@ impl PortSession {
     /// The node is no longer attached (port reset, revoked, its counter spent).
     fn detach(&mut self) {
         self.node = None;
+        self.fail_requests(NodeRequestError::LinkLost);
         self.ota_session_changed(None);
+    }
+
+    // ---- requests to the node ----
+
+    /// Asks node `uid` for `request`; the outcome comes back as [`Action::Answer`] with `token`,
+    /// at the latest `timeout` after `now` (driven by [`PortSession::handle_timeout`]). At once
+    /// `NotLinked` when the node has no session on this port.
+    pub fn handle_request(
+        &mut self,
+        now: Millis,
+        token: u64,
+        uid: [u8; 8],
+        request: NodeRequest,
+        timeout: Duration,
+    ) {
+        self.now = self.now.max(now);
+        let refused = if self.node.as_ref().is_none_or(|n| n.uid != uid) {
+            Some(NodeRequestError::NotLinked)
+        } else if self.requests.len() >= MAX_REQUESTS_IN_FLIGHT {
+            Some(NodeRequestError::Busy)
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            self.actions.push_back(Action::Answer {
+                token,
+                result: Err(error),
+            });
+            return;
+        }
+        // An id not in flight: at most MAX_REQUESTS_IN_FLIGHT are, so one is found at once.
+        let mut id = self.next_command_id;
+        while self.requests.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_command_id = id.wrapping_add(1);
+        let (code, args) = request.command();
+        self.transmit
+            .push_back(Message::Command(outpost_proto::Command { id, code, args }));
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.requests.insert(
+            id,
+            PendingRequest {
+                token,
+                request,
+                deadline: now + timeout_ms,
+            },
+        );
+    }
+
+    /// Every request waiting fails with `error` (the session they were sent in is gone).
+    fn fail_requests(&mut self, error: NodeRequestError) {
+        for (_, pending) in std::mem::take(&mut self.requests) {
+            self.actions.push_back(Action::Answer {
+                token: pending.token,
+                result: Err(error),
+            });
+        }
+    }
+
+    /// Requests past their deadline fail with `TimedOut`.
+    fn expire_requests(&mut self, now: Millis) {
+        let expired: Vec<u16> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(pending) = self.requests.remove(&id) {
+                self.actions.push_back(Action::Answer {
+                    token: pending.token,
+                    result: Err(NodeRequestError::TimedOut),
+                });
+            }
+        }
     }
 
     fn drain_transfer_events(&mut self) {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod firmware;
 pub mod modbus;
 pub mod node_key;
+pub mod node_requests;
 pub mod ota;
 pub mod serial;
 pub mod signing_files;

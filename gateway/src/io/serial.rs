@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
+use crate::io::node_requests::{PortRequest, PortRequests};
 use crate::io::ota::{PortCommand, PortEnds, PortReport};
 use crate::io::store::writer::{StoreCommand, StoreReply};
 use crate::io::telemetry::TelemetryHub;
@@ -25,7 +28,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a quiet port still reports (so the `newcomers_refused` alert resolves in time).
 const TICK: Duration = Duration::from_secs(5);
 
-/// Runs one port until `shutdown`. `ota`: the rollout task's ends for this port.
+/// Runs one port until `shutdown`. `ota`: the rollout task's ends for this port; `requests`:
+/// requests to the port's node (`io::node_requests`).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     index: usize,
@@ -36,6 +40,7 @@ pub async fn run(
     telemetry: TelemetryHub,
     mut ota: Option<PortEnds>,
     shutdown: CancellationToken,
+    mut requests: Option<PortRequests>,
 ) {
     let path = config.path.display().to_string();
     let started = Instant::now();
@@ -49,6 +54,9 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
     let mut backoff = FIRST_BACKOFF;
+    // Requests handed to the session, by token, until it answers them.
+    let mut waiting: HashMap<u64, PortRequest> = HashMap::new();
+    let mut next_token: u64 = 0;
 
     loop {
         let opened = tokio_serial::new(&path, config.baud)
@@ -99,15 +107,27 @@ pub async fn run(
                     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
                     Err(e) => break e.to_string(),
                 },
-                Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply, index, ota.as_ref()),
+                Some(reply) = reply_rx.recv() => handle_reply(&mut session, reply, index, ota.as_ref(), requests.as_ref()),
                 Some(command) = async { ota.as_mut().expect("guarded").commands.recv().await }, if ota.is_some() => {
                     handle_ota_command(&mut session, command, now(), config.baud);
+                }
+                Some(request) = async { requests.as_mut().expect("guarded").requests.recv().await }, if requests.is_some() => {
+                    next_token += 1;
+                    session.handle_request(now(), next_token, request.uid, request.request, request.timeout);
+                    waiting.insert(next_token, request);
                 }
                 () = tokio::time::sleep(timer.unwrap_or(TICK)), if timer.is_some() => session.handle_timeout(now()),
                 _ = tick.tick() => {}
             }
             // Carry out what the session asked for.
             while let Some(action) = session.poll_action() {
+                let action = match action {
+                    Action::Answer { token, result } => {
+                        answer(&mut waiting, token, result);
+                        continue;
+                    }
+                    action => action,
+                };
                 let Some(command) = command_for(action, &path, &reply_tx, &clock, ota.as_ref())
                 else {
                     continue;
@@ -134,7 +154,11 @@ pub async fn run(
             }
             // Transfer events from the frames just polled.
             while let Some(action) = session.poll_action() {
-                if let Some(command) = command_for(action, &path, &reply_tx, &clock, ota.as_ref()) {
+                if let Action::Answer { token, result } = action {
+                    answer(&mut waiting, token, result);
+                } else if let Some(command) =
+                    command_for(action, &path, &reply_tx, &clock, ota.as_ref())
+                {
                     let _ = store.try_send(command);
                 }
             }
@@ -170,6 +194,16 @@ pub async fn run(
         };
         if let (Some(ota), Some(uid)) = (&ota, session.node_uid()) {
             let _ = ota.reports.send(PortReport::NodeDown { uid });
+        }
+        if let Some(requests) = &requests {
+            requests.directory.port_closed(index);
+        }
+        // The session's node is gone with the port: its requests fail now, not at their timeout.
+        session.handle_port_reset();
+        while let Some(action) = session.poll_action() {
+            if let Action::Answer { token, result } = action {
+                answer(&mut waiting, token, result);
+            }
         }
         tracing::warn!(message = "Serial port lost; reopening.", port = %path, reason = %closed_by);
         telemetry.record(Event::PortDown {
@@ -321,7 +355,23 @@ fn command_for(
             report(PortReport::Transfer { uid, event });
             return None;
         }
+        // Answers go to their callers, never to the store (the loop takes them first).
+        Action::Answer { .. } => return None,
     })
+}
+
+/// The session's outcome for request `token`, to its caller (who may have stopped waiting).
+fn answer(
+    waiting: &mut HashMap<u64, PortRequest>,
+    token: u64,
+    result: Result<
+        outpost_core::node_request::NodeAnswer,
+        outpost_core::node_request::NodeRequestError,
+    >,
+) {
+    if let Some(request) = waiting.remove(&token) {
+        let _ = request.reply.send(result);
+    }
 }
 
 fn handle_reply(
@@ -329,6 +379,7 @@ fn handle_reply(
     reply: StoreReply,
     index: usize,
     ota: Option<&PortEnds>,
+    requests: Option<&PortRequests>,
 ) {
     match reply {
         StoreReply::Registered { hello, result } => match result {
@@ -337,6 +388,11 @@ fn handle_reply(
                     fw = %hello.fw, boot_id = hello.boot_id, resumes_after = registered.ack_upto, newcomer = registered.newcomer);
                 let previous = session.node_uid();
                 session.handle_registered(&hello, Ok(registered));
+                if let Some(requests) = requests
+                    && session.node_uid() == Some(hello.uid)
+                {
+                    requests.directory.attached(index, hello.uid);
+                }
                 if let Some(ota) = ota {
                     if let Some(previous) = previous.filter(|p| *p != hello.uid) {
                         let _ = ota.reports.send(PortReport::NodeDown { uid: previous });

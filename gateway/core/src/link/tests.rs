@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::node_request::{NodeAnswer, NodeRequest, NodeRequestError};
 
 /// The gateway's node-link key in these tests.
 fn secrets() -> LinkSecrets {
@@ -1250,4 +1251,160 @@ fn the_policy_holds_back_newcomers_never_enrolled_nodes_and_a_revoked_node_alway
         Refusal::NotEnrolling.waits_for_enrollment() && Refusal::NotListed.waits_for_enrollment()
     );
     assert!(!Refusal::Revoked.waits_for_enrollment());
+}
+
+// ---- requests to the node ----
+
+fn answers(actions: &[Action]) -> Vec<(u64, Result<NodeAnswer, NodeRequestError>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Answer { token, result } => Some((*token, result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn command_sent(s: &mut PortSession) -> outpost_proto::Command {
+    match sent(s).as_slice() {
+        [Message::Command(c)] => c.clone(),
+        other => panic!("expected one COMMAND, the gateway sent {other:?}"),
+    }
+}
+
+fn response(id: u16, status: u8, body: &[u8]) -> Vec<u8> {
+    sealed(&Message::Response(outpost_proto::Response {
+        id,
+        status,
+        body: heapless::Vec::from_slice(body).unwrap(),
+    }))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_request_goes_out_sealed_and_its_response_comes_back_by_id() {
+    let mut s = attached(0);
+    s.handle_request(Millis(10), 100, [9; 8], NodeRequest::ResetHistory, TIMEOUT);
+    s.handle_request(Millis(10), 101, [9; 8], NodeRequest::Reboot, TIMEOUT);
+    let mut buf = [0u8; MAX_FRAME_LEN];
+    let mut decoder = FrameDecoder::new();
+    let mut commands = Vec::new();
+    while let Some(n) = s.poll_transmit(&mut buf) {
+        for received in buf[..n].iter().filter_map(|&b| decoder.push(b)) {
+            let received = received.unwrap();
+            assert!(
+                received.is_sealed(),
+                "a COMMAND never goes out in the clear"
+            );
+            let message = NODE.with(|node| {
+                let mut node = node.borrow_mut();
+                received.open(&mut node.as_mut().unwrap().1).unwrap()
+            });
+            let Message::Command(c) = message else {
+                panic!("not a COMMAND")
+            };
+            commands.push(c);
+        }
+    }
+    assert_eq!(commands.len(), 2);
+    assert_eq!(commands[0].code, outpost_proto::diag::code::RESET_HISTORY);
+    assert_eq!(commands[1].code, outpost_proto::diag::code::REBOOT);
+    assert_ne!(commands[0].id, commands[1].id);
+    // Answered out of order: each goes to its own caller.
+    s.handle_bytes(Millis(20), 0, &response(commands[1].id, 0, &[]));
+    s.handle_bytes(Millis(21), 0, &response(commands[0].id, 0, &[0]));
+    assert_eq!(
+        answers(&actions(&mut s)),
+        vec![
+            (101, Ok(NodeAnswer::Rebooting)),
+            (
+                100,
+                Ok(NodeAnswer::ResetHistory(
+                    outpost_proto::diag::ResetHistory::default()
+                ))
+            ),
+        ]
+    );
+    assert_eq!(s.poll_timeout(), None, "nothing left to time");
+}
+
+#[test]
+fn a_request_for_a_node_not_on_the_port_fails_at_once() {
+    let mut s = attached(0);
+    s.handle_request(Millis(10), 7, [1; 8], NodeRequest::HealthNow, TIMEOUT);
+    assert_eq!(
+        answers(&actions(&mut s)),
+        vec![(7, Err(NodeRequestError::NotLinked))]
+    );
+    assert!(sent(&mut s).is_empty());
+    let mut empty = session("/dev/ttyACM1", 1000, Millis(0));
+    empty.handle_request(Millis(0), 8, [9; 8], NodeRequest::HealthNow, TIMEOUT);
+    assert_eq!(
+        answers(&actions(&mut empty)),
+        vec![(8, Err(NodeRequestError::NotLinked))]
+    );
+}
+
+#[test]
+fn an_unanswered_request_times_out_on_the_time_given_and_a_late_answer_is_dropped() {
+    let mut s = attached(0);
+    s.handle_request(Millis(1000), 5, [9; 8], NodeRequest::HealthNow, TIMEOUT);
+    let command = command_sent(&mut s);
+    assert_eq!(s.poll_timeout(), Some(Millis(6000)));
+    s.handle_timeout(Millis(5999));
+    assert!(answers(&actions(&mut s)).is_empty());
+    s.handle_timeout(Millis(6000));
+    assert_eq!(
+        answers(&actions(&mut s)),
+        vec![(5, Err(NodeRequestError::TimedOut))]
+    );
+    s.handle_bytes(Millis(6100), 0, &response(command.id, 0, &[]));
+    assert!(answers(&actions(&mut s)).is_empty());
+}
+
+#[test]
+fn an_unknown_command_or_bad_arguments_is_the_nodes_refusal_and_the_session_goes_on() {
+    let mut s = attached(0);
+    s.handle_request(
+        Millis(0),
+        1,
+        [9; 8],
+        NodeRequest::LogRead { from: 0 },
+        TIMEOUT,
+    );
+    let first = command_sent(&mut s);
+    assert_eq!(first.args.as_slice(), &[0, 0, 0, 0]);
+    s.handle_bytes(Millis(1), 0, &response(first.id, 1, &[]));
+    s.handle_request(Millis(2), 2, [9; 8], NodeRequest::HealthNow, TIMEOUT);
+    let second = command_sent(&mut s);
+    s.handle_bytes(Millis(3), 0, &response(second.id, 2, &[]));
+    assert_eq!(
+        answers(&actions(&mut s)),
+        vec![
+            (1, Err(NodeRequestError::Unsupported)),
+            (2, Err(NodeRequestError::Refused { status: 2 })),
+        ]
+    );
+    assert_eq!(s.node_uid(), Some([9; 8]));
+}
+
+#[test]
+fn requests_in_flight_fail_when_the_port_resets_and_their_number_is_bounded() {
+    let mut s = attached(0);
+    for token in 0..MAX_REQUESTS_IN_FLIGHT as u64 + 1 {
+        s.handle_request(Millis(0), token, [9; 8], NodeRequest::HealthNow, TIMEOUT);
+    }
+    assert_eq!(
+        answers(&actions(&mut s)),
+        vec![(MAX_REQUESTS_IN_FLIGHT as u64, Err(NodeRequestError::Busy))]
+    );
+    s.handle_port_reset();
+    let failed = answers(&actions(&mut s));
+    assert_eq!(failed.len(), MAX_REQUESTS_IN_FLIGHT);
+    assert!(
+        failed
+            .iter()
+            .all(|(_, r)| *r == Err(NodeRequestError::LinkLost))
+    );
 }

@@ -171,7 +171,8 @@ impl ModelStore {
             | Action::Anomalies { .. }
             | Action::ProofFailed { .. }
             | Action::OtaStatus { .. }
-            | Action::Transfer { .. } => (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1),
+            | Action::Transfer { .. }
+            | Action::Answer { .. } => (RELAXED_WINDOW_MS.max(self.disk.commit_interval_ms), 1),
         };
         self.group.push(action);
         self.group_readings += readings;
@@ -302,7 +303,8 @@ impl ModelStore {
                 | Action::Anomalies { .. }
                 | Action::ProofFailed { .. }
                 | Action::OtaStatus { .. }
-                | Action::Transfer { .. } => {}
+                | Action::Transfer { .. }
+                | Action::Answer { .. } => {}
             }
         }
         replies
@@ -355,6 +357,7 @@ fn failure(action: Action) -> Option<Reply> {
         | Action::Anomalies { .. }
         | Action::ProofFailed { .. }
         | Action::OtaStatus { .. }
-        | Action::Transfer { .. } => None,
+        | Action::Transfer { .. }
+        | Action::Answer { .. } => None,
     }
 }

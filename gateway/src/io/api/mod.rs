@@ -81,6 +81,9 @@ pub struct ApiState {
     pub ota: crate::io::ota::OtaHandle,
     /// The firmware library and what it holds images to.
     pub firmware: FirmwareLibrary,
+    /// Requests to nodes over their links (`io::node_requests`): reboot, HEALTH now, reset
+    /// history, log.
+    pub node_requests: crate::io::node_requests::NodeRequests,
 }
 
 pub use ota::FirmwareLibrary;
