@@ -212,6 +212,22 @@ enum NodesCommand {
         config: PathBuf,
         uid: String,
     },
+    /// The registry as an RMA record, to stdout: every node's hardware revision, lot, first
+    /// contact, firmware transitions and resets (docs/rma.md). Reads the store; the gateway may
+    /// be running.
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// `json`: one object per node and line; `csv`: one row per event, for a spreadsheet.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,9 +393,25 @@ impl Drop for EchoOff {
     }
 }
 
+/// `outpost nodes export`: read-only, like `outpost audit`.
+fn export_nodes(config: &std::path::Path, format: ExportFormat) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let config = config_files::load(config)?;
+    let store = outpost::topology::store_path(&config);
+    let reader = outpost::io::store::Reader::open(&store)
+        .with_context(|| format!("cannot open store {}", store.display()))?;
+    let nodes = reader.rma_nodes()?;
+    let mut out = std::io::stdout().lock();
+    match format {
+        ExportFormat::Json => outpost::io::rma::write_json(&mut out, &nodes),
+        ExportFormat::Csv => outpost::io::rma::write_csv(&mut out, &nodes),
+    }
+}
+
 fn nodes(command: NodesCommand) -> anyhow::Result<()> {
     use anyhow::{Context as _, bail};
     let config = match &command {
+        NodesCommand::Export { config, format } => return export_nodes(config, *format),
         NodesCommand::Enroll { config, .. }
         | NodesCommand::Revoke { config, .. }
         | NodesCommand::Rekey { config, .. } => config,
@@ -429,6 +461,7 @@ fn nodes(command: NodesCommand) -> anyhow::Result<()> {
             }
             println!("node {uid} revoked: kept out for good");
         }
+        NodesCommand::Export { .. } => unreachable!("answered above"),
         NodesCommand::Rekey { uid, .. } => {
             let uid = uid_of(&uid)?;
             if !store.transaction(|tx| tx.unpin(&uid))? {

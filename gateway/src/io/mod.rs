@@ -13,6 +13,7 @@ pub mod modbus;
 pub mod node_key;
 pub mod node_requests;
 pub mod ota;
+pub mod rma;
 pub mod serial;
 pub mod signing_files;
 pub mod store;

@@ -38,6 +38,7 @@ pub mod ledger;
 pub mod ota;
 pub mod outbox;
 mod readers;
+pub mod rma;
 mod schema;
 mod sealer;
 mod series;
@@ -321,15 +322,18 @@ impl Tx<'_> {
         newcomer_allowed: bool,
     ) -> Result<Result<Registered, Refusal>, StoreError> {
         let uid = outpost_core::hex::encode(&hello.uid);
-        let row: Option<(Option<Vec<u8>>, Option<i64>)> = self
+        let row: Option<(Option<Vec<u8>>, Option<i64>, String)> = self
             .tx
             .query_row(
-                "SELECT public_key, revoked_ms FROM nodes WHERE uid = ?1",
+                "SELECT public_key, revoked_ms, fw_version FROM nodes WHERE uid = ?1",
                 [&uid],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        let (pinned, revoked) = row.unwrap_or((None, None));
+        let (pinned, revoked, known_fw) = match row {
+            Some((pinned, revoked, fw)) => (pinned, revoked, Some(fw)),
+            None => (None, None, None),
+        };
         let pinned: Option<[u8; 32]> =
             pinned.map(|key| key.as_slice().try_into().unwrap_or([0; 32]));
         let enrolled = if pinned.is_none() {
@@ -387,12 +391,50 @@ impl Tx<'_> {
                 hello.boot_id, now_ms, public_key.as_slice()],
             |row| row.get(0),
         )?;
+        if let Some(from) = known_fw.filter(|fw| *fw != hello.fw.to_string()) {
+            self.firmware_seen_at_boot(now_ms, &uid, &from, &hello.fw.to_string())?;
+        }
         let last = self.last_seq(node_id, hello.boot_id)?;
         Ok(Ok(Registered {
             node_id,
             ack_upto: last.unwrap_or(0),
             newcomer: enrol == Enrol::Newcomer,
         }))
+    }
+
+    /// Node `uid` booted another firmware than it last reported: a firmware transition of its
+    /// RMA history. `booted` with the rollout's id when an unfinished rollout is moving the node
+    /// to (or back to) that version; `booted_outside_rollout` when none is (flashed by hand, or
+    /// a board swapped under the same uid).
+    fn firmware_seen_at_boot(
+        &mut self,
+        now_ms: i64,
+        uid: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let rollout: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT r.id FROM rollout_nodes n JOIN rollouts r ON r.id = n.rollout
+                 WHERE n.uid = ?1 AND r.state NOT IN ('done', 'halted')
+                   AND (n.to_version = ?2 OR n.rollback_version = ?2)
+                 ORDER BY r.id DESC LIMIT 1",
+                params![uid, to],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let outcome = if rollout.is_some() {
+            "booted"
+        } else {
+            "booted_outside_rollout"
+        };
+        self.tx.execute(
+            "INSERT INTO node_firmware (uid, at_ms, from_version, to_version, outcome, rollout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![uid, now_ms, from, to, outcome, rollout],
+        )?;
+        Ok(())
     }
 
     /// Until when the enrollment window is open (Unix ms), if one was ever opened.

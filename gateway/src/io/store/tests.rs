@@ -2294,3 +2294,89 @@ mod rollouts {
         assert_eq!(outcomes, ["reverted (deadline)", "confirmed", "finalized"]);
     }
 }
+
+#[test]
+fn a_node_back_with_another_firmware_and_no_rollout_is_recorded_and_exported_with_its_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+    let mut store = Store::open(&path).unwrap();
+    let first = hello(3, 100);
+    let node = store
+        .transaction(|tx| register(tx, 1_000, "/dev/ttyACM0", &first))
+        .unwrap();
+    let health = |reason: ResetReason, minor: u8| Health {
+        uptime_s: 1,
+        reset_reason: reason,
+        fw: FwVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        },
+        stack_free_min: 1800,
+        rx_frames: 0,
+        rx_errors: 0,
+        tx_frames: 0,
+        retransmits: 0,
+        dropped_samples: 0,
+        chip_temp_centi: 3000,
+    };
+    store
+        .transaction(|tx| tx.health(node.node_id, 100, 1_100, &health(ResetReason::PowerOn, 4)))
+        .unwrap();
+    // The same firmware after a crash: a reset, no transition.
+    store
+        .transaction(|tx| register(tx, 2_000, "/dev/ttyACM0", &hello(3, 101)))
+        .unwrap();
+    store
+        .transaction(|tx| tx.health(node.node_id, 101, 2_100, &health(ResetReason::HardFault, 4)))
+        .unwrap();
+    // Back from the bench, flashed by hand with 1.5.0.
+    let flashed = Hello {
+        fw: FwVersion {
+            major: 1,
+            minor: 5,
+            patch: 0,
+        },
+        ..hello(3, 102)
+    };
+    store
+        .transaction(|tx| register(tx, 3_000, "/dev/ttyACM0", &flashed))
+        .unwrap();
+    store
+        .transaction(|tx| tx.health(node.node_id, 102, 3_100, &health(ResetReason::PowerOn, 5)))
+        .unwrap();
+
+    let reader = Reader::open(&path).unwrap();
+    let nodes = reader.rma_nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    let n = &nodes[0];
+    assert_eq!(
+        (n.uid.as_str(), n.hw_rev, n.lot.as_str()),
+        ("0303030303030303", 2, "L2026-11")
+    );
+    assert_eq!(n.first_seen_ms, 1_000);
+    assert_eq!(n.fw_version, "1.5.0");
+    assert_eq!(
+        n.firmware,
+        [rma::RmaFirmware {
+            at_ms: 3_000,
+            from_version: "1.4.0".into(),
+            to_version: "1.5.0".into(),
+            outcome: "booted_outside_rollout".into(),
+            rollout: None,
+        }]
+    );
+    let resets: Vec<(&str, bool, &str)> = n
+        .resets
+        .iter()
+        .map(|r| (r.reason.as_str(), r.expected, r.fw_version.as_str()))
+        .collect();
+    assert_eq!(
+        resets,
+        [
+            ("power_on", true, "1.4.0"),
+            ("hard_fault", false, "1.4.0"),
+            ("power_on", true, "1.5.0")
+        ]
+    );
+}
