@@ -331,6 +331,38 @@ fn versions_compare_by_their_numbers() {
     assert_eq!(compare_versions("beta", "alpha"), Greater);
 }
 
+#[test]
+fn one_hostile_node_rebooting_under_ever_new_firmware_and_lot_names_fires_nothing_and_stays_bounded()
+ {
+    let mut nodes: Vec<NodeFacts> = (0..8).map(|i| node(i, "1.0.0", "L")).collect();
+    let mut rules = Rules::default();
+    for rule in &mut rules.rules {
+        rule.hold_for = Duration::ZERO;
+    }
+    let mut engine = Engine::new(rules);
+    let hostile = nodes[0].clone();
+    let mut boot = 0;
+    for round in 0..20 {
+        let now = T0 + round * SEC;
+        let resets: Vec<ResetFacts> = (0..5_000)
+            .map(|_| {
+                boot += 1;
+                ResetFacts {
+                    fw_version: format!("9.9.{boot}"),
+                    lot: format!("LOT-{boot}"),
+                    ..reset(&hostile, boot, now, false)
+                }
+            })
+            .collect();
+        nodes[0].fw_version = format!("9.9.{boot}");
+        engine.observe(now, sample(&nodes, resets));
+        let fired = engine.evaluate(now);
+        assert!(fired.is_empty(), "{fired:?}");
+        assert!(engine.resets_in_window() <= MAX_WINDOW_RESETS);
+    }
+    assert_eq!(engine.resets_in_window(), MAX_WINDOW_RESETS);
+}
+
 // --- Properties ---
 
 fn rule_with(hold_s: u64, clear_s: u64) -> Rule {
