@@ -251,10 +251,10 @@ fn a_gateway_and_the_cloud_exchange_messages_over_tls() {
     assert!(!messages[0].retain);
 
     // A topic beyond the cloud's two default filters.
-    cloud.subscribe("outpost/+/alert").unwrap();
-    gw.publish_acked("outpost/gw-a/alert", "disk full", false);
+    cloud.subscribe("outpost/+/alerts").unwrap();
+    gw.publish_acked("outpost/gw-a/alerts", "disk full", false);
     cloud
-        .wait_for_messages(|m| has(m, "outpost/gw-a/alert", "disk full"), WAIT)
+        .wait_for_messages(|m| has(m, "outpost/gw-a/alerts", "disk full"), WAIT)
         .unwrap();
 
     cloud

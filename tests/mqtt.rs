@@ -343,7 +343,7 @@ fn a_gateway_whose_certificate_is_for_another_id_is_refused_and_reports_it() {
 fn a_full_buffer_alert_reaches_the_cloud_at_once_without_waiting_for_a_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (pki, broker, cloud) = setup(dir.path());
-    cloud.subscribe("outpost/+/alert").unwrap();
+    cloud.subscribe("outpost/+/alerts").unwrap();
     let specs = (0..3)
         .map(|i| NodeSpec {
             rate_hz: 150.0,
@@ -362,14 +362,14 @@ fn a_full_buffer_alert_reaches_the_cloud_at_once_without_waiting_for_a_batch() {
         .wait_for_messages(
             |m| {
                 m.iter()
-                    .any(|m| m.topic == format!("outpost/{GATEWAY}/alert"))
+                    .any(|m| m.topic == format!("outpost/{GATEWAY}/alerts"))
             },
             Duration::from_secs(90),
         )
         .unwrap();
     let alert = messages
         .iter()
-        .find(|m| m.topic == format!("outpost/{GATEWAY}/alert"))
+        .find(|m| m.topic == format!("outpost/{GATEWAY}/alerts"))
         .unwrap();
     let alert: serde_json::Value = serde_json::from_slice(&alert.payload).unwrap();
     assert_eq!(alert["kind"], "buffer_full", "{alert}");

@@ -145,6 +145,22 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // Fleet alert rules: every `alerts.interval`, the registry, resets, outbox, budget and
+    // Modbus counters in; transitions to the telemetry, which wakes the uplink.
+    let alerting_task = tokio::spawn(crate::io::alerting::run(
+        config.alerts.clone(),
+        crate::io::alerting::AlertingIo {
+            readers: readers.clone(),
+            telemetry: telemetry.clone(),
+            offline_after: config
+                .serial
+                .iter()
+                .map(|p| (p.path.display().to_string(), p.offline_after))
+                .collect(),
+        },
+        shutdown.clone(),
+    ));
+
     // Node firmware rollouts: one task, with each port's ends; its events go up at once.
     let (ota_publish_tx, ota_publish_rx) = mpsc::channel(64);
     let (ota, ota_ends) = crate::io::ota::spawn(
@@ -318,6 +334,7 @@ pub async fn run(
     }
     uplink_task.wait().await;
     let _ = cost_task.await;
+    let _ = alerting_task.await;
     // Everything queued is committed before the process exits.
     writer.await.context("store writer failed")?;
     Ok(())

@@ -88,15 +88,30 @@ function renderEnrollment(o) {
   $("enroll-close").hidden = !open;
 }
 
-// Firing alerts, newest first; a logged-in technician may silence one for an hour.
+// A fleet rule's alert: its rule, cohort, state, and its value against its thresholds.
+function ruleText(a) {
+  const r = a.rule;
+  const v = (x) => r.rule === "outbox_age" ? span(x * 1000) : String(+x.toFixed(3));
+  return r.rule.replace(/_/g, " ") + ", " + r.cohort_kind + " " + r.cohort + ": " + a.state +
+    " — " + v(r.value) + " (fires above " + v(r.fire_above) + ", resolves below " + v(r.resolve_below) +
+    "). " + a.message;
+}
+
+// Firing alerts, newest first, then pending ones; a logged-in technician may silence a firing
+// one for an hour.
 function renderAlerts(o) {
-  $("alerts-section").hidden = o.alerts.length === 0;
-  $("alerts").replaceChildren(...o.alerts.map((a) => {
+  const pending = o.pending_alerts || [];
+  $("alerts-section").hidden = o.alerts.length === 0 && pending.length === 0;
+  $("alerts").replaceChildren(...o.alerts.concat(pending).map((a) => {
     const li = document.createElement("li");
     const silenced = a.silenced_until_ms != null && a.silenced_until_ms > o.now_ms;
-    li.textContent = a.message + " (" + ago(o.now_ms, a.at_ms) + (a.count > 1 ? ", ×" + a.count : "") + ")";
+    li.textContent = (a.rule ? ruleText(a) : a.message) + " (" + ago(o.now_ms, a.at_ms) +
+      (a.count > 1 ? ", ×" + a.count : "") + ")";
     li.dataset.kind = a.kind;
-    if (silenced) {
+    li.dataset.state = a.state;
+    if (a.state === "pending") {
+      li.className = "pending";
+    } else if (silenced) {
       li.className = "silenced";
       li.append(" — silenced for " + span(a.silenced_until_ms - o.now_ms));
     } else if (csrf) {

@@ -24,6 +24,7 @@
 //! - [`config`]: the configuration compiled from text to typed values, every problem located
 //!   (the adapter reads the files and hands their text in through [`config::Sources`]).
 
+pub mod alerting;
 pub mod auth;
 pub mod batcher;
 pub mod budget;

@@ -44,6 +44,9 @@ pub enum AlertKind {
     /// A serial port refuses uids never enrolled (its newcomer budget, or `store.max_nodes`, is
     /// spent): a flood of made-up nodes, or a new node the operator must make room for.
     NewcomersRefused,
+    /// A fleet alert rule (`crate::alerting`) about a cohort; the subject is `rule/cohort` and
+    /// [`Alert::rule`] has the details.
+    Rule,
 }
 
 impl AlertKind {
@@ -56,6 +59,7 @@ impl AlertKind {
             AlertKind::StoreFailing => "store_failing",
             AlertKind::AuthFailures => "auth_failures",
             AlertKind::NewcomersRefused => "newcomers_refused",
+            AlertKind::Rule => "rule",
         }
     }
 }
@@ -82,12 +86,37 @@ impl AlertKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
+    /// A rule's condition holds, not yet for its `for`: shown on the site, not sent.
+    Pending,
     Firing,
     Resolved,
 }
 
-/// One alert as the API shows it and the uplink sends it (`outpost/{id}/alert`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What a fleet alert rule measured: which rule, about which cohort, its value and thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleDetail {
+    pub rule: crate::alerting::RuleKind,
+    /// `firmware`, `lot`, `device`, `fleet` or `gateway`.
+    pub cohort_kind: &'static str,
+    pub cohort: String,
+    pub value: f64,
+    pub fire_above: f64,
+    pub resolve_below: f64,
+}
+
+impl AlertKey {
+    /// The alert of fleet rule `rule` about `cohort`: one per rule and cohort.
+    #[must_use]
+    pub fn rule(rule: crate::alerting::RuleKind, cohort: &str) -> AlertKey {
+        AlertKey {
+            kind: AlertKind::Rule,
+            subject: Some(format!("{}/{cohort}", rule.as_str())),
+        }
+    }
+}
+
+/// One alert as the API shows it and the uplink sends it (`outpost/{id}/alerts`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
     pub kind: AlertKind,
     pub subject: Option<String>,
@@ -105,6 +134,9 @@ pub struct Alert {
     /// A technician silenced it on the site until then (Unix ms): it still fires and still
     /// reaches the cloud, but the page and the verdict do not press it.
     pub silenced_until_ms: Option<i64>,
+    /// A fleet rule's alert: what it measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleDetail>,
 }
 
 impl Alert {
@@ -128,6 +160,8 @@ impl Alert {
 pub struct Alerts {
     by_key: BTreeMap<AlertKey, Alert>,
     last_change: u64,
+    /// Rule alerts whose condition holds, not yet for `for`: local, never forwarded.
+    pending: BTreeMap<AlertKey, Alert>,
 }
 
 impl Alerts {
@@ -135,7 +169,10 @@ impl Alerts {
     /// otherwise the same alert with the new message, time and count. Raising it again with the
     /// same message and time (the same report seen at each start) changes nothing.
     pub fn raise(&mut self, at_ms: i64, key: AlertKey, message: impl Into<String>) {
-        let message = message.into();
+        self.raise_with(at_ms, key, message.into(), None);
+    }
+
+    fn raise_with(&mut self, at_ms: i64, key: AlertKey, message: String, rule: Option<RuleDetail>) {
         let change = self.last_change + 1;
         match self.by_key.get_mut(&key) {
             Some(alert) if alert.state == AlertState::Firing => {
@@ -146,6 +183,7 @@ impl Alerts {
                 alert.at_ms = at_ms;
                 alert.count += 1;
                 alert.change = change;
+                alert.rule = rule.or(alert.rule.take());
             }
             _ => {
                 self.by_key.insert(
@@ -161,11 +199,91 @@ impl Alerts {
                         count: 1,
                         change,
                         silenced_until_ms: None,
+                        rule,
                     },
                 );
             }
         }
         self.last_change = change;
+    }
+
+    /// A rule's condition holds at `at_ms`, not yet for its `for`: shown, not forwarded.
+    pub fn pend(&mut self, at_ms: i64, key: AlertKey, message: String, rule: RuleDetail) {
+        self.pending.insert(
+            key.clone(),
+            Alert {
+                kind: key.kind,
+                subject: key.subject,
+                state: AlertState::Pending,
+                message,
+                at_ms,
+                raised_at_ms: at_ms,
+                resolved_at_ms: None,
+                count: 0,
+                change: 0,
+                silenced_until_ms: None,
+                rule: Some(rule),
+            },
+        );
+    }
+
+    /// A rule's alert changed phase (`crate::alerting::Phase`): pending, fired, resolved, or
+    /// back from pending without firing.
+    pub fn handle_rule(
+        &mut self,
+        at_ms: i64,
+        key: AlertKey,
+        phase: crate::alerting::Phase,
+        message: String,
+        rule: RuleDetail,
+    ) {
+        use crate::alerting::Phase;
+        match phase {
+            Phase::Pending => self.pend(at_ms, key, message, rule),
+            Phase::Cleared => {
+                self.pending.remove(&key);
+            }
+            Phase::Firing => {
+                self.pending.remove(&key);
+                self.raise_with(at_ms, key, message, Some(rule));
+            }
+            Phase::Resolved => {
+                self.pending.remove(&key);
+                if let Some(alert) = self
+                    .by_key
+                    .get_mut(&key)
+                    .filter(|a| a.state == AlertState::Firing)
+                {
+                    alert.message = message;
+                    alert.rule = Some(rule);
+                }
+                self.resolve(at_ms, &key);
+            }
+        }
+    }
+
+    /// The latest value of a pending or firing rule alert, for the page: not a change (nothing
+    /// is forwarded for it).
+    pub fn refresh_rule(&mut self, key: &AlertKey, message: String, rule: RuleDetail) {
+        let alert = match self.pending.get_mut(key) {
+            Some(alert) => Some(alert),
+            None => self
+                .by_key
+                .get_mut(key)
+                .filter(|a| a.state == AlertState::Firing),
+        };
+        if let Some(alert) = alert {
+            alert.message = message;
+            alert.rule = Some(rule);
+        }
+    }
+
+    /// The pending rule alerts, newest first.
+    #[must_use]
+    pub fn pending(&self) -> Vec<Alert> {
+        let mut pending: Vec<Alert> = self.pending.values().cloned().collect();
+        pending.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+        pending
     }
 
     /// The condition behind `key` is over.
@@ -425,6 +543,20 @@ pub enum Event {
         at_ms: i64,
         key: AlertKey,
     },
+    /// A fleet rule's alert changed phase (`crate::alerting::Transition`).
+    RuleAlert {
+        at_ms: i64,
+        key: AlertKey,
+        phase: crate::alerting::Phase,
+        message: String,
+        detail: RuleDetail,
+    },
+    /// A pending or firing rule alert's latest value (not forwarded).
+    RuleValue {
+        key: AlertKey,
+        message: String,
+        detail: RuleDetail,
+    },
     /// The local API's authentication counters, after a failure or a throttled request.
     Auth(AuthCounters),
     /// A technician silenced a firing alert until `until_ms`.
@@ -462,6 +594,8 @@ pub struct Snapshot {
     pub api: ConnCounters,
     /// Firing alerts, newest first.
     pub alerts: Vec<Alert>,
+    /// Fleet rule alerts whose condition holds, not yet for their `for`, newest first.
+    pub pending_alerts: Vec<Alert>,
     /// Failed and throttled authentications on the local API.
     pub auth: AuthCounters,
 }
@@ -606,6 +740,18 @@ impl Telemetry {
                 message,
             } => self.alerts.raise(at_ms, key, message),
             Event::Resolve { at_ms, key } => self.alerts.resolve(at_ms, &key),
+            Event::RuleAlert {
+                at_ms,
+                key,
+                phase,
+                message,
+                detail,
+            } => self.alerts.handle_rule(at_ms, key, phase, message, detail),
+            Event::RuleValue {
+                key,
+                message,
+                detail,
+            } => self.alerts.refresh_rule(&key, message, detail),
             Event::Auth(counters) => self.auth = counters,
             Event::Silence { key, until_ms } => {
                 self.alerts.silence(&key, until_ms);
@@ -624,6 +770,7 @@ impl Telemetry {
             modbus: self.modbus.clone(),
             api: self.api,
             alerts: self.alerts.firing(),
+            pending_alerts: self.alerts.pending(),
             auth: self.auth,
         }
     }
@@ -850,6 +997,51 @@ mod tests {
             at_ms: 500,
         });
         assert_eq!(since(&t), Some(500));
+    }
+
+    #[test]
+    fn a_rule_alert_is_forwarded_when_it_fires_and_resolves_and_never_while_pending() {
+        use crate::alerting::{Phase, RuleKind};
+        let mut alerts = Alerts::default();
+        let key = AlertKey::rule(RuleKind::CohortResets, "1.2.0");
+        assert_eq!(key.subject.as_deref(), Some("cohort_resets/1.2.0"));
+        let detail = |value| RuleDetail {
+            rule: RuleKind::CohortResets,
+            cohort_kind: "firmware",
+            cohort: "1.2.0".into(),
+            value,
+            fire_above: 0.05,
+            resolve_below: 0.02,
+        };
+        let step = |alerts: &mut Alerts, at, phase, value| {
+            alerts.handle_rule(at, key.clone(), phase, format!("at {value}"), detail(value));
+        };
+        step(&mut alerts, 1_000, Phase::Pending, 0.1);
+        assert_eq!(alerts.last_change(), 0, "pending is not news for the cloud");
+        assert_eq!(alerts.pending()[0].state, AlertState::Pending);
+        assert!(alerts.firing().is_empty());
+        step(&mut alerts, 2_000, Phase::Firing, 0.2);
+        assert!(alerts.pending().is_empty());
+        let fired = alerts.changed_since(0);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].rule.as_ref().unwrap().value, 0.2);
+        alerts.refresh_rule(&key, "at 0.3".into(), detail(0.3));
+        assert_eq!(alerts.last_change(), 1, "a new value is shown, not sent");
+        assert_eq!(alerts.firing()[0].message, "at 0.3");
+        step(&mut alerts, 3_000, Phase::Resolved, 0.01);
+        let resolved = alerts.changed_since(1);
+        assert_eq!(
+            (resolved[0].state, resolved[0].message.as_str()),
+            (AlertState::Resolved, "at 0.01")
+        );
+        step(&mut alerts, 4_000, Phase::Pending, 0.1);
+        step(&mut alerts, 5_000, Phase::Cleared, 0.0);
+        assert!(alerts.pending().is_empty() && alerts.firing().is_empty());
+        assert_eq!(alerts.last_change(), 2);
+        let json = serde_json::to_value(&resolved[0]).unwrap();
+        assert_eq!(json["kind"], "rule");
+        assert_eq!(json["rule"]["rule"], "cohort_resets");
+        assert_eq!(json["rule"]["cohort"], "1.2.0");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - `outpost/{id}/ack`: the cloud's `{"upto": SEQ}`; only then do batches leave the outbox
 //!   (or on the broker's PUBACK, with `ack = "broker"`);
 //! - `outpost/{id}/status`: `online` (retained) on connect; `offline` (retained) as Last Will;
-//! - `outpost/{id}/alert`: each alert as JSON when it is raised, not held for a batch.
+//! - `outpost/{id}/alerts`: each alert as JSON when it is raised, not held for a batch.
 //!
 //! Design: [`UplinkSession`] owns the uplink's policy and never does IO or reads a clock, in the
 //! manner of rumqttc's `MqttState` and quinn-proto. The adapter (`outpost::io::uplink::mqtt`)

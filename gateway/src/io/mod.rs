@@ -2,6 +2,7 @@
 //! bytes and carries out what its core decides; none of them makes a protocol or policy decision
 //! of its own.
 
+pub mod alerting;
 pub mod allocator;
 pub mod api;
 pub mod commands;

@@ -21,6 +21,7 @@ use crate::uplink::protocol::ProtocolSetting;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
+pub mod alerts;
 pub mod dropin;
 pub mod modbus;
 
@@ -56,6 +57,9 @@ pub struct RawConfig {
     pub commands: RawCommands,
     #[serde(default)]
     pub ota: RawOta,
+    /// Fleet alert rules (`outpost_core::alerting`). See docs/alerts.md.
+    #[serde(default)]
+    pub alerts: alerts::RawAlerts,
 }
 
 /// `[ota]`: node firmware updates. See docs/ota.md.
@@ -588,6 +592,8 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
     pub ota: OtaConfig,
+    /// `[alerts]`: the fleet alert rules, each with its defaults unless the file changes it.
+    pub alerts: crate::alerting::Rules,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1301,6 +1307,7 @@ pub fn compile(
     }
 
     let modbus = modbus::compile(raw.modbus, config_dir, env, &mut problem);
+    let alerts = alerts::compile(raw.alerts, &mut problem);
     let enrollment = compile_enrollment(&raw.enrollment, config_dir, env, &mut problem);
     let commands = compile_commands(&raw.commands, config_dir, env, &mut problem);
     let ota = OtaConfig {
@@ -1389,6 +1396,7 @@ pub fn compile(
             enrollment,
             commands,
             ota,
+            alerts,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {

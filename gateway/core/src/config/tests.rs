@@ -1220,3 +1220,19 @@ fn ota_takes_firmware_keys_only_and_a_library_that_holds_an_image() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn an_alert_rule_problem_is_located_by_file_line_and_key() {
+    let error = only_error(
+        "[alerts]\ninterval = \"10s\"\n\n[alerts.lot_cluster]\nfire_above = 3\nresolve_below = 5\n",
+    );
+    assert_eq!(error.key, "alerts.lot_cluster.resolve_below");
+    assert_eq!(error.line, Some(6));
+    let config = parse("[alerts.budget_pace]\nenabled = false\n").unwrap();
+    let budget = config
+        .alerts
+        .get(crate::alerting::RuleKind::BudgetPace)
+        .unwrap();
+    assert!(!budget.enabled);
+    assert_eq!(parse("").unwrap().alerts, crate::alerting::Rules::default());
+}

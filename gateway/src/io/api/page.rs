@@ -149,6 +149,8 @@ pub struct Overview {
     devices: Vec<DeviceStatus>,
     /// Firing alerts, newest first.
     alerts: Vec<Alert>,
+    /// Fleet rule alerts whose condition holds, not yet for their `for` (docs/alerts.md).
+    pending_alerts: Vec<Alert>,
     /// The enrollment policy, its window, and the nodes waiting for enrollment.
     enrollment: super::Enrollment,
     /// The newest remote commands (`docs/commands.md`), newest first.
@@ -371,6 +373,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
         node_count: totals.nodes,
         devices: snapshot.modbus,
         alerts: snapshot.alerts,
+        pending_alerts: snapshot.pending_alerts,
         enrollment,
         commands,
         ota: state.ota.view(),

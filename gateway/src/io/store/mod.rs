@@ -31,6 +31,7 @@
 //! the outbox ([`outbox`]). The uplink's usage ledger is [`ledger`]. Readers open their own
 //! connections; WAL lets them run beside the writer.
 
+pub mod alerting;
 pub mod audit;
 mod clock;
 mod command;

@@ -53,7 +53,8 @@ struct Topics {
     batch: String,
     ack: String,
     status: String,
-    alert: String,
+    /// `outpost/{id}/alerts`: every alert change, published at once (never with a batch).
+    alerts: String,
     /// `outpost/{id}/ota`: firmware update events, published at once.
     ota: String,
     /// `outpost/{id}/cmd/+`: signed remote commands.
@@ -71,7 +72,7 @@ impl Topics {
             batch: topic("batch"),
             ack: topic("ack"),
             status: topic("status"),
-            alert: topic("alert"),
+            alerts: topic("alerts"),
             ota: topic("ota"),
             commands: topic("cmd/+"),
             command_prefix: topic("cmd/"),
@@ -230,7 +231,7 @@ pub async fn run(
                     }
                 }
                 Action::PublishAlert(payload) => {
-                    match client.try_publish(&topics.alert, TopicRef::Name, false, payload.clone())
+                    match client.try_publish(&topics.alerts, TopicRef::Name, false, payload.clone())
                     {
                         Ok(()) => session.handle_queued(now(), Queued::Alert),
                         Err(_) => session.handle_client_full(Action::PublishAlert(payload)),

@@ -101,6 +101,13 @@ struct Args {
     /// program).
     #[arg(long, value_name = "MODEL", default_value = "instant")]
     flash_timing: FlashTiming,
+    /// Fault injection (without --flash): crash (a hard fault) SECS after every boot and boot
+    /// again; each boot after a crash reports `hard_fault` as its reset reason.
+    #[arg(long, value_name = "SECS", conflicts_with = "flash")]
+    crash_every: Option<f64>,
+    /// With --crash-every: only the first N boots crash; the next one runs on.
+    #[arg(long, value_name = "N", requires = "crash_every")]
+    crash_boots: Option<u32>,
 }
 
 /// Exit code of `boot` when ACTIVE holds no whole image: a bricked node.
@@ -281,6 +288,10 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.baud = (args.baud > 0).then_some(args.baud);
     config.line_loss_per_million = args.line_loss;
     config.gateway_key = args.gateway_key;
+    if let Some(every) = args.crash_every {
+        config.crash_every = Some(seconds("--crash-every", every)?);
+        config.crash_boots = args.crash_boots;
+    }
     if let Some(path) = &args.flash {
         let mut fleet_keys = Vec::new();
         for key in &args.fleet_key {

@@ -184,6 +184,11 @@ pub struct SimConfig {
     /// Boot from a flash file and take firmware updates; `fw` and `hw_rev` are then the
     /// booted image's.
     pub flash: Option<SimFlash>,
+    /// A crash loop without a flash file: each boot crashes (a hard fault) this long after it
+    /// starts, and the next boot reports `hard_fault` in its HEALTH.
+    pub crash_every: Option<Duration>,
+    /// With `crash_every`: only the first this many boots crash; the next runs on.
+    pub crash_boots: Option<u32>,
 }
 
 impl SimConfig {
@@ -219,6 +224,8 @@ impl SimConfig {
             baud: Some(115_200),
             gateway_key: None,
             flash: None,
+            crash_every: None,
+            crash_boots: None,
         }
     }
 
@@ -702,6 +709,12 @@ impl Pump {
         self.boots += 1;
         let misbehave_at = matches!(behaviour, Behaviour::CrashLoop | Behaviour::Hang)
             .then(|| now() + MISBEHAVE_AFTER);
+        // `crash_every`: a crash loop without a flash file (fleet-health tests).
+        let crash_at = self
+            .config
+            .crash_every
+            .filter(|_| self.config.crash_boots.is_none_or(|n| self.boots <= n))
+            .map(|every| now() + every);
         let mut garbage_rng = SmallRng::seed_from_u64(self.config.seed.wrapping_add(1));
         let mut garbage_after = self.config.inject_garbage_every.map(|n| (n, n));
         // After a burst, the next real frame is damaged too, so it is lost and must be resent.
@@ -825,10 +838,13 @@ impl Pump {
                 }
                 return Ok(BootEnd::Reset(LastReset::Crash));
             }
+            if crash_at.is_some_and(|at| now() >= at) {
+                return Ok(BootEnd::Reset(LastReset::Crash));
+            }
             wait = app.poll_timeout().map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis(at - now())
             });
-            if let Some(at) = misbehave_at {
+            if let Some(at) = misbehave_at.into_iter().chain(crash_at).min() {
                 wait = wait.min(Duration::from_millis(at - now()));
             }
             if let Some(busy) = uart.busy_for() {
@@ -850,6 +866,10 @@ impl Pump {
         let mut behaviour = Behaviour::Normal;
         let mut ota = SimOta::None;
         let mut reset_reason = c.reset_reason;
+        // Without a flash file, a boot after a `crash_every` crash reports the fault.
+        if flash.is_none() && last_reset == LastReset::Crash {
+            reset_reason = ResetReason::HardFault;
+        }
         if let (Some(flash), Some(sim_flash)) = (flash, &self.config.flash) {
             let report = match Bootloader::default().boot(flash) {
                 Ok(report) => report,
