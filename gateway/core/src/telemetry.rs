@@ -432,6 +432,8 @@ pub enum Event {
         key: AlertKey,
         until_ms: i64,
     },
+    /// The gateway's newest health report (`io::health`).
+    Health(Box<crate::health::HealthReport>),
 }
 
 /// What one Modbus poll changed on the status page.
@@ -464,6 +466,8 @@ pub struct Snapshot {
     pub alerts: Vec<Alert>,
     /// Failed and throttled authentications on the local API.
     pub auth: AuthCounters,
+    /// The gateway's own health (CPU, memory, disk, modem, previous run), once sampled.
+    pub health: Option<crate::health::HealthReport>,
 }
 
 impl Snapshot {
@@ -495,6 +499,7 @@ pub struct Telemetry {
     api: ConnCounters,
     alerts: Alerts,
     auth: AuthCounters,
+    health: Option<crate::health::HealthReport>,
 }
 
 impl Telemetry {
@@ -524,6 +529,7 @@ impl Telemetry {
             api: ConnCounters::default(),
             alerts: Alerts::default(),
             auth: AuthCounters::default(),
+            health: None,
         }
     }
 
@@ -610,6 +616,7 @@ impl Telemetry {
             Event::Silence { key, until_ms } => {
                 self.alerts.silence(&key, until_ms);
             }
+            Event::Health(report) => self.health = Some(*report),
         }
     }
 
@@ -625,6 +632,7 @@ impl Telemetry {
             api: self.api,
             alerts: self.alerts.firing(),
             auth: self.auth,
+            health: self.health.clone(),
         }
     }
 

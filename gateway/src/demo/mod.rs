@@ -107,6 +107,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         // No broker, so no remote commands.
         commands: outpost_core::config::CommandsConfig::default(),
         ota: outpost_core::config::OtaConfig::default(),
+        health: outpost_core::config::health::HealthConfig::default(),
         warnings: Vec::new(),
     };
     let mut config = config;

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 pub mod dropin;
+pub mod health;
 pub mod modbus;
 
 /// The documented shape of the file. Doc comments here are the user's reference; keep them in step
@@ -56,6 +57,9 @@ pub struct RawConfig {
     pub commands: RawCommands,
     #[serde(default)]
     pub ota: RawOta,
+    /// The gateway's own health report (`outpost/{id}/health`).
+    #[serde(default)]
+    pub health: health::RawHealth,
 }
 
 /// `[ota]`: node firmware updates. See docs/ota.md.
@@ -588,6 +592,8 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     pub commands: CommandsConfig,
     pub ota: OtaConfig,
+    /// `[health]`.
+    pub health: health::HealthConfig,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1360,6 +1366,8 @@ pub fn compile(
         problem("clock.max_hold", "must be at least 1s".into());
     }
 
+    let health = health::compile(&raw.health, &mut problem);
+
     if problems.is_empty() {
         Ok(Config {
             gateway_id,
@@ -1389,6 +1397,7 @@ pub fn compile(
             enrollment,
             commands,
             ota,
+            health,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {
