@@ -131,7 +131,9 @@ pub struct HealthReport {
     pub v: u32,
     /// When it was taken (Unix ms).
     pub at: i64,
-    pub why: Trigger,
+    /// Why it was published; absent on a sample that was not (`/api/v1/status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<Trigger>,
     /// Seconds since the daemon started.
     pub up_s: u64,
     /// How the previous run ended.

@@ -657,6 +657,12 @@ impl Telemetry {
         &self.modbus
     }
 
+    /// The MQTT uplink's board (`None` without one).
+    #[must_use]
+    pub fn uplink(&self) -> Option<&UplinkBoard> {
+        self.uplink.as_ref()
+    }
+
     #[must_use]
     pub fn alerts(&self) -> &Alerts {
         &self.alerts

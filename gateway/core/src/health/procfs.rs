@@ -11,23 +11,33 @@ pub struct CpuTicks {
     pub total: u64,
 }
 
-/// `/proc/self/stat`: this process's CPU ticks (`utime + stime`) and resident pages (`rss`).
+/// `/proc/self/stat`: this process's CPU ticks (`utime + stime`).
 #[must_use]
-pub fn process_stat(text: &str) -> Option<(CpuTicks, u64)> {
+pub fn process_stat(text: &str) -> Option<CpuTicks> {
     // The command name (field 2) is in parentheses and may hold spaces: count from the last `)`.
     let after = text.get(text.rfind(')')? + 1..)?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name: state is field 3, so field N is fields[N - 3].
     let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
     let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    let rss_pages: i64 = fields.get(24 - 3)?.parse().ok()?;
-    Some((
-        CpuTicks {
-            busy: utime + stime,
-            total: 0,
-        },
-        u64::try_from(rss_pages).unwrap_or(0),
-    ))
+    Some(CpuTicks {
+        busy: utime + stime,
+        total: 0,
+    })
+}
+
+/// `/proc/self/status`: the resident set (`VmRSS`) in bytes (in kB there, whatever the page
+/// size: a Raspberry Pi 5 kernel has 16 KiB pages).
+#[must_use]
+pub fn resident_bytes(text: &str) -> Option<u64> {
+    kib_field(text, "VmRSS")
+}
+
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|k| k.saturating_mul(1024))
 }
 
 /// `/proc/stat`'s first line (`cpu  user nice system idle iowait irq softirq steal …`).
@@ -55,13 +65,7 @@ pub fn system_stat(text: &str) -> Option<CpuTicks> {
 /// `/proc/meminfo`: (`MemTotal`, `MemAvailable`) in bytes.
 #[must_use]
 pub fn meminfo(text: &str) -> (Option<u64>, Option<u64>) {
-    let kib = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .map(|k| k.saturating_mul(1024))
-    };
-    (kib("MemTotal"), kib("MemAvailable"))
+    (kib_field(text, "MemTotal"), kib_field(text, "MemAvailable"))
 }
 
 /// The machine's CPU use between two readings of `/proc/stat`, percent of all cores.
@@ -91,14 +95,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_process_stat_line_gives_cpu_ticks_and_resident_pages_even_with_spaces_in_the_name() {
+    fn a_process_stat_line_gives_cpu_ticks_even_with_spaces_in_the_name() {
         // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
         // utime=120 stime=30 cutime cstime priority nice threads itrealvalue starttime vsize rss=5000
         let line = "4242 (out post) S 1 4242 4242 0 -1 4194560 900 0 0 0 120 30 0 0 20 0 5 0 \
                     1000 200000000 5000 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0";
-        let (ticks, rss) = process_stat(line).unwrap();
-        assert_eq!(ticks.busy, 150);
-        assert_eq!(rss, 5000);
+        assert_eq!(process_stat(line).unwrap().busy, 150);
         assert_eq!(process_stat("4242 (outpost) S 1"), None);
         assert_eq!(process_stat("garbage"), None);
     }
@@ -112,6 +114,13 @@ mod tests {
         assert_eq!(ticks.busy, 150);
         assert_eq!(system_stat("intr 1 2\n"), None);
         assert_eq!(system_stat("cpu  1 x 3 4\n"), None);
+    }
+
+    #[test]
+    fn the_resident_set_is_read_in_kilobytes() {
+        let text = "Name:\toutpost\nVmPeak:\t  90000 kB\nVmRSS:\t   28672 kB\nThreads:\t5\n";
+        assert_eq!(resident_bytes(text), Some(28_672 * 1024));
+        assert_eq!(resident_bytes("Name: x\n"), None);
     }
 
     #[test]
