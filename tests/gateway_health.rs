@@ -64,7 +64,7 @@ fn report_after(cloud: &Cloud, seen: usize, what: &str, want: impl Fn(&Value) ->
     .unwrap()
 }
 
-/// Starts the gateway with its log in `log` (the harness's own start leaves stderr to the test).
+/// Starts the gateway with its log (standard output and error) appended to `log`.
 fn start_logged(site: &mut Site, log: &Path) {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -75,6 +75,7 @@ fn start_logged(site: &mut Site, log: &Path) {
     cmd.arg("run")
         .arg("--config")
         .arg(site.config_path())
+        .stdout(file.try_clone().unwrap())
         .stderr(file);
     site.gateway = Some(Proc::spawn("gateway", &mut cmd).unwrap());
     wait_for(Duration::from_secs(20), "the gateway's API", || {
@@ -89,6 +90,14 @@ fn run_state_path(site: &Site) -> PathBuf {
 
 fn run_state(site: &Site) -> Value {
     serde_json::from_slice(&std::fs::read(run_state_path(site)).unwrap()).unwrap()
+}
+
+/// Restarts the gateway after its run ended, and the first report of the new run (the one whose
+/// previous run started when the ended one did: no late report of the old run is taken for it).
+fn restart_and_report(site: &mut Site, cloud: &Cloud, log: &Path, what: &str) -> Value {
+    let since = run_state(site)["since_ms"].clone();
+    start_logged(site, log);
+    report_after(cloud, 0, what, |r| r["prev"]["since_ms"] == since)
 }
 
 fn previous_reason(report: &Value) -> (String, Option<String>) {
@@ -126,7 +135,7 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
     assert!(first["disk"]["free"].as_u64().unwrap() > 0, "{first}");
     let free_pct = first["disk"]["free_pct"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&free_pct), "{first}");
-    assert_eq!(first["disk"]["low"], false);
+    assert_eq!(first["disk"]["low"], free_pct < 10.0, "{first}");
     assert_eq!(first["modem"]["state"], "none", "{first}");
     assert!(
         first["modem"]["why"].as_str().unwrap().contains("no D-Bus"),
@@ -148,9 +157,7 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
     // kill -9: nothing recorded the end, same boot → crash (killed).
     site.gateway.as_mut().unwrap().kill_hard();
     assert_eq!(run_state(&site)["state"], "running");
-    let seen = reports(&cloud).len();
-    start_logged(&mut site, &log);
-    let after_kill = report_after(&cloud, seen, "the report after kill -9", |_| true);
+    let after_kill = restart_and_report(&mut site, &cloud, &log, "the report after kill -9");
     assert_eq!(
         previous_reason(&after_kill),
         ("crash".into(), Some("killed".into())),
@@ -166,9 +173,7 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
         .unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(run_state(&site)["state"], "stopped");
-    let seen = reports(&cloud).len();
-    start_logged(&mut site, &log);
-    let after_term = report_after(&cloud, seen, "the report after SIGTERM", |_| true);
+    let after_term = restart_and_report(&mut site, &cloud, &log, "the report after SIGTERM");
     assert_eq!(
         previous_reason(&after_term),
         ("clean".into(), None),
@@ -196,9 +201,8 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
         String::from_utf8_lossy(&recorded.stderr)
     );
     assert_eq!(run_state(&site)["exit"]["service_result"], "watchdog");
-    let seen = reports(&cloud).len();
-    start_logged(&mut site, &log);
-    let after_watchdog = report_after(&cloud, seen, "the report after the watchdog", |_| true);
+    let after_watchdog =
+        restart_and_report(&mut site, &cloud, &log, "the report after the watchdog");
     assert_eq!(
         previous_reason(&after_watchdog),
         ("watchdog".into(), None),
@@ -211,9 +215,7 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
     state["boot_id"] = "00000000-0000-4000-8000-000000000000".into();
     let alive = state["heartbeat_ms"].as_i64().unwrap();
     std::fs::write(run_state_path(&site), state.to_string()).unwrap();
-    let seen = reports(&cloud).len();
-    start_logged(&mut site, &log);
-    let after_power = report_after(&cloud, seen, "the report after a power loss", |_| true);
+    let after_power = restart_and_report(&mut site, &cloud, &log, "the report after a power loss");
     assert_eq!(
         previous_reason(&after_power),
         ("power_loss".into(), None),
@@ -351,9 +353,12 @@ fn the_modem_signal_comes_from_modemmanager_on_dbus_and_no_modemmanager_is_no_mo
     start_logged(&mut site, &log);
 
     // The bus is there, ModemManager is not.
-    let without = report_after(&cloud, 0, "a report without ModemManager", |r| {
-        r["modem"]["state"] == "none"
-    });
+    let without = report_after(
+        &cloud,
+        0,
+        "a report with the uplink up, without ModemManager",
+        |r| r["modem"]["state"] == "none" && r["link"]["up"] == true,
+    );
     assert_eq!(
         without["modem"]["why"], "ModemManager is not running",
         "{without}"
@@ -361,7 +366,7 @@ fn the_modem_signal_comes_from_modemmanager_on_dbus_and_no_modemmanager_is_no_mo
 
     // ModemManager appears with a registered modem: a report at once, with its signal.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _service = runtime
+    let service = runtime
         .block_on(fake_modem_manager::serve(&address))
         .unwrap();
     let seen = reports(&cloud).len();
@@ -377,7 +382,7 @@ fn the_modem_signal_comes_from_modemmanager_on_dbus_and_no_modemmanager_is_no_mo
     assert_eq!(status["health"]["modem"]["signal"], 72, "{status}");
 
     // It goes away again: no modem, said at once.
-    drop(_service);
+    drop(service);
     drop(runtime);
     let seen = reports(&cloud).len();
     let gone = report_after(&cloud, seen, "a report after ModemManager left", |r| {
