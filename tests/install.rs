@@ -444,6 +444,10 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
             "ExecStart",
             "/usr/bin/outpost run --config /etc/outpost/outpost.toml",
         ),
+        (
+            "ExecStopPost",
+            "/usr/bin/outpost record-exit --config /etc/outpost/outpost.toml",
+        ),
     ] {
         assert!(
             unit.lines().any(|l| l == format!("{key}={value}")),
@@ -451,10 +455,15 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
         );
     }
     let binary = root.path().join("usr/bin/outpost");
-    let staged = unit.replace(
-        "ExecStart=/usr/bin/outpost ",
-        &format!("ExecStart={} ", binary.display()),
-    );
+    let staged = unit
+        .replace(
+            "ExecStart=/usr/bin/outpost ",
+            &format!("ExecStart={} ", binary.display()),
+        )
+        .replace(
+            "ExecStopPost=/usr/bin/outpost ",
+            &format!("ExecStopPost={} ", binary.display()),
+        );
     let unit_path = unit_dir.path().join("outpost.service");
     std::fs::write(&unit_path, staged).unwrap();
 

@@ -119,6 +119,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record how the daemon's run ended, from systemd's $SERVICE_RESULT, $EXIT_CODE and
+    /// $EXIT_STATUS: the unit's ExecStopPost=. The next start reports it on the health topic
+    /// (clean stop, crash, watchdog, power loss; docs/health.md).
+    RecordExit {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print the man page (roff), generated from this command line, for packaging.
     #[command(hide = true)]
     Man,
@@ -893,6 +900,15 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!(message = "Configuration warning.", %warning);
     }
+    // How the previous run ended, before this one overwrites its record.
+    if let Err(error) = std::fs::create_dir_all(&config.data_dir) {
+        tracing::warn!(message = "Cannot create the data directory.", dir = %config.data_dir.display(), %error);
+    }
+    outpost::io::health::run_state::begin(
+        &config.data_dir,
+        outpost::io::wall_clock::unix_ms(),
+        &outpost::io::wall_clock::kernel_boot_id(),
+    );
     systemd::status("starting: opening the store");
     let shutdown = shutdown_on_signal();
     let stopping = shutdown.clone();
@@ -923,7 +939,28 @@ async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     if let Err(error) = &result {
         systemd::status(&format!("failed: {error:#}"));
     }
+    outpost::io::health::run_state::end(
+        outpost::io::wall_clock::unix_ms(),
+        result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")),
+    );
     result
+}
+
+/// `outpost record-exit`: systemd's account of the run, added to the run-state file.
+fn record_exit(config: &std::path::Path) -> anyhow::Result<()> {
+    use outpost::io::health::run_state;
+    let config = config_files::load(config)?;
+    let record = run_state::exit_record_from(
+        |name| std::env::var(name).ok(),
+        outpost::io::wall_clock::unix_ms(),
+    )
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "$SERVICE_RESULT is not set: this is the unit's ExecStopPost=, run by systemd after the daemon"
+        )
+    })?;
+    println!("{}", run_state::record_exit(&config.data_dir, record)?);
+    Ok(())
 }
 
 /// Logs to journald, with each event's fields as journal fields (`OUTPOST_PORT=…`), when
@@ -1042,6 +1079,7 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from),
             Command::Firmware { command } => firmware(command),
+            Command::RecordExit { config } => record_exit(&config),
             Command::Rollout { command } => rollout(command),
             Command::Audit {
                 config,

@@ -209,6 +209,20 @@ pub async fn run(
     let (modbus_writer, modbus_tasks) =
         spawn_modbus(&config, &telemetry, &store_tx, &clock, &shutdown);
 
+    // The gateway's own health: sampled for the API and the page, published through the uplink.
+    let (health_tx, health_rx) = watch::channel(Vec::new());
+    let health_task = tokio::spawn(crate::io::health::run(
+        crate::io::health::HealthIo {
+            config: config.health.clone(),
+            data_dir: config.data_dir.clone(),
+            readers: readers.clone(),
+            telemetry: telemetry.clone(),
+            started: Instant::now(),
+            reports: config.mqtt.is_some().then_some(health_tx),
+        },
+        shutdown.clone(),
+    ));
+
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
     if let Some(mqtt) = &config.mqtt {
@@ -233,6 +247,7 @@ pub async fn run(
             telemetry: telemetry.clone(),
             commands,
             ota_events: Some(ota_publish_rx),
+            health_reports: Some(health_rx),
         };
         if mqtt.provisioning.is_some() {
             // The identity may have to be obtained first (by claim), and is renewed.
@@ -335,6 +350,7 @@ pub async fn run(
     uplink_task.wait().await;
     let _ = cost_task.await;
     let _ = alerting_task.await;
+    let _ = health_task.await;
     // Everything queued is committed before the process exits.
     writer.await.context("store writer failed")?;
     Ok(())

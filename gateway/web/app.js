@@ -51,6 +51,7 @@ function render(o) {
 
   renderUplink(o);
   renderGateway(o);
+  renderHealth(o);
   renderNodes(o);
   renderDevices(o);
   renderWritable(o);
@@ -237,6 +238,30 @@ function renderGateway(o) {
   text("gateway-update", up
     ? up.outcome + (up.to_version ? " " + up.to_version : "") + ", " + ago(o.now_ms, up.finished_at_unix_ms) + (up.reason ? " — " + up.reason : "")
     : "none yet");
+}
+
+// The gateway's own health (docs/health.md): how its previous run ended, CPU, memory, disk,
+// the cellular modem.
+const PREVIOUS_RUN = {
+  first_run: "first run", clean: "stopped cleanly", crash: "crashed", watchdog: "killed by the watchdog",
+  power_loss: "power loss (or a kernel crash)", unknown: "unknown",
+};
+function renderHealth(o) {
+  const h = o.health;
+  if (!h) return;
+  const p = h.prev;
+  text("health-prev", (PREVIOUS_RUN[p.reason] || p.reason) + (p.kind ? " (" + p.kind.replace(/_/g, " ") + ")" : "")
+    + (p.reason === "clean" || p.reason === "first_run" ? "" : " — " + p.detail));
+  const pct = (v) => v == null ? "?" : v.toFixed(1) + " %";
+  text("health-cpu", "gateway " + pct(h.cpu.proc) + ", machine " + pct(h.cpu.sys));
+  text("health-mem", (h.mem.rss == null ? "?" : bytes(h.mem.rss)) + " resident, "
+    + (h.mem.avail == null ? "?" : bytes(h.mem.avail)) + " available");
+  text("health-disk", h.disk.free == null ? "unknown"
+    : bytes(h.disk.free) + " free (" + pct(h.disk.free_pct) + ")" + (h.disk.low ? " — low" : ""));
+  const m = h.modem;
+  text("health-modem", m.state === "none" ? "none (" + m.why + ")"
+    : m.state + ", signal " + m.signal + " %" + (m.tech ? ", " + m.tech : "") + (m.operator ? ", " + m.operator : ""));
+  $("health").classList.toggle("warn", h.disk.low || !["clean", "first_run"].includes(p.reason));
 }
 
 // Sortable, filterable tables: rows are rebuilt from the data at each refresh, so a sort or a

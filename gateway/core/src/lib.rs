@@ -19,6 +19,8 @@
 //! - [`technician`]: technician sessions and their one-use CSRF tokens;
 //! - [`site`]: the site at a glance for the technician's page: node states and the verdict line;
 //! - [`watchdog`]: when the daemon may tell systemd it is alive;
+//! - [`health`]: the gateway's own health report, when it is published, and why the previous
+//!   run ended (clean stop, crash, watchdog, power loss);
 //! - [`update`]: signing, and the state machine of one self-update attempt;
 //! - [`rollout`]: one staged rollout of node firmware: stages, gates, halt and rollback, restart;
 //! - [`config`]: the configuration compiled from text to typed values, every problem located
@@ -33,6 +35,7 @@ pub mod command;
 pub mod config;
 pub mod enrollment;
 pub mod firmware;
+pub mod health;
 pub mod hex;
 pub mod link;
 pub mod listener;

@@ -564,6 +564,8 @@ pub enum Event {
         key: AlertKey,
         until_ms: i64,
     },
+    /// The gateway's newest health report (`io::health`).
+    Health(Box<crate::health::HealthReport>),
 }
 
 /// What one Modbus poll changed on the status page.
@@ -598,6 +600,8 @@ pub struct Snapshot {
     pub pending_alerts: Vec<Alert>,
     /// Failed and throttled authentications on the local API.
     pub auth: AuthCounters,
+    /// The gateway's own health (CPU, memory, disk, modem, previous run), once sampled.
+    pub health: Option<crate::health::HealthReport>,
 }
 
 impl Snapshot {
@@ -629,6 +633,7 @@ pub struct Telemetry {
     api: ConnCounters,
     alerts: Alerts,
     auth: AuthCounters,
+    health: Option<crate::health::HealthReport>,
 }
 
 impl Telemetry {
@@ -658,6 +663,7 @@ impl Telemetry {
             api: ConnCounters::default(),
             alerts: Alerts::default(),
             auth: AuthCounters::default(),
+            health: None,
         }
     }
 
@@ -756,6 +762,7 @@ impl Telemetry {
             Event::Silence { key, until_ms } => {
                 self.alerts.silence(&key, until_ms);
             }
+            Event::Health(report) => self.health = Some(*report),
         }
     }
 
@@ -772,6 +779,7 @@ impl Telemetry {
             alerts: self.alerts.firing(),
             pending_alerts: self.alerts.pending(),
             auth: self.auth,
+            health: self.health.clone(),
         }
     }
 
@@ -794,6 +802,12 @@ impl Telemetry {
     #[must_use]
     pub fn devices(&self) -> &[DeviceStatus] {
         &self.modbus
+    }
+
+    /// The MQTT uplink's board (`None` without one).
+    #[must_use]
+    pub fn uplink(&self) -> Option<&UplinkBoard> {
+        self.uplink.as_ref()
     }
 
     #[must_use]

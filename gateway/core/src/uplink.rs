@@ -100,6 +100,8 @@ pub enum Action {
     PublishAlert(Vec<u8>),
     /// Publish a firmware update event (JSON) on `outpost/{id}/ota`, QoS 1.
     PublishOta(Vec<u8>),
+    /// Publish the gateway's health report (JSON) on `outpost/{id}/health`, QoS 1.
+    PublishHealth(Vec<u8>),
     /// Publish a command's result (JSON) on `outpost/{id}/cmd/result/{request}`, QoS 1.
     PublishResult {
         request: String,
@@ -241,6 +243,8 @@ pub struct UplinkSession {
     broker_acks: ContiguousAcks,
     alerts: VecDeque<Vec<u8>>,
     ota: VecDeque<Vec<u8>>,
+    /// The newest health report not yet handed to the client: a newer one replaces it.
+    health: Option<Vec<u8>>,
     results: VecDeque<(String, Vec<u8>)>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -282,6 +286,7 @@ impl UplinkSession {
             broker_acks: ContiguousAcks::default(),
             alerts: VecDeque::new(),
             ota: VecDeque::new(),
+            health: None,
             results: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -534,7 +539,7 @@ impl UplinkSession {
     /// The client took a publish the session asked for at `now` (it goes on the wire in order).
     pub fn handle_queued(&mut self, now: Millis, queued: Queued) {
         match queued {
-            Queued::Status | Queued::Alert | Queued::Result | Queued::Ota => {
+            Queued::Status | Queued::Alert | Queued::Result | Queued::Ota | Queued::Health => {
                 self.tracker.requested(NOT_A_BATCH);
             }
             Queued::Subscription(which) => self.subacks_awaited.push_back(which),
@@ -562,6 +567,10 @@ impl UplinkSession {
             Action::PublishBatch { .. } => self.batch_requested = false,
             Action::PublishAlert(alert) => self.alerts.push_front(alert),
             Action::PublishOta(event) => self.ota.push_front(event),
+            // Unless a newer report came meanwhile.
+            Action::PublishHealth(report) => {
+                self.health.get_or_insert(report);
+            }
             Action::PublishResult { request, payload } => {
                 self.results.push_front((request, payload));
             }
@@ -627,6 +636,12 @@ impl UplinkSession {
             self.status.ota_dropped += 1;
         }
         self.ota.push_back(payload);
+    }
+
+    /// The gateway's health report: it goes out as soon as the topics are known to work, never
+    /// held back for a batch. A report is a state, not an event: one still waiting is replaced.
+    pub fn handle_health(&mut self, payload: Vec<u8>) {
+        self.health = Some(payload);
     }
 
     /// A command's result: it goes out as soon as the topics are known to work.
@@ -697,6 +712,9 @@ impl UplinkSession {
         if let Some(event) = self.ota.pop_front() {
             return Some(Action::PublishOta(event));
         }
+        if let Some(report) = self.health.take() {
+            return Some(Action::PublishHealth(report));
+        }
         let in_flight = self.published_upto.saturating_sub(self.acked_upto);
         let more_sealed = self.newest_sealed > self.published_upto;
         if !self.batch_requested && more_sealed && in_flight < self.config.max_unacked {
@@ -755,6 +773,8 @@ pub enum Queued {
     Alert,
     /// A firmware update event.
     Ota,
+    /// A health report.
+    Health,
     /// A command's result.
     Result,
     /// A SUBSCRIBE: its SUBACK is awaited.

@@ -108,6 +108,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         commands: outpost_core::config::CommandsConfig::default(),
         ota: outpost_core::config::OtaConfig::default(),
         alerts: outpost_core::alerting::Rules::default(),
+        health: outpost_core::config::health::HealthConfig::default(),
         warnings: Vec::new(),
     };
     let mut config = config;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dictionaries;
 pub mod files;
 pub mod firmware;
+pub mod health;
 pub mod modbus;
 pub mod node_key;
 pub mod node_requests;

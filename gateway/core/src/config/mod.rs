@@ -23,6 +23,7 @@ use toml::de::{DeTable, DeValue};
 
 pub mod alerts;
 pub mod dropin;
+pub mod health;
 pub mod modbus;
 
 /// The documented shape of the file. Doc comments here are the user's reference; keep them in step
@@ -60,6 +61,9 @@ pub struct RawConfig {
     /// Fleet alert rules (`outpost_core::alerting`). See docs/alerts.md.
     #[serde(default)]
     pub alerts: alerts::RawAlerts,
+    /// The gateway's own health report (`outpost/{id}/health`).
+    #[serde(default)]
+    pub health: health::RawHealth,
 }
 
 /// `[ota]`: node firmware updates. See docs/ota.md.
@@ -594,6 +598,8 @@ pub struct Config {
     pub ota: OtaConfig,
     /// `[alerts]`: the fleet alert rules, each with its defaults unless the file changes it.
     pub alerts: crate::alerting::Rules,
+    /// `[health]`.
+    pub health: health::HealthConfig,
     /// What is accepted but unwise (an inline secret), located like an error: the daemon logs
     /// each at start and `outpost check` prints them.
     pub warnings: Vec<ConfigError>,
@@ -1367,6 +1373,8 @@ pub fn compile(
         problem("clock.max_hold", "must be at least 1s".into());
     }
 
+    let health = health::compile(&raw.health, &mut problem);
+
     if problems.is_empty() {
         Ok(Config {
             gateway_id,
@@ -1397,6 +1405,7 @@ pub fn compile(
             commands,
             ota,
             alerts,
+            health,
             warnings: warnings
                 .into_iter()
                 .map(|w| ConfigError {

@@ -23,6 +23,7 @@ enum Wire {
     Alert(Vec<u8>),
     Result(String),
     Ota(Vec<u8>),
+    Health(Vec<u8>),
 }
 
 struct Site {
@@ -144,6 +145,10 @@ impl Site {
                 Action::PublishOta(event) => {
                     self.session.handle_queued(self.now, Queued::Ota);
                     Some(Wire::Ota(event))
+                }
+                Action::PublishHealth(report) => {
+                    self.session.handle_queued(self.now, Queued::Health);
+                    Some(Wire::Health(report))
                 }
                 Action::PublishBatch { after } => {
                     match self.outbox.iter().copied().find(|&s| s > after) {
@@ -816,4 +821,28 @@ fn results_wait_for_the_topics_and_go_out_before_batches() {
             (4, Wire::Batch(1))
         ]
     );
+}
+
+#[test]
+fn a_health_report_waits_for_the_probe_goes_out_before_batches_and_only_the_newest_waits() {
+    let mut site = Site::new(AckMode::EndToEnd, 4, 0);
+    site.outbox = vec![1, 2];
+    site.session.handle_sealed(2);
+    site.session.handle_health(b"start".to_vec());
+    site.session.handle_health(b"uplink".to_vec());
+    site.connect(true);
+    assert_eq!(site.wire, [(1, Wire::Online)], "nothing before the probe");
+    site.echo();
+    let sent: Vec<&Wire> = site.wire.iter().map(|(_, w)| w).skip(1).collect();
+    assert_eq!(
+        sent.first(),
+        Some(&&Wire::Health(b"uplink".to_vec())),
+        "the newest report first, before batches: {sent:?}"
+    );
+    assert_eq!(
+        sent.iter().filter(|w| matches!(w, Wire::Health(_))).count(),
+        1,
+        "a replaced report never goes out: {sent:?}"
+    );
+    assert!(sent.iter().any(|w| matches!(w, Wire::Batch(_))), "{sent:?}");
 }

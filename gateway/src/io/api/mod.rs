@@ -113,6 +113,9 @@ struct Status {
     auth: AuthCounters,
     /// Whether the wall clock stamps readings now, and the readings held until it does.
     clock: ClockBoard,
+    /// The gateway's own health, as on `outpost/{id}/health` (docs/health.md); `null` until
+    /// the first sample.
+    health: Option<outpost_core::health::HealthReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,6 +192,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError>
             status: state.clock.status(),
             held_readings: held,
         },
+        health: snapshot.health,
     }))
 }
 

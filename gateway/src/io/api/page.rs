@@ -158,6 +158,8 @@ pub struct Overview {
     /// Node firmware: the rollout in progress (or the last one this run) and each node's
     /// transfer, as `GET /api/v1/rollout` answers (in memory: no store read).
     ota: crate::io::ota::OtaView,
+    /// The gateway's own health (the "Gateway health" panel; docs/health.md).
+    health: Option<outpost_core::health::HealthReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -377,6 +379,7 @@ async fn build_overview(state: &ApiState) -> Result<Overview, ApiError> {
         enrollment,
         commands,
         ota: state.ota.view(),
+        health: snapshot.health,
     })
 }
 

@@ -57,6 +57,8 @@ struct Topics {
     alerts: String,
     /// `outpost/{id}/ota`: firmware update events, published at once.
     ota: String,
+    /// `outpost/{id}/health`: the gateway's health report, published at once.
+    health: String,
     /// `outpost/{id}/cmd/+`: signed remote commands.
     commands: String,
     /// `outpost/{id}/cmd/`: a command's topic is this and its verb.
@@ -74,6 +76,7 @@ impl Topics {
             status: topic("status"),
             alerts: topic("alerts"),
             ota: topic("ota"),
+            health: topic("health"),
             commands: topic("cmd/+"),
             command_prefix: topic("cmd/"),
             result_prefix: topic("cmd/result/"),
@@ -102,6 +105,8 @@ pub struct UplinkIo {
     pub commands: Option<CommandLink>,
     /// Firmware update events to publish at once on `outpost/{id}/ota` (`io::ota`).
     pub ota_events: Option<mpsc::Receiver<Vec<u8>>>,
+    /// The newest health report to publish at once on `outpost/{id}/health` (`io::health`).
+    pub health_reports: Option<watch::Receiver<Vec<u8>>>,
 }
 
 /// One `poll` of the event loop, owning it until it returns: dropped only at shutdown.
@@ -241,6 +246,13 @@ pub async fn run(
                     match client.try_publish(&topics.ota, TopicRef::Name, false, payload.clone()) {
                         Ok(()) => session.handle_queued(now(), Queued::Ota),
                         Err(_) => session.handle_client_full(Action::PublishOta(payload)),
+                    }
+                }
+                Action::PublishHealth(report) => {
+                    match client.try_publish(&topics.health, TopicRef::Name, false, report.clone())
+                    {
+                        Ok(()) => session.handle_queued(now(), Queued::Health),
+                        Err(_) => session.handle_client_full(Action::PublishHealth(report)),
                     }
                 }
                 Action::PublishBatch { after } => {
@@ -393,6 +405,10 @@ pub async fn run(
             }
             Some(event) = async { io.ota_events.as_mut().expect("guarded").recv().await }, if io.ota_events.is_some() => {
                 session.handle_ota(event);
+            }
+            Ok(()) = async { io.health_reports.as_mut().expect("guarded").changed().await }, if io.health_reports.is_some() => {
+                let report = io.health_reports.as_mut().expect("guarded").borrow_and_update().clone();
+                session.handle_health(report);
             }
             Ok(()) = alert_changes.changed() => {
                 alert_changes.borrow_and_update();
