@@ -300,6 +300,7 @@ pub async fn run(
         enrollment_listed: config.enrollment.listed.len(),
         ota,
         firmware: firmware_library(&config),
+        metrics: api::metrics::Scrapes::default(),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())
