@@ -38,6 +38,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# Prometheus for tests/metrics.rs: `promtool check metrics` on the gateway's /metrics, and a real
+# server started by the test (its own config, data directory and free port) that scrapes it.
+# Without recommends (node-exporter and the rest are not needed). Its postinst enables the
+# packaged service; where systemd runs it listens on 9090, which the test never uses.
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends prometheus
+    else
+        echo "test.sh: please install: prometheus" >&2
+        exit 1
+    fi
+fi
+
 # Lints before the builds and tests (a check, no code generated): a warning fails CI early.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --workspace --all-targets --locked -- -D warnings

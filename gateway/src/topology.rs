@@ -338,6 +338,7 @@ pub async fn run(
         ota,
         firmware: firmware_library(&config),
         node_requests,
+        metrics: api::metrics::Scrapes::default(),
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

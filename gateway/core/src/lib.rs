@@ -17,6 +17,7 @@
 //! - [`modbus`]: register maps, value codecs, read planning, RTU framing and device health;
 //! - [`telemetry`]: the gateway's status, counters and alerts, one snapshot for every reader;
 //! - [`technician`]: technician sessions and their one-use CSRF tokens;
+//! - [`metrics`]: the snapshot, the registry and the outbox as Prometheus text (`/metrics`);
 //! - [`site`]: the site at a glance for the technician's page: node states and the verdict line;
 //! - [`watchdog`]: when the daemon may tell systemd it is alive;
 //! - [`health`]: the gateway's own health report, when it is published, and why the previous
@@ -39,6 +40,7 @@ pub mod health;
 pub mod hex;
 pub mod link;
 pub mod listener;
+pub mod metrics;
 pub mod modbus;
 pub mod node_request;
 pub mod ota;

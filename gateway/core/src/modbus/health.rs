@@ -292,6 +292,12 @@ impl DeviceHealth {
         self.last_response_at
     }
 
+    /// The slowest answer of the last poll that got any, in milliseconds.
+    #[must_use]
+    pub fn last_response_ms(&self) -> Option<u64> {
+        self.last_response_ms
+    }
+
     #[must_use]
     pub fn last_good_poll_at(&self) -> Option<Millis> {
         self.last_good_poll_at

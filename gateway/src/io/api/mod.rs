@@ -1,5 +1,5 @@
 //! The local HTTP API: `/api/v1/status`, `/api/v1/nodes` and `/api/v1/modbus` for site
-//! technicians and tools, and
+//! technicians and tools, `/metrics` for Prometheus (`metrics`), and
 //! the HTTP pull of sealed batches for a cloud that pulls (`/api/v1/batches…`, bearer token).
 //!
 //! Each group of endpoints has its own token scope (`auth`): pull, upload (`upload`: update
@@ -37,6 +37,7 @@ use crate::io::store::writer::{AckReply, StoreCommand};
 use crate::io::store::{NODES_PAGE, NodePage, Reader, Readers, StoreError};
 
 pub mod auth;
+pub mod metrics;
 pub mod page;
 pub mod technician;
 pub mod upload;
@@ -84,6 +85,8 @@ pub struct ApiState {
     /// Requests to nodes over their links (`io::node_requests`): reboot, HEALTH now, reset
     /// history, log.
     pub node_requests: crate::io::node_requests::NodeRequests,
+    /// `/metrics`: the last rendering, served again to scrapes within `metrics::FRESH_FOR`.
+    pub metrics: metrics::Scrapes,
 }
 
 pub use ota::FirmwareLibrary;
@@ -435,6 +438,7 @@ pub fn router(state: ApiState) -> Router {
     let scope = |scope| from_fn_with_state((state.auth.clone(), scope), auth::require);
     let technician = Router::new()
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/modbus", get(modbus_devices))
         .route("/api/v1/enrollment", get(enrollment))

@@ -253,7 +253,7 @@ fn json_maybe_gzipped<T: Serialize>(value: &T, request: &HeaderMap) -> Response 
     (headers, body).into_response()
 }
 
-fn accepts_gzip(request: &HeaderMap) -> bool {
+pub(super) fn accepts_gzip(request: &HeaderMap) -> bool {
     request
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -399,7 +399,7 @@ impl OfflineAfter {
         ))
     }
 
-    fn get(&self, port: &str) -> Option<&Duration> {
+    pub(crate) fn get(&self, port: &str) -> Option<&Duration> {
         self.0.get(port)
     }
 }

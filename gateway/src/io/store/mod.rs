@@ -36,6 +36,7 @@ pub mod audit;
 mod clock;
 mod command;
 pub mod ledger;
+mod metrics;
 pub mod ota;
 pub mod outbox;
 mod readers;
