@@ -81,6 +81,8 @@ pub struct ApiState {
     pub ota: crate::io::ota::OtaHandle,
     /// The firmware library and what it holds images to.
     pub firmware: FirmwareLibrary,
+    /// Diagnostics bundles (`GET /api/v1/diagnostics`).
+    pub diagnostics: crate::io::diagnostics::Builder,
 }
 
 pub use ota::FirmwareLibrary;
@@ -432,6 +434,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/modbus", get(modbus_devices))
         .route("/api/v1/enrollment", get(enrollment))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/diagnostics", get(technician::diagnostics))
         .route("/api/v1/overview", get(page::overview))
         .route(
             "/api/v1/firmware",

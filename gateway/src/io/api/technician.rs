@@ -704,3 +704,48 @@ mod tests {
         );
     }
 }
+
+/// `GET /api/v1/diagnostics` (technician scope): builds a diagnostics bundle now and returns it
+/// as a download (`application/zstd`, a ustar archive inside; every secret of the configuration
+/// redacted). One is built at a time: 429 while another is.
+pub(super) async fn diagnostics(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    use crate::io::diagnostics::{DiagnosticsError, Inputs};
+    let inputs = Inputs {
+        journal_lines: outpost_core::command::remedy::DEFAULT_JOURNAL_LINES,
+        node_side: None,
+    };
+    match state.diagnostics.build(inputs).await {
+        Ok(bundle) => {
+            tracing::info!(
+                message = "Diagnostics bundle downloaded.",
+                peer = %peer.ip(),
+                size = bundle.bytes.len(),
+                sha256 = %bundle.sha256_hex()
+            );
+            let disposition = format!("attachment; filename=\"{}\"", bundle.file_name);
+            let mut response = bundle.bytes.clone().into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/zstd"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&bundle.sha256_hex()) {
+                headers.insert("x-outpost-sha256", value);
+            }
+            response
+        }
+        Err(DiagnosticsError::Busy) => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(5),
+            "a diagnostics bundle is being built already; try again in a few seconds".into(),
+        ),
+        Err(error) => refusal(StatusCode::SERVICE_UNAVAILABLE, None, error.to_string()),
+    }
+}

@@ -34,6 +34,8 @@
 pub mod audit;
 mod clock;
 mod command;
+mod diagnostics;
+pub use diagnostics::StoreStatistics;
 pub mod ledger;
 pub mod ota;
 pub mod outbox;
