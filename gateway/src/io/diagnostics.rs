@@ -208,11 +208,7 @@ fn pack(
             "uplink, data budget, ports and Modbus devices now",
             pretty(status),
         ),
-        (
-            "nodes.json",
-            "the node registry",
-            pretty(&tables["nodes"]),
-        ),
+        ("nodes.json", "the node registry", pretty(&tables["nodes"])),
         (
             "node_resets.json",
             "every node's reset history, newest first",
@@ -241,7 +237,8 @@ fn pack(
     ];
     let index: Vec<(&str, &str)> = files.iter().map(|(n, w, _)| (*n, *w)).collect();
     let mut archive = Archive::new();
-    let pack_error = |e: outpost_core::diagnostics::ArchiveError| DiagnosticsError::Pack(e.to_string());
+    let pack_error =
+        |e: outpost_core::diagnostics::ArchiveError| DiagnosticsError::Pack(e.to_string());
     archive
         .add(
             "README.txt",
@@ -281,9 +278,9 @@ fn redacted_config(files: &[PathBuf]) -> (String, Vec<Value>) {
         match redacted {
             Ok((redacted, list)) => {
                 text.push_str(&redacted);
-                found.extend(list.into_iter().map(|Redaction { key, why }| {
-                    json!({ "file": shown, "key": key, "why": why })
-                }));
+                found.extend(list.into_iter().map(
+                    |Redaction { key, why }| json!({ "file": shown, "key": key, "why": why }),
+                ));
             }
             // Never the raw text of a file that did not parse: it could not be redacted.
             Err(why) => text.push_str(&format!("# left out: {why}\n")),
@@ -320,7 +317,11 @@ fn journal(lines: u32) -> (String, usize) {
     let mut count = 0;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for line in stderr.lines().map(|l| ("# ", l)).chain(stdout.lines().map(|l| ("", l))) {
+    for line in stderr
+        .lines()
+        .map(|l| ("# ", l))
+        .chain(stdout.lines().map(|l| ("", l)))
+    {
         let (redacted, n) = diagnostics::redact_line(line.1);
         count += n;
         text.push_str(line.0);

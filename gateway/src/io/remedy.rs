@@ -128,9 +128,7 @@ impl Remedy {
             Err(e) => return Outcome::Failed(format!("the registry could not be read: {e}")),
         };
         let Some(port) = node.port else {
-            return Outcome::Failed(format!(
-                "{NOT_HERE}: node {uid} was never seen on a port"
-            ));
+            return Outcome::Failed(format!("{NOT_HERE}: node {uid} was never seen on a port"));
         };
         let Some(pin) = self
             .serial
@@ -144,7 +142,12 @@ impl Remedy {
         };
         match tokio::task::spawn_blocking(move || crate::io::gpio::pulse_run_pin(pin)).await {
             Ok(Ok(())) => {
-                tracing::info!(message = "Node reset through its RUN pin.", node = uid, port, pin);
+                tracing::info!(
+                    message = "Node reset through its RUN pin.",
+                    node = uid,
+                    port,
+                    pin
+                );
                 Outcome::Done(json!({
                     "node": uid,
                     "mode": "hard",

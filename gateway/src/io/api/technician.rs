@@ -705,14 +705,30 @@ mod tests {
     }
 }
 
-/// `GET /api/v1/diagnostics` (technician scope): builds a diagnostics bundle now and returns it
-/// as a download (`application/zstd`, a ustar archive inside; every secret of the configuration
-/// redacted). One is built at a time: 429 while another is.
+/// `GET /api/v1/diagnostics`: builds a diagnostics bundle now and returns it as a download
+/// (`application/zstd`, a ustar archive inside; every secret of the configuration redacted).
+/// The technician token when one is set (the scope's layer checked it); without one, a
+/// logged-in session: the other read endpoints are open on such a site, the bundle is not.
+/// One is built at a time: 429 while another is.
 pub(super) async fn diagnostics(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
     use crate::io::diagnostics::{DiagnosticsError, Inputs};
+    let gate = &state.technician;
+    let logged_in = session_id(&headers)
+        .and_then(|id| gate.sessions().csrf(gate.now(), &id))
+        .is_some();
+    if !state.auth.has_token(outpost_core::auth::Scope::Technician) && !logged_in {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "log in on the status page first: a diagnostics bundle is not handed to anyone on \
+             the network"
+                .into(),
+        );
+    }
     let inputs = Inputs {
         journal_lines: outpost_core::command::remedy::DEFAULT_JOURNAL_LINES,
         node_side: None,
