@@ -2,8 +2,9 @@
 //! written as docs/commands.md says, against a real gateway with a simulated node on a pty and
 //! a Modbus RTU device on another. The `diagnostics` command is refused unless signed, fresh and
 //! new (`outpost-sign` itself refuses bad arguments; the core's tests cover their refusals); a
-//! good one uploads its bundle in parts that reassemble to the SHA-256 its result names, holding the node's reset history and none of the site's secrets; the page's download is the
-//! same kind of bundle. `node-reboot mode=hard` says clearly that this machine has no GPIO;
+//! good one uploads its bundle in parts that reassemble to the SHA-256 its result names, holding
+//! the node's reset history and none of the site's secrets; the page's download is the same
+//! kind of bundle. `node-reboot mode=hard` says clearly that this machine has no GPIO;
 //! declared Modbus points are read and written; `gateway-restart` exits with the status the
 //! service manager restarts on.
 
