@@ -648,63 +648,6 @@ pub(super) async fn modbus_write(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_values_become_exact_modbus_values() {
-        use outpost_core::modbus::value::Value;
-        let v = |text: &str| modbus_value(&serde_json::from_str(text).unwrap());
-        assert_eq!(v("true"), Some(Value::Bool(true)));
-        assert_eq!(v("-3"), Some(Value::Int(-3)));
-        assert_eq!(v("18446744073709551615"), Some(Value::Uint(u64::MAX)));
-        assert_eq!(
-            v("44.9"),
-            Some(Value::Decimal {
-                mantissa: 449,
-                exp: -1
-            })
-        );
-        assert_eq!(v("\"on\""), Some(Value::Text("on".into())));
-        assert_eq!(v("null"), None);
-        assert_eq!(v("[1]"), None);
-    }
-
-    #[test]
-    fn only_the_gateways_own_origin_may_act() {
-        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
-        assert!(same_origin("https://GW.local", Some("gw.local")));
-        assert!(!same_origin(
-            "http://127.0.0.1:9999",
-            Some("127.0.0.1:8080")
-        ));
-        assert!(!same_origin("http://evil.example", Some("gw.local")));
-        assert!(!same_origin("null", Some("gw.local")));
-        assert!(!same_origin("http://gw.local", None));
-    }
-
-    #[test]
-    fn the_password_is_stored_as_an_argon2id_hash_readable_by_its_owner_only() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        assert!(set_password(dir.path(), "short").is_err());
-        let path = set_password(dir.path(), "correct horse battery").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("$argon2id$"), "{text}");
-        assert!(!text.contains("correct horse"));
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(verify(&path, "correct horse battery"), Ok(true));
-        assert_eq!(verify(&path, "correct horse batterY"), Ok(false));
-        assert!(
-            verify(&dir.path().join("none"), "x")
-                .unwrap_err()
-                .contains("set-password")
-        );
-    }
-}
-
 /// `GET /api/v1/diagnostics`: builds a diagnostics bundle now and returns it as a download
 /// (`application/zstd`, a ustar archive inside; every secret of the configuration redacted).
 /// The technician token when one is set (the scope's layer checked it); without one, a
@@ -763,5 +706,62 @@ pub(super) async fn diagnostics(
             "a diagnostics bundle is being built already; try again in a few seconds".into(),
         ),
         Err(error) => refusal(StatusCode::SERVICE_UNAVAILABLE, None, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_become_exact_modbus_values() {
+        use outpost_core::modbus::value::Value;
+        let v = |text: &str| modbus_value(&serde_json::from_str(text).unwrap());
+        assert_eq!(v("true"), Some(Value::Bool(true)));
+        assert_eq!(v("-3"), Some(Value::Int(-3)));
+        assert_eq!(v("18446744073709551615"), Some(Value::Uint(u64::MAX)));
+        assert_eq!(
+            v("44.9"),
+            Some(Value::Decimal {
+                mantissa: 449,
+                exp: -1
+            })
+        );
+        assert_eq!(v("\"on\""), Some(Value::Text("on".into())));
+        assert_eq!(v("null"), None);
+        assert_eq!(v("[1]"), None);
+    }
+
+    #[test]
+    fn only_the_gateways_own_origin_may_act() {
+        assert!(same_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(same_origin("https://GW.local", Some("gw.local")));
+        assert!(!same_origin(
+            "http://127.0.0.1:9999",
+            Some("127.0.0.1:8080")
+        ));
+        assert!(!same_origin("http://evil.example", Some("gw.local")));
+        assert!(!same_origin("null", Some("gw.local")));
+        assert!(!same_origin("http://gw.local", None));
+    }
+
+    #[test]
+    fn the_password_is_stored_as_an_argon2id_hash_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(set_password(dir.path(), "short").is_err());
+        let path = set_password(dir.path(), "correct horse battery").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("$argon2id$"), "{text}");
+        assert!(!text.contains("correct horse"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(verify(&path, "correct horse battery"), Ok(true));
+        assert_eq!(verify(&path, "correct horse batterY"), Ok(false));
+        assert!(
+            verify(&dir.path().join("none"), "x")
+                .unwrap_err()
+                .contains("set-password")
+        );
     }
 }

@@ -87,7 +87,7 @@ impl Reader {
     /// Rows as JSON objects by column name; blobs as lower-case hex.
     fn rows_as_json(&self, sql: &str, limit: u32) -> Result<Vec<Value>, StoreError> {
         let mut stmt = self.conn.prepare(sql)?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let rows = stmt.query_map([limit], |row| {
             let mut object = Map::new();
             for (i, name) in names.iter().enumerate() {
