@@ -173,9 +173,9 @@ pub const MAX_NAME: usize = 64;
 fn name(verb: &str, what: &str, value: Option<&str>) -> Result<String, Refusal> {
     let value = value.ok_or_else(|| bad(format!("{verb} takes `{what}`")))?;
     if value.len() > MAX_NAME {
+        let start: String = value.chars().take(16).collect();
         return Err(bad(format!(
-            "{what} `{}…` is longer than {MAX_NAME} characters",
-            &value[..16]
+            "{what} `{start}…` is longer than {MAX_NAME} characters"
         )));
     }
     Ok(value.to_owned())

@@ -483,3 +483,30 @@ fn a_write_value_is_read_exactly() {
     assert_eq!(parse_value("1."), Value::Text("1.".into()));
     assert_eq!(parse_value("auto"), Value::Text("auto".into()));
 }
+
+proptest::proptest! {
+    /// `outpost-sign` hands the CLI's arguments (any UTF-8) to `Verb::parse`: it answers, it
+    /// never panics, and what it accepts signs back to the same arguments.
+    #[test]
+    fn remedy_verbs_parse_any_arguments_without_panicking(
+        verb in proptest::sample::select(&Verb::NAMES[..]),
+        pairs in proptest::collection::vec(
+            (
+                proptest::sample::select(vec!["lines", "upload", "node", "mode", "device", "point", "value", "x"]),
+                "\\PC{0,80}",
+            ),
+            0..4,
+        ),
+    ) {
+        let args: Vec<(String, String)> =
+            pairs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        if let Ok(parsed) = Verb::parse(verb, &args) {
+            let again: Vec<(String, String)> = parsed
+                .args()
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v))
+                .collect();
+            proptest::prop_assert_eq!(Verb::parse(verb, &again).unwrap(), parsed);
+        }
+    }
+}

@@ -105,3 +105,42 @@ impl Reader {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use super::*;
+
+    #[test]
+    fn the_bundle_reads_reset_history_and_firmware_newest_first_and_counts_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO node_resets (uid, boot_id, at_ms, reason, expected, fw_version, lot)
+                 VALUES ('a1', 1, 100, 'power_on', 1, '1.0.0', 'L1'),
+                        ('a1', 2, 200, 'watchdog', 0, '1.0.0', 'L1'),
+                        ('b2', 9, 300, 'hard_fault', 0, '1.1.0', 'L2');
+             INSERT INTO node_firmware (uid, at_ms, from_version, to_version, outcome, rollout)
+                 VALUES ('a1', 150, '0.9.0', '1.0.0', 'confirmed', 3);",
+        )
+        .unwrap();
+        let reader = Reader::open(&path).unwrap();
+        let resets = reader.reset_history(2).unwrap();
+        assert_eq!(resets.len(), 2, "the limit holds");
+        assert_eq!(resets[0]["uid"], "b2");
+        assert_eq!(resets[0]["reason"], "hard_fault");
+        assert_eq!(resets[0]["expected"], 0);
+        assert_eq!(resets[1]["boot_id"], 2);
+        let firmware = reader.firmware_transitions(10).unwrap();
+        assert_eq!(firmware.len(), 1);
+        assert_eq!(firmware[0]["to_version"], "1.0.0");
+        assert_eq!(firmware[0]["rollout"], 3);
+        let stats = reader.statistics().unwrap();
+        assert_eq!(stats.rows["node_resets"], 3);
+        assert_eq!(stats.rows["node_firmware"], 1);
+        assert_eq!(stats.rows["readings"], 0);
+        assert!(stats.size_bytes > 0 && stats.page_count > 0);
+    }
+}
