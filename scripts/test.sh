@@ -17,6 +17,9 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosquitto)
 # A private D-Bus for tests/gateway_health.rs (a fake ModemManager on it).
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
+# tests/diagnostics.rs opens the diagnostics bundle with the standard tools (zstd, tar).
+command -v zstd >/dev/null || missing+=(zstd)
+command -v tar >/dev/null || missing+=(tar)
 # The Debian packages (tests/install.rs): Debian's rustc-web with its std sources and the aarch64
 # cross C toolchain for the arm64 cross build, qemu-user to run the arm64 binary, lintian,
 # debootstrap and systemd-nspawn for the install test in a booted root, man for

@@ -1095,6 +1095,10 @@ fn main() -> ExitCode {
         }
     });
     match result {
+        // A remote `gateway-restart`: the unit restarts on this status (RestartForceExitStatus).
+        Ok(()) if outpost::io::restart::requested() => {
+            ExitCode::from(outpost::io::restart::RESTART_EXIT_STATUS)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // The whole chain: "cannot open store …: the disk … is full".

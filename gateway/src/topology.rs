@@ -222,6 +222,12 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
+    // Diagnostics bundles: for the remote command and the page's download.
+    let diagnostics = crate::io::diagnostics::Builder::new(
+        config.gateway_id.clone(),
+        readers.clone(),
+        telemetry.clone(),
+    );
 
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
     let uplink_task = TaskTracker::new();
@@ -236,6 +242,18 @@ pub async fn run(
                 enrollment_policy: config.enrollment.policy,
                 ota: ota.clone(),
                 firmware: firmware_library(&config),
+                remedy: crate::io::remedy::Remedy {
+                    diagnostics: diagnostics.clone(),
+                    serial: config.serial.clone(),
+                    modbus_maps: config
+                        .modbus
+                        .devices
+                        .iter()
+                        .map(|d| (d.name.clone(), Arc::clone(&d.map)))
+                        .collect(),
+                    modbus: modbus_writer.clone(),
+                    shutdown: shutdown.clone(),
+                },
             })
             .0
         });
@@ -339,6 +357,7 @@ pub async fn run(
         firmware: firmware_library(&config),
         node_requests,
         metrics: api::metrics::Scrapes::default(),
+        diagnostics,
     };
     // The writer ends when the last sender (port tasks, the API) is gone.
     api::serve(listener, state, listener_config, shutdown.clone())

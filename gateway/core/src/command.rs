@@ -35,6 +35,8 @@ use ed25519_dalek::Signer as _;
 
 use crate::update::signing::{KeyId, PublicKey, Role, SigningKey, TrailerError, verify_trailer};
 
+pub mod remedy;
+
 const MAGIC: &str = "outpost-command 1";
 
 /// The largest command accepted, bytes: far above any verb's needs, small enough that a flood of
@@ -62,6 +64,21 @@ pub enum Verb {
     /// `rollout-halt`, `arg rollback yes|no`: halts the rollout in progress; with rollback, the
     /// nodes it updated get their previous image back.
     RolloutHalt { rollback: bool },
+    /// `diagnostics`, optional `arg lines N` then `arg upload auto|force|no`: build a
+    /// diagnostics bundle ([`crate::diagnostics`]), upload it in parts if the data budget
+    /// allows (`force`: even beyond it; `no`: never), keep it for the page's download.
+    Diagnostics(remedy::DiagnosticsArgs),
+    /// `node-reboot`, `arg node UID`, `arg mode soft|hard`: restart a node over its link, or by
+    /// pulsing the GPIO wired to its RUN pin.
+    NodeReboot(remedy::NodeReboot),
+    /// `gateway-restart`, no arguments: answer, then stop cleanly with the exit status the
+    /// service manager restarts on.
+    GatewayRestart,
+    /// `modbus-read`, `arg device NAME`, `arg point NAME`: a point the device's map declares.
+    ModbusRead(remedy::ModbusPoint),
+    /// `modbus-write`, `arg device`, `arg point`, `arg value`: a point its map declares
+    /// `writable`.
+    ModbusWrite(remedy::ModbusWrite),
 }
 
 /// What `rollout-start` asks for. The values are checked for their form here and for their
@@ -172,7 +189,16 @@ impl RolloutPlan {
 
 impl Verb {
     /// Every verb a gateway obeys, by its name on the topic.
-    pub const NAMES: [&'static str; 3] = ["enroll-window", "rollout-start", "rollout-halt"];
+    pub const NAMES: [&'static str; 8] = [
+        "enroll-window",
+        "rollout-start",
+        "rollout-halt",
+        "diagnostics",
+        "node-reboot",
+        "gateway-restart",
+        "modbus-read",
+        "modbus-write",
+    ];
 
     #[must_use]
     pub fn name(&self) -> &'static str {
@@ -180,6 +206,11 @@ impl Verb {
             Verb::EnrollWindow { .. } => "enroll-window",
             Verb::RolloutStart(_) => "rollout-start",
             Verb::RolloutHalt { .. } => "rollout-halt",
+            Verb::Diagnostics(_) => "diagnostics",
+            Verb::NodeReboot(_) => "node-reboot",
+            Verb::GatewayRestart => "gateway-restart",
+            Verb::ModbusRead(_) => "modbus-read",
+            Verb::ModbusWrite(_) => "modbus-write",
         }
     }
 
@@ -192,6 +223,11 @@ impl Verb {
             Verb::RolloutHalt { rollback } => {
                 vec![("rollback", if *rollback { "yes" } else { "no" }.to_owned())]
             }
+            Verb::Diagnostics(args) => args.args(),
+            Verb::NodeReboot(reboot) => reboot.args(),
+            Verb::GatewayRestart => Vec::new(),
+            Verb::ModbusRead(point) => point.args(),
+            Verb::ModbusWrite(write) => write.args(),
         }
     }
 
@@ -227,6 +263,14 @@ impl Verb {
                     "rollout-halt takes one argument: rollback yes|no".into()
                 )),
             },
+            "diagnostics" => remedy::DiagnosticsArgs::parse(args).map(Verb::Diagnostics),
+            "node-reboot" => remedy::NodeReboot::parse(args).map(Verb::NodeReboot),
+            "gateway-restart" => match args {
+                [] => Ok(Verb::GatewayRestart),
+                _ => Err(bad("gateway-restart takes no arguments".into())),
+            },
+            "modbus-read" => remedy::ModbusPoint::parse("modbus-read", args).map(Verb::ModbusRead),
+            "modbus-write" => remedy::ModbusWrite::parse(args).map(Verb::ModbusWrite),
             other => Err(Refusal::UnknownVerb(other.to_owned())),
         }
     }

@@ -34,6 +34,7 @@ pub mod budget;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod diagnostics;
 pub mod enrollment;
 pub mod firmware;
 pub mod health;

@@ -71,6 +71,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             limits: outpost_core::link::LinkLimits::default(),
             reopen_backoff_max: Duration::from_secs(2),
             offline_after: outpost_core::site::DEFAULT_OFFLINE_AFTER,
+            run_pin: None,
         });
         nodes.push(node);
     }

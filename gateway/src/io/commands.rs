@@ -46,6 +46,8 @@ pub struct Desk {
     pub ota: crate::io::ota::OtaHandle,
     /// The node firmware library (`firmware-add`).
     pub firmware: crate::io::api::FirmwareLibrary,
+    /// The diagnostics and remediation verbs' tools.
+    pub remedy: crate::io::remedy::Remedy,
 }
 
 /// The command topic's verb that carries a firmware bundle (the image's manifest, then its
@@ -142,7 +144,16 @@ async fn run(
                     (request, payload)
                 })
             }
-            Ok(verified) => Some(obey(&desk, received_ms, verified).await),
+            Ok(verified) => {
+                let (answer, then) = obey(&desk, received_ms, verified, &results).await;
+                if results.send(answer).await.is_err() {
+                    break; // the uplink stopped
+                }
+                if then == Then::Restart {
+                    desk.remedy.restart_after_answer(&results).await;
+                }
+                continue;
+            }
         };
         if let Some(answer) = answer
             && results.send(answer).await.is_err()
@@ -171,8 +182,23 @@ async fn audit_dropped(desk: &Desk, dropped: &AtomicU64) {
     }
 }
 
-/// Claims a verified command, runs it and records how it ended: its result message.
-async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec<u8>) {
+/// What the task does once a command's result is handed to the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    Continue,
+    /// `gateway-restart` succeeded: stop the daemon once the result is on its way.
+    Restart,
+}
+
+/// Claims a verified command, runs it and records how it ended: its result message, and what
+/// to do once it is handed over. A verb that publishes more than its result (a bundle's parts)
+/// sends it on `results` first.
+async fn obey(
+    desk: &Desk,
+    received_ms: i64,
+    verified: Verified,
+    results: &mpsc::Sender<(String, Vec<u8>)>,
+) -> ((String, Vec<u8>), Then) {
     let request = verified.command.request.clone();
     let verb = verified.command.verb.name();
     let key = verified.key.to_string();
@@ -204,7 +230,7 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
                 key,
                 expires = verified.command.expires
             );
-            let outcome = carry_out(desk, &request, &verified.command.verb).await;
+            let outcome = carry_out(desk, &request, &verified.command.verb, results).await;
             let finish = AuditOp::Finish {
                 id,
                 outcome: outcome.as_str(),
@@ -226,8 +252,12 @@ async fn obey(desk: &Desk, received_ms: i64, verified: Verified) -> (String, Vec
             tracing::warn!(message = "Remote command failed.", verb, request, key, reason = %why);
         }
     }
+    let then = match (&verified.command.verb, &outcome) {
+        (Verb::GatewayRestart, Outcome::Done(_)) => Then::Restart,
+        _ => Then::Continue,
+    };
     let payload = command::result_payload(&request, verb, &outcome, wall_clock::unix_ms());
-    (request, payload)
+    ((request, payload), then)
 }
 
 /// A firmware bundle from the cloud into the library, checked as an upload from the local API is;
@@ -276,7 +306,12 @@ async fn take_firmware(desk: &Desk, bundle: Vec<u8>) -> (String, Vec<u8>) {
 }
 
 /// Does what a verified, claimed command asks.
-async fn carry_out(desk: &Desk, request: &str, verb: &Verb) -> Outcome {
+async fn carry_out(
+    desk: &Desk,
+    request: &str,
+    verb: &Verb,
+    results: &mpsc::Sender<(String, Vec<u8>)>,
+) -> Outcome {
     let rollout =
         |result: Result<outpost_core::rollout::RolloutStatus, crate::io::ota::Refused>| {
             match result {
@@ -314,6 +349,11 @@ async fn carry_out(desk: &Desk, request: &str, verb: &Verb) -> Outcome {
             )
         }
         Verb::RolloutHalt { rollback } => rollout(desk.ota.halt(*rollback).await),
+        Verb::Diagnostics(args) => desk.remedy.diagnostics(request, *args, results).await,
+        Verb::NodeReboot(reboot) => desk.remedy.node_reboot(reboot).await,
+        Verb::GatewayRestart => desk.remedy.gateway_restart(),
+        Verb::ModbusRead(target) => desk.remedy.modbus_read(target),
+        Verb::ModbusWrite(write) => desk.remedy.modbus_write(write).await,
     }
 }
 

@@ -73,10 +73,28 @@ impl Environment for ThisMachine {
     }
 }
 
+/// The files the configuration was last loaded from, main file first: what the diagnostics
+/// bundle shows (redacted) of this daemon's configuration.
+static LOADED_FROM: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The main file and the drop-ins of the last [`load`], in the order they were read.
+#[must_use]
+pub fn loaded_files() -> Vec<std::path::PathBuf> {
+    LOADED_FROM
+        .lock()
+        .map(|files| files.clone())
+        .unwrap_or_default()
+}
+
 /// Reads, parses and validates a config file and its drop-ins (`outpost.d/*.toml` beside it).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read(path)?;
     let dropins = dropin_files(&dropin_dir(path))?;
+    if let Ok(mut files) = LOADED_FROM.lock() {
+        *files = std::iter::once(path.to_owned())
+            .chain(dropins.iter().cloned())
+            .collect();
+    }
     if dropins.is_empty() {
         return Config::parse(path, &text, &ThisMachine);
     }

@@ -368,3 +368,145 @@ fn rollout_arguments_out_of_form_or_order_are_refused() {
         );
     }
 }
+
+#[test]
+fn remedy_verbs_sign_verify_and_parse_back() {
+    use remedy::*;
+    let key = operator();
+    let keys = [key.public()];
+    let verbs = [
+        Verb::Diagnostics(DiagnosticsArgs::default()),
+        Verb::Diagnostics(DiagnosticsArgs {
+            journal_lines: 2000,
+            upload: Upload::Force,
+        }),
+        Verb::NodeReboot(NodeReboot {
+            node: "e2e0000000000001".into(),
+            mode: RebootMode::Hard,
+        }),
+        Verb::GatewayRestart,
+        Verb::ModbusRead(ModbusPoint {
+            device: "meter-1".into(),
+            point: "voltage".into(),
+        }),
+        Verb::ModbusWrite(ModbusWrite {
+            target: ModbusPoint {
+                device: "meter-1".into(),
+                point: "setpoint".into(),
+            },
+            value: "21.5".into(),
+        }),
+    ];
+    for verb in verbs {
+        assert!(Verb::NAMES.contains(&verb.name()));
+        let text = sign(&key, &command(verb.clone())).unwrap();
+        let expect = Expect {
+            topic_verb: verb.name(),
+            ..expect(&keys, Some(NOW))
+        };
+        assert_eq!(check(text.as_bytes(), &expect).unwrap().command.verb, verb);
+    }
+}
+
+#[test]
+fn remedy_arguments_out_of_form_or_order_are_refused_by_name() {
+    let refused = |verb: &str, pairs: &[(&str, &str)]| match Verb::parse(verb, &args(pairs)) {
+        Err(Refusal::BadArguments(why)) => why,
+        other => panic!("{verb} {pairs:?}: {other:?}"),
+    };
+    assert!(refused("diagnostics", &[("lines", "0")]).contains("lines `0` must be 1 to 10000"));
+    assert!(refused("diagnostics", &[("lines", "010")]).contains("lines"));
+    assert!(refused("diagnostics", &[("upload", "yes")]).contains("auto, force or no"));
+    assert!(refused("diagnostics", &[("upload", "no"), ("lines", "5")]).contains("in that order"));
+    assert!(refused("diagnostics", &[("lines", "5"), ("lines", "6")]).contains("at most once"));
+    assert!(refused("node-reboot", &[("node", "e2e0000000000001")]).contains("two arguments"));
+    assert!(
+        refused(
+            "node-reboot",
+            &[("node", "E2E0000000000001"), ("mode", "hard")]
+        )
+        .contains("not a uid")
+    );
+    assert!(
+        refused(
+            "node-reboot",
+            &[("node", "e2e0000000000001"), ("mode", "warm")]
+        )
+        .contains("soft or hard")
+    );
+    assert!(
+        refused(
+            "node-reboot",
+            &[("mode", "hard"), ("node", "e2e0000000000001")]
+        )
+        .contains("in that order")
+    );
+    assert!(refused("gateway-restart", &[("now", "yes")]).contains("no arguments"));
+    assert!(refused("modbus-read", &[("device", "m")]).contains("takes `point`"));
+    assert!(refused("modbus-read", &[("point", "p"), ("device", "m")]).contains("in that order"));
+    assert!(
+        refused(
+            "modbus-read",
+            &[("device", &"m".repeat(65)), ("point", "p")]
+        )
+        .contains("longer than 64")
+    );
+    assert!(refused("modbus-write", &[("device", "m"), ("point", "p")]).contains("`value`"));
+    // Defaults parse from no arguments.
+    assert_eq!(
+        Verb::parse("diagnostics", &[]).unwrap(),
+        Verb::Diagnostics(remedy::DiagnosticsArgs::default())
+    );
+}
+
+#[test]
+fn a_write_value_is_read_exactly() {
+    use crate::modbus::value::Value;
+    use remedy::parse_value;
+    assert_eq!(parse_value("true"), Value::Bool(true));
+    assert_eq!(parse_value("-12"), Value::Int(-12));
+    assert_eq!(parse_value("18446744073709551615"), Value::Uint(u64::MAX));
+    assert_eq!(
+        parse_value("21.5"),
+        Value::Decimal {
+            mantissa: 215,
+            exp: -1
+        }
+    );
+    assert_eq!(
+        parse_value("-0.05"),
+        Value::Decimal {
+            mantissa: -5,
+            exp: -2
+        }
+    );
+    assert_eq!(parse_value("1."), Value::Text("1.".into()));
+    assert_eq!(parse_value("auto"), Value::Text("auto".into()));
+}
+
+proptest::proptest! {
+    /// `outpost-sign` hands the CLI's arguments (any UTF-8) to `Verb::parse`: it answers, it
+    /// never panics, and what it accepts signs back to the same arguments.
+    #[test]
+    fn remedy_verbs_parse_any_arguments_without_panicking(
+        verb in proptest::sample::select(&Verb::NAMES[..]),
+        pairs in proptest::collection::vec(
+            (
+                proptest::sample::select(vec!["lines", "upload", "node", "mode", "device", "point", "value", "x"]),
+                "\\PC{0,80}",
+            ),
+            0..4,
+        ),
+    ) {
+        let args: Vec<(String, String)> =
+            pairs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        if let Ok(parsed) = Verb::parse(verb, &args) {
+            let again: Vec<(String, String)> = parsed
+                .args()
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v))
+                .collect();
+            proptest::prop_assert_eq!(Verb::parse(verb, &again).unwrap(), parsed);
+        }
+    }
+}

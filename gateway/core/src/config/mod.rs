@@ -518,6 +518,11 @@ pub struct RawSerialPort {
     /// …and how many more per hour after that.
     #[serde(default = "default_newcomers_per_hour")]
     pub newcomers_per_hour: u32,
+    /// The Raspberry Pi GPIO (BCM number, 2 to 27) wired to this port's node's RUN pin: the
+    /// remote command `node-reboot mode=hard` pulls it low to restart a node whose firmware
+    /// hangs (docs/commands.md). Absent: no hard reboot on this port.
+    #[serde(default)]
+    pub run_pin: Option<u8>,
 }
 
 fn default_baud() -> u32 {
@@ -656,6 +661,8 @@ pub struct SerialPort {
     pub reopen_backoff_max: Duration,
     /// Silence after which the status page calls this port's node offline.
     pub offline_after: Duration,
+    /// `run_pin`: the GPIO wired to the node's RUN pin, if any.
+    pub run_pin: Option<u8>,
 }
 
 /// One problem in a config file, located.
@@ -1023,6 +1030,14 @@ pub fn compile(
         if port.newcomers_per_hour > 36_000 {
             problem(&key("newcomers_per_hour"), "must be at most 36000".into());
         }
+        if let Some(pin) = port.run_pin
+            && !(2..=27).contains(&pin)
+        {
+            problem(
+                &key("run_pin"),
+                format!("GPIO {pin} is not on the Raspberry Pi's header: BCM 2 to 27"),
+            );
+        }
         serial.push(SerialPort {
             path: port.path,
             baud: port.baud,
@@ -1035,6 +1050,7 @@ pub fn compile(
             },
             reopen_backoff_max: port.reopen_backoff_max,
             offline_after: port.offline_after,
+            run_pin: port.run_pin,
         });
     }
 

@@ -76,6 +76,12 @@ impl AuthGate {
         Millis(u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// Whether `scope` is closed by a token (the technician scope is open without one).
+    #[must_use]
+    pub fn has_token(&self, scope: Scope) -> bool {
+        self.token(scope).is_some()
+    }
+
     fn token(&self, scope: Scope) -> Option<&str> {
         let t = &self.inner.tokens;
         match scope {

@@ -87,6 +87,8 @@ pub struct ApiState {
     pub node_requests: crate::io::node_requests::NodeRequests,
     /// `/metrics`: the last rendering, served again to scrapes within `metrics::FRESH_FOR`.
     pub metrics: metrics::Scrapes,
+    /// Diagnostics bundles (`GET /api/v1/diagnostics`).
+    pub diagnostics: crate::io::diagnostics::Builder,
 }
 
 pub use ota::FirmwareLibrary;
@@ -443,6 +445,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/modbus", get(modbus_devices))
         .route("/api/v1/enrollment", get(enrollment))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/diagnostics", get(technician::diagnostics))
         .route("/api/v1/overview", get(page::overview))
         .route(
             "/api/v1/firmware",

@@ -648,6 +648,67 @@ pub(super) async fn modbus_write(
     }
 }
 
+/// `GET /api/v1/diagnostics`: builds a diagnostics bundle now and returns it as a download
+/// (`application/zstd`, a ustar archive inside; every secret of the configuration redacted).
+/// The technician token when one is set (the scope's layer checked it); without one, a
+/// logged-in session: the other read endpoints are open on such a site, the bundle is not.
+/// One is built at a time: 429 while another is.
+pub(super) async fn diagnostics(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::io::diagnostics::{DiagnosticsError, Inputs};
+    let gate = &state.technician;
+    let logged_in = session_id(&headers)
+        .and_then(|id| gate.sessions().csrf(gate.now(), &id))
+        .is_some();
+    if !state.auth.has_token(outpost_core::auth::Scope::Technician) && !logged_in {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            None,
+            "log in on the status page first: a diagnostics bundle is not handed to anyone on \
+             the network"
+                .into(),
+        );
+    }
+    let inputs = Inputs {
+        journal_lines: outpost_core::command::remedy::DEFAULT_JOURNAL_LINES,
+        node_side: None,
+    };
+    match state.diagnostics.build(inputs).await {
+        Ok(bundle) => {
+            tracing::info!(
+                message = "Diagnostics bundle downloaded.",
+                peer = %peer.ip(),
+                size = bundle.bytes.len(),
+                sha256 = %bundle.sha256_hex()
+            );
+            let disposition = format!("attachment; filename=\"{}\"", bundle.file_name);
+            let mut response = bundle.bytes.clone().into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/zstd"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&bundle.sha256_hex()) {
+                headers.insert("x-outpost-sha256", value);
+            }
+            response
+        }
+        Err(DiagnosticsError::Busy) => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(5),
+            "a diagnostics bundle is being built already; try again in a few seconds".into(),
+        ),
+        Err(error) => refusal(StatusCode::SERVICE_UNAVAILABLE, None, error.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,8 @@ pub mod alerting;
 pub mod audit;
 mod clock;
 mod command;
+mod diagnostics;
+pub use diagnostics::StoreStatistics;
 pub mod ledger;
 mod metrics;
 pub mod ota;
