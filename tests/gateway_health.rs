@@ -121,6 +121,14 @@ fn the_report_reaches_the_broker_and_each_run_tells_how_the_previous_one_ended()
         r["link"]["up"] == true
     });
     assert_eq!(first["v"], 1, "{first}");
+    let bytes = cloud
+        .messages()
+        .iter()
+        .find(|m| m.topic.ends_with("/health"))
+        .map(|m| m.payload.len())
+        .unwrap();
+    println!("health report: {bytes} bytes of JSON");
+    assert!(bytes < 1024, "a report is compact: {bytes} bytes");
     assert_eq!(
         previous_reason(&first),
         ("first_run".into(), None),

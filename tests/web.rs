@@ -70,6 +70,17 @@ fn the_page_lists_every_node_with_its_firmware_and_the_meter_and_fits_a_phone() 
         .eval("return document.getElementById('verdict-headline').textContent")
         .unwrap();
     assert_eq!(verdict, "All good");
+    // The gateway's own health (docs/health.md): its disk and its modem, in words.
+    let health = browser
+        .wait_eval(
+            Duration::from_secs(30),
+            "the gateway health panel filled",
+            "const d = document.getElementById('health-disk').textContent;
+             const m = document.getElementById('health-modem').textContent;
+             return d.includes('free') && m.startsWith('none (') ? d + ' | ' + m : null;",
+        )
+        .unwrap();
+    assert!(health.as_str().is_some(), "{health}");
 
     // Sorting by uid twice turns the order around; filtering keeps the matching row only.
     browser

@@ -73,8 +73,10 @@ pub async fn run(io: HealthIo, shutdown: CancellationToken) {
         if let Some(free_pct) = disk.free_pct {
             let was_low = low;
             low = disk_low(low, free_pct, io.config.disk_low_percent);
+            // INFO, not WARN: a gauge crossing a mark is news for the cloud (the report goes at
+            // once), not a failure; a store that cannot write is its own alert.
             if low && !was_low {
-                tracing::warn!(message = "The data directory's disk is low.", free_pct, free_bytes = ?disk.free,
+                tracing::info!(message = "The data directory's disk is low.", free_pct, free_bytes = ?disk.free,
                     low_percent = io.config.disk_low_percent);
             } else if was_low && !low {
                 tracing::info!(
