@@ -638,3 +638,85 @@ fn diagnostics_and_remediation_commands_end_to_end() {
     assert_eq!(after["result"]["value"], 22.5, "{after}");
     drop(peer);
 }
+
+#[test]
+fn a_bundle_over_the_data_budget_stays_on_the_page_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki")).unwrap();
+    let broker = Broker::start_with_acl(&dir.path().join("broker"), &pki, ACL).unwrap();
+    let cloud = Cloud::connect(&broker, &pki).unwrap();
+    cloud
+        .subscribe(&format!("outpost/{GATEWAY}/cmd/result/#"))
+        .unwrap();
+    let keys = dir.path().join("keys");
+    let operator = keygen(&keys, "operator");
+    let tls = pki.client(GATEWAY).unwrap();
+    // A month of 1000 bytes: any bundle (a few KiB) would pass it.
+    let config = format!(
+        "[uplink]\nbatch_interval = \"1s\"\nmonthly_budget_bytes = 1000\n\n\
+         [uplink.mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nkeepalive = \"5s\"\n\n\
+         [commands]\noperator_keys = [\"{}\"]\nmax_lifetime = \"10m\"\n",
+        broker.port(),
+        tls.ca.display(),
+        tls.cert.display(),
+        tls.key.display(),
+        keys.join("operator.pub").display(),
+    );
+    let mut site = Site::with_config(Vec::new(), &config).unwrap();
+    site.start_gateway().unwrap();
+    wait_for(MINUTE, "the command topic granted", || {
+        (site.get("/api/v1/status").ok()?["uplink"]["commands"] == "subscribed").then_some(())
+    })
+    .unwrap();
+
+    let auto = sign(&operator, "r-budget", "5m", &["diagnostics"]);
+    let auto = send(&cloud, "diagnostics", &auto, "r-budget", 1);
+    assert_eq!(auto["outcome"], "failed", "{auto}");
+    assert!(
+        auto["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("over the data budget; download it from the page"),
+        "{auto}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        cloud.messages().iter().all(|m| !m.topic.contains("/part/")),
+        "a bundle over the budget was sent"
+    );
+    // This site has no technician token, so its read endpoints are open to the LAN; the bundle
+    // is not: the page's download needs a logged-in session.
+    assert_eq!(site.get("/api/v1/status").unwrap()["gateway_id"], GATEWAY);
+    let (status, body) = http(site.api, "GET", "/api/v1/diagnostics", None, None).unwrap();
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    let forced = sign(
+        &operator,
+        "r-budget-forced",
+        "5m",
+        &["diagnostics", "upload=force"],
+    );
+    let forced = send(&cloud, "diagnostics", &forced, "r-budget-forced", 1);
+    assert_eq!(forced["outcome"], "ok", "{forced}");
+    assert_eq!(forced["result"]["delivery"], "uploaded");
+    let topic = format!("outpost/{GATEWAY}/cmd/result/r-budget-forced/part/0");
+    let part = wait_for(MINUTE, &topic, || messages_on(&cloud, &topic).pop()).unwrap();
+    let (_, count, _, _) = outpost_core::diagnostics::read_part(&part).unwrap();
+    let mut bundle = Vec::new();
+    for n in 0..count {
+        let topic = format!("outpost/{GATEWAY}/cmd/result/r-budget-forced/part/{n}");
+        let part = wait_for(MINUTE, &topic, || messages_on(&cloud, &topic).pop()).unwrap();
+        bundle.extend_from_slice(outpost_core::diagnostics::read_part(&part).unwrap().3);
+    }
+    assert_eq!(
+        outpost_core::hex::encode(&sha2::Sha256::digest(&bundle)),
+        forced["result"]["sha256"].as_str().unwrap()
+    );
+    let log = audit(&site);
+    let outcome = |request: &str| {
+        log.iter()
+            .find(|e| e["request"] == request)
+            .map(|e| e["outcome"].clone())
+    };
+    assert_eq!(outcome("r-budget"), Some("failed".into()));
+    assert_eq!(outcome("r-budget-forced"), Some("ok".into()));
+}

@@ -477,7 +477,7 @@ fn log_event(event: &Event, speaking: Option<MqttVersion>, telemetry: &Telemetry
     let mqtt = speaking.map_or("", MqttVersion::as_str);
     match event {
         Event::CommandsRefused => tracing::error!(
-            message = "The broker refused the command topic: remote commands cannot reach this gateway (its ACL must let it read outpost/<id>/cmd/+ and write outpost/<id>/cmd/result/+)."
+            message = "The broker refused the command topic: remote commands cannot reach this gateway (its ACL must let it read outpost/<id>/cmd/+ and write outpost/<id>/cmd/result/#)."
         ),
         Event::Connected {
             session_present,
