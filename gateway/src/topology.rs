@@ -227,6 +227,7 @@ pub async fn run(
         config.gateway_id.clone(),
         readers.clone(),
         telemetry.clone(),
+        node_requests.clone(),
     );
 
     // Awaited at shutdown, so its clean "offline" is out before the process exits.
@@ -253,6 +254,7 @@ pub async fn run(
                         .collect(),
                     modbus: modbus_writer.clone(),
                     shutdown: shutdown.clone(),
+                    node_requests: node_requests.clone(),
                 },
             })
             .0

@@ -71,6 +71,8 @@ pub enum Verb {
     /// `node-reboot`, `arg node UID`, `arg mode soft|hard`: restart a node over its link, or by
     /// pulsing the GPIO wired to its RUN pin.
     NodeReboot(remedy::NodeReboot),
+    /// `node-health node=UID`: the node sends a HEALTH at once.
+    NodeHealth { node: String },
     /// `gateway-restart`, no arguments: answer, then stop cleanly with the exit status the
     /// service manager restarts on.
     GatewayRestart,
@@ -208,6 +210,7 @@ impl Verb {
             Verb::RolloutHalt { .. } => "rollout-halt",
             Verb::Diagnostics(_) => "diagnostics",
             Verb::NodeReboot(_) => "node-reboot",
+            Verb::NodeHealth { .. } => "node-health",
             Verb::GatewayRestart => "gateway-restart",
             Verb::ModbusRead(_) => "modbus-read",
             Verb::ModbusWrite(_) => "modbus-write",
@@ -225,6 +228,7 @@ impl Verb {
             }
             Verb::Diagnostics(args) => args.args(),
             Verb::NodeReboot(reboot) => reboot.args(),
+            Verb::NodeHealth { node } => vec![("node", node.clone())],
             Verb::GatewayRestart => Vec::new(),
             Verb::ModbusRead(point) => point.args(),
             Verb::ModbusWrite(write) => write.args(),
@@ -265,6 +269,7 @@ impl Verb {
             },
             "diagnostics" => remedy::DiagnosticsArgs::parse(args).map(Verb::Diagnostics),
             "node-reboot" => remedy::NodeReboot::parse(args).map(Verb::NodeReboot),
+            "node-health" => remedy::node_health(args).map(|node| Verb::NodeHealth { node }),
             "gateway-restart" => match args {
                 [] => Ok(Verb::GatewayRestart),
                 _ => Err(bad("gateway-restart takes no arguments".into())),

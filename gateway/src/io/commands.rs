@@ -351,6 +351,7 @@ async fn carry_out(
         Verb::RolloutHalt { rollback } => rollout(desk.ota.halt(*rollback).await),
         Verb::Diagnostics(args) => desk.remedy.diagnostics(request, *args, results).await,
         Verb::NodeReboot(reboot) => desk.remedy.node_reboot(reboot).await,
+        Verb::NodeHealth { node } => desk.remedy.node_health(node).await,
         Verb::GatewayRestart => desk.remedy.gateway_restart(),
         Verb::ModbusRead(target) => desk.remedy.modbus_read(target),
         Verb::ModbusWrite(write) => desk.remedy.modbus_write(write).await,

@@ -13,6 +13,9 @@ use outpost_core::diagnostics::{self, Archive, Redaction};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
+use outpost_core::node_request::{NodeAnswer, NodeRequest};
+
+use crate::io::node_requests::NodeRequests;
 use crate::io::store::Readers;
 use crate::io::telemetry::TelemetryHub;
 
@@ -24,16 +27,20 @@ const TABLE_ROWS: u32 = 5000;
 /// Command audit entries a bundle holds, newest first.
 const AUDIT_ROWS: u32 = 500;
 
-/// A node's own history, pulled over the node link: the resets its flash remembers and its log
-/// ring. The gateway's side of that pull is not in this version; the bundle builder takes it as
-/// an input so that the pull joins here when it exists ([`Inputs::node_side`]).
+/// A node's own history, pulled over the node link (`io::node_requests`): the resets its flash
+/// remembers and its log ring. A node that is not linked now, or does not answer, has `error`
+/// instead; the gateway's own view of its boots is in `node_resets.json` either way.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeSidePull {
     pub uid: String,
-    /// The node's reset records, as the node reports them.
+    /// The node's reset records, newest first, as the node reports them.
     pub resets: Vec<Value>,
     /// The node's log ring, oldest first.
-    pub log: Vec<String>,
+    pub log: Vec<Value>,
+    /// Log entries the ring had overwritten before the first one here.
+    pub log_overwritten: u32,
+    /// Why the pull failed (or stopped part-way).
+    pub error: Option<String>,
 }
 
 /// What a bundle is built from, besides the gateway's own state.
@@ -41,8 +48,84 @@ pub struct NodeSidePull {
 pub struct Inputs {
     /// Journal lines to include.
     pub journal_lines: u32,
-    /// Each node's own history pulled over the link; `None` until the gateway can pull it.
-    pub node_side: Option<Vec<NodeSidePull>>,
+    /// Ask every linked node for its reset history and log ring over its link.
+    pub pull_nodes: bool,
+}
+
+/// Nodes pulled at the same time: one per port at most matters (a port carries one node), this
+/// only bounds the tasks.
+const PULLS_AT_ONCE: usize = 8;
+
+/// Pulls each node's own reset history and log ring; nodes not linked now answer at once.
+async fn pull_nodes(requests: &NodeRequests, uids: Vec<String>) -> Vec<NodeSidePull> {
+    let mut pulls = Vec::with_capacity(uids.len());
+    for chunk in uids.chunks(PULLS_AT_ONCE) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, uid) in chunk.iter().enumerate() {
+            let requests = requests.clone();
+            let uid = uid.clone();
+            tasks.spawn(async move { (i, pull_node(&requests, uid).await) });
+        }
+        let mut done: Vec<(usize, NodeSidePull)> = tasks.join_all().await;
+        done.sort_by_key(|(i, _)| *i);
+        pulls.extend(done.into_iter().map(|(_, pull)| pull));
+    }
+    pulls
+}
+
+async fn pull_node(requests: &NodeRequests, uid: String) -> NodeSidePull {
+    let mut pull = NodeSidePull {
+        uid: uid.clone(),
+        resets: Vec::new(),
+        log: Vec::new(),
+        log_overwritten: 0,
+        error: None,
+    };
+    let Some(raw) = outpost_core::hex::decode::<8>(&uid) else {
+        pull.error = Some("the registry's uid is not 16 hex digits".into());
+        return pull;
+    };
+    match requests.request(raw, NodeRequest::ResetHistory).await {
+        Ok(NodeAnswer::ResetHistory(history)) => {
+            pull.resets = history
+                .records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "boot": r.boot,
+                        "reason": r.reason.as_str(),
+                        "expected": r.reason.is_expected(),
+                        "firmware": r.fw.to_string(),
+                    })
+                })
+                .collect();
+        }
+        Ok(_) => {
+            pull.error = Some("the node answered RESET_HISTORY with something else".into());
+            return pull;
+        }
+        Err(e) => {
+            pull.error = Some(format!("reset history: {e}"));
+            return pull;
+        }
+    }
+    match requests.read_log(raw).await {
+        Ok((entries, overwritten)) => {
+            pull.log_overwritten = overwritten;
+            pull.log = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "uptime_ms": e.uptime_ms,
+                        "event": e.event.as_str(),
+                        "arg": e.arg,
+                    })
+                })
+                .collect();
+        }
+        Err(e) => pull.error = Some(format!("log ring: {e}")),
+    }
+    pull
 }
 
 /// A built bundle.
@@ -83,6 +166,8 @@ pub struct Builder {
     pub gateway_id: String,
     pub readers: Readers,
     pub telemetry: TelemetryHub,
+    /// The node links, for each node's own history ([`Inputs::pull_nodes`]).
+    pub node_requests: NodeRequests,
     /// The configuration's files; `None`: those [`crate::io::config::load`] last read.
     pub config_files: Option<Vec<PathBuf>>,
     busy: Arc<tokio::sync::Semaphore>,
@@ -90,11 +175,17 @@ pub struct Builder {
 
 impl Builder {
     #[must_use]
-    pub fn new(gateway_id: String, readers: Readers, telemetry: TelemetryHub) -> Builder {
+    pub fn new(
+        gateway_id: String,
+        readers: Readers,
+        telemetry: TelemetryHub,
+        node_requests: NodeRequests,
+    ) -> Builder {
         Builder {
             gateway_id,
             readers,
             telemetry,
+            node_requests,
             config_files: None,
             busy: Arc::new(tokio::sync::Semaphore::new(1)),
         }
@@ -121,6 +212,20 @@ impl Builder {
                 }))
             })
             .await?;
+        let node_side = if inputs.pull_nodes {
+            let uids = tables["nodes"]
+                .as_array()
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter_map(|n| n["uid"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(pull_nodes(&self.node_requests, uids).await)
+        } else {
+            None
+        };
         let status = json!({
             "uplink": snapshot.uplink,
             "cost": snapshot.cost,
@@ -139,6 +244,7 @@ impl Builder {
                 at_ms,
                 &config_files,
                 &inputs,
+                node_side.as_deref(),
                 &tables,
                 &status,
                 &alerts,
@@ -161,6 +267,7 @@ fn pack(
     at_ms: i64,
     config_files: &[PathBuf],
     inputs: &Inputs,
+    node_side: Option<&[NodeSidePull]>,
     tables: &Value,
     status: &Value,
     alerts: &[outpost_core::telemetry::Alert],
@@ -168,13 +275,12 @@ fn pack(
     let mtime = u64::try_from(at_ms / 1000).unwrap_or(0);
     let (config, redactions) = redacted_config(config_files);
     let (journal, journal_redactions) = journal(inputs.journal_lines);
-    let node_side = match &inputs.node_side {
-        Some(pulls) => pretty(pulls),
+    let node_side = match node_side {
+        Some(pulls) => pretty(&pulls),
         None => pretty(&json!({
-            "available": false,
-            "note": "pulling a node's own reset history and log ring over the node link is not \
-                     in this gateway's version; node_resets.json holds every boot the gateway \
-                     saw (from each node's HEALTH)",
+            "pulled": false,
+            "note": "this bundle was asked for without pulling the nodes; node_resets.json \
+                     holds every boot the gateway saw (from each node's HEALTH)",
         })),
     };
     let files: Vec<(&str, &str, Vec<u8>)> = vec![

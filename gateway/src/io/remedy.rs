@@ -19,7 +19,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use outpost_core::node_request::{NodeAnswer, NodeRequest};
+
 use crate::io::diagnostics::{Builder, Inputs};
+use crate::io::node_requests::NodeRequests;
 use crate::io::modbus::poller::{ModbusWriter, WriteFailure};
 
 /// What the remediation verbs reach.
@@ -35,7 +38,14 @@ pub struct Remedy {
     pub modbus: ModbusWriter,
     /// The daemon's shutdown, for `gateway-restart`.
     pub shutdown: CancellationToken,
+    /// The node links: soft reboot, HEALTH now.
+    pub node_requests: NodeRequests,
 }
+
+/// How long `node-health` waits for the fresh HEALTH to be committed before it answers with
+/// the registry as it is.
+const HEALTH_COMMIT_POLLS: u32 = 20;
+const HEALTH_COMMIT_POLL: Duration = Duration::from_millis(100);
 
 /// The prefix of every `node-reboot mode=hard` failure that is about this machine.
 const NOT_HERE: &str = "hard reboot not available on this machine";
@@ -51,8 +61,7 @@ impl Remedy {
     ) -> Outcome {
         let inputs = Inputs {
             journal_lines: args.journal_lines,
-            // The node-side pull over the link joins here once the gateway has it.
-            node_side: None,
+            pull_nodes: true,
         };
         let bundle = match self.diagnostics.build(inputs).await {
             Ok(bundle) => bundle,
@@ -100,17 +109,61 @@ impl Remedy {
         }
     }
 
-    /// `node-reboot`: hard through the port's `run_pin`; soft needs the node link's requests.
+    /// `node-reboot`: soft over the node's link (its firmware restarts itself, reason
+    /// `software`); hard through the port's `run_pin` (works on a hung node).
     pub async fn node_reboot(&self, reboot: &NodeReboot) -> Outcome {
         match reboot.mode {
-            RebootMode::Soft => Outcome::Failed(
-                "soft reboot not available in this version: the gateway cannot send a node a \
-                 request over its link yet; mode=hard works where the node's RUN pin is wired \
-                 (run_pin)"
-                    .into(),
-            ),
+            RebootMode::Soft => {
+                match self.ask_node(&reboot.node, NodeRequest::Reboot).await {
+                    Ok(NodeAnswer::Rebooting) => {
+                        Outcome::Done(json!({ "node": reboot.node, "mode": "soft" }))
+                    }
+                    Ok(_) => Outcome::Failed("the node answered REBOOT with something else".into()),
+                    Err(why) => Outcome::Failed(why),
+                }
+            }
             RebootMode::Hard => self.hard_reboot(&reboot.node).await,
         }
+    }
+
+    /// `node-health`: the node sends a HEALTH at once (stored and shown like any other); the
+    /// result carries the registry's view of the node once that report is in.
+    pub async fn node_health(&self, uid: &str) -> Outcome {
+        let asked_ms = crate::io::wall_clock::unix_ms();
+        match self.ask_node(uid, NodeRequest::HealthNow).await {
+            Ok(NodeAnswer::HealthSent) => {}
+            Ok(_) => {
+                return Outcome::Failed("the node answered HEALTH_NOW with something else".into());
+            }
+            Err(why) => return Outcome::Failed(why),
+        }
+        // The HEALTH went out before the answer; its commit is the store writer's next round.
+        let mut node = None;
+        for _ in 0..HEALTH_COMMIT_POLLS {
+            let wanted = uid.to_owned();
+            node = self
+                .diagnostics
+                .readers
+                .read(move |r| Ok(r.nodes()?.into_iter().find(|n| n.uid == wanted)))
+                .await
+                .ok()
+                .flatten();
+            if node.as_ref().is_some_and(|n| n.last_seen_ms >= asked_ms) {
+                break;
+            }
+            tokio::time::sleep(HEALTH_COMMIT_POLL).await;
+        }
+        Outcome::Done(json!({ "node": uid, "health_sent": true, "registry": node }))
+    }
+
+    /// Sends `request` to node `uid` over its link; a failure as the result's detail.
+    async fn ask_node(&self, uid: &str, request: NodeRequest) -> Result<NodeAnswer, String> {
+        let raw = outpost_core::hex::decode::<8>(uid)
+            .ok_or_else(|| format!("node `{uid}` is not a uid"))?;
+        self.node_requests
+            .request(raw, request)
+            .await
+            .map_err(|e| format!("node {uid}: {e}"))
     }
 
     async fn hard_reboot(&self, uid: &str) -> Outcome {

@@ -150,20 +150,32 @@ impl NodeReboot {
                 "node-reboot takes two arguments: node (a uid), then mode soft|hard".into(),
             ));
         };
-        if !(node.len() == 16 && node.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
-            return Err(bad(format!(
-                "node `{node}` is not a uid (16 lower-case hex digits)"
-            )));
-        }
+        let node = uid(node)?;
         let mode = match mode {
             "soft" => RebootMode::Soft,
             "hard" => RebootMode::Hard,
             other => return Err(bad(format!("mode `{other}` must be soft or hard"))),
         };
-        Ok(NodeReboot {
-            node: node.to_owned(),
-            mode,
-        })
+        Ok(NodeReboot { node, mode })
+    }
+}
+
+/// A node's uid as a command names it: 16 lower-case hex digits.
+fn uid(node: &str) -> Result<String, Refusal> {
+    if node.len() == 16 && node.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(node.to_owned())
+    } else {
+        Err(bad(format!(
+            "node `{node}` is not a uid (16 lower-case hex digits)"
+        )))
+    }
+}
+
+/// `node-health`: `arg node UID`.
+pub(super) fn node_health(args: &[(String, String)]) -> Result<String, Refusal> {
+    match ordered("node-health", args, &["node"])?[..] {
+        [Some(node)] => uid(node),
+        _ => Err(bad("node-health takes one argument: node (a uid)".into())),
     }
 }
 

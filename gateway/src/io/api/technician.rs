@@ -674,7 +674,7 @@ pub(super) async fn diagnostics(
     }
     let inputs = Inputs {
         journal_lines: outpost_core::command::remedy::DEFAULT_JOURNAL_LINES,
-        node_side: None,
+        pull_nodes: true,
     };
     match state.diagnostics.build(inputs).await {
         Ok(bundle) => {
