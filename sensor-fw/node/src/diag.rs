@@ -345,6 +345,52 @@ mod tests {
         assert_eq!((beyond.first, beyond.entries.len()), (20, 0));
     }
 
+    proptest::proptest! {
+        /// The ring against a model (every entry ever logged, in a plain list): a page from any
+        /// number holds exactly the model's entries from there, within what the ring keeps;
+        /// reading page by page from 0 yields the newest entries in order.
+        #[test]
+        fn the_ring_pages_as_a_model_of_every_entry_does(
+            events in proptest::collection::vec((0u8..8, proptest::prelude::any::<u16>()), 0..200),
+            from in 0u32..220,
+        ) {
+            let mut ring: LogRing<16> = LogRing::new();
+            let mut model: std::vec::Vec<LogEntry> = std::vec::Vec::new();
+            for (t, &(code, arg)) in events.iter().enumerate() {
+                let event = LogEvent::from_code(code);
+                let t = t as u32;
+                ring.push(t, event, arg);
+                match model.last_mut() {
+                    Some(last) if last.event == event
+                        && matches!(event, LogEvent::AuthFailed | LogEvent::SensorError) =>
+                    {
+                        last.arg = last.arg.saturating_add(1);
+                    }
+                    _ => model.push(LogEntry { event, arg, uptime_ms: t }),
+                }
+            }
+            proptest::prop_assert_eq!(ring.next() as usize, model.len());
+            let oldest = model.len().saturating_sub(16);
+            let page = ring.page(from);
+            let first = (from as usize).clamp(oldest, model.len());
+            proptest::prop_assert_eq!(page.first as usize, first);
+            let expected = &model[first..(first + MAX_LOG_PAGE).min(model.len())];
+            proptest::prop_assert_eq!(&page.entries[..], expected);
+            // Paging from 0 reads the newest entries, each once, in order.
+            let mut read = std::vec::Vec::new();
+            let mut at = 0;
+            loop {
+                let page = ring.page(at);
+                read.extend_from_slice(&page.entries);
+                if !page.more() {
+                    break;
+                }
+                at = page.first + page.entries.len() as u32;
+            }
+            proptest::prop_assert_eq!(&read[..], &model[oldest..]);
+        }
+    }
+
     #[test]
     fn repeated_auth_failures_take_one_entry() {
         let mut ring: LogRing<4> = LogRing::new();

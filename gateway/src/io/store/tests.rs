@@ -2380,3 +2380,48 @@ fn a_node_back_with_another_firmware_and_no_rollout_is_recorded_and_exported_wit
         ]
     );
 }
+
+#[test]
+fn a_version_a_running_rollout_brings_is_recorded_with_the_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+    let mut store = Store::open(&path).unwrap();
+    store
+        .transaction(|tx| register(tx, 1_000, "p", &hello(4, 1)))
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO rollouts (id, artifact_sha256, artifact_version, mode, canary, waves,
+                 soak_ms, confirm_within_ms, offline_threshold_ms, max_per_port, started_by, state,
+                 rollback, started_ms, updated_ms)
+             VALUES (9, 'aa', '1.5.0', 'staged', 1, '100%', 0, 0, 0, 1, 'test', 'running', 1, 0, 0);
+             INSERT INTO rollout_nodes (rollout, uid, position, port, phase, from_version,
+                 to_version, attempts, transfer_failures, updated_ms)
+             VALUES (9, '0404040404040404', 0, 'p', 'trial', '1.4.0', '1.5.0', 1, 0, 0);",
+        )
+        .unwrap();
+    }
+    let trial = Hello {
+        fw: FwVersion {
+            major: 1,
+            minor: 5,
+            patch: 0,
+        },
+        ..hello(4, 2)
+    };
+    store
+        .transaction(|tx| register(tx, 2_000, "p", &trial))
+        .unwrap();
+    let nodes = Reader::open(&path).unwrap().rma_nodes().unwrap();
+    assert_eq!(
+        nodes[0].firmware,
+        [rma::RmaFirmware {
+            at_ms: 2_000,
+            from_version: "1.4.0".into(),
+            to_version: "1.5.0".into(),
+            outcome: "booted".into(),
+            rollout: Some(9),
+        }]
+    );
+}

@@ -18,7 +18,7 @@ use outpost_node::sim::bootloader::Bootloader;
 use outpost_node::sim::flash::{FlashFile, FlashOptions, FlashTiming, OnPowerCut, PowerCut};
 use outpost_node::sim::image::{Behaviour, SimImage, parse_size};
 use outpost_node::sim::{self, SimConfig, SimNode};
-use outpost_proto::{ChannelId, FwVersion};
+use outpost_proto::{ChannelId, FwVersion, ResetReason};
 
 /// A simulated Outpost sensor node (RP2040 + SHT31 + barometer) speaking the node link.
 #[derive(Debug, Parser)]
@@ -64,6 +64,11 @@ struct Args {
     /// Hardware revision reported.
     #[arg(long, value_name = "N", default_value_t = 1)]
     hw_rev: u8,
+    /// Why the node says its first boot started (without `--flash`): power_on, watchdog,
+    /// software, brownout, external_pin, debugger, ota_revert, hard_fault, ota_apply. Boots after
+    /// a reset inside this run report their own reason.
+    #[arg(long, value_name = "REASON", value_parser = reset_reason, default_value = "power_on")]
+    reset_reason: ResetReason,
     /// Fault injection: after every N-th sample, write random bytes, a truncated frame and an
     /// over-long run without delimiter onto the line, and damage the next real frame (lost, resent).
     #[arg(long, value_name = "N")]
@@ -284,6 +289,7 @@ fn config(args: &Args) -> Result<SimConfig> {
     config.fw = args.fw;
     config.lot.clone_from(&args.lot);
     config.hw_rev = args.hw_rev;
+    config.reset_reason = args.reset_reason;
     config.inject_garbage_every = args.inject_garbage_every;
     config.baud = (args.baud > 0).then_some(args.baud);
     config.line_loss_per_million = args.line_loss;
@@ -388,4 +394,11 @@ fn main() -> Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn reset_reason(s: &str) -> Result<ResetReason, String> {
+    (0..=8)
+        .map(ResetReason::from_code)
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown reset reason {s:?}"))
 }
