@@ -181,6 +181,23 @@ fn assert_clean_and_complete(files: &BTreeMap<String, String>, secrets: &[String
     );
     let nodes: Vec<Value> = serde_json::from_str(&files["nodes.json"]).unwrap();
     assert!(nodes.iter().any(|n| n["uid"] == uid), "{nodes:?}");
+    // The node's own history, pulled over its link: its flash's reset records and its log ring.
+    let pulled: Vec<Value> = serde_json::from_str(&files["node_side.json"]).unwrap();
+    let node = pulled
+        .iter()
+        .find(|p| p["uid"] == uid)
+        .unwrap_or_else(|| panic!("{uid} not pulled: {pulled:?}"));
+    assert!(node["error"].is_null(), "{node}");
+    assert!(
+        node["resets"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r[0]["firmware"] == "0.1.0"),
+        "{node}"
+    );
+    assert!(
+        node["log"].as_array().is_some_and(|l| !l.is_empty()),
+        "{node}"
+    );
     // The configuration is there, its secrets replaced and listed by key.
     let config = &files["config.toml"];
     assert!(config.contains("[redacted]"), "{config}");
@@ -479,7 +496,7 @@ fn diagnostics_and_remediation_commands_end_to_end() {
         "upload=no sent parts"
     );
 
-    // A hard reboot on a machine without the Pi's GPIO says so; a soft one says why not.
+    // A hard reboot on a machine without the Pi's GPIO says so; a soft one goes over the link.
     let hard = sign(
         &operator,
         "r-reboot-hard",
@@ -502,7 +519,28 @@ fn diagnostics_and_remediation_commands_end_to_end() {
         &["node-reboot", &format!("node={uid}"), "mode=soft"],
     );
     let soft = send(&cloud, "node-reboot", &soft, "r-reboot-soft", 1);
-    assert_eq!(soft["outcome"], "failed", "{soft}");
+    assert_eq!(soft["outcome"], "ok", "{soft}");
+    // The node comes back from its own reset; node-health then shows why it reset.
+    let mut attempt = 0;
+    let health = wait_for(MINUTE, "node-health after the soft reboot", || {
+        attempt += 1;
+        let request = format!("r-health-{attempt}");
+        let command = sign(
+            &operator,
+            &request,
+            "5m",
+            &["node-health", &format!("node={uid}")],
+        );
+        let answer = send(&cloud, "node-health", &command, &request, 1);
+        (answer["outcome"] == "ok" && answer["result"]["registry"]["reset_reason"] == "software")
+            .then_some(answer)
+            .or_else(|| {
+                std::thread::sleep(Duration::from_secs(1));
+                None
+            })
+    })
+    .unwrap();
+    assert_eq!(health["result"]["health_sent"], true, "{health}");
     let nobody = sign(
         &operator,
         "r-reboot-nobody",
@@ -596,7 +634,7 @@ fn diagnostics_and_remediation_commands_end_to_end() {
         ("r-diag", vec!["refused", "ok"]),
         ("r-diag-kept", vec!["ok"]),
         ("r-reboot-hard", vec!["failed"]),
-        ("r-reboot-soft", vec!["failed"]),
+        ("r-reboot-soft", vec!["ok"]),
         ("r-read", vec!["ok"]),
         ("r-write", vec!["ok"]),
         ("r-write-mode", vec!["failed"]),

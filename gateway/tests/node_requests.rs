@@ -71,6 +71,7 @@ async fn gateway(dir: &Path, link: &Path, shutdown: &CancellationToken) -> NodeR
             limits: LinkLimits::default(),
             reopen_backoff_max: Duration::from_secs(1),
             offline_after: Duration::from_secs(30),
+            run_pin: None,
         },
         outpost::io::node_key::secrets(&key).unwrap(),
         store_tx,

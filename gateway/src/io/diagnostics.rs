@@ -200,7 +200,7 @@ impl Builder {
         let at_ms = crate::io::wall_clock::unix_ms();
         let alerts = self.telemetry.alerts_changed_since(0);
         let snapshot = self.telemetry.snapshot();
-        let tables = self
+        let mut tables = self
             .readers
             .read(|r| {
                 Ok(json!({
@@ -226,6 +226,9 @@ impl Builder {
         } else {
             None
         };
+        if let Some(pulls) = node_side {
+            tables["node_side"] = json!(pulls);
+        }
         let status = json!({
             "uplink": snapshot.uplink,
             "cost": snapshot.cost,
@@ -244,7 +247,6 @@ impl Builder {
                 at_ms,
                 &config_files,
                 &inputs,
-                node_side.as_deref(),
                 &tables,
                 &status,
                 &alerts,
@@ -267,7 +269,6 @@ fn pack(
     at_ms: i64,
     config_files: &[PathBuf],
     inputs: &Inputs,
-    node_side: Option<&[NodeSidePull]>,
     tables: &Value,
     status: &Value,
     alerts: &[outpost_core::telemetry::Alert],
@@ -275,8 +276,8 @@ fn pack(
     let mtime = u64::try_from(at_ms / 1000).unwrap_or(0);
     let (config, redactions) = redacted_config(config_files);
     let (journal, journal_redactions) = journal(inputs.journal_lines);
-    let node_side = match node_side {
-        Some(pulls) => pretty(&pulls),
+    let node_side = match tables.get("node_side") {
+        Some(pulls) => pretty(pulls),
         None => pretty(&json!({
             "pulled": false,
             "note": "this bundle was asked for without pulling the nodes; node_resets.json \

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use outpost_core::node_request::{NodeAnswer, NodeRequest};
 
 use crate::io::diagnostics::{Builder, Inputs};
-use crate::io::node_requests::NodeRequests;
 use crate::io::modbus::poller::{ModbusWriter, WriteFailure};
+use crate::io::node_requests::NodeRequests;
 
 /// What the remediation verbs reach.
 #[derive(Debug, Clone)]
@@ -113,15 +113,13 @@ impl Remedy {
     /// `software`); hard through the port's `run_pin` (works on a hung node).
     pub async fn node_reboot(&self, reboot: &NodeReboot) -> Outcome {
         match reboot.mode {
-            RebootMode::Soft => {
-                match self.ask_node(&reboot.node, NodeRequest::Reboot).await {
-                    Ok(NodeAnswer::Rebooting) => {
-                        Outcome::Done(json!({ "node": reboot.node, "mode": "soft" }))
-                    }
-                    Ok(_) => Outcome::Failed("the node answered REBOOT with something else".into()),
-                    Err(why) => Outcome::Failed(why),
+            RebootMode::Soft => match self.ask_node(&reboot.node, NodeRequest::Reboot).await {
+                Ok(NodeAnswer::Rebooting) => {
+                    Outcome::Done(json!({ "node": reboot.node, "mode": "soft" }))
                 }
-            }
+                Ok(_) => Outcome::Failed("the node answered REBOOT with something else".into()),
+                Err(why) => Outcome::Failed(why),
+            },
             RebootMode::Hard => self.hard_reboot(&reboot.node).await,
         }
     }
