@@ -511,10 +511,13 @@ impl Engine {
                     .map(|(_, cohort)| cohort.clone()),
             );
             for cohort in cohorts {
-                let measure = measures.get(&cohort).cloned().unwrap_or(Measure {
+                let measure = measures.get(&cohort).cloned().unwrap_or_else(|| Measure {
                     value: 0.0,
                     eligible: false,
-                    message: "no longer measured".into(),
+                    message: format!(
+                        "nothing to measure any more for {} {cohort}",
+                        rule.kind.cohort_kind()
+                    ),
                 });
                 let active = measure.eligible && measure.value > rule.fire_above;
                 let clear = !measure.eligible || measure.value < rule.resolve_below;
@@ -580,7 +583,11 @@ impl Engine {
         let nodes = &self.latest.nodes;
         match rule.kind {
             RuleKind::CohortResets => {
-                let mut by_version: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
+                // Every version the fleet runs, so that a quiet one says so when it resolves.
+                let mut by_version: BTreeMap<&str, (u64, BTreeSet<&str>)> = nodes
+                    .iter()
+                    .map(|n| (n.fw_version.as_str(), (0, BTreeSet::new())))
+                    .collect();
                 for reset in window() {
                     let entry = by_version.entry(&reset.fw_version).or_default();
                     entry.0 += 1;
@@ -731,7 +738,11 @@ impl Engine {
                 })
                 .collect(),
             RuleKind::LotCluster => {
-                let mut by_lot: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
+                let mut by_lot: BTreeMap<&str, (u64, BTreeSet<&str>)> = nodes
+                    .iter()
+                    .filter(|n| !n.lot.is_empty())
+                    .map(|n| (n.lot.as_str(), (0, BTreeSet::new())))
+                    .collect();
                 let mut total = 0u64;
                 let mut fleet_uids: BTreeSet<&str> = nodes.iter().map(|n| n.uid.as_str()).collect();
                 for reset in window() {
@@ -752,7 +763,11 @@ impl Engine {
                         let size = sizes.get(lot).copied().unwrap_or(0).max(failing.len());
                         // Its share of the resets over its share of the nodes: 1 when failures
                         // are spread evenly, the fleet's size over the lot's when all are in it.
-                        let value = ratio(resets, 1) / total as f64 / ratio(size as u64, fleet);
+                        let value = if resets == 0 {
+                            0.0
+                        } else {
+                            ratio(resets, 1) / total as f64 / ratio(size as u64, fleet)
+                        };
                         let message = format!(
                             "lot {lot}: {resets} of the fleet's {total} unexpected resets in {} on {} of its {size} nodes ({size} of {fleet} nodes)",
                             span(rule.window),

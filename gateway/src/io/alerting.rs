@@ -264,3 +264,108 @@ fn log(t: &Transition) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_core::alerting::RuleKind;
+    use outpost_core::telemetry::{AlertKind, AlertState, Telemetry};
+    use outpost_proto::{ChannelId, FwVersion, Health, Hello, ResetReason};
+
+    use super::*;
+    use crate::io::store::Store;
+
+    fn fw() -> FwVersion {
+        FwVersion {
+            major: 0,
+            minor: 3,
+            patch: 0,
+        }
+    }
+
+    /// A store with three nodes of firmware 0.3.0, each with one watchdog reset at `at_ms`.
+    fn crashed_store(path: &std::path::Path, at_ms: i64) {
+        let mut store = Store::open(path).unwrap();
+        for uid in 1..=3u8 {
+            let hello = Hello {
+                uid: [uid; 8],
+                hw_rev: 1,
+                fw: fw(),
+                boot_id: 1,
+                lot: heapless::String::try_from("LOT-A").unwrap(),
+                channels: [ChannelId::SEQ].into_iter().collect(),
+                ephemeral: [0; 32],
+            };
+            let node = store
+                .transaction(|tx| tx.register(at_ms, "/dev/ttyACM0", &hello, &[7; 32], true))
+                .unwrap()
+                .unwrap();
+            let health = Health {
+                uptime_s: 1,
+                reset_reason: ResetReason::Watchdog,
+                fw: fw(),
+                stack_free_min: 1800,
+                rx_frames: 0,
+                rx_errors: 0,
+                tx_frames: 0,
+                retransmits: 0,
+                dropped_samples: 0,
+                chip_temp_centi: 3000,
+            };
+            store
+                .transaction(|tx| tx.health(node.node_id, 2, at_ms, &health))
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_reads_the_store_and_raises_one_alert_for_the_cohort_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.db");
+        crashed_store(&path, wall_clock::unix_ms());
+        let telemetry = TelemetryHub::new(Telemetry::new(&[], true, Duration::from_secs(60)));
+        let io = AlertingIo {
+            readers: Readers::new(&path),
+            telemetry: telemetry.clone(),
+            offline_after: HashMap::new(),
+        };
+        let mut rules = Rules::default();
+        for rule in &mut rules.rules {
+            rule.enabled = rule.kind == RuleKind::CohortResets;
+            rule.hold_for = Duration::ZERO;
+        }
+        let mut round = Round::new(rules);
+        let transitions = round.run(&io).await;
+        assert_eq!(transitions.len(), 1, "{transitions:?}");
+        let changed = telemetry.alerts_changed_since(0);
+        assert_eq!(changed.len(), 1);
+        let alert = &changed[0];
+        assert_eq!(
+            (alert.kind, alert.state, alert.subject.as_deref()),
+            (
+                AlertKind::Rule,
+                AlertState::Firing,
+                Some("cohort_resets/0.3.0")
+            )
+        );
+        assert_eq!(
+            alert.message,
+            "3 unexpected resets on 3 of 3 nodes of firmware 0.3.0 in 1h"
+        );
+        // The same resets read again (the cursor moved on) and another round: nothing new.
+        assert!(round.run(&io).await.is_empty());
+        assert_eq!(telemetry.alerts_changed_since(alert.change).len(), 0);
+        assert_eq!(round.engine().resets_in_window(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_read_makes_no_transition_and_no_panic() {
+        let io = AlertingIo {
+            readers: Readers::new(std::path::Path::new("/nonexistent/outpost.db")),
+            telemetry: TelemetryHub::new(Telemetry::new(&[], false, Duration::from_secs(60))),
+            offline_after: HashMap::new(),
+        };
+        let mut round = Round::new(Rules::default());
+        assert!(round.run(&io).await.is_empty());
+        assert!(round.run(&io).await.is_empty());
+    }
+}
