@@ -32,7 +32,8 @@ const PASSWORD: &str = "correct-horse-battery-staple-42";
 /// and their parts written; the cloud everything.
 const ACL: &str = "pattern readwrite outpost/%u/status\n\
                    pattern write outpost/%u/batch\n\
-                   pattern write outpost/%u/alert\n\
+                   pattern write outpost/%u/alerts\n\
+                   pattern write outpost/%u/health\n\
                    pattern write outpost/%u/ota\n\
                    pattern read outpost/%u/ack\n\
                    pattern read outpost/%u/cmd/+\n\

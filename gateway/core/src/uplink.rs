@@ -40,7 +40,7 @@
 //!    down) when it is back, [`Event::StillDown`] at growing intervals in between; each failed
 //!    attempt is only an [`Event::RetryFailed`] (debug).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use outpost_proto::Millis;
@@ -120,6 +120,10 @@ pub enum Event {
     /// The broker refused the command topic: remote commands cannot reach this gateway (its
     /// ACL lacks `outpost/{id}/cmd/+`); batches flow on.
     CommandsRefused,
+    /// The broker refused a message on one of the gateway's extra topics (`alerts`, `ota`,
+    /// `health`, `cmd/result/…`): its ACL predates the topic. That message is lost; batches
+    /// flow on. Said once per topic until a connection's messages there are accepted again.
+    ExtraRefused { topic: &'static str, reason: String },
     /// The broker accepted the connection; `outage` is set when it follows failures.
     Connected {
         session_present: bool,
@@ -190,6 +194,9 @@ pub struct UplinkStatus {
     pub results_dropped: u64,
     /// Firmware update events dropped from a full queue while the uplink was down.
     pub ota_dropped: u64,
+    /// Extra topics (`alerts`, `ota`, `health`, `cmd/result`) the broker refused a message on,
+    /// with its reason: the ACL needs a line for each. Batches are not held for these.
+    pub extras_refused: BTreeMap<&'static str, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,7 +496,7 @@ impl UplinkSession {
     /// rumqttc put a PUBLISH on the wire with packet id `pkid`.
     pub fn handle_outgoing_publish(&mut self, pkid: u16) {
         self.client_full = false;
-        if let Some(seq) = self.tracker.outgoing(pkid).filter(|&s| s != NOT_A_BATCH) {
+        if let Some(Tracked::Batch(seq)) = self.tracker.outgoing(pkid) {
             self.sent_max = self.sent_max.max(seq);
         }
     }
@@ -499,15 +506,27 @@ impl UplinkSession {
     /// acknowledged by it, and the identity counts as refused until a later connection's probe
     /// passes, as when the echo never comes.
     pub fn handle_puback_refused(&mut self, pkid: u16, reason: &str) {
-        let Some(seq) = self.tracker.puback(pkid) else {
+        let Some(tracked) = self.tracker.puback(pkid) else {
             return;
         };
-        let what = if seq == NOT_A_BATCH {
-            "a status or alert message".to_owned()
-        } else {
-            // Dropped by the broker: it goes out again once the topics are granted.
-            self.published_upto = self.published_upto.min(self.acked_upto.max(seq - 1));
-            format!("batch {seq}")
+        let what = match tracked {
+            Tracked::Status => "the status message".to_owned(),
+            Tracked::Batch(seq) => {
+                // Dropped by the broker: it goes out again once the topics are granted.
+                self.published_upto = self.published_upto.min(self.acked_upto.max(seq - 1));
+                format!("batch {seq}")
+            }
+            Tracked::Extra(topic) => {
+                // A topic newer than the site's ACL: say so once, lose that message, go on.
+                if !self.status.extras_refused.contains_key(topic) {
+                    self.status.extras_refused.insert(topic, reason.to_owned());
+                    self.events.push_back(Event::ExtraRefused {
+                        topic,
+                        reason: reason.to_owned(),
+                    });
+                }
+                return;
+            }
         };
         let why = format!(
             "the broker refused {what} ({reason}): this gateway's certificate does not grant topics \
@@ -519,8 +538,13 @@ impl UplinkSession {
 
     /// The broker acknowledged packet `pkid` (PUBACK).
     pub fn handle_puback(&mut self, pkid: u16) {
-        let Some(seq) = self.tracker.puback(pkid).filter(|&s| s != NOT_A_BATCH) else {
-            return;
+        let seq = match self.tracker.puback(pkid) {
+            Some(Tracked::Batch(seq)) => seq,
+            Some(Tracked::Extra(topic)) => {
+                self.status.extras_refused.remove(topic);
+                return;
+            }
+            Some(Tracked::Status) | None => return,
         };
         if self.config.ack == AckMode::Broker {
             let upto = self.broker_acks.ack(self.ack_wanted, seq);
@@ -539,9 +563,11 @@ impl UplinkSession {
     /// The client took a publish the session asked for at `now` (it goes on the wire in order).
     pub fn handle_queued(&mut self, now: Millis, queued: Queued) {
         match queued {
-            Queued::Status | Queued::Alert | Queued::Result | Queued::Ota | Queued::Health => {
-                self.tracker.requested(NOT_A_BATCH);
-            }
+            Queued::Status => self.tracker.requested(Tracked::Status),
+            Queued::Alert => self.tracker.requested(Tracked::Extra("alerts")),
+            Queued::Result => self.tracker.requested(Tracked::Extra("cmd/result")),
+            Queued::Ota => self.tracker.requested(Tracked::Extra("ota")),
+            Queued::Health => self.tracker.requested(Tracked::Extra("health")),
             Queued::Subscription(which) => self.subacks_awaited.push_back(which),
             Queued::Batch(seq) => {
                 // The resend timer runs from the oldest unacknowledged batch's publish: a batch
@@ -551,7 +577,7 @@ impl UplinkSession {
                     self.last_progress = now;
                 }
                 self.batch_requested = false;
-                self.tracker.requested(seq);
+                self.tracker.requested(Tracked::Batch(seq));
                 self.published_upto = self.published_upto.max(seq);
                 self.newest_sealed = self.newest_sealed.max(seq);
                 self.status.batches_published += 1;
@@ -801,9 +827,15 @@ fn parse_ack(payload: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Ack>(payload).ok().map(|a| a.upto)
 }
 
-/// Stands for a publish that is not a batch (the status message, an alert) in
-/// [`PublishTracker`].
-const NOT_A_BATCH: u64 = 0;
+/// What a QoS 1 PUBLISH carried, for its PUBACK: a refused batch or status message means the
+/// identity is refused (nothing will get through); a refused extra is one topic the ACL lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    Status,
+    Batch(u64),
+    /// The topic under `outpost/{id}/`.
+    Extra(&'static str),
+}
 
 /// Matches batches to the packet ids rumqttc gives their PUBLISHes.
 ///
@@ -813,27 +845,27 @@ const NOT_A_BATCH: u64 = 0;
 /// knows, so a rumqttc that returns the id from `publish` is a local change.
 #[derive(Debug, Default)]
 struct PublishTracker {
-    requested: VecDeque<u64>,
-    by_pkid: HashMap<u16, u64>,
+    requested: VecDeque<Tracked>,
+    by_pkid: HashMap<u16, Tracked>,
 }
 
 impl PublishTracker {
-    fn requested(&mut self, seq: u64) {
-        self.requested.push_back(seq);
+    fn requested(&mut self, what: Tracked) {
+        self.requested.push_back(what);
     }
 
-    /// A PUBLISH went out with `pkid`: the next requested batch, or a replay of a known one.
-    fn outgoing(&mut self, pkid: u16) -> Option<u64> {
-        if let Some(&seq) = self.by_pkid.get(&pkid) {
-            return Some(seq);
+    /// A PUBLISH went out with `pkid`: the next requested publish, or a replay of a known one.
+    fn outgoing(&mut self, pkid: u16) -> Option<Tracked> {
+        if let Some(&what) = self.by_pkid.get(&pkid) {
+            return Some(what);
         }
-        let seq = self.requested.pop_front()?;
-        self.by_pkid.insert(pkid, seq);
-        Some(seq)
+        let what = self.requested.pop_front()?;
+        self.by_pkid.insert(pkid, what);
+        Some(what)
     }
 
     /// The broker acknowledged `pkid`.
-    fn puback(&mut self, pkid: u16) -> Option<u64> {
+    fn puback(&mut self, pkid: u16) -> Option<Tracked> {
         self.by_pkid.remove(&pkid)
     }
 

@@ -846,3 +846,62 @@ fn a_health_report_waits_for_the_probe_goes_out_before_batches_and_only_the_newe
     );
     assert!(sent.iter().any(|w| matches!(w, Wire::Batch(_))), "{sent:?}");
 }
+
+#[test]
+fn a_message_on_a_topic_the_acl_predates_is_reported_once_and_batches_flow_on() {
+    let mut site = Site::new(AckMode::Broker, 8, 0);
+    site.outbox = vec![1, 2];
+    site.session.handle_sealed(2);
+    site.session.handle_health(b"h1".to_vec());
+    site.session.handle_alert(b"a1".to_vec());
+    site.connect(true);
+    site.echo();
+    site.events();
+    let pkid_of = |site: &Site, wanted: &Wire| {
+        site.wire
+            .iter()
+            .find(|(_, w)| w == wanted)
+            .map(|(p, _)| *p)
+            .unwrap()
+    };
+    let health = pkid_of(&site, &Wire::Health(b"h1".to_vec()));
+    let alert = pkid_of(&site, &Wire::Alert(b"a1".to_vec()));
+    // An ACL written before the health topic: that PUBACK says not authorized.
+    site.session.handle_puback_refused(health, "not authorized");
+    site.puback(alert);
+    let (b1, b2) = (site.pkid_of(1), site.pkid_of(2));
+    site.puback(b1);
+    site.puback(b2);
+    assert_eq!(site.store_acks, [1, 2], "batches are acknowledged as ever");
+    assert_eq!(site.session.status().refused, None, "the identity is fine");
+    assert_eq!(
+        site.session
+            .status()
+            .extras_refused
+            .get("health")
+            .map(String::as_str),
+        Some("not authorized")
+    );
+    assert_eq!(
+        site.events(),
+        [
+            Event::ExtraRefused {
+                topic: "health",
+                reason: "not authorized".into()
+            },
+            Event::Acknowledged { acked_upto: 1 },
+            Event::Acknowledged { acked_upto: 2 }
+        ]
+    );
+    // The next refusal on the same topic is not news; an accepted one clears it.
+    site.session.handle_health(b"h2".to_vec());
+    site.pump();
+    let h2 = pkid_of(&site, &Wire::Health(b"h2".to_vec()));
+    site.session.handle_puback_refused(h2, "not authorized");
+    assert!(site.events().is_empty());
+    site.session.handle_health(b"h3".to_vec());
+    site.pump();
+    let h3 = pkid_of(&site, &Wire::Health(b"h3".to_vec()));
+    site.puback(h3);
+    assert!(site.session.status().extras_refused.is_empty());
+}

@@ -476,6 +476,11 @@ fn forward_alerts(telemetry: &TelemetryHub, forwarded: &mut u64, session: &mut U
 fn log_event(event: &Event, speaking: Option<MqttVersion>, telemetry: &TelemetryHub) {
     let mqtt = speaking.map_or("", MqttVersion::as_str);
     match event {
+        Event::ExtraRefused { topic, reason } => tracing::error!(
+            message = "The broker refused a message on one of this gateway's topics; that message is lost, batches flow on. Its ACL must let the gateway write outpost/<id>/alerts, ota, health and cmd/result/# (docs/install.md).",
+            topic = %format!("outpost/<id>/{topic}"),
+            reason = %reason
+        ),
         Event::CommandsRefused => tracing::error!(
             message = "The broker refused the command topic: remote commands cannot reach this gateway (its ACL must let it read outpost/<id>/cmd/+ and write outpost/<id>/cmd/result/#)."
         ),
