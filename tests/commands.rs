@@ -4,50 +4,24 @@
 //! on `outpost/{id}/cmd/result/{request}` and audits every command, obeyed or not.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use outpost_e2e::broker::{Broker, Cloud, Pki};
-use outpost_e2e::{NodeSpec, Site, bin, wait_for};
+use outpost_e2e::operator;
+use outpost_e2e::operator::{audit, keygen, sign};
+use outpost_e2e::{NodeSpec, Site, wait_for};
 use rumqttc::QoS;
 use serde_json::Value;
 
 const GATEWAY: &str = "e2e-site"; // the Site's gateway.id
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+fn results(cloud: &Cloud, request: &str) -> Vec<Value> {
+    operator::results(cloud, GATEWAY, request)
 }
 
-/// `outpost-sign keygen --role ROLE` into `dir`: the private key's path.
-fn keygen(dir: &Path, role: &str) -> std::path::PathBuf {
-    run(Command::new(bin("outpost-sign"))
-        .args(["keygen", "--role", role, "--out"])
-        .arg(dir));
-    dir.join(format!("{role}.key"))
-}
-
-/// A command as an operator signs it: `outpost-sign command`.
-fn sign(key: &Path, gateway: &str, request: &str, valid_for: &str, args: &[&str]) -> Vec<u8> {
-    run(Command::new(bin("outpost-sign"))
-        .arg("command")
-        .arg("--key")
-        .arg(key)
-        .args([
-            "--gateway",
-            gateway,
-            "--request",
-            request,
-            "--valid-for",
-            valid_for,
-        ])
-        .args(args))
+fn send(cloud: &Cloud, verb: &str, command: &[u8], request: &str, n: usize) -> Value {
+    operator::send(cloud, GATEWAY, verb, command, request, n)
 }
 
 fn uplink_config(broker: &Broker, pki: &Pki, operator_pub: &Path) -> String {
@@ -60,44 +34,6 @@ fn uplink_config(broker: &Broker, pki: &Pki, operator_pub: &Path) -> String {
         files.key.display(),
         operator_pub.display()
     )
-}
-
-/// The results the cloud received for `request`, in arrival order.
-fn results(cloud: &Cloud, request: &str) -> Vec<Value> {
-    let topic = format!("outpost/{GATEWAY}/cmd/result/{request}");
-    cloud
-        .messages()
-        .iter()
-        .filter(|m| m.topic == topic)
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .collect()
-}
-
-/// Publishes `command` on the `verb` topic and waits for its `n`th result on `request`.
-fn send(cloud: &Cloud, verb: &str, command: &[u8], request: &str, n: usize) -> Value {
-    cloud
-        .publish(
-            &format!("outpost/{GATEWAY}/cmd/{verb}"),
-            command.to_vec(),
-            QoS::AtLeastOnce,
-            false,
-        )
-        .unwrap();
-    wait_for(MINUTE, &format!("result {n} of {request}"), || {
-        results(cloud, request).get(n - 1).cloned()
-    })
-    .unwrap()
-}
-
-fn audit(site: &Site) -> Vec<Value> {
-    let out = run(Command::new(bin("outpost"))
-        .args(["audit", "--json", "--limit", "1000", "--config"])
-        .arg(site.config_path()));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// A broker with TLS and the shipped pattern ACL, and the cloud subscribed to the results.

@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outpost_e2e::broker::{Broker, Cloud, Pki};
 use outpost_e2e::modbus_peer::{Bank, PeerConfig, RtuPeer};
+use outpost_e2e::operator::{self, audit, keygen};
 use outpost_e2e::{NodeSpec, Site, bin, http, wait_for};
-use rumqttc::QoS;
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -52,21 +52,13 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-fn keygen(dir: &Path, role: &str) -> PathBuf {
-    run(Command::new(bin("outpost-sign"))
-        .args(["keygen", "--role", role, "--out"])
-        .arg(dir));
-    dir.join(format!("{role}.key"))
+fn sign(key: &Path, request: &str, valid_for: &str, args: &[&str]) -> Vec<u8> {
+    operator::sign(key, GATEWAY, request, valid_for, args)
 }
 
-fn sign(key: &Path, request: &str, valid_for: &str, args: &[&str]) -> Vec<u8> {
-    run(Command::new(bin("outpost-sign"))
-        .arg("command")
-        .arg("--key")
-        .arg(key)
-        .args(["--gateway", GATEWAY, "--request", request])
-        .args(["--valid-for", valid_for])
-        .args(args))
+/// Publishes `command` on the `verb` topic and waits for its `n`th result.
+fn send(cloud: &Cloud, verb: &str, command: &[u8], request: &str, n: usize) -> Value {
+    operator::send(cloud, GATEWAY, verb, command, request, n)
 }
 
 fn messages_on(cloud: &Cloud, topic: &str) -> Vec<Vec<u8>> {
@@ -75,40 +67,6 @@ fn messages_on(cloud: &Cloud, topic: &str) -> Vec<Vec<u8>> {
         .into_iter()
         .filter(|m| m.topic == topic)
         .map(|m| m.payload.to_vec())
-        .collect()
-}
-
-fn results(cloud: &Cloud, request: &str) -> Vec<Value> {
-    messages_on(cloud, &format!("outpost/{GATEWAY}/cmd/result/{request}"))
-        .iter()
-        .map(|p| serde_json::from_slice(p).unwrap())
-        .collect()
-}
-
-/// Publishes `command` on the `verb` topic and waits for its `n`th result.
-fn send(cloud: &Cloud, verb: &str, command: &[u8], request: &str, n: usize) -> Value {
-    cloud
-        .publish(
-            &format!("outpost/{GATEWAY}/cmd/{verb}"),
-            command.to_vec(),
-            QoS::AtLeastOnce,
-            false,
-        )
-        .unwrap();
-    wait_for(MINUTE, &format!("result {n} of {request}"), || {
-        results(cloud, request).get(n - 1).cloned()
-    })
-    .unwrap()
-}
-
-fn audit(site: &Site) -> Vec<Value> {
-    let out = run(Command::new(bin("outpost"))
-        .args(["audit", "--json", "--limit", "1000", "--config"])
-        .arg(site.config_path()));
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod modbus_peer;
 pub mod mqtt_front;
 pub mod nspawn;
+pub mod operator;
 pub mod provisioning_responder;
 
 use std::io::{Read, Write};
