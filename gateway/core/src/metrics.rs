@@ -121,7 +121,8 @@ pub struct Facts<'a> {
 
 /// The alert kinds always shown (0 when not firing), so a series does not vanish when its
 /// alert resolves; a kind not listed here still shows while it fires.
-const ALERT_KINDS: [AlertKind; 6] = [
+const ALERT_KINDS: [AlertKind; 7] = [
+    AlertKind::Rule,
     AlertKind::BufferFull,
     AlertKind::Update,
     AlertKind::AckRefused,
@@ -156,7 +157,8 @@ const NODE_STATES: [(NodeState, &str); 3] = [
 /// cardinality promise in docs/security.md rests on (checked by the tests).
 #[must_use]
 pub fn series_bound(nodes: usize, ports: usize, devices: usize, exception_codes: usize) -> usize {
-    const GATEWAY: usize = 64;
+    // With the gateway's own health (9).
+    const GATEWAY: usize = 64 + 9;
     // Per node: info, online, revoked, uptime, last seen, readings, lost, 2 link errors,
     // retransmits, 4 anomalies, temperature, stack, and resets by reason (10).
     const PER_NODE: usize = 17 + 10;
@@ -191,6 +193,7 @@ pub fn render(facts: &Facts<'_>) -> String {
     nodes(&mut e, facts);
     devices(&mut e, t);
     alerts(&mut e, t);
+    host(&mut e, t);
     api(&mut e, t);
     rollout(&mut e, facts);
     e.finish()
@@ -766,6 +769,63 @@ fn devices(e: &mut Exposition, t: &Snapshot) {
     for d in &t.modbus {
         failures.sample(&[("device", &d.name)], d.health.consecutive_failures());
     }
+}
+
+/// The gateway's own health ([`crate::health`], docs/health.md): absent until the health task's
+/// first sample; a gauge it could not read is left out rather than shown as 0.
+fn host(e: &mut Exposition, t: &Snapshot) {
+    let Some(h) = &t.health else { return };
+    e.family(
+        "outpost_previous_run_end",
+        Kind::Gauge,
+        "How the daemon's previous run ended (first_run, clean, crash, watchdog, power_loss, unknown); always 1.",
+    )
+    .sample(&[("reason", h.prev.reason.as_str())], 1u64);
+    let mut gauge = |name: &'static str, help: &'static str, value: Option<f64>| {
+        if let Some(value) = value {
+            e.family(name, Kind::Gauge, help).sample(&[], value);
+        }
+    };
+    gauge(
+        "outpost_process_cpu_ratio",
+        "The daemon's CPU use between the last two health samples, as a share of one core.",
+        h.cpu.proc.map(|p| p / 100.0),
+    );
+    gauge(
+        "outpost_host_cpu_ratio",
+        "The machine's CPU use between the last two health samples, as a share of all its cores.",
+        h.cpu.sys.map(|p| p / 100.0),
+    );
+    gauge(
+        "outpost_process_resident_memory_bytes",
+        "The daemon's resident memory.",
+        h.mem.rss.map(|b| b as f64),
+    );
+    gauge(
+        "outpost_host_memory_available_bytes",
+        "Memory the machine can still give without swapping (MemAvailable).",
+        h.mem.avail.map(|b| b as f64),
+    );
+    gauge(
+        "outpost_data_disk_free_bytes",
+        "Bytes free for the daemon on the data directory's file system.",
+        h.disk.free.map(|b| b as f64),
+    );
+    gauge(
+        "outpost_data_disk_free_ratio",
+        "Share of the data directory's file system free for the daemon.",
+        h.disk.free_pct.map(|p| p / 100.0),
+    );
+    gauge(
+        "outpost_modem_present",
+        "1 when ModemManager reports a modem, 0 when there is none (no D-Bus, no ModemManager, no modem).",
+        Some(if h.modem.state == "none" { 0.0 } else { 1.0 }),
+    );
+    gauge(
+        "outpost_modem_signal_quality_ratio",
+        "The modem's signal quality (ModemManager's SignalQuality), as a share.",
+        h.modem.signal.map(|s| f64::from(s) / 100.0),
+    );
 }
 
 fn alerts(e: &mut Exposition, t: &Snapshot) {

@@ -608,3 +608,63 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_gateway_health_shows_as_ratios_and_bytes_and_a_gauge_it_could_not_read_is_left_out() {
+    use crate::health::{
+        CpuHealth, DiskHealth, HealthReport, MemHealth, ModemHealth, OutboxHealth,
+        run_end::{EndReason, PreviousRun},
+    };
+    let mut t = telemetry();
+    t.handle(Event::Health(Box::new(HealthReport {
+        v: 1,
+        at: 1_000_000,
+        why: None,
+        up_s: 90,
+        prev: PreviousRun {
+            reason: EndReason::PowerLoss,
+            kind: None,
+            detail: "power loss, or a kernel crash or hard reset".into(),
+            since_ms: None,
+            last_alive_ms: None,
+        },
+        cpu: CpuHealth {
+            proc: Some(12.5),
+            sys: None,
+        },
+        mem: MemHealth {
+            rss: Some(14_000_000),
+            avail: Some(1_000_000_000),
+            total: Some(4_000_000_000),
+        },
+        disk: DiskHealth {
+            free: Some(5_000_000_000),
+            free_pct: Some(40.0),
+            low: false,
+        },
+        link: None,
+        outbox: OutboxHealth::default(),
+        modem: ModemHealth::none("no ModemManager"),
+    })));
+    let snapshot = t.snapshot();
+    let text = render(&facts(&snapshot, &[]));
+    let parsed = parse(&text);
+    let value = |name: &str| {
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value)
+    };
+    assert_eq!(value("outpost_process_cpu_ratio"), Some(0.125));
+    assert_eq!(value("outpost_host_cpu_ratio"), None, "not read: left out");
+    assert_eq!(value("outpost_process_resident_memory_bytes"), Some(14e6));
+    assert_eq!(value("outpost_data_disk_free_ratio"), Some(0.4));
+    assert_eq!(value("outpost_modem_present"), Some(0.0));
+    assert_eq!(value("outpost_modem_signal_quality_ratio"), None);
+    assert!(
+        text.contains("outpost_previous_run_end{reason=\"power_loss\"} 1\n"),
+        "{text}"
+    );
+    assert_eq!(parsed.types["outpost_previous_run_end"], "gauge");
+}
