@@ -446,7 +446,7 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
         ),
         (
             "ExecStopPost",
-            "/usr/bin/outpost record-exit --config /etc/outpost/outpost.toml",
+            "-/usr/bin/timeout 3 /usr/bin/outpost record-exit --config /etc/outpost/outpost.toml",
         ),
     ] {
         assert!(
@@ -461,8 +461,8 @@ fn the_unit_verifies_clean_and_scores_the_documented_exposure() {
             &format!("ExecStart={} ", binary.display()),
         )
         .replace(
-            "ExecStopPost=/usr/bin/outpost ",
-            &format!("ExecStopPost={} ", binary.display()),
+            "ExecStopPost=-/usr/bin/timeout 3 /usr/bin/outpost ",
+            &format!("ExecStopPost=-/usr/bin/timeout 3 {} ", binary.display()),
         );
     let unit_path = unit_dir.path().join("outpost.service");
     std::fs::write(&unit_path, staged).unwrap();
