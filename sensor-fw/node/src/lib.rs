@@ -16,6 +16,8 @@
 //!   the trial boot's health confirm, revert causes and the anti-rollback floor;
 //! - [`diag`]: the node's reset history (one flash sector, written once per boot) and its log
 //!   ring, read by the gateway with the RESET_HISTORY and LOG_READ commands;
+//! - [`settings`]: the node's identity key (made once from the board's entropy) and the gateway
+//!   it is tied to, in two flash sectors written alternately;
 //! - [`sht3x`]: an embedded-hal 1.0 driver for the Sensirion SHT3x temperature/humidity sensor;
 //! - `sim` (feature `std`): the same core behind a serial port or a pseudo-terminal, with
 //!   simulated sensors; the `outpost-node-sim` binary and the gateway's `outpost demo` use it.
@@ -39,6 +41,7 @@ pub mod boot;
 pub mod diag;
 pub mod link;
 pub mod ota;
+pub mod settings;
 pub mod sht3x;
 #[cfg(feature = "std")]
 pub mod sim;

@@ -91,6 +91,63 @@ impl LastReset {
 /// Fleet firmware keys a node carries: the current one, and the next during a rotation.
 pub const MAX_FLEET_KEYS: usize = 2;
 
+/// A firmware key block of a key file that is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFileError {
+    /// A `role firmware` block without a `public` line.
+    NoPublicLine,
+    /// A `public` value that is not 64 hex digits.
+    NotHex,
+}
+
+impl core::fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            KeyFileError::NoPublicLine => "a firmware key block without a `public` line",
+            KeyFileError::NotHex => "a firmware key's `public` value is not 64 hex digits",
+        })
+    }
+}
+
+/// The firmware public keys of a key file as `outpost firmware keygen` writes it (blocks of
+/// `outpost-key 1`, `role`, `id`, `public <64 hex>`, separated by a blank line): the `public`
+/// of every block whose role is `firmware`, in file order. The board's build script builds them
+/// into the image; the simulator reads them at start.
+pub fn fleet_keys(text: &str) -> impl Iterator<Item = Result<[u8; 32], KeyFileError>> + '_ {
+    text.split("\n\n").filter_map(|block| {
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        };
+        if field("role") != Some("firmware") {
+            return None;
+        }
+        let Some(public) = field("public") else {
+            return Some(Err(KeyFileError::NoPublicLine));
+        };
+        Some(parse_key_hex(public.trim()))
+    })
+}
+
+fn parse_key_hex(hex: &str) -> Result<[u8; 32], KeyFileError> {
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return Err(KeyFileError::NotHex);
+    }
+    let nibble = |d: u8| match d {
+        b'0'..=b'9' => Ok(d - b'0'),
+        b'a'..=b'f' => Ok(d - b'a' + 10),
+        b'A'..=b'F' => Ok(d - b'A' + 10),
+        _ => Err(KeyFileError::NotHex),
+    };
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = (nibble(digits[2 * i])? << 4) | nibble(digits[2 * i + 1])?;
+    }
+    Ok(key)
+}
+
 /// The node's facts the updater holds an offer to.
 #[derive(Debug, Clone)]
 pub struct OtaConfig {

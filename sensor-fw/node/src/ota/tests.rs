@@ -638,3 +638,25 @@ fn a_revert_state_without_an_install_is_not_reported_as_a_revert() {
     assert_eq!((s.phase, s.flashed), (OtaPhase::Receiving, 8));
     assert_eq!(flash.0.borrow().state, Some(BootState::Boot));
 }
+
+#[test]
+fn fleet_keys_are_the_public_halves_of_firmware_blocks_only() {
+    let firmware = "ab".repeat(32);
+    let operator = "cd".repeat(32);
+    let text = std::format!(
+        "outpost-key 1\nrole operator\nid op\npublic {operator}\n\n\
+         outpost-key 1\nrole firmware\nid fw\npublic {firmware}\n"
+    );
+    let keys: std::vec::Vec<_> = crate::ota::fleet_keys(&text).collect();
+    assert_eq!(keys, [Ok([0xAB; 32])]);
+    let short = "outpost-key 1\nrole firmware\npublic abc\n";
+    assert_eq!(
+        crate::ota::fleet_keys(short).collect::<std::vec::Vec<_>>(),
+        [Err(crate::ota::KeyFileError::NotHex)]
+    );
+    let missing = "outpost-key 1\nrole firmware\nid fw\n";
+    assert_eq!(
+        crate::ota::fleet_keys(missing).collect::<std::vec::Vec<_>>(),
+        [Err(crate::ota::KeyFileError::NoPublicLine)]
+    );
+}

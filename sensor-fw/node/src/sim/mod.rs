@@ -351,30 +351,12 @@ pub fn parse_uid(s: &str) -> Result<[u8; 8], String> {
     Ok(uid)
 }
 
-/// The firmware public keys of a key file as `outpost firmware keygen` writes it (blocks of
-/// `outpost-key 1`, `role`, `id`, `public <64 hex>`): the `public` of every block whose role is
-/// `firmware`. A file with none is an error: a node must not start trusting nothing by mistake.
+/// The firmware public keys of a key file (see [`crate::ota::fleet_keys`]); a file with none is
+/// an error: a node must not start trusting nothing by mistake.
 pub fn parse_fleet_keys(text: &str) -> Result<Vec<[u8; 32]>, String> {
-    let mut keys = Vec::new();
-    for block in text.split("\n\n") {
-        let field = |name: &str| {
-            block
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        };
-        if field("role") != Some("firmware") {
-            continue;
-        }
-        let public = field("public").ok_or("a firmware key block without a `public` line")?;
-        if public.len() != 64 || !public.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("`public {public}` is not 64 hex digits"));
-        }
-        let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&public[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-        }
-        keys.push(key);
-    }
+    let keys = crate::ota::fleet_keys(text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
     if keys.is_empty() {
         return Err("no firmware public key (role firmware) in the file".into());
     }
