@@ -1,6 +1,7 @@
 //! Test harness for Outpost's end-to-end tests: real binaries, real pseudo-terminals, real SQLite
 //! files, everything on loopback, every process stopped by PID.
 
+pub mod board;
 pub mod broker;
 pub mod browser;
 pub mod modbus_peer;

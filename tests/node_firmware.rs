@@ -1,0 +1,239 @@
+//! The real RP2040 firmware against the real gateway: the images `sensor-fw/build.sh` makes
+//! (bootloader and application), run by the rp2040js emulator with the node's flash in a file,
+//! its UART0 on a pseudo-terminal the gateway opens as a serial port at 115,200 baud.
+//!
+//! The node enrolls with the key it made at its first boot, sends telemetry and HEALTH, takes a
+//! signed update into its other slot through embassy-boot's swap and confirms it; an image that
+//! never confirms is reverted by the bootloader after the reset, and the node says `ota_revert`;
+//! a power cut in the middle of the swap still boots a whole image.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use outpost_e2e::board::{EmulatedNode, FIRST, Firmware, NEVER_CONFIRMS, SECOND, tail};
+use outpost_e2e::{Site, bin, latest_health, run_ok, wait_for};
+
+const TOKEN: &str = "rp2040-technician-token-0123456789";
+
+/// The flash chip's unique id in the emulator: the node's uid at the gateway.
+const UID: &str = "e2ef0000000020a0";
+
+/// A site with no simulated node and one serial port, at the emulated node's pty, taking
+/// updates signed by the test fleet's key.
+fn site(firmware: &Firmware, link: &Path) -> Result<Site> {
+    let extra = format!(
+        "[[serial]]\npath = \"{}\"\nbaud = 115200\nreopen_backoff_max = \"1s\"\n\n\
+         [ota]\nfirmware_keys = [\"{}\"]\n",
+        link.display(),
+        firmware.public_key().display()
+    );
+    let mut site = Site::with_config(Vec::new(), &extra)?;
+    let dropins = site.dir.path().join("outpost.d");
+    std::fs::create_dir_all(&dropins)?;
+    std::fs::write(
+        dropins.join("50-api.toml"),
+        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
+    )?;
+    site.bearer = Some(TOKEN.into());
+    Ok(site)
+}
+
+/// `outpost <subcommand...> --config <site> <rest...>`.
+fn outpost(site: &Site, subcommand: &[&str], rest: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("outpost"));
+    cmd.args(subcommand)
+        .arg("--config")
+        .arg(site.config_path())
+        .args(rest);
+    cmd
+}
+
+/// The node's firmware version and last reset reason in the gateway's registry.
+fn node_row(site: &Site) -> Option<(String, String)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        site.store_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(5)).ok()?;
+    conn.query_row(
+        "SELECT fw_version, reset_reason FROM nodes WHERE uid = ?1",
+        [UID],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        },
+    )
+    .ok()
+}
+
+/// Waits until the registry shows the node on `version` after a reset for `reason`.
+fn wait_for_node(site: &Site, node: &EmulatedNode, version: &str, reason: &str) -> Result<()> {
+    wait_for(
+        Duration::from_secs(120),
+        &format!("the node on {version} after a reset for {reason}"),
+        || {
+            let (fw, why) = node_row(site)?;
+            (fw == version && why == reason).then_some(())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "registry: {:?}\nemulator:\n{}",
+            node_row(site),
+            tail(&node.log(), 40)
+        )
+    })
+}
+
+/// The node's `seq` values split into boots (each boot starts at 1): every boot's are exactly
+/// 1..=n, nothing lost or doubled, also across an update.
+fn assert_seq_contiguous_per_boot(site: &Site) -> Result<usize> {
+    let mut total = 0;
+    for (uid, seqs) in site.stored_seqs()? {
+        let mut boots: Vec<Vec<i64>> = Vec::new();
+        for seq in seqs {
+            match boots.last_mut() {
+                Some(boot) if seq != 1 => boot.push(seq),
+                _ => boots.push(vec![seq]),
+            }
+        }
+        for (i, boot) in boots.iter().enumerate() {
+            let expected: Vec<i64> = (1..=boot.len() as i64).collect();
+            ensure!(
+                *boot == expected,
+                "node {uid}, boot {i}: seq not 1..={} (first gap near {:?})",
+                boot.len(),
+                boot.iter().zip(&expected).find(|(a, b)| a != b)
+            );
+            total += boot.len();
+        }
+    }
+    Ok(total)
+}
+
+#[test]
+fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_reverted()
+-> Result<()> {
+    let firmware = Firmware::get()?;
+    let tmp = tempfile::tempdir()?;
+    let flash = tmp.path().join("flash.bin");
+    let link = tmp.path().join("ttyNODE");
+    let log = tmp.path().join("emulator.log");
+    firmware.factory_flash(FIRST, &flash)?;
+    let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
+    let mut site = site(firmware, &link)?;
+    site.start_gateway()?;
+
+    // Enrollment (the key the node made at its first boot), HEALTH and telemetry.
+    wait_for_node(&site, &node, FIRST, "power_on")?;
+    site.wait_for_samples(8, Duration::from_secs(90))
+        .with_context(|| tail(&node.log(), 30))?;
+    wait_for(Duration::from_secs(60), "the node's HEALTH", || {
+        latest_health(&site.store_path(), UID).ok().flatten()
+    })?;
+    ensure!(assert_seq_contiguous_per_boot(&site)? >= 8);
+
+    // A signed update, through the gateway's rollout to this node: transferred, verified by the
+    // node against the fleet key built into it, swapped in by the bootloader, confirmed.
+    let second = firmware.signed_image(SECOND, tmp.path())?;
+    let out = run_ok(
+        outpost(&site, &["rollout", "start"], &[])
+            .args(["--node", UID, "--soak", "2s", "--confirm-within", "20s"])
+            .arg("--artifact")
+            .arg(&second),
+    )
+    .with_context(|| tail(&node.log(), 40))?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("started"),
+        "{out:?}"
+    );
+    wait_for_node(&site, &node, SECOND, "ota_apply")?;
+    let view = site.get("/api/v1/rollout")?;
+    ensure!(view["rollout"]["state"] == "done", "{view:#}");
+
+    // An image that never confirms its trial: the node resets into the old slot by itself and
+    // reports the revert.
+    let bad = firmware.signed_image(NEVER_CONFIRMS, tmp.path())?;
+    let out = outpost(&site, &["rollout", "start"], &[])
+        .args(["--node", UID, "--soak", "2s", "--confirm-within", "10s"])
+        .arg("--artifact")
+        .arg(&bad)
+        .output()?;
+    ensure!(
+        !out.status.success(),
+        "the bad image's rollout did not halt"
+    );
+    wait_for_node(&site, &node, SECOND, "ota_revert")?;
+
+    // Every sample of every boot arrived once.
+    let before = assert_seq_contiguous_per_boot(&site)?;
+    site.wait_for_samples(before + 3, Duration::from_secs(60))?;
+    assert_seq_contiguous_per_boot(&site)?;
+    drop(node);
+    site.gateway.take();
+    Ok(())
+}
+
+#[test]
+fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<()> {
+    let firmware = Firmware::get()?;
+    let tmp = tempfile::tempdir()?;
+    let flash = tmp.path().join("flash.bin");
+    let link = tmp.path().join("ttyNODE");
+    let log = tmp.path().join("emulator.log");
+    firmware.factory_flash(FIRST, &flash)?;
+    // The power goes at the node's first reset: the one into the bootloader's swap.
+    let mut node = EmulatedNode::start(&flash, UID, &link, &log, &["--power-cut-at-reset"])?;
+    let mut site = site(firmware, &link)?;
+    site.start_gateway()?;
+    wait_for_node(&site, &node, FIRST, "power_on")?;
+
+    let second = firmware.signed_image(SECOND, tmp.path())?;
+    let mut rollout = outpost(&site, &["rollout", "start"], &[])
+        .args(["--node", UID, "--soak", "2s", "--confirm-within", "30s"])
+        .arg("--artifact")
+        .arg(&second)
+        .spawn()?;
+    let status = node.wait_exit(Duration::from_secs(180))?;
+    ensure!(
+        status.code() == Some(75),
+        "{status:?}\n{}",
+        tail(&node.log(), 20)
+    );
+
+    // Power back on, and off again in the middle of the swap (the swap copies 128 pages, each
+    // an erase and a program of ACTIVE and of DFU, with a STATE write after each step).
+    let mut node = EmulatedNode::start(
+        &flash,
+        UID,
+        &link,
+        &log,
+        &["--power-cut-after-flash-ops", "200"],
+    )?;
+    let status = node.wait_exit(Duration::from_secs(120))?;
+    ensure!(
+        status.code() == Some(75),
+        "{status:?}\n{}",
+        tail(&node.log(), 20)
+    );
+    ensure!(
+        node.log().contains("power cut"),
+        "{}",
+        tail(&node.log(), 20)
+    );
+
+    // Power on for good: the swap resumes where it stopped and the new image runs its trial.
+    let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
+    wait_for_node(&site, &node, SECOND, "ota_apply")?;
+    let before = assert_seq_contiguous_per_boot(&site)?;
+    site.wait_for_samples(before + 3, Duration::from_secs(60))?;
+    let _ = rollout.wait();
+    drop(node);
+    site.gateway.take();
+    Ok(())
+}
