@@ -26,9 +26,11 @@ command -v tar >/dev/null || missing+=(tar)
 # `systemd-analyze verify` (it checks the unit's Documentation=).
 # libfaketime for tests/clock.rs (a gateway without RTC: the clock starts in 1970 and jumps).
 # Chromium and its WebDriver for tests/web.rs (the technician's page in a real browser).
+# lld-22 and llvm-22 for the RP2040 images (sensor-fw/build.sh, which tests/node_firmware.rs
+# runs): the linker behind rustc-web's rust-lld, objcopy and size.
 for package in rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
     qemu-user-static lintian systemd-container debootstrap man-db faketime libfaketime \
-    chromium chromium-driver; do
+    chromium chromium-driver lld-22 llvm-22; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$' ||
         missing+=("$package")
 done

@@ -12,6 +12,8 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "dev")]
+mod console;
 mod marks;
 mod reset;
 mod sensors;
@@ -53,6 +55,11 @@ bind_interrupts!(struct Irqs {
     UART0_IRQ => BufferedInterruptHandler<UART0>;
 });
 
+#[cfg(feature = "dev")]
+bind_interrupts!(struct ConsoleIrqs {
+    UART1_IRQ => BufferedInterruptHandler<embassy_rp::peripherals::UART1>;
+});
+
 const FLASH_SIZE: usize = layout::FLASH_SIZE as usize;
 /// Samples held for the gateway while the link is down (8 minutes at 1 Hz).
 const RING: usize = 512;
@@ -75,6 +82,10 @@ static FLASH_CELL: StaticCell<SharedFlash> = StaticCell::new();
 static APP: StaticCell<BoardApp> = StaticCell::new();
 static UART_TX: StaticCell<[u8; 1024]> = StaticCell::new();
 static UART_RX: StaticCell<[u8; 4096]> = StaticCell::new();
+#[cfg(feature = "dev")]
+static CONSOLE_TX: StaticCell<[u8; 512]> = StaticCell::new();
+#[cfg(feature = "dev")]
+static CONSOLE_RX: StaticCell<[u8; 64]> = StaticCell::new();
 
 fn now() -> Millis {
     Millis(Instant::now().as_millis())
@@ -192,6 +203,24 @@ async fn main(_spawner: Spawner) {
         config,
     );
 
+    #[cfg(feature = "dev")]
+    let mut console = {
+        let mut config = uart::Config::default();
+        config.baudrate = BAUD;
+        let uart = BufferedUart::new(
+            p.UART1,
+            p.PIN_8,
+            p.PIN_9,
+            ConsoleIrqs,
+            CONSOLE_TX.init([0; 512]),
+            CONSOLE_RX.init([0; 64]),
+            config,
+        );
+        let mut console = console::Console::new(uart);
+        print_status(&mut console, app).await;
+        console
+    };
+
     let mut rx = [0u8; 256];
     let mut frame = [0u8; MAX_FRAME_LEN];
     loop {
@@ -228,6 +257,19 @@ async fn main(_spawner: Spawner) {
         }
         marks::end(marks::TIMERS_OUT, frames);
 
+        #[cfg(feature = "dev")]
+        {
+            console.print_log(app.link().log()).await;
+            match console.poll(&mut store).await {
+                console::Request::None => {}
+                console::Request::Status => print_status(&mut console, app).await,
+                console::Request::Reboot => {
+                    let _ = uart.flush().await;
+                    reset::reset(&mut watchdog, Cause::Requested);
+                }
+            }
+        }
+
         if app.poll_reboot() {
             let _ = uart.flush().await;
             reset::reset(&mut watchdog, Cause::Requested);
@@ -240,6 +282,39 @@ async fn main(_spawner: Spawner) {
             };
             reset::reset(&mut watchdog, cause);
         }
+    }
+}
+
+/// The development console's `status` line.
+#[cfg(feature = "dev")]
+async fn print_status(console: &mut console::Console, app: &BoardApp) {
+    let link = app.link();
+    let identity = link.identity();
+    let fw = identity.fw;
+    console
+        .print(format_args!(
+            "outpost-node {}.{}.{}-dev uid {} key {} reset {} link {:?} held {} samples {}",
+            fw.major,
+            fw.minor,
+            fw.patch,
+            Hex(&identity.uid),
+            Hex(&link.public_key()),
+            link.boot().reset_reason.as_str(),
+            link.state(),
+            link.held(),
+            app.samples_taken(),
+        ))
+        .await;
+}
+
+/// Bytes as lowercase hex, for the console.
+#[cfg(feature = "dev")]
+struct Hex<'a>(&'a [u8]);
+
+#[cfg(feature = "dev")]
+impl core::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
