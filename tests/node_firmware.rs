@@ -237,3 +237,28 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
     site.gateway.take();
     Ok(())
 }
+
+#[test]
+fn a_production_image_has_no_console_and_refuses_development_features() -> Result<()> {
+    let firmware = Firmware::get()?;
+    let production = std::fs::read(firmware.app(FIRST, "bin"))?;
+    let development = std::fs::read(firmware.app(NEVER_CONFIRMS, "bin"))?;
+    // The console's command words are in the development image and nowhere in production.
+    let has = |image: &[u8], text: &str| image.windows(text.len()).any(|w| w == text.as_bytes());
+    for word in ["forget-identity", "unknown command"] {
+        ensure!(has(&development, word), "the dev image lacks {word:?}");
+        ensure!(!has(&production, word), "the production image holds {word:?}");
+    }
+    // The build refuses a development feature in a production image, before compiling.
+    let out = Command::new(outpost_e2e::workspace_dir().join("sensor-fw/build.sh"))
+        .arg("--fleet-keys")
+        .arg(firmware.public_key())
+        .args(["--features", "cycle-marks"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("--profile dev"),
+        "{stderr}"
+    );
+    Ok(())
+}
