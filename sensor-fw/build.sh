@@ -3,12 +3,14 @@
 # BIN and UF2, plus a factory image (bootloader and application in one BIN for a blank flash).
 #
 #   sensor-fw/build.sh --fleet-keys fleet/firmware.pub [--version 1.2.0] [--hw-rev 1]
-#                      [--profile prod|dev] [--features cycle-marks,...] [--out DIR]
+#                      [--sample-interval-ms 1000] [--profile prod|dev]
+#                      [--features cycle-marks,...] [--out DIR]
 #
 # --fleet-keys  the fleet's firmware public keys (`outpost firmware keygen` writes firmware.pub);
 #               the image takes updates signed by them and nothing else. Required.
 # --version     the image's version, MAJOR.MINOR.PATCH (default 0.1.0); sign the BIN with the
 #               same: `outpost firmware sign --version 1.2.0 --hw-rev 1 outpost-node-1.2.0.bin`.
+# --sample-interval-ms  time between samples (default 1000: one a second).
 # --profile     prod (default): no debug console, no unauthenticated command, no test feature.
 #               dev: adds the `dev` feature, and allows --features (cycle-marks,
 #               test-never-confirm).
@@ -22,16 +24,17 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 workspace="$here/rp2040"
 
-fleet_keys="" version="0.1.0" hw_rev="1" profile="prod" features="" out=""
+fleet_keys="" version="0.1.0" hw_rev="1" sample_interval_ms="1000" profile="prod" features="" out=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --fleet-keys) fleet_keys="$2"; shift 2 ;;
     --version) version="$2"; shift 2 ;;
     --hw-rev) hw_rev="$2"; shift 2 ;;
+    --sample-interval-ms) sample_interval_ms="$2"; shift 2 ;;
     --profile) profile="$2"; shift 2 ;;
     --features) features="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -78,6 +81,7 @@ fi
 
 export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target_dir"
 export OUTPOST_FW_FLEET_KEYS="$fleet_keys" OUTPOST_FW_VERSION="$version" OUTPOST_FW_HW_REV="$hw_rev"
+export OUTPOST_FW_SAMPLE_INTERVAL_MS="$sample_interval_ms"
 cd "$workspace"
 /usr/bin/cargo build --release --locked -p outpost-bootloader-rp2040
 /usr/bin/cargo build --release --locked -p outpost-node-rp2040 ${features:+--features "$features"}

@@ -4,6 +4,7 @@
 //!
 //! - `OUTPOST_FW_VERSION`: `MAJOR.MINOR.PATCH` (default: the package version);
 //! - `OUTPOST_FW_HW_REV`: the board revision the image is for (default 1);
+//! - `OUTPOST_FW_SAMPLE_INTERVAL_MS`: time between samples (default 1000);
 //! - `OUTPOST_FW_FLEET_KEYS`: a `firmware.pub` file from `outpost firmware keygen` (one or two
 //!   keys); required: an image that trusts no key could never be updated.
 
@@ -39,6 +40,13 @@ fn main() {
         .parse()
         .unwrap_or_else(|_| fail("OUTPOST_FW_HW_REV is not a number 0-255"));
 
+    let sample_interval_ms: u32 = std::env::var("OUTPOST_FW_SAMPLE_INTERVAL_MS")
+        .unwrap_or_else(|_| "1000".into())
+        .parse()
+        .ok()
+        .filter(|&ms| ms >= 1)
+        .unwrap_or_else(|| fail("OUTPOST_FW_SAMPLE_INTERVAL_MS is not a whole number of ms >= 1"));
+
     let Ok(keys_path) = std::env::var("OUTPOST_FW_FLEET_KEYS") else {
         fail(
             "OUTPOST_FW_FLEET_KEYS is not set: name the fleet's firmware.pub \
@@ -66,6 +74,8 @@ fn main() {
          pub const VERSION: FwVersion = FwVersion {{ major: {major}, minor: {minor}, patch: {patch} }};\n\
          /// The board revision the image is built for (the manifest's `rp2040-hw{{R}}`).\n\
          pub const HW_REV: u8 = {hw_rev};\n\
+         /// Time between samples.\n\
+         pub const SAMPLE_INTERVAL_MS: u64 = {sample_interval_ms};\n\
          /// The fleet's firmware public keys: an update must be signed by one of them.\n\
          pub const FLEET_KEYS: [[u8; 32]; {}] = {keys:?};",
         keys.len()

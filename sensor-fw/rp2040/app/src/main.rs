@@ -188,7 +188,11 @@ async fn main(_spawner: Spawner) {
     let adc = Adc::new_blocking(p.ADC, adc::Config::default());
     let temp_sensor = Channel::new_temp_sensor(p.ADC_TEMP_SENSOR);
     let bank = BoardBank::new(i2c, adc, temp_sensor);
-    let app = APP.init(App::new(now(), link, bank, Schedule::default()));
+    let schedule = Schedule {
+        interval: core::time::Duration::from_millis(SAMPLE_INTERVAL_MS),
+        limit: None,
+    };
+    let app = APP.init(App::new(now(), link, bank, schedule));
     app.link_mut().set_reset_history(history);
 
     let mut config = uart::Config::default();
