@@ -76,6 +76,34 @@ impl Firmware {
         Ok(firmware)
     }
 
+    /// Another image for benchmarks, built into `images/NAME/` (and rebuilt when asked again
+    /// after other variants: the build's inputs are environment variables). Returns its ELF.
+    pub fn variant(
+        &self,
+        name: &str,
+        version: &str,
+        features: &str,
+        sample_interval_ms: u32,
+    ) -> Result<PathBuf> {
+        let out = self.dir.join("images").join(name);
+        let mut build = Command::new(workspace_dir().join("sensor-fw/build.sh"));
+        build
+            .arg("--fleet-keys")
+            .arg(self.public_key())
+            .args(["--version", version])
+            .args(["--sample-interval-ms", &sample_interval_ms.to_string()])
+            .arg("--out")
+            .arg(&out);
+        if features.is_empty() {
+            build.args(["--profile", "prod"]);
+        } else {
+            build.args(["--profile", "dev", "--features", features]);
+        }
+        run_ok(&mut build).with_context(|| format!("sensor-fw/build.sh for {name}"))?;
+        let suffix = if features.is_empty() { "" } else { "-dev" };
+        Ok(out.join(format!("outpost-node-{version}{suffix}.elf")))
+    }
+
     pub fn public_key(&self) -> PathBuf {
         self.dir.join("keys/firmware.pub")
     }
@@ -116,13 +144,18 @@ impl Firmware {
 
     /// A node's flash as it leaves the factory: the bootloader and `version` in ACTIVE.
     pub fn factory_flash(&self, version: &str, path: &Path) -> Result<()> {
+        self.flash_with(&self.app(version, "elf"), path)
+    }
+
+    /// A node's flash with the bootloader and the application `elf` in ACTIVE.
+    pub fn flash_with(&self, elf: &Path, path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(path);
         run_ok(
             emulator()?
                 .args(["compose", "--out"])
                 .arg(path)
                 .arg(self.bootloader())
-                .arg(self.app(version, "elf")),
+                .arg(elf),
         )?;
         Ok(())
     }

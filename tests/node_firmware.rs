@@ -247,7 +247,10 @@ fn a_production_image_has_no_console_and_refuses_development_features() -> Resul
     let has = |image: &[u8], text: &str| image.windows(text.len()).any(|w| w == text.as_bytes());
     for word in ["forget-identity", "unknown command"] {
         ensure!(has(&development, word), "the dev image lacks {word:?}");
-        ensure!(!has(&production, word), "the production image holds {word:?}");
+        ensure!(
+            !has(&production, word),
+            "the production image holds {word:?}"
+        );
     }
     // The build refuses a development feature in a production image, before compiling.
     let out = Command::new(outpost_e2e::workspace_dir().join("sensor-fw/build.sh"))
