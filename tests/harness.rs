@@ -327,6 +327,46 @@ impl Site {
         self.start_gateway()
     }
 
+    /// The technician token in a drop-in (`outpost.d/50-api.toml`), as a site provisions it;
+    /// [`Site::get`] and [`Site::post`] send it from then on.
+    pub fn set_technician_token(&mut self, token: &str) -> Result<()> {
+        let dropins = self.dir.path().join("outpost.d");
+        std::fs::create_dir_all(&dropins)?;
+        std::fs::write(
+            dropins.join("50-api.toml"),
+            format!("[api]\ntechnician_token = \"{token}\"\n"),
+        )?;
+        self.bearer = Some(token.into());
+        Ok(())
+    }
+
+    /// Every node's stored `seq` values split into boots (a boot starts again at 1): each
+    /// boot's must be exactly 1..=n, nothing lost or doubled, also across an update or a
+    /// reboot. Returns how many samples that is.
+    pub fn assert_seq_contiguous_per_boot(&self) -> Result<usize> {
+        let mut total = 0;
+        for (uid, seqs) in self.stored_seqs()? {
+            let mut boots: Vec<Vec<i64>> = Vec::new();
+            for seq in seqs {
+                match boots.last_mut() {
+                    Some(boot) if seq != 1 => boot.push(seq),
+                    _ => boots.push(vec![seq]),
+                }
+            }
+            for (i, boot) in boots.iter().enumerate() {
+                let expected: Vec<i64> = (1..=boot.len() as i64).collect();
+                anyhow::ensure!(
+                    *boot == expected,
+                    "node {uid}, boot {i}: seq not 1..={} (first gap near {:?})",
+                    boot.len(),
+                    boot.iter().zip(&expected).find(|(a, b)| a != b)
+                );
+                total += boot.len();
+            }
+        }
+        Ok(total)
+    }
+
     /// GET on the gateway's API, parsed as JSON.
     pub fn get(&self, path: &str) -> Result<serde_json::Value> {
         let (status, body) = http(self.api, "GET", path, self.bearer.as_deref(), None)?;

@@ -231,14 +231,7 @@ fn a_real_prometheus_scrapes_the_gateway_and_stores_its_series() -> Result<()> {
         })
         .collect();
     let mut site = Site::with_config(specs, &extra)?;
-    // The technician token, in a drop-in as a site provisions it.
-    let dropins = site.dir.path().join("outpost.d");
-    std::fs::create_dir_all(&dropins)?;
-    std::fs::write(
-        dropins.join("50-api.toml"),
-        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
-    )?;
-    site.bearer = Some(TOKEN.into());
+    site.set_technician_token(TOKEN)?;
     site.start_gateway()?;
 
     // Behind the technician token, like /api/v1/status.

@@ -30,13 +30,7 @@ fn site(firmware: &Firmware, link: &Path) -> Result<Site> {
         firmware.public_key().display()
     );
     let mut site = Site::with_config(Vec::new(), &extra)?;
-    let dropins = site.dir.path().join("outpost.d");
-    std::fs::create_dir_all(&dropins)?;
-    std::fs::write(
-        dropins.join("50-api.toml"),
-        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
-    )?;
-    site.bearer = Some(TOKEN.into());
+    site.set_technician_token(TOKEN)?;
     Ok(site)
 }
 
@@ -90,32 +84,6 @@ fn wait_for_node(site: &Site, node: &EmulatedNode, version: &str, reason: &str) 
     })
 }
 
-/// The node's `seq` values split into boots (each boot starts at 1): every boot's are exactly
-/// 1..=n, nothing lost or doubled, also across an update.
-fn assert_seq_contiguous_per_boot(site: &Site) -> Result<usize> {
-    let mut total = 0;
-    for (uid, seqs) in site.stored_seqs()? {
-        let mut boots: Vec<Vec<i64>> = Vec::new();
-        for seq in seqs {
-            match boots.last_mut() {
-                Some(boot) if seq != 1 => boot.push(seq),
-                _ => boots.push(vec![seq]),
-            }
-        }
-        for (i, boot) in boots.iter().enumerate() {
-            let expected: Vec<i64> = (1..=boot.len() as i64).collect();
-            ensure!(
-                *boot == expected,
-                "node {uid}, boot {i}: seq not 1..={} (first gap near {:?})",
-                boot.len(),
-                boot.iter().zip(&expected).find(|(a, b)| a != b)
-            );
-            total += boot.len();
-        }
-    }
-    Ok(total)
-}
-
 #[test]
 fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_reverted()
 -> Result<()> {
@@ -136,7 +104,7 @@ fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_re
     wait_for(Duration::from_secs(60), "the node's HEALTH", || {
         latest_health(&site.store_path(), UID).ok().flatten()
     })?;
-    ensure!(assert_seq_contiguous_per_boot(&site)? >= 8);
+    ensure!(site.assert_seq_contiguous_per_boot()? >= 8);
 
     // A signed update, through the gateway's rollout to this node: transferred, verified by the
     // node against the fleet key built into it, swapped in by the bootloader, confirmed.
@@ -171,9 +139,9 @@ fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_re
     wait_for_node(&site, &node, SECOND, "ota_revert")?;
 
     // Every sample of every boot arrived once.
-    let before = assert_seq_contiguous_per_boot(&site)?;
+    let before = site.assert_seq_contiguous_per_boot()?;
     site.wait_for_samples(before + 3, Duration::from_secs(60))?;
-    assert_seq_contiguous_per_boot(&site)?;
+    site.assert_seq_contiguous_per_boot()?;
     drop(node);
     site.gateway.take();
     Ok(())
@@ -230,7 +198,7 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
     // Power on for good: the swap resumes where it stopped and the new image runs its trial.
     let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
     wait_for_node(&site, &node, SECOND, "ota_apply")?;
-    let before = assert_seq_contiguous_per_boot(&site)?;
+    let before = site.assert_seq_contiguous_per_boot()?;
     site.wait_for_samples(before + 3, Duration::from_secs(60))?;
     let _ = rollout.wait();
     drop(node);

@@ -125,14 +125,7 @@ fn site_with(fleet: &Fleet, factory: &Path, n: usize, dir: &Path, more: &str) ->
         fleet.public_key().display()
     );
     let mut site = Site::with_config(specs, &extra)?;
-    // The technician token, in a drop-in as a site provisions it.
-    let dropins = site.dir.path().join("outpost.d");
-    std::fs::create_dir_all(&dropins)?;
-    std::fs::write(
-        dropins.join("50-api.toml"),
-        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
-    )?;
-    site.bearer = Some(TOKEN.into());
+    site.set_technician_token(TOKEN)?;
     Ok(site)
 }
 
@@ -175,30 +168,6 @@ fn node_row(site: &Site, uid: &str) -> Result<(String, Option<String>)> {
         [uid],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
-}
-
-/// Every node's `seq` values split into boots (a boot starts again at 1): each boot's must be
-/// exactly 1..=n, nothing lost or doubled, also across an install.
-fn assert_seq_contiguous_per_boot(site: &Site) -> Result<()> {
-    for (uid, seqs) in site.stored_seqs()? {
-        let mut boots: Vec<Vec<i64>> = Vec::new();
-        for seq in seqs {
-            match boots.last_mut() {
-                Some(boot) if seq != 1 => boot.push(seq),
-                _ => boots.push(vec![seq]),
-            }
-        }
-        for (i, boot) in boots.iter().enumerate() {
-            let expected: Vec<i64> = (1..=boot.len() as i64).collect();
-            ensure!(
-                *boot == expected,
-                "node {uid}, boot {i}: seq not 1..={} (first gap near {:?})",
-                boot.len(),
-                boot.iter().zip(&expected).find(|(a, b)| a != b)
-            );
-        }
-    }
-    Ok(())
 }
 
 #[test]
@@ -255,7 +224,7 @@ fn a_good_image_goes_canary_then_waves_and_every_node_confirms_on_it() -> Result
         ensure!(fw == "1.1.0", "node {} runs {fw}", spec.uid);
     }
     site.wait_for_samples(40, Duration::from_secs(30))?;
-    assert_seq_contiguous_per_boot(&site)?;
+    site.assert_seq_contiguous_per_boot()?;
 
     // The floor rose with FINALIZE: the factory image is now refused before any transfer.
     let out = outpost(&site, &["rollout", "start", "--artifact"])
@@ -346,7 +315,7 @@ fn an_image_that_never_confirms_halts_the_rollout_at_the_canary_which_reverts() 
             ensure!(node_row(&site, &spec.uid)?.0 == "1.0.0");
         }
     }
-    assert_seq_contiguous_per_boot(&site)?;
+    site.assert_seq_contiguous_per_boot()?;
     Ok(())
 }
 

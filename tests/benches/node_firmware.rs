@@ -171,13 +171,7 @@ fn site(firmware: &Firmware, ports: &[&Path], sims: Vec<NodeSpec>) -> Result<Sit
         firmware.public_key().display()
     );
     let mut site = Site::with_config(sims, &extra)?;
-    let dropins = site.dir.path().join("outpost.d");
-    std::fs::create_dir_all(&dropins)?;
-    std::fs::write(
-        dropins.join("50-api.toml"),
-        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
-    )?;
-    site.bearer = Some(TOKEN.into());
+    site.set_technician_token(TOKEN)?;
     Ok(site)
 }
 

@@ -677,13 +677,7 @@ fn site(
         scenario.chunk
     );
     let mut site = Site::with_config(specs, &extra)?;
-    let dropins = site.dir.path().join("outpost.d");
-    std::fs::create_dir_all(&dropins)?;
-    std::fs::write(
-        dropins.join("50-api.toml"),
-        format!("[api]\ntechnician_token = \"{TOKEN}\"\n"),
-    )?;
-    site.bearer = Some(TOKEN.into());
+    site.set_technician_token(TOKEN)?;
     // The gateway opens each relay's pty instead of the node's.
     let mut relays = Vec::new();
     let mut config = std::fs::read_to_string(site.config_path())?;
