@@ -227,6 +227,14 @@ fn cycles(firmware: &Firmware) -> Result<()> {
         .collect();
     ensure!(!telemetry.is_empty(), "no telemetry mark");
     let per_frame = median(telemetry.clone());
+    // The costliest timer round: a HELLO with its fresh X25519 ephemeral, if the node makes it
+    // there.
+    let timers_max = all
+        .iter()
+        .filter(|m| m.0 == 2)
+        .map(|m| m.1)
+        .max()
+        .unwrap_or(0);
     println!("== cycles in the emulator (rp2040js, cycle-marks image, 125 MHz) ==");
     println!(
         "figure: handshake (the call that answers the CHALLENGE) {handshake} cycles = {:.1} ms",
@@ -238,6 +246,10 @@ fn cycles(firmware: &Firmware) -> Result<()> {
         telemetry.len()
     );
     println!("figure: any other received message (an ACK): median {bytes_in} cycles");
+    println!(
+        "figure: the costliest timer round (a HELLO with its ephemeral key): {timers_max} cycles = {:.1} ms",
+        timers_max as f64 / MHZ / 1000.0
+    );
     Ok(())
 }
 
