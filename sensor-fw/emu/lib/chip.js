@@ -19,6 +19,7 @@ const IRQ_UART1 = 21;
 const DREQ_UART0 = { tx: 20, rx: 21 };
 const DREQ_UART1 = { tx: 22, rx: 23 };
 const ADC_TEMPERATURE_CHANNEL = 4;
+const WATCHDOG_TICK_NANOS = 1000;
 
 /** The ADC reading of the temperature sensor at `celsius` (datasheet 4.9.5: 0.706 V at 27 °C, -1.721 mV/°C). */
 function temperatureAdcCode(celsius) {
@@ -99,7 +100,17 @@ function createChip({ flash, rom, lines, sensor, options, resetState, requestRes
   const watchdog = mcu.peripherals[0x40058];
   watchdog.reason = resetState.watchdogReason;
   watchdog.scratchData.set(resetState.scratch);
-  watchdog.onWatchdogTrigger = () => requestReset(watchdog.reason & WATCHDOG_REASON_FORCE ? 'watchdog-force' : 'watchdog-timer');
+  // rp2040js fires the timer alarm the instant the watchdog is enabled with a counter of 0, and
+  // re-arms it at the same instant forever. On the chip the counter is only checked on a tick
+  // (1 us), so embassy-rp's trigger_reset (enable, then CTRL.TRIGGER on the next instruction,
+  // counter never loaded) is a FORCE reset. A timeout therefore takes effect one tick later, and a
+  // TRIGGER in between wins.
+  const timeoutReset = mcu.clock.createAlarm(() => requestReset('watchdog-timer'));
+  watchdog.onWatchdogTrigger = () => {
+    watchdog.alarm.enable = false;
+    if (watchdog.reason & WATCHDOG_REASON_FORCE) requestReset('watchdog-force');
+    else if (!timeoutReset.scheduled) timeoutReset.schedule(WATCHDOG_TICK_NANOS);
+  };
 
   const ppbRead = mcu.ppb.readUint32.bind(mcu.ppb);
   const ppbWrite = mcu.ppb.writeUint32.bind(mcu.ppb);

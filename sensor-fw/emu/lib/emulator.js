@@ -265,14 +265,16 @@ class Emulator {
         // Idle (WFI/WFE): skip to the next alarm, no further than the limits and the wall clock.
         const toAlarm = clock.nextAlarm ? Math.max(0, clock.nextAlarm.nanos - clock.nanos) : Infinity;
         const cap = Math.min(limit, wallNow) - now;
-        if (toAlarm <= cap) {
+        if (Number.isFinite(toAlarm) && toAlarm <= cap) {
           clock.tick(toAlarm);
           continue;
         }
-        if (cap > 0 && Number.isFinite(cap)) clock.tick(cap);
-        // Nothing to do until the wall clock catches up, input arrives or (batch) forever.
-        if (realtime) waitMs = Math.min(20, Math.max(1, (Math.min(toAlarm - cap, 20e6) / 1e6) | 0));
-        else if (!Number.isFinite(toAlarm)) waitMs = 50;
+        if (Number.isFinite(cap)) {
+          if (cap > 0) clock.tick(cap); // up to the wall clock or the time limit
+          if (now + cap >= limit) continue;
+        }
+        // Nothing to do until the wall clock catches up or (no alarm at all) input arrives.
+        waitMs = realtime ? Math.min(20, Math.max(1, Math.floor(Math.min(toAlarm - cap, 20e6) / 1e6))) : 50;
         break;
       }
       const cycles = core.executeInstruction();
