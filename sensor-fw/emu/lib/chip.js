@@ -8,6 +8,7 @@ const { Pl011 } = require('./uart');
 const { SsiFlashPort } = require('./ssi-flash');
 const { Rosc, VregAndChipReset, XipCtrl, IoQspi } = require('./small-blocks');
 const { attachSht3x } = require('./sht3x');
+const { RomShim } = require('./rom-shim');
 
 const AIRCR = 0xd0c;
 const AIRCR_VECTKEY = 0x05fa;
@@ -58,8 +59,9 @@ class NoteLogger {
  * @param {{watchdogReason: number, scratch: Uint32Array, chipReset: number}} parts.resetState
  * @param {(kind: string) => void} parts.requestReset called inside an instruction; the runner acts after it
  * @param {(message: string) => void} parts.note
+ * @param {(code: number, pc: number) => void} [parts.onBreak] a BKPT or UDF outside the ROM
  */
-function createChip({ flash, rom, lines, sensor, options, resetState, requestReset, note }) {
+function createChip({ flash, rom, lines, sensor, options, resetState, requestReset, note, onBreak }) {
   const mcu = new RP2040();
   const logger = new NoteLogger(note, options.verbose);
   mcu.logger = logger;
@@ -127,6 +129,12 @@ function createChip({ flash, rom, lines, sensor, options, resetState, requestRes
   mcu.adc.channelValues[ADC_TEMPERATURE_CHANNEL] = temperatureAdcCode(options.chipCelsius);
 
   rom.install(mcu);
+  mcu.onBreak = (code) => {
+    const pc = (mcu.core.PC - 2) >>> 0; // rp2040js reports BKPT/UDF with PC already past it
+    if (RomShim.owns(pc)) rom.service(mcu, code);
+    else if (onBreak) onBreak(code, pc);
+    else throw new Lockup(`BKPT/UDF #0x${code.toString(16)} at PC 0x${pc.toString(16)}`);
+  };
   mcu.core.reset(); // SP and PC from the ROM's vector table: the reset stub runs the boot path
   return { mcu, logger, watchdog, uart, ssi };
 }

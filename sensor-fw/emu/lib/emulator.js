@@ -117,10 +117,10 @@ class Emulator {
         if (!this.pendingReset) this.pendingReset = kind;
       },
       note: this.note,
+      onBreak: (code, pc) => this.onBreak(code, pc),
     });
     this.mcu = chip.mcu;
     this.watchdog = chip.watchdog;
-    this.mcu.onBreak = (code) => this.onBreak(code);
   }
 
   reset(kind) {
@@ -135,13 +135,9 @@ class Emulator {
     this.boot(resetStateAfter(kind, scratch));
   }
 
-  onBreak(code) {
+  /** A BKPT or UDF in the firmware: benchmark marks, or a stop. */
+  onBreak(code, pc) {
     const core = this.mcu.core;
-    const pc = (core.PC - 2) >>> 0;
-    if (RomShim.owns(pc)) {
-      this.rom.service(this.mcu, code);
-      return;
-    }
     const r = core.registers;
     if (code === MARK_START && this.isBkpt(pc)) {
       this.markStarts.set(r[0] >>> 0, this.totalCycles + 1); // + the BKPT's own cycle
