@@ -155,6 +155,9 @@ class Pl011 extends BasePeripheral {
     const divisor = this.ibrd + this.fbrd / 64;
     return divisor ? Math.round(this.rp2040.clkPeri / (16 * divisor)) : 0;
   }
+  /** rp2040js calls this when clk_peri changes; the line's speed is set by --baud, not by clk_peri. */
+  clkPeriChanged() {}
+
   get flags() {
     return (
       (this.txFifo.length === 0 ? FR_TXFE : 0) |
