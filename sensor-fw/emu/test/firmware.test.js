@@ -43,6 +43,10 @@ test('probe firmware: boots at power-on, echoes, reads uid, JEDEC id, SHT3x, ADC
   const [, r1] = await s.ask('r', /rng=(\w+)\r\n/);
   const [, r2] = await s.ask('r', /rng=(\w+)\r\n/);
   assert.notStrictEqual(r1, r2);
+  // 1000 bytes through BufferedUart's 256-byte buffer and the 32-entry FIFO: none lost.
+  const from = s.out.length;
+  await s.ask('x', /burst done\r\n/);
+  assert.strictEqual((s.out.slice(from).match(/X/g) || []).length, 1000);
   await s.ask('b', /marks done/);
   await s.waitFor(/emu: mark 7 cycles=\d+ value=499500/, { stream: 'err' });
   const { code } = await s.kill('SIGTERM');
