@@ -38,7 +38,13 @@ class NoteLogger {
     this.verbose = verbose;
   }
   debug() {}
-  info() {}
+  info(component, message) {
+    // rp2040js 1.4.1 decodes SEV but only logs it. On the core SEV also sets its own event
+    // register, so the next WFE falls through: embassy's executor pends itself with SEV when a
+    // task wakes itself during a poll (a timer already expired), then WFEs. Without this the core
+    // sleeps until some unrelated interrupt, or until the watchdog resets it.
+    if (message === 'SEV' && this.core) this.core.eventRegistered = true;
+  }
   warn(component, message) {
     // An instruction rp2040js cannot decode is what a real core would fault on: stop there.
     if (/is not implemented yet/.test(message)) throw new Lockup(message);
@@ -65,6 +71,7 @@ function createChip({ flash, rom, lines, sensor, options, resetState, requestRes
   const mcu = new RP2040();
   const logger = new NoteLogger(note, options.verbose);
   mcu.logger = logger;
+  logger.core = mcu.core;
 
   // The flash outlives the chip: point rp2040js's XIP window at the file's bytes.
   const xip = flash.file.xip;

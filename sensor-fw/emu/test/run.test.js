@@ -96,3 +96,10 @@ test('bad arguments get a usage message and exit 2', (t) => {
     assert.match(r.stderr, /^emu: .*\nusage:/);
   }
 });
+
+test('SEV sets the event register, so the next WFE falls through (embassy executor self-wake)', (t) => {
+  const flash = boot2Flash(t, [0xbf40 /* SEV */, 0xbf20 /* WFE */, 0xbe42]);
+  const r = run(flash, '--batch', '--after-eof', '0.1');
+  assert.match(r.stderr, /^emu: firmware stopped: BKPT #0x42 at PC 0x20041f04/m, 'WFE returned at once');
+  assert.strictEqual(r.status, 70);
+});
