@@ -64,9 +64,11 @@ class Emulator {
     this.flash = new SerialFlash(this.flashFile, o.uid, this.note);
     this.rom = new RomShim(this.flashFile);
     this.txBuffer = [];
+    this.consoleLine = '';
     this.lines = [
       new SerialLine({ baud: o.baud, sink: (b) => this.txBuffer.push(b) }),
-      new SerialLine({ baud: o.baud, sink: () => {} }),
+      // UART1 is the development console of dev builds: its lines go to stderr.
+      new SerialLine({ baud: o.baud, sink: (b) => this.consoleByte(b) }),
     ];
     this.sensor = new Sht3xSensor({ celsius: o.sht3x.celsius, humidity: o.sht3x.humidity });
     this.totalCycles = 0;
@@ -81,6 +83,15 @@ class Emulator {
     this.immediate = null;
     this.stopCycles = Math.min(o.maxCycles || Infinity, o.cutAtCycle ?? Infinity);
     this.limitNanos = o.maxSeconds ? o.maxSeconds * 1e9 : Infinity;
+  }
+
+  consoleByte(b) {
+    if (b === 0x0a) {
+      this.note(`uart1: ${this.consoleLine}`);
+      this.consoleLine = '';
+    } else if (b !== 0x0d && this.consoleLine.length < 512) {
+      this.consoleLine += b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
+    }
   }
 
   get emulatedNanos() {
