@@ -103,3 +103,13 @@ test('SEV sets the event register, so the next WFE falls through (embassy execut
   assert.match(r.stderr, /^emu: firmware stopped: BKPT #0x42 at PC 0x20041f04/m, 'WFE returned at once');
   assert.strictEqual(r.status, 70);
 });
+
+test('UART1 lines (the dev console) become `emu: uart1:` lines, control bytes escaped', (t) => {
+  const { Emulator } = require('../lib/emulator');
+  const flash = boot2Flash(t, [WFI, B_BACK_1]);
+  const notes = [];
+  const e = new Emulator({ flashPath: flash, uid: new Uint8Array(8), baud: 0, realtime: false, sht3x: { present: true }, chipCelsius: 27, output: () => {}, note: (l) => notes.push(l) });
+  t.after(() => e.flashFile.close());
+  for (const b of Buffer.from('status ok\r\n\x01x\n')) e.lines[1].sink(b);
+  assert.deepStrictEqual(notes, ['uart1: status ok', 'uart1: \\x01x']);
+});
