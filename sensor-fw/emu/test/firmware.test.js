@@ -99,3 +99,17 @@ test("Outpost's node: bootloader + application boot and the node speaks on UART0
   t.after(() => s.kill('SIGKILL'));
   await s.waitFor(/\xa1\xa2\xa3\xa4\xa5\xa6\xa7\xa8/);
 });
+
+test("Outpost's node: 20 s without a watchdog reset, and it comes back after a power cut in its first flash write", { skip: NODE_SKIP }, (t) => {
+  const { spawnSync } = require('child_process');
+  const app = fs.readdirSync(nodeImages).find((f) => /^outpost-node-[\d.]+\.elf$/.test(f)) ?? fs.readdirSync(nodeImages).find((f) => /^outpost-node-.*\.elf$/.test(f));
+  const flash = composeFlash(t, [path.join(nodeImages, 'outpost-bootloader.elf'), path.join(nodeImages, app)]);
+  const run = (...args) => spawnSync(process.execPath, [RUN_JS, 'run', '--flash', flash, '--batch', '--after-eof', '1000', ...args], { input: '', encoding: 'latin1', timeout: 60000 });
+  const cut = run('--power-cut-after-flash-ops', '1', '--max-seconds', '5');
+  assert.strictEqual(cut.status, 75, cut.stderr);
+  const back = run('--max-seconds', '20', '--stats');
+  assert.strictEqual(back.status, 0, back.stderr);
+  assert.doesNotMatch(back.stderr, /emu: reset/);
+  assert.match(back.stdout, /\xe6\x61\x4c\x31\x1b\x3a\x2f\x21/, 'frames with the default uid');
+});
+
