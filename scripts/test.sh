@@ -57,6 +57,25 @@ if ! command -v promtool >/dev/null; then
     fi
 fi
 
+# The RP2040 emulator harness (sensor-fw/emu, Node.js + rp2040js): its unit tests. Node and npm
+# from Debian when missing; `npm ci` only when node_modules is older than the lock file.
+emu_missing=()
+command -v node >/dev/null || emu_missing+=(nodejs)
+command -v npm >/dev/null || emu_missing+=(npm)
+if [ ${#emu_missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${emu_missing[@]}"
+    else
+        echo "test.sh: please install: ${emu_missing[*]}" >&2
+        exit 1
+    fi
+fi
+if [ ! -e sensor-fw/emu/node_modules/.package-lock.json ] ||
+    [ sensor-fw/emu/package-lock.json -nt sensor-fw/emu/node_modules/.package-lock.json ]; then
+    npm ci --prefix sensor-fw/emu --no-audit --no-fund --loglevel=error
+fi
+node --test sensor-fw/emu/test/
+
 # Lints before the builds and tests (a check, no code generated): a warning fails CI early.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --workspace --all-targets --locked -- -D warnings
