@@ -4,8 +4,8 @@
 'use strict';
 
 const fs = require('fs');
-const { compose, parseImageArg } = require('./lib/images');
-const { parseSize } = require('./lib/flash-file');
+const { compose, parseImageArg, ImageError } = require('./lib/images');
+const { parseSize, checkSize, FlashError } = require('./lib/flash-file');
 const { Emulator } = require('./lib/emulator');
 
 const USAGE = `usage:
@@ -54,6 +54,7 @@ function composeCommand(argv) {
   if (!options.out) throw new UsageError('compose needs --out FLASH');
   if (!rest.length) throw new UsageError('compose needs at least one image');
   const size = parseSize(options.size ?? '2M');
+  checkSize(size, '--size');
   const { flash, placed } = compose(size, rest.map(parseImageArg));
   fs.writeFileSync(options.out, flash);
   for (const p of placed) process.stderr.write(`emu: ${p.path}: 0x${p.address.toString(16)} +0x${p.length.toString(16)}\n`);
@@ -132,7 +133,7 @@ async function main() {
       process.stderr.write(`emu: ${e.message}\n${USAGE}\n`);
       return 2;
     }
-    if (e && (e.name === 'ImageError' || e.constructor.name === 'ImageError' || e.constructor.name === 'FlashError' || e.code === 'ENOENT')) {
+    if (e instanceof ImageError || e instanceof FlashError || (e && (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EISDIR'))) {
       process.stderr.write(`emu: ${e.message}\n`);
       return 1;
     }

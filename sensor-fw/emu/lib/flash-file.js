@@ -70,12 +70,6 @@ class FlashFile {
     this.onOp = null;
   }
 
-  /** Writes a new flash file of `size` bytes, all erased (0xFF), and returns its bytes. */
-  static blank(size) {
-    checkSize(size, 'new flash');
-    return new Uint8Array(size).fill(0xff);
-  }
-
   close() {
     if (this.fd !== null) fs.closeSync(this.fd);
     this.fd = null;
