@@ -58,7 +58,11 @@ class FlashFile {
     this.size = size;
     this.fd = fs.openSync(path, 'r+');
     this.xip = new Uint8Array(XIP_WINDOW).fill(0xff);
-    fs.readSync(this.fd, this.xip, 0, size, 0);
+    for (let at = 0; at < size; ) {
+      const n = fs.readSync(this.fd, this.xip, at, size - at, at);
+      if (n === 0) throw new FlashError(`${path}: shorter than its ${size} bytes while reading`);
+      at += n;
+    }
     /** Operations done so far (sector erases + page programs). */
     this.ops = 0;
     this.erases = 0;
