@@ -4,15 +4,15 @@
 'use strict';
 
 const fs = require('fs');
-const { compose, parseImageArg } = require('./lib/images');
-const { parseSize } = require('./lib/flash-file');
+const { compose, parseImageArg, ImageError } = require('./lib/images');
+const { parseSize, checkSize, FlashError } = require('./lib/flash-file');
 const { Emulator } = require('./lib/emulator');
 
 const USAGE = `usage:
   node run.js compose --out FLASH [--size 2M] IMAGE[@0xADDR]...
   node run.js run --flash FLASH [--uid HEX16] [--baud N] [--realtime | --batch]
       [--max-seconds S] [--max-cycles N] [--after-eof S] [--stats] [--log-flash] [--verbose]
-      [--power-cut-after-flash-ops N] [--power-cut-at-cycle N]
+      [--power-cut-after-flash-ops N] [--power-cut-at-cycle N] [--flash-timing typical|max]
       [--sht3x-temp C] [--sht3x-rh PERCENT] [--no-sht3x] [--chip-temp C]`;
 
 /** The flash chip's unique id when --uid is not given (any fixed value; tests pass their own). */
@@ -54,6 +54,7 @@ function composeCommand(argv) {
   if (!options.out) throw new UsageError('compose needs --out FLASH');
   if (!rest.length) throw new UsageError('compose needs at least one image');
   const size = parseSize(options.size ?? '2M');
+  checkSize(size, '--size');
   const { flash, placed } = compose(size, rest.map(parseImageArg));
   fs.writeFileSync(options.out, flash);
   for (const p of placed) process.stderr.write(`emu: ${p.path}: 0x${p.address.toString(16)} +0x${p.length.toString(16)}\n`);
@@ -79,6 +80,7 @@ async function runCommand(argv) {
     'sht3x-rh': 'value',
     'no-sht3x': 'flag',
     'chip-temp': 'value',
+    'flash-timing': 'value',
   };
   const { options, rest } = parseArgs(argv, spec);
   if (rest.length) throw new UsageError(`unexpected argument ${rest[0]}`);
@@ -87,6 +89,9 @@ async function runCommand(argv) {
   const uidHex = options.uid ?? DEFAULT_UID;
   if (!/^[0-9a-fA-F]{16}$/.test(uidHex)) throw new UsageError(`--uid ${uidHex}: expected 16 hex digits`);
 
+  if (options['flash-timing'] !== undefined && !['typical', 'max'].includes(options['flash-timing'])) {
+    throw new UsageError(`--flash-timing ${options['flash-timing']}: expected typical or max`);
+  }
   const note = (line) => process.stderr.write(`emu: ${line}\n`);
   const emulator = new Emulator({
     flashPath: options.flash,
@@ -106,6 +111,7 @@ async function runCommand(argv) {
     chipCelsius: number(options, 'chip-temp', { min: -100 }) ?? 27,
     stats: !!options.stats,
     logFlash: !!options['log-flash'],
+    flashTiming: options['flash-timing'],
     verbose: !!options.verbose,
     output: (bytes) => process.stdout.write(bytes),
     note,
@@ -132,7 +138,7 @@ async function main() {
       process.stderr.write(`emu: ${e.message}\n${USAGE}\n`);
       return 2;
     }
-    if (e && (e.name === 'ImageError' || e.constructor.name === 'ImageError' || e.constructor.name === 'FlashError' || e.code === 'ENOENT')) {
+    if (e instanceof ImageError || e instanceof FlashError || (e && (e.code === 'ENOENT' || e.code === 'EACCES' || e.code === 'EISDIR'))) {
       process.stderr.write(`emu: ${e.message}\n`);
       return 1;
     }

@@ -3,7 +3,7 @@
 // watchdog or SYSRESETREQ reset, the flash (and its file) kept. Paces emulated time against the
 // wall clock or skips idle time, stops at limits, cuts the power when asked, reports marks.
 
-const { FlashFile, PowerCut } = require('./flash-file');
+const { FlashFile, PowerCut, ResetDuringFlash, FLASH_TIMINGS } = require('./flash-file');
 const { SerialFlash } = require('./ssi-flash');
 const { SerialLine } = require('./uart');
 const { Sht3xSensor } = require('./sht3x');
@@ -51,6 +51,7 @@ class Emulator {
    * @param {number} [o.afterEofSeconds]
    * @param {{present: boolean, celsius: number, humidity: number}} o.sht3x
    * @param {number} o.chipCelsius
+   * @param {'typical' | 'max'} [o.flashTiming] erase/program busy times; instantaneous when absent
    * @param {boolean} [o.logFlash]
    * @param {boolean} [o.verbose]
    * @param {(bytes: Uint8Array) => void} o.output UART0 TX
@@ -59,7 +60,13 @@ class Emulator {
   constructor(o) {
     this.o = o;
     this.note = o.note;
-    this.flashFile = new FlashFile(o.flashPath, { cutAfterOps: o.cutAfterOps ?? Infinity });
+    this.flashFile = new FlashFile(o.flashPath, { cutAfterOps: o.cutAfterOps ?? Infinity, timing: o.flashTiming ? FLASH_TIMINGS[o.flashTiming] : null });
+    // The core waits in the ROM while the part is busy; the rest of the chip (timers, UART,
+    // watchdog) runs on.
+    this.flashFile.busy = (nanos) => {
+      this.mcu.clock.tick(nanos);
+      return this.pendingReset !== null;
+    };
     if (o.logFlash) this.flashFile.onOp = (op, kind, offset) => this.note(`flash op ${op} ${kind} ${hex(0x10000000 + offset)}`);
     this.flash = new SerialFlash(this.flashFile, o.uid, this.note);
     this.rom = new RomShim(this.flashFile);
@@ -240,6 +247,10 @@ class Emulator {
     } catch (e) {
       this.flushOutput();
       if (e instanceof PowerCut) return this.finish(EXIT_POWER_CUT, e.message);
+      if (e instanceof ResetDuringFlash) {
+        this.note(e.message);
+        return this.schedule(0); // the pending reset happens first thing in the next chunk
+      }
       if (e instanceof RomFault) return this.finish(EXIT_FIRMWARE_FAULT, `ROM call at LR ${hex(this.mcu.core.LR)} failed: ${e.message}`);
       if (e instanceof Lockup) return this.finish(EXIT_FIRMWARE_FAULT, `firmware stopped: ${e.message}`);
       throw e;

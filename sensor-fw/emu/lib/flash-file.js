@@ -29,7 +29,26 @@ class PowerCut extends Error {
   }
 }
 
+/** The chip was reset (watchdog) while the flash was busy with an operation, which is torn. */
+class ResetDuringFlash extends Error {
+  constructor(op, kind, offset) {
+    super(`reset during flash op ${op} (${kind} 0x${(XIP_BASE + offset).toString(16)}): the operation is torn`);
+    this.op = op;
+    this.kind = kind;
+    this.offset = offset;
+  }
+}
+
 class FlashError extends Error {}
+
+/**
+ * How long the part is busy per operation (Winbond W25Q16JV datasheet, AC characteristics:
+ * tSE sector erase 45 ms typical / 400 ms maximum, tPP page program 0.4 ms / 3 ms).
+ */
+const FLASH_TIMINGS = {
+  typical: { erase: 45e6, program: 0.4e6 },
+  max: { erase: 400e6, program: 3e6 },
+};
 
 /** Parses "2M", "512K", "0x200000" or "2097152" into bytes. */
 function parseSize(text) {
@@ -58,7 +77,11 @@ class FlashFile {
     this.size = size;
     this.fd = fs.openSync(path, 'r+');
     this.xip = new Uint8Array(XIP_WINDOW).fill(0xff);
-    fs.readSync(this.fd, this.xip, 0, size, 0);
+    for (let at = 0; at < size; ) {
+      const n = fs.readSync(this.fd, this.xip, at, size - at, at);
+      if (n === 0) throw new FlashError(`${path}: shorter than its ${size} bytes while reading`);
+      at += n;
+    }
     /** Operations done so far (sector erases + page programs). */
     this.ops = 0;
     this.erases = 0;
@@ -68,12 +91,13 @@ class FlashFile {
     this.random = options.random ?? ((n) => crypto.randomBytes(n));
     /** Called after each operation: (op number, 'erase' | 'program', offset, length). */
     this.onOp = null;
-  }
-
-  /** Writes a new flash file of `size` bytes, all erased (0xFF), and returns its bytes. */
-  static blank(size) {
-    checkSize(size, 'new flash');
-    return new Uint8Array(size).fill(0xff);
+    /** Busy time per operation (FLASH_TIMINGS entry), or null for instantaneous operations. */
+    this.timing = options.timing ?? null;
+    /**
+     * Lets `nanos` of emulated time pass while the part is busy; returns true when the chip was
+     * reset meanwhile (the watchdog kept counting), which tears the operation.
+     */
+    this.busy = null;
   }
 
   close() {
@@ -100,6 +124,11 @@ class FlashFile {
     if (op > this.cutAfterOps) {
       tear();
       throw new PowerCut(op, kind, offset);
+    }
+    if (this.timing && this.busy && this.busy(this.timing[kind])) {
+      tear();
+      this.ops = op;
+      throw new ResetDuringFlash(op, kind, offset);
     }
     this.ops = op;
     return op;
@@ -144,4 +173,4 @@ class FlashFile {
   }
 }
 
-module.exports = { FlashFile, FlashError, PowerCut, parseSize, checkSize, SECTOR, PAGE, XIP_BASE, XIP_WINDOW };
+module.exports = { FlashFile, FlashError, PowerCut, ResetDuringFlash, FLASH_TIMINGS, parseSize, checkSize, SECTOR, PAGE, XIP_BASE, XIP_WINDOW };

@@ -71,3 +71,18 @@ test('sizes', () => {
   assert.strictEqual(parseSize('0x1000'), 4096);
   assert.throws(() => parseSize('two'), FlashError);
 });
+
+test('with flash timing, time passes per operation, and a reset meanwhile tears the operation', (t) => {
+  const { ResetDuringFlash, FLASH_TIMINGS } = require('../lib/flash-file');
+  const { file, flash } = flashFileIn(t, { bytes: new Uint8Array(8192), timing: FLASH_TIMINGS.typical, random: (n) => new Uint8Array(n).fill(0x77) });
+  let elapsed = 0;
+  flash.busy = (nanos) => {
+    elapsed += nanos;
+    return elapsed > 50e6; // the watchdog fires during the second sector
+  };
+  assert.throws(() => flash.erase(0, 8192), (e) => e instanceof ResetDuringFlash && e.op === 2 && e.offset === 4096);
+  assert.strictEqual(elapsed, 90e6);
+  const onDisk = fs.readFileSync(file);
+  assert.ok(onDisk.subarray(0, 4096).every((b) => b === 0xff));
+  assert.ok(onDisk.subarray(4096, 8192).every((b) => b === 0x77), 'the interrupted erase is torn');
+});

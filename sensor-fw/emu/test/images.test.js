@@ -92,3 +92,21 @@ test('the compose command writes the flash file', (t) => {
   assert.strictEqual(bad.status, 1);
   assert.match(bad.stderr, /^emu: .*needs its XIP address/);
 });
+
+test('damaged images are refused with their name, never half-composed', () => {
+  const good = elf([{ paddr: 0x10000100, bytes: Buffer.alloc(64, 1) }]);
+  const truncated = good.subarray(0, 60);
+  assert.throws(() => compose(4096, [{ path: 'cut.elf', address: null, bytes: truncated }]), (e) => e instanceof ImageError && /cut\.elf/.test(e.message));
+  const beyond = Buffer.from(good);
+  beyond.writeUInt32LE(0x7fffffff, 52 + 4); // first segment's file offset past the end
+  assert.throws(() => compose(4096, [{ path: 'bad.elf', address: null, bytes: beyond }]), /beyond the end of the file/);
+  const block = uf2Block(0x10000000, Buffer.from('x'));
+  block.writeUInt32LE(0, 508);
+  assert.throws(() => compose(4096, [{ path: 'bad.uf2', address: null, bytes: block }]), /bad UF2 magic/);
+  const bigBlock = uf2Block(0x10000000, Buffer.from('x'));
+  bigBlock.writeUInt32LE(4000, 16);
+  assert.throws(() => compose(4096, [{ path: 'big.uf2', address: null, bytes: bigBlock }]), /claims 4000 bytes/);
+  const x86 = Buffer.from(good);
+  x86.writeUInt16LE(62, 18);
+  assert.throws(() => compose(4096, [{ path: 'x86.elf', address: null, bytes: x86 }]), /not an ARM ELF/);
+});
