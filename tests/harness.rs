@@ -434,6 +434,18 @@ impl Site {
     }
 }
 
+impl Site {
+    /// Waits until the store holds at least `n` samples from node `uid` (for nodes that are not
+    /// the site's simulated ones, e.g. an emulated board); returns how many it holds.
+    pub fn wait_for_node_samples(&self, uid: &str, n: usize, timeout: Duration) -> Result<usize> {
+        wait_for(timeout, &format!("{n} samples from node {uid}"), || {
+            let seqs = self.stored_seqs().ok()?;
+            let held = seqs.iter().find(|(u, _)| u == uid)?.1.len();
+            (held >= n).then_some(held)
+        })
+    }
+}
+
 /// `seq` channel values per node uid, in the order the store holds them.
 pub fn stored_seqs(store: &Path) -> Result<Vec<(String, Vec<i64>)>> {
     let conn =

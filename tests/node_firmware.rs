@@ -99,7 +99,7 @@ fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_re
 
     // Enrollment (the key the node made at its first boot), HEALTH and telemetry.
     wait_for_node(&site, &node, FIRST, "power_on")?;
-    site.wait_for_samples(8, Duration::from_secs(90))
+    site.wait_for_node_samples(UID, 8, Duration::from_secs(90))
         .with_context(|| tail(&node.log(), 30))?;
     wait_for(Duration::from_secs(60), "the node's HEALTH", || {
         latest_health(&site.store_path(), UID).ok().flatten()
@@ -140,7 +140,7 @@ fn the_real_image_enrolls_reports_and_takes_a_signed_update_then_a_bad_one_is_re
 
     // Every sample of every boot arrived once.
     let before = site.assert_seq_contiguous_per_boot()?;
-    site.wait_for_samples(before + 3, Duration::from_secs(60))?;
+    site.wait_for_node_samples(UID, before + 3, Duration::from_secs(60))?;
     site.assert_seq_contiguous_per_boot()?;
     drop(node);
     site.gateway.take();
@@ -199,7 +199,7 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
     let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
     wait_for_node(&site, &node, SECOND, "ota_apply")?;
     let before = site.assert_seq_contiguous_per_boot()?;
-    site.wait_for_samples(before + 3, Duration::from_secs(60))?;
+    site.wait_for_node_samples(UID, before + 3, Duration::from_secs(60))?;
     let _ = rollout.wait();
     drop(node);
     site.gateway.take();

@@ -204,7 +204,7 @@ fn cycles(firmware: &Firmware) -> Result<()> {
     let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
     let mut site = site(firmware, &[&link], Vec::new())?;
     site.start_gateway()?;
-    site.wait_for_samples(20, Duration::from_secs(120))
+    site.wait_for_node_samples(UID, 20, Duration::from_secs(120))
         .with_context(|| tail(&node.log(), 30))?;
     let all = marks(&node.log());
     drop(node);
@@ -268,7 +268,7 @@ fn throughput(firmware: &Firmware) -> Result<()> {
     let mut site = site(firmware, &[&link], vec![sim])?;
     site.start_gateway()?;
     // Both linked and sending, then a window of wall time.
-    site.wait_for_samples(200, Duration::from_secs(120))?;
+    site.wait_for_node_samples(UID, 200, Duration::from_secs(120))?;
     wait_for(Duration::from_secs(120), "both nodes' samples", || {
         let seqs = site.stored_seqs().ok()?;
         (seqs.len() == 2 && seqs.iter().all(|(_, s)| s.len() > 100)).then_some(())
@@ -334,7 +334,7 @@ fn ota(firmware: &Firmware) -> Result<()> {
     let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
     let mut site = site(firmware, &[&link], Vec::new())?;
     site.start_gateway()?;
-    site.wait_for_samples(3, Duration::from_secs(120))?;
+    site.wait_for_node_samples(UID, 3, Duration::from_secs(120))?;
     let image = firmware.signed_image(SECOND, tmp.path())?;
     let bytes = std::fs::metadata(&image)?.len();
     let start = Instant::now();
