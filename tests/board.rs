@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::termios::{self, SetArg};
@@ -210,6 +211,12 @@ impl EmulatedNode {
         extra: &[&str],
     ) -> Result<EmulatedNode> {
         let pty = nix::pty::openpty(None, None).context("openpty")?;
+        // openpty(3) does not set close-on-exec: without it every process the test starts later
+        // (the gateway, the next emulator) would hold this pty's master open, and the gateway
+        // would never see the line hang up when this node's power is cut.
+        for fd in [&pty.master, &pty.slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("close-on-exec")?;
+        }
         let mut raw = termios::tcgetattr(&pty.slave)?;
         termios::cfmakeraw(&mut raw);
         termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &raw)?;

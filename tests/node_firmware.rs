@@ -156,7 +156,7 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
     let log = tmp.path().join("emulator.log");
     firmware.factory_flash(FIRST, &flash)?;
     // The power goes at the node's first reset: the one into the bootloader's swap.
-    let mut node = EmulatedNode::start(&flash, UID, &link, &log, &["--power-cut-at-reset"])?;
+    let mut node = EmulatedNode::start(&flash, UID, &link, &log, &["--power-cut-at-reset", "1"])?;
     let mut site = site(firmware, &link)?;
     site.start_gateway()?;
     wait_for_node(&site, &node, FIRST, "power_on")?;
@@ -174,14 +174,15 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
         tail(&node.log(), 20)
     );
 
-    // Power back on, and off again in the middle of the swap (the swap copies 128 pages, each
-    // an erase and a program of ACTIVE and of DFU, with a STATE write after each step).
+    // Power back on, and off again in the middle of the swap. The emulator counts each 4 KiB
+    // erase and each 256-byte page program: the swap moves 128 pages between ACTIVE and DFU,
+    // about 34 operations a page with its STATE marks, so 1,500 is about a third of the way.
     let mut node = EmulatedNode::start(
         &flash,
         UID,
         &link,
         &log,
-        &["--power-cut-after-flash-ops", "200"],
+        &["--power-cut-after-flash-ops", "1500"],
     )?;
     let status = node.wait_exit(Duration::from_secs(120))?;
     ensure!(

@@ -12,7 +12,7 @@ const USAGE = `usage:
   node run.js compose --out FLASH [--size 2M] IMAGE[@0xADDR]...
   node run.js run --flash FLASH [--uid HEX16] [--baud N] [--realtime | --batch]
       [--max-seconds S] [--max-cycles N] [--after-eof S] [--stats] [--log-flash] [--verbose]
-      [--power-cut-after-flash-ops N] [--power-cut-at-cycle N] [--flash-timing typical|max]
+      [--power-cut-after-flash-ops N] [--power-cut-at-cycle N] [--power-cut-at-reset N] [--flash-timing typical|max]
       [--sht3x-temp C] [--sht3x-rh PERCENT] [--no-sht3x] [--chip-temp C]`;
 
 /** The flash chip's unique id when --uid is not given (any fixed value; tests pass their own). */
@@ -76,6 +76,7 @@ async function runCommand(argv) {
     verbose: 'flag',
     'power-cut-after-flash-ops': 'value',
     'power-cut-at-cycle': 'value',
+    'power-cut-at-reset': 'value',
     'sht3x-temp': 'value',
     'sht3x-rh': 'value',
     'no-sht3x': 'flag',
@@ -103,6 +104,7 @@ async function runCommand(argv) {
     afterEofSeconds: number(options, 'after-eof') ?? 0,
     cutAfterOps: number(options, 'power-cut-after-flash-ops', { integer: true }),
     cutAtCycle: number(options, 'power-cut-at-cycle', { integer: true }),
+    cutAtReset: number(options, 'power-cut-at-reset', { integer: true, min: 1 }),
     sht3x: {
       present: !options['no-sht3x'],
       celsius: number(options, 'sht3x-temp', { min: -45 }) ?? 21.5,

@@ -48,6 +48,7 @@ class Emulator {
    * @param {number} [o.maxCycles]
    * @param {number} [o.cutAfterOps]
    * @param {number} [o.cutAtCycle]
+   * @param {number} [o.cutAtReset] cut the power instead of the n-th reset (1: the first)
    * @param {number} [o.afterEofSeconds]
    * @param {{present: boolean, celsius: number, humidity: number}} o.sht3x
    * @param {number} o.chipCelsius
@@ -270,6 +271,11 @@ class Emulator {
       if (this.pendingReset) {
         const kind = this.pendingReset;
         this.pendingReset = null;
+        // The power goes as the chip resets (e.g. into the bootloader's swap): the flash is
+        // exactly what the last boot left.
+        if (this.o.cutAtReset !== undefined && this.resets + 1 >= this.o.cutAtReset) {
+          return this.finish(EXIT_POWER_CUT, `power cut at reset ${this.resets + 1} (${kind}) at cycle ${this.totalCycles}`);
+        }
         this.reset(kind);
         mcu = this.mcu;
         core = mcu.core;

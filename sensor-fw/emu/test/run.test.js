@@ -61,6 +61,15 @@ test('SYSRESETREQ restarts the chip from the flash, again and again; --max-cycle
   assert.strictEqual(r.status, 0);
 });
 
+test('--power-cut-at-reset N cuts the power instead of the N-th reset', (t) => {
+  const flash = boot2Flash(t, [0x4802, 0x4903, 0x6001, B_SELF, NOP, NOP, [0xe000ed0c, 32], [0x05fa0004, 32]]);
+  const r = run(flash, '--batch', '--power-cut-at-reset', '3', '--after-eof', '10');
+  assert.strictEqual(r.status, 75, r.stderr);
+  const resets = r.stderr.match(/^emu: reset sysresetreq at cycle \d+/gm) || [];
+  assert.strictEqual(resets.length, 2, r.stderr);
+  assert.match(r.stderr, /^emu: power cut at reset 3 \(sysresetreq\) at cycle \d+$/m);
+});
+
 test('--power-cut-at-cycle exits 75', (t) => {
   const flash = boot2Flash(t, [NOP, B_BACK_1]);
   const r = run(flash, '--batch', '--power-cut-at-cycle', '5000', '--after-eof', '10');
