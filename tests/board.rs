@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::Mode;
 use nix::sys::termios::{self, SetArg};
 use nix::unistd::Pid;
 
@@ -210,17 +212,24 @@ impl EmulatedNode {
         log: &Path,
         extra: &[&str],
     ) -> Result<EmulatedNode> {
-        let pty = nix::pty::openpty(None, None).context("openpty")?;
-        // openpty(3) does not set close-on-exec: without it every process the test starts later
-        // (the gateway, the next emulator) would hold this pty's master open, and the gateway
-        // would never see the line hang up when this node's power is cut.
-        for fd in [&pty.master, &pty.slave] {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("close-on-exec")?;
-        }
-        let mut raw = termios::tcgetattr(&pty.slave)?;
+        // Both ends close-on-exec from the moment they exist (openpty(3) leaves them
+        // inheritable, and a later fcntl races with the other tests' threads spawning): else a
+        // gateway or an emulator started meanwhile holds this pty's master open, and the
+        // gateway never sees the line hang up when this node's power is cut.
+        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .context("posix_openpt")?;
+        grantpt(&master)?;
+        unlockpt(&master)?;
+        let slave_path = PathBuf::from(ptsname_r(&master)?);
+        let slave = nix::fcntl::open(
+            &slave_path,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("open the pty's slave")?;
+        let mut raw = termios::tcgetattr(&slave)?;
         termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &raw)?;
-        let slave_path = nix::unistd::ttyname(&pty.slave)?;
+        termios::tcsetattr(&slave, SetArg::TCSANOW, &raw)?;
         let _ = std::fs::remove_file(link);
         std::os::unix::fs::symlink(&slave_path, link)?;
 
@@ -244,10 +253,9 @@ impl EmulatedNode {
 
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(Mutex::new(0u64));
-        let master = File::from(pty.master);
+        let master = File::from(OwnedFd::from(master));
         // The slave stays open here too, so the master never reads EIO while the gateway has
         // the port closed (it reopens it after a hang-up).
-        let slave = pty.slave;
         let mut master_in = master.try_clone()?;
         let mut master_out = master;
         let stop_in = Arc::clone(&stop);
@@ -272,6 +280,7 @@ impl EmulatedNode {
             }
         });
         let sent_count = Arc::clone(&sent);
+        let stop_out = Arc::clone(&stop);
         let line_out = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = from_node.read(&mut buf) {
@@ -280,6 +289,9 @@ impl EmulatedNode {
                 }
                 *sent_count.lock().unwrap_or_else(|e| e.into_inner()) += n as u64;
             }
+            // The emulator is gone (a power cut it made, or a kill): the line goes dead at once,
+            // as a board's does, and the gateway sees it hang up.
+            stop_out.store(true, Ordering::Relaxed);
         });
         Ok(EmulatedNode {
             child,

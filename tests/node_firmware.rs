@@ -173,6 +173,7 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
         "{status:?}\n{}",
         tail(&node.log(), 20)
     );
+    drop(node);
 
     // Power back on, and off again in the middle of the swap. The emulator counts each 4 KiB
     // erase and each 256-byte page program: the swap moves 128 pages between ACTIVE and DFU,
@@ -195,6 +196,7 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
         "{}",
         tail(&node.log(), 20)
     );
+    drop(node);
 
     // Power on for good: the swap resumes where it stopped and the new image runs its trial.
     let node = EmulatedNode::start(&flash, UID, &link, &log, &[])?;
