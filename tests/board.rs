@@ -331,6 +331,15 @@ impl EmulatedNode {
         self.exit.is_none() && self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// SIGTERM: the emulator stops at the end of its current step and prints its closing lines
+    /// (`--stats`); waits for it.
+    pub fn stop(mut self) -> Result<String> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))?;
+        self.shutdown();
+        Ok(self.log())
+    }
+
     /// SIGKILL: the power goes at whatever cycle the chip is in.
     pub fn power_cut(mut self) -> Result<()> {
         self.shutdown();
