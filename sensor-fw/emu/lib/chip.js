@@ -132,6 +132,7 @@ function createChip({ flash, rom, lines, sensor, options, resetState, requestRes
     ppbWrite(offset, value);
   };
 
+  for (const i2c of mcu.i2c) patchI2cAbort(i2c);
   attachSht3x(mcu.i2c[0], mcu.clock, sensor, { present: options.present });
   mcu.adc.channelValues[ADC_TEMPERATURE_CHANNEL] = temperatureAdcCode(options.chipCelsius);
 
@@ -144,6 +145,22 @@ function createChip({ flash, rom, lines, sensor, options, resetState, requestRes
   };
   mcu.core.reset(); // SP and PC from the ROM's vector table: the reset stub runs the boot path
   return { mcu, logger, watchdog, uart, ssi };
+}
+
+/**
+ * rp2040js 1.4.1's I2C raises TX_EMPTY only when it pulls a command from the TX FIFO; an abort
+ * (an address nobody acknowledges) empties the FIFO without raising it. On the chip TX_EMPTY is a
+ * level (FIFO at or below its threshold), so after an abort it reads 1, and embassy-rp's blocking
+ * write waits for exactly that before it reads the abort reason: without this, a board whose
+ * sensor is missing spins until the watchdog resets it, which real silicon does not do.
+ */
+function patchI2cAbort(i2c) {
+  const TX_EMPTY = 1 << 4;
+  const abort = i2c.abort.bind(i2c);
+  i2c.abort = (reason) => {
+    abort(reason);
+    i2c.setInterrupts(TX_EMPTY);
+  };
 }
 
 module.exports = { createChip, Lockup, temperatureAdcCode, WATCHDOG_REASON_TIMER, WATCHDOG_REASON_FORCE };
