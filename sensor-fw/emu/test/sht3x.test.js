@@ -78,3 +78,14 @@ test('on the chip: I2C0 write 0x2C06, read 6 bytes from 0x44; other addresses an
   const absent = chipIn(t, { present: false });
   assert.strictEqual(i2cTransfer(absent, 0x44, { write: [0x2c, 0x06] }).abort & 1, 1);
 });
+
+test('an address nobody acknowledges leaves TX_EMPTY and STOP_DET set, as embassy-rp waits for both', (t) => {
+  // embassy-rp's blocking write spins on RAW_INTR_STAT.TX_EMPTY, then on STOP_DET, before it
+  // reads the abort reason: without both a board with no sensor hangs until its watchdog.
+  const absent = chipIn(t, { present: false });
+  const { abort } = i2cTransfer(absent, 0x44, { write: [0x2c, 0x06] });
+  assert.strictEqual(abort & 1, 1, 'ABRT_7B_ADDR_NOACK');
+  const raw = absent.mcu.readUint32(I2C0 + 0x34); // IC_RAW_INTR_STAT
+  assert.ok(raw & (1 << 4), `TX_EMPTY in ${raw.toString(16)}`);
+  assert.ok(raw & (1 << 9), `STOP_DET in ${raw.toString(16)}`);
+});
