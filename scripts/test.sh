@@ -20,6 +20,9 @@ command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
 # tests/diagnostics.rs opens the diagnostics bundle with the standard tools (zstd, tar).
 command -v zstd >/dev/null || missing+=(zstd)
 command -v tar >/dev/null || missing+=(tar)
+# Node.js and npm for the RP2040 emulator (sensor-fw/emu: rp2040js from npm).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 # The Debian packages (tests/install.rs): Debian's rustc-web with its std sources and the aarch64
 # cross C toolchain for the arm64 cross build, qemu-user to run the arm64 binary, lintian,
 # debootstrap and systemd-nspawn for the install test in a booted root, man for
@@ -57,19 +60,8 @@ if ! command -v promtool >/dev/null; then
     fi
 fi
 
-# The RP2040 emulator harness (sensor-fw/emu, Node.js + rp2040js): its unit tests. Node and npm
-# from Debian when missing; `npm ci` only when node_modules is older than the lock file.
-emu_missing=()
-command -v node >/dev/null || emu_missing+=(nodejs)
-command -v npm >/dev/null || emu_missing+=(npm)
-if [ ${#emu_missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${emu_missing[@]}"
-    else
-        echo "test.sh: please install: ${emu_missing[*]}" >&2
-        exit 1
-    fi
-fi
+# The RP2040 emulator harness (sensor-fw/emu, Node.js + rp2040js; node and npm come with the
+# packages above): its unit tests. `npm ci` only when node_modules is older than the lock file.
 if [ ! -e sensor-fw/emu/node_modules/.package-lock.json ] ||
     [ sensor-fw/emu/package-lock.json -nt sensor-fw/emu/node_modules/.package-lock.json ]; then
     npm ci --prefix sensor-fw/emu --no-audit --no-fund --loglevel=error
