@@ -112,12 +112,9 @@ async fn main(_spawner: Spawner) {
     let flash: &'static SharedFlash = FLASH_CELL.init(Mutex::new(RefCell::new(flash)));
     let partition = |region: Region| BlockingPartition::new(flash, region.offset, region.size);
 
-    let mut rng = RoscRng;
-    let mut entropy = [0u8; 32];
-    rng.fill_bytes(&mut entropy);
-    let mut key_entropy = [0u8; 32];
-    rng.fill_bytes(&mut key_entropy);
-    let boot_id = rng.next_u32();
+    let mut entropy = conditioned_entropy();
+    let mut key_entropy = conditioned_entropy();
+    let boot_id = u32::from_le_bytes([entropy[28], entropy[29], entropy[30], entropy[31]]);
 
     // The identity key: made once, at the first boot, from the ring oscillator. If the
     // settings sectors cannot be written, this boot runs on the fresh key (and the gateway
@@ -296,6 +293,20 @@ async fn main(_spawner: Spawner) {
             reset::reset(&mut watchdog, cause);
         }
     }
+}
+
+/// 32 bytes for keys from the ring oscillator. Its raw bits are biased and correlated from one
+/// read to the next, so 512 raw bytes (4,096 bits, for 256 bits out) are condensed with SHA-256.
+fn conditioned_entropy() -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut raw = [0u8; 64];
+    for _ in 0..8 {
+        RoscRng.fill_bytes(&mut raw);
+        hasher.update(raw);
+    }
+    raw.fill(0);
+    hasher.finalize().into()
 }
 
 /// The development console's `status` line.
