@@ -164,6 +164,31 @@ impl Firmware {
     }
 }
 
+/// A site whose gateway has a 115,200-baud serial port at each of `ports` (emulated nodes'
+/// ptys) besides the simulated nodes `sims`, takes updates signed by the test fleet's key, and
+/// gives the technician `token`.
+pub fn site(
+    firmware: &Firmware,
+    ports: &[&Path],
+    sims: Vec<crate::NodeSpec>,
+    token: &str,
+) -> Result<crate::Site> {
+    let mut extra = String::new();
+    for port in ports {
+        extra += &format!(
+            "[[serial]]\npath = \"{}\"\nbaud = 115200\nreopen_backoff_max = \"1s\"\n\n",
+            port.display()
+        );
+    }
+    extra += &format!(
+        "[ota]\nfirmware_keys = [\"{}\"]\n",
+        firmware.public_key().display()
+    );
+    let mut site = crate::Site::with_config(sims, &extra)?;
+    site.set_technician_token(token)?;
+    Ok(site)
+}
+
 /// `node sensor-fw/emu/run.js`, with its npm packages installed once per run.
 pub fn emulator() -> Result<Command> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use outpost_e2e::board::{EmulatedNode, FIRST, Firmware, NEVER_CONFIRMS, SECOND, tail};
+use outpost_e2e::board::{self, EmulatedNode, FIRST, Firmware, NEVER_CONFIRMS, SECOND, tail};
 use outpost_e2e::{Site, bin, latest_health, run_ok, wait_for};
 
 const TOKEN: &str = "rp2040-technician-token-0123456789";
@@ -20,18 +20,9 @@ const TOKEN: &str = "rp2040-technician-token-0123456789";
 /// The flash chip's unique id in the emulator: the node's uid at the gateway.
 const UID: &str = "e2ef0000000020a0";
 
-/// A site with no simulated node and one serial port, at the emulated node's pty, taking
-/// updates signed by the test fleet's key.
+/// A site with no simulated node and one serial port, at the emulated node's pty.
 fn site(firmware: &Firmware, link: &Path) -> Result<Site> {
-    let extra = format!(
-        "[[serial]]\npath = \"{}\"\nbaud = 115200\nreopen_backoff_max = \"1s\"\n\n\
-         [ota]\nfirmware_keys = [\"{}\"]\n",
-        link.display(),
-        firmware.public_key().display()
-    );
-    let mut site = Site::with_config(Vec::new(), &extra)?;
-    site.set_technician_token(TOKEN)?;
-    Ok(site)
+    board::site(firmware, &[link], Vec::new(), TOKEN)
 }
 
 /// `outpost <subcommand...> --config <site> <rest...>`.

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use outpost_e2e::board::{EmulatedNode, FIRST, Firmware, SECOND, tail};
+use outpost_e2e::board::{self, EmulatedNode, FIRST, Firmware, SECOND, tail};
 use outpost_e2e::{NodeSpec, Site, bin, run_ok, wait_for};
 
 const TOKEN: &str = "rp2040-bench-technician-token-0123456789";
@@ -159,23 +159,8 @@ fn group_of(symbol: &str) -> &'static str {
     }
 }
 
-/// A site with the given serial ports (`[[serial]]` paths and bauds) and no simulated node
-/// but `sims`.
 fn site(firmware: &Firmware, ports: &[&Path], sims: Vec<NodeSpec>) -> Result<Site> {
-    let mut extra = String::new();
-    for port in ports {
-        extra += &format!(
-            "[[serial]]\npath = \"{}\"\nbaud = 115200\nreopen_backoff_max = \"1s\"\n\n",
-            port.display()
-        );
-    }
-    extra += &format!(
-        "[ota]\nfirmware_keys = [\"{}\"]\n",
-        firmware.public_key().display()
-    );
-    let mut site = Site::with_config(sims, &extra)?;
-    site.set_technician_token(TOKEN)?;
-    Ok(site)
+    board::site(firmware, ports, sims, TOKEN)
 }
 
 /// `emu: mark TAG cycles=N value=V` lines: (tag, cycles, value).

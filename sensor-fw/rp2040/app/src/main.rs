@@ -267,29 +267,26 @@ async fn main(_spawner: Spawner) {
         }
         marks::end(marks::TIMERS_OUT, frames);
 
+        // One way out of a boot: what the core (or the dev console) asked for, once the UART
+        // has sent everything, so the gateway has the answer to a REBOOT.
+        let mut reset_for = app.poll_reset(now()).map(|action| match action {
+            OtaAction::ResetToInstall => Cause::Install,
+            OtaAction::ResetToRevert { cause } => Cause::Revert(cause),
+        });
+        if app.poll_reboot() {
+            reset_for = Some(Cause::Requested);
+        }
         #[cfg(feature = "dev")]
         {
             console.print_log(app.link().log()).await;
             match console.poll(&mut store).await {
                 console::Request::None => {}
                 console::Request::Status => print_status(&mut console, app).await,
-                console::Request::Reboot => {
-                    let _ = uart.flush().await;
-                    reset::reset(&mut watchdog, Cause::Requested);
-                }
+                console::Request::Reboot => reset_for = Some(Cause::Requested),
             }
         }
-
-        if app.poll_reboot() {
+        if let Some(cause) = reset_for {
             let _ = uart.flush().await;
-            reset::reset(&mut watchdog, Cause::Requested);
-        }
-        if let Some(action) = app.poll_reset(now()) {
-            let _ = uart.flush().await;
-            let cause = match action {
-                OtaAction::ResetToInstall => Cause::Install,
-                OtaAction::ResetToRevert { cause } => Cause::Revert(cause),
-            };
             reset::reset(&mut watchdog, cause);
         }
     }
