@@ -1,0 +1,189 @@
+//! The broker side: one MQTT 5 connection with this replica's own certificate and a persistent
+//! session, subscribed to `$share/{group}/outpost/+/batch`, so the broker hands each batch to one
+//! replica of the group. A batch's PUBACK goes back only once it is stored or dead-lettered; until
+//! then the broker keeps it for this session (redelivered after a crash, a restart or a lost
+//! connection). The gateway's `{"upto": N}` is published after the commit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Mqtt;
+use crate::core::topic;
+use crate::metrics::Counters;
+use crate::worker::{Job, Outcome};
+
+/// Largest batch the ingest takes from the broker (a batch is at most a few MiB).
+const MAX_PACKET: u32 = 32 << 20;
+
+/// The TLS client configuration: the broker's CA, this service's certificate and key.
+pub fn tls_config(mqtt: &Mqtt) -> anyhow::Result<rustls::ClientConfig> {
+    let read_certs = |path: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .with_context(|| format!("cannot read certificates from {}", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&mqtt.ca_file)? {
+        roots.add(ca)?;
+    }
+    let chain = read_certs(&mqtt.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&mqtt.key_file)
+        .with_context(|| format!("cannot read the key {}", mqtt.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
+/// Runs the subscription until `stop` turns true, then lets the batches in hand finish (their
+/// PUBACKs and acks go out) and disconnects.
+pub async fn run(
+    mqtt: Mqtt,
+    replica: String,
+    jobs: mpsc::Sender<Job>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (host, port) = mqtt
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("mqtt.broker {:?} is not host:port", mqtt.broker))?;
+    let mut options = MqttOptions::new(replica.clone(), host, port);
+    options
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(&mqtt)?),
+        )))
+        .set_keep_alive(mqtt.keepalive)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(mqtt.session_expiry.as_secs() as u32))
+        // The broker sends at most this many batches before the first PUBACK.
+        .set_receive_maximum(Some(mqtt.receive_maximum))
+        .set_max_packet_size(Some(MAX_PACKET))
+        .set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    let filter = topic::shared_batch_filter(&mqtt.group);
+    let mut in_hand: JoinSet<()> = JoinSet::new();
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = stop.changed() => break,
+        };
+        while in_hand.try_join_next().is_some() {}
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                counters.broker_connections.fetch_add(1, Ordering::Relaxed);
+                wait = Duration::from_millis(250);
+                tracing::info!(
+                    message = "Connected to the broker.",
+                    session_present = connack.session_present
+                );
+                if !connack.session_present {
+                    client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let gateway = std::str::from_utf8(&publish.topic)
+                    .ok()
+                    .and_then(topic::batch_topic_gateway)
+                    .map(str::to_owned);
+                let Some(gateway) = gateway else {
+                    // Not a batch topic (the subscription is only to batch topics).
+                    client.ack(&publish).await?;
+                    continue;
+                };
+                let (reply, outcome) = oneshot::channel();
+                let job = Job {
+                    gateway: gateway.clone(),
+                    bytes: publish.payload.clone(),
+                    reply,
+                };
+                if jobs.send(job).await.is_err() {
+                    break;
+                }
+                let client = client.clone();
+                let counters = counters.clone();
+                in_hand.spawn(async move {
+                    let Ok(outcome) = outcome.await else {
+                        return;
+                    };
+                    match outcome {
+                        Outcome::Stored { acked_upto } => {
+                            if acked_upto > 0 {
+                                let sent = client
+                                    .publish(
+                                        topic::ack_topic(&gateway),
+                                        QoS::AtLeastOnce,
+                                        false,
+                                        topic::ack_payload(acked_upto),
+                                    )
+                                    .await;
+                                if sent.is_ok() {
+                                    counters.acks_sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            let _ = client.ack(&publish).await;
+                        }
+                        // Handled for good: kept aside, so the broker may forget it.
+                        Outcome::DeadLettered => {
+                            let _ = client.ack(&publish).await;
+                        }
+                        // Not stored: no PUBACK, so the broker delivers it again.
+                        Outcome::Abandoned => {}
+                    }
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(message = "Broker connection lost; reconnecting.", error = %e, retry_in = ?wait);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => break,
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    // Stopping: the batches in hand finish and their acknowledgements go out while the event
+    // loop still runs; then a clean DISCONNECT.
+    let drain = async {
+        while in_hand.join_next().await.is_some() {}
+        let _ = client.disconnect().await;
+    };
+    let poll = async {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::select! {
+            () = drain => {}
+            () = poll => {}
+        }
+    })
+    .await;
+    // Give the DISCONNECT a moment on the wire.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while eventloop.poll().await.is_ok() {}
+    })
+    .await;
+    Ok(())
+}
