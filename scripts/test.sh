@@ -17,6 +17,9 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || missing+=(mosquitto)
 # A private D-Bus for tests/gateway_health.rs (a fake ModemManager on it).
 command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
+# PostgreSQL for the cloud ingest's tests (tests/ingest.rs starts a private cluster of its own with
+# initdb on a free port; the package's own cluster is never used).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # tests/diagnostics.rs opens the diagnostics bundle with the standard tools (zstd, tar).
 command -v zstd >/dev/null || missing+=(zstd)
 command -v tar >/dev/null || missing+=(tar)

@@ -8,6 +8,7 @@ pub mod modbus_peer;
 pub mod mqtt_front;
 pub mod nspawn;
 pub mod operator;
+pub mod postgres;
 pub mod provisioning_responder;
 
 use std::io::{Read, Write};
@@ -36,6 +37,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "outpost",
                 "-p",
                 "outpost-node",
+                "-p",
+                "outpost-ingest",
                 "--features",
                 "outpost-node/std",
                 "--bins",
@@ -207,6 +210,8 @@ pub struct Site {
     pub extra_config: String,
     /// The technician token [`Site::get`] and [`Site::post`] send, when the config sets one.
     pub bearer: Option<String>,
+    /// The gateway's `gateway.id` (`e2e-site` unless made with [`Site::with_gateway_id`]).
+    pub gateway_id: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -217,6 +222,11 @@ impl Site {
 
     /// A site whose gateway config gets `extra` appended.
     pub fn with_config(specs: Vec<NodeSpec>, extra: &str) -> Result<Site> {
+        Self::with_gateway_id(specs, "e2e-site", extra)
+    }
+
+    /// A site whose gateway is `gateway_id` (several gateways on one broker), config `extra`.
+    pub fn with_gateway_id(specs: Vec<NodeSpec>, gateway_id: &str, extra: &str) -> Result<Site> {
         let dir = tempfile::Builder::new().prefix("outpost-e2e-").tempdir()?;
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut site = Site {
@@ -226,6 +236,7 @@ impl Site {
             api,
             extra_config: extra.to_owned(),
             bearer: None,
+            gateway_id: gateway_id.to_owned(),
             dir,
         };
         for i in 0..specs.len() {
@@ -250,7 +261,8 @@ impl Site {
 
     fn write_config(&self) -> Result<()> {
         let mut toml = format!(
-            "[gateway]\nid = \"e2e-site\"\ndata_dir = \"{}\"\n\n[api]\nlisten = \"{}\"\n\n[log]\nlevel = \"info\"\n",
+            "[gateway]\nid = \"{}\"\ndata_dir = \"{}\"\n\n[api]\nlisten = \"{}\"\n\n[log]\nlevel = \"info\"\n",
+            self.gateway_id,
             self.dir.path().join("data").display(),
             self.api
         );
@@ -671,4 +683,29 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ticks as f64 / hz as f64
+}
+
+/// `promtool check metrics` on `text`: its complaints, or nothing.
+pub fn promtool_check(text: &str) -> Result<()> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian package prometheus, installed by scripts/test.sh)")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics refused the exposition ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

@@ -6,16 +6,15 @@
 //! and its lot reads back exactly.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use outpost::demo::meter;
-use outpost_e2e::{NodeSpec, Proc, Site, free_port, http, wait_for};
+use outpost_e2e::{NodeSpec, Proc, Site, free_port, http, promtool_check, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "e2e-metrics-technician-token-0123456789";
@@ -33,30 +32,6 @@ fn scrape(site: &Site) -> Result<String> {
     Ok(String::from_utf8(body)?)
 }
 
-/// `promtool check metrics` on `text`: its complaints, or nothing.
-fn promtool_check(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("promtool (Debian package prometheus, installed by scripts/test.sh)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics refused the exposition ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// One sample's labels and value, read back from the text (escapes undone).
 fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {

@@ -57,6 +57,7 @@ CREATE INDEX readings_series_ts ON readings (series_id, ts);
 CREATE TABLE dead_letters (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     digest bytea NOT NULL UNIQUE,
+    -- The topic's gateway, and the sequence number the header claims (unverified).
     gateway text NOT NULL,
     seq bigint,
     reason text NOT NULL,

@@ -219,9 +219,7 @@ impl Store {
         rejection: &Rejection,
     ) -> Result<(), tokio_postgres::Error> {
         let digest = Sha256::digest(bytes).to_vec();
-        let seq = outpost_batch::read_header(bytes)
-            .ok()
-            .and_then(|h| i64::try_from(h.seq).ok());
+        let seq = crate::core::check::claimed_seq(bytes).and_then(|s| i64::try_from(s).ok());
         self.client
             .execute(
                 "INSERT INTO dead_letters (digest, gateway, seq, reason, bytes, replica)

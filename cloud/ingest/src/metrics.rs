@@ -87,10 +87,12 @@ pub fn render(
         "Failed requests to gateways' pull API.",
         load(&counters.pull_errors),
     );
-    counter(
-        "outpost_ingest_store_microseconds_total",
-        "Time spent storing new batches (with outpost_ingest_batches_stored_total: the mean).",
-        load(&counters.store_micros),
+    let _ = write!(
+        out,
+        "# HELP outpost_ingest_store_seconds_total Time spent storing new batches (with outpost_ingest_batches_stored_total: the mean).\n\
+         # TYPE outpost_ingest_store_seconds_total counter\n\
+         outpost_ingest_store_seconds_total{{replica=\"{replica}\"}} {}\n",
+        load(&counters.store_micros) as f64 / 1e6
     );
     out += "# HELP outpost_ingest_decode_errors_total Batches that failed their checks and went to the dead-letter table, by reason.\n\
             # TYPE outpost_ingest_decode_errors_total counter\n";

@@ -107,6 +107,17 @@ impl Rejection {
     }
 }
 
+/// The sequence number a batch's header claims, read without checking anything else (its
+/// checksum may well be wrong): what an operator looks for in the dead-letter table.
+#[must_use]
+pub fn claimed_seq(bytes: &[u8]) -> Option<u64> {
+    if bytes.get(..4)? != outpost_batch::MAGIC {
+        return None;
+    }
+    let at = 7 + usize::from(*bytes.get(6)?);
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
 /// Checks a batch that came from `gateway` and turns it into rows.
 pub fn check(
     gateway: &str,

@@ -1,0 +1,211 @@
+//! A private PostgreSQL cluster for the cloud ingest's tests: `initdb` into a temporary folder,
+//! the server on a free loopback port (its socket in that folder too), stopped by PID on drop.
+//! Debian's `postgresql` package (scripts/test.sh installs it) puts the binaries in
+//! /usr/lib/postgresql/<version>/bin, off PATH. PostgreSQL refuses to run as root, so as root the
+//! cluster belongs to the package's `postgres` user.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+
+use crate::{Proc, free_port, run_ok, wait_for};
+
+/// A running cluster; dropped, it is shut down (SIGINT, PostgreSQL's fast shutdown) by PID.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// The folder of the newest installed PostgreSQL's binaries.
+pub fn bin_dir() -> Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (no /usr/lib/postgresql): run scripts/test.sh, which installs it")?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no initdb under /usr/lib/postgresql/*/bin: run scripts/test.sh")
+}
+
+impl Postgres {
+    /// A new cluster with the database `outpost`, server settings `settings` (`name=value`) on
+    /// top of the defaults.
+    pub fn start(settings: &[&str]) -> Result<Postgres> {
+        let bin = bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("outpost-pg-").tempdir()?;
+        // The server's user must reach its folder.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let data = dir.path().join("data");
+        let owner = server_user()?;
+        fs::create_dir(&data)?;
+        if let Some(user) = &owner {
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+            nix::unistd::chown(&data, Some(user.uid), Some(user.gid))?;
+        }
+        let as_owner = |cmd: &mut Command| {
+            if let Some(user) = &owner {
+                cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            }
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        as_owner(&mut initdb);
+        run_ok(&mut initdb).context("initdb")?;
+        let port = free_port();
+        let log = fs::File::create(dir.path().join("postgres.log"))?;
+        if let Some(user) = &owner {
+            nix::unistd::chown(
+                &dir.path().join("postgres.log"),
+                Some(user.uid),
+                Some(user.gid),
+            )?;
+        }
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"]);
+        for setting in settings {
+            server.args(["-c", setting]);
+        }
+        server.stdout(log.try_clone()?).stderr(log);
+        as_owner(&mut server);
+        let mut proc = Proc::spawn("postgres", &mut server)?;
+        let psql = bin.join("psql");
+        let ready = wait_for(
+            Duration::from_secs(30),
+            "PostgreSQL to accept connections",
+            || {
+                if proc.try_wait().is_some() {
+                    return Some(false);
+                }
+                Command::new(&psql)
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-c",
+                        "SELECT 1",
+                    ])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|_| true)
+            },
+        );
+        let log_text = || fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
+        match ready {
+            Ok(true) => {}
+            Ok(false) => bail!("postgres exited on start:\n{}", log_text()),
+            Err(e) => return Err(e.context(log_text())),
+        }
+        let pg = Postgres {
+            dir,
+            port,
+            proc: Some(proc),
+        };
+        pg.psql("postgres", "CREATE DATABASE outpost")?;
+        Ok(pg)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The connection string for the `outpost` database (tokio-postgres' and libpq's syntax).
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=outpost",
+            self.port
+        )
+    }
+
+    /// Runs SQL with psql on `database`; its output, unaligned, tuples only, `|`-separated.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
+        let out = run_ok(Command::new(bin_dir()?.join("psql")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            sql,
+        ]))
+        .with_context(|| format!("psql: {sql}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            let _ = kill(proc.pid(), Signal::SIGINT);
+            let _ = wait_for(Duration::from_secs(20), "postgres to stop", || {
+                proc.try_wait().map(|_| ())
+            });
+        }
+    }
+}
+
+/// The user the server runs as: `postgres` when this process is root, else this user.
+fn server_user() -> Result<Option<nix::unistd::User>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    nix::unistd::User::from_name("postgres")?
+        .context("running as root, PostgreSQL needs the `postgres` user (Debian's postgresql package makes it)")
+        .map(Some)
+}
