@@ -167,7 +167,9 @@ fn stored_seqs(pg: &Postgres) -> Result<BTreeMap<(String, String), Vec<i64>>> {
         let (Some(g), Some(s), Some(v)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        out.entry((g.into(), s.into())).or_default().push(v.parse()?);
+        out.entry((g.into(), s.into()))
+            .or_default()
+            .push(v.parse()?);
     }
     Ok(out)
 }
@@ -250,14 +252,18 @@ fn four_gateways_two_replicas_every_reading_once_through_a_replica_kill_and_a_br
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    wait_for(Duration::from_secs(60), "batches of all four gateways in PostgreSQL", || {
-        let n: i64 = pg
-            .psql("outpost", "SELECT count(DISTINCT gateway_id) FROM batches")
-            .ok()?
-            .parse()
-            .ok()?;
-        (n == 4).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "batches of all four gateways in PostgreSQL",
+        || {
+            let n: i64 = pg
+                .psql("outpost", "SELECT count(DISTINCT gateway_id) FROM batches")
+                .ok()?
+                .parse()
+                .ok()?;
+            (n == 4).then_some(())
+        },
+    )
     .with_context(|| a.log_text())
     .unwrap();
 
@@ -275,9 +281,11 @@ fn four_gateways_two_replicas_every_reading_once_through_a_replica_kill_and_a_br
     // The broker restarted (its persistence keeps every session).
     broker.restart().unwrap();
     let at_restart = batches_of(&pg);
-    wait_for(Duration::from_secs(90), "batches after the broker's restart", || {
-        (batches_of(&pg) > at_restart + 20).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(90),
+        "batches after the broker's restart",
+        || (batches_of(&pg) > at_restart + 20).then_some(()),
+    )
     .with_context(|| format!("{}\n{}", a.log_text(), b.log_text()))
     .unwrap();
 
@@ -320,7 +328,9 @@ fn four_gateways_two_replicas_every_reading_once_through_a_replica_kill_and_a_br
     let text = b.metrics().unwrap();
     promtool_check(&text).unwrap();
     assert!(
-        b.counter("outpost_ingest_gateway_pending_batches{gateway=\"gw-0\"}").unwrap() == 0.0,
+        b.counter("outpost_ingest_gateway_pending_batches{gateway=\"gw-0\"}")
+            .unwrap()
+            == 0.0,
         "{text}"
     );
 
@@ -341,10 +351,17 @@ fn four_gateways_two_replicas_every_reading_once_through_a_replica_kill_and_a_br
 fn batch(gateway: &str, seq: u64) -> Vec<u8> {
     let mut b = BatchBuilder::new(GatewayId::new(gateway).unwrap(), seq);
     let ts = 1_796_169_600_000 + seq as i64 * 1000;
-    b.push("node-1", "temperature", ts, Value::decimal(2150 + seq as i64, -2))
+    b.push(
+        "node-1",
+        "temperature",
+        ts,
+        Value::decimal(2150 + seq as i64, -2),
+    )
+    .unwrap();
+    b.push("node-1", "seq", ts, Value::integer(seq as i64))
         .unwrap();
-    b.push("node-1", "seq", ts, Value::integer(seq as i64)).unwrap();
-    b.push("node-1", "pressure", ts, Value::float(1013.25)).unwrap();
+    b.push("node-1", "pressure", ts, Value::float(1013.25))
+        .unwrap();
     b.seal(None).unwrap()
 }
 
@@ -364,7 +381,11 @@ fn a_corrupted_batch_is_dead_lettered_counted_and_never_acknowledged() {
         gw.messages()
             .iter()
             .filter(|m| m.topic == "outpost/gw-x/ack")
-            .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["upto"].as_u64().unwrap())
+            .map(|m| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["upto"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect()
     };
     let publish = |bytes: Vec<u8>| {
@@ -388,14 +409,22 @@ fn a_corrupted_batch_is_dead_lettered_counted_and_never_acknowledged() {
     publish(bad_2.clone());
     publish(batch("gw-y", 9));
     publish(batch("gw-x", 3));
-    wait_for(Duration::from_secs(20), "two dead letters and batch 3 stored", || {
-        (count("SELECT count(*) FROM dead_letters") == 2 && count("SELECT count(*) FROM batches") == 2)
-            .then_some(())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "two dead letters and batch 3 stored",
+        || {
+            (count("SELECT count(*) FROM dead_letters") == 2
+                && count("SELECT count(*) FROM batches") == 2)
+                .then_some(())
+        },
+    )
     .with_context(|| ingest.log_text())
     .unwrap();
     let reasons = pg
-        .psql("outpost", "SELECT gateway, coalesce(seq, -1), reason FROM dead_letters ORDER BY id")
+        .psql(
+            "outpost",
+            "SELECT gateway, coalesce(seq, -1), reason FROM dead_letters ORDER BY id",
+        )
         .unwrap();
     assert!(reasons.contains("gw-x|2|checksum mismatch"), "{reasons}");
     assert!(reasons.contains("names gateway \"gw-y\""), "{reasons}");
@@ -407,15 +436,25 @@ fn a_corrupted_batch_is_dead_lettered_counted_and_never_acknowledged() {
     .unwrap();
     // Batch 3 is stored, but the acknowledgement stays before the gap.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(acks(&gw).into_iter().max(), Some(1), "acknowledged past a dead letter");
-    assert_eq!(count("SELECT acked_upto FROM gateways WHERE name = 'gw-x'"), 1);
+    assert_eq!(
+        acks(&gw).into_iter().max(),
+        Some(1),
+        "acknowledged past a dead letter"
+    );
+    assert_eq!(
+        count("SELECT acked_upto FROM gateways WHERE name = 'gw-x'"),
+        1
+    );
 
     let text = ingest.metrics().unwrap();
     promtool_check(&text).unwrap();
     assert!(text.contains("reason=\"undecodable\"} 2"), "{text}");
     assert!(text.contains("reason=\"wrong_gateway\"} 1"), "{text}");
     assert!(text.contains("outpost_ingest_dead_letters 2"), "{text}");
-    assert!(text.contains("outpost_ingest_gateway_pending_batches{gateway=\"gw-x\"} 2"), "{text}");
+    assert!(
+        text.contains("outpost_ingest_gateway_pending_batches{gateway=\"gw-x\"} 2"),
+        "{text}"
+    );
 
     // The real batch 2 arrives (the gateway's resend): the gap closes, 3 is acknowledged.
     publish(good_2);

@@ -32,7 +32,6 @@ fn scrape(site: &Site) -> Result<String> {
     Ok(String::from_utf8(body)?)
 }
 
-
 /// One sample's labels and value, read back from the text (escapes undone).
 fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     let mut found = Vec::new();

@@ -532,6 +532,25 @@ pub async fn figures(client: &Client) -> Result<(Vec<GatewayFigures>, u64), toki
     Ok((gateways, dead as u64))
 }
 
+/// An error as an operator needs it: the server's SQLSTATE, message and detail, or the IO cause.
+#[must_use]
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text += &format!(": {detail}");
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// Whether an error is worth retrying the batch for (the connection, resources, a deadlock, an
 /// operator's shutdown), as opposed to one the batch itself causes.
 #[must_use]

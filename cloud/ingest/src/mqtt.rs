@@ -94,9 +94,10 @@ pub async fn run(
                     message = "Connected to the broker.",
                     session_present = connack.session_present
                 );
-                if !connack.session_present {
-                    client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
-                }
+                // Every time, session or not: Mosquitto 2.0 does not restore a shared
+                // subscription from its persistence after a restart (the session comes back
+                // without it), and subscribing again to the same filter only replaces it.
+                client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let gateway = std::str::from_utf8(&publish.topic)

@@ -143,7 +143,7 @@ async fn handle(shared: &Shared, store: &mut Option<Store>, job: &Job) -> Outcom
                     message = "Database error; the batch is kept and tried again.",
                     gateway = %job.gateway,
                     seq = checked.header.seq,
-                    error = %e
+                    error = %db::describe(&e)
                 );
                 if s.is_closed() {
                     *store = None;
@@ -160,9 +160,9 @@ async fn handle(shared: &Shared, store: &mut Option<Store>, job: &Job) -> Outcom
                     message = "The database refused the batch; dead-lettered.",
                     gateway = %job.gateway,
                     seq = checked.header.seq,
-                    error = %e
+                    error = %db::describe(&e)
                 );
-                let rejection = Rejection::DatabaseRefused(e.to_string());
+                let rejection = Rejection::DatabaseRefused(db::describe(&e));
                 shared.counters.dead_letter(rejection.label());
                 return dead_letter(shared, store, job, &rejection).await;
             }
@@ -209,7 +209,7 @@ async fn dead_letter(
                     .counters
                     .database_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(message = "Dead letter not written yet.", error = %e);
+                tracing::warn!(message = "Dead letter not written yet.", error = %db::describe(&e));
                 if s.is_closed() {
                     *store = None;
                 }
@@ -238,7 +238,7 @@ async fn connected<'a>(shared: &Shared, store: &'a mut Option<Store>) -> Option<
                     .counters
                     .database_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(message = "Database unreachable; waiting.", error = %e);
+                tracing::warn!(message = "Database unreachable; waiting.", error = %db::describe(&e));
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
