@@ -4,6 +4,7 @@
 pub mod board;
 pub mod broker;
 pub mod browser;
+pub mod cloud;
 pub mod modbus_peer;
 pub mod mqtt_front;
 pub mod nspawn;
@@ -679,6 +680,21 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz as f64
+}
+
+/// [`cpu_seconds`] plus the CPU of the children it has waited for (cutime, cstime).
+pub fn cpu_seconds_with_children(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

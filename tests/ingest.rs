@@ -12,121 +12,15 @@
 //! - Pull mode: the ingest polls a gateway's API, stores everything, and the outbox drains.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use outpost_batch::{BatchBuilder, GatewayId, Value};
 use outpost_e2e::broker::{Broker, Cloud, Pki};
+use outpost_e2e::cloud::{ACL, Ingest, mqtt_sources};
 use outpost_e2e::postgres::Postgres;
-use outpost_e2e::{NodeSpec, Proc, Site, bin, free_port, http, promtool_check, wait_for};
+use outpost_e2e::{NodeSpec, Site, promtool_check, wait_for};
 use rumqttc::QoS;
-
-/// Mosquitto's ACL: gateways in their own subtree; the ingest reads every gateway's batches and
-/// writes every gateway's acks, nothing else; the test's cloud tap reads everything.
-const ACL: &str = "pattern readwrite outpost/%u/#\n\n\
-                   user cloud\ntopic readwrite outpost/#\n\n\
-                   user ingest\ntopic read outpost/+/batch\ntopic write outpost/+/ack\n";
-
-/// One `outpost-ingest run` replica.
-struct Ingest {
-    config: PathBuf,
-    log: PathBuf,
-    metrics: SocketAddr,
-    proc: Option<Proc>,
-}
-
-impl Ingest {
-    /// A replica named `replica` whose config holds `sources` (`[mqtt]`, `[pull]` tables).
-    fn new(dir: &Path, replica: &str, pg: &Postgres, sources: &str) -> Result<Ingest> {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = dir.join(format!("{replica}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "replica = \"{replica}\"\n\n[database]\nurl = \"{}\"\nconnections = 3\nretention_days = 30\n\n\
-                 [metrics]\nlisten = \"{metrics}\"\n\n{sources}",
-                pg.url()
-            ),
-        )?;
-        Ok(Ingest {
-            config,
-            log: dir.join(format!("{replica}.log")),
-            metrics,
-            proc: None,
-        })
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut cmd = Command::new(bin("outpost-ingest"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env("OUTPOST_INGEST_LOG", "info")
-            .stderr(log);
-        let mut proc = Proc::spawn("outpost-ingest", &mut cmd)?;
-        let metrics = self.metrics;
-        wait_for(Duration::from_secs(20), "the ingest's /healthz", || {
-            if proc.try_wait().is_some() {
-                return Some(false);
-            }
-            http(metrics, "GET", "/healthz", None, None)
-                .ok()
-                .map(|(s, _)| s == 200)
-        })
-        .and_then(|up| {
-            ensure!(up, "outpost-ingest exited on start");
-            Ok(())
-        })
-        .with_context(|| self.log_text())?;
-        self.proc = Some(proc);
-        Ok(())
-    }
-
-    fn kill_hard(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            proc.kill_hard();
-        }
-    }
-
-    fn metrics(&self) -> Result<String> {
-        let (status, body) = http(self.metrics, "GET", "/metrics", None, None)?;
-        ensure!(status == 200, "/metrics: {status}");
-        Ok(String::from_utf8(body)?)
-    }
-
-    /// A counter's value on this replica's /metrics (first line starting with `prefix`).
-    fn counter(&self, prefix: &str) -> Result<f64> {
-        let text = self.metrics()?;
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .with_context(|| format!("no {prefix} in\n{text}"))?;
-        Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn mqtt_sources(broker: &Broker, pki: &Pki) -> Result<String> {
-    let files = pki.client("ingest")?;
-    Ok(format!(
-        "[mqtt]\nbroker = \"127.0.0.1:{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         group = \"e2e\"\nkeepalive = \"5s\"\nreceive_maximum = 16\n",
-        broker.port(),
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display()
-    ))
-}
 
 /// The `[uplink]` config of a gateway whose certificate is for `identity`.
 fn gateway_uplink(broker: &Broker, pki: &Pki, identity: &str) -> Result<String> {

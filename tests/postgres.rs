@@ -179,6 +179,37 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
 
+    /// CPU seconds the server has used so far: the postmaster, the backends that ended (its
+    /// children's time) and the ones still running.
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(proc) = &self.proc else {
+            return 0.0;
+        };
+        let postmaster = proc.pid().as_raw();
+        let mut total = crate::cpu_seconds_with_children(postmaster);
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let ppid = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                total += crate::cpu_seconds(pid);
+            }
+        }
+        total
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
