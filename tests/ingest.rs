@@ -389,3 +389,47 @@ fn pull_mode_stores_every_reading_and_drains_the_gateway() {
         .unwrap();
     assert_eq!(assert_site_stored_exactly_once(&site, &pg).unwrap(), 600);
 }
+
+#[test]
+fn the_shipped_alert_rules_load_and_fire_as_their_unit_tests_say() {
+    let config = outpost_e2e::workspace_dir().join("config");
+    for args in [
+        ["check", "rules", "ingest-alerts.yml"],
+        ["test", "rules", "ingest-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&config)
+            .output()
+            .expect("promtool (Debian package prometheus, installed by scripts/test.sh)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_config_error_names_the_file_the_line_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ingest.toml");
+    std::fs::write(
+        &path,
+        "replica = \"r\"\n\n[database]\nurl = \"host=127.0.0.1\"\nconections = 4\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(outpost_e2e::bin("outpost-ingest"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{}:5: unknown field `conections`", path.display())),
+        "{err}"
+    );
+}
