@@ -137,6 +137,16 @@ fn run_replicas(
     )
     .unwrap();
     let seconds = started.elapsed().as_secs_f64();
+    let rows = count(pg, "SELECT count(*) FROM readings");
+    let disk = count(
+        pg,
+        "SELECT sum(pg_total_relation_size(inhrelid))::bigint FROM pg_inherits \
+         WHERE inhparent = 'readings'::regclass",
+    );
+    println!(
+        "  {rows} rows, {disk} bytes on disk with the index: {:.1} bytes per reading",
+        disk as f64 / rows as f64
+    );
     let figures = (
         seconds,
         cpu(&ingests) - ingest_cpu0,
