@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pull;
 pub mod run;
+pub mod tls_link;
 pub mod worker;
 
 /// Every reason a batch is dead-lettered for, as `/metrics` labels them.

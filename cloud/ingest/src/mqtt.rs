@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::config::Mqtt;
 use crate::core::topic;
 use crate::metrics::Counters;
+use crate::tls_link::TlsLink;
 use crate::worker::{Job, Outcome};
 
 /// Largest batch the ingest takes from the broker (a batch is at most a few MiB).
@@ -64,11 +65,15 @@ pub async fn run(
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .with_context(|| format!("mqtt.broker {:?} is not host:port", mqtt.broker))?;
-    let mut options = MqttOptions::new(replica.clone(), host, port);
+    let link = TlsLink::bind().context("cannot make the broker link's socket")?;
+    let mut options = MqttOptions::new(
+        replica.clone(),
+        link.socket_path().to_string_lossy().into_owned(),
+        0,
+    );
+    tokio::spawn(link.run(host, port, Arc::new(tls_config(&mqtt)?)));
     options
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(&mqtt)?),
-        )))
+        .set_transport(Transport::Unix)
         .set_keep_alive(mqtt.keepalive)
         .set_clean_start(false)
         .set_session_expiry_interval(Some(mqtt.session_expiry.as_secs() as u32))
