@@ -25,6 +25,10 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub fn database_error(&self) {
+        self.database_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn dead_letter(&self, reason: &'static str) {
         *self
             .dead_lettered
@@ -52,41 +56,46 @@ pub fn render(
         );
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    counter(
-        "outpost_ingest_batches_stored_total",
-        "Batches stored in the database by this replica.",
-        load(&counters.batches_stored),
-    );
-    counter(
-        "outpost_ingest_batches_duplicate_total",
-        "Batches delivered again that were already stored (nothing written).",
-        load(&counters.batches_duplicate),
-    );
-    counter(
-        "outpost_ingest_readings_stored_total",
-        "Readings stored by this replica.",
-        load(&counters.readings_stored),
-    );
-    counter(
-        "outpost_ingest_acks_sent_total",
-        "Acknowledgements sent to gateways after a commit.",
-        load(&counters.acks_sent),
-    );
-    counter(
-        "outpost_ingest_database_errors_total",
-        "Database errors (the batch is retried, never acknowledged meanwhile).",
-        load(&counters.database_errors),
-    );
-    counter(
-        "outpost_ingest_broker_connections_total",
-        "Connections made to the broker.",
-        load(&counters.broker_connections),
-    );
-    counter(
-        "outpost_ingest_pull_errors_total",
-        "Failed requests to gateways' pull API.",
-        load(&counters.pull_errors),
-    );
+    let plain = [
+        (
+            "outpost_ingest_batches_stored_total",
+            "Batches stored in the database by this replica.",
+            &counters.batches_stored,
+        ),
+        (
+            "outpost_ingest_batches_duplicate_total",
+            "Batches delivered again that were already stored (nothing written).",
+            &counters.batches_duplicate,
+        ),
+        (
+            "outpost_ingest_readings_stored_total",
+            "Readings stored by this replica.",
+            &counters.readings_stored,
+        ),
+        (
+            "outpost_ingest_acks_sent_total",
+            "Acknowledgements sent to gateways after a commit.",
+            &counters.acks_sent,
+        ),
+        (
+            "outpost_ingest_database_errors_total",
+            "Database errors (the batch is retried, never acknowledged meanwhile).",
+            &counters.database_errors,
+        ),
+        (
+            "outpost_ingest_broker_connections_total",
+            "Connections made to the broker.",
+            &counters.broker_connections,
+        ),
+        (
+            "outpost_ingest_pull_errors_total",
+            "Failed requests to gateways' pull API.",
+            &counters.pull_errors,
+        ),
+    ];
+    for (name, help, value) in plain {
+        counter(name, help, load(value));
+    }
     let _ = write!(
         out,
         "# HELP outpost_ingest_store_seconds_total Time spent storing new batches (with outpost_ingest_batches_stored_total: the mean).\n\

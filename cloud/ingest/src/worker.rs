@@ -135,10 +135,7 @@ async fn handle(shared: &Shared, store: &mut Option<Store>, job: &Job) -> Outcom
                 return Outcome::Stored { acked_upto };
             }
             Err(e) if db::is_transient(&e) => {
-                shared
-                    .counters
-                    .database_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.database_error();
                 tracing::warn!(
                     message = "Database error; the batch is kept and tried again.",
                     gateway = %job.gateway,
@@ -152,10 +149,7 @@ async fn handle(shared: &Shared, store: &mut Option<Store>, job: &Job) -> Outcom
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
             Err(e) => {
-                shared
-                    .counters
-                    .database_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.database_error();
                 tracing::error!(
                     message = "The database refused the batch; dead-lettered.",
                     gateway = %job.gateway,
@@ -205,10 +199,7 @@ async fn dead_letter(
         match s.dead_letter(&job.gateway, &job.bytes, rejection).await {
             Ok(()) => return Outcome::DeadLettered,
             Err(e) => {
-                shared
-                    .counters
-                    .database_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.database_error();
                 tracing::warn!(message = "Dead letter not written yet.", error = %db::describe(&e));
                 if s.is_closed() {
                     *store = None;
@@ -234,10 +225,7 @@ async fn connected<'a>(shared: &Shared, store: &'a mut Option<Store>) -> Option<
                 ));
             }
             Err(e) => {
-                shared
-                    .counters
-                    .database_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                shared.counters.database_error();
                 tracing::warn!(message = "Database unreachable; waiting.", error = %db::describe(&e));
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(10));

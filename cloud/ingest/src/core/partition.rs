@@ -29,13 +29,7 @@ pub fn day_of(ts_ms: i64) -> i64 {
 /// `readings_YYYYMMDD` for a day, or `None` outside years 1..=9999.
 #[must_use]
 pub fn partition_name(day: i64) -> Option<String> {
-    let date = date_of(day)?;
-    Some(format!(
-        "readings_{:04}{:02}{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    ))
+    Some(format!("readings_{}", iso_date(day)?.replace('-', "")))
 }
 
 /// `YYYY-MM-DD` of a day, for the partition's bounds.
