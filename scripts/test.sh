@@ -71,6 +71,12 @@ if [ ! -e sensor-fw/emu/node_modules/.package-lock.json ] ||
 fi
 node --test sensor-fw/emu/test/
 
+# The cloud's batch decoder for Python (cloud/python, PyO3 + maturin): the wheel built and
+# installed into a private venv (target/py, with pyarrow), then its unit tests; the Rust suite's
+# tests/python_decoder.rs and tests/ingest.rs use the same venv.
+cloud/python/build.sh
+target/py/bin/python -m unittest discover -s cloud/python/tests
+
 # Lints before the builds and tests (a check, no code generated): a warning fails CI early.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -11,6 +11,7 @@ pub mod nspawn;
 pub mod operator;
 pub mod postgres;
 pub mod provisioning_responder;
+pub mod python;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

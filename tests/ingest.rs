@@ -238,7 +238,7 @@ fn four_gateways_two_replicas_every_reading_once_through_a_replica_kill_and_a_br
     }
     let batches: Vec<Vec<u8>> = carried.into_values().collect();
     assert!(batches.len() > 40, "{} batches tapped", batches.len());
-    // PYTHON-CHECK outpost_e2e::python::assert_python_decodes_like_rust(&batches).unwrap();
+    outpost_e2e::python::assert_python_decodes_like_rust(&batches).unwrap();
 }
 
 /// A valid batch of gateway `gateway` with three readings.
