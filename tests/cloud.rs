@@ -84,6 +84,19 @@ impl Ingest {
         self.proc.as_ref().map(|p| p.pid().as_raw())
     }
 
+    /// SIGTERM, as an orchestrator stops a replica: it leaves the group and finishes what it holds.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            let status = proc.terminate(Duration::from_secs(30))?;
+            ensure!(
+                status.success(),
+                "outpost-ingest exited with {status}\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
     pub fn kill_hard(&mut self) {
         if let Some(mut proc) = self.proc.take() {
             proc.kill_hard();

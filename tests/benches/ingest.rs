@@ -163,6 +163,11 @@ fn run_replicas(
         .collect();
     println!("  batches per replica: {per_replica:?}");
     let _ = publisher.disconnect();
+    // Stopped as an orchestrator stops them: they leave the group (a replica gone without
+    // leaving keeps its share of the next run's batches in its session).
+    for ingest in &mut ingests {
+        ingest.stop().unwrap();
+    }
     figures
 }
 

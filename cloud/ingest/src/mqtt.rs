@@ -166,8 +166,10 @@ pub async fn run(
             }
         }
     }
-    // Stopping: the batches in hand finish and their acknowledgements go out while the event
-    // loop still runs; then a clean DISCONNECT.
+    // Stopping: leave the group first, or the broker keeps handing this session its share of the
+    // batches while it is away (until the session expires). Then the batches in hand finish and
+    // their acknowledgements go out while the event loop still runs; then a clean DISCONNECT.
+    let _ = client.unsubscribe(filter.clone()).await;
     let drain = async {
         while in_hand.join_next().await.is_some() {}
         let _ = client.disconnect().await;
