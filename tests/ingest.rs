@@ -433,3 +433,55 @@ fn a_config_error_names_the_file_the_line_and_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_replica_stopped_with_sigterm_leaves_the_group_and_the_other_takes_every_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki")).unwrap();
+    let broker = Broker::start_with_acl(&dir.path().join("broker"), &pki, ACL).unwrap();
+    let pg = Postgres::start(&["fsync=off"]).unwrap();
+    let sources = mqtt_sources(&broker, &pki).unwrap();
+    let mut a = Ingest::new(dir.path(), "ingest-a", &pg, &sources).unwrap();
+    let mut b = Ingest::new(dir.path(), "ingest-b", &pg, &sources).unwrap();
+    a.start().unwrap();
+    b.start().unwrap();
+    // Scaled down: b is stopped as an orchestrator stops it, and never comes back. Its session
+    // stays on the broker (session expiry 1 h); had it stayed in the group, the broker would
+    // queue half the batches there.
+    b.stop().unwrap();
+    let gw = Cloud::connect(&broker, &pki).unwrap();
+    gw.subscribe("outpost/gw-x/ack").unwrap();
+    for seq in 1..=20 {
+        gw.publish(
+            "outpost/gw-x/batch",
+            batch("gw-x", seq),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "all 20 batches stored by ingest-a",
+        || {
+            let n: i64 = pg
+                .psql(
+                    "outpost",
+                    "SELECT count(*) FROM batches WHERE replica = 'ingest-a'",
+                )
+                .ok()?
+                .parse()
+                .ok()?;
+            (n == 20).then_some(())
+        },
+    )
+    .with_context(|| format!("{}\n{}", a.log_text(), b.log_text()))
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the ack of batch 20", || {
+        gw.messages()
+            .iter()
+            .any(|m| m.topic == "outpost/gw-x/ack" && m.payload == br#"{"upto":20}"#)
+            .then_some(())
+    })
+    .unwrap();
+}
