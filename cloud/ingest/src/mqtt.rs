@@ -120,8 +120,11 @@ pub async fn run(
                     bytes: publish.payload.clone(),
                     reply,
                 };
-                if jobs.send(job).await.is_err() {
-                    break;
+                // While the workers wait for the database the queue stays full: a stop must
+                // still be heard (the batch is not PUBACKed, so the broker keeps it).
+                tokio::select! {
+                    sent = jobs.send(job) => if sent.is_err() { break },
+                    _ = stop.changed() => break,
                 }
                 let client = client.clone();
                 let counters = counters.clone();
