@@ -5,10 +5,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
+# Where the time goes: each step is named with `step`, and the times are printed at the end, pass
+# or fail (CI stops at 90 minutes; the tail of its log is what is read first).
+step_names=()
+step_starts=()
+step() {
+    step_names+=("$1")
+    step_starts+=("$SECONDS")
+    echo "test.sh: [$((SECONDS / 60))m$((SECONDS % 60))s] $1" >&2
+}
+print_steps() {
+    local i end
+    echo "test.sh: time per step (total ${SECONDS} s):" >&2
+    for i in "${!step_names[@]}"; do
+        end=${step_starts[$((i + 1))]:-$SECONDS}
+        printf 'test.sh: %6d s  %s\n' "$((end - step_starts[i]))" "${step_names[$i]}" >&2
+    done
+}
+trap print_steps EXIT
+
+step "rustfmt"
 # Formatting first: it needs nothing else installed and fails in seconds.
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo fmt --all --check
 
+step "system packages"
 # System packages: a C compiler for the bundled SQLite, Mosquitto for the broker tests (Debian puts
 # it in /usr/sbin, often not on PATH). Installed only when missing.
 missing=()
@@ -63,6 +84,7 @@ if ! command -v promtool >/dev/null; then
     fi
 fi
 
+step "emulator harness (npm)"
 # The RP2040 emulator harness (sensor-fw/emu, Node.js + rp2040js; node and npm come with the
 # packages above): its unit tests. `npm ci` only when node_modules is older than the lock file.
 if [ ! -e sensor-fw/emu/node_modules/.package-lock.json ] ||
@@ -71,15 +93,18 @@ if [ ! -e sensor-fw/emu/node_modules/.package-lock.json ] ||
 fi
 node --test sensor-fw/emu/test/
 
+step "Python decoder wheel"
 # The cloud's batch decoder for Python (cloud/python, PyO3 + maturin): the wheel built and
 # installed into a private venv (target/py, with pyarrow), then its unit tests; the Rust suite's
 # tests/python_decoder.rs and tests/ingest.rs use the same venv.
 cloud/python/build.sh
 target/py/bin/python -m unittest discover -s cloud/python/tests
 
+step "clippy"
 # Lints before the builds and tests (a check, no code generated): a warning fails CI early.
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "thumbv6m builds"
 # The no_std crates for the firmware's target, where a std leak (an `extern crate std`, a std-only
 # dependency or feature) cannot compile. rustup has no thumbv6m std, so this is Debian's rustc-web
 # with core built from rust-web-src (-Zbuild-std), in the cross-env.sh setup of the arm64 build;
@@ -95,15 +120,19 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
         --features embassy-boot
 )
 
+step "cargo-deb"
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+step "workspace binaries"
 # The binaries the end-to-end tests run, built up front so build time is not test time.
 cargo build --workspace --bins --locked
 # The no_std crates must build without std: the firmware uses them.
 cargo build -p outpost-proto -p outpost-node --no-default-features --locked
+step "Debian packages"
 # Both Debian packages, each built once here (arm64 is a cross build of several minutes when
 # clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
 packaging/build-deb.sh --arch amd64
 packaging/build-deb.sh --arch arm64
+step "test builds"
 # The broker-flapping suite takes 10 minutes of mostly waiting: it runs beside the rest (its own
 # broker, ports and files), from its test binary so the two runs never wait on cargo's lock.
 cargo test --workspace --locked --no-run
@@ -112,8 +141,10 @@ flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --messag
 (cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
 flapping=$!
 status=0
+step "cargo test (flapping beside it)"
 # Every suite runs even after one fails, so a run shows every failure.
 cargo test --workspace --locked --no-fail-fast || status=$?
+step "waiting for the flapping suite"
 if ! wait "$flapping"; then
     echo "test.sh: the broker-flapping suite failed:" >&2
     tail -n 60 target/flapping.log >&2

@@ -392,7 +392,7 @@ fn pull_mode_stores_every_reading_and_drains_the_gateway() {
 
 #[test]
 fn the_shipped_alert_rules_load_and_fire_as_their_unit_tests_say() {
-    let config = outpost_e2e::workspace_dir().join("config");
+    let config = outpost_e2e::workspace_dir().join("config/cloud");
     for args in [
         ["check", "rules", "ingest-alerts.yml"],
         ["test", "rules", "ingest-alerts.test.yml"],

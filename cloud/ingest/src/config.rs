@@ -228,6 +228,12 @@ key_file = "ingest.key"
 "#;
 
     #[test]
+    fn the_shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cloud/ingest.toml");
+        Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn a_good_file_loads_with_defaults() {
         let c = Config::parse(Path::new("ingest.toml"), GOOD).unwrap();
         assert_eq!(c.database.connections, 4);
