@@ -127,19 +127,20 @@ step "workspace binaries"
 cargo build --workspace --bins --locked
 # The no_std crates must build without std: the firmware uses them.
 cargo build -p outpost-proto -p outpost-node --no-default-features --locked
-step "Debian packages"
-# Both Debian packages, each built once here (arm64 is a cross build of several minutes when
-# clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
-packaging/build-deb.sh --arch amd64
-packaging/build-deb.sh --arch arm64
 step "test builds"
-# The broker-flapping suite takes 10 minutes of mostly waiting: it runs beside the rest (its own
-# broker, ports and files), from its test binary so the two runs never wait on cargo's lock.
 cargo test --workspace --locked --no-run
+# The broker-flapping suite takes a quarter of an hour of mostly waiting (its broker is down 20 s
+# of every minute): it starts here, from its test binary (its own broker, ports and files), so the
+# CPU-bound package builds below and then the rest of the suite run beside it.
 flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --message-format=json \
     2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep flapping | tail -n1)
 (cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
 flapping=$!
+step "Debian packages (flapping beside them)"
+# Both Debian packages, each built once here (arm64 is a cross build of several minutes when
+# clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
+packaging/build-deb.sh --arch amd64
+packaging/build-deb.sh --arch arm64
 status=0
 step "cargo test (flapping beside it)"
 # Every suite runs even after one fails, so a run shows every failure.

@@ -37,8 +37,7 @@ pub fn broker_and_cloud(dir: &Path) -> (Pki, Broker, Cloud) {
     (pki, broker, cloud)
 }
 
-/// One reading as the cloud decoded it: source, channel, time, value (as text, exact).
-pub type CloudReading = (String, String, i64, String);
+pub use outpost_e2e::{CloudReading, sealed_readings, unsealed_readings};
 
 /// What the cloud has made of the batches it received.
 #[derive(Debug, Default)]
@@ -173,42 +172,6 @@ impl CloudView {
             );
         }
     }
-}
-
-/// Every reading in the store already sealed into a batch, as the cloud decodes it, sorted.
-pub fn sealed_readings(store: &Path) -> Result<Vec<CloudReading>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let mut stmt = conn.prepare(
-        "SELECT s.source, s.channel, s.exp, r.ts_ms, r.value FROM readings r JOIN series s ON s.id = r.series_id
-         WHERE r.id <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'batches.last_reading_id')",
-    )?;
-    let mut out: Vec<CloudReading> = stmt
-        .query_map([], |r| {
-            let exp: Option<i64> = r.get(2)?;
-            let value = match exp {
-                Some(exp) => format!("{}e{exp}", r.get::<_, i64>(4)?),
-                None => format!("{:x}", r.get::<_, f64>(4)?.to_bits()),
-            };
-            Ok((r.get(0)?, r.get(1)?, r.get(3)?, value))
-        })?
-        .collect::<Result<_, _>>()?;
-    out.sort();
-    Ok(out)
-}
-
-/// Readings in the store not sealed into a batch (yet): `(node readings, device readings)`.
-pub fn unsealed_readings(store: &Path) -> Result<(u64, u64)> {
-    let conn =
-        rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn.query_row(
-        "SELECT count(node_id), count(*) - count(node_id) FROM readings
-         WHERE id > (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'batches.last_reading_id')",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
 }
 
 /// Device readings (not from nodes) stored more than once with the same time, per series.
