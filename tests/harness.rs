@@ -31,20 +31,10 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = target_dir();
     BUILT.get_or_init(|| {
         let release = dir.file_name().is_some_and(|d| d == "release");
-        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "outpost",
-                "-p",
-                "outpost-node",
-                "-p",
-                "outpost-ingest",
-                "--features",
-                "outpost-node/std",
-                "--bins",
-            ])
+        // The same command as scripts/test.sh's build of the binaries, so the suite finds them
+        // current: another package selection unifies other features and rebuilds them.
+        let status = cargo()
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .args(release.then_some("--release"))
             .current_dir(workspace_dir())
             .status()
@@ -52,6 +42,29 @@ pub fn bin(name: &str) -> PathBuf {
         assert!(status.success(), "building the binaries under test failed");
     });
     dir.join(name)
+}
+
+/// A `cargo` command without the variables cargo set for this test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, …): ring's build script watches some of them, so a build run with them
+/// would rebuild ring and everything above it, and the next build from a shell would again.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let per_crate = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&key);
+        if per_crate {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// The workspace's root (this crate is `tests/` inside it).

@@ -88,7 +88,7 @@ fn with_update_agent(deb: &Path, work: &Path) -> PathBuf {
     }
     eprintln!("the package lacks outpost-update: adding the agent and its units for this test");
     let target = repo().join("target/deb");
-    run(Command::new(option_env!("CARGO").unwrap_or("cargo"))
+    run(outpost_e2e::cargo()
         .args([
             "build",
             "--quiet",
