@@ -139,7 +139,7 @@ packaging/build-deb.sh --arch arm64
 status=0
 step "cargo test (flapping beside it)"
 # Every suite runs even after one fails, so a run shows every failure.
-cargo test --workspace --locked --no-fail-fast || status=$?
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/cargo-test.log || status=$?
 step "waiting for the flapping suite"
 if ! wait "$flapping"; then
     echo "test.sh: the broker-flapping suite failed:" >&2
@@ -147,4 +147,9 @@ if ! wait "$flapping"; then
     status=1
 fi
 grep -h '^figure:' target/flapping.log || true
+if [ "$status" != 0 ] && grep -q 'panicked at' target/cargo-test.log; then
+    # The failures' own words at the end of the log, where a truncated CI view still shows them.
+    echo "test.sh: why the failed tests failed (all of it in target/cargo-test.log):" >&2
+    grep -A 12 'panicked at' target/cargo-test.log | grep -v '^\S*\[2m' | head -n 200 >&2
+fi
 exit "$status"

@@ -498,9 +498,11 @@ impl Adapter {
 
     /// Unplugs it: the pty goes away and udev removes both names.
     fn unplug(&self, name: &Path, by_id: &Path) {
-        *self.host.lock().unwrap() = None;
+        // The names go first: once the pty closes, its number is free for another test's pty,
+        // which a gateway reopening a stale name would then read.
         let _ = std::fs::remove_file(by_id);
         let _ = std::fs::remove_file(name);
+        *self.host.lock().unwrap() = None;
     }
 }
 

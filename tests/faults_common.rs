@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use outpost_e2e::broker::{Broker, Cloud, Message, Pki};
-use outpost_e2e::{Proc, Site, bin, wait_for};
+use outpost_e2e::{Proc, Site, bin};
 use rumqttc::QoS;
 
 /// The Site's `gateway.id`.
@@ -209,7 +209,6 @@ pub fn device_reading_counts(store: &Path) -> Result<BTreeMap<String, i64>> {
 pub fn spawn_node_logged(site: &Site, i: usize, log: &Path) -> Result<Proc> {
     let spec = &site.specs[i];
     let link = site.link(i);
-    let _ = std::fs::remove_file(&link);
     let log = std::fs::File::create(log)?;
     let mut cmd = Command::new(bin("outpost-node-sim"));
     cmd.arg("--pty")
@@ -218,11 +217,7 @@ pub fn spawn_node_logged(site: &Site, i: usize, log: &Path) -> Result<Proc> {
         .args(["--rate", &spec.rate_hz.to_string()])
         .stdout(Stdio::null())
         .stderr(log);
-    let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
-    wait_for(Duration::from_secs(10), "the node's pty link", || {
-        link.exists().then_some(())
-    })?;
-    Ok(node)
+    Proc::spawn_on_link(&format!("node {i}"), &mut cmd, &link)
 }
 
 /// What a node simulator reported when it stopped.

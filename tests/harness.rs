@@ -123,6 +123,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 pub struct Proc {
     pub name: String,
     child: Child,
+    /// The pty link this process published and the `/dev/pts/N` it points at (see
+    /// [`Proc::spawn_on_link`]).
+    link: Option<(PathBuf, PathBuf)>,
 }
 
 impl Proc {
@@ -134,7 +137,35 @@ impl Proc {
         Ok(Proc {
             name: name.to_owned(),
             child,
+            link: None,
         })
+    }
+
+    /// Starts a process that publishes a pseudo-terminal's slave as the symlink `link` (a node
+    /// simulator's `--pty`) and waits for the link. However the process ends, the link goes
+    /// before it does, as udev removes an unplugged adapter's name: a link left behind points
+    /// at a `/dev/pts` number the kernel hands to the next pty, often another test's node, which
+    /// a gateway reopening its port would then read (with the same uid and key: every test's node
+    /// `i` has the same seed), keeping a node online that was killed, and taking bytes from the
+    /// other test's gateway.
+    pub fn spawn_on_link(name: &str, command: &mut Command, link: &Path) -> Result<Proc> {
+        let _ = std::fs::remove_file(link);
+        let mut proc = Proc::spawn(name, command)?;
+        let target = wait_for(Duration::from_secs(10), "the node's pty link", || {
+            std::fs::read_link(link).ok()
+        })?;
+        proc.link = Some((link.to_owned(), target));
+        Ok(proc)
+    }
+
+    /// Removes the link this process published, if it still points where it did (a newer
+    /// process may have published its own there since).
+    fn unlink(&mut self) {
+        if let Some((link, target)) = self.link.take()
+            && std::fs::read_link(&link).is_ok_and(|t| t == target)
+        {
+            let _ = std::fs::remove_file(&link);
+        }
     }
 
     pub fn pid(&self) -> Pid {
@@ -143,6 +174,7 @@ impl Proc {
 
     /// SIGKILL: no chance to flush or clean up, like a power cut to the process.
     pub fn kill_hard(&mut self) {
+        self.unlink();
         let _ = kill(self.pid(), Signal::SIGKILL);
         let _ = self.child.wait();
     }
@@ -175,6 +207,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.unlink();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = kill(self.pid(), Signal::SIGTERM);
             std::thread::sleep(Duration::from_millis(100));
@@ -307,7 +340,6 @@ impl Site {
     pub fn spawn_node(&self, i: usize) -> Result<Proc> {
         let spec = &self.specs[i];
         let link = self.link(i);
-        let _ = std::fs::remove_file(&link);
         let mut cmd = Command::new(bin("outpost-node-sim"));
         cmd.arg("--pty")
             .arg(&link)
@@ -328,11 +360,7 @@ impl Site {
                 .with_context(|| format!("{}", path.display()))?;
             cmd.stderr(file);
         }
-        let node = Proc::spawn(&format!("node {i}"), &mut cmd)?;
-        wait_for(Duration::from_secs(10), "the node's pty link", || {
-            link.exists().then_some(())
-        })?;
-        Ok(node)
+        Proc::spawn_on_link(&format!("node {i}"), &mut cmd, &link)
     }
 
     pub fn start_gateway(&mut self) -> Result<()> {

@@ -337,17 +337,11 @@ impl Drop for Bus {
 }
 
 fn spawn_sim(uid: &str, link: &Path, rate_hz: u32) -> Proc {
-    let _ = std::fs::remove_file(link);
     let mut cmd = Command::new(bin("outpost-node-sim"));
     cmd.arg("--pty")
         .arg(link)
         .args(["--uid", uid, "--seed", "7", "--rate", &rate_hz.to_string()]);
-    let node = Proc::spawn("victim node", &mut cmd).unwrap();
-    wait_for(Duration::from_secs(10), "the node's pty link", || {
-        link.exists().then_some(())
-    })
-    .unwrap();
-    node
+    Proc::spawn_on_link("victim node", &mut cmd, link).unwrap()
 }
 
 /// Every node, from every page of `/api/v1/nodes`.
