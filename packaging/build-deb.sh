@@ -127,15 +127,20 @@ fi
     die "the shipped config does not pass \`outpost check\`"
 
 packaged=$SECONDS
-deb=$(cargo deb -p outpost --no-build --no-strip --profile deb "${target_args[@]}" -o "$out" | tail -n 1)
+# Written beside the output and renamed into it: whoever reads the package of an earlier run
+# (a test, while another build runs) reads a whole file, never one being written.
+building=$(mktemp -d "$out/.building.XXXXXX")
+trap 'rm -rf "$building"' EXIT
+deb=$(cargo deb -p outpost --no-build --no-strip --profile deb "${target_args[@]}" -o "$building" | tail -n 1)
 [ -f "$deb" ] || die "cargo-deb printed no package path (got: $deb)"
 
 # The changelog's newest entry must be this version, or the package documents another one.
 version=$(dpkg-deb -f "$deb" Version)
 changelog_version=$(sed -n '1s/^outpost (\([^)]*\)).*/\1/p' packaging/debian/changelog)
 if [ "$version" != "$changelog_version" ]; then
-    rm -f "$deb"
     die "package version $version has no entry in packaging/debian/changelog (newest: $changelog_version)"
 fi
+mv -f "$deb" "$out/"
+deb=$out/$(basename "$deb")
 echo "build-deb.sh: packaged in $((SECONDS - packaged)) s, total $((SECONDS - started)) s" >&2
 echo "$deb"

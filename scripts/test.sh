@@ -124,22 +124,36 @@ cargo build --workspace --bins --locked
 cargo build -p outpost-proto -p outpost-node --no-default-features --locked
 step "test builds"
 cargo test --workspace --locked --no-run
-# The broker-flapping suite takes a quarter of an hour of mostly waiting (its broker is down 20 s
-# of every minute): it starts here, from its test binary (its own broker, ports and files), so the
-# CPU-bound package builds below and then the rest of the suite run beside it.
+# Two long jobs run beside the suite, which mostly waits on timers and leaves the CPU idle:
+# - the broker-flapping suite (a quarter of an hour, its broker down 20 s of every minute), from
+#   its test binary, with its own broker, ports and files;
+# - both Debian packages (release builds, arm64 a cross build with its own std: the longest
+#   CPU-bound step), at the lowest CPU priority so the tests' processes come first. The tests
+#   that need a package (install.rs, self_update.rs) run build-deb.sh themselves: it waits for
+#   cargo's lock on the same target dir and finds the package built, and a package is renamed
+#   into target/debs whole, so a test never reads one being written.
 flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --message-format=json \
     2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep flapping | tail -n1)
 (cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
 flapping=$!
-step "Debian packages (flapping beside them)"
-# Both Debian packages, each built once here (arm64 is a cross build of several minutes when
-# clean; target/deb and target/cross are kept between runs); tests/install.rs finds them current.
-packaging/build-deb.sh --arch amd64
-packaging/build-deb.sh --arch arm64
+(
+    started=$SECONDS
+    nice -n 19 packaging/build-deb.sh --arch amd64
+    nice -n 19 packaging/build-deb.sh --arch arm64
+    echo "test.sh: both Debian packages built beside the tests in $((SECONDS - started)) s"
+) >target/debs.log 2>&1 &
+debs=$!
 status=0
-step "cargo test (flapping beside it)"
+step "cargo test (flapping and the Debian packages beside it)"
 # Every suite runs even after one fails, so a run shows every failure.
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/cargo-test.log || status=$?
+step "waiting for the Debian packages"
+if ! wait "$debs"; then
+    echo "test.sh: a Debian package build failed:" >&2
+    tail -n 60 target/debs.log >&2
+    status=1
+fi
+grep -h '^test.sh: both Debian\|^build-deb.sh:' target/debs.log >&2 || true
 step "waiting for the flapping suite"
 if ! wait "$flapping"; then
     echo "test.sh: the broker-flapping suite failed:" >&2
