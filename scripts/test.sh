@@ -124,16 +124,21 @@ cargo build --workspace --bins --locked
 cargo build -p outpost-proto -p outpost-node --no-default-features --locked
 step "test builds"
 cargo test --workspace --locked --no-run
-# Two long jobs run beside the suite, which mostly waits on timers and leaves the CPU idle:
+# Long jobs run beside the suite, which mostly waits on timers and leaves the CPU idle:
 # - the broker-flapping suite (a quarter of an hour, its broker down 20 s of every minute), from
 #   its test binary, with its own broker, ports and files;
 # - both Debian packages (release builds, arm64 a cross build with its own std: the longest
-#   CPU-bound step), at the lowest CPU priority so the tests' processes come first. The tests
-#   that need a package (install.rs, self_update.rs) run build-deb.sh themselves: it waits for
-#   cargo's lock on the same target dir and finds the package built, and a package is renamed
-#   into target/debs whole, so a test never reads one being written.
-flapping_bin=$(cargo test --workspace --locked --test flapping --no-run --message-format=json \
-    2>/dev/null | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep flapping | tail -n1)
+#   CPU-bound step), at the lowest CPU priority so the tests' processes come first, and then the
+#   installation suite (tests/install.rs, ignored by a plain `cargo test`), which needs them. A
+#   package is renamed into target/debs whole, so a test never reads one being written;
+#   tests/self_update.rs runs build-deb.sh itself, which waits for cargo's lock on the same target
+#   dir and finds the package built.
+test_exe() {
+    cargo test --workspace --locked --test "$1" --no-run --message-format=json 2>/dev/null |
+        grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep "/$1-" | tail -n1
+}
+flapping_bin=$(test_exe flapping)
+install_bin=$(test_exe install)
 (cd tests && "$flapping_bin" --ignored --nocapture) >target/flapping.log 2>&1 &
 flapping=$!
 (
@@ -141,19 +146,23 @@ flapping=$!
     nice -n 19 packaging/build-deb.sh --arch amd64
     nice -n 19 packaging/build-deb.sh --arch arm64
     echo "test.sh: both Debian packages built beside the tests in $((SECONDS - started)) s"
-) >target/debs.log 2>&1 &
-debs=$!
+    started=$SECONDS
+    (cd tests && "$install_bin" --ignored)
+    echo "test.sh: the installation suite took $((SECONDS - started)) s"
+) >target/packages.log 2>&1 &
+packages=$!
 status=0
-step "cargo test (flapping and the Debian packages beside it)"
+step "cargo test (flapping, the Debian packages and their installation suite beside it)"
 # Every suite runs even after one fails, so a run shows every failure.
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/cargo-test.log || status=$?
-step "waiting for the Debian packages"
-if ! wait "$debs"; then
-    echo "test.sh: a Debian package build failed:" >&2
-    tail -n 60 target/debs.log >&2
+step "waiting for the Debian packages and their installation suite"
+if ! wait "$packages"; then
+    echo "test.sh: a Debian package build or the installation suite failed:" >&2
+    grep -A 12 'panicked at' target/packages.log | head -n 100 >&2 || true
+    tail -n 60 target/packages.log >&2
     status=1
 fi
-grep -h '^test.sh: both Debian\|^build-deb.sh:' target/debs.log >&2 || true
+grep -h '^test.sh: \|^build-deb.sh:\|^test result:' target/packages.log >&2 || true
 step "waiting for the flapping suite"
 if ! wait "$flapping"; then
     echo "test.sh: the broker-flapping suite failed:" >&2
