@@ -214,7 +214,8 @@ pub fn emulator() -> Result<Command> {
 }
 
 /// An emulated node: the emulator on a flash file, its UART0 bridged to a pseudo-terminal
-/// published at `link`. Dropping it is a power cut: the process is killed and the pty closed.
+/// published at `link`. Dropping it is a power cut: the process is killed, the link removed and
+/// the pty closed.
 #[derive(Debug)]
 pub struct EmulatedNode {
     child: Child,
@@ -306,6 +307,7 @@ impl EmulatedNode {
         });
         let sent_count = Arc::clone(&sent);
         let stop_out = Arc::clone(&stop);
+        let link = link.to_owned();
         let line_out = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = from_node.read(&mut buf) {
@@ -315,7 +317,13 @@ impl EmulatedNode {
                 *sent_count.lock().unwrap_or_else(|e| e.into_inner()) += n as u64;
             }
             // The emulator is gone (a power cut it made, or a kill): the line goes dead at once,
-            // as a board's does, and the gateway sees it hang up.
+            // as a board's USB port does, and the gateway sees it hang up. Its name goes first,
+            // while the pty is still open: once closed, its number is free for the next pty
+            // opened on this machine (another test's node), which a gateway reopening a stale
+            // name would read.
+            if std::fs::read_link(&link).is_ok_and(|target| target == slave_path) {
+                let _ = std::fs::remove_file(&link);
+            }
             stop_out.store(true, Ordering::Relaxed);
         });
         Ok(EmulatedNode {

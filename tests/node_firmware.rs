@@ -165,6 +165,12 @@ fn a_power_cut_in_the_middle_of_the_swap_still_boots_a_whole_image() -> Result<(
         tail(&node.log(), 20)
     );
     drop(node);
+    // Its name went with it (see EmulatedNode): a name left behind points at a pty number the
+    // next pty opened on this machine gets.
+    ensure!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the powered-off node's pty link was left behind"
+    );
 
     // Power back on, and off again in the middle of the swap. The emulator counts each 4 KiB
     // erase and each 256-byte page program: the swap moves 128 pages between ACTIVE and DFU,
