@@ -133,6 +133,9 @@ cargo test --workspace --locked --no-run
 #   package is renamed into target/debs whole, so a test never reads one being written;
 #   tests/self_update.rs runs build-deb.sh itself, which waits for cargo's lock on the same target
 #   dir and finds the package built.
+# How a failed test's own words begin in cargo test's output: its section, a panic, or the error
+# it returned.
+why='^---- .* ----$\|panicked at\|^Error: '
 test_exe() {
     cargo test --workspace --locked --test "$1" --no-run --message-format=json 2>/dev/null |
         grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | grep "/$1-" | tail -n1
@@ -158,7 +161,8 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/cargo-test.log 
 step "waiting for the Debian packages and their installation suite"
 if ! wait "$packages"; then
     echo "test.sh: a Debian package build or the installation suite failed:" >&2
-    grep -A 12 'panicked at' target/packages.log | head -n 100 >&2 || true
+    grep -A 12 "$why" target/packages.log | grep -v '^\S*\[2m\|^ *at \|^ *[0-9]*: ' |
+        head -n 100 >&2 || true
     tail -n 60 target/packages.log >&2
     status=1
 fi
@@ -170,9 +174,11 @@ if ! wait "$flapping"; then
     status=1
 fi
 grep -h '^figure:' target/flapping.log || true
-if [ "$status" != 0 ] && grep -q 'panicked at' target/cargo-test.log; then
-    # The failures' own words at the end of the log, where a truncated CI view still shows them.
+if [ "$status" != 0 ] && grep -q "$why" target/cargo-test.log; then
+    # The failures' own words (a panic, or the error a test returned) at the end of the log,
+    # where a truncated CI view still shows them.
     echo "test.sh: why the failed tests failed (all of it in target/cargo-test.log):" >&2
-    grep -A 12 'panicked at' target/cargo-test.log | grep -v '^\S*\[2m' | head -n 200 >&2
+    grep -A 12 "$why" target/cargo-test.log | grep -v '^\S*\[2m\|^ *at \|^ *[0-9]*: ' |
+        head -n 200 >&2
 fi
 exit "$status"

@@ -123,9 +123,9 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 pub struct Proc {
     pub name: String,
     child: Child,
-    /// The pty link this process published and the `/dev/pts/N` it points at (see
+    /// The pty link this process published, and which link file it was (see
     /// [`Proc::spawn_on_link`]).
-    link: Option<(PathBuf, PathBuf)>,
+    link: Option<(PathBuf, LinkId)>,
 }
 
 impl Proc {
@@ -151,18 +151,19 @@ impl Proc {
     pub fn spawn_on_link(name: &str, command: &mut Command, link: &Path) -> Result<Proc> {
         let _ = std::fs::remove_file(link);
         let mut proc = Proc::spawn(name, command)?;
-        let target = wait_for(Duration::from_secs(10), "the node's pty link", || {
-            std::fs::read_link(link).ok()
+        let id = wait_for(Duration::from_secs(10), "the node's pty link", || {
+            LinkId::of(link)
         })?;
-        proc.link = Some((link.to_owned(), target));
+        proc.link = Some((link.to_owned(), id));
         Ok(proc)
     }
 
-    /// Removes the link this process published, if it still points where it did (a newer
-    /// process may have published its own there since).
+    /// Removes the link this process published, if it is still that link file: a newer
+    /// process may have published its own there since, to the very same `/dev/pts/N` (the
+    /// number this one's pty freed), so where it points says nothing.
     fn unlink(&mut self) {
-        if let Some((link, target)) = self.link.take()
-            && std::fs::read_link(&link).is_ok_and(|t| t == target)
+        if let Some((link, id)) = self.link.take()
+            && LinkId::of(&link) == Some(id)
         {
             let _ = std::fs::remove_file(&link);
         }
@@ -202,6 +203,26 @@ impl Proc {
     /// Its standard output, when it was spawned with `Stdio::piped()`.
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
+    }
+}
+
+/// One symlink file: its inode and when it was made (an inode number is reused once freed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinkId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl LinkId {
+    fn of(link: &Path) -> Option<LinkId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(link).ok()?;
+        Some(LinkId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
     }
 }
 

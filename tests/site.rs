@@ -456,3 +456,24 @@ fn a_flooding_node_cannot_starve_the_others() {
         "stored {count} + reported lost {lost} must account for every seq"
     );
 }
+
+/// A node that ended by itself (a power cut it makes) and is started again on its link: dropping
+/// the old process's handle leaves the new node's link alone, though the new pty usually gets
+/// the very `/dev/pts` number the old one freed (the harness told them apart by that number once,
+/// and unplugged the new node: an OTA test's node never came back).
+#[test]
+fn a_node_started_again_on_its_link_keeps_it_when_the_old_handle_goes() {
+    let mut site = Site::new(vec![NodeSpec::new(0)]).unwrap();
+    let old_pid = site.nodes[0].as_ref().unwrap().pid();
+    nix::sys::signal::kill(old_pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for(Duration::from_secs(10), "the old node to end", || {
+        site.nodes[0].as_mut().unwrap().try_wait()
+    })
+    .unwrap();
+    let new = site.spawn_node(0).unwrap();
+    drop(site.nodes[0].replace(new));
+    assert!(
+        std::fs::symlink_metadata(site.link(0)).is_ok(),
+        "the new node's pty link went with the old node's handle"
+    );
+}
