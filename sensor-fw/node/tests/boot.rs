@@ -610,3 +610,56 @@ fn the_simulator_makes_images_and_flash_files_boots_them_and_exits_75_on_a_power
         "{text}"
     );
 }
+
+#[test]
+fn a_node_whose_power_is_cut_takes_its_pty_link_with_it() {
+    // A link left behind names a /dev/pts number the kernel soon gives to another pty: a
+    // gateway reopening it would talk to another node (seen in the OTA power-cut test).
+    let dir = tempfile::tempdir().unwrap();
+    let flash = dir.path().join("flash.bin");
+    FlashFile::create_with_image(&flash, &old_image()).unwrap();
+    // An update staged and marked: the next boot swaps, and the power goes in the middle.
+    let file = FlashFile::open(&flash, FlashOptions::default()).unwrap();
+    let mut boot_flash = file.boot_flash();
+    let bytes = new_image();
+    for index in 0..bytes.len().div_ceil(SECTOR) {
+        boot_flash
+            .write_sector(index as u32, &padded_sector(&bytes, index))
+            .unwrap();
+    }
+    boot_flash.mark_updated().unwrap();
+    drop(file);
+    let fleet_key = dir.path().join("firmware.pub");
+    std::fs::write(
+        &fleet_key,
+        format!(
+            "outpost-key 1\nrole firmware\nid fw\npublic {}\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+
+    let link = dir.path().join("ttyNODE0");
+    let (code, text) = run(sim()
+        .args([
+            "--uid",
+            "5e50000000000009",
+            "--pty",
+            arg(&link),
+            "--flash",
+            arg(&flash),
+        ])
+        .args([
+            "--fleet-key",
+            arg(&fleet_key),
+            "--power-cut-after-ops",
+            "40",
+        ]));
+    assert_eq!(code, POWER_CUT_EXIT_CODE, "{text}");
+    assert!(text.contains("linked at"), "{text}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the link outlived the node: {:?}",
+        std::fs::read_link(&link)
+    );
+}

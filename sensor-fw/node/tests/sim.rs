@@ -193,7 +193,7 @@ fn a_simulated_node_on_a_pty_delivers_plausible_samples_contiguously() {
     });
     let status = node.status();
     assert_eq!(status.state, LinkState::Accepted);
-    assert!(status.sampling_done && status.peer);
+    assert!(status.sampling_done && status.peer, "{status:?}");
     node.stop().unwrap();
     assert!(
         std::fs::symlink_metadata(&link).is_err(),

@@ -186,6 +186,8 @@ impl Chip {
     fn cut_power(&mut self) -> FlashError {
         self.cut = true;
         if self.options.on_power_cut == OnPowerCut::ExitProcess {
+            // The node's pty goes with the process: its name goes first.
+            super::line::remove_published_links();
             eprintln!(
                 "outpost-node-sim: power cut during flash operation {}",
                 self.ops

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -98,6 +99,18 @@ impl Line {
     }
 }
 
+/// The links this process has published and not removed: a process that ends abruptly (a
+/// simulated power cut exits at once) removes them first, as an unplugged adapter's name goes
+/// before its device does. Left behind, a link names a `/dev/pts` number the kernel soon gives
+/// to another pty, and a gateway reopening it would talk to another node.
+static PUBLISHED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+
+fn published() -> std::sync::MutexGuard<'static, Vec<(PathBuf, PathBuf)>> {
+    PUBLISHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Points the symlink `link` at `target`, replacing an existing link atomically.
 pub(crate) fn publish_link(target: &Path, link: &Path) -> io::Result<()> {
     let mut tmp = link.as_os_str().to_owned();
@@ -107,12 +120,26 @@ pub(crate) fn publish_link(target: &Path, link: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, &tmp)?;
     std::fs::rename(&tmp, link).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })
+    })?;
+    published().push((target.to_owned(), link.to_owned()));
+    Ok(())
 }
 
 /// Removes `link` if it still points at `target` (a newer simulator may have replaced it).
 pub(crate) fn remove_link(target: &Path, link: &Path) {
+    published().retain(|(t, l)| !(t == target && l == link));
     if std::fs::read_link(link).is_ok_and(|t| t == target) {
         let _ = std::fs::remove_file(link);
+    }
+}
+
+/// Removes every link this process published: called just before it exits abruptly, while
+/// its ptys are still open.
+pub(crate) fn remove_published_links() {
+    let links = std::mem::take(&mut *published());
+    for (target, link) in links {
+        if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+            let _ = std::fs::remove_file(&link);
+        }
     }
 }
