@@ -10,6 +10,8 @@
 //!   on /metrics (which promtool accepts) and never acknowledged; the gateway's acknowledgement
 //!   stops before the gap until the real batch comes.
 //! - Pull mode: the ingest polls a gateway's API, stores everything, and the outbox drains.
+//! - TLS to the database: with `[database.tls]` every connection of a replica is TLS and logs in
+//!   by the replica's own certificate; a server its CA did not sign is refused, by name.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use anyhow::{Context, Result, ensure};
 use outpost_batch::{BatchBuilder, GatewayId, Value};
 use outpost_e2e::broker::{Broker, Cloud, Pki};
 use outpost_e2e::cloud::{ACL, Ingest, mqtt_sources};
-use outpost_e2e::postgres::Postgres;
+use outpost_e2e::postgres::{Postgres, TLS_CLIENT_ROLE};
 use outpost_e2e::{CloudReading, NodeSpec, Site, promtool_check, wait_for};
 use rumqttc::QoS;
 
@@ -512,4 +514,104 @@ fn a_replica_stopped_with_sigterm_leaves_the_group_and_the_other_takes_every_bat
             .then_some(())
     })
     .unwrap();
+}
+
+#[test]
+fn the_database_link_is_tls_with_the_replicas_own_certificate_and_an_untrusted_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki")).unwrap();
+    let broker = Broker::start_with_acl(&dir.path().join("broker"), &pki, ACL).unwrap();
+    // TCP clients of this cluster: TLS only, logged in by a certificate whose CN is the role.
+    let pg = Postgres::start_with_tls(&["fsync=off"], &pki).unwrap();
+    let identity = pki.client(TLS_CLIENT_ROLE).unwrap();
+    let database_tls = |ca: &std::path::Path| {
+        format!(
+            "\n[database.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ca.display(),
+            identity.cert.display(),
+            identity.key.display()
+        )
+    };
+    let mqtt = mqtt_sources(&broker, &pki).unwrap();
+    let mut ingest = Ingest::new(
+        dir.path(),
+        "ingest-tls",
+        &pg,
+        &(mqtt.clone() + &database_tls(&pki.ca_path())),
+    )
+    .unwrap();
+    ingest.start().unwrap();
+
+    let gw = Cloud::connect(&broker, &pki).unwrap();
+    gw.subscribe("outpost/gw-t/ack").unwrap();
+    gw.publish(
+        "outpost/gw-t/batch",
+        batch("gw-t", 1),
+        QoS::AtLeastOnce,
+        false,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the ack of batch 1", || {
+        gw.messages()
+            .iter()
+            .any(|m| {
+                m.topic == "outpost/gw-t/ack"
+                    && serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["upto"] == 1
+            })
+            .then_some(())
+    })
+    .with_context(|| ingest.log_text())
+    .unwrap();
+    assert_eq!(
+        pg.psql("outpost", "SELECT count(*) FROM readings").unwrap(),
+        "3"
+    );
+    // Every connection the replica holds is TLS, with its certificate.
+    let links = pg
+        .psql(
+            "outpost",
+            &format!(
+                "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.usename = '{TLS_CLIENT_ROLE}'"
+            ),
+        )
+        .unwrap();
+    assert!(!links.is_empty(), "no connection of the replica seen");
+    for link in links.lines() {
+        assert_eq!(link, format!("t|/CN={TLS_CLIENT_ROLE}"), "{links}");
+    }
+    ingest.stop().unwrap();
+
+    // The same replica trusting another CA: the server is refused, and the error says why.
+    let other = Pki::new(&dir.path().join("other-ca")).unwrap();
+    let mut impostor_trust = Ingest::new(
+        dir.path(),
+        "ingest-other-ca",
+        &pg,
+        &(mqtt.clone() + &database_tls(&other.ca_path())),
+    )
+    .unwrap();
+    let migrate = |ingest: &Ingest| {
+        std::process::Command::new(outpost_e2e::bin("outpost-ingest"))
+            .arg("migrate")
+            .arg("--config")
+            .arg(&ingest.config)
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&impostor_trust);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        // (Both test CAs have the same name: rustls finds the issuer by name, and its signature
+        // does not verify.)
+        err.contains("cannot connect to the database") && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+    // And without [database.tls] at all, this server turns the plain connection away.
+    impostor_trust = Ingest::new(dir.path(), "ingest-plain", &pg, &mqtt).unwrap();
+    let out = migrate(&impostor_trust);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no encryption"), "{err}");
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 
+use crate::broker::Pki;
 use crate::{Proc, free_port, run_ok, wait_for};
 
 /// A running cluster; dropped, it is shut down (SIGINT, PostgreSQL's fast shutdown) by PID.
@@ -21,7 +22,12 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     proc: Option<Proc>,
+    /// The role clients connect as over TCP.
+    user: &'static str,
 }
+
+/// The role a TLS cluster's clients log in as, by a client certificate with this CN.
+pub const TLS_CLIENT_ROLE: &str = "ingest";
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,8 +57,20 @@ pub fn bin_dir() -> Result<PathBuf> {
 
 impl Postgres {
     /// A new cluster with the database `outpost`, server settings `settings` (`name=value`) on
-    /// top of the defaults.
+    /// top of the defaults; TCP clients log in as `postgres` without a password.
     pub fn start(settings: &[&str]) -> Result<Postgres> {
+        Postgres::start_with(settings, None)
+    }
+
+    /// A cluster that takes TCP clients over TLS only: its certificate is `pki`'s server
+    /// certificate (127.0.0.1, localhost), and a client logs in by a certificate of `pki` whose
+    /// CN is its role (`cert` in pg_hba.conf; [`TLS_CLIENT_ROLE`] owns `outpost`). A plain TCP
+    /// connection is rejected.
+    pub fn start_with_tls(settings: &[&str], pki: &Pki) -> Result<Postgres> {
+        Postgres::start_with(settings, Some(pki))
+    }
+
+    fn start_with(settings: &[&str], tls: Option<&Pki>) -> Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("outpost-pg-").tempdir()?;
         // The server's user must reach its folder.
@@ -82,6 +100,34 @@ impl Postgres {
         ]);
         as_owner(&mut initdb);
         run_ok(&mut initdb).context("initdb")?;
+        let mut tls_settings = Vec::new();
+        if let Some(pki) = tls {
+            let (cert, key) = pki.server_paths();
+            let owned = |name: &str, from: &Path, mode: u32| -> Result<()> {
+                let to = data.join(name);
+                fs::copy(from, &to)?;
+                fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+                if let Some(user) = &owner {
+                    nix::unistd::chown(&to, Some(user.uid), Some(user.gid))?;
+                }
+                Ok(())
+            };
+            owned("server.crt", &cert, 0o644)?;
+            owned("server.key", &key, 0o600)?;
+            owned("root.crt", &pki.ca_path(), 0o644)?;
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 cert\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )?;
+            tls_settings = vec![
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+                "ssl_ca_file=root.crt",
+            ];
+        }
         let port = free_port();
         let log = fs::File::create(dir.path().join("postgres.log"))?;
         if let Some(user) = &owner {
@@ -98,7 +144,7 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
             .args(["-c", "listen_addresses=127.0.0.1"]);
-        for setting in settings {
+        for setting in tls_settings.iter().chain(settings) {
             server.args(["-c", setting]);
         }
         server.stdout(log.try_clone()?).stderr(log);
@@ -113,16 +159,9 @@ impl Postgres {
                     return Some(false);
                 }
                 Command::new(&psql)
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-U",
-                        "postgres",
-                        "-c",
-                        "SELECT 1",
-                    ])
+                    .arg("-h")
+                    .arg(dir.path())
+                    .args(["-p", &port.to_string(), "-U", "postgres", "-c", "SELECT 1"])
                     .output()
                     .ok()
                     .filter(|o| o.status.success())
@@ -135,12 +174,22 @@ impl Postgres {
             Ok(false) => bail!("postgres exited on start:\n{}", log_text()),
             Err(e) => return Err(e.context(log_text())),
         }
-        let pg = Postgres {
+        let mut pg = Postgres {
             dir,
             port,
             proc: Some(proc),
+            user: "postgres",
         };
-        pg.psql("postgres", "CREATE DATABASE outpost")?;
+        if tls.is_some() {
+            pg.user = TLS_CLIENT_ROLE;
+            pg.psql("postgres", &format!("CREATE ROLE {TLS_CLIENT_ROLE} LOGIN"))?;
+            pg.psql(
+                "postgres",
+                &format!("CREATE DATABASE outpost OWNER {TLS_CLIENT_ROLE}"),
+            )?;
+        } else {
+            pg.psql("postgres", "CREATE DATABASE outpost")?;
+        }
         Ok(pg)
     }
 
@@ -148,33 +197,38 @@ impl Postgres {
         self.port
     }
 
-    /// The connection string for the `outpost` database (tokio-postgres' and libpq's syntax).
+    /// The TCP connection string for the `outpost` database (tokio-postgres' and libpq's
+    /// syntax); a TLS cluster's needs the client's TLS settings besides.
     pub fn url(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=outpost",
-            self.port
+            "host=127.0.0.1 port={} user={} dbname=outpost",
+            self.port, self.user
         )
     }
 
-    /// Runs SQL with psql on `database`; its output, unaligned, tuples only, `|`-separated.
+    /// Runs SQL with psql on `database` as the superuser, over the cluster's Unix socket; its
+    /// output, unaligned, tuples only, `|`-separated.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
-        let out = run_ok(Command::new(bin_dir()?.join("psql")).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-X",
-            "-A",
-            "-t",
-            "-c",
-            sql,
-        ]))
+        let out = run_ok(
+            Command::new(bin_dir()?.join("psql"))
+                .arg("-h")
+                .arg(self.dir.path())
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    database,
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-c",
+                    sql,
+                ]),
+        )
         .with_context(|| format!("psql: {sql}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }

@@ -43,6 +43,65 @@ pub struct Database {
     /// Days ahead of today that get their partition made in advance.
     #[serde(default = "default_ahead_days")]
     pub partition_ahead_days: u32,
+    /// TLS to the database; absent, the connection is plain (a database on this host or a
+    /// private network only).
+    #[serde(default)]
+    pub tls: Option<DatabaseTls>,
+}
+
+/// `[database.tls]`: every connection is TLS (`sslmode=require`, never a plain fallback), the
+/// server's certificate checked against `ca_file` and its host name; with `cert_file` and
+/// `key_file`, this replica authenticates with its own certificate (PostgreSQL's `cert` method).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseTls {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl DatabaseTls {
+    /// This replica's certificate and key, when it has them.
+    #[must_use]
+    pub fn identity(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+}
+
+impl Database {
+    /// The connection settings of `url`, with `[database.tls]` applied: TLS required when it is
+    /// there; a `url` asking for TLS without it is refused rather than left unchecked.
+    pub fn postgres_config(&self) -> Result<tokio_postgres::Config, (&'static str, String)> {
+        use tokio_postgres::config::SslMode;
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| ("database.url", format!("not a connection string: {e}")))?;
+        match (&self.tls, config.get_ssl_mode()) {
+            (Some(_), SslMode::Disable) => {
+                return Err((
+                    "database.url",
+                    "sslmode=disable contradicts [database.tls]: remove one".into(),
+                ));
+            }
+            (Some(_), _) => {
+                config.ssl_mode(SslMode::Require);
+            }
+            (None, SslMode::Require) => {
+                return Err((
+                    "database.url",
+                    "sslmode=require needs [database.tls] with the server's ca_file".into(),
+                ));
+            }
+            // `prefer` without a TLS setup never tries TLS: the link is plain, as documented.
+            (None, _) => {
+                config.ssl_mode(SslMode::Disable);
+            }
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,7 +227,7 @@ impl Config {
         let config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span(), e.message().to_owned()))?;
         config.validate().map_err(|(key, why)| {
-            let at = text.find(key.rsplit('.').next().unwrap_or(key));
+            let at = key_position(text, key);
             invalid(at.map(|s| s..s), format!("{key}: {why}"))
         })?;
         Ok(config)
@@ -182,6 +241,15 @@ impl Config {
             return Err((
                 "mqtt",
                 "nothing to ingest from: set [mqtt] or at least one [[pull.gateway]]".into(),
+            ));
+        }
+        self.database.postgres_config()?;
+        if let Some(tls) = &self.database.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err((
+                "database.tls.cert_file",
+                "cert_file and key_file go together".into(),
             ));
         }
         if !(1..=64).contains(&self.database.connections) {
@@ -209,6 +277,33 @@ impl Config {
             ahead_days: self.database.partition_ahead_days,
         }
     }
+}
+
+/// Where `key` (`table.sub.name`) is set in `text`: its name after its table's header, so a
+/// name used in two tables (`cert_file`) points at the right one.
+fn key_position(text: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    let from = if table.is_empty() {
+        0
+    } else {
+        text.find(&format!("[{table}]"))?
+    };
+    let mut at = from;
+    for (n, line) in text[from..].split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if n > 0 && !table.is_empty() && trimmed.starts_with('[') {
+            // Not set in its table: the table's header.
+            return Some(from);
+        }
+        if trimmed
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(at + (line.len() - trimmed.len()));
+        }
+        at += line.len();
+    }
+    text.find(name)
 }
 
 #[cfg(test)]
@@ -253,5 +348,77 @@ key_file = "ingest.key"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("i.toml:4: database.connections"), "{e}");
+    }
+
+    #[test]
+    fn database_tls_is_required_once_configured_and_never_asked_for_without_it() {
+        use tokio_postgres::config::SslMode;
+        let path = Path::new("i.toml");
+        let plain = Config::parse(path, GOOD).unwrap();
+        assert_eq!(
+            plain.database.postgres_config().unwrap().get_ssl_mode(),
+            SslMode::Disable
+        );
+        let tls = GOOD.replace(
+            "[mqtt]\n",
+            "[database.tls]\nca_file = \"db-ca.pem\"\n\n[mqtt]\n",
+        );
+        let c = Config::parse(path, &tls).unwrap();
+        assert_eq!(
+            c.database.postgres_config().unwrap().get_ssl_mode(),
+            SslMode::Require
+        );
+        assert!(c.database.tls.unwrap().identity().is_none());
+
+        // Asking for TLS without saying whom to trust, or refusing it while configuring it.
+        let e = Config::parse(
+            path,
+            &GOOD.replace("user=outpost", "user=outpost sslmode=require"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("i.toml:4: database.url: sslmode=require needs"),
+            "{e}"
+        );
+        let e = Config::parse(
+            path,
+            &tls.replace("user=outpost", "user=outpost sslmode=disable"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("i.toml:4: database.url: sslmode=disable"),
+            "{e}"
+        );
+        let e = Config::parse(
+            path,
+            &GOOD.replace("host=127.0.0.1", "host=127.0.0.1 port=x"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("i.toml:4: database.url: not a connection string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_set_in_two_tables_is_found_in_its_own() {
+        let path = Path::new("i.toml");
+        // [database.tls] with a key but no certificate: the error points into that table, not
+        // at [mqtt]'s key_file further down.
+        let text = GOOD.replace(
+            "[mqtt]\n",
+            "[database.tls]\nca_file = \"db-ca.pem\"\nkey_file = \"db.key\"\n\n[mqtt]\n",
+        );
+        let e = Config::parse(path, &text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("i.toml:6: database.tls.cert_file: cert_file and key_file go together"),
+            "{e}"
+        );
+        let text = text.replace("key_file = \"db.key\"", "cert_file = \"db.pem\"");
+        let e = Config::parse(path, &text).unwrap_err().to_string();
+        assert!(e.starts_with("i.toml:8: database.tls.cert_file"), "{e}");
     }
 }

@@ -11,10 +11,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config;
 
 use crate::core::check::{Checked, Rejection, SeriesKey};
 use crate::core::partition::{self, Window};
@@ -29,15 +33,73 @@ const MIGRATION_LOCK: i64 = 0x6f75_7470_0001;
 const PARTITION_LOCK: i64 = 0x6f75_7470_0002;
 const RETENTION_LOCK: i64 = 0x6f75_7470_0003;
 
-/// Connects and drives the connection on the runtime; its end is logged.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(message = "Database connection ended.", error = %e);
-        }
-    });
-    Ok(client)
+/// How this replica reaches PostgreSQL: the connection settings and, with `[database.tls]`,
+/// TLS that checks the server against the configured CA (and presents this replica's
+/// certificate when it has one). Cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("hosts", &self.config.get_hosts())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// The connector of `[database]`; its files are read now, so a missing CA is an error at
+    /// start, not at the first connection.
+    pub fn new(database: &config::Database) -> anyhow::Result<Connector> {
+        let config = database
+            .postgres_config()
+            .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+        let tls = match &database.tls {
+            Some(tls) => Some(MakeRustlsConnect::new(
+                crate::tls::client_config(&tls.ca_file, tls.identity()).context("database.tls")?,
+            )),
+            None => None,
+        };
+        Ok(Connector { config, tls })
+    }
+
+    /// Connects and drives the connection on the runtime; its end is logged.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
+        Ok(client)
+    }
+
+    /// [`Connector::connect`] for a command's first connection: a failure is the command's
+    /// error, said in full (a TLS refusal names the certificate problem).
+    pub async fn connect_at_start(&self) -> anyhow::Result<Client> {
+        self.connect().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the database (database.url): {}",
+                describe(&e)
+            )
+        })
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::warn!(message = "Database connection ended.", error = %e);
+    }
 }
 
 /// Brings the schema up to date; safe to run from every replica at once.

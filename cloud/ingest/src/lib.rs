@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod pull;
 pub mod run;
+pub mod tls;
 pub mod tls_link;
 pub mod worker;
 

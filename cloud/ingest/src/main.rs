@@ -73,13 +73,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Migrate => {
-                let mut client = db::connect(&config.database.url).await?;
+                let mut client = db::Connector::new(&config.database)?
+                    .connect_at_start()
+                    .await?;
                 let applied = db::migrate(&mut client).await?;
                 println!("migrations applied: {applied:?}");
                 Ok(())
             }
             Command::Retention => {
-                let mut client = db::connect(&config.database.url).await?;
+                let mut client = db::Connector::new(&config.database)?
+                    .connect_at_start()
+                    .await?;
                 db::migrate(&mut client).await?;
                 let dropped = db::enforce_retention(&client, config.window()).await?;
                 println!("partitions dropped: {dropped:?}");
@@ -90,7 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 upto,
                 reason,
             } => {
-                let mut client = db::connect(&config.database.url).await?;
+                let mut client = db::Connector::new(&config.database)?
+                    .connect_at_start()
+                    .await?;
                 db::migrate(&mut client).await?;
                 let acked = db::skip(&mut client, &gateway, upto, &reason).await?;
                 println!("{gateway}: acknowledged up to {acked}");

@@ -4,7 +4,6 @@
 //! then the broker keeps it for this session (redelivered after a crash, a restart or a lost
 //! connection). The gateway's `{"upto": N}` is published after the commit.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,8 +13,6 @@ use rumqttc::Transport;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -30,25 +27,7 @@ const MAX_PACKET: u32 = 32 << 20;
 
 /// The TLS client configuration: the broker's CA, this service's certificate and key.
 pub fn tls_config(mqtt: &Mqtt) -> anyhow::Result<rustls::ClientConfig> {
-    let read_certs = |path: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .with_context(|| format!("cannot read certificates from {}", path.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-        Ok(certs)
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in read_certs(&mqtt.ca_file)? {
-        roots.add(ca)?;
-    }
-    let chain = read_certs(&mqtt.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&mqtt.key_file)
-        .with_context(|| format!("cannot read the key {}", mqtt.key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?)
+    crate::tls::client_config(&mqtt.ca_file, Some((&mqtt.cert_file, &mqtt.key_file)))
 }
 
 /// Runs the subscription until `stop` turns true, then lets the batches in hand finish (their

@@ -22,9 +22,8 @@ use crate::worker::{self, Shared};
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut client = db::connect(&config.database.url)
-        .await
-        .context("cannot connect to the database (database.url)")?;
+    let database = db::Connector::new(&config.database)?;
+    let mut client = database.connect_at_start().await?;
     let applied = db::migrate(&mut client)
         .await
         .context("cannot bring the schema up to date")?;
@@ -38,7 +37,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared {
-        database_url: config.database.url.clone(),
+        database: database.clone(),
         replica: config.replica.clone(),
         window: config.window(),
         counters: counters.clone(),
@@ -63,7 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     let scrape = Arc::new(Scrape {
         replica: config.replica.clone(),
-        url: config.database.url.clone(),
+        database,
         counters: counters.clone(),
         client: Mutex::new(None),
     });
@@ -136,7 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 struct Scrape {
     replica: String,
-    url: String,
+    database: db::Connector,
     counters: Arc<Counters>,
     client: Mutex<Option<tokio_postgres::Client>>,
 }
@@ -150,7 +149,7 @@ async fn serve_metrics(
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
         {
-            *client = db::connect(&scrape.url).await.ok();
+            *client = scrape.database.connect().await.ok();
         }
         db::figures(client.as_ref()?).await.ok()
     })

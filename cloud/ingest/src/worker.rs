@@ -38,7 +38,7 @@ pub enum Outcome {
 /// What the workers share.
 #[derive(Debug)]
 pub struct Shared {
-    pub database_url: String,
+    pub database: db::Connector,
     pub replica: String,
     pub window: Window,
     pub counters: Arc<Counters>,
@@ -215,7 +215,7 @@ async fn dead_letter(
 async fn connected<'a>(shared: &Shared, store: &'a mut Option<Store>) -> Option<&'a mut Store> {
     let mut wait = Duration::from_millis(200);
     while store.as_ref().is_none_or(Store::is_closed) {
-        match db::connect(&shared.database_url).await {
+        match shared.database.connect().await {
             Ok(client) => {
                 *store = Some(Store::new(
                     client,
