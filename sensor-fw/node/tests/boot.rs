@@ -545,6 +545,18 @@ fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// Stages `image` in the flash file's DFU slot and asks for the swap, as the OTA core would.
+fn stage_update(flash: &Path, image: &[u8]) {
+    let file = FlashFile::open(flash, FlashOptions::default()).unwrap();
+    let mut boot_flash = file.boot_flash();
+    for index in 0..image.len().div_ceil(SECTOR) {
+        boot_flash
+            .write_sector(index as u32, &padded_sector(image, index))
+            .unwrap();
+    }
+    boot_flash.mark_updated().unwrap();
+}
+
 #[test]
 fn the_simulator_makes_images_and_flash_files_boots_them_and_exits_75_on_a_power_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -582,16 +594,7 @@ fn the_simulator_makes_images_and_flash_files_boots_them_and_exits_75_on_a_power
         "{text}"
     );
 
-    // Stage the new image and ask for the swap, as the OTA core would.
-    let file = FlashFile::open(&flash, FlashOptions::default()).unwrap();
-    let mut boot_flash = file.boot_flash();
-    for index in 0..bytes.len().div_ceil(SECTOR) {
-        boot_flash
-            .write_sector(index as u32, &padded_sector(&bytes, index))
-            .unwrap();
-    }
-    boot_flash.mark_updated().unwrap();
-    drop(file);
+    stage_update(&flash, &bytes);
 
     let (code, text) = run(sim().args([
         "boot",
@@ -619,16 +622,7 @@ fn a_node_whose_power_is_cut_takes_its_pty_link_with_it() {
     let flash = dir.path().join("flash.bin");
     FlashFile::create_with_image(&flash, &old_image()).unwrap();
     // An update staged and marked: the next boot swaps, and the power goes in the middle.
-    let file = FlashFile::open(&flash, FlashOptions::default()).unwrap();
-    let mut boot_flash = file.boot_flash();
-    let bytes = new_image();
-    for index in 0..bytes.len().div_ceil(SECTOR) {
-        boot_flash
-            .write_sector(index as u32, &padded_sector(&bytes, index))
-            .unwrap();
-    }
-    boot_flash.mark_updated().unwrap();
-    drop(file);
+    stage_update(&flash, &new_image());
     let fleet_key = dir.path().join("firmware.pub");
     std::fs::write(
         &fleet_key,
